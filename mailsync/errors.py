@@ -1,0 +1,62 @@
+"""One exception tree; each error carries its scope and the exit code it maps to.
+
+Scope follows the blast radius (see mbsync): a MessageError skips one message, a
+FolderError skips one folder, a StoreError stops the whole channel.  Every error's
+text is one sentence that says what went wrong and what to do.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in --help, man/mailsync.1 and the README.
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # some messages or folders failed; a rerun may help
+EXIT_USAGE = 2  # usage or configuration error; fix the command or config
+EXIT_CONNECT = 3  # connection, TLS or authentication failure
+EXIT_SAFETY = 4  # refused for safety (mass deletion); see --force-delete
+EXIT_INTERRUPTED = 130  # interrupted; the state is consistent, rerun to continue
+
+
+class MailsyncError(Exception):
+    """Base class.  str(error) is the one line shown to the user."""
+
+    exit_code = EXIT_PARTIAL
+
+
+class ConfigError(MailsyncError):
+    """Bad command line, config file or store URL."""
+
+    exit_code = EXIT_USAGE
+
+
+class StoreError(MailsyncError):
+    """The store as a whole cannot be used; the channel stops."""
+
+    exit_code = EXIT_PARTIAL
+
+
+class ConnectError(StoreError):
+    """Connection, TLS or authentication failure."""
+
+    exit_code = EXIT_CONNECT
+
+
+class AuthError(ConnectError):
+    """Wrong credentials: retrying will not help."""
+
+
+class LockedError(StoreError):
+    """Another run holds the channel or the folder."""
+
+
+class FolderError(MailsyncError):
+    """One folder cannot be synced; the others go on."""
+
+
+class MessageError(MailsyncError):
+    """One message cannot be read or written; it is skipped."""
+
+
+class SafetyError(MailsyncError):
+    """A run was refused because it would delete too much."""
+
+    exit_code = EXIT_SAFETY

@@ -1,0 +1,102 @@
+"""Messages as the engine sees them: raw bytes, flags, metadata and fingerprints.
+
+Inside mailsync a message body is always bytes with LF line endings.  Network stores
+convert to CRLF on the wire; local stores write these bytes as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+SEEN = "\\Seen"
+ANSWERED = "\\Answered"
+FLAGGED = "\\Flagged"
+DELETED = "\\Deleted"
+DRAFT = "\\Draft"
+FORWARDED = "$Forwarded"
+
+#: The flags every local format can represent (Maildir's D F P R S T).
+STANDARD_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, FORWARDED})
+
+Flags = frozenset  # of str: IMAP system flags ("\\Seen") and keywords ("$Label1", "work")
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """What a folder listing says of one message."""
+
+    flags: frozenset[str]
+    size: int  # bytes as the store counts them (IMAP: RFC822.SIZE, local: LF form)
+    arrival: float  # arrival date, seconds since the epoch (IMAP INTERNALDATE, Maildir mtime)
+
+
+def to_lf(data: bytes) -> bytes:
+    """CRLF -> LF; lone CRs are content and stay."""
+    return data.replace(b"\r\n", b"\n") if b"\r\n" in data else data
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def to_crlf(data: bytes) -> bytes:
+    """LF -> CRLF for the wire, leaving existing CRLFs alone."""
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+def fingerprint(data: bytes) -> str:
+    """Content hash of a message, independent of its line endings.
+
+    Identity on each side is the side's own key; the fingerprint only re-matches
+    messages whose keys are unknown (first sync, interrupted copy, UIDVALIDITY change).
+    """
+    return hashlib.sha256(to_lf(data)).hexdigest()
+
+
+def normalise_flags(flags) -> frozenset[str]:
+    """Canonical spelling: system flags capitalised (\\seen -> \\Seen), keywords as given."""
+    out = set()
+    for flag in flags:
+        if isinstance(flag, bytes):
+            flag = flag.decode("utf-8", "replace")
+        if flag.startswith("\\"):
+            flag = "\\" + flag[1:].capitalize()
+            if flag == "\\Recent":
+                continue  # session state, never synced
+        elif flag.lower() == "$forwarded":
+            flag = FORWARDED
+        out.add(flag)
+    return frozenset(out)
+
+
+def format_flags(flags) -> str:
+    return " ".join(sorted(flags))
+
+
+def parse_flags(text: str | None) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_block(data: bytes) -> bytes:
+    match = _HEADER_END.search(data)
+    return data[: match.start()] if match else data
+
+
+def header_value(data: bytes, name: str) -> str | None:
+    """The first value of header `name` (unfolded), or None.  Cheap: no MIME parsing."""
+    want = name.lower().encode() + b":"
+    value = None
+    for line in header_block(data).split(b"\n"):
+        line = line.rstrip(b"\r")
+        if value is not None:
+            if line[:1] in (b" ", b"\t"):
+                value += b" " + line.strip()
+                continue
+            break
+        if line.lower().startswith(want):
+            value = line[len(want) :].strip()
+    return None if value is None else value.decode("utf-8", "replace")

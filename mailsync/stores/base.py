@@ -1,0 +1,99 @@
+"""The Store/Folder interface every backend implements.
+
+The engine sees two Folders and a state; it knows no protocol.  Contract, for every
+store (tests/stores/test_contract.py runs the same suite against each):
+
+* Message bodies are bytes with LF line endings.  ``fetch`` returns exactly the bytes
+  ``append`` was given (after CRLF -> LF).  Bodies never change; only flags do.
+* A key names one message within one folder for as long as ``validity`` is unchanged.
+  It survives flag changes (a Maildir file renamed by a mail reader keeps its key).
+* ``append``, ``set_flags`` and ``delete`` may be buffered; after ``flush`` returns
+  they are durable (fsynced).  The engine records state only after ``flush``.
+* Flags are IMAP-style strings (``\\Seen``, ``$Forwarded``, keywords).  ``persists``
+  says which flags a folder can keep; the engine keeps the others in its state.
+* Errors are ``mailsync.errors`` exceptions: MessageError for one message,
+  FolderError for the folder, StoreError/ConnectError for the whole store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from mailsync.message import Info, fingerprint
+
+
+class Folder(ABC):
+    name: str  # "/"-separated, "INBOX" for the inbox
+    #: Token that changes when every key of the folder becomes void (IMAP UIDVALIDITY).
+    validity: str = ""
+    read_only: bool = False
+
+    @abstractmethod
+    def list(self) -> dict[str, Info]:
+        """Every message now in the folder: key -> Info(flags, size, arrival)."""
+
+    @abstractmethod
+    def fetch(self, key: str) -> bytes:
+        """The message's bytes, LF line endings.  MessageError if it is gone."""
+
+    @abstractmethod
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        """Store a new message with these flags and arrival date; return its key."""
+
+    @abstractmethod
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        """Add and remove flags.  Flags the folder does not persist are ignored."""
+
+    @abstractmethod
+    def delete(self, key: str) -> str:
+        """Remove the message for good.  Returns the key that was removed, which is
+        `key` except in stores where identical copies are interchangeable (mbox)."""
+
+    def flush(self) -> None:
+        """Make every change so far durable."""
+
+    def close(self) -> None:
+        self.flush()
+
+    def persists(self, flag: str) -> bool:
+        """Whether this folder can keep `flag`."""
+        return True
+
+    def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
+        """Content hashes of these messages (skipping ones that vanished)."""
+        from mailsync.errors import MessageError
+
+        out = {}
+        for key in keys:
+            try:
+                out[key] = fingerprint(self.fetch(key))
+            except MessageError:
+                continue
+        return out
+
+
+class Store(ABC):
+    url: str  # as given, without secrets
+    read_only: bool = False
+
+    @abstractmethod
+    def list_folders(self) -> list[str]:
+        """Names of every folder, "/"-separated, "INBOX" for the inbox."""
+
+    @abstractmethod
+    def open_folder(self, name: str, create: bool = False) -> Folder:
+        """Open a folder; with create, make it first if it is missing.
+        FolderError if it does not exist (and create is false) or cannot be opened."""
+
+    def describe(self) -> str:
+        return self.url
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,118 @@
+"""In-memory store: the reference implementation of the Store contract, used by tests.
+
+``memory:NAME`` opens the same store again within one process, so CLI tests can seed it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from mailsync.errors import FolderError, MessageError
+from mailsync.message import Info, to_lf
+from mailsync.stores.base import Folder, Store
+
+_REGISTRY: dict[str, MemoryStore] = {}
+
+
+class MemoryFolder(Folder):
+    def __init__(self, store: MemoryStore, name: str):
+        self.store = store
+        self.name = name
+        self.validity = "1"
+        self.messages: dict[str, tuple[bytes, frozenset[str], float]] = {}
+        self.read_only = store.read_only
+        self.persisted: frozenset[str] | None = None  # None: every flag
+        self.fail_keys: set[str] = set()  # test hook: fetching these raises MessageError
+
+    def list(self) -> dict[str, Info]:
+        return {
+            key: Info(flags, len(data), arrival)
+            for key, (data, flags, arrival) in self.messages.items()
+        }
+
+    def fetch(self, key: str) -> bytes:
+        if key in self.fail_keys:
+            raise MessageError(f"{self.name}: message {key} cannot be read")
+        try:
+            return self.messages[key][0]
+        except KeyError:
+            raise MessageError(f"{self.name}: message {key} is gone")
+
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        self._writable()
+        key = str(next(self.store.counter))
+        self.messages[key] = (to_lf(data), self._kept(flags), arrival)
+        return key
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        self._writable()
+        data, flags, arrival = self._get(key)
+        self.messages[key] = (data, self._kept((flags - remove) | add), arrival)
+
+    def delete(self, key: str) -> str:
+        self._writable()
+        self._get(key)
+        del self.messages[key]
+        return key
+
+    def persists(self, flag: str) -> bool:
+        return self.persisted is None or flag in self.persisted
+
+    # test helpers -------------------------------------------------------------
+    def add(self, data: bytes, flags=(), arrival: float | None = None) -> str:
+        key = str(next(self.store.counter))
+        self.messages[key] = (to_lf(data), frozenset(flags), arrival or time.time())
+        return key
+
+    def renumber(self) -> None:
+        """Simulate a UIDVALIDITY change: every key is replaced."""
+        self.validity = str(int(self.validity) + 1)
+        self.messages = {str(next(self.store.counter)): v for v in self.messages.values()}
+
+    def _get(self, key):
+        try:
+            return self.messages[key]
+        except KeyError:
+            raise MessageError(f"{self.name}: message {key} is gone")
+
+    def _kept(self, flags):
+        return frozenset(f for f in flags if self.persists(f))
+
+    def _writable(self):
+        if self.read_only:
+            raise FolderError(f"{self.name} is read-only")
+
+
+class MemoryStore(Store):
+    def __init__(self, name: str = "", read_only: bool = False):
+        self.url = f"memory:{name}"
+        self.read_only = read_only
+        self.folders: dict[str, MemoryFolder] = {}
+        self.counter = itertools.count(1)
+
+    @classmethod
+    def named(cls, name: str) -> MemoryStore:
+        if name not in _REGISTRY:
+            _REGISTRY[name] = cls(name)
+        return _REGISTRY[name]
+
+    @staticmethod
+    def forget_all() -> None:
+        _REGISTRY.clear()
+
+    def list_folders(self) -> list[str]:
+        return sorted(self.folders)
+
+    def open_folder(self, name: str, create: bool = False) -> MemoryFolder:
+        if name not in self.folders:
+            if not create:
+                raise FolderError(f"{self.url}: no folder {name}")
+            if self.read_only:
+                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
+            self.folders[name] = MemoryFolder(self, name)
+        return self.folders[name]
+
+    def folder(self, name: str) -> MemoryFolder:
+        """Test helper: the folder, created if missing."""
+        return self.open_folder(name, create=True)
