@@ -18,8 +18,9 @@ store (tests/stores/test_contract.py runs the same suite against each):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+from mailsync.errors import MessageError
 from mailsync.message import Info, fingerprint
 
 
@@ -50,6 +51,15 @@ class Folder(ABC):
         """Remove the message for good.  Returns the key that was removed, which is
         `key` except in stores where identical copies are interchangeable (mbox)."""
 
+    def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+        """Fetch in the order given; network stores override this to pipeline.
+        A message that cannot be read yields its MessageError instead of bytes."""
+        for key in keys:
+            try:
+                yield key, self.fetch(key)
+            except MessageError as error:
+                yield key, error
+
     def flush(self) -> None:
         """Make every change so far durable."""
 
@@ -62,8 +72,6 @@ class Folder(ABC):
 
     def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
         """Content hashes of these messages (skipping ones that vanished)."""
-        from mailsync.errors import MessageError
-
         out = {}
         for key in keys:
             try:

@@ -1,0 +1,209 @@
+"""The TOML config file and the settings it yields.
+
+    [store.work]
+    url = "imaps://alice@mail.example.com"
+    password_command = "pass show mail/work"
+
+    [store.backup]
+    url = "maildir:~/Mail/work"
+
+    [channel.work]
+    remote = "work"
+    local = "backup"
+    direction = "pull"          # pull | push | both
+    delete = "keep"             # keep | propagate
+    folders = ["*", "!Trash"]
+
+Every problem found is reported at once, each with its line number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from mailsync.errors import ConfigError
+from mailsync.planner import DELETE_POLICIES, DIRECTIONS
+from mailsync.stores import split_url
+
+# Options a [store.NAME] table may carry, by URL scheme.
+NETWORK_OPTIONS = {"user", "password_command", "tls", "cafile", "timeout"}
+STORE_OPTIONS = {
+    "maildir": {"layout"},
+    "mbox": set(),
+    "memory": set(),
+    "imap": NETWORK_OPTIONS,
+    "imaps": NETWORK_OPTIONS,
+    "pop3": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size"},
+    "pop3s": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size"},
+    "ews": NETWORK_OPTIONS | {"auth", "items", "autodiscover"},
+}
+CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder"}
+GENERAL_KEYS = {"state_dir"}
+
+
+@dataclass
+class StoreConfig:
+    name: str
+    url: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ChannelConfig:
+    name: str
+    remote: StoreConfig
+    local: StoreConfig
+    direction: str = "both"
+    delete: str | None = None  # None: the command's default
+    folders: list[str] = field(default_factory=lambda: ["*"])
+
+
+@dataclass
+class Config:
+    path: str | None = None
+    stores: dict[str, StoreConfig] = field(default_factory=dict)
+    channels: dict[str, ChannelConfig] = field(default_factory=dict)
+    state_dir: str | None = None
+
+
+def default_config_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(base, "mailsync", "config.toml")
+
+
+def _line_finder(text: str):
+    """(table, key) -> line number, found by a light scan of the TOML text."""
+    lines: dict[tuple[str, str], int] = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\]]+?)\s*\]", stripped)
+        if header:
+            table = header.group(1).replace('"', "").replace("'", "")
+            lines.setdefault((table, ""), number)
+            continue
+        key = re.match(r"^([A-Za-z0-9_\-\"']+)\s*=", stripped)
+        if key:
+            lines.setdefault((table, key.group(1).strip("\"'")), number)
+    return lambda table, key="": lines.get((table, key)) or lines.get((table, ""))
+
+
+def load(path: str | None) -> Config:
+    """Read the config; a missing default file is an empty config."""
+    explicit = path is not None
+    path = path or default_config_path()
+    if not os.path.exists(path):
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        return Config()
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}")
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: {error}")
+    return parse(data, raw.decode("utf-8"), path)
+
+
+def parse(data: dict, text: str = "", path: str = "config") -> Config:
+    where = _line_finder(text)
+    problems: list[str] = []
+
+    def problem(table: str, key: str, message: str) -> None:
+        line = where(table, key)
+        problems.append(f"{path}:{line or '?'}: {message}")
+
+    config = Config(path=path)
+    for top in data:
+        if top not in ("store", "channel", "general"):
+            problem(top, "", f"unknown section [{top}]; expected [store.NAME] or [channel.NAME]")
+    general = data.get("general", {})
+    for key in general:
+        if key not in GENERAL_KEYS:
+            problem("general", key, f"unknown key {key!r} in [general]")
+    config.state_dir = general.get("state_dir")
+
+    for name, table in (data.get("store") or {}).items():
+        section = f"store.{name}"
+        if not isinstance(table, dict):
+            problem("store", name, f"store.{name} must be a table")
+            continue
+        url = table.get("url")
+        if not isinstance(url, str) or not url:
+            problem(section, "", f'[{section}] needs a url, e.g. url = "maildir:~/Mail"')
+            continue
+        try:
+            scheme = split_url(url)[0]
+        except ConfigError as error:
+            problem(section, "url", str(error))
+            continue
+        allowed = STORE_OPTIONS.get(scheme, set())
+        for key in table:
+            if key != "url" and key not in allowed:
+                choices = ", ".join(sorted(allowed)) or "none"
+                problem(
+                    section,
+                    key,
+                    f"unknown key {key!r} for a {scheme} store (allowed: url, {choices})",
+                )
+        options = {k: v for k, v in table.items() if k != "url"}
+        if scheme == "maildir" and options.get("layout", "verbatim") not in (
+            "verbatim",
+            "maildir++",
+        ):
+            problem(section, "layout", 'layout must be "verbatim" or "maildir++"')
+        config.stores[name] = StoreConfig(name, url, options)
+
+    for name, table in (data.get("channel") or {}).items():
+        section = f"channel.{name}"
+        if not isinstance(table, dict):
+            problem("channel", name, f"channel.{name} must be a table")
+            continue
+        for key in table:
+            if key not in CHANNEL_KEYS:
+                problem(
+                    section,
+                    key,
+                    f"unknown key {key!r} in [{section}] "
+                    f"(allowed: {', '.join(sorted(CHANNEL_KEYS))})",
+                )
+        sides = {}
+        for side in ("remote", "local"):
+            ref = table.get(side)
+            if not isinstance(ref, str):
+                problem(section, side, f'[{section}] needs {side} = "STORE" or a store URL')
+            elif ref in config.stores:
+                sides[side] = config.stores[ref]
+            elif ":" in ref or "/" in ref:
+                try:
+                    split_url(ref)
+                    sides[side] = StoreConfig(ref, ref)
+                except ConfigError as error:
+                    problem(section, side, str(error))
+            else:
+                problem(section, side, f"{side} = {ref!r}: no [store.{ref}] in the config")
+        direction = table.get("direction", "both")
+        if direction not in DIRECTIONS:
+            problem(section, "direction", f"direction must be one of {', '.join(DIRECTIONS)}")
+        delete = table.get("delete")
+        if delete is not None and delete not in DELETE_POLICIES:
+            problem(section, "delete", f"delete must be one of {', '.join(DELETE_POLICIES)}")
+        folders = table.get("folders", ["*"])
+        if isinstance(folders, str):
+            folders = [folders]
+        if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
+            problem(section, "folders", 'folders must be a list of patterns, e.g. ["*"]')
+            folders = ["*"]
+        if len(sides) == 2:
+            config.channels[name] = ChannelConfig(
+                name, sides["remote"], sides["local"], direction, delete, folders
+            )
+
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the config:\n" + "\n".join(problems))
+    return config

@@ -1,0 +1,234 @@
+"""The pure planner: two listings + the state + a policy -> actions.  No I/O.
+
+Sides are "a" (the channel's remote side, or SOURCE of an ad-hoc pull) and "b" (the
+local side).  The decision table, for each pair of keys recorded in the state:
+
+==========================  =====================================================
+present on a and b          three-way flag merge against the last synced flags
+present on a only           b deleted it: propagate (delete = propagate and a is
+                            writable) or remember a tombstone (keep); if a changed
+                            its flags since, two-way sync copies it back instead
+present on b only           the mirror image
+present on neither          forget the pair
+==========================  =====================================================
+
+Messages no pair knows are copied to the other side when the direction allows.
+
+Flags merge per flag: a change on one side wins over no change on the other; both
+sides changing the same flag always agree, so there is no conflict to resolve.  One-way
+runs apply the source's changes and leave the destination's own changes alone.
+
+Safety: deletions on a side are refused (the plan keeps them in ``refused``) when they
+would remove more than half of a folder of 10 or more messages, or when the side they
+come from is now empty although the state knew messages there.  --force-delete lifts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from mailsync.message import Info
+from mailsync.state import Pair
+
+Persists = Callable[[str], bool]
+DIRECTIONS = ("pull", "push", "both")
+DELETE_POLICIES = ("keep", "propagate")
+
+
+def other(side: str) -> str:
+    return "b" if side == "a" else "a"
+
+
+@dataclass(frozen=True)
+class Policy:
+    direction: str = "both"  # pull: a -> b, push: b -> a, both
+    delete: str = "keep"  # keep | propagate
+    force_delete: bool = False
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
+        if self.delete not in DELETE_POLICIES:
+            raise ValueError(f"delete must be one of {', '.join(DELETE_POLICIES)}")
+
+    def writes(self, side: str) -> bool:
+        """Whether this run may change `side`."""
+        return self.direction == "both" or self.direction == ("pull" if side == "b" else "push")
+
+    def propagates_to(self, side: str) -> bool:
+        return self.delete == "propagate" and self.writes(side)
+
+
+@dataclass
+class Copy:
+    src: str  # side the message is on
+    key: str
+    flags: frozenset[str]
+    arrival: float
+    pair: Pair | None = None  # set when re-filling a known pair (a resurrected message)
+
+
+@dataclass
+class SetFlags:
+    pair: Pair
+    changes: dict[str, tuple[frozenset[str], frozenset[str]]]  # side -> (add, remove)
+    new_flags: frozenset[str]  # what the state records afterwards
+
+
+@dataclass
+class Delete:
+    side: str
+    key: str
+    pair: Pair
+
+
+@dataclass
+class Tombstone:
+    """The message vanished from `side`; the other side keeps it and it stays known."""
+
+    pair: Pair
+    side: str
+
+
+@dataclass
+class Forget:
+    pair: Pair
+
+
+@dataclass
+class Plan:
+    copies: list[Copy] = field(default_factory=list)
+    flags: list[SetFlags] = field(default_factory=list)
+    deletes: list[Delete] = field(default_factory=list)
+    bookkeeping: list[Tombstone | Forget] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # one sentence per refused side
+    refused_deletes: list[Delete] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.copies or self.flags or self.deletes or self.bookkeeping)
+
+    def count(self) -> dict[str, int]:
+        return {
+            "copy_a_to_b": sum(1 for c in self.copies if c.src == "a"),
+            "copy_b_to_a": sum(1 for c in self.copies if c.src == "b"),
+            "flags_a": sum(1 for f in self.flags if "a" in f.changes),
+            "flags_b": sum(1 for f in self.flags if "b" in f.changes),
+            "delete_a": sum(1 for d in self.deletes if d.side == "a"),
+            "delete_b": sum(1 for d in self.deletes if d.side == "b"),
+        }
+
+
+def _all(flag: str) -> bool:
+    return True
+
+
+def effective_flags(listed: frozenset[str], synced: frozenset[str], persists: Persists):
+    """A side's flags as far as it can tell: what it keeps itself, and for the flags it
+    cannot keep (keywords in Maildir, everything in mbox) what was last synced."""
+    return frozenset(f for f in listed if persists(f)) | frozenset(
+        f for f in synced if not persists(f)
+    )
+
+
+def merge_flags(synced, fa, fb, direction: str):
+    """-> (target flags on a, target flags on b, flags to record)."""
+    if direction == "pull":
+        target_b = (fb | (fa - synced)) - (synced - fa)
+        return fa, target_b, fa
+    if direction == "push":
+        target_a = (fa | (fb - synced)) - (synced - fb)
+        return target_a, fb, fb
+    merged = (fa & fb) | ((fa - fb) - synced) | ((fb - fa) - synced)
+    return merged, merged, merged
+
+
+def plan(
+    listing_a: Mapping[str, Info],
+    listing_b: Mapping[str, Info],
+    pairs: list[Pair],
+    policy: Policy,
+    persists_a: Persists = _all,
+    persists_b: Persists = _all,
+) -> Plan:
+    result = Plan()
+    listings = {"a": listing_a, "b": listing_b}
+    persists = {"a": persists_a, "b": persists_b}
+    known = {"a": set(), "b": set()}
+
+    for pair in pairs:
+        info = {}
+        for side in ("a", "b"):
+            key = pair.key(side)
+            if key is not None:
+                known[side].add(key)
+            info[side] = listings[side].get(key) if key is not None else None
+
+        if info["a"] and info["b"]:
+            fa = effective_flags(info["a"].flags, pair.flags, persists_a)
+            fb = effective_flags(info["b"].flags, pair.flags, persists_b)
+            target_a, target_b, record = merge_flags(pair.flags, fa, fb, policy.direction)
+            changes = {}
+            for side, now, target in (("a", fa, target_a), ("b", fb, target_b)):
+                keep = persists[side]
+                add = frozenset(f for f in target - now if keep(f))
+                remove = frozenset(f for f in now - target if keep(f))
+                if (add or remove) and policy.writes(side):
+                    changes[side] = (add, remove)
+            if changes or record != pair.flags:
+                result.flags.append(SetFlags(pair, changes, record))
+            continue
+
+        if not info["a"] and not info["b"]:
+            result.bookkeeping.append(Forget(pair))
+            continue
+
+        present = "a" if info["a"] else "b"
+        gone = other(present)
+        if pair.key(gone) is None:
+            # An earlier deletion on `gone` that was kept; a later --mirror propagates it.
+            if policy.propagates_to(present):
+                result.deletes.append(Delete(present, pair.key(present), pair))
+            continue
+        if policy.propagates_to(present):
+            now = effective_flags(info[present].flags, pair.flags, persists[present])
+            if policy.direction == "both" and now != pair.flags:
+                # Deleted on one side, changed on the other: the changed copy survives.
+                result.copies.append(
+                    Copy(present, pair.key(present), now, info[present].arrival, pair)
+                )
+            else:
+                result.deletes.append(Delete(present, pair.key(present), pair))
+        else:
+            result.bookkeeping.append(Tombstone(pair, gone))
+
+    for src in ("a", "b"):
+        if not policy.writes(other(src)):
+            continue
+        for key, info in listings[src].items():
+            if key not in known[src]:
+                result.copies.append(Copy(src, key, info.flags, info.arrival))
+
+    _apply_safety(result, listings, pairs, policy)
+    return result
+
+
+def _apply_safety(result: Plan, listings, pairs: list[Pair], policy: Policy) -> None:
+    if policy.force_delete or not result.deletes:
+        return
+    for side in ("a", "b"):
+        doomed = [d for d in result.deletes if d.side == side]
+        if not doomed:
+            continue
+        size = len(listings[side])
+        source = other(side)
+        source_had = any(p.key(source) is not None for p in pairs)
+        if size >= 10 and len(doomed) * 2 > size:
+            reason = f"would delete {len(doomed)} of {size} messages on side {side}"
+        elif not listings[source] and source_had:
+            reason = f"the other side is now empty; would delete {len(doomed)} messages"
+        else:
+            continue
+        result.refused.append(reason)
+        result.refused_deletes.extend(doomed)
+        result.deletes = [d for d in result.deletes if d.side != side]

@@ -1,0 +1,297 @@
+"""Sync state: one SQLite file per channel, private, locked while a run uses it.
+
+Per folder: each side's folder name and validity token (IMAP UIDVALIDITY), protocol
+cursors (MODSEQ, UIDL, SyncState) as JSON, and the pairs of keys with the flags last
+synced and the content hash.  A pair whose key on one side is NULL is a tombstone: the
+message was deleted on that side and kept on the other (delete = keep), so it is not
+copied back.
+
+The engine writes a pair only after the message is durable on the destination
+(Folder.flush), so a crash leaves at worst a durable but unrecorded copy, which the next
+run finds again by its content hash.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from mailsync.errors import LockedError, StoreError
+from mailsync.message import format_flags, parse_flags
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS folders (
+    id INTEGER PRIMARY KEY,
+    name_a TEXT NOT NULL,
+    name_b TEXT NOT NULL,
+    validity_a TEXT,
+    validity_b TEXT,
+    cursor_a TEXT NOT NULL DEFAULT '{}',
+    cursor_b TEXT NOT NULL DEFAULT '{}',
+    last_sync REAL,
+    UNIQUE (name_a, name_b)
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    id INTEGER PRIMARY KEY,
+    folder_id INTEGER NOT NULL REFERENCES folders(id),
+    key_a TEXT,
+    key_b TEXT,
+    flags TEXT NOT NULL DEFAULT '',
+    hash TEXT
+);
+CREATE INDEX IF NOT EXISTS pairs_folder ON pairs (folder_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    command TEXT,
+    started REAL,
+    finished REAL,
+    exit_code INTEGER,
+    report TEXT
+);
+"""
+
+
+@dataclass
+class Pair:
+    id: int | None
+    key_a: str | None
+    key_b: str | None
+    flags: frozenset[str]
+    hash: str | None = None
+
+    def key(self, side: str) -> str | None:
+        return self.key_a if side == "a" else self.key_b
+
+
+@dataclass
+class FolderState:
+    id: int
+    name_a: str
+    name_b: str
+    validity_a: str | None
+    validity_b: str | None
+    cursor_a: dict
+    cursor_b: dict
+    last_sync: float | None
+
+    def validity(self, side: str) -> str | None:
+        return self.validity_a if side == "a" else self.validity_b
+
+    def cursor(self, side: str) -> dict:
+        return self.cursor_a if side == "a" else self.cursor_b
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "mailsync")
+
+
+def state_file_name(channel: str | None, url_a: str, url_b: str) -> str:
+    """Channels by name; ad-hoc pairs by a hash of their two canonical URLs."""
+    if channel:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", channel)
+        return f"channel-{safe}.db"
+    digest = hashlib.sha256(f"{url_a}\0{url_b}".encode()).hexdigest()[:16]
+    return f"adhoc-{digest}.db"
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+class State:
+    """The state of one channel.  Use as a context manager: it holds the channel lock."""
+
+    def __init__(self, path: str, *, lock: bool = True, create: bool = True):
+        self.path = path
+        self._lock_fd: int | None = None
+        directory = os.path.dirname(path) or "."
+        if not create and not os.path.exists(path):
+            raise StoreError(f"no state at {path}: this channel has never been synced")
+        _private_dir(directory)
+        if lock:
+            self._lock()
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self._unlock()
+            raise StoreError(
+                f"state file {path} is unreadable ({error}); move it aside and rerun: "
+                "messages already copied are found again by content, not copied twice"
+            )
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.chmod(path + suffix, 0o600)
+        self._in_tx = False
+
+    # locking ------------------------------------------------------------------
+    def _lock(self) -> None:
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode().strip()
+            except OSError:
+                holder = "?"
+            os.close(fd)
+            raise LockedError(
+                f"another mailsync run (pid {holder or '?'}) is using this channel "
+                f"({lock_path}); wait for it to finish"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        if getattr(self, "db", None) is not None:
+            if self._in_tx:
+                self.db.execute("ROLLBACK")
+            self.db.close()
+            self.db = None
+        self._unlock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # transactions ---------------------------------------------------------------
+    def begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    # meta -----------------------------------------------------------------------
+    def get_meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    # folders --------------------------------------------------------------------
+    def folders(self) -> list[FolderState]:
+        rows = self.db.execute(
+            "SELECT id, name_a, name_b, validity_a, validity_b, cursor_a, cursor_b, last_sync "
+            "FROM folders ORDER BY name_a"
+        ).fetchall()
+        return [self._folder(row) for row in rows]
+
+    def folder(self, name_a: str, name_b: str) -> FolderState:
+        """The folder's state, created empty if it is new."""
+        sql = (
+            "SELECT id, name_a, name_b, validity_a, validity_b, cursor_a, cursor_b, last_sync "
+            "FROM folders WHERE name_a = ? AND name_b = ?"
+        )
+        row = self.db.execute(sql, (name_a, name_b)).fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO folders (name_a, name_b) VALUES (?, ?)", (name_a, name_b))
+            row = self.db.execute(sql, (name_a, name_b)).fetchone()
+        return self._folder(row)
+
+    @staticmethod
+    def _folder(row) -> FolderState:
+        return FolderState(
+            row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), json.loads(row[6]), row[7]
+        )
+
+    def save_folder(self, folder: FolderState) -> None:
+        self.db.execute(
+            "UPDATE folders SET validity_a = ?, validity_b = ?, cursor_a = ?, cursor_b = ?, "
+            "last_sync = ? WHERE id = ?",
+            (
+                folder.validity_a,
+                folder.validity_b,
+                json.dumps(folder.cursor_a, sort_keys=True),
+                json.dumps(folder.cursor_b, sort_keys=True),
+                folder.last_sync,
+                folder.id,
+            ),
+        )
+
+    # pairs ------------------------------------------------------------------------
+    def pairs(self, folder_id: int) -> list[Pair]:
+        rows = self.db.execute(
+            "SELECT id, key_a, key_b, flags, hash FROM pairs WHERE folder_id = ?", (folder_id,)
+        )
+        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4]) for r in rows]
+
+    def count_pairs(self, folder_id: int) -> tuple[int, int]:
+        row = self.db.execute(
+            "SELECT COUNT(key_a), COUNT(key_b) FROM pairs WHERE folder_id = ?", (folder_id,)
+        ).fetchone()
+        return row[0], row[1]
+
+    def add_pair(self, folder_id: int, pair: Pair) -> None:
+        cursor = self.db.execute(
+            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash) VALUES (?, ?, ?, ?, ?)",
+            (folder_id, pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash),
+        )
+        pair.id = cursor.lastrowid
+
+    def update_pair(self, pair: Pair) -> None:
+        self.db.execute(
+            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ? WHERE id = ?",
+            (pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash, pair.id),
+        )
+
+    def delete_pair(self, pair: Pair) -> None:
+        self.db.execute("DELETE FROM pairs WHERE id = ?", (pair.id,))
+
+    def forget_pairs(self, folder_id: int) -> None:
+        """Forget every pair of a folder: used when one side's folder was re-created,
+        so the other side's messages are copied into it again."""
+        self.db.execute("DELETE FROM pairs WHERE folder_id = ?", (folder_id,))
+
+    # runs -------------------------------------------------------------------------
+    def record_run(self, command: str, started: float, exit_code: int, report: dict) -> None:
+        self.db.execute(
+            "INSERT INTO runs (command, started, finished, exit_code, report) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (command, started, time.time(), exit_code, json.dumps(report)),
+        )
+        self.db.execute(
+            "DELETE FROM runs WHERE id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT 50)"
+        )
+
+    def last_run(self) -> dict | None:
+        row = self.db.execute(
+            "SELECT command, started, finished, exit_code, report FROM runs "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "command": row[0],
+            "started": row[1],
+            "finished": row[2],
+            "exit_code": row[3],
+            "report": json.loads(row[4]) if row[4] else None,
+        }

@@ -1,0 +1,490 @@
+"""The executor: opens folder pairs, asks the planner, runs the actions in batches and
+records the state as it goes.
+
+Order of work in a folder: copies (a -> b, then b -> a), flag changes, deletions.  Every
+batch is made durable on the destination (Folder.flush) before the state records it, so a
+crash at any point leaves each message exactly once after the next run:
+
+* a message appended but not yet recorded is found again by its content hash when the
+  next run copies the same source message ("match or append"), and is linked, not copied;
+* a flag change or deletion applied but not recorded is seen as already done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from mailsync.errors import FolderError, MessageError
+from mailsync.message import fingerprint
+from mailsync.planner import Copy, Delete, Forget, Plan, Policy, SetFlags, Tombstone, other, plan
+from mailsync.state import FolderState, Pair, State
+from mailsync.stores.base import Folder, Store
+
+log = logging.getLogger("mailsync")
+
+BATCH_MESSAGES = 200
+BATCH_BYTES = 64 * 1024 * 1024
+
+# Test-only crash hook: MAILSYNC_CRASH_AT=N kills the process (as kill -9 would) at the
+# N-th step of a run.  Crash tests rerun with N = 1, 2, ... until a run completes.
+_CRASH_AT = int(os.environ.get("MAILSYNC_CRASH_AT") or 0)
+_steps = 0
+
+
+def step(what: str) -> None:
+    global _steps
+    if _CRASH_AT:
+        _steps += 1
+        if _steps >= _CRASH_AT:
+            log.debug("crash hook: exiting at step %d (%s)", _steps, what)
+            os._exit(137)
+
+
+def select_folders(names: Iterable[str], patterns: list[str]) -> list[str]:
+    """Glob patterns, '!' negates, later matches win; unmatched names are left out."""
+    chosen = []
+    for name in names:
+        keep = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            if fnmatch.fnmatchcase(name, pattern[1:] if negate else pattern):
+                keep = not negate
+        if keep:
+            chosen.append(name)
+    return sorted(set(chosen), key=lambda n: (n != "INBOX", n))
+
+
+@dataclass
+class FolderReport:
+    folder: str
+    copied_a_to_b: int = 0
+    copied_b_to_a: int = 0
+    flags_a: int = 0
+    flags_b: int = 0
+    deleted_a: int = 0
+    deleted_b: int = 0
+    linked: int = 0  # unrecorded copies found again by content
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    planned: dict[str, int] | None = None  # --dry-run: what would happen
+
+    def summary(self) -> str:
+        if self.planned is not None:
+            p = self.planned
+            parts = [
+                f"would copy {p['copy_a_to_b']} a->b, {p['copy_b_to_a']} b->a",
+                f"flags {p['flags_a'] + p['flags_b']}",
+                f"delete {p['delete_a'] + p['delete_b']}",
+            ]
+        else:
+            parts = [
+                f"copied {self.copied_a_to_b} a->b, {self.copied_b_to_a} b->a",
+                f"flags {self.flags_a + self.flags_b}",
+                f"deleted {self.deleted_a + self.deleted_b}",
+                f"skipped {self.skipped}",
+                f"errors {len(self.errors)}",
+            ]
+        if self.linked:
+            parts.append(f"re-linked {self.linked}")
+        if self.refused:
+            parts.append("deletions refused")
+        return f"{self.folder}: " + ", ".join(parts)
+
+
+@dataclass
+class Report:
+    folders: list[FolderReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # store-level
+
+    @property
+    def refused(self) -> bool:
+        return any(f.refused for f in self.folders)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(f.errors for f in self.folders)
+
+    def as_dict(self) -> dict:
+        return {"folders": [asdict(f) for f in self.folders], "errors": self.errors}
+
+
+class NullProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+ProgressFactory = Callable[[int, str], NullProgress]
+
+
+class Syncer:
+    """Runs one channel: store a (remote side) and store b (local side)."""
+
+    def __init__(
+        self,
+        store_a: Store,
+        store_b: Store,
+        state: State,
+        policy: Policy,
+        patterns: list[str] | None = None,
+        dry_run: bool = False,
+        progress: ProgressFactory | None = None,
+    ):
+        self.stores = {"a": store_a, "b": store_b}
+        self.state = state
+        self.policy = policy
+        self.patterns = patterns or ["*"]
+        self.dry_run = dry_run
+        self.progress = progress or (lambda total, desc: NullProgress())
+
+    # channel ----------------------------------------------------------------------
+    def run(self) -> Report:
+        report = Report()
+        existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
+        candidates = set()
+        for side in ("a", "b"):
+            if self.policy.writes(other(side)) or self.policy.direction == "both":
+                candidates |= existing[side]
+        # Folders the state knows are synced too, so a vanished folder is noticed.
+        candidates |= {f.name_a for f in self.state.folders()}
+        for name in select_folders(candidates, self.patterns):
+            if not any(name in existing[side] for side in ("a", "b")) and not self._known(name):
+                continue
+            try:
+                report.folders.append(self.sync_folder(name, existing))
+            except FolderError as error:
+                log.error("%s", error)
+                folder_report = FolderReport(name)
+                folder_report.errors.append(str(error))
+                report.folders.append(folder_report)
+        return report
+
+    def _known(self, name: str) -> bool:
+        return any(f.name_a == name for f in self.state.folders())
+
+    # folder -----------------------------------------------------------------------
+    def sync_folder(self, name: str, existing: dict[str, set[str]]) -> FolderReport:
+        report = FolderReport(name)
+        fstate = self.state.folder(name, name)
+        folders: dict[str, Folder | None] = {}
+        listings = {}
+        for side in ("a", "b"):
+            present = name in existing[side]
+            if not present and self.policy.writes(side) and not self.dry_run:
+                had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))
+                folders[side] = self.stores[side].open_folder(name, create=True)
+                if had_any:
+                    # The folder was removed on this side: refill it, never read it as
+                    # "delete everything" (mailsync never deletes folders).
+                    self.state.begin()
+                    self.state.forget_pairs(fstate.id)
+                    self.state.commit()
+                    report.notes.append(f"re-created on side {side}; copying its messages again")
+                else:
+                    report.notes.append(f"created on side {side}")
+                listings[side] = folders[side].list()
+            elif not present:
+                folders[side] = None
+                listings[side] = {}
+            else:
+                folders[side] = self.stores[side].open_folder(name)
+                listings[side] = folders[side].list()
+        try:
+            return self._sync_open(name, fstate, folders, listings, report)
+        finally:
+            for folder in folders.values():
+                if folder is not None:
+                    folder.close()
+
+    def _sync_open(self, name, fstate: FolderState, folders, listings, report) -> FolderReport:
+        for side in ("a", "b"):
+            folder = folders[side]
+            if folder is None:
+                continue
+            old = fstate.validity(side)
+            if old is not None and old != folder.validity and not self.dry_run:
+                self._rematch(fstate, side, folder, listings[side], report)
+            setattr(fstate, f"validity_{side}", folder.validity)
+        if not self.dry_run:
+            self.state.begin()
+            self.state.save_folder(fstate)
+            self.state.commit()
+
+        pairs = self.state.pairs(fstate.id)
+        persists = {
+            side: (folders[side].persists if folders[side] is not None else (lambda f: True))
+            for side in ("a", "b")
+        }
+        the_plan = plan(
+            listings["a"], listings["b"], pairs, self.policy, persists["a"], persists["b"]
+        )
+        report.refused = list(the_plan.refused)
+        for reason in the_plan.refused:
+            log.warning(
+                "%s: deletions refused: %s; rerun with --force-delete if intended", name, reason
+            )
+        if self.dry_run:
+            report.planned = the_plan.count()
+            for action in the_plan.copies + the_plan.flags + the_plan.deletes:
+                log.info("%s: would %s", name, describe(action))
+            return report
+
+        self._copies(fstate, the_plan, folders, listings, report)
+        self._flags(the_plan.flags, folders, report)
+        self._deletes(the_plan.deletes, folders, report)
+        self.state.begin()
+        for action in the_plan.bookkeeping:
+            if isinstance(action, Forget):
+                self.state.delete_pair(action.pair)
+            elif isinstance(action, Tombstone):
+                setattr(action.pair, f"key_{action.side}", None)
+                self.state.update_pair(action.pair)
+        fstate.last_sync = time.time()
+        self.state.save_folder(fstate)
+        self.state.commit()
+        step("folder done")
+        return report
+
+    # UIDVALIDITY changes ------------------------------------------------------------
+    def _rematch(self, fstate, side, folder, listing, report) -> None:
+        """Every key of `side` is void: find the messages again by content hash."""
+        pairs = [p for p in self.state.pairs(fstate.id) if p.key(side) is not None]
+        by_hash: dict[str, list[str]] = {}
+        for key, digest in folder.fingerprints(listing).items():
+            by_hash.setdefault(digest, []).append(key)
+        found = lost = 0
+        self.state.begin()
+        for pair in pairs:
+            keys = by_hash.get(pair.hash or "")
+            new_key = keys.pop() if keys else None
+            setattr(pair, f"key_{side}", new_key)
+            if new_key is None:
+                lost += 1
+                if pair.key(other(side)) is None:
+                    self.state.delete_pair(pair)
+                    continue
+            else:
+                found += 1
+            self.state.update_pair(pair)
+        setattr(fstate, f"validity_{side}", folder.validity)
+        self.state.save_folder(fstate)
+        self.state.commit()
+        report.notes.append(
+            f"validity of side {side} changed: {found} messages re-matched by content, "
+            f"{lost} no longer there"
+        )
+        log.warning("%s: %s", fstate.name_a, report.notes[-1])
+
+    # copies ---------------------------------------------------------------------------
+    def _copies(self, fstate, the_plan: Plan, folders, listings, report) -> None:
+        linked_keys = {"a": set(), "b": set()}
+        for src in ("a", "b"):
+            copies = [c for c in the_plan.copies if c.src == src and c.key not in linked_keys[src]]
+            if not copies:
+                continue
+            dst = other(src)
+            self._copy_batch(fstate, src, dst, copies, folders, listings, report, linked_keys)
+
+    def _copy_batch(self, fstate, src, dst, copies, folders, listings, report, linked_keys):
+        source, target = folders[src], folders[dst]
+        by_key = {c.key: c for c in copies}
+        index = None  # content hash -> [(dst key, pair or None)], built on first use
+        pending: list[Pair] = []
+        obsolete: list[Pair] = []
+        pending_bytes = 0
+        bar = self.progress(len(copies), f"{fstate.name_a} {src}->{dst}")
+
+        def commit():
+            nonlocal pending, pending_bytes
+            if not pending:
+                return
+            target.flush()
+            step("flush")
+            self.state.begin()
+            for pair in obsolete:
+                self.state.delete_pair(pair)
+            obsolete.clear()
+            for pair in pending:
+                if pair.id is None:
+                    self.state.add_pair(fstate.id, pair)
+                else:
+                    self.state.update_pair(pair)
+            self.state.commit()
+            step("commit")
+            pending, pending_bytes = [], 0
+
+        try:
+            for key, data in source.fetch_many(list(by_key)):
+                copy = by_key[key]
+                bar.update(1)
+                if isinstance(data, MessageError):
+                    report.errors.append(str(data))
+                    log.error("%s", data)
+                    continue
+                digest = fingerprint(data)
+                if index is None:
+                    index = self._match_index(fstate, dst, target, listings[dst])
+                candidates = index.get(digest)
+                if candidates:
+                    dst_key, pair = candidates.pop()
+                    self._link(copy, src, dst, dst_key, pair, target, listings[dst])
+                    if pair is not None and copy.pair is not None and pair is not copy.pair:
+                        obsolete.append(copy.pair)  # a resurrected message met its tombstone
+                    pair = pair or copy.pair or Pair(None, None, None, copy.flags, digest)
+                    linked_keys[dst].add(dst_key)
+                    report.linked += 1
+                    log.info(
+                        "%s: linked %s %s to %s %s (same content)",
+                        fstate.name_a,
+                        src,
+                        key,
+                        dst,
+                        dst_key,
+                    )
+                else:
+                    try:
+                        dst_key = target.append(data, copy.flags, copy.arrival)
+                    except MessageError as error:
+                        report.errors.append(str(error))
+                        log.error("%s", error)
+                        continue
+                    step("append")
+                    pair = copy.pair or Pair(None, None, None, copy.flags, digest)
+                    setattr(
+                        report,
+                        f"copied_{src}_to_{dst}",
+                        getattr(report, f"copied_{src}_to_{dst}") + 1,
+                    )
+                    log.info("%s: copied %s %s to %s %s", fstate.name_a, src, key, dst, dst_key)
+                setattr(pair, f"key_{src}", key)
+                setattr(pair, f"key_{dst}", dst_key)
+                pair.flags, pair.hash = copy.flags, digest
+                pending.append(pair)
+                pending_bytes += len(data)
+                if len(pending) >= BATCH_MESSAGES or pending_bytes >= BATCH_BYTES:
+                    commit()
+            commit()
+        finally:
+            bar.close()
+
+    def _match_index(self, fstate, dst, target: Folder, listing) -> dict:
+        """Destination messages a copy may turn out to be: unknown ones (an interrupted
+        copy, a first sync of two full folders) and tombstones (kept after a deletion)."""
+        pairs = self.state.pairs(fstate.id)
+        known = {p.key(dst) for p in pairs}
+        index: dict[str, list] = {}
+        for pair in pairs:
+            key = pair.key(dst)
+            if pair.key(other(dst)) is None and key in listing and pair.hash:
+                index.setdefault(pair.hash, []).append((key, pair))
+        unknown = [k for k in listing if k not in known]
+        if unknown:
+            for key, digest in target.fingerprints(unknown).items():
+                index.setdefault(digest, []).append((key, None))
+        return index
+
+    def _link(self, copy: Copy, src, dst, dst_key, pair, target: Folder, listing):
+        """Adopt an existing destination message; the source's flags win."""
+        now = listing[dst_key].flags if dst_key in listing else frozenset()
+        add = frozenset(f for f in copy.flags - now if target.persists(f))
+        remove = frozenset(f for f in now - copy.flags if target.persists(f))
+        if add or remove:
+            target.set_flags(dst_key, add, remove)
+
+    # flags ------------------------------------------------------------------------------
+    def _flags(self, actions: list[SetFlags], folders, report) -> None:
+        for start in range(0, len(actions), BATCH_MESSAGES):
+            batch = actions[start : start + BATCH_MESSAGES]
+            done = []
+            for action in batch:
+                try:
+                    for side, (add, remove) in action.changes.items():
+                        folders[side].set_flags(action.pair.key(side), add, remove)
+                        setattr(report, f"flags_{side}", getattr(report, f"flags_{side}") + 1)
+                        log.info("%s", describe(action))
+                        step("flags")
+                except MessageError as error:
+                    report.errors.append(str(error))
+                    continue
+                done.append(action)
+            for folder in folders.values():
+                if folder is not None:
+                    folder.flush()
+            self.state.begin()
+            for action in done:
+                action.pair.flags = action.new_flags
+                self.state.update_pair(action.pair)
+            self.state.commit()
+            step("commit flags")
+
+    # deletions ----------------------------------------------------------------------------
+    def _deletes(self, actions: list[Delete], folders, report) -> None:
+        for start in range(0, len(actions), BATCH_MESSAGES):
+            batch = actions[start : start + BATCH_MESSAGES]
+            done = []
+            for action in batch:
+                try:
+                    removed = folders[action.side].delete(action.key)
+                except MessageError as error:
+                    report.errors.append(str(error))
+                    continue
+                step("delete")
+                setattr(
+                    report, f"deleted_{action.side}", getattr(report, f"deleted_{action.side}") + 1
+                )
+                log.info("%s", describe(action))
+                done.append((action, removed))
+            for folder in folders.values():
+                if folder is not None:
+                    folder.flush()
+            self.state.begin()
+            for action, removed in done:
+                if removed != action.key:
+                    # Identical copies are interchangeable (mbox): the pair that pointed
+                    # at the copy actually removed now points at the one we named.
+                    self._repoint(action, removed)
+                self.state.delete_pair(action.pair)
+            self.state.commit()
+            step("commit deletes")
+
+    def _repoint(self, action: Delete, removed: str) -> None:
+        column = f"key_{action.side}"
+        self.state.db.execute(
+            f"UPDATE pairs SET {column} = ? WHERE {column} = ? AND id != ? AND folder_id = "
+            "(SELECT folder_id FROM pairs WHERE id = ?)",
+            (action.key, removed, action.pair.id, action.pair.id),
+        )
+
+
+def describe(action) -> str:
+    if isinstance(action, Copy):
+        return f"copy {action.src} {action.key} to {other(action.src)}"
+    if isinstance(action, SetFlags):
+        parts = []
+        for side, (add, remove) in action.changes.items():
+            change = " ".join([f"+{f}" for f in sorted(add)] + [f"-{f}" for f in sorted(remove)])
+            parts.append(f"{side} {action.pair.key(side)} {change}")
+        return "flags " + "; ".join(parts) if parts else "record flags"
+    if isinstance(action, Delete):
+        return f"delete {action.side} {action.key}"
+    return type(action).__name__.lower()
+
+
+@contextlib.contextmanager
+def opened(*stores: Store):
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            with contextlib.suppress(Exception):
+                store.close()
