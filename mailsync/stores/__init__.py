@@ -8,7 +8,7 @@ or from the config's ``[store.NAME]`` table; the table wins.
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from mailsync.errors import ConfigError
 from mailsync.stores.base import Folder, Store
@@ -27,7 +27,11 @@ def split_url(url: str) -> tuple[str, str, dict[str, str]]:
     if scheme in NETWORK_SCHEMES:
         return scheme, rest, {}
     path, _, query = rest.partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    # Not parse_qsl: it reads '+' as a space, and layout=maildir++ must survive.
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        options[unquote(key)] = unquote(value)
     if not path:
         raise ConfigError(f"store URL {url!r} has no path; write e.g. maildir:~/Mail")
     return scheme, path, options

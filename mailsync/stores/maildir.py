@@ -1,0 +1,531 @@
+"""Maildir store: one directory per folder, one file per message.
+
+Layouts (``maildir:PATH?layout=...``):
+
+* ``verbatim`` (default): folder ``Archive/2019`` is ``ROOT/Archive/2019/{cur,new,tmp}``
+  and INBOX is ``ROOT/INBOX``.  Dovecot reads this with ``LAYOUT=fs``.
+* ``maildir++``: INBOX is ``ROOT`` itself and ``Archive/2019`` is ``ROOT/.Archive.2019``
+  (Courier, Dovecot's default).  Folder names containing "." cannot be represented.
+
+A message's key is its file's unique base name: everything before the ``:2,`` info
+suffix, so Dovecot's ``,S=``/``,W=`` parts stay in the key and the key survives a mail
+reader moving the file from new/ to cur/ or changing its flags.  The six standard flags
+map to the info letters D F P R S T; any other info letter (Dovecot keyword letters
+a-z) is kept untouched.  Keys never change, so ``validity`` is "".
+
+Writes follow the Maildir protocol: write and fsync tmp/NAME, then rename it into new/
+or cur/; ``flush`` fsyncs every directory whose entries changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import stat
+import time
+
+from mailsync.errors import ConfigError, FolderError, MessageError
+from mailsync.message import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    FORWARDED,
+    SEEN,
+    STANDARD_FLAGS,
+    Info,
+    to_lf,
+)
+from mailsync.stores.base import Folder, Store
+
+LAYOUTS = ("verbatim", "maildir++")
+
+FLAG_LETTERS = {DRAFT: "D", FLAGGED: "F", FORWARDED: "P", ANSWERED: "R", SEEN: "S", DELETED: "T"}
+LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
+_STD_LETTERS = frozenset(LETTER_FLAGS)
+
+INFO_SEP = ":2,"
+SUBDIRS = ("cur", "new", "tmp")
+TMP_MAX_AGE = 36 * 3600  # the Maildir spec: stale tmp/ files may go after 36 hours
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_counter = itertools.count(1)  # the Q part of unique names, per process
+
+
+# -- names ----------------------------------------------------------------------------
+
+
+def check_folder_name(name: str, layout: str = "verbatim") -> list[str]:
+    """The name's parts; FolderError if it could escape the root or is unrepresentable."""
+    if not isinstance(name, str) or not name:
+        raise FolderError("empty folder name; name a folder like INBOX or Archive/2019")
+    if name.startswith("/"):
+        raise FolderError(f"folder name {name!r} starts with '/'; folder names are relative")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise FolderError(f"folder name {name!r} contains control characters; rename it")
+    parts = name.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise FolderError(
+                f"folder name {name!r} has an empty, '.' or '..' part; "
+                "use '/'-separated names like Archive/2019"
+            )
+    if layout == "maildir++":
+        if "." in name:
+            raise FolderError(
+                f"folder name {name!r} contains '.', which the maildir++ layout uses "
+                "as its separator; rename the folder or use layout=verbatim"
+            )
+    elif any(part in SUBDIRS for part in parts):
+        raise FolderError(
+            f"folder name {name!r} has a part named cur, new or tmp, which the verbatim "
+            "layout reserves for messages; rename the folder or use layout=maildir++"
+        )
+    return parts
+
+
+def split_name(filename: str) -> tuple[str, str | None]:
+    """'KEY:2,FS' -> ('KEY', 'FS'); 'KEY' -> ('KEY', None)."""
+    i = filename.rfind(INFO_SEP)
+    if i < 0:
+        return filename, None
+    return filename[:i], filename[i + 3 :]
+
+
+def info_flags(info: str | None) -> frozenset[str]:
+    """Maildir info letters -> IMAP flags (unknown letters are not flags here)."""
+    if not info:
+        return frozenset()
+    return frozenset(LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS)
+
+
+def flags_info(flags) -> str:
+    """IMAP flags -> sorted Maildir info letters (flags without a letter are dropped)."""
+    return "".join(sorted({FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}))
+
+
+def size_in_name(key: str) -> int | None:
+    """The ',S=NNN' size Dovecot and mailsync put in unique names, or None."""
+    i = key.find(",S=")
+    if i < 0:
+        return None
+    end = key.find(",", i + 3)
+    value = key[i + 3 :] if end < 0 else key[i + 3 : end]
+    if value and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def safe_hostname(host: str) -> str:
+    """The hostname as the Maildir spec wants it in unique names."""
+    return host.replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name(size: int) -> str:
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    host = safe_hostname(socket.gethostname() or "localhost")
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+
+
+# -- filesystem helpers -------------------------------------------------------------
+
+
+def _make_dir(path: str, dirty: set[str]) -> None:
+    """mkdir with mode 0700 whatever the umask; missing parents too.  Parents whose
+    entries changed go into `dirty` for fsync."""
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise FolderError(f"{path} exists and is not a directory; move it away")
+        return
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise
+        _make_dir(parent, dirty)
+        _make_dir(path, dirty)
+        return
+    os.chmod(path, _DIR_MODE)
+    dirty.add(os.path.dirname(path))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_maildir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "cur")) and os.path.isdir(os.path.join(path, "new"))
+
+
+def _write_error(error: OSError, where: str) -> str:
+    code = error.errno
+    if code == errno.ENOSPC:
+        return f"disk full writing to {where}: free space and rerun"
+    if code == errno.EDQUOT:
+        return f"disk quota exceeded writing to {where}: free space or raise the quota and rerun"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied writing to {where}: fix its permissions and rerun"
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system: remount it read-write and rerun"
+    reason = error.strerror or str(error)
+    return f"cannot write to {where} ({reason}): check the disk and rerun"
+
+
+# -- folder -------------------------------------------------------------------------
+
+
+class MaildirFolder(Folder):
+    def __init__(self, store: MaildirStore, name: str, path: str, dirty: set[str] | None = None):
+        self.store = store
+        self.name = name
+        self.path = path
+        self.validity = ""
+        self.read_only = store.read_only
+        # key -> (subdir, filename), from the last listing and our own changes
+        self._where: dict[str, tuple[str, str]] = {}
+        self._dirty: set[str] = set(dirty or ())
+        self._have_tmp = False
+
+    def __repr__(self) -> str:
+        return f"MaildirFolder({self.path!r})"
+
+    # reading ------------------------------------------------------------------------
+
+    def list(self) -> dict[str, Info]:
+        out: dict[str, Info] = {}
+        where: dict[str, tuple[str, str]] = {}
+        parsed: dict[str, frozenset[str]] = {"": frozenset()}  # info -> flags; few distinct
+        for sub in ("new", "cur"):  # cur last: it wins if a key is in both
+            directory = os.path.join(self.path, sub)
+            try:
+                entries = os.scandir(directory)
+            except OSError as e:
+                raise FolderError(
+                    f"cannot read {directory} ({e.strerror}): is {self.path} still a Maildir?"
+                )
+            with entries:
+                for entry in entries:
+                    filename = entry.name
+                    if filename.startswith("."):
+                        continue  # the spec: readers skip dot files
+                    i = filename.rfind(INFO_SEP)
+                    if i < 0:
+                        key, info = filename, ""
+                    else:
+                        key, info = filename[:i], filename[i + 3 :]
+                    if not key:
+                        continue
+                    try:
+                        st = entry.stat()
+                    except OSError:
+                        continue  # vanished or a dangling symlink
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    flags = parsed.get(info)
+                    if flags is None:
+                        flags = parsed[info] = info_flags(info)
+                    size = size_in_name(key) if ",S=" in key else None
+                    out[key] = Info(flags, st.st_size if size is None else size, st.st_mtime)
+                    where[key] = (sub, filename)
+        self._where = where
+        return out
+
+    def fetch(self, key: str) -> bytes:
+        for attempt in (1, 2):
+            loc = self._locate(key, rescan=attempt == 2)
+            if loc is None:
+                break
+            path = os.path.join(self.path, *loc)
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                continue  # renamed by a mail reader, or deleted: look again once
+            except PermissionError as e:
+                raise MessageError(f"cannot read {path} ({e.strerror}): check its permissions")
+            except OSError as e:
+                raise MessageError(f"cannot read {path} ({e.strerror}): check the file and rerun")
+        raise MessageError(f"{self.name}: message {key} is gone")
+
+    def persists(self, flag: str) -> bool:
+        return flag in STANDARD_FLAGS
+
+    # writing ------------------------------------------------------------------------
+
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        self._writable()
+        data = to_lf(data)
+        if arrival is None:
+            arrival = time.time()
+        tmp_dir = os.path.join(self.path, "tmp")
+        if not self._have_tmp:
+            try:
+                _make_dir(tmp_dir, self._dirty)
+            except OSError as e:
+                raise MessageError(_write_error(e, tmp_dir))
+            self._have_tmp = True
+        letters = flags_info(flags)
+        for _ in range(10):
+            key = unique_name(len(data))
+            tmp = os.path.join(tmp_dir, key)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise MessageError(_write_error(e, tmp_dir))
+            break
+        else:
+            raise MessageError(f"cannot find a free file name in {tmp_dir}: empty it and rerun")
+        if letters:
+            sub, filename = "cur", key + INFO_SEP + letters
+        else:
+            sub, filename = "new", key
+        try:
+            try:
+                os.fchmod(fd, _FILE_MODE)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                ns = int(arrival * 1_000_000_000)
+                os.utime(fd, ns=(ns, ns))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(self.path, sub, filename))
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise MessageError(_write_error(e, self.path))
+        self._dirty.add(os.path.join(self.path, sub))
+        self._where[key] = (sub, filename)
+        return key
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        self._writable()
+        add_letters = {FLAG_LETTERS[f] for f in add if f in FLAG_LETTERS}
+        remove_letters = {FLAG_LETTERS[f] for f in remove if f in FLAG_LETTERS} - add_letters
+        if not add_letters and not remove_letters:
+            return
+        for attempt in (1, 2):
+            loc = self._locate(key, rescan=attempt == 2)
+            if loc is None:
+                break
+            sub, filename = loc
+            info = split_name(filename)[1] or ""
+            old = set(info)
+            new = (old - remove_letters) | add_letters
+            if new == old:
+                return
+            new_name = key + INFO_SEP + "".join(sorted(new))
+            src = os.path.join(self.path, sub, filename)
+            try:
+                os.rename(src, os.path.join(self.path, "cur", new_name))
+            except FileNotFoundError:
+                continue  # a mail reader renamed or deleted it: look again once
+            except OSError as e:
+                raise MessageError(_write_error(e, src))
+            self._dirty.add(os.path.join(self.path, sub))
+            self._dirty.add(os.path.join(self.path, "cur"))
+            self._where[key] = ("cur", new_name)
+            return
+        raise MessageError(f"{self.name}: message {key} is gone")
+
+    def delete(self, key: str) -> str:
+        self._writable()
+        for attempt in (1, 2):
+            loc = self._locate(key, rescan=attempt == 2)
+            if loc is None:
+                break
+            path = os.path.join(self.path, *loc)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise MessageError(_write_error(e, path))
+            self._dirty.add(os.path.join(self.path, loc[0]))
+            break
+        self._where.pop(key, None)  # already gone counts as deleted
+        return key
+
+    def flush(self) -> None:
+        for directory in sorted(self._dirty):
+            try:
+                _fsync_dir(directory)
+            except OSError as e:
+                raise FolderError(
+                    f"cannot sync {directory} ({e.strerror}): check the disk and rerun"
+                )
+            self._dirty.discard(directory)
+
+    # internals ----------------------------------------------------------------------
+
+    def _locate(self, key: str, rescan: bool) -> tuple[str, str] | None:
+        if not rescan:
+            loc = self._where.get(key)
+            if loc is not None:
+                return loc
+        self._rescan()
+        return self._where.get(key)
+
+    def _rescan(self) -> None:
+        """Re-read new/ and cur/ names (no stat) to follow files a mail reader moved."""
+        where: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            try:
+                with os.scandir(os.path.join(self.path, sub)) as entries:
+                    for entry in entries:
+                        filename = entry.name
+                        if filename.startswith("."):
+                            continue
+                        key = split_name(filename)[0]
+                        if key:
+                            where[key] = (sub, filename)
+            except OSError:
+                continue
+        self._where = where
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FolderError(f"{self.name} in {self.store.url} is read-only")
+
+    def _clean_tmp(self) -> None:
+        """Remove tmp/ files untouched for 36 hours (left by crashed deliveries)."""
+        cutoff = time.time() - TMP_MAX_AGE
+        try:
+            with os.scandir(os.path.join(self.path, "tmp")) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                        if not stat.S_ISREG(st.st_mode):
+                            continue
+                        if max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff:
+                            os.unlink(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+
+
+# -- store --------------------------------------------------------------------------
+
+
+class MaildirStore(Store):
+    def __init__(self, path: str, layout: str = "verbatim", read_only: bool = False):
+        if isinstance(layout, str) and layout.replace(" ", "+") in LAYOUTS:
+            # URL queries are form-decoded, which turns ?layout=maildir++ into "maildir  "
+            layout = layout.replace(" ", "+")
+        if layout not in LAYOUTS:
+            raise ConfigError(
+                f"unknown Maildir layout {layout!r}; choose one of: {', '.join(LAYOUTS)}"
+            )
+        self.path = path
+        self.root = os.path.abspath(path)
+        self.layout = layout
+        self.read_only = read_only
+        self.url = f"maildir:{path}" + ("" if layout == "verbatim" else f"?layout={layout}")
+
+    def folder_path(self, name: str) -> str:
+        """Where folder `name` lives on disk (FolderError for names that cannot be)."""
+        parts = check_folder_name(name, self.layout)
+        if self.layout == "maildir++":
+            if name == "INBOX":
+                return self.root
+            return os.path.join(self.root, "." + ".".join(parts))
+        return os.path.join(self.root, *parts)
+
+    def list_folders(self) -> list[str]:
+        if self.layout == "maildir++":
+            names = self._list_maildirpp()
+        else:
+            names = self._list_verbatim()
+        return sorted(names)
+
+    def _valid(self, name: str, path: str) -> bool:
+        try:
+            return self.folder_path(name) == path
+        except FolderError:
+            return False
+
+    def _list_maildirpp(self) -> list[str]:
+        names = []
+        if _is_maildir(self.root):
+            names.append("INBOX")
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return names
+        for entry in entries:
+            if not entry.name.startswith(".") or entry.name in (".", ".."):
+                continue
+            name = entry.name[1:].replace(".", "/")
+            if name == "INBOX" or not self._valid(name, entry.path):
+                continue
+            try:
+                if entry.is_dir() and _is_maildir(entry.path):
+                    names.append(name)
+            except OSError:
+                continue
+        return names
+
+    def _list_verbatim(self) -> list[str]:
+        names = []
+        seen: set[tuple[int, int]] = set()
+
+        def walk(directory: str, prefix: str) -> None:
+            try:
+                st = os.stat(directory)
+                if (st.st_dev, st.st_ino) in seen:
+                    return  # a symlink loop
+                seen.add((st.st_dev, st.st_ino))
+                with os.scandir(directory) as it:
+                    entries = [e for e in it if e.name not in SUBDIRS]
+            except OSError:
+                return
+            for entry in entries:
+                try:
+                    if not entry.is_dir():
+                        continue
+                except OSError:
+                    continue
+                name = prefix + entry.name
+                if not self._valid(name, entry.path):
+                    continue
+                if _is_maildir(entry.path):
+                    names.append(name)
+                walk(entry.path, name + "/")
+
+        walk(self.root, "")
+        return names
+
+    def open_folder(self, name: str, create: bool = False) -> MaildirFolder:
+        path = self.folder_path(name)
+        dirty: set[str] = set()
+        if not _is_maildir(path):
+            if not create:
+                raise FolderError(f"{self.url}: no folder {name} (no Maildir at {path})")
+            if self.read_only:
+                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
+            try:
+                _make_dir(path, dirty)
+                for sub in SUBDIRS:
+                    _make_dir(os.path.join(path, sub), dirty)
+            except OSError as e:
+                raise FolderError(f"cannot create {path} ({e.strerror}): check the permissions")
+        folder = MaildirFolder(self, name, path, dirty)
+        if not self.read_only:
+            folder._clean_tmp()
+        return folder

@@ -1,0 +1,655 @@
+"""Maildir store: layouts, names, flags, durability, modes and mail-reader races."""
+
+from __future__ import annotations
+
+import errno
+import mailbox
+import os
+import stat
+import time
+
+import pytest
+
+from mailsync.errors import ConfigError, FolderError, MessageError
+from mailsync.message import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    FORWARDED,
+    SEEN,
+    STANDARD_FLAGS,
+)
+from mailsync.stores import maildir as md
+from mailsync.stores import open_store
+from mailsync.stores.maildir import MaildirStore
+
+MSG = b"From: a@example.org\nSubject: hi\n\nbody\n"
+ARRIVAL = 1_500_000_000.0
+
+
+def files(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def make_maildir(path) -> None:
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+
+
+def put(path, sub: str, filename: str, data: bytes = MSG, mtime: float = ARRIVAL) -> str:
+    full = os.path.join(path, sub, filename)
+    with open(full, "wb") as f:
+        f.write(data)
+    os.utime(full, (mtime, mtime))
+    return full
+
+
+@pytest.fixture
+def store(tmp_path):
+    return MaildirStore(str(tmp_path / "Mail"))
+
+
+@pytest.fixture
+def inbox(store):
+    return store.open_folder("INBOX", create=True)
+
+
+# -- layouts and folder names ----------------------------------------------------------
+
+
+def test_verbatim_layout_paths(tmp_path):
+    root = tmp_path / "Mail"
+    store = MaildirStore(str(root))
+    store.open_folder("INBOX", create=True)
+    store.open_folder("Archive/2019", create=True)
+    for folder in (root / "INBOX", root / "Archive" / "2019"):
+        assert files(folder) == ["cur", "new", "tmp"]
+    assert not (root / "cur").exists()
+    assert not (root / "Archive" / "cur").exists()  # the parent is not itself a folder
+    assert store.list_folders() == ["Archive/2019", "INBOX"]
+
+
+def test_maildirpp_layout_paths(tmp_path):
+    root = tmp_path / "Mail"
+    store = MaildirStore(str(root), layout="maildir++")
+    store.open_folder("INBOX", create=True)
+    store.open_folder("Archive/2019", create=True)
+    store.open_folder("Sent", create=True)
+    assert files(root) == [".Archive.2019", ".Sent", "cur", "new", "tmp"]
+    assert files(root / ".Archive.2019") == ["cur", "new", "tmp"]
+    assert store.list_folders() == ["Archive/2019", "INBOX", "Sent"]
+
+
+def test_maildirpp_refuses_dots(tmp_path):
+    store = MaildirStore(str(tmp_path / "Mail"), layout="maildir++")
+    with pytest.raises(FolderError, match="maildir\\+\\+"):
+        store.open_folder("v1.2", create=True)
+    assert not (tmp_path / "Mail").exists()
+
+
+def test_maildirpp_skips_unmappable_dirs(tmp_path):
+    root = tmp_path / "Mail"
+    for name in (".a..b", ".INBOX", ".ok", ".trailing."):
+        make_maildir(root / name)
+    assert MaildirStore(str(root), layout="maildir++").list_folders() == ["ok"]
+
+
+def test_unknown_layout_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="verbatim.*maildir\\+\\+"):
+        MaildirStore(str(tmp_path), layout="fs")
+
+
+def test_open_store_passes_layout(tmp_path):
+    store = open_store(f"maildir:{tmp_path}?layout=maildir++")
+    assert isinstance(store, MaildirStore) and store.layout == "maildir++"
+    store.open_folder("INBOX", create=True)
+    assert (tmp_path / "cur").is_dir()
+
+
+BAD_NAMES = [
+    "",
+    "/etc",
+    "a//b",
+    "a/",
+    "..",
+    "../x",
+    "a/../../x",
+    ".",
+    "a/./b",
+    "a\x00b",
+    "a\nb",
+    "a\x7fb",
+    "a\tb",
+]
+
+
+@pytest.mark.parametrize("layout", ["verbatim", "maildir++"])
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_folder_names_refused(tmp_path, layout, name):
+    root = tmp_path / "root" / "Mail"
+    store = MaildirStore(str(root), layout=layout)
+    with pytest.raises(FolderError):
+        store.open_folder(name, create=True)
+    assert os.listdir(tmp_path) == []  # nothing was created, inside the root or out
+
+
+@pytest.mark.parametrize("name", ["cur", "a/new", "tmp/x"])
+def test_verbatim_refuses_reserved_parts(tmp_path, name):
+    store = MaildirStore(str(tmp_path / "Mail"))
+    with pytest.raises(FolderError, match="cur, new or tmp"):
+        store.open_folder(name, create=True)
+
+
+def test_nested_folders_listed(tmp_path):
+    root = tmp_path / "Mail"
+    store = MaildirStore(str(root))
+    for name in ["INBOX", "INBOX/Sub", "Lists/python/dev", "Lists/rust", "Zed"]:
+        store.open_folder(name, create=True)
+    (root / "NotAFolder" / "cur").mkdir(parents=True)  # no new/: not a folder
+    (root / "Lists" / "python" / "dev" / "cur" / "junkdir").mkdir()  # never walked
+    (root / "Lists" / "plainfile").write_bytes(b"x")
+    assert store.list_folders() == [
+        "INBOX",
+        "INBOX/Sub",
+        "Lists/python/dev",
+        "Lists/rust",
+        "Zed",
+    ]
+
+
+def test_symlink_loop_does_not_hang(tmp_path):
+    root = tmp_path / "Mail"
+    store = MaildirStore(str(root))
+    store.open_folder("A", create=True)
+    os.symlink(root / "A", root / "A" / "loop")
+    names = store.list_folders()
+    assert "A" in names and len(names) <= 2
+
+
+def test_missing_root_lists_nothing(tmp_path):
+    assert MaildirStore(str(tmp_path / "nope")).list_folders() == []
+    assert MaildirStore(str(tmp_path / "nope"), layout="maildir++").list_folders() == []
+
+
+def test_open_missing_folder_without_create(store):
+    with pytest.raises(FolderError, match="no folder"):
+        store.open_folder("INBOX")
+
+
+# -- flags ----------------------------------------------------------------------------
+
+LETTERS = [
+    (DRAFT, "D"),
+    (FLAGGED, "F"),
+    (FORWARDED, "P"),
+    (ANSWERED, "R"),
+    (SEEN, "S"),
+    (DELETED, "T"),
+]
+
+
+@pytest.mark.parametrize(("flag", "letter"), LETTERS)
+def test_flag_written_as_letter(inbox, flag, letter):
+    key = inbox.append(MSG, frozenset({flag}), ARRIVAL)
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,{letter}"]
+    assert files(os.path.join(inbox.path, "new")) == []
+
+
+@pytest.mark.parametrize(("flag", "letter"), LETTERS)
+def test_letter_read_as_flag(inbox, flag, letter):
+    put(inbox.path, "cur", f"123.M1P1.host:2,{letter}")
+    assert inbox.list()["123.M1P1.host"].flags == {flag}
+
+
+def test_all_flags_sorted_letters(inbox):
+    key = inbox.append(MSG, STANDARD_FLAGS | {"work", "$Label1"}, ARRIVAL)
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,DFPRST"]
+    assert inbox.list()[key].flags == STANDARD_FLAGS
+
+
+def test_persists_only_standard_flags(inbox):
+    for flag in STANDARD_FLAGS:
+        assert inbox.persists(flag)
+    for flag in ("work", "$Junk", "\\Recent", "$Label1"):
+        assert not inbox.persists(flag)
+
+
+def test_new_vs_cur_placement(inbox):
+    plain = inbox.append(MSG, frozenset(), ARRIVAL)
+    keyword_only = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
+    seen = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    assert files(os.path.join(inbox.path, "new")) == sorted([plain, keyword_only])
+    assert files(os.path.join(inbox.path, "cur")) == [f"{seen}:2,S"]
+    assert files(os.path.join(inbox.path, "tmp")) == []
+    listing = inbox.list()
+    assert listing[plain].flags == listing[keyword_only].flags == frozenset()
+    assert listing[seen].flags == {SEEN}
+
+
+def test_set_flags_moves_new_to_cur_and_keeps_key(inbox):
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.set_flags(key, frozenset({SEEN, FLAGGED}), frozenset())
+    assert files(os.path.join(inbox.path, "new")) == []
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,FS"]
+    inbox.set_flags(key, frozenset(), frozenset({SEEN, FLAGGED}))
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,"]
+    assert inbox.list()[key].flags == frozenset()
+    assert inbox.fetch(key) == MSG
+
+
+def test_set_flags_preserves_keyword_letters(inbox):
+    put(inbox.path, "cur", "1.M1P1.host:2,Sab")
+    inbox.list()
+    inbox.set_flags("1.M1P1.host", frozenset({FLAGGED}), frozenset({SEEN}))
+    assert files(os.path.join(inbox.path, "cur")) == ["1.M1P1.host:2,Fab"]
+    assert inbox.list()["1.M1P1.host"].flags == {FLAGGED}
+
+
+def test_set_flags_sorts_existing_unsorted_info(inbox):
+    put(inbox.path, "cur", "1.x:2,zSa")
+    inbox.list()
+    inbox.set_flags("1.x", frozenset({ANSWERED}), frozenset())
+    assert files(os.path.join(inbox.path, "cur")) == ["1.x:2,RSaz"]
+
+
+def test_set_flags_noop_and_unpersisted_flags(inbox, monkeypatch):
+    key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    renames = []
+    monkeypatch.setattr(md.os, "rename", lambda *a: renames.append(a))
+    inbox.set_flags(key, frozenset({SEEN, "work"}), frozenset({"$Junk", DRAFT}))
+    inbox.set_flags(key, frozenset({"work"}), frozenset())
+    assert renames == []
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,S"]
+
+
+def test_set_flags_add_wins_over_remove(inbox):
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.set_flags(key, frozenset({SEEN}), frozenset({SEEN}))
+    assert inbox.list()[key].flags == {SEEN}
+
+
+def test_name_without_info_in_cur(inbox):
+    put(inbox.path, "cur", "99.noinfo.host")
+    assert inbox.list()["99.noinfo.host"].flags == frozenset()
+    inbox.set_flags("99.noinfo.host", frozenset({SEEN}), frozenset())
+    assert files(os.path.join(inbox.path, "cur")) == ["99.noinfo.host:2,S"]
+
+
+# -- metadata, modes, durability -------------------------------------------------------
+
+
+@pytest.mark.parametrize("arrival", [ARRIVAL, 1_234_567_890.25, 86_400.0])
+def test_mtime_is_arrival(inbox, arrival):
+    key = inbox.append(MSG, frozenset({SEEN}), arrival)
+    st = os.stat(os.path.join(inbox.path, "cur", f"{key}:2,S"))
+    assert st.st_mtime == pytest.approx(arrival, abs=1e-6)
+    assert inbox.list()[key].arrival == pytest.approx(arrival, abs=1e-6)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000, 0o277])
+@pytest.mark.parametrize("layout", ["verbatim", "maildir++"])
+def test_modes_ignore_umask(tmp_path, umask, layout):
+    old = os.umask(umask)
+    try:
+        root = tmp_path / "deep" / "Mail"
+        store = MaildirStore(str(root), layout=layout)
+        folder = store.open_folder("Lists/rust", create=True)
+        new_key = folder.append(MSG, frozenset(), ARRIVAL)
+        cur_key = folder.append(MSG, frozenset({SEEN}), ARRIVAL)
+        folder.set_flags(new_key, frozenset({FLAGGED}), frozenset())
+        folder.flush()
+    finally:
+        os.umask(old)
+    dirs = [tmp_path / "deep", root, folder.path]
+    if layout == "verbatim":
+        dirs.append(root / "Lists")
+    dirs += [os.path.join(folder.path, sub) for sub in ("cur", "new", "tmp")]
+    for d in dirs:
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+    for name in (f"{new_key}:2,F", f"{cur_key}:2,S"):
+        path = os.path.join(folder.path, "cur", name)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_existing_dirs_modes_untouched(tmp_path):
+    root = tmp_path / "Mail"
+    root.mkdir()
+    root.chmod(0o755)
+    MaildirStore(str(root)).open_folder("INBOX", create=True)
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o755
+
+
+def test_flush_fsyncs_dirty_dirs(inbox, monkeypatch):
+    inbox.flush()  # the dirs open_folder created
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append(st.st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(md.os, "fsync", spy)
+    ino = {sub: os.stat(os.path.join(inbox.path, sub)).st_ino for sub in ("cur", "new")}
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    assert synced == []  # buffered until flush
+    inbox.flush()
+    assert synced == [ino["new"]]
+    synced.clear()
+    inbox.flush()
+    assert synced == []
+    inbox.set_flags(key, frozenset({SEEN}), frozenset())
+    inbox.flush()
+    assert sorted(synced) == sorted([ino["cur"], ino["new"]])
+    synced.clear()
+    inbox.delete(key)
+    inbox.close()
+    assert synced == [ino["cur"]]
+
+
+def test_message_file_fsynced_before_rename(inbox, monkeypatch):
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            events.append(("fsync", st.st_ino, st.st_size, st.st_mtime))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", os.stat(src).st_ino))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(md.os, "fsync", fsync)
+    monkeypatch.setattr(md.os, "rename", rename)
+    key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    ino = os.stat(os.path.join(inbox.path, "cur", f"{key}:2,S")).st_ino
+    assert events == [("fsync", ino, len(MSG), ARRIVAL), ("rename", ino)]
+
+
+def test_created_folder_parents_are_synced(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(md, "_fsync_dir", synced.append)
+    root = tmp_path / "Mail"
+    folder = MaildirStore(str(root)).open_folder("A/B", create=True)
+    folder.flush()
+    assert set(synced) == {str(tmp_path), str(root), str(root / "A"), folder.path}
+
+
+def test_disk_full_cleans_tmp(inbox, monkeypatch):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(md.os, "write", full)
+    with pytest.raises(MessageError, match="disk full writing to .*free space and rerun"):
+        inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    monkeypatch.undo()
+    for sub in ("cur", "new", "tmp"):
+        assert files(os.path.join(inbox.path, sub)) == []
+    assert inbox.list() == {}
+
+
+def test_short_writes_are_completed(inbox, monkeypatch):
+    real_write = os.write
+    monkeypatch.setattr(md.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    monkeypatch.undo()
+    assert inbox.fetch(key) == MSG
+
+
+def test_unique_keys_and_name_format(inbox, monkeypatch):
+    monkeypatch.setattr(md.socket, "gethostname", lambda: "my/host:1")
+    keys = [inbox.append(MSG, frozenset(), ARRIVAL) for _ in range(200)]
+    assert len(set(keys)) == 200
+    for key in keys:
+        assert key.endswith(f".my\\057host\\0721,S={len(MSG)}")
+        assert "/" not in key and ":" not in key
+    assert set(inbox.list()) == set(keys)
+
+
+def test_tmp_cleanup(store, monkeypatch):
+    folder = store.open_folder("INBOX", create=True)
+    put(folder.path, "tmp", "stale", mtime=ARRIVAL)
+    put(folder.path, "tmp", "fresh", mtime=time.time())
+    now = time.time()
+    monkeypatch.setattr(md.time, "time", lambda: now + 35 * 3600)
+    store.open_folder("INBOX")
+    assert files(os.path.join(folder.path, "tmp")) == ["fresh", "stale"]  # ctime is recent
+    monkeypatch.setattr(md.time, "time", lambda: now + 37 * 3600)
+    store.open_folder("INBOX")
+    assert files(os.path.join(folder.path, "tmp")) == []
+
+
+# -- reader races ---------------------------------------------------------------------
+
+
+def test_after_external_new_to_cur_move(inbox):
+    """mutt moves a message it has shown from new/ to cur/ with an empty info."""
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.list()
+    os.rename(os.path.join(inbox.path, "new", key), os.path.join(inbox.path, "cur", key + ":2,"))
+    assert inbox.fetch(key) == MSG
+    inbox.set_flags(key, frozenset({SEEN}), frozenset())
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,S"]
+    assert inbox.delete(key) == key
+    assert files(os.path.join(inbox.path, "cur")) == []
+
+
+def test_after_external_flag_rename(inbox):
+    key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.list()
+    cur = os.path.join(inbox.path, "cur")
+    os.rename(os.path.join(cur, f"{key}:2,S"), os.path.join(cur, f"{key}:2,RS"))
+    assert inbox.fetch(key) == MSG
+    inbox.set_flags(key, frozenset({FLAGGED}), frozenset())
+    assert files(cur) == [f"{key}:2,FRS"]  # the reader's R is kept
+    os.rename(os.path.join(cur, f"{key}:2,FRS"), os.path.join(cur, f"{key}:2,FRST"))
+    assert inbox.delete(key) == key
+    assert files(cur) == []
+
+
+def test_external_rename_without_listing(store):
+    """Keys from a previous run work even before this folder object listed anything."""
+    folder = store.open_folder("INBOX", create=True)
+    key = folder.append(MSG, frozenset(), ARRIVAL)
+    os.rename(os.path.join(folder.path, "new", key), os.path.join(folder.path, "cur", key + ":2,S"))
+    again = store.open_folder("INBOX")
+    assert again.fetch(key) == MSG
+
+
+def test_delete_already_deleted(inbox):
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.list()
+    os.unlink(os.path.join(inbox.path, "new", key))
+    assert inbox.delete(key) == key
+    assert inbox.delete(key) == key
+    assert inbox.delete("never-existed") == "never-existed"
+    with pytest.raises(MessageError, match="gone"):
+        inbox.fetch(key)
+    with pytest.raises(MessageError, match="gone"):
+        inbox.set_flags(key, frozenset({SEEN}), frozenset())
+
+
+def test_delete_removes_file(inbox):
+    keep = inbox.append(MSG, frozenset(), ARRIVAL)
+    key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    assert inbox.delete(key) == key
+    assert set(inbox.list()) == {keep}
+    assert files(os.path.join(inbox.path, "cur")) == []
+
+
+# -- bytes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        (b"Subject: x\r\n\r\nline\r\n", b"Subject: x\n\nline\n"),
+        (b"Subject: x\n\nno trailing newline", b"Subject: x\n\nno trailing newline"),
+        (b"Subject: x\r\n\r\nlone\rcr\r\n", b"Subject: x\n\nlone\rcr\n"),
+        (bytes(range(256)), bytes(range(256))),
+        (b"Subject: \xe9t\xe9\n\n\xff\xfe\x00\x80", b"Subject: \xe9t\xe9\n\n\xff\xfe\x00\x80"),
+        (b"", b""),
+    ],
+)
+def test_byte_exact(inbox, given, stored):
+    key = inbox.append(given, frozenset(), ARRIVAL)
+    assert inbox.fetch(key) == stored
+    with open(os.path.join(inbox.path, "new", key), "rb") as f:
+        assert f.read() == stored
+    assert inbox.list()[key].size == len(stored)
+
+
+def test_fifty_megabytes(inbox):
+    line = b"".join(bytes([33 + i % 90]) for i in range(75)) + b"\r\n"
+    data = b"Subject: big\r\n\r\n" + line * (50 * 1024 * 1024 // len(line))
+    key = inbox.append(data, frozenset({SEEN}), ARRIVAL)
+    got = inbox.fetch(key)
+    assert len(got) == len(data) - data.count(b"\r\n")
+    assert got == data.replace(b"\r\n", b"\n")
+    assert inbox.list()[key].size == len(got)
+
+
+# -- interoperability -----------------------------------------------------------------
+
+
+def test_reads_stdlib_maildir(tmp_path):
+    root = tmp_path / "Mail"
+    root.mkdir()
+    box = mailbox.Maildir(str(root / "INBOX"), create=True)
+    plain = mailbox.MaildirMessage(b"Subject: plain\n\nnew mail\n")
+    seen = mailbox.MaildirMessage(b"Subject: seen\n\nread \xe9 mail\n")
+    seen.set_flags("RS")
+    flagged = mailbox.MaildirMessage(b"Subject: draft\n\nd\n")
+    flagged.set_subdir("cur")
+    flagged.set_flags("DF")
+    flagged.set_date(ARRIVAL)
+    ids = {name: box.add(m) for name, m in [("plain", plain), ("seen", seen), ("f", flagged)]}
+    box.close()
+
+    store = MaildirStore(str(root))
+    assert store.list_folders() == ["INBOX"]
+    folder = store.open_folder("INBOX")
+    listing = folder.list()
+    assert set(listing) == set(ids.values())
+    assert listing[ids["plain"]].flags == frozenset()
+    assert listing[ids["seen"]].flags == {ANSWERED, SEEN}
+    assert listing[ids["f"]].flags == {DRAFT, FLAGGED}
+    assert listing[ids["f"]].arrival == pytest.approx(ARRIVAL)
+    assert folder.fetch(ids["seen"]) == b"Subject: seen\n\nread \xe9 mail\n"
+    folder.set_flags(ids["plain"], frozenset({FORWARDED}), frozenset())
+    assert mailbox.Maildir(str(root / "INBOX"), create=False)[ids["plain"]].get_flags() == "P"
+
+
+def test_stdlib_reads_what_we_write(tmp_path):
+    store = MaildirStore(str(tmp_path / "Mail"), layout="maildir++")
+    inbox = store.open_folder("INBOX", create=True)
+    a = inbox.append(b"Subject: a\r\n\r\nA\r\n", frozenset({SEEN, FLAGGED}), ARRIVAL)
+    b = inbox.append(b"Subject: b\n\nB\n", frozenset(), ARRIVAL)
+    store.open_folder("Archive", create=True).append(MSG, frozenset(), ARRIVAL)
+    box = mailbox.Maildir(str(tmp_path / "Mail"), factory=None, create=False)
+    assert sorted(box.keys()) == sorted([a, b])
+    assert box[a].get_flags() == "FS" and box[a].get_subdir() == "cur"
+    assert box[b].get_flags() == "" and box[b].get_subdir() == "new"
+    assert box.get_bytes(a) == b"Subject: a\n\nA\n"
+    assert box[a].get_date() == pytest.approx(ARRIVAL)
+    assert box.list_folders() == ["Archive"]
+
+
+def test_reads_stdlib_maildirpp_folders(tmp_path):
+    box = mailbox.Maildir(str(tmp_path / "Mail"), create=True)
+    box.add_folder("Sent").add(b"Subject: s\n\nsent\n")
+    store = MaildirStore(str(tmp_path / "Mail"), layout="maildir++")
+    assert store.list_folders() == ["INBOX", "Sent"]
+    sent = store.open_folder("Sent")
+    (key,) = sent.list()
+    assert sent.fetch(key) == b"Subject: s\n\nsent\n"
+
+
+def test_dovecot_names(inbox):
+    name = "1700000000.M123456P789.mailhost,S=12,W=13"
+    put(inbox.path, "cur", name + ":2,RS", data=b"header: x\n\n")  # 11 bytes on disk
+    put(inbox.path, "new", "1700000001.M1P2.mailhost,W=99,S=7", data=b"abc")
+    listing = inbox.list()
+    assert set(listing) == {name, "1700000001.M1P2.mailhost,W=99,S=7"}
+    assert listing[name].size == 12  # taken from the name, not from stat
+    assert listing[name].flags == {ANSWERED, SEEN}
+    assert listing["1700000001.M1P2.mailhost,W=99,S=7"].size == 7
+    inbox.set_flags(name, frozenset({FLAGGED}), frozenset({ANSWERED}))
+    assert files(os.path.join(inbox.path, "cur")) == [name + ":2,FS"]
+
+
+def test_size_falls_back_to_stat(inbox):
+    put(inbox.path, "new", "1.M1P1.host,S=notanumber", data=b"12345")
+    put(inbox.path, "new", "2.M1P1.host", data=b"123")
+    listing = inbox.list()
+    assert listing["1.M1P1.host,S=notanumber"].size == 5
+    assert listing["2.M1P1.host"].size == 3
+
+
+def test_odd_entries_skipped(inbox):
+    put(inbox.path, "cur", "good:2,S")
+    put(inbox.path, "cur", ".hidden:2,S")
+    put(inbox.path, "cur", ":2,S")  # no unique part
+    put(inbox.path, "new", ".DS_Store")
+    os.mkdir(os.path.join(inbox.path, "cur", "subdir:2,S"))
+    os.symlink("/nonexistent/target", os.path.join(inbox.path, "new", "dangling"))
+    assert set(inbox.list()) == {"good"}
+
+
+def test_listing_a_vanished_folder(store, tmp_path):
+    folder = store.open_folder("INBOX", create=True)
+    os.rmdir(os.path.join(folder.path, "cur"))
+    with pytest.raises(FolderError, match="still a Maildir"):
+        folder.list()
+
+
+def test_unreadable_file(inbox, monkeypatch):
+    """Listed (so the engine does not think it was deleted), but fetch is a MessageError."""
+    put(inbox.path, "cur", "locked:2,S")
+    put(inbox.path, "cur", "fine:2,S")
+
+    def deny(path, mode="r"):
+        if "locked" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open(path, mode)
+
+    monkeypatch.setattr(md, "open", deny, raising=False)
+    assert set(inbox.list()) == {"locked", "fine"}
+    assert inbox.fetch("fine") == MSG
+    with pytest.raises(MessageError, match="check its permissions"):
+        inbox.fetch("locked")
+
+
+# -- read-only ------------------------------------------------------------------------
+
+
+def test_read_only_store(tmp_path):
+    root = tmp_path / "Mail"
+    writable = MaildirStore(str(root))
+    key = writable.open_folder("INBOX", create=True).append(MSG, frozenset(), ARRIVAL)
+    put(os.path.join(root, "INBOX"), "tmp", "stale", mtime=ARRIVAL)
+    before = {p: files(os.path.join(root, "INBOX", p)) for p in ("cur", "new", "tmp")}
+
+    store = MaildirStore(str(root), read_only=True)
+    folder = store.open_folder("INBOX", create=True)  # exists: opening is fine
+    assert folder.read_only
+    assert folder.fetch(key) == MSG
+    with pytest.raises(FolderError, match="read-only"):
+        folder.append(MSG, frozenset(), ARRIVAL)
+    with pytest.raises(FolderError, match="read-only"):
+        folder.set_flags(key, frozenset({SEEN}), frozenset())
+    with pytest.raises(FolderError, match="read-only"):
+        folder.delete(key)
+    with pytest.raises(FolderError, match="read-only"):
+        store.open_folder("Other", create=True)
+    folder.close()
+    assert {p: files(os.path.join(root, "INBOX", p)) for p in ("cur", "new", "tmp")} == before
+    assert not (root / "Other").exists()
+
+
+def test_validity_is_empty(inbox):
+    assert inbox.validity == ""
