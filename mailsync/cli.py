@@ -118,6 +118,15 @@ class MailsyncGroup(click.Group):
             where = f" ({error.filename})" if error.filename else ""
             _error(f"{error.strerror or error}{where}")
             ctx.exit(EXIT_PARTIAL)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as error:
+            log.debug("unexpected error", exc_info=True)
+            _error(
+                f"unexpected {type(error).__name__}: {error}; the state is consistent, a "
+                "rerun may help; run with -vv for details and please report it"
+            )
+            ctx.exit(EXIT_PARTIAL)
 
 
 @click.group(

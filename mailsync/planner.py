@@ -36,6 +36,9 @@ DIRECTIONS = ("pull", "push", "both")
 DELETE_POLICIES = ("keep", "propagate")
 
 
+SIDE_NAMES = {"a": "remote", "b": "local"}
+
+
 def other(side: str) -> str:
     return "b" if side == "a" else "a"
 
@@ -224,7 +227,7 @@ def _apply_safety(result: Plan, listings, pairs: list[Pair], policy: Policy) -> 
         source = other(side)
         source_had = any(p.key(source) is not None for p in pairs)
         if size >= 10 and len(doomed) * 2 > size:
-            reason = f"would delete {len(doomed)} of {size} messages on side {side}"
+            reason = f"would delete {len(doomed)} of {size} messages on the {SIDE_NAMES[side]} side"
         elif not listings[source] and source_had:
             reason = f"the other side is now empty; would delete {len(doomed)} messages"
         else:

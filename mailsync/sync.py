@@ -21,12 +21,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import fingerprint
-from mailsync.planner import Copy, Delete, Forget, Plan, Policy, SetFlags, Tombstone, other, plan
+from mailsync.message import Info, fingerprint
+from mailsync.planner import (
+    SIDE_NAMES,
+    Copy,
+    Delete,
+    Forget,
+    Plan,
+    Policy,
+    SetFlags,
+    Tombstone,
+    other,
+    plan,
+)
 from mailsync.state import FolderState, Pair, State
 from mailsync.stores.base import Folder, Store
 
 log = logging.getLogger("mailsync")
+
 
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
@@ -80,13 +92,13 @@ class FolderReport:
         if self.planned is not None:
             p = self.planned
             parts = [
-                f"would copy {p['copy_a_to_b']} a->b, {p['copy_b_to_a']} b->a",
+                f"would copy {p['copy_a_to_b']} to local, {p['copy_b_to_a']} to remote",
                 f"flags {p['flags_a'] + p['flags_b']}",
                 f"delete {p['delete_a'] + p['delete_b']}",
             ]
         else:
             parts = [
-                f"copied {self.copied_a_to_b} a->b, {self.copied_b_to_a} b->a",
+                f"copied {self.copied_a_to_b} to local, {self.copied_b_to_a} to remote",
                 f"flags {self.flags_a + self.flags_b}",
                 f"deleted {self.deleted_a + self.deleted_b}",
                 f"skipped {self.skipped}",
@@ -177,36 +189,59 @@ class Syncer:
         report = FolderReport(name)
         fstate = self.state.folder(name, name)
         folders: dict[str, Folder | None] = {}
-        listings = {}
-        for side in ("a", "b"):
-            present = name in existing[side]
-            if not present and self.policy.writes(side) and not self.dry_run:
-                had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))
-                folders[side] = self.stores[side].open_folder(name, create=True)
-                if had_any:
-                    # The folder was removed on this side: refill it, never read it as
-                    # "delete everything" (mailsync never deletes folders).
-                    self.state.begin()
-                    self.state.forget_pairs(fstate.id)
-                    self.state.commit()
-                    report.notes.append(f"re-created on side {side}; copying its messages again")
-                else:
-                    report.notes.append(f"created on side {side}")
-                listings[side] = folders[side].list()
-            elif not present:
-                folders[side] = None
-                listings[side] = {}
-            else:
-                folders[side] = self.stores[side].open_folder(name)
-                listings[side] = folders[side].list()
         try:
-            return self._sync_open(name, fstate, folders, listings, report)
+            for side in ("a", "b"):
+                folders[side] = self._open(name, side, existing, fstate, report)
+            return self._sync_open(name, fstate, folders, report)
         finally:
             for folder in folders.values():
                 if folder is not None:
                     folder.close()
 
-    def _sync_open(self, name, fstate: FolderState, folders, listings, report) -> FolderReport:
+    def _open(self, name, side, existing, fstate: FolderState, report) -> Folder | None:
+        if name in existing[side]:
+            return self.stores[side].open_folder(name)
+        if not self.policy.writes(side) or self.dry_run:
+            return None  # read as empty
+        had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))
+        folder = self.stores[side].open_folder(name, create=True)
+        if had_any:
+            # The folder was removed on this side: refill it, never read that as
+            # "delete everything" (mailsync never deletes folders).
+            self.state.begin()
+            self.state.forget_pairs(fstate.id)
+            setattr(fstate, f"cursor_{side}", {})
+            self.state.save_folder(fstate)
+            self.state.commit()
+            report.notes.append(
+                f"re-created on the {SIDE_NAMES[side]} side; copying its messages again"
+            )
+        else:
+            report.notes.append(f"created on the {SIDE_NAMES[side]} side")
+        return folder
+
+    def _list(self, side, folder: Folder | None, fstate: FolderState, pairs, report):
+        """-> (listing, cursor to save).  An unchanged folder is not even listed: what
+        the state knows stands in for it."""
+        if folder is None:
+            return {}, {}
+        cursor = fstate.cursor(side)
+        if cursor and folder.unchanged(cursor):
+            listing = {p.key(side): Info(p.flags, 0, 0.0) for p in pairs if p.key(side) is not None}
+            log.debug("%s: side %s unchanged since the last run", fstate.name_a, side)
+            return listing, cursor
+        if cursor:
+            known = {p.key(side): p.flags for p in pairs if p.key(side) is not None}
+            listing = folder.list_since(cursor, known)
+        else:
+            listing = folder.list()
+        return listing, folder.cursor()
+
+    def _sync_open(self, name, fstate: FolderState, folders, report) -> FolderReport:
+        pairs = self.state.pairs(fstate.id)
+        listings, cursors = {}, {}
+        for side in ("a", "b"):
+            listings[side], cursors[side] = self._list(side, folders[side], fstate, pairs, report)
         for side in ("a", "b"):
             folder = folders[side]
             if folder is None:
@@ -239,17 +274,28 @@ class Syncer:
                 log.info("%s: would %s", name, describe(action))
             return report
 
-        self._copies(fstate, the_plan, folders, listings, report)
+        # Pairs re-linked by content during the copies (a message that vanished and came
+        # back identical): their planned deletion or tombstone no longer applies.
+        self._relinked: set[int] = set()
+        self._copies(fstate, the_plan, folders, listings, pairs, report)
         self._flags(the_plan.flags, folders, report)
-        self._deletes(the_plan.deletes, folders, report)
+        self._deletes(
+            [d for d in the_plan.deletes if d.pair.id not in self._relinked], folders, report
+        )
         self.state.begin()
         for action in the_plan.bookkeeping:
+            if action.pair.id in self._relinked:
+                continue
             if isinstance(action, Forget):
                 self.state.delete_pair(action.pair)
             elif isinstance(action, Tombstone):
                 setattr(action.pair, f"key_{action.side}", None)
                 self.state.update_pair(action.pair)
         fstate.last_sync = time.time()
+        if not report.errors:
+            # Only a clean run may vouch for the folder: with a cursor saved, an unchanged
+            # folder is not listed next time, so a failed message would never be retried.
+            fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
         self.state.save_folder(fstate)
         self.state.commit()
         step("folder done")
@@ -280,22 +326,30 @@ class Syncer:
         self.state.save_folder(fstate)
         self.state.commit()
         report.notes.append(
-            f"validity of side {side} changed: {found} messages re-matched by content, "
-            f"{lost} no longer there"
+            f"validity of the {SIDE_NAMES[side]} side changed: {found} messages re-matched "
+            f"by content, {lost} no longer there"
         )
         log.warning("%s: %s", fstate.name_a, report.notes[-1])
 
     # copies ---------------------------------------------------------------------------
-    def _copies(self, fstate, the_plan: Plan, folders, listings, report) -> None:
+    def _copies(self, fstate, the_plan: Plan, folders, listings, pairs, report) -> None:
         linked_keys = {"a": set(), "b": set()}
         for src in ("a", "b"):
-            copies = [c for c in the_plan.copies if c.src == src and c.key not in linked_keys[src]]
+            copies = [
+                c
+                for c in the_plan.copies
+                if c.src == src
+                and c.key not in linked_keys[src]
+                and (c.pair is None or c.pair.id not in self._relinked)
+            ]
             if not copies:
                 continue
             dst = other(src)
-            self._copy_batch(fstate, src, dst, copies, folders, listings, report, linked_keys)
+            self._copy_batch(
+                fstate, src, dst, copies, folders, listings, pairs, report, linked_keys
+            )
 
-    def _copy_batch(self, fstate, src, dst, copies, folders, listings, report, linked_keys):
+    def _copy_batch(self, fstate, src, dst, copies, folders, listings, pairs, report, linked_keys):
         source, target = folders[src], folders[dst]
         by_key = {c.key: c for c in copies}
         index = None  # content hash -> [(dst key, pair or None)], built on first use
@@ -333,10 +387,21 @@ class Syncer:
                     continue
                 digest = fingerprint(data)
                 if index is None:
-                    index = self._match_index(fstate, dst, target, listings[dst])
+                    index, unreadable = self._match_index(pairs, src, dst, target, listings)
                 candidates = index.get(digest)
+                if not candidates and unreadable & {len(data), len(data) + data.count(b"\n")}:
+                    error = (
+                        f"{fstate.name_a}: cannot tell whether message {key} is already on the "
+                        f"{SIDE_NAMES[dst]} side: a message of its size there is unreadable; "
+                        "not copying it until that message can be read"
+                    )
+                    report.errors.append(error)
+                    log.error("%s", error)
+                    continue
                 if candidates:
                     dst_key, pair = candidates.pop()
+                    if pair is not None and pair.id is not None:
+                        self._relinked.add(pair.id)
                     self._link(copy, src, dst, dst_key, pair, target, listings[dst])
                     if pair is not None and copy.pair is not None and pair is not copy.pair:
                         obsolete.append(copy.pair)  # a resurrected message met its tombstone
@@ -377,21 +442,32 @@ class Syncer:
         finally:
             bar.close()
 
-    def _match_index(self, fstate, dst, target: Folder, listing) -> dict:
-        """Destination messages a copy may turn out to be: unknown ones (an interrupted
-        copy, a first sync of two full folders) and tombstones (kept after a deletion)."""
-        pairs = self.state.pairs(fstate.id)
-        known = {p.key(dst) for p in pairs}
+    def _match_index(self, pairs, src, dst, target: Folder, listings):
+        """Destination messages a copy may turn out to be, by content hash: unknown ones
+        (an interrupted copy, a first sync of two full folders) and known ones whose
+        source message is gone (a tombstone, or a message that vanished and came back).
+        Also returns the sizes of unknown destination messages that could not be read."""
         index: dict[str, list] = {}
+        known = set()
         for pair in pairs:
             key = pair.key(dst)
-            if pair.key(other(dst)) is None and key in listing and pair.hash:
+            if key is None:
+                continue
+            known.add(key)
+            src_key = pair.key(src)
+            gone = src_key is None or src_key not in listings[src]
+            if gone and key in listings[dst] and pair.hash:
                 index.setdefault(pair.hash, []).append((key, pair))
-        unknown = [k for k in listing if k not in known]
+        unknown = [k for k in listings[dst] if k not in known]
+        unreadable: set[int] = set()
         if unknown:
-            for key, digest in target.fingerprints(unknown).items():
-                index.setdefault(digest, []).append((key, None))
-        return index
+            prints = target.fingerprints(unknown)
+            for key in unknown:
+                if key in prints:
+                    index.setdefault(prints[key], []).append((key, None))
+                else:
+                    unreadable.add(listings[dst][key].size)
+        return index, unreadable
 
     def _link(self, copy: Copy, src, dst, dst_key, pair, target: Folder, listing):
         """Adopt an existing destination message; the source's flags win."""

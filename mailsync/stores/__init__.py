@@ -67,6 +67,10 @@ def open_store(url: str, options: dict | None = None, read_only: bool = False) -
         store = MemoryStore.named(path)
         store.read_only = read_only
         return store
+    if scheme in ("imap", "imaps"):
+        from mailsync.stores.imap import IMAPStore
+
+        return IMAPStore(url, opts, read_only=read_only)
     raise ConfigError(f"store URL {url!r}: the {scheme}: scheme is not supported yet")
 
 

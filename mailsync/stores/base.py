@@ -18,7 +18,7 @@ store (tests/stores/test_contract.py runs the same suite against each):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from mailsync.errors import MessageError
 from mailsync.message import Info, fingerprint
@@ -50,6 +50,23 @@ class Folder(ABC):
     def delete(self, key: str) -> str:
         """Remove the message for good.  Returns the key that was removed, which is
         `key` except in stores where identical copies are interchangeable (mbox)."""
+
+    # Incremental listing.  A folder that can tell cheaply whether it changed returns a
+    # cursor after list(); the engine saves it with the state and hands it back next run.
+    def cursor(self) -> dict:
+        """A token describing the folder as of the last list() (taken before reading, so
+        a change made during the listing makes it stale).  {}: no cursor."""
+        return {}
+
+    def unchanged(self, cursor: dict) -> bool:
+        """True only if nothing (messages or flags) changed since `cursor` was taken; the
+        engine then uses the state instead of listing.  Must never say True wrongly."""
+        return False
+
+    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+        """Like list(), helped by the previous cursor and the flags the state knows for
+        each key (IMAP CONDSTORE fetches only what changed).  Default: list()."""
+        return self.list()
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
         """Fetch in the order given; network stores override this to pipeline.

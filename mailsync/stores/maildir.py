@@ -185,6 +185,8 @@ def _write_error(error: OSError, where: str) -> str:
 
 
 class MaildirFolder(Folder):
+    _cursor: dict | None = None
+
     def __init__(self, store: MaildirStore, name: str, path: str, dirty: set[str] | None = None):
         self.store = store
         self.name = name
@@ -201,7 +203,36 @@ class MaildirFolder(Folder):
 
     # reading ------------------------------------------------------------------------
 
+    # The directories' mtimes change with every file added, renamed or removed, so they
+    # tell cheaply whether a folder changed.  A listing taken within the same second as
+    # the last change gets no cursor: a later change could share the timestamp.
+    CURSOR_SETTLE_NS = 2_000_000_000
+
+    def _dir_mtimes(self) -> dict | None:
+        try:
+            stamps = {
+                sub: os.stat(os.path.join(self.path, sub)).st_mtime_ns for sub in ("new", "cur")
+            }
+        except OSError:
+            return None
+        if time.time_ns() - max(stamps.values()) < self.CURSOR_SETTLE_NS:
+            return None
+        return stamps
+
+    def cursor(self) -> dict:
+        return dict(self._cursor or {})
+
+    def unchanged(self, cursor: dict) -> bool:
+        if not cursor:
+            return False
+        now = self._dir_mtimes()
+        if now is None or now != cursor:
+            return False
+        self._cursor = now
+        return True
+
     def list(self) -> dict[str, Info]:
+        self._cursor = self._dir_mtimes()
         out: dict[str, Info] = {}
         where: dict[str, tuple[str, str]] = {}
         parsed: dict[str, frozenset[str]] = {"": frozenset()}  # info -> flags; few distinct

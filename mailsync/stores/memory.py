@@ -21,9 +21,12 @@ class MemoryFolder(Folder):
         self.name = name
         self.validity = "1"
         self.messages: dict[str, tuple[bytes, frozenset[str], float]] = {}
-        self.read_only = store.read_only
         self.persisted: frozenset[str] | None = None  # None: every flag
         self.fail_keys: set[str] = set()  # test hook: fetching these raises MessageError
+
+    @property
+    def read_only(self) -> bool:  # type: ignore[override]
+        return self.store.read_only
 
     def list(self) -> dict[str, Info]:
         return {

@@ -1,0 +1,144 @@
+"""What every network store shares: its URL, TLS, timeouts and the password.
+
+URLs: ``SCHEME://USER@HOST[:PORT][/PATH][?tls=none&cafile=PATH]``; a user name with ``@``
+is percent-encoded (``alice%40example.com@host``) or given as ``user`` in the config.
+
+Passwords come from, in order: ``password_command`` (config, or --password-command),
+the environment variable MAILSYNC_PASSWORD, the system keyring (service ``mailsync``,
+when the optional ``keyring`` package is installed), an interactive prompt when stdin is
+a terminal.  Never from the command line; never logged.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import shlex
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from mailsync.errors import AuthError, ConfigError
+
+log = logging.getLogger("mailsync")
+
+DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110, "ews": 443}
+IMPLICIT_TLS = {"imaps", "pop3s", "ews"}
+TLS_MODES = ("implicit", "starttls", "none")
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass
+class Endpoint:
+    scheme: str
+    user: str
+    host: str
+    port: int
+    path: str = ""
+    tls: str = "implicit"  # implicit | starttls | none
+    cafile: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    options: dict = field(default_factory=dict)  # store-specific leftovers
+
+    @property
+    def display(self) -> str:
+        """The URL without secrets, for messages and logs."""
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}{self.path}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifying context: certificates and host names are checked by default; a
+        private CA is added for this connection only, never process-wide."""
+        context = ssl.create_default_context(cafile=self.cafile)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+def parse_endpoint(url: str, options: dict | None = None) -> Endpoint:
+    options = dict(options or {})
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ConfigError(f"store URL {url!r}: unknown scheme {scheme!r}")
+    if not parts.hostname:
+        raise ConfigError(f"store URL {url!r} has no host; write e.g. {scheme}://USER@HOST")
+    user = unquote(parts.username) if parts.username else options.pop("user", None)
+    options.pop("user", None)
+    if not user:
+        raise ConfigError(
+            f"store URL {url!r} has no user; write {scheme}://USER@HOST "
+            "(percent-encode an @ in the user name as %40) or set user in the config"
+        )
+    if parts.password is not None:
+        raise ConfigError(
+            "a password in a store URL would be visible to every user of this machine; "
+            "use password_command, MAILSYNC_PASSWORD or the keyring instead"
+        )
+    query = {}
+    for item in filter(None, parts.query.split("&")):
+        key, _, value = item.partition("=")
+        query[unquote(key)] = unquote(value)
+    merged = {**query, **options}
+    tls = merged.pop("tls", None)
+    if tls is None:
+        tls = "implicit" if scheme in IMPLICIT_TLS else "starttls"
+    if tls not in TLS_MODES:
+        raise ConfigError(f"store {url!r}: tls must be one of {', '.join(TLS_MODES)}")
+    try:
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise ConfigError(f"store URL {url!r} has a bad port")
+    cafile = merged.pop("cafile", None)
+    if cafile:
+        cafile = os.path.expanduser(cafile)
+        if not os.path.isfile(cafile):
+            raise ConfigError(f"store {url!r}: cafile {cafile} does not exist")
+    try:
+        timeout = float(merged.pop("timeout", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise ConfigError(f"store {url!r}: timeout must be a number of seconds")
+    return Endpoint(scheme, user, parts.hostname, port, parts.path, tls, cafile, timeout, merged)
+
+
+def get_password(endpoint: Endpoint) -> str:
+    """The password for an endpoint, from the first source that has one."""
+    command = endpoint.options.get("password_command") or os.environ.get(
+        "MAILSYNC_PASSWORD_COMMAND"
+    )
+    if command:
+        try:
+            result = subprocess.run(
+                command if isinstance(command, list) else shlex.split(command),
+                capture_output=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise AuthError(f"password_command for {endpoint.display} failed: {error}")
+        if result.returncode != 0:
+            raise AuthError(
+                f"password_command for {endpoint.display} exited {result.returncode}; "
+                "run it by hand to see why"
+            )
+        password = result.stdout.decode("utf-8").splitlines()
+        if not password:
+            raise AuthError(f"password_command for {endpoint.display} printed nothing")
+        return password[0]
+    if "MAILSYNC_PASSWORD" in os.environ:
+        return os.environ["MAILSYNC_PASSWORD"]
+    try:
+        import keyring  # optional
+
+        stored = keyring.get_password("mailsync", f"{endpoint.user}@{endpoint.host}")
+        if stored:
+            return stored
+    except Exception:  # keyring missing, or no backend: try the next source
+        pass
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"Password for {endpoint.display}: ")
+    raise AuthError(
+        f"no password for {endpoint.display}: set password_command in the config, "
+        "MAILSYNC_PASSWORD, or store it in the keyring (service mailsync)"
+    )

@@ -1,0 +1,283 @@
+"""The private Dovecot fixture works: logins, TLS, byte-exact mail, SPECIAL-USE, UIDVALIDITY,
+and serving a Maildir tree written on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import mailbox
+import os
+import poplib
+import socket
+import ssl
+import subprocess
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+from servers.dovecot import DovecotError, DovecotServer
+
+MESSAGES = [
+    (
+        b"From: a@example.org\r\nTo: b@example.org\r\nSubject: one\r\n\r\nfirst body\r\n",
+        (b"\\Seen",),
+        datetime(2019, 3, 4, 5, 6, 7, tzinfo=UTC),
+    ),
+    (
+        b"From: c@example.org\r\nSubject: two\r\nX-Trailing: spaces  \r\n\r\n"
+        b"line\r\n\r\n.dot line\r\nno final newline",
+        (b"\\Flagged", b"\\Answered", b"$Forwarded"),
+        datetime(2020, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5))),
+    ),
+    (
+        b"Subject: three\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + "caf\u00e9 \u2713\r\n".encode(),
+        (b"\\Draft", b"\\Seen", b"\\Deleted"),
+        datetime(2001, 1, 1, 0, 0, 0, tzinfo=timezone(timedelta(hours=9, minutes=30))),
+    ),
+]
+
+
+def test_server_basics(dovecot_server: DovecotServer) -> None:
+    assert dovecot_server.host == "127.0.0.1"
+    assert set(dovecot_server.ports) == {"imap", "imaps", "pop3", "pop3s"}
+    assert len(set(dovecot_server.ports.values())) == 4
+    assert dovecot_server.cafile.is_file()
+    assert dovecot_server.version.startswith("2.")
+    assert dovecot_server.url("imaps", dovecot_server.add_user("urluser")) == (
+        f"imaps://urluser@127.0.0.1:{dovecot_server.ports['imaps']}"
+    )
+
+
+def test_plain_imap_login_offers_starttls(dovecot_server, dovecot_user) -> None:
+    client = IMAPClient(dovecot_server.host, port=dovecot_server.ports["imap"], ssl=False)
+    try:
+        assert client.has_capability("STARTTLS")
+        client.login(dovecot_user.name, dovecot_user.password)
+        for cap in ("CONDSTORE", "QRESYNC", "SPECIAL-USE", "UIDPLUS", "MOVE"):
+            assert client.has_capability(cap), cap
+        assert client.list_folders() == [((b"\\HasNoChildren",), b"/", "INBOX")]
+    finally:
+        client.logout()
+
+
+def test_wrong_password_is_refused(dovecot_server, dovecot_user) -> None:
+    client = IMAPClient(dovecot_server.host, port=dovecot_server.ports["imap"], ssl=False)
+    with pytest.raises(LoginError):
+        client.login(dovecot_user.name, "wrong")
+    client.shutdown()
+
+
+def test_starttls_verifies_with_cafile(dovecot_server, dovecot_user) -> None:
+    client = IMAPClient(dovecot_server.host, port=dovecot_server.ports["imap"], ssl=False)
+    client.starttls(dovecot_server.ssl_context())
+    assert client._imap.sock.version().startswith("TLS")
+    client.login(dovecot_user.name, dovecot_user.password)
+    client.logout()
+
+    # Without the CA the certificate is not trusted: verification really happens.
+    other = IMAPClient(dovecot_server.host, port=dovecot_server.ports["imap"], ssl=False)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        other.starttls(ssl.create_default_context())
+    with contextlib.suppress(OSError):
+        other.shutdown()
+
+
+def test_imaps_verifies_ip_and_localhost(dovecot_server, dovecot_user) -> None:
+    with dovecot_server.imap(dovecot_user, tls=True) as client:
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+    # The certificate names localhost as well as 127.0.0.1.
+    raw = socket.create_connection((dovecot_server.host, dovecot_server.ports["imaps"]))
+    with dovecot_server.ssl_context().wrap_socket(raw, server_hostname="localhost") as sock:
+        assert sock.getpeercert()["subjectAltName"] == (
+            ("DNS", "localhost"),
+            ("IP Address", "127.0.0.1"),
+        )
+
+
+def test_pop3s_and_stls(dovecot_server, dovecot_user) -> None:
+    pop = poplib.POP3_SSL(
+        dovecot_server.host,
+        dovecot_server.ports["pop3s"],
+        context=dovecot_server.ssl_context(),
+        timeout=10,
+    )
+    pop.user(dovecot_user.name)
+    pop.pass_(dovecot_user.password)
+    assert pop.stat() == (0, 0)
+    pop.quit()
+
+    pop = poplib.POP3(dovecot_server.host, dovecot_server.ports["pop3"], timeout=10)
+    assert "STLS" in pop.capa()
+    pop.stls(dovecot_server.ssl_context())
+    pop.user(dovecot_user.name)
+    pop.pass_(dovecot_user.password)
+    pop.quit()
+
+
+def test_append_and_read_back_byte_exact(dovecot_server, dovecot_user) -> None:
+    with dovecot_server.imap(dovecot_user) as client:
+        client.normalise_times = False
+        for raw, flags, when in MESSAGES:
+            client.append("INBOX", raw, flags=flags, msg_time=when)
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        assert len(uids) == 3
+        got = client.fetch(uids, ["BODY.PEEK[]", "FLAGS", "INTERNALDATE", "RFC822.SIZE"])
+    for uid, (raw, flags, when) in zip(sorted(uids), MESSAGES, strict=True):
+        data = got[uid]
+        assert data[b"BODY[]"] == raw
+        assert data[b"RFC822.SIZE"] == len(raw)
+        assert set(data[b"FLAGS"]) - {b"\\Recent"} == set(flags)
+        # The instant survives; its UTC offset does not (Maildir keeps it as the file's mtime).
+        assert data[b"INTERNALDATE"] == when
+
+    # POP3 serves the same bytes, with UIDLs in the configured %08Xu%08Xv format.
+    validity = dovecot_server.uidvalidity(dovecot_user)
+    pop = dovecot_server.pop3(dovecot_user)
+    try:
+        uidls = [line.split()[1].decode() for line in pop.uidl()[1]]
+        assert uidls == [f"{uid:08x}{validity:08x}" for uid in sorted(uids)]
+        for number, (raw, _, _) in enumerate(MESSAGES, 1):
+            lines = pop.retr(number)[1]  # POP3 ends the last line with CRLF in any case
+            assert b"\r\n".join(lines) == raw.removesuffix(b"\r\n")
+    finally:
+        pop.quit()
+
+
+def test_users_are_isolated(dovecot_server, dovecot_user) -> None:
+    other = dovecot_server.add_user()
+    assert other.name != dovecot_user.name
+    with dovecot_server.imap(dovecot_user) as client:
+        client.append("INBOX", MESSAGES[0][0])
+    with dovecot_server.imap(other) as client:
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+    assert (dovecot_user.maildir / "INBOX" / "cur").is_dir()  # LAYOUT=fs, INBOX=ROOT/INBOX
+
+
+def test_special_use_mailboxes(dovecot_server) -> None:
+    user = dovecot_server.add_user(special_use=True)
+    with dovecot_server.imap(user) as client:
+        listed = {name: set(flags) for flags, _, name in client.list_folders()}
+        assert set(listed) == {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
+        for name in ("Sent", "Drafts", "Trash", "Junk", "Archive"):
+            assert f"\\{name}".encode() in listed[name]
+        assert client.find_special_folder(b"\\Sent") == "Sent"
+        # A fresh user has only INBOX; creating a configured name gives it its attribute.
+    fresh = dovecot_server.add_user()
+    with dovecot_server.imap(fresh) as client:
+        client.create_folder("Junk")
+        assert client.find_special_folder(b"\\Junk") == "Junk"
+
+
+def test_uidvalidity_change_is_seen_by_clients(dovecot_server, dovecot_user) -> None:
+    with dovecot_server.imap(dovecot_user) as client:
+        client.append("INBOX", MESSAGES[0][0])
+        before = client.select_folder("INBOX")[b"UIDVALIDITY"]
+        client.unselect_folder()
+        assert dovecot_server.uidvalidity(dovecot_user) == before
+        new = dovecot_server.change_uidvalidity(dovecot_user, "INBOX")
+        assert new == before + 1
+        assert client.folder_status("INBOX", ["UIDVALIDITY"])[b"UIDVALIDITY"] == new
+    with dovecot_server.imap(dovecot_user) as client:
+        info = client.select_folder("INBOX")
+        assert info[b"UIDVALIDITY"] == new
+        assert info[b"EXISTS"] == 1
+    assert dovecot_server.change_uidvalidity(dovecot_user, value=12345) == 12345
+    with dovecot_server.imap(dovecot_user) as client:
+        assert client.select_folder("INBOX")[b"UIDVALIDITY"] == 12345
+
+
+def _maildir_tree(root: Path) -> dict[str, list[tuple[bytes, str, float]]]:
+    """Writes ROOT/INBOX, ROOT/Sent, ROOT/Archive/2019 with Python's mailbox module."""
+    tree = {
+        "INBOX": [
+            (b"From: a@example.org\nSubject: in 1\n\nhello\n", "S", 1_500_000_000.0),
+            (b"Subject: in 2\n\nnew, unseen\n", "", 1_500_000_100.0),
+        ],
+        "Sent": [(b"Subject: sent\n\nbye\n", "RS", 1_600_000_000.0)],
+        "Archive/2019": [(b"Subject: old\n\narchived\n", "FS", 1_550_000_000.0)],
+    }
+    for folder, messages in tree.items():
+        (root / folder).parent.mkdir(parents=True, exist_ok=True)
+        md = mailbox.Maildir(root / folder, create=True)
+        for raw, flags, mtime in messages:
+            msg = mailbox.MaildirMessage(raw)
+            if flags:
+                msg.set_subdir("cur")
+                msg.set_flags(flags)
+            key = md.add(msg)
+            os.utime(os.path.join(md._path, md._lookup(key)), (mtime, mtime))
+    return tree
+
+
+LETTERS = {"S": b"\\Seen", "R": b"\\Answered", "F": b"\\Flagged"}
+
+
+def test_serve_maildir_written_on_disk(dovecot_server, tmp_path) -> None:
+    root = tmp_path / "pulled"
+    tree = _maildir_tree(root)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    user = dovecot_server.serve_maildir(root)
+    assert user.maildir == root.resolve()
+    with dovecot_server.imap(user) as client:
+        client.normalise_times = False
+        folders = {name: flags for flags, _, name in client.list_folders()}
+        assert set(folders) == {"INBOX", "Sent", "Archive", "Archive/2019"}
+        assert b"\\Noselect" in folders["Archive"]  # a plain directory, not a Maildir
+        assert b"\\Sent" in folders["Sent"]
+        for folder, messages in tree.items():
+            client.select_folder(folder, readonly=True)  # EXAMINE: new/ stays new/
+            got = client.fetch(client.search("ALL"), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+            seen = sorted(
+                (d[b"BODY[]"], set(d[b"FLAGS"]) - {b"\\Recent"}, d[b"INTERNALDATE"].timestamp())
+                for d in got.values()
+            )
+            want = sorted(
+                (raw.replace(b"\n", b"\r\n"), {LETTERS[c] for c in flags}, mtime)
+                for raw, flags, mtime in messages
+            )
+            assert seen == want, folder
+    # Dovecot kept its index, uidlist and subscriptions out of the tree.
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
+    assert all(p.stat().st_uid == dovecot_server.uid for p in root.rglob("*"))
+
+
+def test_serve_maildir_copy(dovecot_server, tmp_path) -> None:
+    root = tmp_path / "orig"
+    _maildir_tree(root)
+    user = dovecot_server.serve_maildir(root, name="copied", copy=True)
+    assert user.maildir != root and (user.maildir / "INBOX" / "new").is_dir()
+    assert root.stat().st_uid == 0  # the original is left alone
+    with dovecot_server.imap(user) as client:
+        assert client.select_folder("INBOX")[b"EXISTS"] == 2
+
+
+def test_bad_names_are_refused(dovecot_server) -> None:
+    for name in ("a:b", "a/b", "a b", "", ".x"):
+        with pytest.raises(ValueError):
+            dovecot_server.add_user(name)
+    dovecot_server.add_user("dup")
+    with pytest.raises(ValueError):
+        dovecot_server.add_user("dup")
+
+
+def test_doveadm_errors_carry_output(dovecot_server) -> None:
+    with pytest.raises(DovecotError, match="doveadm mailbox status"):
+        dovecot_server.doveadm("mailbox", "status", "-u", "nobody-here", "messages", "INBOX")
+    assert dovecot_server.doveadm("user", "nobody-here", check=False).returncode != 0
+
+
+def test_failed_start_reports_the_log(dovecot_server, tmp_path, monkeypatch) -> None:
+    broken = DovecotServer(tmp_path / "broken")
+    monkeypatch.setattr(
+        broken, "_config", lambda: DovecotServer._config(broken) + "no_such_setting = 1\n"
+    )
+    with pytest.raises(DovecotError, match="no_such_setting"):
+        broken.start()
+    broken.stop()
+    assert broken.proc is None
+    # Nothing of it is left running.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "broken") not in ps
