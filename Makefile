@@ -3,31 +3,70 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Dovecot for the tests' private servers (tests/servers/dovecot.py).
+DOVECOT_PKGS := dovecot-imapd dovecot-pop3d
 
-.PHONY: all test lint man demo bench clean
+.PHONY: all test lint man demo bench clean dovecot venv-deps
 
 all: test
 
+# Debian's python3 lacks venv/ensurepip until python3-venv is installed.
+venv-deps:
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else \
+	    echo "python3 venv support is missing: sudo apt-get install python3-venv" >&2; exit 1; \
+	  fi; \
+	fi
+
 $(STAMP): setup.cfg pyproject.toml
+	@$(MAKE) --no-print-directory venv-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c 'import pymap' 2>/dev/null || $(PY) -m pip install -q 'pymap>=0.36'
 	touch $(STAMP)
 
-test: $(STAMP)
+dovecot:
+	@if ! command -v doveadm >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/imap \
+	    || ! test -x /usr/lib/dovecot/pop3; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Dovecot is missing and this is not root: the IMAP/POP tests will be skipped" \
+	         "(sudo apt-get install $(DOVECOT_PKGS))" >&2; \
+	  else \
+	    echo "installing Dovecot for the tests"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	      $(DOVECOT_PKGS) >/dev/null || exit 1; \
+	    systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true; \
+	    service dovecot stop >/dev/null 2>&1 || true; \
+	  fi; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd mailsynctest >/dev/null; then \
+	  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	    --shell /usr/sbin/nologin mailsynctest; \
+	fi
+
+test: $(STAMP) dovecot
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mailsync tests bench
-	$(VENV)/bin/ruff format --check mailsync tests bench
+	$(VENV)/bin/ruff check mailsync tests bench demo
+	$(VENV)/bin/ruff format --check mailsync tests bench demo
 
 man: $(STAMP)
-	$(PY) -m mailsync --help >/dev/null
+	@command -v groff >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq groff-base >/dev/null)
 	for page in man/mailsync.1 man/mailsync.conf.5; do \
 	  groff -man -ww -z $$page || exit 1; \
 	  groff -man -Tutf8 $$page > /dev/null 2>&1 || exit 1; \
 	done
-	@echo "man pages render cleanly; view with: man -l man/mailsync.1"
+	$(PY) -m pytest -q -p no:cacheprovider tests/cli/test_cli.py -k man_page
+	@echo "man pages render cleanly and document every option; view: man -l man/mailsync.1"
+
+demo: $(STAMP)
+	$(PY) demo/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-mail

@@ -27,7 +27,7 @@ from mailsync.errors import (
 )
 from mailsync.planner import Policy
 from mailsync.state import State, default_state_dir, state_file_name
-from mailsync.stores import canonical_url, open_store
+from mailsync.stores import NETWORK_SCHEMES, canonical_url, open_store, split_url
 from mailsync.sync import Report, Syncer, select_folders
 
 log = logging.getLogger("mailsync")
@@ -40,6 +40,10 @@ Exit codes:
   3    connection, TLS or authentication failure
   4    refused for safety: a mass deletion (see --force-delete)
   130  interrupted; the state is consistent, rerun to continue"""
+
+
+MAX_JOBS = 16
+DEFAULT_NETWORK_JOBS = 4
 
 
 @dataclass
@@ -100,6 +104,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # -vv shows the IMAP protocol; imapclient masks LOGIN/AUTHENTICATE arguments.
+    protocol = logging.getLogger("imapclient")
+    protocol.handlers[:] = [handler]
+    protocol.setLevel(logging.DEBUG if verbose >= 2 and not quiet else logging.WARNING)
+    protocol.propagate = False
 
 
 class MailsyncGroup(click.Group):
@@ -146,8 +155,14 @@ class MailsyncGroup(click.Group):
 )
 @click.option("-v", "--verbose", count=True, help="Show each action; -vv shows debug output.")
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@click.option(
+    "--password-command",
+    metavar="COMMAND",
+    help="Command printing the password of network stores that have no password_command "
+    "in the config (never give the password itself on the command line).",
+)
 @click.pass_context
-def cli(ctx, config_path, state_dir, verbose, quiet):
+def cli(ctx, config_path, state_dir, verbose, quiet, password_command):
     """Sync and back up mail between IMAP, POP, Exchange, Maildir and mbox.
 
     A store is a URL (maildir:PATH or a bare path, mbox:PATH, imaps://USER@HOST, ...)
@@ -155,6 +170,8 @@ def cli(ctx, config_path, state_dir, verbose, quiet):
     pairing a remote store with a local one.
     """
     _setup_logging(verbose, quiet)
+    if password_command:
+        os.environ["MAILSYNC_PASSWORD_COMMAND"] = password_command  # read by mailsync.net
     ctx.obj = Context(config_path, state_dir, verbose, quiet)
 
 
@@ -179,6 +196,15 @@ def sync_options(func):
             "--mirror",
             is_flag=True,
             help="Propagate deletions to the destination (pull keeps them by default).",
+        ),
+        click.option(
+            "--jobs",
+            "-j",
+            type=click.IntRange(1, MAX_JOBS),
+            default=None,
+            metavar="N",
+            help=f"Sync N folders at once over N connections (default {DEFAULT_NETWORK_JOBS} "
+            f"with a network store, 1 between local stores; at most {MAX_JOBS}).",
         ),
         click.option(
             "--force-delete",
@@ -338,6 +364,16 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
                 state.set_meta("url_a", canonical_url(job.url_a))
                 state.set_meta("url_b", canonical_url(job.url_b))
                 state.commit()
+            jobs = options.get("jobs") or (
+                DEFAULT_NETWORK_JOBS if _is_network(job.url_a) or _is_network(job.url_b) else 1
+            )
+
+            def open_stores():
+                return (
+                    open_store(job.url_a, job.options_a, read_only=not policy.writes("a")),
+                    open_store(job.url_b, job.options_b, read_only=not policy.writes("b")),
+                )
+
             syncer = Syncer(
                 store_a,
                 store_b,
@@ -346,6 +382,8 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
                 job.patterns,
                 dry_run=bool(options.get("dry_run")),
                 progress=_progress_factory(options.get("progress")),
+                jobs=jobs,
+                open_stores=open_stores,
             )
             try:
                 report = syncer.run()
@@ -374,6 +412,10 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
                 code = max(code, error.exit_code)
     result["exit_code"] = code
     return result, code
+
+
+def _is_network(url: str) -> bool:
+    return split_url(url)[0] in NETWORK_SCHEMES
 
 
 def _report_code(report: Report) -> int:

@@ -123,7 +123,11 @@ class State:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            # check_same_thread off: a worker thread's handle is closed by the main thread
+            # after the worker is done; no handle is ever used by two threads at once.
+            self.db = sqlite3.connect(
+                path, isolation_level=None, timeout=30, check_same_thread=False
+            )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
@@ -180,7 +184,9 @@ class State:
     # transactions ---------------------------------------------------------------
     def begin(self) -> None:
         if not self._in_tx:
-            self.db.execute("BEGIN")
+            # IMMEDIATE: take the write lock up front, so parallel workers wait for each
+            # other (busy timeout) instead of failing on a lock upgrade.
+            self.db.execute("BEGIN IMMEDIATE")
             self._in_tx = True
 
     def commit(self) -> None:

@@ -16,8 +16,10 @@ import contextlib
 import fnmatch
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from mailsync.errors import FolderError, MessageError
@@ -140,7 +142,12 @@ ProgressFactory = Callable[[int, str], NullProgress]
 
 
 class Syncer:
-    """Runs one channel: store a (remote side) and store b (local side)."""
+    """Runs one channel: store a (remote side) and store b (local side).
+
+    With jobs > 1 and an ``open_stores`` factory, folders are synced in parallel, each
+    worker thread with its own connections and its own handle on the state database
+    (SQLite in WAL mode serialises the short write transactions).
+    """
 
     def __init__(
         self,
@@ -151,13 +158,26 @@ class Syncer:
         patterns: list[str] | None = None,
         dry_run: bool = False,
         progress: ProgressFactory | None = None,
+        jobs: int = 1,
+        open_stores: Callable[[], tuple[Store, Store]] | None = None,
     ):
-        self.stores = {"a": store_a, "b": store_b}
-        self.state = state
+        self._main = {"stores": {"a": store_a, "b": store_b}, "state": state}
+        self._local = threading.local()
         self.policy = policy
         self.patterns = patterns or ["*"]
         self.dry_run = dry_run
         self.progress = progress or (lambda total, desc: NullProgress())
+        self.jobs = max(1, jobs) if open_stores is not None else 1
+        self.open_stores = open_stores
+
+    # Each worker thread has its own stores and state handle; the main thread the given ones.
+    @property
+    def stores(self) -> dict[str, Store]:
+        return getattr(self._local, "stores", None) or self._main["stores"]
+
+    @property
+    def state(self) -> State:
+        return getattr(self._local, "state", None) or self._main["state"]
 
     # channel ----------------------------------------------------------------------
     def run(self) -> Report:
@@ -168,21 +188,51 @@ class Syncer:
             if self.policy.writes(other(side)) or self.policy.direction == "both":
                 candidates |= existing[side]
         # Folders the state knows are synced too, so a vanished folder is noticed.
-        candidates |= {f.name_a for f in self.state.folders()}
-        for name in select_folders(candidates, self.patterns):
-            if not any(name in existing[side] for side in ("a", "b")) and not self._known(name):
-                continue
-            try:
-                report.folders.append(self.sync_folder(name, existing))
-            except FolderError as error:
-                log.error("%s", error)
-                folder_report = FolderReport(name)
-                folder_report.errors.append(str(error))
-                report.folders.append(folder_report)
+        known = {f.name_a for f in self.state.folders()}
+        candidates |= known
+        names = [
+            name
+            for name in select_folders(candidates, self.patterns)
+            if name in known or any(name in existing[side] for side in ("a", "b"))
+        ]
+        if self.jobs > 1 and len(names) > 1:
+            report.folders.extend(self._run_parallel(names, existing))
+        else:
+            report.folders.extend(self._guarded(name, existing) for name in names)
         return report
 
-    def _known(self, name: str) -> bool:
-        return any(f.name_a == name for f in self.state.folders())
+    def _guarded(self, name: str, existing) -> FolderReport:
+        try:
+            return self.sync_folder(name, existing)
+        except FolderError as error:
+            log.error("%s", error)
+            folder_report = FolderReport(name)
+            folder_report.errors.append(str(error))
+            return folder_report
+
+    def _run_parallel(self, names: list[str], existing) -> list[FolderReport]:
+        workers: list[tuple[dict, State]] = []
+        lock = threading.Lock()
+
+        def work(name: str) -> FolderReport:
+            if getattr(self._local, "state", None) is None:
+                stores = self.open_stores()
+                state = State(self._main["state"].path, lock=False)
+                self._local.stores = {"a": stores[0], "b": stores[1]}
+                self._local.state = state
+                with lock:
+                    workers.append((self._local.stores, state))
+            return self._guarded(name, existing)
+
+        try:
+            with ThreadPoolExecutor(min(self.jobs, len(names))) as pool:
+                return list(pool.map(work, names))
+        finally:
+            for stores, state in workers:
+                for store in stores.values():
+                    with contextlib.suppress(Exception):
+                        store.close()
+                state.close()
 
     # folder -----------------------------------------------------------------------
     def sync_folder(self, name: str, existing: dict[str, set[str]]) -> FolderReport:
@@ -276,15 +326,15 @@ class Syncer:
 
         # Pairs re-linked by content during the copies (a message that vanished and came
         # back identical): their planned deletion or tombstone no longer applies.
-        self._relinked: set[int] = set()
+        self._local.relinked: set[int] = set()
         self._copies(fstate, the_plan, folders, listings, pairs, report)
         self._flags(the_plan.flags, folders, report)
         self._deletes(
-            [d for d in the_plan.deletes if d.pair.id not in self._relinked], folders, report
+            [d for d in the_plan.deletes if d.pair.id not in self._local.relinked], folders, report
         )
         self.state.begin()
         for action in the_plan.bookkeeping:
-            if action.pair.id in self._relinked:
+            if action.pair.id in self._local.relinked:
                 continue
             if isinstance(action, Forget):
                 self.state.delete_pair(action.pair)
@@ -333,30 +383,28 @@ class Syncer:
 
     # copies ---------------------------------------------------------------------------
     def _copies(self, fstate, the_plan: Plan, folders, listings, pairs, report) -> None:
-        linked_keys = {"a": set(), "b": set()}
+        paired = {"a": set(), "b": set()}
         for src in ("a", "b"):
             copies = [
                 c
                 for c in the_plan.copies
                 if c.src == src
-                and c.key not in linked_keys[src]
-                and (c.pair is None or c.pair.id not in self._relinked)
+                and c.key not in paired[src]
+                and (c.pair is None or c.pair.id not in self._local.relinked)
             ]
             if not copies:
                 continue
             dst = other(src)
-            self._copy_batch(
-                fstate, src, dst, copies, folders, listings, pairs, report, linked_keys
-            )
+            self._copy_batch(fstate, src, dst, copies, folders, listings, pairs, report, paired)
 
-    def _copy_batch(self, fstate, src, dst, copies, folders, listings, pairs, report, linked_keys):
+    def _copy_batch(self, fstate, src, dst, copies, folders, listings, pairs, report, paired):
         source, target = folders[src], folders[dst]
         by_key = {c.key: c for c in copies}
         index = None  # content hash -> [(dst key, pair or None)], built on first use
         pending: list[Pair] = []
         obsolete: list[Pair] = []
         pending_bytes = 0
-        bar = self.progress(len(copies), f"{fstate.name_a} {src}->{dst}")
+        bar = self.progress(len(copies), f"{fstate.name_a} -> {SIDE_NAMES[dst]}")
 
         def commit():
             nonlocal pending, pending_bytes
@@ -387,7 +435,9 @@ class Syncer:
                     continue
                 digest = fingerprint(data)
                 if index is None:
-                    index, unreadable = self._match_index(pairs, src, dst, target, listings)
+                    index, unreadable = self._match_index(
+                        pairs, src, dst, target, listings, paired[dst]
+                    )
                 candidates = index.get(digest)
                 if not candidates and unreadable & {len(data), len(data) + data.count(b"\n")}:
                     error = (
@@ -401,19 +451,19 @@ class Syncer:
                 if candidates:
                     dst_key, pair = candidates.pop()
                     if pair is not None and pair.id is not None:
-                        self._relinked.add(pair.id)
+                        self._local.relinked.add(pair.id)
                     self._link(copy, src, dst, dst_key, pair, target, listings[dst])
                     if pair is not None and copy.pair is not None and pair is not copy.pair:
                         obsolete.append(copy.pair)  # a resurrected message met its tombstone
                     pair = pair or copy.pair or Pair(None, None, None, copy.flags, digest)
-                    linked_keys[dst].add(dst_key)
+                    paired[dst].add(dst_key)
                     report.linked += 1
                     log.info(
                         "%s: linked %s %s to %s %s (same content)",
                         fstate.name_a,
-                        src,
+                        SIDE_NAMES[src],
                         key,
-                        dst,
+                        SIDE_NAMES[dst],
                         dst_key,
                     )
                 else:
@@ -430,10 +480,19 @@ class Syncer:
                         f"copied_{src}_to_{dst}",
                         getattr(report, f"copied_{src}_to_{dst}") + 1,
                     )
-                    log.info("%s: copied %s %s to %s %s", fstate.name_a, src, key, dst, dst_key)
+                    log.info(
+                        "%s: copied %s %s to %s %s",
+                        fstate.name_a,
+                        SIDE_NAMES[src],
+                        key,
+                        SIDE_NAMES[dst],
+                        dst_key,
+                    )
                 setattr(pair, f"key_{src}", key)
                 setattr(pair, f"key_{dst}", dst_key)
                 pair.flags, pair.hash = copy.flags, digest
+                paired[src].add(key)
+                paired[dst].add(dst_key)
                 pending.append(pair)
                 pending_bytes += len(data)
                 if len(pending) >= BATCH_MESSAGES or pending_bytes >= BATCH_BYTES:
@@ -442,7 +501,7 @@ class Syncer:
         finally:
             bar.close()
 
-    def _match_index(self, pairs, src, dst, target: Folder, listings):
+    def _match_index(self, pairs, src, dst, target: Folder, listings, paired_now):
         """Destination messages a copy may turn out to be, by content hash: unknown ones
         (an interrupted copy, a first sync of two full folders) and known ones whose
         source message is gone (a tombstone, or a message that vanished and came back).
@@ -458,7 +517,7 @@ class Syncer:
             gone = src_key is None or src_key not in listings[src]
             if gone and key in listings[dst] and pair.hash:
                 index.setdefault(pair.hash, []).append((key, pair))
-        unknown = [k for k in listings[dst] if k not in known]
+        unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
         unreadable: set[int] = set()
         if unknown:
             prints = target.fingerprints(unknown)
@@ -487,7 +546,7 @@ class Syncer:
                     for side, (add, remove) in action.changes.items():
                         folders[side].set_flags(action.pair.key(side), add, remove)
                         setattr(report, f"flags_{side}", getattr(report, f"flags_{side}") + 1)
-                        log.info("%s", describe(action))
+                        log.info("%s: %s", folders[side].name, describe(action))
                         step("flags")
                 except MessageError as error:
                     report.errors.append(str(error))
@@ -518,7 +577,7 @@ class Syncer:
                 setattr(
                     report, f"deleted_{action.side}", getattr(report, f"deleted_{action.side}") + 1
                 )
-                log.info("%s", describe(action))
+                log.info("%s: %s", folders[action.side].name, describe(action))
                 done.append((action, removed))
             for folder in folders.values():
                 if folder is not None:
@@ -544,15 +603,15 @@ class Syncer:
 
 def describe(action) -> str:
     if isinstance(action, Copy):
-        return f"copy {action.src} {action.key} to {other(action.src)}"
+        return f"copy {SIDE_NAMES[action.src]} {action.key} to {SIDE_NAMES[other(action.src)]}"
     if isinstance(action, SetFlags):
         parts = []
         for side, (add, remove) in action.changes.items():
             change = " ".join([f"+{f}" for f in sorted(add)] + [f"-{f}" for f in sorted(remove)])
-            parts.append(f"{side} {action.pair.key(side)} {change}")
+            parts.append(f"{SIDE_NAMES[side]} {action.pair.key(side)} {change}")
         return "flags " + "; ".join(parts) if parts else "record flags"
     if isinstance(action, Delete):
-        return f"delete {action.side} {action.key}"
+        return f"delete {SIDE_NAMES[action.side]} {action.key}"
     return type(action).__name__.lower()
 
 

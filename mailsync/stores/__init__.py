@@ -44,7 +44,14 @@ def canonical_url(url: str) -> str:
         path = os.path.abspath(os.path.expanduser(path))
         query = "&".join(f"{k}={v}" for k, v in sorted(options.items()))
         return f"{scheme}:{path}" + (f"?{query}" if query else "")
-    return url
+    # Network stores: the account, not how we reach it (cafile=, tls=, timeout= may
+    # change without starting a new state).
+    return url.split("?", 1)[0].lower() if "@" not in url else _lower_host(url.split("?", 1)[0])
+
+
+def _lower_host(url: str) -> str:
+    head, _, host = url.rpartition("@")
+    return f"{head}@{host.lower()}"
 
 
 def open_store(url: str, options: dict | None = None, read_only: bool = False) -> Store:
@@ -64,9 +71,7 @@ def open_store(url: str, options: dict | None = None, read_only: bool = False) -
     if scheme == "memory":
         from mailsync.stores.memory import MemoryStore
 
-        store = MemoryStore.named(path)
-        store.read_only = read_only
-        return store
+        return MemoryStore.named(path, read_only=read_only)
     if scheme in ("imap", "imaps"):
         from mailsync.stores.imap import IMAPStore
 

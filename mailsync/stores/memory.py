@@ -95,10 +95,17 @@ class MemoryStore(Store):
         self.counter = itertools.count(1)
 
     @classmethod
-    def named(cls, name: str) -> MemoryStore:
+    def named(cls, name: str, read_only: bool = False) -> MemoryStore:
+        """The registered store of that name; read_only gives a read-only handle on the
+        same messages (each handle keeps its own mode)."""
         if name not in _REGISTRY:
             _REGISTRY[name] = cls(name)
-        return _REGISTRY[name]
+        store = _REGISTRY[name]
+        if not read_only:
+            return store
+        view = cls(name, read_only=True)
+        view.folders, view.counter = store.folders, store.counter
+        return view
 
     @staticmethod
     def forget_all() -> None:
@@ -107,15 +114,50 @@ class MemoryStore(Store):
     def list_folders(self) -> list[str]:
         return sorted(self.folders)
 
-    def open_folder(self, name: str, create: bool = False) -> MemoryFolder:
+    def open_folder(self, name: str, create: bool = False) -> Folder:
         if name not in self.folders:
             if not create:
                 raise FolderError(f"{self.url}: no folder {name}")
             if self.read_only:
                 raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
             self.folders[name] = MemoryFolder(self, name)
-        return self.folders[name]
+        folder = self.folders[name]
+        if self.read_only and not folder.read_only:
+            return ReadOnlyFolder(folder)
+        return folder
 
     def folder(self, name: str) -> MemoryFolder:
         """Test helper: the folder, created if missing."""
         return self.open_folder(name, create=True)
+
+
+class ReadOnlyFolder(Folder):
+    """A read-only handle on a folder another handle may write to."""
+
+    read_only = True
+
+    def __init__(self, inner: MemoryFolder):
+        self.inner = inner
+        self.name = inner.name
+
+    @property
+    def validity(self) -> str:  # type: ignore[override]
+        return self.inner.validity
+
+    def list(self) -> dict[str, Info]:
+        return self.inner.list()
+
+    def fetch(self, key: str) -> bytes:
+        return self.inner.fetch(key)
+
+    def persists(self, flag: str) -> bool:
+        return self.inner.persists(flag)
+
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        raise FolderError(f"{self.name} is read-only")
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        raise FolderError(f"{self.name} is read-only")
+
+    def delete(self, key: str) -> str:
+        raise FolderError(f"{self.name} is read-only")

@@ -337,7 +337,7 @@ def test_quiet_and_verbose(env):
     assert quiet.output == ""
     make_maildir(env / "src", {"INBOX": 1}, tag=" new")
     verbose = run("-v", "pull", "--progress", str(env / "src"), str(env / "dst"))
-    assert "copied a " in verbose.output  # one line per action
+    assert "copied remote " in verbose.output  # one line per action
 
 
 def test_real_process_keeps_files_private_under_umask_0(env):
@@ -362,3 +362,17 @@ def test_python_dash_m_entry_point(env):
         [sys.executable, "-m", "mailsync", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "mailsync" in proc.stdout
+
+
+def test_jobs_syncs_folders_in_parallel_with_one_state(env):
+    folders = {f"F{i}": 3 + i for i in range(6)}
+    make_maildir(env / "src", folders)
+    result = run("pull", "--jobs", "3", str(env / "src"), f"mbox:{env / 'dst'}")
+    assert result.exit_code == 0, result.output
+    assert bodies(f"mbox:{env / 'dst'}") == bodies(str(env / "src"))
+    again = run("pull", "-j", "3", str(env / "src"), f"mbox:{env / 'dst'}")
+    assert again.output.count("copied 0 to local") == 6
+    status = json.loads(run("status", "--json").output)
+    counts = {f["folder"]: f["local"] for f in status["channels"][0]["folders"]}
+    assert counts == folders
+    assert CliRunner().invoke(cli, ["pull", "--jobs", "0", "a", "b"]).exit_code == 2
