@@ -25,6 +25,7 @@ import os
 import socket
 import stat
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from mailsync.errors import ConfigError, FolderError, MessageError
 from mailsync.message import (
@@ -184,6 +185,37 @@ def _write_error(error: OSError, where: str) -> str:
 # -- folder -------------------------------------------------------------------------
 
 
+_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="maildir-write")
+_MAX_PENDING = 256  # bounds the memory held by queued messages
+
+
+def _write_message(tmp_dir, key, data, arrival, path, sub, filename) -> None:
+    """tmp/ -> fsync -> new/ or cur/, per the Maildir spec; runs on a writer thread."""
+    tmp = os.path.join(tmp_dir, key)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as e:
+        raise MessageError(_write_error(e, tmp_dir))
+    try:
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            ns = int(arrival * 1_000_000_000)
+            os.utime(fd, ns=(ns, ns))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(path, sub, filename))
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise MessageError(_write_error(e, path))
+
+
 class MaildirFolder(Folder):
     _cursor: dict | None = None
 
@@ -197,6 +229,7 @@ class MaildirFolder(Folder):
         self._where: dict[str, tuple[str, str]] = {}
         self._dirty: set[str] = set(dirty or ())
         self._have_tmp = False
+        self._pending: dict[str, Future] = {}  # key -> background write of an append
 
     def __repr__(self) -> str:
         return f"MaildirFolder({self.path!r})"
@@ -232,6 +265,7 @@ class MaildirFolder(Folder):
         return True
 
     def list(self) -> dict[str, Info]:
+        self._wait_all()
         self._cursor = self._dir_mtimes()
         out: dict[str, Info] = {}
         where: dict[str, tuple[str, str]] = {}
@@ -272,6 +306,8 @@ class MaildirFolder(Folder):
         return out
 
     def fetch(self, key: str) -> bytes:
+        if key in self._pending:
+            self._wait(key)
         for attempt in (1, 2):
             loc = self._locate(key, rescan=attempt == 2)
             if loc is None:
@@ -306,46 +342,49 @@ class MaildirFolder(Folder):
                 raise MessageError(_write_error(e, tmp_dir))
             self._have_tmp = True
         letters = flags_info(flags)
-        for _ in range(10):
-            key = unique_name(len(data))
-            tmp = os.path.join(tmp_dir, key)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise MessageError(_write_error(e, tmp_dir))
-            break
-        else:
-            raise MessageError(f"cannot find a free file name in {tmp_dir}: empty it and rerun")
+        key = unique_name(len(data))
         if letters:
             sub, filename = "cur", key + INFO_SEP + letters
         else:
             sub, filename = "new", key
-        try:
-            try:
-                os.fchmod(fd, _FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                ns = int(arrival * 1_000_000_000)
-                os.utime(fd, ns=(ns, ns))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, os.path.join(self.path, sub, filename))
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise MessageError(_write_error(e, self.path))
         self._dirty.add(os.path.join(self.path, sub))
         self._where[key] = (sub, filename)
+        # The write, fsync and rename run on a small pool of threads: fsyncs issued
+        # together share the filesystem's journal commits, and the network keeps
+        # streaming meanwhile.  flush() waits for every one of them.
+        self._pending[key] = _WRITERS.submit(
+            _write_message, tmp_dir, key, data, arrival, self.path, sub, filename
+        )
+        if len(self._pending) >= _MAX_PENDING:
+            self._wait(next(iter(self._pending)))
         return key
+
+    def _wait(self, key: str) -> None:
+        """Wait for a background write; its failure becomes a MessageError."""
+        future = self._pending.pop(key, None)
+        if future is None:
+            return
+        error = future.exception()
+        if error is not None:
+            self._where.pop(key, None)
+            if isinstance(error, MessageError):
+                raise error
+            raise MessageError(str(error))
+
+    def _wait_all(self) -> None:
+        failures = []
+        for key in list(self._pending):
+            try:
+                self._wait(key)
+            except MessageError as error:
+                failures.append(str(error))
+        if failures:
+            raise FolderError(f"{len(failures)} message(s) could not be written: {failures[0]}")
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         self._writable()
+        if key in self._pending:
+            self._wait(key)
         add_letters = {FLAG_LETTERS[f] for f in add if f in FLAG_LETTERS}
         remove_letters = {FLAG_LETTERS[f] for f in remove if f in FLAG_LETTERS} - add_letters
         if not add_letters and not remove_letters:
@@ -376,6 +415,8 @@ class MaildirFolder(Folder):
 
     def delete(self, key: str) -> str:
         self._writable()
+        if key in self._pending:
+            self._wait(key)
         for attempt in (1, 2):
             loc = self._locate(key, rescan=attempt == 2)
             if loc is None:
@@ -393,6 +434,7 @@ class MaildirFolder(Folder):
         return key
 
     def flush(self) -> None:
+        self._wait_all()
         for directory in sorted(self._dirty):
             try:
                 _fsync_dir(directory)
@@ -468,6 +510,12 @@ class MaildirStore(Store):
         self.layout = layout
         self.read_only = read_only
         self.url = f"maildir:{path}" + ("" if layout == "verbatim" else f"?layout={layout}")
+        self._opened: list[MaildirFolder] = []  # flushed on close: writes run in background
+
+    def close(self) -> None:
+        folders, self._opened = self._opened, []
+        for folder in folders:
+            folder.flush()
 
     def folder_path(self, name: str) -> str:
         """Where folder `name` lives on disk (FolderError for names that cannot be)."""
@@ -559,4 +607,5 @@ class MaildirStore(Store):
         folder = MaildirFolder(self, name, path, dirty)
         if not self.read_only:
             folder._clean_tmp()
+            self._opened.append(folder)
         return folder

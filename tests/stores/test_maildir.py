@@ -192,6 +192,7 @@ LETTERS = [
 @pytest.mark.parametrize(("flag", "letter"), LETTERS)
 def test_flag_written_as_letter(inbox, flag, letter):
     key = inbox.append(MSG, frozenset({flag}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,{letter}"]
     assert files(os.path.join(inbox.path, "new")) == []
 
@@ -204,6 +205,7 @@ def test_letter_read_as_flag(inbox, flag, letter):
 
 def test_all_flags_sorted_letters(inbox):
     key = inbox.append(MSG, STANDARD_FLAGS | {"work", "$Label1"}, ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,DFPRST"]
     assert inbox.list()[key].flags == STANDARD_FLAGS
 
@@ -217,8 +219,11 @@ def test_persists_only_standard_flags(inbox):
 
 def test_new_vs_cur_placement(inbox):
     plain = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     keyword_only = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     seen = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     assert files(os.path.join(inbox.path, "new")) == sorted([plain, keyword_only])
     assert files(os.path.join(inbox.path, "cur")) == [f"{seen}:2,S"]
     assert files(os.path.join(inbox.path, "tmp")) == []
@@ -229,6 +234,7 @@ def test_new_vs_cur_placement(inbox):
 
 def test_set_flags_moves_new_to_cur_and_keeps_key(inbox):
     key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     inbox.set_flags(key, frozenset({SEEN, FLAGGED}), frozenset())
     assert files(os.path.join(inbox.path, "new")) == []
     assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,FS"]
@@ -255,6 +261,7 @@ def test_set_flags_sorts_existing_unsorted_info(inbox):
 
 def test_set_flags_noop_and_unpersisted_flags(inbox, monkeypatch):
     key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     renames = []
     monkeypatch.setattr(md.os, "rename", lambda *a: renames.append(a))
     inbox.set_flags(key, frozenset({SEEN, "work"}), frozenset({"$Junk", DRAFT}))
@@ -265,6 +272,7 @@ def test_set_flags_noop_and_unpersisted_flags(inbox, monkeypatch):
 
 def test_set_flags_add_wins_over_remove(inbox):
     key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     inbox.set_flags(key, frozenset({SEEN}), frozenset({SEEN}))
     assert inbox.list()[key].flags == {SEEN}
 
@@ -282,6 +290,7 @@ def test_name_without_info_in_cur(inbox):
 @pytest.mark.parametrize("arrival", [ARRIVAL, 1_234_567_890.25, 86_400.0])
 def test_mtime_is_arrival(inbox, arrival):
     key = inbox.append(MSG, frozenset({SEEN}), arrival)
+    inbox.flush()  # appends are durable after flush
     st = os.stat(os.path.join(inbox.path, "cur", f"{key}:2,S"))
     assert st.st_mtime == pytest.approx(arrival, abs=1e-6)
     assert inbox.list()[key].arrival == pytest.approx(arrival, abs=1e-6)
@@ -296,7 +305,9 @@ def test_modes_ignore_umask(tmp_path, umask, layout):
         store = MaildirStore(str(root), layout=layout)
         folder = store.open_folder("Lists/rust", create=True)
         new_key = folder.append(MSG, frozenset(), ARRIVAL)
+        folder.flush()  # appends are durable after flush
         cur_key = folder.append(MSG, frozenset({SEEN}), ARRIVAL)
+        folder.flush()  # appends are durable after flush
         folder.set_flags(new_key, frozenset({FLAGGED}), frozenset())
         folder.flush()
     finally:
@@ -366,6 +377,7 @@ def test_message_file_fsynced_before_rename(inbox, monkeypatch):
     monkeypatch.setattr(md.os, "fsync", fsync)
     monkeypatch.setattr(md.os, "rename", rename)
     key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     ino = os.stat(os.path.join(inbox.path, "cur", f"{key}:2,S")).st_ino
     assert events == [("fsync", ino, len(MSG), ARRIVAL), ("rename", ino)]
 
@@ -384,8 +396,12 @@ def test_disk_full_cleans_tmp(inbox, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(md.os, "write", full)
-    with pytest.raises(MessageError, match="disk full writing to .*free space and rerun"):
+    # the write runs in the background: the error surfaces at the latest on flush()
+    with pytest.raises(
+        (MessageError, FolderError), match="disk full writing to .*free space and rerun"
+    ):
         inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+        inbox.flush()
     monkeypatch.undo()
     for sub in ("cur", "new", "tmp"):
         assert files(os.path.join(inbox.path, sub)) == []
@@ -396,6 +412,7 @@ def test_short_writes_are_completed(inbox, monkeypatch):
     real_write = os.write
     monkeypatch.setattr(md.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
     key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     monkeypatch.undo()
     assert inbox.fetch(key) == MSG
 
@@ -429,6 +446,7 @@ def test_tmp_cleanup(store, monkeypatch):
 def test_after_external_new_to_cur_move(inbox):
     """mutt moves a message it has shown from new/ to cur/ with an empty info."""
     key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     inbox.list()
     os.rename(os.path.join(inbox.path, "new", key), os.path.join(inbox.path, "cur", key + ":2,"))
     assert inbox.fetch(key) == MSG
@@ -440,6 +458,7 @@ def test_after_external_new_to_cur_move(inbox):
 
 def test_after_external_flag_rename(inbox):
     key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     inbox.list()
     cur = os.path.join(inbox.path, "cur")
     os.rename(os.path.join(cur, f"{key}:2,S"), os.path.join(cur, f"{key}:2,RS"))
@@ -455,6 +474,7 @@ def test_external_rename_without_listing(store):
     """Keys from a previous run work even before this folder object listed anything."""
     folder = store.open_folder("INBOX", create=True)
     key = folder.append(MSG, frozenset(), ARRIVAL)
+    folder.flush()  # appends are durable after flush
     os.rename(os.path.join(folder.path, "new", key), os.path.join(folder.path, "cur", key + ":2,S"))
     again = store.open_folder("INBOX")
     assert again.fetch(key) == MSG
@@ -462,6 +482,7 @@ def test_external_rename_without_listing(store):
 
 def test_delete_already_deleted(inbox):
     key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     inbox.list()
     os.unlink(os.path.join(inbox.path, "new", key))
     assert inbox.delete(key) == key
@@ -475,7 +496,9 @@ def test_delete_already_deleted(inbox):
 
 def test_delete_removes_file(inbox):
     keep = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     assert inbox.delete(key) == key
     assert set(inbox.list()) == {keep}
     assert files(os.path.join(inbox.path, "cur")) == []
@@ -497,6 +520,7 @@ def test_delete_removes_file(inbox):
 )
 def test_byte_exact(inbox, given, stored):
     key = inbox.append(given, frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     assert inbox.fetch(key) == stored
     with open(os.path.join(inbox.path, "new", key), "rb") as f:
         assert f.read() == stored
@@ -507,6 +531,7 @@ def test_fifty_megabytes(inbox):
     line = b"".join(bytes([33 + i % 90]) for i in range(75)) + b"\r\n"
     data = b"Subject: big\r\n\r\n" + line * (50 * 1024 * 1024 // len(line))
     key = inbox.append(data, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     got = inbox.fetch(key)
     assert len(got) == len(data) - data.count(b"\r\n")
     assert got == data.replace(b"\r\n", b"\n")
@@ -548,7 +573,9 @@ def test_stdlib_reads_what_we_write(tmp_path):
     store = MaildirStore(str(tmp_path / "Mail"), layout="maildir++")
     inbox = store.open_folder("INBOX", create=True)
     a = inbox.append(b"Subject: a\r\n\r\nA\r\n", frozenset({SEEN, FLAGGED}), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     b = inbox.append(b"Subject: b\n\nB\n", frozenset(), ARRIVAL)
+    inbox.flush()  # appends are durable after flush
     store.open_folder("Archive", create=True).append(MSG, frozenset(), ARRIVAL)
     box = mailbox.Maildir(str(tmp_path / "Mail"), factory=None, create=False)
     assert sorted(box.keys()) == sorted([a, b])
@@ -630,7 +657,9 @@ def test_unreadable_file(inbox, monkeypatch):
 def test_read_only_store(tmp_path):
     root = tmp_path / "Mail"
     writable = MaildirStore(str(root))
-    key = writable.open_folder("INBOX", create=True).append(MSG, frozenset(), ARRIVAL)
+    writable_inbox = writable.open_folder("INBOX", create=True)
+    key = writable_inbox.append(MSG, frozenset(), ARRIVAL)
+    writable_inbox.flush()
     put(os.path.join(root, "INBOX"), "tmp", "stale", mtime=ARRIVAL)
     before = {p: files(os.path.join(root, "INBOX", p)) for p in ("cur", "new", "tmp")}
 
