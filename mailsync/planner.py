@@ -20,7 +20,10 @@ runs apply the source's changes and leave the destination's own changes alone.
 
 Safety: deletions on a side are refused (the plan keeps them in ``refused``) when they
 would remove more than half of a folder of 10 or more messages, or when the side they
-come from is now empty although the state knew messages there.  --force-delete lifts it.
+come from is now empty although the state knew messages there.  A refusal sticks: the
+engine hands the refused sides back (``refused_before``) and later runs refuse deletions
+there too, even if new mail has since made the folder look safe, until a run with
+--force-delete or until nothing there is to be deleted.  --force-delete lifts it.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ def plan(
     policy: Policy,
     persists_a: Persists = _all,
     persists_b: Persists = _all,
+    refused_before: frozenset[str] = frozenset(),
 ) -> Plan:
     result = Plan()
     listings = {"a": listing_a, "b": listing_b}
@@ -212,11 +216,11 @@ def plan(
             if key not in known[src]:
                 result.copies.append(Copy(src, key, info.flags, info.arrival))
 
-    _apply_safety(result, listings, pairs, policy)
+    _apply_safety(result, listings, pairs, policy, refused_before)
     return result
 
 
-def _apply_safety(result: Plan, listings, pairs: list[Pair], policy: Policy) -> None:
+def _apply_safety(result: Plan, listings, pairs: list[Pair], policy: Policy, before) -> None:
     if policy.force_delete or not result.deletes:
         return
     for side in ("a", "b"):
@@ -226,7 +230,12 @@ def _apply_safety(result: Plan, listings, pairs: list[Pair], policy: Policy) -> 
         size = len(listings[side])
         source = other(side)
         source_had = any(p.key(source) is not None for p in pairs)
-        if size >= 10 and len(doomed) * 2 > size:
+        if side in before:
+            reason = (
+                f"deletions on the {SIDE_NAMES[side]} side were refused before and are still "
+                f"pending ({len(doomed)} messages)"
+            )
+        elif size >= 10 and len(doomed) * 2 > size:
             reason = f"would delete {len(doomed)} of {size} messages on the {SIDE_NAMES[side]} side"
         elif not listings[source] and source_had:
             reason = f"the other side is now empty; would delete {len(doomed)} messages"

@@ -298,7 +298,7 @@ class Syncer:
                 continue
             old = fstate.validity(side)
             if old is not None and old != folder.validity and not self.dry_run:
-                self._rematch(fstate, side, folder, listings[side], report)
+                self._rematch(fstate, side, folder, listings, report)
             setattr(fstate, f"validity_{side}", folder.validity)
         if not self.dry_run:
             self.state.begin()
@@ -310,9 +310,23 @@ class Syncer:
             side: (folders[side].persists if folders[side] is not None else (lambda f: True))
             for side in ("a", "b")
         }
+        refusal_key = f"refused:{fstate.id}"
+        refused_before = frozenset((self.state.get_meta(refusal_key) or "").split(",")) - {""}
         the_plan = plan(
-            listings["a"], listings["b"], pairs, self.policy, persists["a"], persists["b"]
+            listings["a"],
+            listings["b"],
+            pairs,
+            self.policy,
+            persists["a"],
+            persists["b"],
+            refused_before,
         )
+        if not self.dry_run:
+            refused_now = ",".join(sorted({d.side for d in the_plan.refused_deletes}))
+            if refused_now or refused_before:
+                self.state.begin()
+                self.state.set_meta(refusal_key, refused_now)
+                self.state.commit()
         report.refused = list(the_plan.refused)
         for reason in the_plan.refused:
             log.warning(
@@ -352,12 +366,28 @@ class Syncer:
         return report
 
     # UIDVALIDITY changes ------------------------------------------------------------
-    def _rematch(self, fstate, side, folder, listing, report) -> None:
+    def _rematch(self, fstate, side, folder, listings, report) -> None:
         """Every key of `side` is void: find the messages again by content hash."""
-        pairs = [p for p in self.state.pairs(fstate.id) if p.key(side) is not None]
+        listing = listings[side]
+        prints = folder.fingerprints(listing)
+        if len(prints) < len(listing):
+            # An unreadable message would pass for a deleted one, and a deletion may
+            # propagate: better to stop here and try again next run.
+            raise FolderError(
+                f"{fstate.name_a}: the {SIDE_NAMES[side]} side's validity changed and "
+                f"{len(listing) - len(prints)} of its messages cannot be read to re-match "
+                "them; nothing was changed, rerun when they can be read"
+            )
         by_hash: dict[str, list[str]] = {}
-        for key, digest in folder.fingerprints(listing).items():
+        for key, digest in prints.items():
             by_hash.setdefault(digest, []).append(key)
+        # Pairs whose other side still has its message go first: of two identical
+        # messages of which one survived, the survivor belongs to the live pair.
+        there = listings[other(side)]
+        pairs = sorted(
+            (p for p in self.state.pairs(fstate.id) if p.key(side) is not None),
+            key=lambda p: p.key(other(side)) not in there,
+        )
         found = lost = 0
         self.state.begin()
         for pair in pairs:
