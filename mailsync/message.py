@@ -100,3 +100,18 @@ def header_value(data: bytes, name: str) -> str | None:
         if line.lower().startswith(want):
             value = line[len(want) :].strip()
     return None if value is None else value.decode("utf-8", "replace")
+
+
+def header_digest(data: bytes, size: int | None = None) -> str:
+    """A cheap identity of a message: its header block (LF form) and its size on the wire
+    (CRLF form, as IMAP's RFC822.SIZE counts it).  `data` is the whole message or just
+    its header; `size` defaults to the CRLF size of `data` (pass it for a header only).
+    A store that can compute it without downloading bodies (IMAP: BODY.PEEK[HEADER] and
+    RFC822.SIZE) lets the engine re-match messages after a UIDVALIDITY change cheaply.
+    """
+    lf = to_lf(data)
+    if size is None:
+        size = len(to_crlf(lf))
+    end = lf.find(b"\n\n")
+    header = lf[:end] if end >= 0 else lf.rstrip(b"\n")
+    return hashlib.sha256(header + b"\0" + str(size).encode()).hexdigest()

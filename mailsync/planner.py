@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from mailsync.message import Info
+from mailsync.message import DELETED, Info
 from mailsync.state import Pair
 
 Persists = Callable[[str], bool]
@@ -199,7 +199,9 @@ def plan(
             continue
         if policy.propagates_to(present):
             now = effective_flags(info[present].flags, pair.flags, persists[present])
-            if policy.direction == "both" and now != pair.flags:
+            # \Deleted alone is no change worth saving: it is a deletion under way (our
+            # own UID STORE before an interrupted EXPUNGE, or a mail client's).
+            if policy.direction == "both" and now - {DELETED} != pair.flags - {DELETED}:
                 # Deleted on one side, changed on the other: the changed copy survives.
                 result.copies.append(
                     Copy(present, pair.key(present), now, info[present].arrival, pair)

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS pairs (
     key_a TEXT,
     key_b TEXT,
     flags TEXT NOT NULL DEFAULT '',
-    hash TEXT
+    hash TEXT,
+    ident TEXT
 );
 CREATE INDEX IF NOT EXISTS pairs_folder ON pairs (folder_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -64,7 +65,8 @@ class Pair:
     key_a: str | None
     key_b: str | None
     flags: frozenset[str]
-    hash: str | None = None
+    hash: str | None = None  # message.fingerprint(): the content hash
+    ident: str | None = None  # message.header_digest(): header + size, for cheap re-matching
 
     def key(self, side: str) -> str | None:
         return self.key_a if side == "a" else self.key_b
@@ -131,6 +133,9 @@ class State:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(pairs)")}
+            if "ident" not in columns:  # state files from before the column existed
+                self.db.execute("ALTER TABLE pairs ADD COLUMN ident TEXT")
         except sqlite3.DatabaseError as error:
             self._unlock()
             raise StoreError(
@@ -245,9 +250,10 @@ class State:
     # pairs ------------------------------------------------------------------------
     def pairs(self, folder_id: int) -> list[Pair]:
         rows = self.db.execute(
-            "SELECT id, key_a, key_b, flags, hash FROM pairs WHERE folder_id = ?", (folder_id,)
+            "SELECT id, key_a, key_b, flags, hash, ident FROM pairs WHERE folder_id = ?",
+            (folder_id,),
         )
-        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4]) for r in rows]
+        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5]) for r in rows]
 
     def count_pairs(self, folder_id: int) -> tuple[int, int]:
         row = self.db.execute(
@@ -257,15 +263,16 @@ class State:
 
     def add_pair(self, folder_id: int, pair: Pair) -> None:
         cursor = self.db.execute(
-            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash) VALUES (?, ?, ?, ?, ?)",
-            (folder_id, pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash),
+            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (folder_id, pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash, pair.ident),
         )
         pair.id = cursor.lastrowid
 
     def update_pair(self, pair: Pair) -> None:
         self.db.execute(
-            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ? WHERE id = ?",
-            (pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash, pair.id),
+            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ?, ident = ? WHERE id = ?",
+            (pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash, pair.ident, pair.id),
         )
 
     def delete_pair(self, pair: Pair) -> None:

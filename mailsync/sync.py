@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import Info, fingerprint
+from mailsync.message import Info, fingerprint, header_digest
 from mailsync.planner import (
     SIDE_NAMES,
     Copy,
@@ -369,18 +369,6 @@ class Syncer:
     def _rematch(self, fstate, side, folder, listings, report) -> None:
         """Every key of `side` is void: find the messages again by content hash."""
         listing = listings[side]
-        prints = folder.fingerprints(listing)
-        if len(prints) < len(listing):
-            # An unreadable message would pass for a deleted one, and a deletion may
-            # propagate: better to stop here and try again next run.
-            raise FolderError(
-                f"{fstate.name_a}: the {SIDE_NAMES[side]} side's validity changed and "
-                f"{len(listing) - len(prints)} of its messages cannot be read to re-match "
-                "them; nothing was changed, rerun when they can be read"
-            )
-        by_hash: dict[str, list[str]] = {}
-        for key, digest in prints.items():
-            by_hash.setdefault(digest, []).append(key)
         # Pairs whose other side still has its message go first: of two identical
         # messages of which one survived, the survivor belongs to the live pair.
         there = listings[other(side)]
@@ -388,11 +376,43 @@ class Syncer:
             (p for p in self.state.pairs(fstate.id) if p.key(side) is not None),
             key=lambda p: p.key(other(side)) not in there,
         )
+        assigned: dict[int, str] = {}  # id(pair) -> new key
+        remaining = set(listing)
+        # Cheap first: header + size where the store can tell without bodies (IMAP).
+        idents = folder.header_digests(listing) or {}
+        if idents:
+            by_ident: dict[str, list[str]] = {}
+            for key, ident in idents.items():
+                by_ident.setdefault(ident, []).append(key)
+            wanted = [p.ident for p in pairs if p.ident]
+            for pair in pairs:
+                keys = by_ident.get(pair.ident or "")
+                if keys and len(keys) == 1 and wanted.count(pair.ident) == 1:
+                    assigned[id(pair)] = keys[0]
+                    remaining.discard(keys[0])
+        # The rest by content hash, which needs the bodies.
+        rest = [p for p in pairs if id(p) not in assigned]
+        if rest and remaining:
+            prints = folder.fingerprints(sorted(remaining))
+            if len(prints) < len(remaining):
+                # An unreadable message would pass for a deleted one, and a deletion may
+                # propagate: better to stop here and try again next run.
+                raise FolderError(
+                    f"{fstate.name_a}: the {SIDE_NAMES[side]} side's validity changed and "
+                    f"{len(remaining) - len(prints)} of its messages cannot be read to "
+                    "re-match them; nothing was changed, rerun when they can be read"
+                )
+            by_hash: dict[str, list[str]] = {}
+            for key, digest in prints.items():
+                by_hash.setdefault(digest, []).append(key)
+            for pair in rest:
+                keys = by_hash.get(pair.hash or "")
+                if keys:
+                    assigned[id(pair)] = keys.pop()
         found = lost = 0
         self.state.begin()
         for pair in pairs:
-            keys = by_hash.get(pair.hash or "")
-            new_key = keys.pop() if keys else None
+            new_key = assigned.get(id(pair))
             setattr(pair, f"key_{side}", new_key)
             if new_key is None:
                 lost += 1
@@ -520,7 +540,7 @@ class Syncer:
                     )
                 setattr(pair, f"key_{src}", key)
                 setattr(pair, f"key_{dst}", dst_key)
-                pair.flags, pair.hash = copy.flags, digest
+                pair.flags, pair.hash, pair.ident = copy.flags, digest, header_digest(data)
                 paired[src].add(key)
                 paired[dst].add(dst_key)
                 pending.append(pair)

@@ -87,6 +87,11 @@ class Folder(ABC):
         """Whether this folder can keep `flag`."""
         return True
 
+    def header_digests(self, keys: Iterable[str]) -> dict[str, str] | None:
+        """message.header_digest() of these messages, if the folder can tell without
+        reading whole bodies; None if it cannot (the engine then uses fingerprints)."""
+        return None
+
     def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
         """Content hashes of these messages (skipping ones that vanished)."""
         out = {}

@@ -3,39 +3,77 @@
 Keys are UIDs (as strings) under the folder's UIDVALIDITY.  What it does on the wire:
 
 * connect with TLS (implicit on imaps://, STARTTLS required on imap://) verifying the
-  certificate and host name; PREAUTH without TLS is refused; ``tls=none`` only on request;
-* bodies with ``UID FETCH ... BODY.PEEK[]`` (never marks mail read) in batches bounded by
-  bytes; FLAGS, RFC822.SIZE and INTERNALDATE for the listing;
-* with CONDSTORE, a rerun asks only for what changed since the last HIGHESTMODSEQ, and an
-  unchanged folder (same STATUS) is not even selected;
-* APPEND with flags and INTERNALDATE (APPENDUID when offered; otherwise the new UID is
-  found among the new UIDs, by content if need be, never by an injected header);
+  certificate and host name; a server without STARTTLS, or greeting PREAUTH before TLS,
+  is refused before the password is sent; ``tls=none`` only on request.  Every socket
+  operation has the endpoint's timeout; a dropped connection is reconnected (and the
+  folder selected again) once per operation; a refused login is final (AuthError);
+* folder names are decoded from modified UTF-7 and mapped to "/"-separated names; names
+  that could escape a local tree ("..", ".", empty parts, control characters) are
+  skipped with a warning; SPECIAL-USE attributes are recorded in the cursor;
+* listings fetch FLAGS, RFC822.SIZE and INTERNALDATE; with CONDSTORE a rerun asks only
+  for what changed since the last HIGHESTMODSEQ (plus the UID list, to see expunges), and
+  a folder whose STATUS is unchanged is not even selected;
+* bodies with ``UID FETCH ... BODY.PEEK[]`` (never marks mail read) in batches bounded
+  by bytes; every FETCH response is kept by its UID (never by sequence number);
+* APPEND with flags and INTERNALDATE and the message bytes exactly as given (CRLF line
+  ends, lone CRs untouched); APPENDUID when offered, otherwise the new UID is found among
+  the UIDs above the old highest one, by content if need be (no header is injected);
 * flag changes with UID STORE in batches; deletions with \\Deleted plus UID EXPUNGE of
-  exactly those UIDs (without UIDPLUS, EXPUNGE only if no other message is \\Deleted).
+  exactly those UIDs (without UIDPLUS, EXPUNGE only if no other message is \\Deleted,
+  otherwise the folder fails untouched);
+* with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
+  there), LOGIN arguments and the password itself masked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import imaplib
 import logging
+import os
 import re
-import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from mailsync.errors import AuthError, ConnectError, FolderError, MessageError
-from mailsync.message import Info, fingerprint, normalise_flags, to_crlf, to_lf
+from mailsync.errors import (
+    AuthError,
+    ConnectError,
+    FolderError,
+    MailsyncError,
+    MessageError,
+    StoreError,
+)
+from mailsync.message import Info, fingerprint, header_digest, normalise_flags, to_crlf, to_lf
 from mailsync.net import Endpoint, get_password, parse_endpoint
 from mailsync.stores.base import Folder, Store
 
 log = logging.getLogger("mailsync")
+protocol_log = logging.getLogger("mailsync.imap")
 
-FETCH_BATCH_BYTES = 8 * 1024 * 1024
-FETCH_BATCH_MAX = 500
-LIST_BATCH = 5000
+FETCH_BATCH_BYTES = 8 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE
+FETCH_BATCH_MAX = 500  # messages per UID FETCH
+META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
+STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
+MAX_LITERAL = 1 << 30  # refuse to allocate more for one literal (a hostile server)
+MAX_LINE = 32 * 1024 * 1024  # imaplib's 1 MB line limit is too small for big SEARCH results
 SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
-_NETWORK_ERRORS = (OSError, socket.timeout, EOFError)
+_ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
+_NETWORK_ERRORS = (OSError, EOFError)
+
+if imaplib._MAXLINE < MAX_LINE:
+    imaplib._MAXLINE = MAX_LINE
+
+
+class _Malformed(Exception):
+    """The server sent something mailsync cannot parse."""
+
+
+# -- helpers ----------------------------------------------------------------------------
 
 
 def _uid_ranges(uids: Iterable[int]) -> str:
@@ -53,12 +91,134 @@ def _uid_ranges(uids: Iterable[int]) -> str:
     return ",".join(out)
 
 
+def _parse_uid_set(text: str) -> list[int]:
+    """'1:3,7' -> [1, 2, 3, 7] (ESEARCH ALL results)."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition(":")
+        a, b = int(low), int(high or low)
+        out.extend(range(min(a, b), max(a, b) + 1))
+    return out
+
+
 def _timestamp(value) -> float:
+    """INTERNALDATE -> seconds.  imapclient is told not to normalise times, so the value
+    is aware; a missing or unreadable date counts as now (never 1970)."""
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # imapclient normalises to local time unless told not to
-            return value.timestamp()
         return value.timestamp()
-    return 0.0
+    return time.time()
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _clean(error: BaseException) -> str:
+    text = str(error)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    text = " ".join(text.split())  # one line, whatever the server sent
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return text.strip() or type(error).__name__
+
+
+def valid_keyword(flag: str) -> bool:
+    """Whether `flag` can be sent as an IMAP keyword (an atom, ASCII, no specials)."""
+    return (
+        bool(flag)
+        and flag.isascii()
+        and not flag.startswith("\\")
+        and not _ATOM_SPECIALS.search(flag)
+    )
+
+
+# -- protocol logging ---------------------------------------------------------------------
+
+_SECRETS: set[str] = set()
+# An outgoing LOGIN/AUTHENTICATE command line ("> b'TAG LOGIN ..."), not LOGIN-REFERRALS.
+_REDACT_COMMAND = re.compile(r"^(>.*?\b)(LOGIN|AUTHENTICATE)(?=[\s'\"]|$).*", re.S)
+
+
+def _secret_forms(secret: str) -> set[str]:
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
+    forms = {secret, quoted}
+    for form in list(forms):
+        try:
+            forms.add(repr(form.encode())[2:-1])
+        except UnicodeEncodeError:
+            pass
+        forms.add(repr(form)[1:-1])
+    return {f for f in forms if f}
+
+
+def redact(text: str) -> str:
+    """Mask LOGIN/AUTHENTICATE arguments and every known password in a log line."""
+    text = _REDACT_COMMAND.sub(r"\1\2 ****", text)
+    for secret in tuple(_SECRETS):
+        for form in sorted(_secret_forms(secret), key=len, reverse=True):
+            if form in text:
+                text = text.replace(form, "****")
+    return text
+
+
+class _ProtocolBridge(logging.Handler):
+    """Routes imapclient's and imaplib's debug records to the mailsync logger (shown
+    with -vv), redacted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = redact(record.getMessage())
+        except Exception:
+            return
+        protocol_log.debug("imap: %s", text)
+
+
+def _route_protocol_log() -> None:
+    """imapclient's loggers go through the bridge only (whatever handler was set on them
+    before), so protocol lines are never written unredacted; DEBUG only when mailsync's
+    logger shows debug output (-vv)."""
+    logger = logging.getLogger("imapclient")
+    with _LOCK:
+        if len(logger.handlers) != 1 or not isinstance(logger.handlers[0], _ProtocolBridge):
+            logger.handlers[:] = [_ProtocolBridge()]
+        logger.propagate = False
+        debug = protocol_log.isEnabledFor(logging.DEBUG)
+        logger.setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+# One password per endpoint and process: parallel workers each open their own connection,
+# and must not run password_command or prompt once each.
+_LOCK = threading.RLock()
+_PASSWORDS: dict[tuple, str] = {}
+
+
+def _password_key(ep: Endpoint) -> tuple:
+    sources = (
+        repr(ep.options.get("password_command")),
+        os.environ.get("MAILSYNC_PASSWORD_COMMAND"),
+        os.environ.get("MAILSYNC_PASSWORD"),
+    )
+    digest = hashlib.sha256(repr(sources).encode()).hexdigest()  # the sources, if they change
+    return (ep.scheme, ep.user, ep.host, ep.port, digest)
+
+
+def _password_for(ep: Endpoint) -> str:
+    with _LOCK:
+        key = _password_key(ep)
+        if key not in _PASSWORDS:
+            password = get_password(ep)
+            _SECRETS.add(password)
+            _PASSWORDS[key] = password
+        return _PASSWORDS[key]
+
+
+def _forget_password(ep: Endpoint) -> None:
+    with _LOCK:
+        _PASSWORDS.pop(_password_key(ep), None)
+
+
+# -- store --------------------------------------------------------------------------------
 
 
 class IMAPStore(Store):
@@ -69,9 +229,12 @@ class IMAPStore(Store):
         self._client = None
         self._password: str | None = None
         self._delimiter = "/"
-        self._names: dict[str, str] = {}  # our name -> server name
+        self._names: dict[str, str] = {}  # our name -> server name (decoded)
+        self._listed = False
         self.special_use: dict[str, str] = {}
+        self.capabilities: set[str] = set()
         self.selected: IMAPFolder | None = None
+        self.reconnects = 0
 
     # connection -----------------------------------------------------------------------
     @property
@@ -84,8 +247,10 @@ class IMAPStore(Store):
         from imapclient import IMAPClient
         from imapclient.exceptions import LoginError
 
+        _route_protocol_log()
         ep = self.endpoint
         context = ep.ssl_context() if ep.tls != "none" else None
+        client = None
         try:
             client = IMAPClient(
                 ep.host,
@@ -95,11 +260,13 @@ class IMAPStore(Store):
                 timeout=ep.timeout,
             )
             client.normalise_times = False
+            # Commands and responses (5 adds imaplib's parser chatter); 0 formats nothing.
+            client._imap.debug = 4 if protocol_log.isEnabledFor(logging.DEBUG) else 0
             if ep.tls == "starttls":
-                if client._imap.state == "AUTH":
+                if client._imap.state != "NONAUTH":
                     raise ConnectError(
                         f"{ep.display} greeted with PREAUTH before TLS; refusing an "
-                        "unencrypted session (use imaps:// or ask the server admin)"
+                        "unencrypted session (use imaps://, or tls=none if you really mean it)"
                     )
                 if not client.has_capability("STARTTLS"):
                     raise ConnectError(
@@ -107,126 +274,276 @@ class IMAPStore(Store):
                         "in clear (use imaps://, or tls=none if you really mean it)"
                     )
                 client.starttls(context)
-            if client._imap.state != "AUTH":
+            if client._imap.state == "NONAUTH":
                 if self._password is None:
-                    self._password = get_password(ep)
+                    self._password = _password_for(ep)
                 try:
-                    client.login(ep.user, self._password)
+                    self._login(client, ep.user, self._password)
                 except LoginError as error:
+                    _forget_password(ep)
                     raise AuthError(
                         f"{ep.display}: login failed ({_clean(error)}); check the user name "
                         "and password"
                     )
+            self.capabilities = {_text(c).upper() for c in client.capabilities()}
+            if "CONDSTORE" in self.capabilities and "ENABLE" in self.capabilities:
+                try:
+                    client.enable("CONDSTORE")
+                except Exception as error:  # the SELECT then shows no HIGHESTMODSEQ
+                    log.debug("%s: ENABLE CONDSTORE failed: %s", ep.display, _clean(error))
+            # A hostile server must not make us allocate a huge literal.
+            imap = client._imap
+            read = imap.read
+
+            def guarded_read(size: int, _read=read) -> bytes:
+                if size > MAX_LITERAL:
+                    raise _Malformed(f"the server announced a literal of {size} bytes; refusing")
+                return _read(size)
+
+            imap.read = guarded_read
+        except MailsyncError:
+            _shutdown(client)
+            raise
         except ssl.SSLCertVerificationError as error:
+            _shutdown(client)
             raise ConnectError(
                 f"{ep.display}: the server's certificate is not trusted "
-                f"({error.verify_message}); for a private CA give cafile=PATH"
+                f"({error.verify_message or _clean(error)}); for a private CA give cafile=PATH"
             )
         except ssl.SSLError as error:
-            raise ConnectError(f"{ep.display}: TLS failed ({error.reason or error})")
-        except (socket.gaierror, ConnectionRefusedError, TimeoutError, OSError) as error:
+            _shutdown(client)
+            raise ConnectError(f"{ep.display}: TLS failed ({error.reason or _clean(error)})")
+        except TimeoutError:
+            _shutdown(client)
             raise ConnectError(
-                f"cannot connect to {ep.host}:{ep.port} ({error.strerror or error}); "
+                f"{ep.display}: no answer within {ep.timeout:g} s; check the host and port "
+                "(timeout=SECONDS in the URL changes the limit)"
+            )
+        except OSError as error:
+            _shutdown(client)
+            raise ConnectError(
+                f"cannot connect to {ep.host}:{ep.port} ({error.strerror or _clean(error)}); "
                 "check the host name and port, and that the server is up"
             )
         except Exception as error:
-            if isinstance(error, (ConnectError, AuthError)):
-                raise
+            _shutdown(client)
             raise ConnectError(f"{ep.display}: {_clean(error)}")
-        self.capabilities = {c.decode().upper() for c in client.capabilities()}
-        if "CONDSTORE" in self.capabilities or "QRESYNC" in self.capabilities:
-            try:
-                client.enable("CONDSTORE")
-            except Exception:
-                pass
         log.debug("connected to %s: %s", ep.display, " ".join(sorted(self.capabilities)))
         return client
+
+    @staticmethod
+    def _login(client, user: str, password: str) -> None:
+        """LOGIN with both arguments quoted; AUTHENTICATE PLAIN (UTF-8) when either is not
+        ASCII, which LOGIN cannot carry (and imaplib would echo in its error)."""
+        from imapclient.exceptions import LoginError
+
+        if user.isascii() and password.isascii():
+            quoted = '"' + user.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            client.login(quoted, password)
+            return
+        if b"AUTH=PLAIN" not in {c.upper() for c in client.capabilities()}:
+            raise LoginError(
+                "the user name or password has non-ASCII characters, which only AUTHENTICATE "
+                "PLAIN can carry, and the server does not offer it"
+            )
+        client.plain_login(user, password)
 
     def has(self, capability: str) -> bool:
         self.client  # noqa: B018  (connects)
         return capability in self.capabilities
 
-    def reconnect(self) -> None:
-        log.warning("%s: connection lost; reconnecting", self.endpoint.display)
+    def _drop(self) -> None:
         old, self._client = self._client, None
         self.selected = None
-        try:
-            if old is not None:
-                old.shutdown()
-        except Exception:
-            pass
+        _shutdown(old)
+
+    def reconnect(self) -> None:
+        self._drop()
+        self.reconnects += 1
         self.client  # noqa: B018
 
-    def call(self, operation, *args, retry: bool = True, **kwargs):
-        """Run client.operation; a dropped connection is reconnected and the call retried
-        once (for operations that are safe to repeat)."""
-        from imapclient.exceptions import IMAPClientAbortError
+    def call(self, operation, *args, retry: bool = True, folder: IMAPFolder | None = None, **kw):
+        """Run one IMAP operation.  A dropped connection is reconnected and, with `retry`
+        (operations safe to repeat), the operation run again once, after selecting
+        `folder` again.  Server refusals and unreadable responses become FolderError
+        (with a folder) or StoreError; a lost connection ConnectError."""
+        from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
 
-        folder = kwargs.pop("_reselect", None)
-        try:
-            return self._invoke(operation, *args, **kwargs)
-        except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
-            if not retry:
-                raise ConnectError(f"{self.endpoint.display}: connection lost ({error})")
-            self.reconnect()
-            if folder is not None:
-                folder._info = None
-                folder.select()
-            return self._invoke(operation, *args, **kwargs)
+        scope = FolderError if folder is not None else StoreError
+        where = f"{self.endpoint.display}" + (f" {folder.name}" if folder is not None else "")
+        for attempt in (1, 2):
+            try:
+                if attempt == 2 and folder is not None:
+                    folder.select()
+                return self._invoke(operation, *args, **kw)
+            except MailsyncError:
+                raise
+            except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
+                if not retry or attempt == 2:
+                    self._drop()
+                    raise ConnectError(
+                        f"{where}: connection lost during {operation} ({_clean(error)})"
+                    )
+                log.warning(
+                    "%s: connection lost during %s (%s); reconnecting",
+                    where,
+                    operation,
+                    _clean(error),
+                )
+                self.reconnect()
+            except (ProtocolError, _Malformed, ValueError, IndexError) as error:
+                self._drop()  # what else is in the stream is anybody's guess
+                raise scope(
+                    f"{where}: the server sent a response mailsync cannot read "
+                    f"({operation}: {_clean(error)})"
+                )
+            except IMAPClientError as error:
+                raise scope(f"{where}: the server refused {operation}: {_clean(error)}")
+        raise AssertionError("unreachable")
 
     def _invoke(self, operation, *args, **kwargs):
-        if operation == "fetch":
-            return self._fetch(*args, **kwargs)
+        method = getattr(self, "_op_" + operation, None)
+        if method is not None:
+            return method(*args, **kwargs)
         return getattr(self.client, operation)(*args, **kwargs)
 
-    def _fetch(self, uid_set: str, data: list[str], modifiers: list[str] | None = None) -> dict:
-        """UID FETCH of a UID set string ("1:*", "4:9,12"), keeping every FETCH response
-        (imapclient's own fetch drops responses for UIDs not listed one by one)."""
-        from imapclient.imapclient import seq_to_parenstr_upper
+    # raw operations imapclient lacks or gets wrong -------------------------------------
+    def _op_fetch(self, uid_set: str, items: list[str], modifiers: list[str] | None = None):
+        """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
+        response is kept by its UID; responses without one (unsolicited FETCHes about
+        other messages, keyed by sequence number) are ignored, never mistaken for UIDs."""
         from imapclient.response_parser import parse_fetch_response
 
-        client = self.client
-        args = ["UID", "FETCH", uid_set, seq_to_parenstr_upper(data)]
+        imap = self.client._imap
+        args = [uid_set, "(" + " ".join(items) + ")"]
         if modifiers:
-            args.append(seq_to_parenstr_upper(modifiers))
-        tag = client._imap._command(*args)
-        typ, response = client._imap._command_complete("FETCH", tag)
-        client._checkok("fetch", typ, response)
-        typ, response = client._imap._untagged_response(typ, response, "FETCH")
-        return parse_fetch_response(response, client.normalise_times, True)
+            args.append("(" + " ".join(modifiers) + ")")
+        typ, data = imap.uid("FETCH", *args)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"UID FETCH failed: {_clean(data[-1] if data else typ)}")
+        try:
+            parsed = parse_fetch_response(data, False, False)
+        except (ValueError, TypeError, IndexError, AttributeError) as error:
+            raise _Malformed(error)
+        out: dict[int, dict] = {}
+        for record in parsed.values():
+            uid = record.get(b"UID")
+            if isinstance(uid, int) and uid > 0:
+                out.setdefault(uid, {}).update(record)
+        return out
+
+    def _op_uids(self, criteria: str = "ALL") -> list[int]:
+        """UID SEARCH, compact with ESEARCH when offered."""
+        imap = self.client._imap
+        if "ESEARCH" in self.capabilities:
+            tag = imap._command("UID", "SEARCH", "RETURN", "(ALL)", criteria)
+            typ, data = imap._command_complete("UID", tag)
+            responses = imap.untagged_responses.pop("ESEARCH", [])
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"UID SEARCH failed: {_clean(data[-1])}")
+            for response in responses:
+                line = _text(response)
+                mine = re.search(r'\(TAG "?([^")]+)"?\)', line)
+                if mine and mine.group(1) != _text(tag):
+                    continue
+                found = re.search(r"\bALL\s+([0-9:,]+)", line)
+                try:
+                    return _parse_uid_set(found.group(1)) if found else []
+                except ValueError as error:
+                    raise _Malformed(error)
+            return []
+        typ, data = imap.uid("SEARCH", criteria)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"UID SEARCH failed: {_clean(data[-1] if data else typ)}")
+        uids: list[int] = []
+        for line in data:
+            if not line:
+                continue
+            try:
+                uids.extend(int(x) for x in _text(line).split())
+            except ValueError as error:
+                raise _Malformed(error)
+        return uids
+
+    def _op_append(self, server_name: str, wire: bytes, flags: list[str], when):
+        """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs)."""
+        from imapclient.datetime_util import datetime_to_INTERNALDATE
+
+        client = self.client
+        imap = client._imap
+        mailbox = client._normalise_folder(server_name)
+        date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
+        imap.literal = wire
+        typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"APPEND failed: {_clean(data[-1] if data else typ)}")
+        return _text(data[-1] if data else "")
+
+    def _op_list(self):
+        """LIST "" "*" with the names as the server sent them (bytes)."""
+        client = self.client
+        client.folder_encode = False
+        try:
+            return client.list_folders()
+        finally:
+            client.folder_encode = True
 
     def close(self) -> None:
         if self._client is not None:
             try:
                 if self.selected is not None:
                     self.selected.flush()
-                self._client.logout()
-            except Exception:
-                pass
-            self._client = None
+            finally:
+                try:
+                    self._client.logout()
+                except Exception:
+                    pass
+                self._drop()
 
     # folders --------------------------------------------------------------------------
     def list_folders(self) -> list[str]:
-        names = []
-        self._names = {}
-        self.special_use = {}
-        for flags, delimiter, server_name in self.call("list_folders"):
-            flags = {f.decode() if isinstance(f, bytes) else f for f in flags}
+        from imapclient.imap_utf7 import decode, encode
+
+        names: dict[str, str] = {}
+        special: dict[str, str] = {}
+        delimiters: list[str] = []
+        for flags, delimiter, raw in self.call("list"):
+            attributes = {_text(f).lower() for f in flags or ()}
             if isinstance(delimiter, bytes):
-                delimiter = delimiter.decode()
-            if isinstance(server_name, bytes):
-                server_name = server_name.decode("utf-8", "replace")
-            if "\\Noselect" in flags or "\\NonExistent" in flags:
+                delimiter = delimiter.decode("ascii", "replace")
+            if isinstance(raw, int):
+                raw = str(raw).encode()
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8")
+            if _BAD_NAME.search(raw.decode("latin-1")):
+                log.warning("skipping folder %r: its name contains control characters", _text(raw))
                 continue
-            self._delimiter = delimiter or "/"
+            try:
+                server_name = decode(raw)
+                if encode(server_name) != raw:
+                    raise ValueError("does not round-trip")
+            except (ValueError, UnicodeError):
+                log.warning("skipping folder %r: its name is not valid modified UTF-7", _text(raw))
+                continue
+            if delimiter:
+                delimiters.append(delimiter)
+            if "\\noselect" in attributes or "\\nonexistent" in attributes:
+                continue
             name = self._local_name(server_name, delimiter)
             if name is None:
                 continue
-            names.append(name)
-            self._names[name] = server_name
+            if name in names:
+                log.warning(
+                    "skipping folder %r: it maps to %r like %r", server_name, name, names[name]
+                )
+                continue
+            names[name] = server_name
             for attribute in SPECIAL_USE:
-                if attribute in flags:
-                    self.special_use[name] = attribute
+                if attribute.lower() in attributes:
+                    special[name] = attribute
+        if delimiters:
+            self._delimiter = max(set(delimiters), key=delimiters.count)
+        self._names, self.special_use, self._listed = names, special, True
         return sorted(names)
 
     def _local_name(self, server_name: str, delimiter: str | None) -> str | None:
@@ -248,14 +565,24 @@ class IMAPStore(Store):
         return "/".join(parts)
 
     def server_name(self, name: str) -> str:
+        """The server's name for our folder `name` (FolderError if it cannot be one)."""
         if name in self._names:
             return self._names[name]
         if name == "INBOX":
             return "INBOX"
-        return name.replace("/", self._delimiter)
+        parts = name.split("/")
+        if _BAD_NAME.search(name) or any(part in ("", ".", "..") for part in parts):
+            raise FolderError(f"{self.url}: folder name {name!r} cannot be created on the server")
+        delimiter = self._delimiter
+        if delimiter != "/" and any(delimiter in part for part in parts):
+            raise FolderError(
+                f"{self.url}: folder name {name!r} contains {delimiter!r}, the server's "
+                "hierarchy delimiter; rename the folder"
+            )
+        return delimiter.join(parts)
 
     def open_folder(self, name: str, create: bool = False) -> IMAPFolder:
-        if not self._names:
+        if not self._listed:
             self.list_folders()
         if name not in self._names:
             if not create:
@@ -265,13 +592,33 @@ class IMAPStore(Store):
             server_name = self.server_name(name)
             try:
                 self.call("create_folder", server_name)
+            except ConnectError:
+                raise
+            except StoreError as error:
+                # It may exist already (a \Noselect parent made selectable, a race).
+                self.list_folders()
+                if name not in self._names:
+                    raise FolderError(f"{self.url}: cannot create folder {name}: {error}")
+            try:
                 self.call("subscribe_folder", server_name)
-            except Exception as error:
-                if isinstance(error, ConnectError):
-                    raise
-                raise FolderError(f"{self.url}: cannot create folder {name}: {_clean(error)}")
+            except ConnectError:
+                raise
+            except StoreError as error:
+                log.debug("%s: cannot subscribe to %s: %s", self.url, name, error)
             self._names[name] = server_name
         return IMAPFolder(self, name, self._names[name])
+
+
+def _shutdown(client) -> None:
+    if client is None:
+        return
+    try:
+        client.shutdown()
+    except Exception:
+        pass
+
+
+# -- folder -------------------------------------------------------------------------------
 
 
 class IMAPFolder(Folder):
@@ -281,6 +628,8 @@ class IMAPFolder(Folder):
         self.server_name = server_name
         self.read_only = store.read_only
         self._info: dict | None = None  # SELECT response
+        self._status_now: dict | None = None  # STATUS from unchanged()
+        self._known_validity: str | None = None  # the first UIDVALIDITY seen
         self._cursor: dict = {}
         self._sizes: dict[int, int] = {}
         self._permanent: frozenset[str] | None = None
@@ -288,65 +637,110 @@ class IMAPFolder(Folder):
         self._flag_ops: dict[tuple[frozenset, frozenset], list[int]] = {}
         self._deletions: list[int] = []
         self._uids_assigned: set[int] = set()
+        self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
 
-    # selection ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"IMAPFolder({self.store.url!r}, {self.name!r})"
+
+    # selection ------------------------------------------------------------------------
     def select(self) -> dict:
-        if self.store.selected is not self or self._info is None:
-            if self.store.selected is not None and self.store.selected is not self:
-                self.store.selected.flush()
-            try:
-                info = self.store.call("select_folder", self.server_name, readonly=self.read_only)
-            except ConnectError:
-                raise
-            except Exception as error:
-                raise FolderError(f"{self.store.url}: cannot select {self.name}: {_clean(error)}")
-            self._info = {
-                k.decode().upper() if isinstance(k, bytes) else k: v for k, v in info.items()
-            }
-            self.store.selected = self
-            permanent = self._info.get("PERMANENTFLAGS")
-            if permanent is not None:
-                flags = {f.decode() if isinstance(f, bytes) else f for f in permanent}
-                self._keywords_ok = "\\*" in flags
-                self._permanent = normalise_flags(f for f in flags if f != "\\*")
-        return self._info
+        store = self.store
+        if store.selected is self and self._info is not None:
+            return self._info
+        if store.selected is not None and store.selected is not self:
+            store.selected.flush()
+        try:
+            info = store.call("select_folder", self.server_name, readonly=self.read_only)
+        except ConnectError:
+            raise
+        except StoreError as error:
+            raise FolderError(f"{store.url}: cannot select {self.name}: {error}")
+        info = {_text(k).upper(): v for k, v in info.items()}
+        self._check_validity(info.get("UIDVALIDITY"))
+        self._info = info
+        store.selected = self
+        permanent = info.get("PERMANENTFLAGS")
+        if permanent is not None and not self.read_only:
+            flags = {_text(f) for f in permanent}
+            self._keywords_ok = "\\*" in flags
+            self._permanent = normalise_flags(f for f in flags if f != "\\*")
+        return info
+
+    def _check_validity(self, value) -> None:
+        """Keys are only good under one UIDVALIDITY: a change in mid-run (seen on a
+        reconnect, or between STATUS and SELECT) stops the folder."""
+        if value is None:
+            return
+        value = str(value)
+        if self._known_validity is None:
+            self._known_validity = value
+        elif value != self._known_validity:
+            self._info = None
+            raise FolderError(
+                f"{self.store.url} {self.name}: UIDVALIDITY changed during the sync "
+                f"({self._known_validity} -> {value}); rerun to re-match the messages"
+            )
 
     @property
     def validity(self) -> str:  # type: ignore[override]
         if self._info is not None:
             return str(self._info.get("UIDVALIDITY", ""))
-        status = self._status()
-        return str(status.get("UIDVALIDITY", ""))
+        if self._status_now is None:
+            self._status_now = self._status()
+            self._check_validity(self._status_now.get("UIDVALIDITY"))
+        return str(self._status_now.get("UIDVALIDITY", ""))
 
     def _status(self) -> dict:
         what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
         if self.store.has("CONDSTORE"):
             what.append("HIGHESTMODSEQ")
-        status = self.store.call("folder_status", self.server_name, what)
-        return {k.decode().upper() if isinstance(k, bytes) else k: v for k, v in status.items()}
+        try:
+            status = self.store.call("folder_status", self.server_name, what)
+        except ConnectError:
+            raise
+        except StoreError as error:
+            raise FolderError(f"{self.store.url}: cannot get the status of {self.name}: {error}")
+        return {_text(k).upper(): v for k, v in status.items()}
 
     def persists(self, flag: str) -> bool:
         if flag == "\\Recent":
             return False
         if flag.startswith("\\"):
-            return self._permanent is None or flag in self._permanent
+            if flag not in SYSTEM_FLAGS:
+                return False
+            return self.read_only or self._permanent is None or flag in self._permanent
+        if not valid_keyword(flag):
+            return False
+        if self.read_only:
+            return True
         return self._keywords_ok or (self._permanent is not None and flag in self._permanent)
 
-    # listing ------------------------------------------------------------------------
+    # listing --------------------------------------------------------------------------
     def cursor(self) -> dict:
         return dict(self._cursor)
 
     def unchanged(self, cursor: dict) -> bool:
+        """STATUS only (no SELECT/EXAMINE): same UIDVALIDITY, UIDNEXT, MESSAGES and
+        HIGHESTMODSEQ as when the cursor was taken.  Needs CONDSTORE."""
         if "highestmodseq" not in cursor or not self.store.has("CONDSTORE"):
             return False
         status = self._status()
+        self._status_now = status
         now = {
             "uidvalidity": status.get("UIDVALIDITY"),
             "uidnext": status.get("UIDNEXT"),
             "messages": status.get("MESSAGES"),
             "highestmodseq": status.get("HIGHESTMODSEQ"),
         }
-        return all(cursor.get(k) == v for k, v in now.items())
+        if any(v is None for v in now.values()) or any(cursor.get(k) != v for k, v in now.items()):
+            return False
+        self._check_validity(now["uidvalidity"])
+        permanent = cursor.get("permanentflags")
+        if permanent is not None and not self.read_only:
+            self._keywords_ok = "\\*" in permanent
+            self._permanent = normalise_flags(f for f in permanent if f != "\\*")
+        self._cursor = dict(cursor)
+        return True
 
     def _take_cursor(self) -> None:
         info = self._info or {}
@@ -357,60 +751,74 @@ class IMAPFolder(Folder):
         }
         if "HIGHESTMODSEQ" in info:
             self._cursor["highestmodseq"] = info["HIGHESTMODSEQ"]
+        if self._permanent is not None and not self.read_only:
+            self._cursor["permanentflags"] = sorted(self._permanent) + (
+                ["\\*"] if self._keywords_ok else []
+            )
         special = self.store.special_use.get(self.name)
         if special:
             self._cursor["special_use"] = special
 
+    def _fresh_select(self) -> dict:
+        """SELECT now, even if selected: the cursor must describe the folder as of now."""
+        if self.store.selected is self:
+            self.flush()
+        self._info = None
+        return self.select()
+
     def list(self) -> dict[str, Info]:
-        info = self.select()
+        return self._list_all(self._fresh_select())
+
+    def _list_all(self, info: dict) -> dict[str, Info]:
         self._take_cursor()
         if not info.get("EXISTS"):
             return {}
         return self._fetch_meta("1:*")
 
     def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
-        info = self.select()
         modseq = cursor.get("highestmodseq")
+        info = self._fresh_select()
         if (
             modseq is None
             or "HIGHESTMODSEQ" not in info
             or cursor.get("uidvalidity") != info.get("UIDVALIDITY")
         ):
-            return self.list()
+            return self._list_all(info)
         self._take_cursor()
         if not info.get("EXISTS"):
             return {}
-        uids = set(self.store.call("search", ["ALL"], _reselect=self))
-        changed = self.store.call(
-            "fetch",
-            "1:*",
-            ["UID", "FLAGS"],
-            modifiers=[f"CHANGEDSINCE {modseq}"],
-            _reselect=self,
-        )
+        uids = set(self.store.call("uids", "ALL", folder=self))
+        changed = self._fetch_meta("1:*", modifiers=[f"CHANGEDSINCE {modseq}"])
+        new = [uid for uid in uids if str(uid) not in known and str(uid) not in changed]
+        fresh = {}
+        for start in range(0, len(new), META_BATCH):
+            fresh.update(self._fetch_meta(_uid_ranges(new[start : start + META_BATCH])))
         listing: dict[str, Info] = {}
-        new = [uid for uid in uids if str(uid) not in known]
-        fresh = self._fetch_meta(_uid_ranges(new)) if new else {}
         for uid in uids:
             key = str(uid)
-            if key in fresh:
+            if key in changed:
+                listing[key] = changed[key]
+            elif key in fresh:
                 listing[key] = fresh[key]
-            elif uid in changed:
-                listing[key] = Info(normalise_flags(changed[uid].get(b"FLAGS", ())), 0, 0.0)
-            else:
-                listing[key] = Info(known[key], 0, 0.0)
+            elif key in known:
+                listing[key] = Info(frozenset(known[key]), self._sizes.get(uid, 0), 0.0)
         return listing
 
-    def _fetch_meta(self, uid_set: str) -> dict[str, Info]:
-        response = self.store.call(
-            "fetch", uid_set, ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"], _reselect=self
-        )
+    def _fetch_meta(self, uid_set: str, modifiers: list[str] | None = None) -> dict[str, Info]:
+        items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
+        response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
         listing = {}
         for uid, data in response.items():
-            size = data.get(b"RFC822.SIZE", 0)
-            self._sizes[uid] = size
+            size = data.get(b"RFC822.SIZE")
+            if not isinstance(size, int) or size < 0:
+                size = 0
+            else:
+                self._sizes[uid] = size
+            flags = data.get(b"FLAGS") or ()
+            if not isinstance(flags, tuple | list):
+                flags = ()
             listing[str(uid)] = Info(
-                normalise_flags(data.get(b"FLAGS", ())), size, _timestamp(data.get(b"INTERNALDATE"))
+                normalise_flags(flags), size, _timestamp(data.get(b"INTERNALDATE"))
             )
         return listing
 
@@ -423,30 +831,73 @@ class IMAPFolder(Folder):
         raise MessageError(f"{self.name}: message {key} is gone")
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+        keys = list(keys)
         self.select()
+        uids: list[int | None] = []
+        for key in keys:
+            uids.append(int(key) if key.isascii() and key.isdigit() else None)
+        missing = [u for u in uids if u is not None and u not in self._sizes]
+        for start in range(0, len(missing), META_BATCH):
+            # Sizes first, so a batch is bounded by bytes even for messages not listed.
+            chunk = missing[start : start + META_BATCH]
+            response = self.store.call(
+                "fetch", _uid_ranges(chunk), ["UID", "RFC822.SIZE"], folder=self
+            )
+            for uid, data in response.items():
+                size = data.get(b"RFC822.SIZE")
+                if isinstance(size, int):
+                    self._sizes[uid] = size
         batch: list[int] = []
         batch_bytes = 0
-        for key in keys:
-            uid = int(key)
-            batch.append(uid)
-            batch_bytes += self._sizes.get(uid, 0)
-            if batch_bytes >= FETCH_BATCH_BYTES or len(batch) >= FETCH_BATCH_MAX:
+        for key, uid in zip(keys, uids, strict=True):
+            if uid is None:
+                yield key, MessageError(f"{self.name}: {key!r} is not an IMAP UID")
+                continue
+            size = self._sizes.get(uid, 0)
+            if batch and (batch_bytes + size > FETCH_BATCH_BYTES or len(batch) >= FETCH_BATCH_MAX):
                 yield from self._fetch_bodies(batch)
                 batch, batch_bytes = [], 0
+            batch.append(uid)
+            batch_bytes += size
         if batch:
             yield from self._fetch_bodies(batch)
 
     def _fetch_bodies(self, uids: list[int]):
-        response = self.store.call("fetch", _uid_ranges(uids), ["BODY.PEEK[]"], _reselect=self)
+        response = self.store.call("fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=self)
         for uid in uids:
             data = response.get(uid, {}).get(b"BODY[]")
-            if data is None:
+            if isinstance(data, bytes):
+                yield str(uid), to_lf(data)
+            elif uid in response or data is not None:
+                yield str(uid), MessageError(f"{self.name}: the server sent no body for UID {uid}")
+            else:
                 yield (
                     str(uid),
                     MessageError(f"{self.name}: message UID {uid} is gone from the server"),
                 )
-            else:
-                yield str(uid), to_lf(data)
+
+    def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
+        """Content hashes, fetched in byte-bounded batches (not one round trip each)."""
+        out = {}
+        for key, data in self.fetch_many(keys):
+            if not isinstance(data, MessageError):
+                out[key] = fingerprint(data)
+        return out
+
+    def header_digests(self, keys: Iterable[str]) -> dict[str, str]:
+        """header_digest() of these messages from BODY.PEEK[HEADER] and RFC822.SIZE only:
+        a cheap identity for re-matching without downloading bodies."""
+        self.select()
+        uids = [int(k) for k in keys if k.isascii() and k.isdigit()]
+        out = {}
+        items = ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
+        for start in range(0, len(uids), META_BATCH):
+            chunk = _uid_ranges(uids[start : start + META_BATCH])
+            for uid, data in self.store.call("fetch", chunk, items, folder=self).items():
+                header, size = data.get(b"BODY[HEADER]"), data.get(b"RFC822.SIZE")
+                if isinstance(header, bytes) and isinstance(size, int):
+                    out[str(uid)] = header_digest(header, size)
+        return out
 
     # writes -----------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -457,46 +908,59 @@ class IMAPFolder(Folder):
         self._writable()
         self.flush()  # pending flag changes and deletions go first
         info = self.select()
-        uidnext = info.get("UIDNEXT")
+        uidplus = self.store.has("UIDPLUS")
+        if not uidplus and self._high_uid is None:
+            self._high_uid = self._highest_uid()
         wire = to_crlf(data)
-        keep = [f for f in flags if self.persists(f) and f != "\\Recent"]
+        keep = sorted(f for f in flags if self.persists(f))
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         try:
-            response = self.store.call("append", self.server_name, wire, keep, when, retry=False)
+            response = self.store.call(
+                "append", self.server_name, wire, keep, when, retry=False, folder=self
+            )
         except ConnectError:
             raise MessageError(
                 f"{self.name}: the connection dropped while appending; the next run finds "
                 "the message if it arrived"
             )
-        except Exception as error:
-            raise MessageError(f"{self.name}: the server refused a message ({_clean(error)})")
-        if isinstance(response, bytes):
-            response = response.decode("utf-8", "replace")
+        except MailsyncError as error:
+            raise MessageError(f"{self.name}: the server refused a message ({error})")
         match = re.search(r"\[APPENDUID (\d+) (\d+)\]", response or "", re.I)
-        self._info = None  # EXISTS/UIDNEXT changed; reselect lazily
         if match:
             if str(match.group(1)) != str(info.get("UIDVALIDITY")):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
             uid = int(match.group(2))
         else:
-            uid = self._find_appended(data, uidnext)
+            uid = self._find_appended(data)
+            self._high_uid = max(self._high_uid or 0, uid)
         self._sizes[uid] = len(wire)
         self._uids_assigned.add(uid)
         return str(uid)
 
-    def _find_appended(self, data: bytes, uidnext) -> int:
-        """No UIDPLUS: the new message is among the UIDs from the old UIDNEXT on."""
-        self.select()
-        start = uidnext or 1
+    def _highest_uid(self) -> int:
+        """The highest UID now in the folder (0 if empty)."""
+        self.store.call("noop", folder=self)
+        try:
+            response = self.store.call("fetch", "*", ["UID"], folder=self)
+        except ConnectError:
+            raise
+        except FolderError:  # some servers answer BAD for "*" in an empty folder
+            return 0
+        return max(response, default=0)
+
+    def _find_appended(self, data: bytes) -> int:
+        """No APPENDUID: the new message is among the UIDs above the highest one before."""
+        start = (self._high_uid or 0) + 1
+        self.store.call("noop", folder=self)  # hear about the new message
         candidates = [
             u
-            for u in self.store.call("search", ["UID", f"{start}:*"], _reselect=self)
+            for u in self.store.call("uids", f"UID {start}:*", folder=self)
             if u >= start and u not in self._uids_assigned
         ]
         if len(candidates) == 1:
             return candidates[0]
         digest = fingerprint(data)
-        for uid, body in self._fetch_bodies(candidates):
+        for uid, body in self._fetch_bodies(sorted(candidates)):
             if not isinstance(body, MessageError) and fingerprint(body) == digest:
                 return int(uid)
         raise MessageError(f"{self.name}: appended a message but cannot find its UID; rerun")
@@ -504,7 +968,7 @@ class IMAPFolder(Folder):
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         self._writable()
         add = frozenset(f for f in add if self.persists(f))
-        remove = frozenset(f for f in remove if self.persists(f))
+        remove = frozenset(f for f in remove if self.persists(f)) - add
         if add or remove:
             self._flag_ops.setdefault((add, remove), []).append(int(key))
 
@@ -516,48 +980,44 @@ class IMAPFolder(Folder):
     def flush(self) -> None:
         if not self._flag_ops and not self._deletions:
             return
+        flag_ops, deletions = self._flag_ops, self._deletions
+        self._flag_ops, self._deletions = {}, []  # a failure drops them: nothing recorded
         self.select()
         try:
-            for (add, remove), uids in self._flag_ops.items():
-                for start in range(0, len(uids), LIST_BATCH):
-                    chunk = _uid_ranges(uids[start : start + LIST_BATCH])
+            for (add, remove), uids in flag_ops.items():
+                for start in range(0, len(uids), STORE_BATCH):
+                    chunk = _uid_ranges(uids[start : start + STORE_BATCH])
                     if add:
-                        self.store.call("add_flags", chunk, sorted(add), silent=True)
+                        self.store.call("add_flags", chunk, sorted(add), silent=True, folder=self)
                     if remove:
-                        self.store.call("remove_flags", chunk, sorted(remove), silent=True)
-            self._flag_ops = {}
-            if self._deletions:
-                self._expunge(self._deletions)
-                self._deletions = []
-        except ConnectError:
+                        self.store.call(
+                            "remove_flags", chunk, sorted(remove), silent=True, folder=self
+                        )
+            for start in range(0, len(deletions), STORE_BATCH):
+                self._expunge(deletions[start : start + STORE_BATCH])
+        except (ConnectError, FolderError):
             raise
-        except Exception as error:
-            self._flag_ops, self._deletions = {}, []
-            raise FolderError(f"{self.name}: the server refused a change: {_clean(error)}")
+        except MailsyncError as error:
+            raise FolderError(f"{self.name}: the server refused a change: {error}")
 
     def _expunge(self, uids: list[int]) -> None:
+        """\\Deleted, then UID EXPUNGE of exactly these UIDs.  Without UIDPLUS a plain
+        EXPUNGE would also remove messages someone else marked \\Deleted: then nothing is
+        touched and the folder fails (the state keeps the pairs, a rerun tries again)."""
         ranges = _uid_ranges(uids)
-        self.store.call("add_flags", ranges, ["\\Deleted"], silent=True)
         if self.store.has("UIDPLUS"):
-            self.store.call("uid_expunge", ranges)
+            self.store.call("add_flags", ranges, ["\\Deleted"], silent=True, folder=self)
+            self.store.call("uid_expunge", ranges, folder=self)
             return
-        others = set(self.store.call("search", ["DELETED"])) - set(uids)
+        others = set(self.store.call("uids", "DELETED", folder=self)) - set(uids)
         if others:
-            log.warning(
-                "%s: the server lacks UIDPLUS and %d other messages are marked \\Deleted; "
-                "leaving ours marked \\Deleted rather than expunging theirs",
-                self.name,
-                len(others),
+            raise FolderError(
+                f"{self.store.url} {self.name}: cannot delete {len(uids)} messages: the "
+                f"server lacks UIDPLUS and {len(others)} other messages are marked \\Deleted, "
+                "which EXPUNGE would remove too; expunge or undelete them and rerun"
             )
-            return
-        self.store.call("expunge")
+        self.store.call("add_flags", ranges, ["\\Deleted"], silent=True, folder=self)
+        self.store.call("expunge", retry=False, folder=self)
 
     def close(self) -> None:
         self.flush()
-
-
-def _clean(error: Exception) -> str:
-    text = str(error)
-    if text.startswith("b'") or text.startswith('b"'):
-        text = text[2:-1]
-    return text.strip() or type(error).__name__

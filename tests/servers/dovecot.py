@@ -544,6 +544,7 @@ class DovecotServer:
         control.mkdir(mode=0o700)
         os.chown(control, self.uid, self.gid)
         location = f"maildir:{root}:LAYOUT=fs:INBOX={root}/INBOX:CONTROL={control}:INDEX={control}"
+        location += ":UTF-8"  # mailsync writes folder names in UTF-8, not modified UTF-7
         user = User(name=name, password=password, home=home, maildir=root, mail_location=location)
         self._write_user(user, f"userdb_mail={location}")
         return user

@@ -1,0 +1,217 @@
+"""IMAPStore/IMAPFolder at the API level: helpers, names, redaction, and behaviour on a real
+Dovecot that the command-line tests do not pin down (batching, CHANGEDSINCE listings,
+lone CRs, UIDVALIDITY changes in mid-run, header digests)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from imaptools import CommandSpy, Msg, connect, message, seed, when
+
+from mailsync.errors import FolderError
+from mailsync.message import fingerprint
+from mailsync.stores import imap as imapmod
+from mailsync.stores.imap import (
+    IMAPStore,
+    _parse_uid_set,
+    _uid_ranges,
+    header_digest,
+    redact,
+    valid_keyword,
+)
+
+
+def test_uid_sets():
+    assert _uid_ranges([7, 1, 2, 3, 3, 9, 10]) == "1:3,7,9:10"
+    assert _uid_ranges([]) == ""
+    assert _parse_uid_set("1:3,7,10:9") == [1, 2, 3, 7, 9, 10]
+
+
+def test_keywords_that_cannot_be_sent_are_not_persisted():
+    assert valid_keyword("$Label1") and valid_keyword("work")
+    for bad in (
+        "",
+        "two words",
+        "br(ace",
+        'quo"te',
+        "back\\slash",
+        "\\Seen",
+        "ümlaut",
+        "a]b",
+        "smile\U0001f600",
+    ):
+        assert not valid_keyword(bad), bad
+
+
+def test_redaction_masks_login_and_every_form_of_the_password(monkeypatch):
+    monkeypatch.setattr(imapmod, "_SECRETS", {'s3"cr\\et'})
+    assert redact("> b'ABCD1 LOGIN alice \"x\"'") == "> b'ABCD1 LOGIN ****"
+    assert "s3" not in redact('echo s3"cr\\et')
+    quoted = 's3"cr\\et'.replace("\\", "\\\\").replace('"', '\\"')
+    line = "> %r" % (b'X1 FOO "' + quoted.encode() + b'"')  # as imaplib logs it
+    assert "cr" in line and "cr" not in redact(line)
+    assert redact("nothing secret here") == "nothing secret here"
+
+
+def test_folder_names_map_to_slashes_and_back():
+    store = IMAPStore("imaps://u@example.org")
+    assert store._local_name("INBOX.Sent.2019", ".") == "INBOX/Sent/2019"
+    assert store._local_name("inbox", ".") == "INBOX"
+    assert store._local_name("a/b", ".") is None  # '/' is content there, not hierarchy
+    assert store._local_name("a..b", ".") is None
+    assert store._local_name("flat", None) == "flat"
+    store._delimiter = "."
+    assert store.server_name("Archive/2019") == "Archive.2019"
+    with pytest.raises(FolderError):
+        store.server_name("v1.2/notes")  # would silently become a deeper hierarchy
+    with pytest.raises(FolderError):
+        store.server_name("a/../b")
+
+
+def test_header_digest_ignores_line_ends_and_needs_the_size():
+    full = message(1)
+    assert header_digest(full) == header_digest(full.replace(b"\n", b"\r\n"))
+    header = full[: full.index(b"\n\n") + 2].replace(b"\n", b"\r\n")
+    assert header_digest(header, len(full.replace(b"\n", b"\r\n"))) == header_digest(full)
+    assert header_digest(full) != header_digest(full + b"more\n")
+
+
+def test_password_is_asked_once_per_endpoint(monkeypatch):
+    calls = []
+    monkeypatch.setattr(imapmod, "get_password", lambda ep: calls.append(ep) or "pw")
+    monkeypatch.setenv("MAILSYNC_PASSWORD", "unused-here-" + str(time.time()))
+    a = IMAPStore("imaps://u@example.org")
+    b = IMAPStore("imaps://u@example.org")
+    assert imapmod._password_for(a.endpoint) == imapmod._password_for(b.endpoint) == "pw"
+    assert len(calls) == 1
+    imapmod._forget_password(a.endpoint)
+    imapmod._password_for(a.endpoint)
+    assert len(calls) == 2
+
+
+# -- against Dovecot ------------------------------------------------------------------------
+
+
+def store_for(server, user, read_only=False) -> IMAPStore:
+    url = f"{server.url('imaps', user)}?cafile={server.cafile}"
+    imapmod._PASSWORDS.clear()
+    store = IMAPStore(url, read_only=read_only)
+    store._password = user.password
+    return store
+
+
+def test_bodies_are_fetched_in_byte_bounded_batches(dovecot_server, monkeypatch):
+    user = dovecot_server.add_user()
+    bodies = [message(i, extra=b"x" * 3000 + b"\n") for i in range(12)]
+    seed(dovecot_server, user, {"INBOX": [Msg(b, frozenset(), when(2020)) for b in bodies]})
+    monkeypatch.setattr(imapmod, "FETCH_BATCH_BYTES", 10_000)  # three messages a batch
+    spy = CommandSpy(monkeypatch)
+    with store_for(dovecot_server, user, read_only=True) as store:
+        folder = store.open_folder("INBOX")
+        listing = folder.list()
+        spy.clear()
+        prints = folder.fingerprints(sorted(listing, key=int))
+        assert sorted(prints.values()) == sorted(fingerprint(b) for b in bodies)
+        fetches = [c for c in spy.commands if c.startswith("UID FETCH")]
+        assert len(fetches) == 4, fetches
+        # Sizes unknown (no listing): they are asked first, so batches stay bounded.
+        fresh = store.open_folder("INBOX")
+        spy.clear()
+        assert len(dict(fresh.fetch_many(sorted(listing, key=int)))) == 12
+        fetches = [c for c in spy.commands if c.startswith("UID FETCH")]
+        assert len(fetches) == 5 and "RFC822.SIZE" in fetches[0] and "BODY" in fetches[1]
+
+
+def test_changedsince_listing(dovecot_server):
+    user = dovecot_server.add_user()
+    seed(
+        dovecot_server,
+        user,
+        {"INBOX": [Msg(message(i), frozenset(), when(2020)) for i in range(5)]},
+    )
+    with store_for(dovecot_server, user, read_only=True) as store:
+        folder = store.open_folder("INBOX")
+        first = folder.list()
+        cursor = folder.cursor()
+        assert "highestmodseq" in cursor
+        known = {k: info.flags for k, info in first.items()}
+    uids = sorted(map(int, first))
+    with connect(dovecot_server, user) as client:
+        client.select_folder("INBOX")
+        client.add_flags([uids[0]], [b"\\Seen", b"todo"])
+        client.add_flags([uids[1]], [b"\\Deleted"])
+        client.uid_expunge([uids[1]])
+        client.append("INBOX", message(9).replace(b"\n", b"\r\n"), msg_time=when(2024))
+    with store_for(dovecot_server, user, read_only=True) as store:
+        folder = store.open_folder("INBOX")
+        assert not folder.unchanged(cursor)
+        since = folder.list_since(cursor, known)
+    assert str(uids[1]) not in since
+    assert since[str(uids[0])].flags == {"\\Seen", "todo"}
+    assert since[str(uids[2])].flags == frozenset()
+    new = set(since) - set(first)
+    assert len(new) == 1 and since[new.pop()].arrival == when(2024).timestamp()
+    assert len(since) == 5
+
+
+def test_append_keeps_lone_crs_and_dates(dovecot_server):
+    user = dovecot_server.add_user()
+    body = b"Subject: cr\n\nbare\rcarriage return\rhere\nand a normal line\n"
+    with store_for(dovecot_server, user) as store:
+        folder = store.open_folder("INBOX")
+        key = folder.append(body, frozenset({"\\Seen", "work", "bad keyword"}), 1_600_000_000)
+        folder.flush()
+        assert folder.fetch(key) == body
+        info = store.open_folder("INBOX").list()[key]
+    assert info.flags == {"\\Seen", "work"}  # an unsendable keyword stays in the state
+    assert info.arrival == 1_600_000_000
+
+
+def test_uidvalidity_change_in_mid_run_stops_the_folder(dovecot_server):
+    user = dovecot_server.add_user()
+    seed(dovecot_server, user, {"INBOX": [Msg(message(1), frozenset(), when(2020))]})
+    with store_for(dovecot_server, user, read_only=True) as store:
+        folder = store.open_folder("INBOX")
+        keys = list(folder.list())
+        dovecot_server.change_uidvalidity(user, "INBOX")
+        store._drop()  # as if the connection had dropped: the reconnect selects again
+        with pytest.raises(FolderError, match="UIDVALIDITY changed"):
+            folder.fetch(keys[0])
+
+
+def test_header_digests_match_the_local_computation(dovecot_server):
+    user = dovecot_server.add_user()
+    bodies = [message(1), b"Subject: no body at all\n", b"Subject: x\n\nlast line no newline"]
+    seed(dovecot_server, user, {"INBOX": [Msg(b, frozenset(), when(2020)) for b in bodies]})
+    with store_for(dovecot_server, user, read_only=True) as store:
+        folder = store.open_folder("INBOX")
+        listing = folder.list()
+        digests = folder.header_digests(listing)
+        full = dict(folder.fetch_many(listing))
+    assert {digests[k] for k in listing} == {header_digest(b) for b in bodies}
+    assert all(digests[k] == header_digest(full[k]) for k in listing)
+
+
+def test_protocol_log_only_at_debug(dovecot_server, caplog):
+    user = dovecot_server.add_user()
+    mailsync_log = logging.getLogger("mailsync")
+    old = mailsync_log.level
+    try:
+        mailsync_log.setLevel(logging.INFO)
+        with store_for(dovecot_server, user) as store:
+            store.list_folders()
+        assert logging.getLogger("imapclient").level > logging.DEBUG
+        mailsync_log.setLevel(logging.DEBUG)
+        with store_for(dovecot_server, user) as store:
+            store.list_folders()
+        assert logging.getLogger("imapclient").level == logging.DEBUG
+    finally:
+        mailsync_log.setLevel(old)
+
+
+def test_redaction_keeps_capabilities_readable():
+    line = "< b'* CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS AUTH=PLAIN'"
+    assert redact(line) == line
+    assert redact("> b'AB12 AUTHENTICATE PLAIN'") == "> b'AB12 AUTHENTICATE ****"
