@@ -216,6 +216,27 @@ def _write_message(tmp_dir, key, data, arrival, path, sub, filename) -> None:
         raise MessageError(_write_error(e, path))
 
 
+class LazyInfo(Info):
+    """An Info whose arrival date (the file's mtime) is read only when asked for: a
+    listing of 100,000 messages then needs no stat() per file."""
+
+    __slots__ = ("_folder", "_key")
+
+    def __init__(self, flags: frozenset[str], size: int, folder: MaildirFolder, key: str):
+        setattr_ = object.__setattr__  # Info is frozen
+        setattr_(self, "flags", flags)
+        setattr_(self, "size", size)
+        setattr_(self, "_folder", folder)
+        setattr_(self, "_key", key)
+
+    @property
+    def arrival(self) -> float:  # type: ignore[override]
+        return self._folder.arrival(self._key)
+
+    def __repr__(self) -> str:
+        return f"LazyInfo({sorted(self.flags)}, {self.size}, {self._key!r})"
+
+
 class MaildirFolder(Folder):
     _cursor: dict | None = None
 
@@ -290,20 +311,37 @@ class MaildirFolder(Folder):
                         key, info = filename[:i], filename[i + 3 :]
                     if not key:
                         continue
-                    try:
-                        st = entry.stat()
-                    except OSError:
-                        continue  # vanished or a dangling symlink
-                    if not stat.S_ISREG(st.st_mode):
-                        continue
                     flags = parsed.get(info)
                     if flags is None:
                         flags = parsed[info] = info_flags(info)
                     size = size_in_name(key) if ",S=" in key else None
-                    out[key] = Info(flags, st.st_size if size is None else size, st.st_mtime)
+                    if size is not None and entry.is_file():
+                        # No stat: the size is in the name, and the arrival date (the
+                        # mtime) is read only if the message is copied.
+                        out[key] = LazyInfo(flags, size, self, key)
+                    else:
+                        try:
+                            st = entry.stat()
+                        except OSError:
+                            continue  # vanished or a dangling symlink
+                        if not stat.S_ISREG(st.st_mode):
+                            continue
+                        out[key] = Info(flags, st.st_size if size is None else size, st.st_mtime)
                     where[key] = (sub, filename)
         self._where = where
         return out
+
+    def arrival(self, key: str) -> float:
+        """The message's arrival date: its file's mtime (now, if the file vanished)."""
+        for attempt in (1, 2):
+            loc = self._locate(key, rescan=attempt == 2)
+            if loc is None:
+                break
+            try:
+                return os.stat(os.path.join(self.path, *loc)).st_mtime
+            except FileNotFoundError:
+                continue
+        return time.time()
 
     def fetch(self, key: str) -> bytes:
         if key in self._pending:
