@@ -341,6 +341,7 @@ class Syncer:
         # Pairs re-linked by content during the copies (a message that vanished and came
         # back identical): their planned deletion or tombstone no longer applies.
         self._local.relinked: set[int] = set()
+        self._local.written: set[str] = set()  # sides this run changed
         self._copies(fstate, the_plan, folders, listings, pairs, report)
         self._flags(the_plan.flags, folders, report)
         self._deletes(
@@ -359,6 +360,9 @@ class Syncer:
         if not report.errors:
             # Only a clean run may vouch for the folder: with a cursor saved, an unchanged
             # folder is not listed next time, so a failed message would never be retried.
+            # A side this run wrote to is vouched for only if it can prove nobody else did.
+            for side in self._local.written:
+                cursors[side] = folders[side].cursor_after_writes()
             fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
         self.state.save_folder(fstate)
         self.state.commit()
@@ -524,6 +528,7 @@ class Syncer:
                         log.error("%s", error)
                         continue
                     step("append")
+                    self._local.written.add(dst)
                     pair = copy.pair or Pair(None, None, None, copy.flags, digest)
                     setattr(
                         report,
@@ -585,6 +590,7 @@ class Syncer:
         remove = frozenset(f for f in now - copy.flags if target.persists(f))
         if add or remove:
             target.set_flags(dst_key, add, remove)
+            self._local.written.add(dst)
 
     # flags ------------------------------------------------------------------------------
     def _flags(self, actions: list[SetFlags], folders, report) -> None:
@@ -595,6 +601,7 @@ class Syncer:
                 try:
                     for side, (add, remove) in action.changes.items():
                         folders[side].set_flags(action.pair.key(side), add, remove)
+                        self._local.written.add(side)
                         setattr(report, f"flags_{side}", getattr(report, f"flags_{side}") + 1)
                         log.info("%s: %s", folders[side].name, describe(action))
                         step("flags")
@@ -619,6 +626,7 @@ class Syncer:
             done = []
             for action in batch:
                 try:
+                    self._local.written.add(action.side)
                     removed = folders[action.side].delete(action.key)
                 except MessageError as error:
                     report.errors.append(str(error))

@@ -63,6 +63,12 @@ class Folder(ABC):
         engine then uses the state instead of listing.  Must never say True wrongly."""
         return False
 
+    def cursor_after_writes(self) -> dict:
+        """After this run wrote to the folder: a cursor for it as it is now, if the
+        folder can prove that nothing but this object changed it since list().  {}: the
+        next run lists it again (always safe)."""
+        return {}
+
     def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
         """Like list(), helped by the previous cursor and the flags the state knows for
         each key (IMAP CONDSTORE fetches only what changed).  Default: list()."""

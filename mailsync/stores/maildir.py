@@ -239,6 +239,7 @@ class LazyInfo(Info):
 
 class MaildirFolder(Folder):
     _cursor: dict | None = None
+    _verifiable = False  # _where is a complete picture: list() and our own changes only
 
     def __init__(self, store: MaildirStore, name: str, path: str, dirty: set[str] | None = None):
         self.store = store
@@ -261,15 +262,27 @@ class MaildirFolder(Folder):
     # tell cheaply whether a folder changed.  A listing taken within the same second as
     # the last change gets no cursor: a later change could share the timestamp.
     CURSOR_SETTLE_NS = 2_000_000_000
+    # After our own writes we check the whole directory ourselves; the wait only has to
+    # outlast the kernel's timestamp granularity (a jiffy) on nanosecond filesystems.
+    SETTLE_AFTER_WRITES_NS = 100_000_000
 
-    def _dir_mtimes(self) -> dict | None:
+    def _raw_mtimes(self) -> dict | None:
         try:
-            stamps = {
+            return {
                 sub: os.stat(os.path.join(self.path, sub)).st_mtime_ns for sub in ("new", "cur")
             }
         except OSError:
             return None
-        if time.time_ns() - max(stamps.values()) < self.CURSOR_SETTLE_NS:
+
+    def _dir_mtimes(self, settle_ns: int | None = None) -> dict | None:
+        """The directories' mtimes as a cursor, or None while they are too recent to
+        trust (a later change could still get the same timestamp)."""
+        stamps = self._raw_mtimes()
+        if stamps is None:
+            return None
+        if settle_ns is None or all(v % 1_000_000_000 == 0 for v in stamps.values()):
+            settle_ns = self.CURSOR_SETTLE_NS  # a filesystem with whole-second times
+        if time.time_ns() - max(stamps.values()) < settle_ns:
             return None
         return stamps
 
@@ -279,7 +292,7 @@ class MaildirFolder(Folder):
     def unchanged(self, cursor: dict) -> bool:
         if not cursor:
             return False
-        now = self._dir_mtimes()
+        now = self._raw_mtimes()
         if now is None or now != cursor:
             return False
         self._cursor = now
@@ -288,6 +301,7 @@ class MaildirFolder(Folder):
     def list(self) -> dict[str, Info]:
         self._wait_all()
         self._cursor = self._dir_mtimes()
+        self._verifiable = True
         out: dict[str, Info] = {}
         where: dict[str, tuple[str, str]] = {}
         parsed: dict[str, frozenset[str]] = {"": frozenset()}  # info -> flags; few distinct
@@ -492,7 +506,35 @@ class MaildirFolder(Folder):
         self._rescan()
         return self._where.get(key)
 
+    def cursor_after_writes(self) -> dict:
+        """A cursor for the folder as it is now, after this object's own writes, if
+        nothing else changed it since list(): the files on disk must be exactly the
+        listing plus our own appends, renames and deletions."""
+        if not self._verifiable:
+            return {}
+        self.flush()
+        stamps = self._dir_mtimes(settle_ns=self.SETTLE_AFTER_WRITES_NS)
+        if stamps is None:
+            time.sleep(self.SETTLE_AFTER_WRITES_NS / 1e9)
+            stamps = self._dir_mtimes(settle_ns=self.SETTLE_AFTER_WRITES_NS)
+        if stamps is None:
+            return {}
+        now: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            try:
+                with os.scandir(os.path.join(self.path, sub)) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if name.startswith("."):
+                            continue
+                        i = name.rfind(INFO_SEP)
+                        now[name if i < 0 else name[:i]] = (sub, name)
+            except OSError:
+                return {}
+        return stamps if now == self._where else {}
+
     def _rescan(self) -> None:
+        self._verifiable = False  # files moved under us: only a new list() can vouch
         """Re-read new/ and cur/ names (no stat) to follow files a mail reader moved."""
         where: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):

@@ -72,3 +72,48 @@ def test_a_failed_message_keeps_the_folder_listed_until_it_is_copied(tmp_path, m
     monkeypatch.setattr(MaildirFolder, "fetch", real_fetch)
     report = pull(tmp_path)  # the folder is unchanged, but the last run was not clean
     assert report.folders[0].copied_a_to_b == 2
+
+
+def test_a_folder_written_by_this_run_alone_is_not_listed_next_time(tmp_path, monkeypatch):
+    from mailsync.stores.memory import MemoryStore
+
+    src = MemoryStore("src-cursor")
+    for i in range(3):
+        src.folder("INBOX").add(b"Subject: %d\n\nbody\n" % i)
+    dst_url = f"maildir:{tmp_path / 'dst'}"
+
+    def run():
+        with State(str(tmp_path / "state.db")) as state:
+            dst = open_store(dst_url)
+            report = Syncer(src, dst, state, PULL).run()
+            dst.close()
+            return report
+
+    assert run().folders[0].copied_a_to_b == 3
+    listed = []
+    real_list = MaildirFolder.list
+
+    def spy(self):
+        listed.append(self.name)
+        return real_list(self)
+
+    monkeypatch.setattr(MaildirFolder, "list", spy)
+    assert run().folders[0].copied_a_to_b == 0
+    assert listed == []  # the destination was vouched for after the first run's writes
+
+    # A mail reader delivering into the destination during a run: no cursor is saved.
+    real_append = MaildirFolder.append
+
+    def append_and_deliver(self, data, flags, arrival):
+        key = real_append(self, data, flags, arrival)
+        with open(os.path.join(self.path, "new", "1.foreign.host"), "wb") as handle:
+            handle.write(b"Subject: foreign\n\nhello\n")
+        return key
+
+    monkeypatch.setattr(MaildirFolder, "append", append_and_deliver)
+    src.folder("INBOX").add(b"Subject: new\n\nbody\n")
+    assert run().folders[0].copied_a_to_b == 1
+    listed.clear()
+    monkeypatch.setattr(MaildirFolder, "append", real_append)
+    run()
+    assert listed == ["INBOX"]  # listed again: the foreign message was seen
