@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Dovecot for the tests' private servers (tests/servers/dovecot.py).
 DOVECOT_PKGS := dovecot-imapd dovecot-pop3d
 
-.PHONY: all test lint man demo bench clean dovecot venv-deps
+.PHONY: all test lint man demo bench bench-deps clean dovecot venv-deps
 
 all: test
 
@@ -64,6 +64,25 @@ man: $(STAMP)
 	done
 	$(PY) -m pytest -q -p no:cacheprovider tests/cli/test_cli.py -k man_page
 	@echo "man pages render cleanly and document every option; view: man -l man/mailsync.1"
+
+# The peers mailsync is measured against, side by side in one run (bench/RESULTS.md).
+bench-deps:
+	@missing=""; \
+	command -v mbsync >/dev/null 2>&1 || missing="$$missing isync"; \
+	command -v offlineimap >/dev/null 2>&1 || missing="$$missing offlineimap"; \
+	command -v getmail >/dev/null 2>&1 || missing="$$missing getmail6"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "to compare with the peers: sudo apt-get install$$missing" >&2; \
+	  fi; \
+	fi
+
+# BENCH_ARGS="--messages 2000 --megabytes 120" for a quick run; see bench/run.py --help.
+BENCH_ARGS ?= --all
+bench: $(STAMP) dovecot bench-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(PY) demo/run.py

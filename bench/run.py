@@ -1,0 +1,1050 @@
+"""mailsync's benchmark: mailsync against mbsync (isync) and offlineimap, pulling one
+account from a private Dovecot into an empty Maildir tree, then rerunning with nothing new.
+
+    .venv/bin/python bench/run.py                      # 10,000 messages, 600 MiB, 3 folders
+    .venv/bin/python bench/run.py --messages 2000 --megabytes 120   # a quick run
+    .venv/bin/python bench/run.py --big-message         # one 50 MiB message: peak RSS
+    .venv/bin/python bench/run.py --accounts big        # 100,000 messages, 50 folders: rerun
+    .venv/bin/python bench/run.py --all                 # all three, one after the other
+    .venv/bin/python bench/run.py --profile             # also cProfile a mailsync pull
+
+Needs root and Dovecot 2.3 (as the tests do); mbsync and offlineimap are skipped, with
+the command that installs them, when missing.  What one run does:
+
+1. generates a deterministic corpus (bench/corpus.py) and writes it straight into a
+   fresh Dovecot user's Maildir (LF files, mtime = INTERNALDATE, Dovecot-style names);
+2. has Dovecot index it (``doveadm index``) and reads every folder's metadata once over
+   IMAP, so neither indexing nor new/ -> cur/ moves are billed to the first tool;
+3. times each tool's initial pull into an empty Maildir, checks it copied every message
+   (files counted per folder: a tool that did not is reported as failed, not timed), then
+   times each tool's rerun with nothing new;
+4. prints a table, stores the numbers in bench/results.json (one record per variant and
+   scale, the newest wins) and rewrites bench/RESULTS.md from all records, targets
+   marked met / not met.
+
+Wall time is measured around the child; CPU (user+sys) and peak RSS come from the
+child's rusage (os.wait4).  Dovecot's CPU during each run is read from /proc (its
+processes and their reaped children) and reported separately.  Nothing here asserts
+absolute times: this is a report.  Work files live in bench/work/ (git-ignored) and are
+removed at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT / "tests"))  # servers.dovecot
+sys.path.insert(0, str(BENCH))
+
+import corpus as corpusmod  # noqa: E402
+import tools as toolsmod  # noqa: E402
+
+WORK = BENCH / "work"
+RESULTS_JSON = BENCH / "results.json"
+RESULTS_MD = BENCH / "RESULTS.md"
+USER = "bench"
+PASSWORD = "bench-pw-3kq9"
+MIB = 1024 * 1024
+BASELINE = "mbsync"
+DEFAULT_TOOLS = ("mailsync", "mbsync", "offlineimap")
+VARIANT_ORDER = {"standard": 0, "big-message": 1, "big-accounts": 2}
+
+
+def say(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+# -- measuring --------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    wall: float
+    user: float
+    sys: float
+    rss_mib: float
+    server_cpu: float
+    exit_code: int
+    timed_out: bool
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def dovecot_cpu(master_pid: int | None) -> float:
+    """CPU seconds used so far by Dovecot: every process of its session (the master ran
+    in a new session) plus the children they reaped.  Deltas of this are what a run cost
+    the server."""
+    if not master_pid:
+        return 0.0
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        if int(fields[3]) != master_pid:  # session id
+            continue
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / _clock_ticks()
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def measure(argv, env, log_path: Path, timeout: float, master_pid: int | None) -> Measurement:
+    """Run argv to completion; wall time, the child's own rusage, and Dovecot's CPU.
+
+    The child runs under GNU time, which reports its peak RSS: a child forked straight
+    from this process would inherit this process's RSS as its ru_maxrss (Linux keeps the
+    high-water mark of the pre-exec memory), overstating small tools by tens of MiB.  CPU
+    comes from os.wait4 on time (its own CPU, about a millisecond, is included)."""
+    server_before = dovecot_cpu(master_pid)
+    rss_file = log_path.with_name(log_path.name + ".rss")
+    use_time = os.access(GNU_TIME, os.X_OK)
+    wrapped = list(argv)
+    if use_time:
+        wrapped = [GNU_TIME, "-o", str(rss_file), "-f", "%M", "--", *argv]
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(argv)}\n".encode())
+        log.flush()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            wrapped,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            _kill_group(proc.pid)
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM: take the tool down with us
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        _kill_group(proc.pid)  # leftovers of the tool, if any
+    rss_mib = usage.ru_maxrss / 1024  # KiB on Linux; inflated, see above
+    try:
+        rss_mib = int(rss_file.read_text().split()[-1]) / 1024
+    except (OSError, ValueError, IndexError):
+        if use_time:
+            say(f"could not read {rss_file}; peak RSS from wait4 (includes the harness's)")
+    return Measurement(
+        wall=wall,
+        user=usage.ru_utime,
+        sys=usage.ru_stime,
+        rss_mib=rss_mib,
+        server_cpu=dovecot_cpu(master_pid) - server_before,
+        exit_code=proc.returncode,
+        timed_out=timed_out.is_set(),
+    )
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+# -- checking what a tool copied --------------------------------------------------------
+
+
+def count_maildir(root: Path) -> dict:
+    """Per folder (verbatim layout: a directory with cur/ and new/), the message files,
+    their bytes and how many carry the S flag."""
+    folders: dict[str, dict] = {}
+    if not root.is_dir():
+        return folders
+    for dirpath, dirnames, _ in os.walk(root):
+        if "cur" in dirnames and "new" in dirnames:
+            name = os.path.relpath(dirpath, root)
+            info = {"messages": 0, "bytes": 0, "seen": 0}
+            for sub in ("cur", "new"):
+                with os.scandir(os.path.join(dirpath, sub)) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(".") or not entry.is_file():
+                            continue
+                        info["messages"] += 1
+                        info["bytes"] += entry.stat().st_size
+                        flags = entry.name.rpartition(":2,")[2] if ":2," in entry.name else ""
+                        info["seen"] += "S" in flags
+            folders[name] = info
+        dirnames[:] = [d for d in dirnames if d not in ("cur", "new", "tmp")]
+    return folders
+
+
+def verify(root: Path, expected: dict[str, int], expected_seen: int) -> tuple[bool, str]:
+    found = count_maildir(root)
+    got = {name: info["messages"] for name, info in found.items() if info["messages"]}
+    want = {name: n for name, n in expected.items() if n}
+    total = sum(got.values())
+    seen = sum(info["seen"] for info in found.values())
+    nbytes = sum(info["bytes"] for info in found.values())
+    detail = f"{total:,} messages, {nbytes / MIB:,.1f} MiB, {seen:,} seen"
+    if got != want:
+        diffs = []
+        for name in sorted(set(got) | set(want)):
+            if got.get(name, 0) != want.get(name, 0):
+                diffs.append(f"{name}: {got.get(name, 0)} of {want.get(name, 0)}")
+        return False, f"{detail}; wrong counts: {', '.join(diffs[:8])}"
+    if seen != expected_seen:
+        detail += f" (expected {expected_seen:,} seen: flags differ)"
+    return True, detail
+
+
+# -- the server -------------------------------------------------------------------------
+
+
+def start_server(run_dir: Path):
+    from servers.dovecot import DovecotServer
+
+    if os.geteuid() != 0:
+        sys.exit("bench/run.py must run as root (it starts a private Dovecot, like the tests)")
+    if shutil.which("dovecot") is None:
+        sys.exit("dovecot is not installed: apt-get install -y dovecot-imapd dovecot-pop3d")
+    server = DovecotServer(run_dir / "dovecot")
+    server.start()
+    return server
+
+
+def seed_account(server, corpus: corpusmod.Corpus):
+    """A Dovecot user whose Maildir is the corpus, written directly, then indexed."""
+    user = server.add_user(USER, PASSWORD)
+    started = time.perf_counter()
+    written = corpusmod.write_maildir(corpus, user.maildir)
+    server.chown_maildir(user)
+    say(
+        f"wrote {written.messages:,} messages, {written.bytes / MIB:,.1f} MiB into "
+        f"{user.maildir} in {time.perf_counter() - started:.1f} s"
+    )
+    started = time.perf_counter()
+    server.doveadm("index", "-u", user.name, "*")
+    # One read of every folder's metadata over IMAP: moves new/ to cur/ (as any client's
+    # first SELECT would) and settles Dovecot's cache, so the first tool pays for neither.
+    with server.imap(user) as client:
+        for _flags, _delim, name in client.list_folders():
+            flags = {f.decode() if isinstance(f, bytes) else f for f in _flags}
+            if "\\Noselect" in flags:
+                continue
+            client.select_folder(name)
+            uids = client.search("ALL")
+            for start in range(0, len(uids), 5000):
+                chunk = uids[start : start + 5000]
+                client.fetch(chunk, ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"])
+    say(f"Dovecot indexed the account in {time.perf_counter() - started:.1f} s")
+    return user, written
+
+
+# -- one variant ------------------------------------------------------------------------
+
+
+def tool_orders(tools: list[str], repeat: int) -> list[list[str]]:
+    """Pass 1 in the given order, pass 2 reversed, pass 3 rotated, ..."""
+    orders = []
+    for i in range(repeat):
+        if i % 2 == 1:
+            orders.append(list(reversed(tools)))
+        else:
+            k = (i // 2) % len(tools)
+            orders.append(tools[k:] + tools[:k])
+    return orders
+
+
+def run_variant(corpus: corpusmod.Corpus, args, label: str) -> dict:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = WORK / f"run-{corpus.name}-{stamp}"
+    run_dir.mkdir(parents=True, mode=0o755)
+    say(f"{label}: {corpus.description}")
+    say(f"work directory {run_dir}{' (kept)' if args.keep else ''}")
+    record: dict = {
+        "variant": corpus.name,
+        "label": label,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "mailsync_sources": source_digest(),
+        "corpus": {
+            "description": corpus.description,
+            "messages": len(corpus.messages),
+            "folders": corpus.folders,
+            "notes": corpus.notes,
+            "seed": corpus.seed,
+        },
+        "repeat": args.repeat,
+        "tools": {},
+    }
+    load = os.getloadavg()[0]
+    record["load_before"] = round(load, 2)
+    if load > 0.5:
+        say(
+            f"warning: load average {load:.2f} before the run: other work on this machine "
+            "competes with the tools; the numbers will be noisy (use --repeat, or a quiet box)"
+        )
+    server = None
+    try:
+        server = start_server(run_dir)
+        record["machine"]["dovecot"] = server.version
+        user, written = seed_account(server, corpus)
+        record["corpus"]["bytes"] = written.bytes
+        expected = written.per_folder
+        master = server.proc.pid if server.proc else None
+
+        available = []
+        for name in args.tools:
+            entry = record["tools"][name] = {"version": "", "status": "ok"}
+            why = toolsmod.missing(name)
+            if why:
+                entry.update(status="skipped", reason=why)
+                say(f"{name}: skipped: {why}")
+                continue
+            entry["version"] = toolsmod.version(name)
+            available.append(name)
+        record["order"] = tool_orders(available, args.repeat)
+
+        runs: dict[str, dict[str, list[Measurement]]] = {
+            n: {"initial": [], "rerun": [], "later": []} for n in available
+        }
+        failed: dict[str, str] = {}
+        for rep, order in enumerate(record["order"], 1):
+            say(f"pass {rep}/{args.repeat}: initial pulls in the order {', '.join(order)}")
+            setups = {}
+            for name in order:
+                if name in failed:
+                    continue
+                tool_dir = run_dir / "tools" / f"{name}-{rep}"
+                tool_dir.mkdir(parents=True)
+                setup = toolsmod.Setup(
+                    host=server.host,
+                    port=server.ports["imaps"],
+                    user=user.name,
+                    password=user.password,
+                    cafile=server.cafile,
+                    dest=tool_dir / "Mail",
+                    workdir=tool_dir,
+                    repo_root=ROOT,
+                )
+                command = toolsmod.IMAP_TOOLS[name](setup)
+                if name == "mailsync" and args.mailsync_args:
+                    command = toolsmod.mailsync_imap(setup, args.mailsync_args)
+                record["tools"][name]["command"] = " ".join(command.argv).replace(
+                    str(tool_dir), "$DIR"
+                )
+                setups[name] = (setup, command)
+                m = measure(command.argv, command.env, tool_dir / "log", args.timeout, master)
+                ok, detail = verify(command.dest, expected, written.seen)
+                if m.timed_out:
+                    ok, detail = False, f"timed out after {args.timeout:.0f} s; {detail}"
+                elif m.exit_code != 0 and ok:
+                    detail += f" (exit code {m.exit_code})"
+                elif m.exit_code != 0:
+                    detail = f"exit code {m.exit_code}; {detail}"
+                say(f"  {name}: initial {m.wall:.2f} s wall, {m.cpu:.2f} s CPU, "
+                    f"{m.rss_mib:.0f} MiB; {'OK' if ok else 'FAILED'}: {detail}")  # fmt: skip
+                if not ok:
+                    failed[name] = f"initial pull failed: {detail}"
+                    tail = log_tail(tool_dir / "log")
+                    if tail:
+                        say(f"  {name} log ({tool_dir / 'log'}):\n{tail}")
+                    continue
+                runs[name]["initial"].append(m)
+                record["tools"][name]["verify"] = detail
+            for k in range(1, args.reruns + 1):
+                phase = "rerun" if k == 1 else "later"
+                say(f"pass {rep}/{args.repeat}: rerun {k} with nothing new")
+                for name in order:
+                    if name in failed:
+                        continue
+                    setup, command = setups[name]
+                    log = setup.workdir / "log"
+                    m = measure(command.argv, command.env, log, args.timeout, master)
+                    ok, detail = verify(command.dest, expected, written.seen)
+                    if m.exit_code != 0 or m.timed_out:
+                        ok = False
+                        detail = f"exit code {m.exit_code}{' (timed out)' if m.timed_out else ''}"
+                    say(f"  {name}: rerun {k}: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU, "
+                        f"{m.rss_mib:.0f} MiB; {'OK' if ok else 'FAILED'}: {detail}")  # fmt: skip
+                    if not ok:
+                        failed[name] = f"rerun {k} failed: {detail}"
+                        continue
+                    runs[name][phase].append(m)
+            if not args.keep and rep < args.repeat:
+                shutil.rmtree(run_dir / "tools", ignore_errors=True)
+
+        for name in available:
+            entry = record["tools"][name]
+            if name in failed:
+                entry.update(status="failed", reason=failed[name])
+                continue
+            for phase in ("initial", "rerun"):
+                entry[phase] = summarise(runs[name][phase])
+            if runs[name]["later"]:
+                entry["later_reruns"] = [round(m.wall, 3) for m in runs[name]["later"]]
+
+        if source_digest() != record["mailsync_sources"]:
+            record["mailsync_sources_changed"] = True
+            say("warning: mailsync's sources changed during the run; its numbers mix versions")
+        if args.profile and "mailsync" in available and "mailsync" not in failed:
+            record["profile"] = profile_mailsync(server, user, run_dir, args, master, corpus.name)
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            say(f"kept {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return record
+
+
+def summarise(ms: list[Measurement]) -> dict:
+    """The median of the passes (one pass: that pass), plus every pass."""
+    med = statistics.median
+    return {
+        "wall": med(m.wall for m in ms),
+        "cpu": med(m.cpu for m in ms),
+        "user": med(m.user for m in ms),
+        "sys": med(m.sys for m in ms),
+        "rss_mib": max(m.rss_mib for m in ms),
+        "server_cpu": med(m.server_cpu for m in ms),
+        "passes": [asdict(m) for m in ms],
+    }
+
+
+# -- profiling mailsync -----------------------------------------------------------------
+
+
+def profile_mailsync(server, user, run_dir: Path, args, master, corpus_name: str) -> dict:
+    """An extra, untimed mailsync pull (and rerun) under cProfile; the top functions by
+    own time, as a share of the profiled wall time."""
+    out: dict = {}
+    tool_dir = run_dir / "tools" / "mailsync-profile"
+    tool_dir.mkdir(parents=True)
+    setup = toolsmod.Setup(
+        host=server.host,
+        port=server.ports["imaps"],
+        user=user.name,
+        password=user.password,
+        cafile=server.cafile,
+        dest=tool_dir / "Mail",
+        workdir=tool_dir,
+        repo_root=ROOT,
+    )
+    command = toolsmod.mailsync_imap(setup, args.mailsync_args)
+    WORK.mkdir(exist_ok=True)
+    wrapper = str(BENCH / "profile_mailsync.py")
+    out["clock"] = args.profile_clock
+    for phase in ("initial", "rerun"):
+        prof = WORK / f"mailsync-{corpus_name}-{phase}.prof"
+        argv = [command.argv[0], wrapper, "--clock", args.profile_clock, str(prof), "--"]
+        argv += command.argv[3:]
+        say(f"profiling mailsync ({phase}, {args.profile_clock} clock) -> {prof.relative_to(ROOT)}")
+        m = measure(argv, command.env, tool_dir / "log", args.timeout, master)
+        out[phase] = {"wall": m.wall, "exit_code": m.exit_code, "file": str(prof)}
+        out[phase].update(top_functions(prof, args.profile_top))
+    return out
+
+
+# Leaf functions where a thread only waits for another thread (not for I/O): joins,
+# futures, and idle pool workers waiting for work.
+WAITING = (
+    "<method 'acquire' of '_thread.lock' objects>",
+    "<method 'acquire' of '_thread.RLock",
+    "<method 'get' of '_queue.SimpleQueue' objects>",
+)
+
+
+def top_functions(path: Path, top: int) -> dict:
+    """Top functions by own time, as shares of the busy time: the time of all threads
+    added up, less what they spent waiting for each other (locks, idle pool workers)."""
+    try:
+        stats = pstats.Stats(str(path))
+    except (OSError, TypeError, EOFError) as error:
+        return {"error": str(error)}
+    rows, waiting = [], 0.0
+    for (filename, line, func), (_cc, calls, tt, ct, _callers) in stats.stats.items():
+        if func.startswith(WAITING):
+            waiting += tt
+            continue
+        rows.append(
+            {"function": f"{_short(filename)}:{line}({func})", "calls": calls, "own_s": tt,
+             "cum_s": ct}
+        )  # fmt: skip
+    busy = sum(r["own_s"] for r in rows) or 1e-9
+    for r in rows:
+        r["own_pct"] = 100 * r["own_s"] / busy
+        r["cum_pct"] = 100 * r["cum_s"] / busy
+    by_own = sorted(rows, key=lambda r: r["own_s"], reverse=True)[:top]
+    mailsync_rows = [
+        r
+        for r in rows
+        if r["function"].startswith("mailsync/")
+        and not r["function"].startswith(("mailsync/cli.py", "mailsync/__main__.py"))
+    ]
+    by_cum = sorted(mailsync_rows, key=lambda r: r["cum_s"], reverse=True)[:top]
+    return {
+        "total_s": busy,
+        "waiting_s": waiting,
+        "by_own": by_own,
+        "mailsync_by_cumulative": by_cum,
+    }
+
+
+def _short(filename: str) -> str:
+    i = filename.rfind("/mailsync/")
+    if i >= 0:
+        return "mailsync/" + filename[i + len("/mailsync/") :]
+    match = re.search(r"/(?:site|dist)-packages/|/lib/python3\.\d+/", filename)
+    return filename[match.end() :] if match else filename
+
+
+def source_digest() -> str:
+    """A short hash of mailsync's sources, to tie numbers to a version of the code."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "mailsync").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# -- machine ----------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "filesystem": _filesystem(WORK),
+        "versions": {name: toolsmod.version(name) for name in DEFAULT_TOOLS},
+    }
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def _filesystem(path: Path) -> str:
+    best, fstype = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mount = parts[1]
+            if str(path).startswith(mount) and len(mount) > len(best):
+                best, fstype = mount, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+# -- POP (to come) ----------------------------------------------------------------------
+
+
+def run_pop_benchmark(args) -> dict | None:
+    """The POP3 section (mailsync vs getmail6, INBOX over pop3s) goes here: seed INBOX as
+    run_variant does, then time each function of tools.POP_TOOLS.  Not implemented yet."""
+    if not toolsmod.POP_TOOLS:
+        return None
+    raise NotImplementedError("POP benchmark")
+
+
+# -- reporting --------------------------------------------------------------------------
+
+
+def fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(record: dict, tool: str, phase: str) -> float | None:
+    base = record["tools"].get(BASELINE, {}).get(phase)
+    mine = record["tools"].get(tool, {}).get(phase)
+    if not base or not mine or not base["wall"]:
+        return None
+    return mine["wall"] / base["wall"]
+
+
+def table_rows(record: dict) -> list[list[str]]:
+    rows = []
+    for name, entry in record["tools"].items():
+        if entry["status"] != "ok":
+            rows.append([name, entry["status"].upper(), entry.get("reason", "")])
+            continue
+        row = [name]
+        for phase in ("initial", "rerun"):
+            p = entry.get(phase)
+            r = ratio(record, name, phase)
+            row += [
+                fmt(p["wall"]),
+                fmt(p["cpu"]),
+                fmt(p["rss_mib"], 0),
+                "-" if r is None else f"{r:.2f}x",
+                fmt(p["server_cpu"]),
+            ]
+        rows.append(row)
+    return rows
+
+
+HEADERS = [
+    "tool",
+    "initial wall s",
+    "CPU s",
+    "peak RSS MiB",
+    "wall / mbsync",
+    "Dovecot CPU s",
+    "rerun wall s",
+    "CPU s",
+    "peak RSS MiB",
+    "wall / mbsync",
+    "Dovecot CPU s",
+]
+
+
+def print_table(record: dict) -> None:
+    rows = table_rows(record)
+    print(f"\n{record['label']}: {record['corpus']['description']}")
+    widths = [len(h) for h in HEADERS]
+    for row in rows:
+        if len(row) == len(HEADERS):
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    print("  ".join(h.rjust(w) for h, w in zip(HEADERS, widths, strict=True)))
+    for row in rows:
+        if len(row) == len(HEADERS):
+            print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        else:
+            print(f"{row[0].rjust(widths[0])}  {row[1]}: {row[2]}")
+    for name, entry in record["tools"].items():
+        if entry.get("later_reruns"):
+            walls = ", ".join(f"{w:.2f}" for w in entry["later_reruns"])
+            print(f"{name}: later reruns {walls} s wall")
+    for target in targets_for([record]):
+        print(f"target: {target['what']}: {target['measured']} -> {target['verdict']}")
+    print()
+
+
+def _phase(record: dict | None, tool: str, phase: str) -> dict | None:
+    if not record:
+        return None
+    entry = record["tools"].get(tool, {})
+    return entry.get(phase) if entry.get("status") == "ok" else None
+
+
+def targets_for(records: list[dict]) -> list[dict]:
+    """The four targets, each judged on the record it is about (largest scale wins)."""
+    by_variant: dict[str, dict] = {}
+    for rec in sorted(records, key=lambda r: r["corpus"]["messages"]):
+        by_variant[rec["variant"]] = rec
+    std, big, bigmsg = (by_variant.get(v) for v in ("standard", "big-accounts", "big-message"))
+    out = []
+
+    def add(what: str, record: dict | None, value: float | None, limit: float, unit: str):
+        if record is None:
+            measured, verdict = "not run", "NOT MEASURED"
+        elif value is None:
+            measured, verdict = "no valid measurement (tool failed or skipped)", "NOT MEASURED"
+        else:
+            measured = f"{value:.2f}{unit}"
+            verdict = "met" if value <= limit else "NOT MET"
+        if record is not None and record["variant"] == "standard":
+            measured += f" ({record['corpus']['messages']:,} messages)"
+        out.append({"what": what, "measured": measured, "verdict": verdict})
+
+    for phase, what in (
+        ("initial", "initial pull wall <= 0.5x mbsync"),
+        ("rerun", "rerun wall <= 0.5x mbsync"),
+    ):
+        add(what, std, ratio(std, "mailsync", phase) if std else None, 0.5, "x")
+    add(
+        "rerun wall <= 0.2x mbsync, 100k messages / 50 folders",
+        big,
+        ratio(big, "mailsync", "rerun") if big else None,
+        0.2,
+        "x",
+    )
+    for record, what in (
+        (std, "mailsync peak RSS <= 100 MiB, standard account"),
+        (big, "mailsync peak RSS <= 100 MiB, 100k messages / 50 folders"),
+        (bigmsg, "mailsync peak RSS <= 100 MiB, folder with one 50 MiB message"),
+    ):
+        phases = [_phase(record, "mailsync", p) for p in ("initial", "rerun")]
+        values = [p["rss_mib"] for p in phases if p]
+        add(what, record, max(values) if values else None, 100, " MiB")
+    return out
+
+
+def load_results() -> dict:
+    try:
+        data = json.loads(RESULTS_JSON.read_text())
+        if isinstance(data.get("records"), dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"records": {}}
+
+
+def save_record(record: dict) -> dict:
+    data = load_results()
+    key = f"{record['variant']} {record['corpus']['messages']}"
+    data["records"][key] = record
+    RESULTS_JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def render_markdown(data: dict) -> str:
+    records = sorted(
+        data["records"].values(),
+        key=lambda r: (VARIANT_ORDER.get(r["variant"], 9), -r["corpus"]["messages"]),
+    )
+    lines = ["# mailsync benchmark results", ""]
+    lines += [
+        "Generated by `bench/run.py` (`make bench`); the numbers below are rewritten by every",
+        "run, one section per variant and scale (the newest run of each).  Wall time is",
+        "measured around the process, CPU (user + sys) is the child's own (`os.wait4`",
+        "rusage), peak RSS its maximum resident set (GNU time), Dovecot CPU what the",
+        "server spent during the run.  The ratio column is the tool's wall time over",
+        "mbsync's.  MiB = 2^20 bytes; the RSS targets are read as 100 MiB.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured (mailsync) | verdict |",
+        "|---|---|---|",
+    ]
+    for t in targets_for(records):
+        lines.append(f"| {t['what']} | {t['measured']} | {t['verdict']} |")
+    lines.append("")
+    if records:
+        m = records[0]["machine"]
+        lines += [
+            "## Machine",
+            "",
+            f"- {m['nproc']} CPUs ({m['cpu']}), {m['memory']} RAM, {m['os']}, Linux "
+            f"{m['kernel']}, work directory on {m['filesystem']}",
+            f"- Python {m['python']}, Dovecot {m.get('dovecot', '?')}",
+        ]
+        for name, ver in m["versions"].items():
+            lines.append(f"- {name}: {ver}")
+        lines.append("")
+    for rec in records:
+        lines += [f"## {rec['label']} ({rec['date']})", "", rec["corpus"]["description"] + "."]
+        if rec.get("mailsync_sources"):
+            lines[-1] += f" mailsync sources: sha256 {rec['mailsync_sources']}…"
+        if rec["corpus"].get("bytes"):
+            lines[-1] += f" Written: {rec['corpus']['bytes'] / MIB:,.1f} MiB."
+        for note in rec["corpus"].get("notes", []):
+            lines.append(f"Note: {note}.")
+        if rec.get("mailsync_sources_changed"):
+            lines.append(
+                "Warning: mailsync's sources changed while this run was going on, so its "
+                "passes may have measured different versions (see results.json, `passes`)."
+            )
+        if rec.get("load_before", 0) > 0.5:
+            lines.append(
+                f"Warning: the 1-minute load average was {rec['load_before']:.2f} before this "
+                "run: other work competed for the CPUs, so these numbers are noisy."
+            )
+        orders = "; ".join(", ".join(o) for o in rec.get("order", []))
+        lines += [
+            "",
+            f"Passes: {rec['repeat']} (tool order per pass: {orders}); with more than one "
+            "pass each number is the median, RSS the maximum.",
+            "",
+            "| " + " | ".join(HEADERS) + " |",
+            "|" + "---|" * len(HEADERS),
+        ]
+        for row in table_rows(rec):
+            if len(row) == len(HEADERS):
+                lines.append("| " + " | ".join(row) + " |")
+            else:
+                lines.append(f"| {row[0]} | {row[1]}: {row[2]} |" + " |" * (len(HEADERS) - 2))
+        if rec["repeat"] > 1:
+            for phase in ("initial", "rerun"):
+                per_pass = [
+                    name + " " + ", ".join(f"{m['wall']:.2f}" for m in entry[phase]["passes"])
+                    for name, entry in rec["tools"].items()
+                    if entry.get(phase)
+                ]
+                lines += ["", f"Each pass, {phase} wall s: " + "; ".join(per_pass)]
+        later = [
+            f"{name} {', '.join(f'{w:.2f}' for w in entry['later_reruns'])}"
+            for name, entry in rec["tools"].items()
+            if entry.get("later_reruns")
+        ]
+        if later:
+            lines += ["", "Later reruns, wall s (not in the table): " + "; ".join(later)]
+        checks = [
+            f"{name}: {entry['verify']}"
+            for name, entry in rec["tools"].items()
+            if entry.get("verify")
+        ]
+        if checks:
+            lines += ["", "Copied (files counted after the initial pull): " + "; ".join(checks)]
+        if rec.get("profile"):
+            lines += ["", *profile_markdown(rec["profile"])]
+        lines.append("")
+    lines += [
+        "## Method",
+        "",
+        "- Server: a private Dovecot 2.3 on 127.0.0.1 (tests/servers/dovecot.py), imaps with",
+        "  a private CA that every tool verifies.  The corpus is written straight into the",
+        "  user's Maildir (LAYOUT=fs, LF files as Dovecot stores them, mtime = INTERNALDATE,",
+        "  names with S= and W=, flags :2,S / :2,FS / :2,RS, the newest unread mail partly",
+        "  in new/), then `doveadm index -u bench '*'` and one IMAP SELECT + FETCH (FLAGS",
+        "  INTERNALDATE RFC822.SIZE) per folder, so indexing and new/ -> cur/ moves are paid",
+        "  before the first tool starts.",
+        "- Each tool pulls the whole account into its own empty Maildir tree (verbatim",
+        "  layout: DEST/INBOX, DEST/Archive/2019) with its default concurrency: mbsync one",
+        "  IMAP connection, offlineimap `maxconnections = 1` (its default), mailsync its",
+        "  default `--jobs` (folders in parallel over several connections; the command",
+        "  line is in results.json).  Durability is on everywhere: mailsync fsyncs every",
+        "  message before recording it, mbsync runs with `FSync yes`, offlineimap with",
+        "  `fsync = true`.  offlineimap's remote is `readonly`; mbsync uses `Sync Pull`,",
+        "  `Create Near`, `Expunge None`.  mbsync and offlineimap connect to `localhost`",
+        "  (= 127.0.0.1; they check only DNS names in the certificate), mailsync to",
+        "  127.0.0.1.  The rerun is the same command again with nothing new on the server.",
+        "- Peak RSS is measured with GNU time (`/usr/bin/time -f %M`): a child forked",
+        "  straight from the harness would report the harness's own RSS as its ru_maxrss.",
+        "- Order: all initial pulls (one tool after the other), then all reruns.  The page",
+        "  cache is not dropped: the corpus was just written, so every tool reads a hot",
+        "  server.  With `--repeat N` pass 2 runs the tools in reverse order, pass 3",
+        "  rotated, and the table shows medians.",
+        "- A tool whose initial pull did not copy every message (counted per folder) is",
+        "  reported as failed, not timed.  The byte counts differ a little: mbsync adds an",
+        "  `X-TUID:` header line (20 bytes) to every message it stores; mailsync and",
+        "  offlineimap keep the server's bytes.",
+        "- The POP3 section (mailsync vs getmail6) is not written yet.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _profile_intro(profile: dict, phase: str, p: dict) -> str:
+    if profile.get("clock", "wall") == "cpu":
+        return (
+            f"{phase}: {p['wall']:.2f} s wall under the profiler (its overhead included); "
+            f"{p['total_s']:.2f} s CPU in all threads together (cProfile on each thread's "
+            "CPU clock: waiting for the network, fsync or the GIL costs nothing here).  Top "
+            "functions by own CPU time, as a share of the CPU time:"
+        )
+    return (
+        f"{phase}: {p['wall']:.2f} s wall under the profiler (its overhead included); "
+        f"{p['total_s']:.2f} s busy in all threads together, wall clock (plus "
+        f"{p['waiting_s']:.2f} s of threads waiting for each other, left out; threads that "
+        "ran at once add up).  Top functions by own time, as a share of the busy time:"
+    )
+
+
+def profile_markdown(profile: dict) -> list[str]:
+    lines = ["### mailsync profile (cProfile in every thread, an extra untimed run)", ""]
+    for phase in ("initial", "rerun"):
+        p = profile.get(phase)
+        if not p or "by_own" not in p:
+            continue
+        lines += [
+            _profile_intro(profile, phase, p),
+            "",
+            "| function | calls | own s | own % | cumulative % |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in p["by_own"][:15]:
+            lines.append(
+                f"| `{r['function']}` | {r['calls']:,} | {r['own_s']:.2f} | "
+                f"{r['own_pct']:.1f} | {r['cum_pct']:.1f} |"
+            )
+        lines += ["", "mailsync functions by cumulative time:", ""]
+        lines += ["| function | calls | cumulative s | cumulative % |", "|---|---:|---:|---:|"]
+        for r in p["mailsync_by_cumulative"][:12]:
+            lines.append(
+                f"| `{r['function']}` | {r['calls']:,} | {r['cum_s']:.2f} | {r['cum_pct']:.1f} |"
+            )
+        lines.append("")
+    return lines
+
+
+def print_profile(profile: dict) -> None:
+    for phase in ("initial", "rerun"):
+        p = profile.get(phase)
+        if not p or "by_own" not in p:
+            continue
+        print("mailsync profile, " + _profile_intro(profile, phase, p))
+        for r in p["by_own"][:15]:
+            print(f"  {r['own_pct']:5.1f}%  {r['own_s']:7.2f} s  {r['calls']:>9,}  {r['function']}")
+        print("  mailsync functions by cumulative time:")
+        for r in p["mailsync_by_cumulative"][:10]:
+            print(f"  {r['cum_pct']:5.1f}%  {r['cum_s']:7.2f} s  {r['calls']:>9,}  {r['function']}")
+        print()
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(
+        description="Benchmark mailsync against mbsync and offlineimap on a private Dovecot.",
+        epilog="Without --accounts big / --big-message / --all: the standard account.",
+    )
+    p.add_argument("--messages", type=int, default=10_000, help="standard account size")
+    p.add_argument("--megabytes", type=float, default=600, help="standard account MiB")
+    p.add_argument(
+        "--accounts",
+        choices=("standard", "big"),
+        default="standard",
+        help="big: 100,000 tiny messages in 50 folders (measures the rerun)",
+    )
+    p.add_argument("--big-accounts-messages", type=int, default=100_000, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--big-message", action="store_true", help="a folder with one 50 MiB message (RSS)"
+    )
+    p.add_argument("--all", action="store_true", help="standard, big-message, then big accounts")
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help="comma-separated, in order")
+    p.add_argument("--repeat", type=int, default=1, help="passes (alternating tool order)")
+    p.add_argument(
+        "--reruns",
+        type=int,
+        default=1,
+        help="reruns after each initial pull; the table shows the first, later ones are "
+        "listed below it (default 1)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per tool run")
+    p.add_argument("--profile", action="store_true", help="also cProfile a mailsync pull")
+    p.add_argument(
+        "--profile-clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: each thread's CPU time (adds up to the process's); wall: blocking calls "
+        "such as fsync show, overlapping threads add up (default cpu)",
+    )
+    p.add_argument("--profile-top", type=int, default=25, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--mailsync-args",
+        default="",
+        metavar="ARGS",
+        help="extra options for mailsync pull, e.g. '--jobs 1' (shell-split)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--no-save", action="store_true", help="do not touch results.json/RESULTS.md")
+    args = p.parse_args(argv)
+    args.mailsync_args = shlex.split(args.mailsync_args)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = [t for t in args.tools if t not in toolsmod.IMAP_TOOLS]
+    if unknown:
+        p.error(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(toolsmod.IMAP_TOOLS)}")
+    if args.repeat < 1 or args.reruns < 1:
+        p.error("--repeat and --reruns must be at least 1")
+    return args
+
+
+def variants(args) -> list[tuple[corpusmod.Corpus, str]]:
+    out = []
+    want_standard = args.all or (args.accounts == "standard" and not args.big_message)
+    if want_standard:
+        c = corpusmod.plan_standard(args.seed, args.messages, args.megabytes)
+        label = f"Standard account, {args.messages:,} messages / {args.megabytes:g} MiB"
+        out.append((c, label))
+    if args.all or args.big_message:
+        out.append((corpusmod.plan_big_message(args.seed), "Folder with one 50 MiB message"))
+    if args.all or args.accounts == "big":
+        c = corpusmod.plan_big_accounts(args.seed, args.big_accounts_messages)
+        out.append((c, f"Big account, {len(c.messages):,} messages / {len(c.folders)} folders"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    WORK.mkdir(exist_ok=True)
+    random.seed(args.seed)
+    try:
+        for corpus, label in variants(args):
+            record = run_variant(corpus, args, label)
+            print_table(record)
+            if record.get("profile"):
+                print_profile(record["profile"])
+            if not args.no_save:
+                data = save_record(record)
+                RESULTS_MD.write_text(render_markdown(data))
+                say(f"wrote {RESULTS_MD.relative_to(ROOT)} and {RESULTS_JSON.relative_to(ROOT)}")
+        run_pop_benchmark(args)
+    except KeyboardInterrupt:
+        say("interrupted; servers stopped")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

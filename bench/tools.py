@@ -1,0 +1,239 @@
+"""The tools under test: one function per (protocol, tool) that writes the tool's config
+and returns the command to time.
+
+Every IMAP tool pulls the whole account over imaps (TLS verified against the private CA)
+into an empty local Maildir tree in the same layout (``DEST/INBOX``,
+``DEST/Archive/2019``, ...), with durability on: mailsync fsyncs every message before
+recording it, mbsync runs with ``FSync yes`` (its default) and offlineimap with
+``fsync = true`` (its default).  Each tool runs with its default concurrency: mbsync
+one IMAP connection, offlineimap ``maxconnections = 1`` (its default), mailsync its
+default ``--jobs`` (run.py --mailsync-args '--jobs 1' for one connection).
+
+To add a tool: write ``def NAME_PROTO(setup: Setup) -> Command`` and list it in
+``IMAP_TOOLS`` or ``POP_TOOLS``.  ``Command.dest`` must be the Maildir root the tool
+fills, in the verbatim layout, so run.py can count what it copied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INSTALL_HINT = {
+    "mbsync": "apt-get install -y isync",
+    "offlineimap": "apt-get install -y offlineimap",
+    "getmail": "apt-get install -y getmail6",
+}
+
+
+@dataclass
+class Setup:
+    """What a tool needs to know to pull one account."""
+
+    host: str
+    port: int  # the protocol's implicit-TLS port (imaps / pop3s)
+    user: str
+    password: str
+    cafile: Path
+    dest: Path  # the local Maildir root to fill (does not exist yet)
+    workdir: Path  # the tool's own scratch directory (config, state, logs)
+    repo_root: Path
+
+
+@dataclass
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    dest: Path
+    notes: list[str] = field(default_factory=list)
+
+
+ToolFunc = Callable[[Setup], Command]
+
+
+def _base_env(setup: Setup) -> dict[str, str]:
+    """A clean environment: no user config of any tool is read."""
+    home = setup.workdir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_STATE_HOME": str(home / ".local/state"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+    }
+    return env
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+# -- availability and versions ----------------------------------------------------------
+
+
+def missing(tool: str) -> str | None:
+    """None when the tool can run, else why not and how to install it."""
+    if tool == "mailsync":
+        return None
+    exe = {"mbsync": "mbsync", "offlineimap": "offlineimap", "getmail": "getmail"}[tool]
+    if shutil.which(exe) is None:
+        return f"{exe} is not installed ({INSTALL_HINT[tool]})"
+    return None
+
+
+def version(tool: str) -> str:
+    argv = {
+        "mailsync": [sys.executable, "-m", "mailsync", "--version"],
+        "mbsync": ["mbsync", "--version"],
+        "offlineimap": ["offlineimap", "--version"],
+        "getmail": ["getmail", "--version"],
+    }[tool]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"unknown ({error})"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+def _mbsync_version() -> tuple[int, ...]:
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", version("mbsync"))
+    if not match:
+        return (1, 4, 0)
+    return tuple(int(g or 0) for g in match.groups())
+
+
+# -- IMAP -------------------------------------------------------------------------------
+
+
+def mailsync_imap(setup: Setup, extra: list[str] | None = None) -> Command:
+    state = setup.workdir / "state"
+    url = f"imaps://{setup.user}@{setup.host}:{setup.port}?cafile={setup.cafile}"
+    env = _base_env(setup)
+    env["MAILSYNC_PASSWORD"] = setup.password
+    env["PYTHONPATH"] = str(setup.repo_root)
+    argv = [
+        sys.executable,
+        "-m",
+        "mailsync",
+        "--state-dir",
+        str(state),
+        "-q",
+        "pull",
+        "--no-progress",
+        *(extra or []),
+        url,
+        f"maildir:{setup.dest}",
+    ]
+    return Command(argv, env, setup.dest)
+
+
+def mbsync_imap(setup: Setup) -> Command:
+    major_minor = _mbsync_version()[:2]
+    far, near = ("Far", "Near") if major_minor >= (1, 4) else ("Master", "Slave")
+    tls = "TLSType" if major_minor >= (1, 5) else "SSLType"
+    conf = setup.workdir / "mbsyncrc"
+    password = setup.password.replace("\\", "\\\\").replace('"', '\\"')
+    _write_private(
+        conf,
+        f"# generated by bench/run.py for isync {'.'.join(map(str, _mbsync_version()))}\n"
+        "FSync yes\n\n"
+        "IMAPAccount bench\n"
+        # isync 1.4 checks only DNS names of the certificate (SAN DNS:localhost), not IP
+        # addresses; localhost is 127.0.0.1 here, as the test server's certificate says.
+        "Host localhost\n"
+        f"Port {setup.port}\n"
+        f"User {setup.user}\n"
+        f'Pass "{password}"\n'
+        f"{tls} IMAPS\n"
+        f"CertificateFile {setup.cafile}\n\n"
+        "IMAPStore far\n"
+        "Account bench\n\n"
+        "MaildirStore near\n"
+        f"Path {setup.dest}/\n"
+        f"Inbox {setup.dest}/INBOX\n"
+        "SubFolders Verbatim\n\n"
+        "Channel bench\n"
+        f"{far} :far:\n"
+        f"{near} :near:\n"
+        "Patterns *\n"
+        f"Create {near}\n"
+        "Expunge None\n"
+        "SyncState *\n"
+        "Sync Pull\n",
+    )
+    setup.dest.mkdir(parents=True, exist_ok=True)  # mbsync wants Path to exist
+    return Command(["mbsync", "-q", "-c", str(conf), "-a"], _base_env(setup), setup.dest)
+
+
+def offlineimap_imap(setup: Setup) -> Command:
+    conf = setup.workdir / "offlineimaprc"
+    meta = setup.workdir / "metadata"
+    password = setup.password.replace("%", "%%")
+    _write_private(
+        conf,
+        "# generated by bench/run.py\n"
+        "[general]\n"
+        "accounts = bench\n"
+        f"metadata = {meta}\n"
+        "fsync = true\n"
+        "maxsyncaccounts = 1\n\n"
+        "[Account bench]\n"
+        "localrepository = local\n"
+        "remoterepository = remote\n\n"
+        "[Repository local]\n"
+        "type = Maildir\n"
+        f"localfolders = {setup.dest}\n"
+        "sep = /\n\n"
+        "[Repository remote]\n"
+        "type = IMAP\n"
+        # offlineimap checks only DNS names of the certificate (SAN DNS:localhost), not IP
+        # addresses; localhost is 127.0.0.1 here, as the test server's certificate says.
+        "remotehost = localhost\n"
+        f"remoteport = {setup.port}\n"
+        f"remoteuser = {setup.user}\n"
+        f"remotepass = {password}\n"
+        "ssl = yes\n"
+        "starttls = no\n"
+        f"sslcacertfile = {setup.cafile}\n"
+        "maxconnections = 1\n"
+        "readonly = True\n"
+        "folderfilter = lambda name: True\n",
+    )
+    setup.dest.mkdir(parents=True, exist_ok=True)  # offlineimap wants localfolders to exist
+    argv = ["offlineimap", "-c", str(conf), "-u", "quiet", "-o"]
+    return Command(argv, _base_env(setup), setup.dest)
+
+
+IMAP_TOOLS: dict[str, ToolFunc] = {
+    "mailsync": mailsync_imap,
+    "mbsync": mbsync_imap,
+    "offlineimap": offlineimap_imap,
+}
+
+# -- POP3 (to come) ---------------------------------------------------------------------
+#
+# The POP benchmark will pull the INBOX over pop3s into a Maildir:
+#
+#   def mailsync_pop(setup: Setup) -> Command:   # mailsync pull pop3s://USER@HOST:PORT ...
+#   def getmail_pop(setup: Setup) -> Command:    # getmail6 with a generated getmailrc:
+#       [retriever] type = SimplePOP3SSLRetriever, server, port, username, password,
+#                   ssl_ca_certs = CAFILE
+#       [destination] type = Maildir, path = DEST/INBOX/
+#       [options] read_all = false, delete = false
+#
+# and list them here; run.py's run_pop_benchmark() then times them like the IMAP tools.
+
+POP_TOOLS: dict[str, ToolFunc] = {}
