@@ -376,3 +376,42 @@ def test_jobs_syncs_folders_in_parallel_with_one_state(env):
     counts = {f["folder"]: f["local"] for f in status["channels"][0]["folders"]}
     assert counts == folders
     assert CliRunner().invoke(cli, ["pull", "--jobs", "0", "a", "b"]).exit_code == 2
+
+
+def test_state_dir_option_and_config_state_dir(env):
+    make_maildir(env / "src", {"INBOX": 2})
+    custom = env / "custom-state"
+    result = run("--state-dir", str(custom), "pull", str(env / "src"), str(env / "dst"))
+    assert result.exit_code == 0
+    assert [p.suffix for p in custom.iterdir() if p.suffix == ".db"] == [".db"]
+    assert not (env / "state").exists()
+    status = json.loads(run("--state-dir", str(custom), "status", "--json").output)
+    assert status["channels"][0]["folders"][0]["local"] == 2
+    path = write_config(env, f'[general]\nstate_dir = "{env / "from-config"}"\n')
+    assert run("--config", path, "pull", str(env / "src"), str(env / "dst2")).exit_code == 0
+    assert any(p.suffix == ".db" for p in (env / "from-config").iterdir())
+
+
+def test_password_command_is_used_and_never_printed(env, monkeypatch):
+    from mailsync import net
+
+    seen = {}
+
+    def fake_open_store(url, options=None, read_only=False):
+        endpoint = net.parse_endpoint(url, options)
+        seen["password"] = net.get_password(endpoint)
+        raise ConnectError(f"cannot connect to {endpoint.host}: refused")
+
+    import mailsync.cli as climod
+
+    monkeypatch.setattr(climod, "open_store", fake_open_store)
+    monkeypatch.delenv("MAILSYNC_PASSWORD", raising=False)
+    # --password-command reaches mailsync.net through the environment: restore it after
+    monkeypatch.setenv("MAILSYNC_PASSWORD_COMMAND", "")
+    result = CliRunner().invoke(
+        cli,
+        ["-vv", "--password-command", "echo s3cret-pw", "pull", "imaps://a@h.example", "d"],
+    )
+    assert seen["password"] == "s3cret-pw"
+    assert result.exit_code == 3
+    assert "s3cret-pw" not in result.output
