@@ -287,7 +287,27 @@ class Syncer:
             listing = folder.list()
         return listing, folder.cursor()
 
+    def _policy_signature(self) -> str:
+        return f"{self.policy.direction}/{self.policy.delete}"
+
+    def _untouched(self, fstate: FolderState, folders) -> bool:
+        """Both sides unchanged since a clean run under the same policy: nothing to plan,
+        so not even the state's pairs are loaded (a 100,000-message rerun is STATUS calls
+        and directory stats)."""
+        if self.dry_run or self.policy.force_delete:
+            return False
+        if self.state.get_meta(f"clean:{fstate.id}") != self._policy_signature():
+            return False
+        for side in ("a", "b"):
+            cursor = fstate.cursor(side)
+            if folders[side] is None or not cursor or not folders[side].unchanged(cursor):
+                return False
+        return True
+
     def _sync_open(self, name, fstate: FolderState, folders, report) -> FolderReport:
+        if self._untouched(fstate, folders):
+            log.debug("%s: unchanged on both sides since the last clean run", name)
+            return report
         pairs = self.state.pairs(fstate.id)
         listings, cursors = {}, {}
         for side in ("a", "b"):
@@ -364,6 +384,8 @@ class Syncer:
             for side in self._local.written:
                 cursors[side] = folders[side].cursor_after_writes()
             fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
+        clean = not report.errors and not report.refused
+        self.state.set_meta(f"clean:{fstate.id}", self._policy_signature() if clean else "")
         self.state.save_folder(fstate)
         self.state.commit()
         step("folder done")

@@ -117,3 +117,33 @@ def test_a_folder_written_by_this_run_alone_is_not_listed_next_time(tmp_path, mo
     monkeypatch.setattr(MaildirFolder, "append", real_append)
     run()
     assert listed == ["INBOX"]  # listed again: the foreign message was seen
+
+
+def test_a_folder_unchanged_on_both_sides_is_skipped_without_loading_pairs(tmp_path, monkeypatch):
+    with open_store(f"maildir:{tmp_path / 'src'}") as store:
+        inbox = store.open_folder("INBOX", create=True)
+        for i in range(3):
+            inbox.append(b"Subject: %d\n\nbody\n" % i, frozenset(), 1_700_000_000)
+    backdate(tmp_path / "src")
+
+    def run(policy=PULL):
+        with State(str(tmp_path / "state.db")) as state:
+            src = open_store(f"maildir:{tmp_path / 'src'}", read_only=True)
+            dst = open_store(f"maildir:{tmp_path / 'dst'}")
+            report = Syncer(src, dst, state, policy).run()
+            dst.close()
+            return report
+
+    assert run().folders[0].copied_a_to_b == 3
+    loaded = []
+    real_pairs = State.pairs
+
+    def spy(self, folder_id):
+        loaded.append(folder_id)
+        return real_pairs(self, folder_id)
+
+    monkeypatch.setattr(State, "pairs", spy)
+    run()
+    assert loaded == []
+    run(Policy("pull", "propagate"))  # another policy: planned again
+    assert loaded != []
