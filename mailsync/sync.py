@@ -502,7 +502,13 @@ class Syncer:
             pending, pending_bytes = [], 0
 
         try:
-            for key, data in source.fetch_many(list(by_key)):
+            items = source.fetch_many(list(by_key))
+            while True:
+                data = None  # let the last body go before the next is fetched (50 MB mail)
+                try:
+                    key, data = next(items)
+                except StopIteration:
+                    break
                 copy = by_key[key]
                 bar.update(1)
                 if isinstance(data, MessageError):

@@ -14,7 +14,10 @@ Keys are UIDs (as strings) under the folder's UIDVALIDITY.  What it does on the 
   for what changed since the last HIGHESTMODSEQ (plus the UID list, to see expunges), and
   a folder whose STATUS is unchanged is not even selected;
 * bodies with ``UID FETCH ... BODY.PEEK[]`` (never marks mail read) in batches bounded
-  by bytes; every FETCH response is kept by its UID (never by sequence number);
+  by bytes; every FETCH response is kept by its UID (never by sequence number).  A body
+  above FETCH_LARGE_BYTES comes in pieces (``BODY.PEEK[]<offset.length>``), each turned
+  CRLF -> LF into one bytearray as it arrives, so a 50 MB message costs about 50 MB (not
+  the literal plus its LF copy); such a body is handed on as that bytearray;
 * APPEND with flags and INTERNALDATE and the message bytes exactly as given (CRLF line
   ends, lone CRs untouched); APPENDUID when offered, otherwise the new UID is found among
   the UIDs above the old highest one, by content if need be (no header is injected);
@@ -55,6 +58,8 @@ protocol_log = logging.getLogger("mailsync.imap")
 
 FETCH_BATCH_BYTES = 8 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE
 FETCH_BATCH_MAX = 500  # messages per UID FETCH
+FETCH_LARGE_BYTES = 8 * 1024 * 1024  # bodies above this (RFC822.SIZE) are fetched in pieces
+FETCH_PIECE_BYTES = 4 * 1024 * 1024  # one BODY.PEEK[]<offset.length> of such a body
 META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
 STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
 MAX_LITERAL = 1 << 30  # refuse to allocate more for one literal (a hostile server)
@@ -408,10 +413,19 @@ class IMAPStore(Store):
         return getattr(self.client, operation)(*args, **kwargs)
 
     # raw operations imapclient lacks or gets wrong -------------------------------------
-    def _op_fetch(self, uid_set: str, items: list[str], modifiers: list[str] | None = None):
+    def _op_fetch(
+        self,
+        uid_set: str,
+        items: list[str],
+        modifiers: list[str] | None = None,
+        *,
+        message_level: bool = False,
+    ):
         """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
         response is kept by its UID; responses without one (unsolicited FETCHes about
-        other messages, keyed by sequence number) are ignored, never mistaken for UIDs."""
+        other messages, keyed by sequence number) are ignored, never mistaken for UIDs.
+        With `message_level` (one message's body piece) a NO is that message's
+        MessageError (e.g. expunged by another client meanwhile), not the folder's."""
         from imapclient.response_parser import parse_fetch_response
 
         imap = self.client._imap
@@ -420,11 +434,15 @@ class IMAPStore(Store):
             args.append("(" + " ".join(modifiers) + ")")
         typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
-            raise imaplib.IMAP4.error(f"UID FETCH failed: {_clean(data[-1] if data else typ)}")
+            text = _clean(data[-1] if data else typ)
+            if message_level:
+                raise MessageError(f"the server refused to send it ({text})")
+            raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
         try:
             parsed = parse_fetch_response(data, False, False)
         except (ValueError, TypeError, IndexError, AttributeError) as error:
             raise _Malformed(error)
+        del data  # the literals live on in `parsed` only (no second reference to big ones)
         out: dict[int, dict] = {}
         for record in parsed.values():
             uid = record.get(b"UID")
@@ -830,7 +848,11 @@ class IMAPFolder(Folder):
             return data
         raise MessageError(f"{self.name}: message {key} is gone")
 
-    def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+    def fetch_many(
+        self, keys: Iterable[str]
+    ) -> Iterator[tuple[str, bytes | bytearray | MessageError]]:
+        """Bodies (LF) in the order given, batched by RFC822.SIZE.  A body above
+        FETCH_LARGE_BYTES is fetched alone, in pieces, and comes as a bytearray."""
         keys = list(keys)
         self.select()
         uids: list[int | None] = []
@@ -854,6 +876,14 @@ class IMAPFolder(Folder):
                 yield key, MessageError(f"{self.name}: {key!r} is not an IMAP UID")
                 continue
             size = self._sizes.get(uid, 0)
+            if size > FETCH_LARGE_BYTES:
+                if batch:
+                    yield from self._fetch_bodies(batch)
+                    batch, batch_bytes = [], 0
+                # The bytearray is referenced by the yielded tuple only: once the caller
+                # drops it, it is gone (this frame keeps no copy while suspended).
+                yield key, self._fetch_large(uid)
+                continue
             if batch and (batch_bytes + size > FETCH_BATCH_BYTES or len(batch) >= FETCH_BATCH_MAX):
                 yield from self._fetch_bodies(batch)
                 batch, batch_bytes = [], 0
@@ -876,12 +906,97 @@ class IMAPFolder(Folder):
                     MessageError(f"{self.name}: message UID {uid} is gone from the server"),
                 )
 
+    def _fetch_large(self, uid: int) -> bytearray | MessageError:
+        """One big body in pieces of FETCH_PIECE_BYTES (``UID FETCH uid (RFC822.SIZE
+        BODY.PEEK[]<offset.length>)``), each turned CRLF -> LF straight into one bytearray
+        sized from the listing's RFC822.SIZE.  At most the buffer plus one piece and its
+        LF copy are alive, never the whole literal next to a whole LF copy.
+
+        The result equals to_lf() of the whole body.  CRs ending a piece are not taken
+        from it: the next piece starts at the first of them, so a CRLF split by a piece
+        boundary is seen whole, and no piece ever starts right after a CR (Dovecot 2.3
+        then drops the byte after a lone CR, serves a short body and renames its own file
+        as broken).  The end is the first short piece (RFC822.SIZE only sizes the buffer:
+        some servers report it inexactly).  A message that vanishes, or whose RFC822.SIZE
+        changes, in mid-read is this message's MessageError; a lost connection is retried
+        once per piece."""
+        where = f"{self.name}: message UID {uid}"
+        size = self._sizes.get(uid, 0)
+        buf = bytearray(min(size, MAX_LITERAL))  # one allocation (mmap'd), no regrowth
+        end = 0  # bytes of buf filled so far
+        offset = 0  # wire bytes taken so far
+        length = FETCH_PIECE_BYTES
+        announced: int | None = None
+        while True:
+            items = ["RFC822.SIZE", f"BODY.PEEK[]<{offset}.{length}>"]
+            try:
+                response = self.store.call(
+                    "fetch", str(uid), items, folder=self, message_level=True
+                )
+            except MessageError as error:
+                return MessageError(f"{where}: {error}")
+            record = response.pop(uid, None)
+            del response
+            if record is None:
+                if offset:
+                    return MessageError(f"{where} vanished from the server while being read")
+                return MessageError(f"{where} is gone from the server")
+            piece = record.pop(f"BODY[]<{offset}>".encode(), None)
+            reported = record.get(b"RFC822.SIZE")
+            del record
+            if isinstance(reported, int):
+                if announced is None:
+                    announced = reported
+                elif reported != announced:
+                    if not reported:  # Dovecot, after another client expunged it
+                        return MessageError(f"{where} vanished from the server while being read")
+                    return MessageError(
+                        f"{where} changed size while being read ({announced} -> {reported} "
+                        "bytes); rerun"
+                    )
+            if not isinstance(piece, bytes):
+                return MessageError(f"{self.name}: the server sent no body for UID {uid}")
+            if len(piece) > length:
+                return MessageError(
+                    f"{where}: the server sent {len(piece)} bytes where at most {length} "
+                    "were asked for"
+                )
+            last = len(piece) < length
+            take = len(piece)
+            if not last:
+                while take and piece[take - 1] == 13:  # trailing CRs: the next piece's
+                    take -= 1
+                if not take:  # nothing but CRs: ask for more at once, not after a CR
+                    del piece
+                    length *= 2
+                    if length > MAX_LITERAL:
+                        return MessageError(f"{where}: over {MAX_LITERAL} CRs in a row; refusing")
+                    continue
+                length = FETCH_PIECE_BYTES
+            offset += take
+            if offset > MAX_LITERAL:
+                return MessageError(f"{where} is larger than {MAX_LITERAL} bytes; refusing")
+            held = len(piece) - take  # the CRs left for the next piece
+            lf = piece.replace(b"\r\n", b"\n") if b"\r\n" in piece else piece
+            del piece
+            n = len(lf) - held  # replace() leaves the trailing CRs (no LF after them) alone
+            buf[end : end + n] = memoryview(lf)[:n]  # grows buf if the size was low
+            end += n
+            del lf
+            if last:
+                break
+        if announced is not None and announced != offset:
+            log.debug("%s: RFC822.SIZE says %d bytes, the body had %d", where, announced, offset)
+        del buf[end:]  # the CRs that went (a small shrink keeps the block: no copy)
+        return buf
+
     def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
         """Content hashes, fetched in byte-bounded batches (not one round trip each)."""
         out = {}
         for key, data in self.fetch_many(keys):
             if not isinstance(data, MessageError):
                 out[key] = fingerprint(data)
+            del data  # not kept alive while the next (maybe 50 MB) body is fetched
         return out
 
     def header_digests(self, keys: Iterable[str]) -> dict[str, str]:

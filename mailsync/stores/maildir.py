@@ -10,8 +10,23 @@ Layouts (``maildir:PATH?layout=...``):
 A message's key is its file's unique base name: everything before the ``:2,`` info
 suffix, so Dovecot's ``,S=``/``,W=`` parts stay in the key and the key survives a mail
 reader moving the file from new/ to cur/ or changing its flags.  The six standard flags
-map to the info letters D F P R S T; any other info letter (Dovecot keyword letters
-a-z) is kept untouched.  Keys never change, so ``validity`` is "".
+map to the info letters D F P R S T.  Keys never change, so ``validity`` is "".
+
+IMAP keywords are kept the way Dovecot keeps them: the folder's ``dovecot-keywords`` file
+(next to cur/new/tmp) has lines ``N keyword`` (N = 0..25), and info letter ``a`` + N in a
+file name means that keyword (``:2,Sa`` = \\Seen and keyword 0).  A folder holds at most
+26 keywords, and only names Dovecot accepts (RFC 3501 atoms: ASCII, no space, control
+character or ``(){%*"\\]``, at most 50 characters).  A letter is written to
+dovecot-keywords, durably, before any file name uses it, so a crash never leaves a
+letter without its meaning.  Letters without a line in dovecot-keywords are kept
+untouched but not reported, and an unreadable dovecot-keywords fails the listing rather
+than make every keyword look removed.  Dovecot keeps $Forwarded as a keyword: its letter
+reads as $Forwarded like P does, removing $Forwarded removes both, and adding it writes
+P plus that letter where the folder has one.  mailsync processes adding keywords to one
+folder at the same time take turns with flock() on the folder directory (Dovecot relies
+on its own uidlist lock instead); every rewrite makes the file's mtime grow by at least
+a second, which is how a running Dovecot notices it.  A Dovecot configured with a
+separate CONTROL= directory looks for dovecot-keywords there, not in the Maildir.
 
 Writes follow the Maildir protocol: write and fsync tmp/NAME, then rename it into new/
 or cur/; ``flush`` fsyncs every directory whose entries changed.
@@ -20,8 +35,10 @@ or cur/; ``flush`` fsyncs every directory whose entries changed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
+import re
 import socket
 import stat
 import time
@@ -48,6 +65,11 @@ LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 _STD_LETTERS = frozenset(LETTER_FLAGS)
 
 INFO_SEP = ":2,"
+KEYWORDS_FILE = "dovecot-keywords"
+KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # keyword N is letter KEYWORD_LETTERS[N]
+MAX_KEYWORD_LENGTH = 50  # Dovecot's default mail_max_keyword_length
+# RFC 3501 atom-specials: ( ) { SP CTL % * " \ ]  (8-bit characters are no atoms either)
+_ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
 SUBDIRS = ("cur", "new", "tmp")
 TMP_MAX_AGE = 36 * 3600  # the Maildir spec: stale tmp/ files may go after 36 hours
 
@@ -96,16 +118,56 @@ def split_name(filename: str) -> tuple[str, str | None]:
     return filename[:i], filename[i + 3 :]
 
 
-def info_flags(info: str | None) -> frozenset[str]:
-    """Maildir info letters -> IMAP flags (unknown letters are not flags here)."""
+def info_flags(info: str | None, keywords: dict[str, str] | None = None) -> frozenset[str]:
+    """Maildir info letters -> IMAP flags.  `keywords` maps keyword letters (a-z) to
+    their names; other letters are not flags here."""
     if not info:
         return frozenset()
-    return frozenset(LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS)
+    out = {LETTER_FLAGS[c] for c in info if c in LETTER_FLAGS}
+    if keywords:
+        out.update(keywords[c] for c in info if c in keywords)
+    return frozenset(out)
 
 
 def flags_info(flags) -> str:
     """IMAP flags -> sorted Maildir info letters (flags without a letter are dropped)."""
     return "".join(sorted({FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS}))
+
+
+def valid_keyword(flag: str) -> bool:
+    """Whether Dovecot would take `flag` as a keyword: an IMAP atom (ASCII, none of the
+    atom-specials, so no system flag either) of at most MAX_KEYWORD_LENGTH characters."""
+    return (
+        isinstance(flag, str)
+        and 0 < len(flag) <= MAX_KEYWORD_LENGTH
+        and flag.isascii()
+        and not _ATOM_SPECIALS.search(flag)
+    )
+
+
+def _keyword_name(name: str) -> str:
+    """A dovecot-keywords name as mailsync spells the flag ($forwarded -> $Forwarded)."""
+    return FORWARDED if name.lower() == FORWARDED.lower() else name
+
+
+def parse_keywords(text: str) -> dict[int, str]:
+    """The lines of a dovecot-keywords file -> {index: name}, as Dovecot reads them: the
+    index up to the first space, the name after it; bad lines are skipped and a later
+    line for an index wins."""
+    out: dict[int, str] = {}
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
+        number, space, name = line.partition(" ")
+        if not space or not name or not number.isascii() or not number.isdigit():
+            continue
+        index = int(number)
+        if index < len(KEYWORD_LETTERS):
+            out[index] = name
+    return out
+
+
+def format_keywords(keywords: dict[int, str]) -> bytes:
+    return "".join(f"{i} {keywords[i]}\n" for i in sorted(keywords)).encode("latin-1")
 
 
 def size_in_name(key: str) -> int | None:
@@ -164,6 +226,12 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _file_stamp(st: os.stat_result) -> list[int]:
+    """What tells one version of a replaced-not-rewritten file from another (a list, as
+    cursors go through JSON)."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
 def _is_maildir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "cur")) and os.path.isdir(os.path.join(path, "new"))
 
@@ -186,7 +254,8 @@ def _write_error(error: OSError, where: str) -> str:
 
 
 _WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="maildir-write")
-_MAX_PENDING = 256  # bounds the memory held by queued messages
+_MAX_PENDING = 256  # bound the memory held by queued messages: by count...
+_MAX_PENDING_BYTES = 16 * 1024 * 1024  # ...and by size
 
 
 def _write_message(tmp_dir, key, data, arrival, path, sub, filename) -> None:
@@ -252,6 +321,16 @@ class MaildirFolder(Folder):
         self._dirty: set[str] = set(dirty or ())
         self._have_tmp = False
         self._pending: dict[str, Future] = {}  # key -> background write of an append
+        self._pending_sizes: dict[str, int] = {}
+        self._pending_bytes = 0
+        # dovecot-keywords as last read or written (None: not read yet)
+        self._kw_index: dict[int, str] | None = None  # every line, valid name or not
+        self._kw_letters: dict[str, str] = {}  # letter -> flag, for valid names only
+        self._kw_by_name: dict[str, list[str]] = {}  # flag -> its letters
+        self._kw_folded: set[str] = set()  # lowercased names of every line
+        self._kw_stamp: list | None = None  # identity of that version of the file
+        # keywords persists() promised a letter to that have none yet
+        self._kw_reserved: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"MaildirFolder({self.path!r})"
@@ -268,11 +347,20 @@ class MaildirFolder(Folder):
 
     def _raw_mtimes(self) -> dict | None:
         try:
-            return {
+            stamps: dict = {
                 sub: os.stat(os.path.join(self.path, sub)).st_mtime_ns for sub in ("new", "cur")
             }
         except OSError:
             return None
+        # The letters' meanings are part of the listing too.  No key without the file:
+        # cursors saved before keywords were kept stay valid for such folders.
+        try:
+            stamps["keywords"] = _file_stamp(os.stat(self._keywords_path()))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+        return stamps
 
     def _dir_mtimes(self, settle_ns: int | None = None) -> dict | None:
         """The directories' mtimes as a cursor, or None while they are too recent to
@@ -280,9 +368,12 @@ class MaildirFolder(Folder):
         stamps = self._raw_mtimes()
         if stamps is None:
             return None
-        if settle_ns is None or all(v % 1_000_000_000 == 0 for v in stamps.values()):
+        # Only the directories can change in place; dovecot-keywords is always replaced
+        # by a new file, whose inode, size and mtime together tell it apart.
+        dirs = (stamps["new"], stamps["cur"])
+        if settle_ns is None or all(v % 1_000_000_000 == 0 for v in dirs):
             settle_ns = self.CURSOR_SETTLE_NS  # a filesystem with whole-second times
-        if time.time_ns() - max(stamps.values()) < settle_ns:
+        if time.time_ns() - max(dirs) < settle_ns:
             return None
         return stamps
 
@@ -302,6 +393,11 @@ class MaildirFolder(Folder):
         self._wait_all()
         self._cursor = self._dir_mtimes()
         self._verifiable = True
+        # Read after the cursor, before the names: letters are only ever added, and each
+        # one before a file name uses it, so every letter met below is in this version
+        # unless it is newer than the cursor.
+        self._read_keywords()
+        keywords = self._kw_letters
         out: dict[str, Info] = {}
         where: dict[str, tuple[str, str]] = {}
         parsed: dict[str, frozenset[str]] = {"": frozenset()}  # info -> flags; few distinct
@@ -327,7 +423,7 @@ class MaildirFolder(Folder):
                         continue
                     flags = parsed.get(info)
                     if flags is None:
-                        flags = parsed[info] = info_flags(info)
+                        flags = parsed[info] = info_flags(info, keywords)
                     size = size_in_name(key) if ",S=" in key else None
                     if size is not None and entry.is_file():
                         # No stat: the size is in the name, and the arrival date (the
@@ -377,7 +473,189 @@ class MaildirFolder(Folder):
         raise MessageError(f"{self.name}: message {key} is gone")
 
     def persists(self, flag: str) -> bool:
-        return flag in STANDARD_FLAGS
+        """The six standard flags; a keyword that has a letter in this folder, or gets
+        the promise of one while letters are left (26 at most) and the folder is
+        writable.  A keyword that differs only in case from one with a letter is not
+        kept: Dovecot matches names case-insensitively, so it would read back as the
+        other spelling."""
+        if flag in STANDARD_FLAGS:
+            return True
+        if self._kw_index is None:
+            self._read_keywords()
+        if flag in self._kw_by_name or flag in self._kw_reserved:
+            return True
+        if self.read_only or not valid_keyword(flag):
+            return False
+        folded = flag.lower()
+        if folded in self._kw_folded or any(folded == r.lower() for r in self._kw_reserved):
+            return False
+        if len(self._kw_index) + len(self._kw_reserved) >= len(KEYWORD_LETTERS):
+            return False
+        self._kw_reserved[flag] = None
+        return True
+
+    # keywords -----------------------------------------------------------------------
+
+    def _keywords_path(self) -> str:
+        return os.path.join(self.path, KEYWORDS_FILE)
+
+    def _read_keywords(self) -> None:
+        """(Re-)read dovecot-keywords; a missing file means no keywords."""
+        path = self._keywords_path()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._set_keywords({}, None)
+            return
+        except OSError as e:
+            raise FolderError(f"cannot read {path} ({e.strerror}): check its permissions")
+        text = None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                with os.fdopen(fd, "rb") as f:
+                    fd = -1  # f closes it
+                    text = f.read().decode("latin-1")  # names are ASCII; keep any byte
+        except OSError as e:
+            raise FolderError(f"cannot read {path} ({e.strerror}): check the file and rerun")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if text is None:
+            # A subfolder of that name (verbatim layout): no keywords, and no room for any.
+            self._set_keywords(dict.fromkeys(range(len(KEYWORD_LETTERS)), ""), None)
+            return
+        self._set_keywords(parse_keywords(text), _file_stamp(st))
+
+    def _set_keywords(self, index: dict[int, str], stamp: list | None) -> None:
+        self._kw_index = index
+        self._kw_stamp = stamp
+        letters: dict[str, str] = {}
+        by_name: dict[str, list[str]] = {}
+        for i, name in index.items():
+            if valid_keyword(name):
+                flag = _keyword_name(name)
+                letters[KEYWORD_LETTERS[i]] = flag
+                by_name.setdefault(flag, []).append(KEYWORD_LETTERS[i])
+        self._kw_letters = letters
+        self._kw_by_name = by_name
+        self._kw_folded = {name.lower() for name in index.values()}
+        for flag in list(self._kw_reserved):
+            if flag in by_name:
+                del self._kw_reserved[flag]
+
+    def _keyword_letters(self, flags, create: bool) -> set[str]:
+        """The letters of the keywords among `flags`.  With `create`, keywords that
+        persists() allows but have no letter yet get one first: dovecot-keywords is
+        rewritten and made durable before this returns."""
+        keywords = [f for f in flags if f not in STANDARD_FLAGS]
+        if FORWARDED in flags:
+            keywords.append(FORWARDED)  # also as Dovecot writes it, where it has a letter
+        if not keywords:
+            return set()
+        if self._kw_index is None:
+            self._read_keywords()
+        if create:
+            missing = [
+                f
+                for f in keywords
+                if f not in STANDARD_FLAGS and f not in self._kw_by_name and self.persists(f)
+            ]
+            if missing:
+                self._add_keywords(sorted(missing))
+        return {letter for f in keywords for letter in self._kw_by_name.get(f, ())}
+
+    def _add_keywords(self, names: list[str]) -> None:
+        """Give `names` letters in dovecot-keywords: under flock() on the folder directory,
+        re-read the file, add the names still missing at the lowest free indexes, write
+        tmp/, fsync, rename over dovecot-keywords and fsync the folder directory."""
+        path = self._keywords_path()
+        try:
+            lock = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise MessageError(_write_error(e, self.path))
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise MessageError(_write_error(e, self.path))
+                # a filesystem without flock(): go on unlocked, as Dovecot would
+            try:
+                old = os.stat(path)
+            except FileNotFoundError:
+                old = None
+            except OSError as e:
+                raise MessageError(_write_error(e, path))
+            self._read_keywords()  # another program may have added some meanwhile
+            index = dict(self._kw_index or {})
+            free = [i for i in range(len(KEYWORD_LETTERS)) if i not in index]
+            folded = set(self._kw_folded)
+            added = False
+            for name in names:
+                if name.lower() in folded:
+                    continue  # there already, maybe spelt otherwise (then not kept)
+                if not free:
+                    break  # full: the rest stay unkept, in the sync state only
+                index[free.pop(0)] = name
+                folded.add(name.lower())
+                added = True
+            if added:
+                self._write_keywords(index, old)
+                self._set_keywords(index, _file_stamp(os.stat(path)))
+        finally:
+            os.close(lock)  # releases the flock
+        for name in names:
+            self._kw_reserved.pop(name, None)
+
+    def _write_keywords(self, index: dict[int, str], old: os.stat_result | None) -> None:
+        path = self._keywords_path()
+        tmp_dir = os.path.join(self.path, "tmp")
+        try:
+            _make_dir(tmp_dir, self._dirty)
+        except OSError as e:
+            raise MessageError(_write_error(e, tmp_dir))
+        self._have_tmp = True
+        tmp = os.path.join(tmp_dir, f"{KEYWORDS_FILE}.{os.getpid()}")
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                _FILE_MODE,
+            )
+        except OSError as e:
+            raise MessageError(_write_error(e, tmp_dir))
+        try:
+            try:
+                mode = _FILE_MODE if old is None else stat.S_IMODE(old.st_mode)
+                if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                    try:  # keep the file Dovecot's, if we may (running as root)
+                        os.fchown(fd, old.st_uid, old.st_gid)
+                    except OSError:
+                        pass
+                os.fchmod(fd, mode)
+                view = memoryview(format_keywords(index))
+                while view:
+                    view = view[os.write(fd, view) :]
+                # Dovecot re-reads the file only when its mtime (in seconds) grows.
+                now = time.time_ns()
+                if old is not None and now // 1_000_000_000 <= int(old.st_mtime):
+                    now = (int(old.st_mtime) + 1) * 1_000_000_000
+                os.utime(fd, ns=(now, now))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise MessageError(_write_error(e, path))
+        try:
+            _fsync_dir(self.path)
+        except OSError as e:
+            raise MessageError(_write_error(e, self.path))
 
     # writing ------------------------------------------------------------------------
 
@@ -393,7 +671,9 @@ class MaildirFolder(Folder):
             except OSError as e:
                 raise MessageError(_write_error(e, tmp_dir))
             self._have_tmp = True
-        letters = flags_info(flags)
+        # Before the message is queued: its letters must be in dovecot-keywords, durably,
+        # before the writer thread renames it into place.
+        letters = "".join(sorted(set(flags_info(flags)) | self._keyword_letters(flags, True)))
         key = unique_name(len(data))
         if letters:
             sub, filename = "cur", key + INFO_SEP + letters
@@ -407,7 +687,11 @@ class MaildirFolder(Folder):
         self._pending[key] = _WRITERS.submit(
             _write_message, tmp_dir, key, data, arrival, self.path, sub, filename
         )
-        if len(self._pending) >= _MAX_PENDING:
+        self._pending_sizes[key] = len(data)
+        self._pending_bytes += len(data)
+        while self._pending and (
+            len(self._pending) >= _MAX_PENDING or self._pending_bytes > _MAX_PENDING_BYTES
+        ):
             self._wait(next(iter(self._pending)))
         return key
 
@@ -416,6 +700,7 @@ class MaildirFolder(Folder):
         future = self._pending.pop(key, None)
         if future is None:
             return
+        self._pending_bytes -= self._pending_sizes.pop(key, 0)
         error = future.exception()
         if error is not None:
             self._where.pop(key, None)
@@ -438,7 +723,10 @@ class MaildirFolder(Folder):
         if key in self._pending:
             self._wait(key)
         add_letters = {FLAG_LETTERS[f] for f in add if f in FLAG_LETTERS}
-        remove_letters = {FLAG_LETTERS[f] for f in remove if f in FLAG_LETTERS} - add_letters
+        add_letters |= self._keyword_letters(add, create=True)  # durable before the rename
+        remove_letters = {FLAG_LETTERS[f] for f in remove if f in FLAG_LETTERS}
+        remove_letters |= self._keyword_letters(remove, create=False)
+        remove_letters -= add_letters
         if not add_letters and not remove_letters:
             return
         for attempt in (1, 2):
@@ -519,6 +807,8 @@ class MaildirFolder(Folder):
             stamps = self._dir_mtimes(settle_ns=self.SETTLE_AFTER_WRITES_NS)
         if stamps is None:
             return {}
+        if stamps.get("keywords") != self._kw_stamp:
+            return {}  # dovecot-keywords is not the version we last read or wrote
         now: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):
             try:

@@ -206,30 +206,33 @@ def test_letter_read_as_flag(inbox, flag, letter):
 def test_all_flags_sorted_letters(inbox):
     key = inbox.append(MSG, STANDARD_FLAGS | {"work", "$Label1"}, ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,DFPRST"]
-    assert inbox.list()[key].flags == STANDARD_FLAGS
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,DFPRSTab"]
+    assert inbox.list()[key].flags == STANDARD_FLAGS | {"work", "$Label1"}
 
 
-def test_persists_only_standard_flags(inbox):
+def test_persists_standard_flags_and_keywords(inbox):
     for flag in STANDARD_FLAGS:
         assert inbox.persists(flag)
-    for flag in ("work", "$Junk", "\\Recent", "$Label1"):
-        assert not inbox.persists(flag)
+    for flag in ("work", "$Junk", "$Label1"):
+        assert inbox.persists(flag)
+    assert not inbox.persists("\\Recent")
 
 
 def test_new_vs_cur_placement(inbox):
     plain = inbox.append(MSG, frozenset(), ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    keyword_only = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
+    unkept = inbox.append(MSG, frozenset({"not a keyword"}), ARRIVAL)
     inbox.flush()  # appends are durable after flush
     seen = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    keyword_only = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    assert files(os.path.join(inbox.path, "new")) == sorted([plain, keyword_only])
-    assert files(os.path.join(inbox.path, "cur")) == [f"{seen}:2,S"]
+    assert files(os.path.join(inbox.path, "new")) == sorted([plain, unkept])
+    assert files(os.path.join(inbox.path, "cur")) == sorted([f"{seen}:2,S", f"{keyword_only}:2,a"])
     assert files(os.path.join(inbox.path, "tmp")) == []
     listing = inbox.list()
-    assert listing[plain].flags == listing[keyword_only].flags == frozenset()
+    assert listing[plain].flags == listing[unkept].flags == frozenset()
     assert listing[seen].flags == {SEEN}
+    assert listing[keyword_only].flags == {"work"}
 
 
 def test_set_flags_moves_new_to_cur_and_keeps_key(inbox):
@@ -264,9 +267,11 @@ def test_set_flags_noop_and_unpersisted_flags(inbox, monkeypatch):
     inbox.flush()  # appends are durable after flush
     renames = []
     monkeypatch.setattr(md.os, "rename", lambda *a: renames.append(a))
-    inbox.set_flags(key, frozenset({SEEN, "work"}), frozenset({"$Junk", DRAFT}))
-    inbox.set_flags(key, frozenset({"work"}), frozenset())
+    # "$Junk" has no letter to remove; "a b" and "(x)" are no IMAP atoms
+    inbox.set_flags(key, frozenset({SEEN, "a b"}), frozenset({"$Junk", DRAFT}))
+    inbox.set_flags(key, frozenset({"(x)"}), frozenset())
     assert renames == []
+    assert not os.path.exists(os.path.join(inbox.path, "dovecot-keywords"))
     assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,S"]
 
 
@@ -282,6 +287,414 @@ def test_name_without_info_in_cur(inbox):
     assert inbox.list()["99.noinfo.host"].flags == frozenset()
     inbox.set_flags("99.noinfo.host", frozenset({SEEN}), frozenset())
     assert files(os.path.join(inbox.path, "cur")) == ["99.noinfo.host:2,S"]
+
+
+# -- keywords (Dovecot's dovecot-keywords) ---------------------------------------------
+
+
+def keywords_file(folder) -> str:
+    return os.path.join(folder.path, "dovecot-keywords")
+
+
+def read_keywords(folder) -> str:
+    with open(keywords_file(folder)) as f:
+        return f.read()
+
+
+def write_keywords(folder, text: str, mtime: float | None = None) -> None:
+    path = keywords_file(folder)
+    with open(path, "w") as f:
+        f.write(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def test_keywords_get_letters_in_dovecot_keywords(inbox):
+    key = inbox.append(MSG, frozenset({SEEN, "work", "$Label1"}), ARRIVAL)
+    inbox.flush()
+    assert read_keywords(inbox) == "0 $Label1\n1 work\n"
+    assert stat.S_IMODE(os.stat(keywords_file(inbox)).st_mode) == 0o600
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,Sab"]
+    assert files(os.path.join(inbox.path, "tmp")) == []
+    again = MaildirStore(inbox.store.path).open_folder("INBOX")
+    assert again.list()[key].flags == {SEEN, "work", "$Label1"}
+    other = inbox.append(MSG, frozenset({"work", "todo"}), ARRIVAL)  # one old, one new
+    inbox.flush()
+    assert read_keywords(inbox) == "0 $Label1\n1 work\n2 todo\n"
+    assert files(os.path.join(inbox.path, "cur")) == sorted([f"{key}:2,Sab", f"{other}:2,bc"])
+
+
+def test_keywords_read_from_dovecot_keywords(inbox):
+    write_keywords(inbox, "0 work\n1 $Label1\r\n3 later\n")
+    put(inbox.path, "cur", "1.x:2,Sa")
+    put(inbox.path, "cur", "2.x:2,bd")
+    put(inbox.path, "cur", "3.x:2,Fc")  # c (2) has no line: kept, not reported
+    put(inbox.path, "new", "4.x")
+    listing = inbox.list()
+    assert listing["1.x"].flags == {SEEN, "work"}
+    assert listing["2.x"].flags == {"$Label1", "later"}
+    assert listing["3.x"].flags == {FLAGGED}
+    assert listing["4.x"].flags == frozenset()
+    inbox.set_flags("3.x", frozenset({"work"}), frozenset({FLAGGED}))
+    assert "3.x:2,ac" in files(os.path.join(inbox.path, "cur"))
+    assert inbox.list()["3.x"].flags == {"work"}
+
+
+def test_missing_keywords_file_means_no_keywords(inbox):
+    put(inbox.path, "cur", "1.x:2,Sab")
+    assert inbox.list()["1.x"].flags == {SEEN}
+    inbox.set_flags("1.x", frozenset({"work"}), frozenset())
+    # letters a and b had no meaning: they stay, and "work" takes the next free one
+    assert read_keywords(inbox) == "0 work\n"
+    assert files(os.path.join(inbox.path, "cur")) == ["1.x:2,Sab"]
+    assert inbox.list()["1.x"].flags == {SEEN, "work"}
+
+
+def test_keywords_file_read_once_per_list(inbox, monkeypatch):
+    write_keywords(inbox, "0 work\n")
+    for i in range(50):
+        put(inbox.path, "cur", f"{i}.x:2,{'Sa' if i % 2 else 'a'}")
+    opened = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):
+        if str(path).endswith("dovecot-keywords"):
+            opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(md.os, "open", spy)
+    listing = inbox.list()
+    assert all("work" in info.flags for info in listing.values())
+    assert len(opened) == 1
+    inbox.list()
+    assert len(opened) == 2
+
+
+def test_unreadable_keywords_file_fails_the_listing(inbox, monkeypatch):
+    """Listing without the meanings would make every keyword look removed."""
+    write_keywords(inbox, "0 work\n")
+    put(inbox.path, "cur", "1.x:2,Sa")
+    real_open = os.open
+
+    def deny(path, *args, **kwargs):
+        if str(path).endswith("dovecot-keywords"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(md.os, "open", deny)
+    with pytest.raises(FolderError, match="dovecot-keywords.*permissions"):
+        inbox.list()
+
+
+def test_subfolder_named_like_the_keywords_file(store):
+    """Verbatim layout: folder X/dovecot-keywords takes the place of X's file."""
+    folder = store.open_folder("X", create=True)
+    store.open_folder("X/dovecot-keywords", create=True)
+    put(folder.path, "cur", "1.x:2,Sa")
+    assert folder.list()["1.x"].flags == {SEEN}
+    assert not folder.persists("work")
+    key = folder.append(MSG, frozenset({SEEN, "work"}), ARRIVAL)
+    folder.flush()
+    assert folder.list()[key].flags == {SEEN}
+    assert store.list_folders() == ["X", "X/dovecot-keywords"]
+
+
+def test_keyword_file_lines_dovecot_ignores(inbox):
+    write_keywords(inbox, "garbage\n1 two words\n30 toolate\nx y\n2 \n3 \\Seen\n4 later\n")
+    put(inbox.path, "cur", "1.x:2,bcde")
+    assert inbox.list()["1.x"].flags == {"later"}  # b and d mean names that are no atoms
+    assert not inbox.persists("two words")
+    inbox.set_flags("1.x", frozenset({"new1", "new2"}), frozenset())
+    # indexes 1 and 3 stay taken; lines Dovecot skips are dropped as Dovecot drops them
+    assert read_keywords(inbox) == "0 new1\n1 two words\n2 new2\n3 \\Seen\n4 later\n"
+    assert files(os.path.join(inbox.path, "cur")) == ["1.x:2,abcde"]
+    assert inbox.list()["1.x"].flags == {"later", "new1", "new2"}
+
+
+BAD_KEYWORDS = [
+    "two words",
+    "(paren",
+    "paren)",
+    "brace{",
+    "per%cent",
+    "star*",
+    'quo"te',
+    "back\\slash",
+    "bracket]",
+    "tab\there",
+    "nl\nhere",
+    "del\x7f",
+    "caf\xe9",
+    "",
+    "x" * 51,
+    "\\Recent",
+    "\\Custom",
+]
+
+
+@pytest.mark.parametrize("flag", BAD_KEYWORDS)
+def test_keywords_dovecot_rejects_are_not_kept(inbox, flag):
+    assert not inbox.persists(flag)
+    key = inbox.append(MSG, frozenset({flag, SEEN}), ARRIVAL)
+    inbox.flush()
+    inbox.set_flags(key, frozenset({flag}), frozenset())
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,S"]
+    assert not os.path.exists(keywords_file(inbox))
+
+
+@pytest.mark.parametrize("flag", ["work", "$Label1", "x" * 50, "[open", "a.b-c_d+e/f:g~!#&'"])
+def test_keywords_that_are_atoms_are_kept(inbox, flag):
+    assert inbox.persists(flag)
+    key = inbox.append(MSG, frozenset({flag}), ARRIVAL)
+    inbox.flush()
+    assert read_keywords(inbox) == f"0 {flag}\n"
+    assert MaildirStore(inbox.store.path).open_folder("INBOX").list()[key].flags == {flag}
+
+
+def test_twenty_six_keywords_at_most(inbox):
+    write_keywords(inbox, "".join(f"{i} k{i}\n" for i in range(24)))
+    assert inbox.persists("k3")  # has a letter
+    assert inbox.persists("one")  # promised one of the two letters left
+    assert inbox.persists("two")
+    assert not inbox.persists("three")  # none left for it
+    assert inbox.persists("one") and inbox.persists("two")  # promises hold
+    key = inbox.append(MSG, frozenset({"three", "two", "k3", "one"}), ARRIVAL)
+    inbox.flush()
+    assert read_keywords(inbox).endswith("23 k23\n24 one\n25 two\n")
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,dyz"]
+    assert inbox.list()[key].flags == {"k3", "one", "two"}
+    assert not inbox.persists("three")
+    inbox.set_flags(key, frozenset({"three"}), frozenset())
+    assert files(os.path.join(inbox.path, "cur")) == [f"{key}:2,dyz"]
+
+
+def test_keyword_differing_only_in_case_is_not_kept(inbox):
+    """Dovecot looks names up case-insensitively: "Todo" would come back as "todo"."""
+    write_keywords(inbox, "0 todo\n")
+    assert inbox.persists("todo")
+    assert not inbox.persists("Todo") and not inbox.persists("TODO")
+    assert inbox.persists("Later")
+    assert not inbox.persists("later")  # promised "Later" already
+    key = inbox.append(MSG, frozenset({"Todo", "todo", "Later"}), ARRIVAL)
+    inbox.flush()
+    assert read_keywords(inbox) == "0 todo\n1 Later\n"
+    assert inbox.list()[key].flags == {"todo", "Later"}
+
+
+def test_read_only_folder_keeps_only_keywords_with_letters(tmp_path):
+    root = tmp_path / "Mail"
+    writable = MaildirStore(str(root)).open_folder("INBOX", create=True)
+    writable.append(MSG, frozenset({"work"}), ARRIVAL)
+    writable.flush()
+    folder = MaildirStore(str(root), read_only=True).open_folder("INBOX")
+    assert folder.persists("work") and folder.persists(SEEN)
+    assert not folder.persists("other")
+    assert read_keywords(folder) == "0 work\n"
+
+
+def test_set_flags_adds_and_removes_keywords(inbox):
+    key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    inbox.flush()
+    cur = os.path.join(inbox.path, "cur")
+    inbox.set_flags(key, frozenset({"zeta", "alpha", FLAGGED}), frozenset())
+    assert read_keywords(inbox) == "0 alpha\n1 zeta\n"
+    assert files(cur) == [f"{key}:2,FSab"]  # upper case before lower case
+    inbox.set_flags(key, frozenset({"mid"}), frozenset({"alpha", SEEN}))
+    assert files(cur) == [f"{key}:2,Fbc"]
+    assert inbox.list()[key].flags == {FLAGGED, "zeta", "mid"}
+    inbox.set_flags(key, frozenset(), frozenset({"zeta", "mid", FLAGGED, "never-had"}))
+    assert files(cur) == [f"{key}:2,"]
+    inbox.set_flags(key, frozenset({"alpha"}), frozenset({"alpha"}))  # add wins
+    assert files(cur) == [f"{key}:2,a"]
+    assert read_keywords(inbox) == "0 alpha\n1 zeta\n2 mid\n"  # letters are never reused
+
+
+def test_forwarded_as_dovecot_writes_it(inbox):
+    """Dovecot keeps $Forwarded as a keyword letter, mailsync as P: both read as it."""
+    write_keywords(inbox, "0 $forwarded\n1 work\n")
+    put(inbox.path, "cur", "1.x:2,Sa")
+    put(inbox.path, "cur", "2.x:2,P")
+    put(inbox.path, "cur", "3.x:2,b")
+    listing = inbox.list()
+    assert listing["1.x"].flags == {SEEN, FORWARDED}
+    assert listing["2.x"].flags == {FORWARDED}
+    inbox.set_flags("1.x", frozenset(), frozenset({FORWARDED}))
+    inbox.set_flags("3.x", frozenset({FORWARDED}), frozenset())
+    cur = os.path.join(inbox.path, "cur")
+    assert files(cur) == ["1.x:2,S", "2.x:2,P", "3.x:2,Pab"]
+    assert inbox.persists(FORWARDED)
+    assert read_keywords(inbox) == "0 $forwarded\n1 work\n"
+
+
+def test_maildirpp_keywords_file_places(tmp_path):
+    root = tmp_path / "Mail"
+    store = MaildirStore(str(root), layout="maildir++")
+    for name in ("INBOX", "Archive/2019"):
+        folder = store.open_folder(name, create=True)
+        key = folder.append(MSG, frozenset({"work"}), ARRIVAL)
+        folder.flush()
+        assert folder.list()[key].flags == {"work"}
+    assert (root / "dovecot-keywords").read_text() == "0 work\n"
+    assert (root / ".Archive.2019" / "dovecot-keywords").read_text() == "0 work\n"
+    assert store.list_folders() == ["Archive/2019", "INBOX"]
+    verbatim = MaildirStore(str(tmp_path / "V"))
+    verbatim.open_folder("A/B", create=True).append(MSG, frozenset({"x"}), ARRIVAL)
+    verbatim.close()
+    assert (tmp_path / "V" / "A" / "B" / "dovecot-keywords").read_text() == "0 x\n"
+    assert verbatim.list_folders() == ["A/B"]
+
+
+def test_keywords_file_written_before_the_message_is_renamed(inbox, monkeypatch):
+    """A crash at any point never leaves a letter without its line."""
+    events = []
+    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, md._fsync_dir
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            events.append(("fsync", st.st_ino))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", os.stat(src).st_ino, os.path.basename(dst)))
+        real_rename(src, dst)
+
+    def fsync_dir(path):
+        events.append(("fsync_dir", path))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(md.os, "fsync", fsync)
+    monkeypatch.setattr(md.os, "rename", rename)
+    monkeypatch.setattr(md, "_fsync_dir", fsync_dir)
+    key = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
+    inbox.flush()
+    kw = os.stat(keywords_file(inbox)).st_ino
+    msg = os.stat(os.path.join(inbox.path, "cur", f"{key}:2,a")).st_ino
+    assert events[:5] == [
+        ("fsync", kw),
+        ("rename", kw, "dovecot-keywords"),
+        ("fsync_dir", inbox.path),
+        ("fsync", msg),
+        ("rename", msg, f"{key}:2,a"),
+    ]
+    events.clear()
+    inbox.set_flags(key, frozenset({"todo"}), frozenset())
+    kw = os.stat(keywords_file(inbox)).st_ino
+    assert events == [
+        ("fsync", kw),
+        ("rename", kw, "dovecot-keywords"),
+        ("fsync_dir", inbox.path),
+        ("rename", msg, f"{key}:2,ab"),
+    ]
+
+
+def test_failed_keywords_write_changes_nothing(inbox, monkeypatch):
+    write_keywords(inbox, "0 work\n")
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()
+    real_fsync = os.fsync
+
+    def full(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(md.os, "fsync", full)
+    with pytest.raises(MessageError, match="disk full"):
+        inbox.append(MSG, frozenset({SEEN, "todo"}), ARRIVAL)
+    with pytest.raises(MessageError, match="disk full"):
+        inbox.set_flags(key, frozenset({"todo"}), frozenset())
+    monkeypatch.undo()
+    inbox.flush()
+    assert read_keywords(inbox) == "0 work\n"
+    assert files(os.path.join(inbox.path, "tmp")) == []
+    assert files(os.path.join(inbox.path, "new")) == [key]
+    assert files(os.path.join(inbox.path, "cur")) == []
+    inbox.set_flags(key, frozenset({"todo"}), frozenset())  # works once there is room
+    assert inbox.list()[key].flags == {"todo"}
+
+
+def test_keywords_file_mtime_grows_by_whole_seconds(inbox):
+    """Dovecot re-reads dovecot-keywords only when its mtime, in seconds, grows."""
+    now = int(time.time())
+    write_keywords(inbox, "0 work\n", mtime=now + 0.9)
+    inbox.append(MSG, frozenset({"todo"}), ARRIVAL)
+    first = os.stat(keywords_file(inbox)).st_mtime
+    assert int(first) == now + 1
+    inbox.append(MSG, frozenset({"later"}), ARRIVAL)
+    assert int(os.stat(keywords_file(inbox)).st_mtime) == now + 2
+    write_keywords(inbox, read_keywords(inbox), mtime=ARRIVAL)  # long ago
+    inbox.append(MSG, frozenset({"again"}), ARRIVAL)
+    assert os.stat(keywords_file(inbox)).st_mtime == pytest.approx(time.time(), abs=2)
+    inbox.flush()
+    assert read_keywords(inbox) == "0 work\n1 todo\n2 later\n3 again\n"
+
+
+def test_keywords_file_keeps_owner_and_mode(inbox):
+    write_keywords(inbox, "0 work\n")
+    os.chmod(keywords_file(inbox), 0o640)
+    inbox.append(MSG, frozenset({"todo"}), ARRIVAL)
+    assert stat.S_IMODE(os.stat(keywords_file(inbox)).st_mode) == 0o640
+
+
+def test_two_writers_do_not_give_one_letter_two_meanings(tmp_path):
+    root = str(tmp_path / "Mail")
+    one = MaildirStore(root).open_folder("INBOX", create=True)
+    two = MaildirStore(root).open_folder("INBOX")
+    assert one.persists("x") and two.persists("y")  # both read an empty folder
+    a = one.append(MSG, frozenset({"x"}), ARRIVAL)
+    b = two.append(MSG, frozenset({"y"}), ARRIVAL)
+    one.flush()
+    two.flush()
+    assert read_keywords(one) == "0 x\n1 y\n"  # two re-read the file before adding
+    listing = MaildirStore(root).open_folder("INBOX").list()
+    assert listing[a].flags == {"x"} and listing[b].flags == {"y"}
+    c = one.append(MSG, frozenset({"y"}), ARRIVAL)  # one learns y's letter
+    one.flush()
+    assert one.list()[c].flags == {"y"}
+    assert read_keywords(one) == "0 x\n1 y\n"
+
+
+def test_keywords_file_locked_while_rewritten(inbox, monkeypatch):
+    calls = []
+    real_flock = md.fcntl.flock
+    monkeypatch.setattr(md.fcntl, "flock", lambda fd, op: calls.append(op) or real_flock(fd, op))
+    inbox.append(MSG, frozenset({"work"}), ARRIVAL)
+    inbox.append(MSG, frozenset({"work"}), ARRIVAL)  # has its letter: no rewrite, no lock
+    assert calls == [md.fcntl.LOCK_EX]
+
+
+def test_cursor_sees_a_change_of_the_keywords_file_only(inbox):
+    put(inbox.path, "cur", "1.x:2,Sa")
+    for sub in ("cur", "new"):
+        os.utime(os.path.join(inbox.path, sub), (ARRIVAL, ARRIVAL))
+    assert inbox.list()["1.x"].flags == {SEEN}
+    cursor = inbox.cursor()
+    assert set(cursor) == {"new", "cur"}  # no file, no entry: older cursors stay good
+    assert inbox.unchanged(cursor)
+    write_keywords(inbox, "0 work\n")  # letter a gets its meaning
+    assert not inbox.unchanged(cursor)
+    assert inbox.list()["1.x"].flags == {SEEN, "work"}
+    cursor = inbox.cursor()
+    assert "keywords" in cursor and inbox.unchanged(cursor)
+    write_keywords(inbox, "0 work\n1 more\n")
+    assert not inbox.unchanged(cursor)
+
+
+def test_cursor_after_writes_that_added_keywords(inbox):
+    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    inbox.flush()
+    for sub in ("cur", "new"):
+        os.utime(os.path.join(inbox.path, sub), (ARRIVAL, ARRIVAL))
+    inbox.list()
+    inbox.set_flags(key, frozenset({"work"}), frozenset())
+    cursor = inbox.cursor_after_writes()
+    assert cursor and "keywords" in cursor
+    assert inbox.unchanged(cursor)
+    inbox.list()
+    inbox.set_flags(key, frozenset({"todo"}), frozenset())
+    write_keywords(inbox, read_keywords(inbox) + "5 theirs\n")  # another program
+    assert inbox.cursor_after_writes() == {}
 
 
 # -- metadata, modes, durability -------------------------------------------------------
@@ -649,6 +1062,110 @@ def test_unreadable_file(inbox, monkeypatch):
     assert inbox.fetch("fine") == MSG
     with pytest.raises(MessageError, match="check its permissions"):
         inbox.fetch("locked")
+
+
+# -- Dovecot reads and writes the same keywords ----------------------------------------
+# Ordinary users of the private Dovecot (tests/servers/dovecot.py) keep dovecot-keywords
+# inside their Maildir, as a default Dovecot does: mailsync and Dovecot share the files.
+# (serve_maildir() users have a separate CONTROL= directory, where Dovecot looks for
+# dovecot-keywords instead, so those trees do not show keywords written here.)
+
+
+def dovecot_flags(server, user, folder: str) -> dict[bytes, frozenset[str]]:
+    """body (LF) -> flags, as Dovecot reports them over IMAP (without \\Recent)."""
+    with server.imap(user) as client:
+        client.select_folder(folder, readonly=True)
+        fetched = client.fetch(client.search("ALL"), ["FLAGS", "BODY.PEEK[]"])
+    return {
+        data[b"BODY[]"].replace(b"\r\n", b"\n"): frozenset(
+            f.decode() for f in data[b"FLAGS"] if f != b"\\Recent"
+        )
+        for data in fetched.values()
+    }
+
+
+def mailsync_flags(folder) -> dict[bytes, frozenset[str]]:
+    return {folder.fetch(key): info.flags for key, info in folder.list().items()}
+
+
+def body(n: int) -> bytes:
+    return f"From: a@example.org\nSubject: message {n}\n\nbody {n}\n".encode()
+
+
+def test_dovecot_reads_the_keywords_mailsync_writes(dovecot_server, dovecot_user):
+    server, user = dovecot_server, dovecot_user
+    store = MaildirStore(str(user.maildir))
+    inbox = store.open_folder("INBOX", create=True)
+    inbox.append(body(1), frozenset({SEEN, "work", "$Label1"}), ARRIVAL)
+    inbox.append(body(2), frozenset({"todo"}), ARRIVAL)
+    third = inbox.append(body(3), frozenset({FLAGGED}), ARRIVAL)
+    inbox.flush()
+    inbox.set_flags(third, frozenset({"later", "work"}), frozenset({FLAGGED}))
+    archive = store.open_folder("Archive/2019", create=True)
+    archive.append(body(4), frozenset({ANSWERED, "old"}), ARRIVAL)
+    store.close()
+    server.chown_maildir(user)
+    assert dovecot_flags(server, user, "INBOX") == {
+        body(1): {SEEN, "work", "$Label1"},
+        body(2): {"todo"},
+        body(3): {"later", "work"},
+    }
+    assert dovecot_flags(server, user, "Archive/2019") == {body(4): {ANSWERED, "old"}}
+
+
+def test_mailsync_reads_the_keywords_dovecot_writes(dovecot_server, dovecot_user):
+    server, user = dovecot_server, dovecot_user
+    with server.imap(user) as client:
+        client.append("INBOX", body(1), flags=[b"\\Seen", b"work", b"$Label1"])
+        client.append("INBOX", body(2), flags=[b"$Forwarded", b"todo"])
+        client.append("INBOX", body(3), flags=[])
+        client.select_folder("INBOX")
+        first, second, third = client.search("ALL")
+        client.add_flags([third], [b"later", b"\\Flagged"])
+        client.remove_flags([first], [b"$Label1"])
+    assert (user.maildir / "INBOX" / "dovecot-keywords").exists()  # Dovecot's own
+    inbox = MaildirStore(str(user.maildir)).open_folder("INBOX")
+    assert mailsync_flags(inbox) == {
+        body(1): {SEEN, "work"},
+        body(2): {FORWARDED, "todo"},
+        body(3): {FLAGGED, "later"},
+    }
+    for flag in ("work", "todo", "later", "$Label1"):
+        assert inbox.persists(flag)
+
+
+def test_keywords_go_both_ways_while_dovecot_has_the_folder_open(dovecot_server, dovecot_user):
+    """mailsync adds keywords to Dovecot's file while a session has the folder selected,
+    within the second Dovecot last wrote it: Dovecot must notice (the mtime grows)."""
+    server, user = dovecot_server, dovecot_user
+    with server.imap(user) as client:
+        client.append("INBOX", body(1), flags=[b"\\Seen", b"work"])
+        client.select_folder("INBOX")
+        (uid,) = client.search("ALL")
+        client.add_flags([uid], [b"dovecot"])
+        store = MaildirStore(str(user.maildir))
+        inbox = store.open_folder("INBOX")
+        (key,) = inbox.list()
+        inbox.set_flags(key, frozenset({"mailsync", "$Label2"}), frozenset({"work"}))
+        inbox.append(body(2), frozenset({"mailsync", "more"}), ARRIVAL)
+        store.close()
+        server.chown_maildir(user)
+        client.noop()
+        seen = {
+            data[b"SEQ"]: frozenset(f.decode() for f in data[b"FLAGS"] if f != b"\\Recent")
+            for data in client.fetch(client.search("ALL"), ["FLAGS"]).values()
+        }
+        assert seen == {
+            1: {SEEN, "dovecot", "mailsync", "$Label2"},
+            2: {"mailsync", "more"},
+        }
+        client.add_flags(client.search("ALL"), [b"both"])
+    assert mailsync_flags(MaildirStore(str(user.maildir)).open_folder("INBOX")) == {
+        body(1): {SEEN, "dovecot", "mailsync", "$Label2", "both"},
+        body(2): {"mailsync", "more", "both"},
+    }
+    with open(user.maildir / "INBOX" / "dovecot-keywords") as f:
+        assert not any("unknown-" in line for line in f)
 
 
 # -- read-only ------------------------------------------------------------------------
