@@ -521,7 +521,11 @@ class Syncer:
                         pairs, src, dst, target, listings, paired[dst]
                     )
                 candidates = index.get(digest)
-                if not candidates and unreadable & {len(data), len(data) + data.count(b"\n")}:
+                if (
+                    not candidates
+                    and unreadable
+                    and unreadable & {len(data), len(data) + data.count(b"\n")}
+                ):
                     error = (
                         f"{fstate.name_a}: cannot tell whether message {key} is already on the "
                         f"{SIDE_NAMES[dst]} side: a message of its size there is unreadable; "
