@@ -56,9 +56,9 @@ from mailsync.stores.base import Folder, Store
 log = logging.getLogger("mailsync")
 protocol_log = logging.getLogger("mailsync.imap")
 
-FETCH_BATCH_BYTES = 8 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE
+FETCH_BATCH_BYTES = 3 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE (x --jobs in RAM)
 FETCH_BATCH_MAX = 500  # messages per UID FETCH
-FETCH_LARGE_BYTES = 8 * 1024 * 1024  # bodies above this (RFC822.SIZE) are fetched in pieces
+FETCH_LARGE_BYTES = 4 * 1024 * 1024  # bodies above this (RFC822.SIZE) are fetched in pieces
 FETCH_PIECE_BYTES = 4 * 1024 * 1024  # one BODY.PEEK[]<offset.length> of such a body
 META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
 STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
