@@ -71,6 +71,7 @@ bench-deps:
 	command -v mbsync >/dev/null 2>&1 || missing="$$missing isync"; \
 	command -v offlineimap >/dev/null 2>&1 || missing="$$missing offlineimap"; \
 	command -v getmail >/dev/null 2>&1 || missing="$$missing getmail6"; \
+	test -x /usr/bin/time || missing="$$missing time"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -7,6 +7,8 @@ account from a private Dovecot into an empty Maildir tree, then rerunning with n
     .venv/bin/python bench/run.py --accounts big        # 100,000 messages, 50 folders: rerun
     .venv/bin/python bench/run.py --all                 # all three, one after the other
     .venv/bin/python bench/run.py --profile             # also cProfile a mailsync pull
+    .venv/bin/python bench/run.py --repeat 2 --reruns 2 # 2 passes (order reversed), 2 reruns
+    .venv/bin/python bench/run.py --mailsync-args '--jobs 1'   # extra mailsync options
 
 Needs root and Dovecot 2.3 (as the tests do); mbsync and offlineimap are skipped, with
 the command that installs them, when missing.  What one run does:
@@ -22,11 +24,14 @@ the command that installs them, when missing.  What one run does:
    scale, the newest wins) and rewrites bench/RESULTS.md from all records, targets
    marked met / not met.
 
-Wall time is measured around the child; CPU (user+sys) and peak RSS come from the
-child's rusage (os.wait4).  Dovecot's CPU during each run is read from /proc (its
-processes and their reaped children) and reported separately.  Nothing here asserts
+Wall time is measured around the child; CPU (user+sys) comes from the child's rusage
+(os.wait4), peak RSS from GNU time (see measure()).  Dovecot's CPU during each run is
+read from /proc (its processes and their reaped children) and reported separately.
+--profile adds an untimed mailsync pull and rerun under cProfile in every thread
+(bench/profile_mailsync.py; profiles kept in bench/work/*.prof).  Nothing here asserts
 absolute times: this is a report.  Work files live in bench/work/ (git-ignored) and are
-removed at the end unless --keep.
+removed at the end unless --keep.  The POP3 benchmark (getmail6) has its place in
+tools.POP_TOOLS and run_pop_benchmark(), not written yet.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ PASSWORD = "bench-pw-3kq9"
 MIB = 1024 * 1024
 BASELINE = "mbsync"
 DEFAULT_TOOLS = ("mailsync", "mbsync", "offlineimap")
+LOAD_WARNING = 1.0  # 1-minute load average (it still counts a run that just ended)
 VARIANT_ORDER = {"standard": 0, "big-message": 1, "big-accounts": 2}
 
 
@@ -326,7 +332,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str) -> dict:
     }
     load = os.getloadavg()[0]
     record["load_before"] = round(load, 2)
-    if load > 0.5:
+    if load > LOAD_WARNING:
         say(
             f"warning: load average {load:.2f} before the run: other work on this machine "
             "competes with the tools; the numbers will be noisy (use --repeat, or a quiet box)"
@@ -374,9 +380,15 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str) -> dict:
                     workdir=tool_dir,
                     repo_root=ROOT,
                 )
-                command = toolsmod.IMAP_TOOLS[name](setup)
-                if name == "mailsync" and args.mailsync_args:
-                    command = toolsmod.mailsync_imap(setup, args.mailsync_args)
+                try:
+                    if name == "mailsync":
+                        command = toolsmod.mailsync_imap(setup, args.mailsync_args)
+                    else:
+                        command = toolsmod.IMAP_TOOLS[name](setup)
+                except Exception as error:  # a config we cannot write: report, go on
+                    failed[name] = f"could not set up: {type(error).__name__}: {error}"
+                    say(f"  {name}: {failed[name]}")
+                    continue
                 record["tools"][name]["command"] = " ".join(command.argv).replace(
                     str(tool_dir), "$DIR"
                 )
@@ -804,11 +816,13 @@ def render_markdown(data: dict) -> str:
         for note in rec["corpus"].get("notes", []):
             lines.append(f"Note: {note}.")
         if rec.get("mailsync_sources_changed"):
+            lines.append("")
             lines.append(
                 "Warning: mailsync's sources changed while this run was going on, so its "
                 "passes may have measured different versions (see results.json, `passes`)."
             )
-        if rec.get("load_before", 0) > 0.5:
+        if rec.get("load_before", 0) > LOAD_WARNING:
+            lines.append("")
             lines.append(
                 f"Warning: the 1-minute load average was {rec['load_before']:.2f} before this "
                 "run: other work competed for the CPUs, so these numbers are noisy."
