@@ -285,6 +285,9 @@ def _write_message(tmp_dir, key, data, arrival, path, sub, filename) -> None:
         raise MessageError(_write_error(e, path))
 
 
+_GONE = object()  # MaildirFolder._on_file: the message's file is not there
+
+
 class LazyInfo(Info):
     """An Info whose arrival date (the file's mtime) is read only when asked for: a
     listing of 100,000 messages then needs no stat() per file."""
@@ -441,36 +444,44 @@ class MaildirFolder(Folder):
         self._where = where
         return out
 
-    def arrival(self, key: str) -> float:
-        """The message's arrival date: its file's mtime (now, if the file vanished)."""
-        for attempt in (1, 2):
-            loc = self._locate(key, rescan=attempt == 2)
-            if loc is None:
-                break
-            try:
-                return os.stat(os.path.join(self.path, *loc)).st_mtime
-            except FileNotFoundError:
-                continue
-        return time.time()
-
-    def fetch(self, key: str) -> bytes:
+    def _on_file(self, key: str, action):
+        """action(sub, filename) on the message's file.  A FileNotFoundError (a mail
+        reader renamed or deleted it meanwhile) looks the file up again, once.
+        Returns _GONE if the message is not there."""
         if key in self._pending:
             self._wait(key)
         for attempt in (1, 2):
             loc = self._locate(key, rescan=attempt == 2)
             if loc is None:
                 break
-            path = os.path.join(self.path, *loc)
+            try:
+                return action(*loc)
+            except FileNotFoundError:
+                continue
+        return _GONE
+
+    def arrival(self, key: str) -> float:
+        """The message's arrival date: its file's mtime (now, if the file vanished)."""
+        mtime = self._on_file(key, lambda *loc: os.stat(os.path.join(self.path, *loc)).st_mtime)
+        return time.time() if mtime is _GONE else mtime
+
+    def fetch(self, key: str) -> bytes:
+        def read(sub: str, filename: str) -> bytes:
+            path = os.path.join(self.path, sub, filename)
             try:
                 with open(path, "rb") as f:
                     return f.read()
             except FileNotFoundError:
-                continue  # renamed by a mail reader, or deleted: look again once
+                raise
             except PermissionError as e:
                 raise MessageError(f"cannot read {path} ({e.strerror}): check its permissions")
             except OSError as e:
                 raise MessageError(f"cannot read {path} ({e.strerror}): check the file and rerun")
-        raise MessageError(f"{self.name}: message {key} is gone")
+
+        data = self._on_file(key, read)
+        if data is _GONE:
+            raise MessageError(f"{self.name}: message {key} is gone")
+        return data
 
     def persists(self, flag: str) -> bool:
         """The six standard flags; a keyword that has a letter in this folder, or gets
@@ -720,8 +731,6 @@ class MaildirFolder(Folder):
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         self._writable()
-        if key in self._pending:
-            self._wait(key)
         add_letters = {FLAG_LETTERS[f] for f in add if f in FLAG_LETTERS}
         add_letters |= self._keyword_letters(add, create=True)  # durable before the rename
         remove_letters = {FLAG_LETTERS[f] for f in remove if f in FLAG_LETTERS}
@@ -729,11 +738,8 @@ class MaildirFolder(Folder):
         remove_letters -= add_letters
         if not add_letters and not remove_letters:
             return
-        for attempt in (1, 2):
-            loc = self._locate(key, rescan=attempt == 2)
-            if loc is None:
-                break
-            sub, filename = loc
+
+        def rename(sub: str, filename: str) -> None:
             info = split_name(filename)[1] or ""
             old = set(info)
             new = (old - remove_letters) | add_letters
@@ -744,32 +750,30 @@ class MaildirFolder(Folder):
             try:
                 os.rename(src, os.path.join(self.path, "cur", new_name))
             except FileNotFoundError:
-                continue  # a mail reader renamed or deleted it: look again once
+                raise
             except OSError as e:
                 raise MessageError(_write_error(e, src))
             self._dirty.add(os.path.join(self.path, sub))
             self._dirty.add(os.path.join(self.path, "cur"))
             self._where[key] = ("cur", new_name)
-            return
-        raise MessageError(f"{self.name}: message {key} is gone")
+
+        if self._on_file(key, rename) is _GONE:
+            raise MessageError(f"{self.name}: message {key} is gone")
 
     def delete(self, key: str) -> str:
         self._writable()
-        if key in self._pending:
-            self._wait(key)
-        for attempt in (1, 2):
-            loc = self._locate(key, rescan=attempt == 2)
-            if loc is None:
-                break
-            path = os.path.join(self.path, *loc)
+
+        def unlink(sub: str, filename: str) -> None:
+            path = os.path.join(self.path, sub, filename)
             try:
                 os.unlink(path)
             except FileNotFoundError:
-                continue
+                raise
             except OSError as e:
                 raise MessageError(_write_error(e, path))
-            self._dirty.add(os.path.join(self.path, loc[0]))
-            break
+            self._dirty.add(os.path.join(self.path, sub))
+
+        self._on_file(key, unlink)
         self._where.pop(key, None)  # already gone counts as deleted
         return key
 
