@@ -12,12 +12,14 @@ a terminal.  Never from the command line; never logged.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 import os
 import shlex
 import ssl
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -142,3 +144,38 @@ def get_password(endpoint: Endpoint) -> str:
         f"no password for {endpoint.display}: set password_command in the config, "
         "MAILSYNC_PASSWORD, or store it in the keyring (service mailsync)"
     )
+
+
+# One password per endpoint and process: parallel workers each open their own connection,
+# and must not run password_command or prompt once each.
+_LOCK = threading.RLock()
+_PASSWORDS: dict[tuple, str] = {}
+#: Every password handed out in this process: protocol logs mask each of them.
+SECRETS: set[str] = set()
+
+
+def _password_key(ep: Endpoint) -> tuple:
+    sources = (
+        repr(ep.options.get("password_command")),
+        os.environ.get("MAILSYNC_PASSWORD_COMMAND"),
+        os.environ.get("MAILSYNC_PASSWORD"),
+    )
+    digest = hashlib.sha256(repr(sources).encode()).hexdigest()  # the sources, if they change
+    return (ep.scheme, ep.user, ep.host, ep.port, digest)
+
+
+def password_for(ep: Endpoint) -> str:
+    """get_password(), asked once per endpoint and process."""
+    with _LOCK:
+        key = _password_key(ep)
+        if key not in _PASSWORDS:
+            password = get_password(ep)
+            SECRETS.add(password)
+            _PASSWORDS[key] = password
+        return _PASSWORDS[key]
+
+
+def forget_password(ep: Endpoint) -> None:
+    """After a failed login: the next attempt asks the source again."""
+    with _LOCK:
+        _PASSWORDS.pop(_password_key(ep), None)

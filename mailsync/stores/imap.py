@@ -31,10 +31,8 @@ Keys are UIDs (as strings) under the folder's UIDVALIDITY.  What it does on the 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import imaplib
 import logging
-import os
 import re
 import ssl
 import threading
@@ -50,7 +48,10 @@ from mailsync.errors import (
     StoreError,
 )
 from mailsync.message import Info, fingerprint, header_digest, normalise_flags, to_crlf, to_lf
-from mailsync.net import Endpoint, get_password, parse_endpoint
+from mailsync.net import SECRETS as _SECRETS
+from mailsync.net import Endpoint, parse_endpoint
+from mailsync.net import forget_password as _forget_password
+from mailsync.net import password_for as _password_for
 from mailsync.stores.base import Folder, Store
 
 log = logging.getLogger("mailsync")
@@ -140,7 +141,6 @@ def valid_keyword(flag: str) -> bool:
 
 # -- protocol logging ---------------------------------------------------------------------
 
-_SECRETS: set[str] = set()
 # An outgoing LOGIN/AUTHENTICATE command line ("> b'TAG LOGIN ..."), not LOGIN-REFERRALS.
 _REDACT_COMMAND = re.compile(r"^(>.*?\b)(LOGIN|AUTHENTICATE)(?=[\s'\"]|$).*", re.S)
 
@@ -167,6 +167,9 @@ def redact(text: str) -> str:
     return text
 
 
+_LOG_LOCK = threading.Lock()
+
+
 class _ProtocolBridge(logging.Handler):
     """Routes imapclient's and imaplib's debug records to the mailsync logger (shown
     with -vv), redacted."""
@@ -184,43 +187,12 @@ def _route_protocol_log() -> None:
     before), so protocol lines are never written unredacted; DEBUG only when mailsync's
     logger shows debug output (-vv)."""
     logger = logging.getLogger("imapclient")
-    with _LOCK:
+    with _LOG_LOCK:
         if len(logger.handlers) != 1 or not isinstance(logger.handlers[0], _ProtocolBridge):
             logger.handlers[:] = [_ProtocolBridge()]
         logger.propagate = False
         debug = protocol_log.isEnabledFor(logging.DEBUG)
         logger.setLevel(logging.DEBUG if debug else logging.ERROR)
-
-
-# One password per endpoint and process: parallel workers each open their own connection,
-# and must not run password_command or prompt once each.
-_LOCK = threading.RLock()
-_PASSWORDS: dict[tuple, str] = {}
-
-
-def _password_key(ep: Endpoint) -> tuple:
-    sources = (
-        repr(ep.options.get("password_command")),
-        os.environ.get("MAILSYNC_PASSWORD_COMMAND"),
-        os.environ.get("MAILSYNC_PASSWORD"),
-    )
-    digest = hashlib.sha256(repr(sources).encode()).hexdigest()  # the sources, if they change
-    return (ep.scheme, ep.user, ep.host, ep.port, digest)
-
-
-def _password_for(ep: Endpoint) -> str:
-    with _LOCK:
-        key = _password_key(ep)
-        if key not in _PASSWORDS:
-            password = get_password(ep)
-            _SECRETS.add(password)
-            _PASSWORDS[key] = password
-        return _PASSWORDS[key]
-
-
-def _forget_password(ep: Endpoint) -> None:
-    with _LOCK:
-        _PASSWORDS.pop(_password_key(ep), None)
 
 
 # -- store --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import sys
 import pytest
 from imaptools import CommandSpy, connect, maildir_files
 
+from mailsync import net as netmod
 from mailsync.errors import MessageError
 from mailsync.message import to_lf
 from mailsync.stores import imap as imapmod
@@ -28,7 +29,7 @@ RSS_LIMIT_MIB = 100  # the target (bench/RESULTS.md); measured 86-88 MiB, see th
 
 def store_for(server, user, read_only=True) -> IMAPStore:
     url = f"{server.url('imaps', user)}?cafile={server.cafile}"
-    imapmod._PASSWORDS.clear()
+    netmod._PASSWORDS.clear()
     store = IMAPStore(url, read_only=read_only)
     store._password = user.password
     return store

@@ -10,6 +10,7 @@ import time
 import pytest
 from imaptools import CommandSpy, Msg, connect, message, seed, when
 
+from mailsync import net as netmod
 from mailsync.errors import FolderError
 from mailsync.message import fingerprint
 from mailsync.stores import imap as imapmod
@@ -80,7 +81,7 @@ def test_header_digest_ignores_line_ends_and_needs_the_size():
 
 def test_password_is_asked_once_per_endpoint(monkeypatch):
     calls = []
-    monkeypatch.setattr(imapmod, "get_password", lambda ep: calls.append(ep) or "pw")
+    monkeypatch.setattr(netmod, "get_password", lambda ep: calls.append(ep) or "pw")
     monkeypatch.setenv("MAILSYNC_PASSWORD", "unused-here-" + str(time.time()))
     a = IMAPStore("imaps://u@example.org")
     b = IMAPStore("imaps://u@example.org")
@@ -96,7 +97,7 @@ def test_password_is_asked_once_per_endpoint(monkeypatch):
 
 def store_for(server, user, read_only=False) -> IMAPStore:
     url = f"{server.url('imaps', user)}?cafile={server.cafile}"
-    imapmod._PASSWORDS.clear()
+    netmod._PASSWORDS.clear()
     store = IMAPStore(url, read_only=read_only)
     store._password = user.password
     return store
