@@ -104,6 +104,63 @@ def header_value(data: bytes, name: str) -> str | None:
     return None if value is None else value.decode("utf-8", "replace")
 
 
+def _header_values(data: bytes, name: bytes) -> list[bytes]:
+    """Every value of header `name` (lower case, with the colon), unfolded."""
+    out: list[bytes] = []
+    current: bytearray | None = None
+    for line in header_block(data).split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current += b" " + line.strip()
+            continue
+        if current is not None:
+            out.append(bytes(current))
+            current = None
+        if line[: len(name)].lower() == name:
+            current = bytearray(line[len(name) :].strip())
+    if current is not None:
+        out.append(bytes(current))
+    return out
+
+
+def _parse_date(value: bytes) -> float | None:
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value.decode("ascii", "replace").strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    try:
+        return when.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def arrival_date(data: bytes, now: float | None = None) -> float | None:
+    """When a message arrived, for sources that do not say (POP3): the newest date of
+    its Received: headers, else its Date:, else None.  Dates more than a day in the
+    future are not believed."""
+    import time
+
+    limit = (time.time() if now is None else now) + 86400
+    received = []
+    for value in _header_values(data, b"received:"):
+        _, sep, date = value.rpartition(b";")
+        when = _parse_date(date) if sep else None
+        if when is not None and when <= limit:
+            received.append(when)
+    if received:
+        return max(received)
+    for value in _header_values(data, b"date:"):
+        when = _parse_date(value)
+        if when is not None and when <= limit:
+            return when
+    return None
+
+
 def header_digest(data: bytes, size: int | None = None) -> str:
     """A cheap identity of a message: its header block (LF form) and its size on the wire
     (CRLF form, as IMAP's RFC822.SIZE counts it).  `data` is the whole message or just

@@ -66,6 +66,35 @@ class Policy:
         return self.delete == "propagate" and self.writes(side)
 
 
+@dataclass(frozen=True)
+class Retention:
+    """When a source that keeps mail only until it is fetched (a POP3 server) lets go of
+    messages: right after they are safely copied, and/or `after_days` after that."""
+
+    after_download: bool = False
+    after_days: float | None = None
+
+    def describe(self) -> str:
+        if self.after_download:
+            return "after download"
+        return f"{self.after_days:g} days after download"
+
+
+def expired(recorded: Mapping[str, float | None], rule: Retention, now: float) -> list[str]:
+    """Which source messages the rule lets go.  `recorded`: each source key whose message
+    is durable on the other side and recorded in the state -> when it was first recorded
+    (None: unknown, never old enough).  Nothing else is ever expired."""
+    out = []
+    for key, added in recorded.items():
+        if rule.after_download or (
+            rule.after_days is not None
+            and added is not None
+            and now - added >= rule.after_days * 86400
+        ):
+            out.append(key)
+    return sorted(out)
+
+
 @dataclass
 class Copy:
     src: str  # side the message is on

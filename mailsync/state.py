@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS pairs (
     key_b TEXT,
     flags TEXT NOT NULL DEFAULT '',
     hash TEXT,
-    ident TEXT
+    ident TEXT,
+    added REAL
 );
 CREATE INDEX IF NOT EXISTS pairs_folder ON pairs (folder_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -67,6 +68,7 @@ class Pair:
     flags: frozenset[str]
     hash: str | None = None  # message.fingerprint(): the content hash
     ident: str | None = None  # message.header_digest(): header + size, for cheap re-matching
+    added: float | None = None  # when the pair was first recorded (POP3 delete_after_days)
 
     def key(self, side: str) -> str | None:
         return self.key_a if side == "a" else self.key_b
@@ -136,6 +138,8 @@ class State:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(pairs)")}
             if "ident" not in columns:  # state files from before the column existed
                 self.db.execute("ALTER TABLE pairs ADD COLUMN ident TEXT")
+            if "added" not in columns:
+                self.db.execute("ALTER TABLE pairs ADD COLUMN added REAL")
         except sqlite3.DatabaseError as error:
             self._unlock()
             raise StoreError(
@@ -250,10 +254,10 @@ class State:
     # pairs ------------------------------------------------------------------------
     def pairs(self, folder_id: int) -> list[Pair]:
         rows = self.db.execute(
-            "SELECT id, key_a, key_b, flags, hash, ident FROM pairs WHERE folder_id = ?",
+            "SELECT id, key_a, key_b, flags, hash, ident, added FROM pairs WHERE folder_id = ?",
             (folder_id,),
         )
-        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5]) for r in rows]
+        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def count_pairs(self, folder_id: int) -> tuple[int, int]:
         row = self.db.execute(
@@ -263,9 +267,17 @@ class State:
 
     def add_pair(self, folder_id: int, pair: Pair) -> None:
         cursor = self.db.execute(
-            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (folder_id, pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash, pair.ident),
+            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident, added) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                folder_id,
+                pair.key_a,
+                pair.key_b,
+                format_flags(pair.flags),
+                pair.hash,
+                pair.ident,
+                pair.added if pair.added is not None else time.time(),
+            ),
         )
         pair.id = cursor.lastrowid
 
