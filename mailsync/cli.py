@@ -58,6 +58,7 @@ class Job:
     direction: str
     delete: str
     patterns: list[str]
+    folder_map: dict[str, str] | None = None  # remote name -> local name (channel folder)
 
     @property
     def label(self) -> str:
@@ -272,8 +273,10 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
                     direction,
                     _delete_policy(direction, channel.delete, options),
                     patterns or channel.folders,
+                    {"INBOX": channel.folder} if channel.folder else None,
                 )
             )
+        _check_pop(jobs)
         return jobs
     if len(args) != 2:
         unknown = [a for a in args if a not in channels]
@@ -287,7 +290,7 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
     else:
         (url_a, opt_a), (url_b, opt_b) = first, second
     direction = {"pull": "pull", "push": "push"}.get(command, "both")
-    return [
+    jobs = [
         Job(
             None,
             url_a,
@@ -299,6 +302,28 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
             patterns or ["*"],
         )
     ]
+    _check_pop(jobs)
+    return jobs
+
+
+def _check_pop(jobs: list[Job]) -> None:
+    for job in jobs:
+        problems = configmod.pop_problems(job.url_a, job.url_b, job.direction, job.delete)
+        if problems:
+            raise ConfigError(f"{job.label}: " + "; ".join(problems))
+
+
+def _clock():
+    """time.time, or for tests a fixed moment from MAILSYNC_NOW (seconds since the epoch),
+    so that delete_after_days can be tested without waiting days."""
+    fixed = os.environ.get("MAILSYNC_NOW")
+    if not fixed:
+        return time.time
+    try:
+        moment = float(fixed)
+    except ValueError:
+        raise ConfigError(f"MAILSYNC_NOW={fixed!r} is not a number of seconds since the epoch")
+    return lambda: moment
 
 
 def _delete_policy(direction: str, configured: str | None, options: dict) -> str:
@@ -381,6 +406,8 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
                 progress=_progress_factory(options.get("progress")),
                 jobs=jobs,
                 open_stores=open_stores,
+                folder_map=job.folder_map,
+                clock=_clock(),
             )
             try:
                 report = syncer.run()

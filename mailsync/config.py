@@ -36,8 +36,8 @@ STORE_OPTIONS = {
     "memory": set(),
     "imap": NETWORK_OPTIONS,
     "imaps": NETWORK_OPTIONS,
-    "pop3": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size"},
-    "pop3s": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size"},
+    "pop3": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
+    "pop3s": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
     "ews": NETWORK_OPTIONS | {"auth", "items", "autodiscover"},
 }
 CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder"}
@@ -59,6 +59,29 @@ class ChannelConfig:
     direction: str = "both"
     delete: str | None = None  # None: the command's default
     folders: list[str] = field(default_factory=lambda: ["*"])
+    folder: str | None = None  # the local folder the remote INBOX goes to (POP3)
+
+
+POP_SCHEMES = ("pop3", "pop3s")
+
+
+def pop_problems(url_a: str, url_b: str, direction: str, delete: str | None) -> list[str]:
+    """What a channel (or an ad-hoc run) with a POP3 store may not do: POP3 is a
+    source only, and its deletions are the store's delete options, never propagated."""
+    out = []
+    if split_url(url_b)[0] in POP_SCHEMES:
+        out.append("a POP3 store can only be the remote side (the source) of a pull")
+    if split_url(url_a)[0] in POP_SCHEMES:
+        if direction != "pull":
+            out.append(
+                f'a POP3 store can only be pulled from (direction = "pull"), not {direction!r}'
+            )
+        if delete == "propagate":
+            out.append(
+                "deletions are never propagated to or from a POP3 store; to delete from the "
+                'server set delete = "after-download" or delete_after_days on the store'
+            )
+    return out
 
 
 @dataclass
@@ -187,7 +210,8 @@ def parse(data: dict, text: str = "", path: str = "config") -> Config:
                     problem(section, side, str(error))
             else:
                 problem(section, side, f"{side} = {ref!r}: no [store.{ref}] in the config")
-        direction = table.get("direction", "both")
+        is_pop = "remote" in sides and split_url(sides["remote"].url)[0] in POP_SCHEMES
+        direction = table.get("direction", "pull" if is_pop else "both")
         if direction not in DIRECTIONS:
             problem(section, "direction", f"direction must be one of {', '.join(DIRECTIONS)}")
         delete = table.get("delete")
@@ -199,9 +223,20 @@ def parse(data: dict, text: str = "", path: str = "config") -> Config:
         if not isinstance(folders, list) or not all(isinstance(f, str) for f in folders):
             problem(section, "folders", 'folders must be a list of patterns, e.g. ["*"]')
             folders = ["*"]
+        folder = table.get("folder")
+        if folder is not None and (
+            not isinstance(folder, str)
+            or not folder.strip("/")
+            or any(part in ("", ".", "..") for part in folder.split("/"))
+            or any(ord(c) < 32 or ord(c) == 127 for c in folder)
+        ):
+            problem(section, "folder", 'folder must be a local folder name, e.g. "POP/provider"')
+            folder = None
         if len(sides) == 2:
+            for text in pop_problems(sides["remote"].url, sides["local"].url, direction, delete):
+                problem(section, "remote", text)
             config.channels[name] = ChannelConfig(
-                name, sides["remote"], sides["local"], direction, delete, folders
+                name, sides["remote"], sides["local"], direction, delete, folders, folder
             )
 
     if problems:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import Info, fingerprint, header_digest
+from mailsync.message import Info, arrival_date, fingerprint, header_digest
 from mailsync.planner import (
     SIDE_NAMES,
     Copy,
@@ -31,8 +31,10 @@ from mailsync.planner import (
     Forget,
     Plan,
     Policy,
+    Retention,
     SetFlags,
     Tombstone,
+    expired,
     other,
     plan,
 )
@@ -160,6 +162,8 @@ class Syncer:
         progress: ProgressFactory | None = None,
         jobs: int = 1,
         open_stores: Callable[[], tuple[Store, Store]] | None = None,
+        folder_map: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self._main = {"stores": {"a": store_a, "b": store_b}, "state": state}
         self._local = threading.local()
@@ -169,6 +173,10 @@ class Syncer:
         self.progress = progress or (lambda total, desc: NullProgress())
         self.jobs = max(1, jobs) if open_stores is not None else 1
         self.open_stores = open_stores
+        # Remote folder name -> local name, for the folders it names (a channel's
+        # folder = "POP/provider" maps INBOX); with a map, only its folders are synced.
+        self.folder_map = dict(folder_map or {})
+        self.clock = clock
 
     # Each worker thread has its own stores and state handle; the main thread the given ones.
     @property
@@ -189,12 +197,19 @@ class Syncer:
                 candidates |= existing[side]
         # Folders the state knows are synced too, so a vanished folder is noticed.
         known = {f.name_a for f in self.state.folders()}
-        candidates |= known
-        names = [
-            name
-            for name in select_folders(candidates, self.patterns)
-            if name in known or any(name in existing[side] for side in ("a", "b"))
-        ]
+        if self.folder_map:
+            names = [
+                name
+                for name in sorted(self.folder_map)
+                if name in known or name in existing["a"] or self.local_name(name) in existing["b"]
+            ]
+        else:
+            candidates |= known
+            names = [
+                name
+                for name in select_folders(candidates, self.patterns)
+                if name in known or any(name in existing[side] for side in ("a", "b"))
+            ]
         if self.jobs > 1 and len(names) > 1:
             report.folders.extend(self._run_parallel(names, existing))
         else:
@@ -234,10 +249,13 @@ class Syncer:
                         store.close()
                 state.close()
 
+    def local_name(self, name: str) -> str:
+        return self.folder_map.get(name, name)
+
     # folder -----------------------------------------------------------------------
     def sync_folder(self, name: str, existing: dict[str, set[str]]) -> FolderReport:
         report = FolderReport(name)
-        fstate = self.state.folder(name, name)
+        fstate = self.state.folder(name, self.local_name(name))
         folders: dict[str, Folder | None] = {}
         try:
             for side in ("a", "b"):
@@ -249,6 +267,8 @@ class Syncer:
                     folder.close()
 
     def _open(self, name, side, existing, fstate: FolderState, report) -> Folder | None:
+        if side == "b":
+            name = self.local_name(name)
         if name in existing[side]:
             return self.stores[side].open_folder(name)
         if not self.policy.writes(side) or self.dry_run:
@@ -276,6 +296,15 @@ class Syncer:
         if folder is None:
             return {}, {}
         cursor = fstate.cursor(side)
+        try:
+            return self._list_folder(side, folder, fstate, pairs, cursor)
+        finally:
+            skipped = getattr(folder, "skipped", None) or []
+            report.skipped += len(skipped)
+            for note in skipped:
+                log.warning("%s: %s", fstate.name_a, note)
+
+    def _list_folder(self, side, folder: Folder, fstate: FolderState, pairs, cursor):
         if cursor and folder.unchanged(cursor):
             listing = {p.key(side): Info(p.flags, 0, 0.0) for p in pairs if p.key(side) is not None}
             log.debug("%s: side %s unchanged since the last run", fstate.name_a, side)
@@ -352,16 +381,25 @@ class Syncer:
             log.warning(
                 "%s: deletions refused: %s; rerun with --force-delete if intended", name, reason
             )
+        rule: Retention | None = getattr(folders["a"], "retention", None)
         if self.dry_run:
             report.planned = the_plan.count()
             for action in the_plan.copies + the_plan.flags + the_plan.deletes:
                 log.info("%s: would %s", name, describe(action))
+            if rule is not None:
+                going = self._expired(rule, pairs, listings, set())
+                if rule.after_download:
+                    going += [c.key for c in the_plan.copies if c.src == "a"]
+                report.planned["delete_a"] += len(going)
+                for key in going:
+                    log.info("%s: would delete remote %s (%s)", name, key, rule.describe())
             return report
 
         # Pairs re-linked by content during the copies (a message that vanished and came
         # back identical): their planned deletion or tombstone no longer applies.
         self._local.relinked: set[int] = set()
         self._local.written: set[str] = set()  # sides this run changed
+        self._local.arrived: set[str] = set()  # local keys this run copied in
         self._copies(fstate, the_plan, folders, listings, pairs, report)
         self._flags(the_plan.flags, folders, report)
         self._deletes(
@@ -389,7 +427,41 @@ class Syncer:
         self.state.save_folder(fstate)
         self.state.commit()
         step("folder done")
+        if rule is not None and not report.errors:
+            self._expire(rule, fstate, folders, listings, report)
         return report
+
+    # retention (POP3 delete = "after-download", delete_after_days) ----------------------
+    def _expired(self, rule: Retention, pairs, listings, arrived: set[str]) -> list[str]:
+        """Remote keys the rule lets go: only messages still on the remote side whose
+        local copy is recorded and there (listed, or copied in by this run), so a local
+        tree that vanished (an unmounted disk) never lets anything go."""
+        recorded = {
+            p.key_a: p.added
+            for p in pairs
+            if p.key_a is not None
+            and p.key_a in listings["a"]
+            and p.key_b is not None
+            and (p.key_b in listings["b"] or p.key_b in arrived)
+        }
+        return expired(recorded, rule, self.clock())
+
+    def _expire(self, rule: Retention, fstate, folders, listings, report) -> None:
+        pairs = self.state.pairs(fstate.id)
+        keys = self._expired(rule, pairs, listings, self._local.arrived)
+        if not keys:
+            return
+        by_key = {p.key_a: p for p in pairs if p.key_a is not None}
+        actions = [Delete("a", key, by_key[key]) for key in keys]
+        log.info(
+            "%s: deleting %d message(s) from the server (%s)",
+            fstate.name_a,
+            len(keys),
+            rule.describe(),
+        )
+        # One batch: the server deletes only when the session ends, all or nothing.  The
+        # pairs stay as tombstones: the local copies remain known.
+        self._deletes(actions, folders, report, batch=len(actions), tombstone=True)
 
     # UIDVALIDITY changes ------------------------------------------------------------
     def _rematch(self, fstate, side, folder, listings, report) -> None:
@@ -541,7 +613,7 @@ class Syncer:
                     self._link(copy, src, dst, dst_key, pair, target, listings[dst])
                     if pair is not None and copy.pair is not None and pair is not copy.pair:
                         obsolete.append(copy.pair)  # a resurrected message met its tombstone
-                    pair = pair or copy.pair or Pair(None, None, None, copy.flags, digest)
+                    pair = pair or copy.pair or self._new_pair(copy, digest)
                     paired[dst].add(dst_key)
                     report.linked += 1
                     log.info(
@@ -553,15 +625,19 @@ class Syncer:
                         dst_key,
                     )
                 else:
+                    # Sources that do not know when a message arrived (POP3): its headers.
+                    arrival = copy.arrival or arrival_date(data) or self.clock()
                     try:
-                        dst_key = target.append(data, copy.flags, copy.arrival)
+                        dst_key = target.append(data, copy.flags, arrival)
                     except MessageError as error:
                         report.errors.append(str(error))
                         log.error("%s", error)
                         continue
                     step("append")
                     self._local.written.add(dst)
-                    pair = copy.pair or Pair(None, None, None, copy.flags, digest)
+                    if dst == "b":
+                        self._local.arrived.add(dst_key)
+                    pair = copy.pair or self._new_pair(copy, digest)
                     setattr(
                         report,
                         f"copied_{src}_to_{dst}",
@@ -587,6 +663,9 @@ class Syncer:
             commit()
         finally:
             bar.close()
+
+    def _new_pair(self, copy: Copy, digest: str) -> Pair:
+        return Pair(None, None, None, copy.flags, digest, added=self.clock())
 
     def _match_index(self, pairs, src, dst, target: Folder, listings, paired_now):
         """Destination messages a copy may turn out to be, by content hash: unknown ones
@@ -652,11 +731,16 @@ class Syncer:
             step("commit flags")
 
     # deletions ----------------------------------------------------------------------------
-    def _deletes(self, actions: list[Delete], folders, report) -> None:
-        for start in range(0, len(actions), BATCH_MESSAGES):
-            batch = actions[start : start + BATCH_MESSAGES]
+    def _deletes(
+        self, actions: list[Delete], folders, report, batch: int = BATCH_MESSAGES, tombstone=False
+    ) -> None:
+        """With `tombstone`, the pairs are kept with the deleted side's key cleared (the
+        other side keeps its message and it stays known), else forgotten."""
+        size = max(1, batch)
+        for start in range(0, len(actions), size):
+            batch_actions = actions[start : start + size]
             done = []
-            for action in batch:
+            for action in batch_actions:
                 try:
                     self._local.written.add(action.side)
                     removed = folders[action.side].delete(action.key)
@@ -672,13 +756,18 @@ class Syncer:
             for folder in folders.values():
                 if folder is not None:
                     folder.flush()
+            step("flush deletes")
             self.state.begin()
             for action, removed in done:
                 if removed != action.key:
                     # Identical copies are interchangeable (mbox): the pair that pointed
                     # at the copy actually removed now points at the one we named.
                     self._repoint(action, removed)
-                self.state.delete_pair(action.pair)
+                if tombstone:
+                    setattr(action.pair, f"key_{action.side}", None)
+                    self.state.update_pair(action.pair)
+                else:
+                    self.state.delete_pair(action.pair)
             self.state.commit()
             step("commit deletes")
 
