@@ -1,0 +1,673 @@
+"""POP3 store: one folder, INBOX, keyed by UIDL.
+
+RFC 1939 (POP3), RFC 2449 (CAPA, response codes), RFC 2595 (STLS), RFC 5034 (SASL
+PLAIN), APOP.  URLs ``pop3s://USER@HOST[:PORT]`` (implicit TLS, 995) and
+``pop3://USER@HOST[:PORT]`` (STLS required, 110); ``tls=none`` and ``cafile=`` as for
+IMAP, and the same password sources.
+
+A maildrop has no folders and no flags: ``list`` is UIDL + LIST, ``fetch_many`` is RETR
+(pipelined when the server offers PIPELINING), ``delete`` is DELE.  The server carries
+out DELEs only when the session ends with QUIT, and an interrupted session deletes
+nothing; so ``flush`` sends the DELEs and then QUIT, and once it returns the deletions
+are done and the engine records them.
+
+Keys are UIDLs, which RFC 1939 makes permanent for a message.  A server without UIDL
+(or one that reports a UIDL twice, or an unusable one) gets keys from the message
+itself instead: the digest of its header (TOP n 0) and its size, or of its whole
+content where TOP is missing too.  A warning says what that costs.
+
+The store deletes nothing by itself.  Its ``delete`` / ``delete_after_days`` options
+become the folder's ``retention``; the engine asks the planner which messages it allows
+to go, among those durable on the other side and recorded in the state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import socket
+import ssl
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from mailsync.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    FolderError,
+    MailsyncError,
+    MessageError,
+    StoreError,
+)
+from mailsync.message import Info, fingerprint, header_digest, to_lf
+from mailsync.net import Endpoint, forget_password, parse_endpoint, password_for
+from mailsync.planner import Retention
+from mailsync.stores.base import Folder, Store
+
+log = logging.getLogger("mailsync")
+protocol_log = logging.getLogger("mailsync.pop3")
+
+AUTH_METHODS = ("auto", "plain", "apop", "user")
+DELETE_MODES = ("keep", "after-download")
+MAX_LINE = 64 * 1024  # a status or listing line; RFC 1939 allows 512 octets
+MAX_MESSAGE = 1 << 30  # refuse to buffer more than this for one response
+INFLIGHT_MESSAGES = 64  # pipelined RETRs outstanding at once
+INFLIGHT_BYTES = 4 * 1024 * 1024  # ...and their LIST sizes together
+RECV_BYTES = 256 * 1024
+_UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}")  # RFC 1939: 1 to 70 printable characters
+_TIMESTAMP = re.compile(rb"<[^<>\s]+>")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+class _ServerError(Exception):
+    """-ERR: the server refused a command."""
+
+
+class _Malformed(Exception):
+    """The server sent something that is not POP3."""
+
+
+class _Dropped(Exception):
+    """The connection ended in the middle of a response."""
+
+
+def parse_size(value, url: str) -> int | None:
+    """max_size: bytes, or a number with K, M or G (1024-based)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"store {url!r}: max_size must be a size such as 10M")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)B?\s*", str(value), re.I)
+        if not match:
+            raise ConfigError(f"store {url!r}: max_size must be a size such as 10M or 500000")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if size <= 0:
+        raise ConfigError(f"store {url!r}: max_size must be positive")
+    return size
+
+
+def _human(size: int) -> str:
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _unstuff(data: bytes) -> bytes:
+    """Undo dot-stuffing of a multi-line response (CRLF form)."""
+    if data.startswith(b".."):
+        data = data[1:]
+    if b"\r\n.." in data:
+        data = data.replace(b"\r\n..", b"\r\n.")
+    return data
+
+
+class _Session:
+    """One POP3 session: a socket, a read buffer, commands and responses."""
+
+    def __init__(self, ep: Endpoint, auth: str, where: str):
+        self.ep = ep
+        self.auth = auth
+        self.where = where
+        self.sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self.capabilities: set[str] = set()
+        self.sasl: set[str] = set()
+        self.timestamp: bytes | None = None
+
+    # connection ---------------------------------------------------------------------
+    def open(self, password: str) -> None:
+        ep = self.ep
+        sock = socket.create_connection((ep.host, ep.port), timeout=ep.timeout)
+        self.sock = sock
+        if ep.tls == "implicit":
+            self.sock = ep.ssl_context().wrap_socket(sock, server_hostname=ep.host)
+        greeting = self._status()
+        match = _TIMESTAMP.search(greeting)
+        self.timestamp = match.group(0) if match else None
+        self._capa()
+        if ep.tls == "starttls":
+            if "STLS" not in self.capabilities:
+                raise ConnectError(
+                    f"{self.where} does not offer STLS; refusing to send the password in clear "
+                    "(use pop3s://, or tls=none if you really mean it)"
+                )
+            self.command("STLS")
+            if self._pos != len(self._buf):
+                raise _Malformed("data after the STLS response (a man in the middle?)")
+            self.sock = ep.ssl_context().wrap_socket(self.sock, server_hostname=ep.host)
+            self._buf.clear()
+            self._pos = 0
+            self._capa()  # what the server offers may change once the session is private
+        self._login(password)
+        if self.capabilities:
+            self._capa()  # and again once logged in (RFC 2449)
+
+    def _capa(self) -> None:
+        try:
+            self.command("CAPA")
+        except _ServerError:
+            self.capabilities, self.sasl = set(), set()
+            return
+        capabilities, sasl = set(), set()
+        for line in self._block().split(b"\r\n"):
+            words = line.decode("ascii", "replace").upper().split()
+            if words:
+                capabilities.add(words[0])
+                if words[0] == "SASL":
+                    sasl.update(words[1:])
+        self.capabilities, self.sasl = capabilities, sasl
+
+    def _login(self, password: str) -> None:
+        ep = self.ep
+        method = self.auth
+        if method == "auto":
+            if self.timestamp and ep.tls == "none":
+                method = "apop"  # the password never crosses the wire in clear
+            elif "PLAIN" in self.sasl:
+                method = "plain"
+            elif self.timestamp and not self.capabilities:
+                method = "apop"
+            else:
+                method = "user"
+        try:
+            if method == "plain":
+                token = base64.b64encode(f"\0{ep.user}\0{password}".encode()).decode()
+                self._send(f"AUTH PLAIN {token}", secret=True)
+                line = self._readline()
+                if line.startswith(b"+ ") or line == b"+":  # no initial response taken
+                    self._send(token, secret=True)
+                    line = self._readline()
+                self._check(line)
+            elif method == "apop":
+                if not self.timestamp:
+                    raise AuthError(
+                        f"{self.where}: auth = apop, but the server's greeting offers no APOP"
+                    )
+                digest = hashlib.md5(self.timestamp + password.encode()).hexdigest()
+                self.command(f"APOP {ep.user} {digest}", secret=True)
+            else:
+                self.command(f"USER {ep.user}")
+                self.command(f"PASS {password}", secret=True)
+        except _ServerError as error:
+            text = str(error)
+            if "[IN-USE]" in text.upper():
+                raise ConnectError(
+                    f"{self.where}: the mailbox is in use by another POP3 session ({text}); "
+                    "rerun when it has ended"
+                )
+            if "[SYS/TEMP]" in text.upper() or "[LOGIN-DELAY]" in text.upper():
+                raise ConnectError(f"{self.where}: the server refused the login for now ({text})")
+            forget_password(ep)
+            raise AuthError(
+                f"{self.where}: login failed ({text or 'no reason given'}); check the user "
+                "name and password"
+            )
+        log.debug("%s: logged in (%s)", self.where, method)
+
+    def close(self, quit: bool = True) -> None:
+        """End the session; with `quit`, politely (QUIT: pending DELEs take effect)."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        try:
+            if quit:
+                self.sock = sock
+                try:
+                    self.command("QUIT")
+                finally:
+                    self.sock = None
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # reading ------------------------------------------------------------------------
+    def _fill(self) -> None:
+        data = self.sock.recv(RECV_BYTES)
+        if not data:
+            raise _Dropped("the server closed the connection")
+        self._buf += data
+
+    def _readline(self) -> bytes:
+        if self._pos > RECV_BYTES and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        search = self._pos
+        while True:
+            end = self._buf.find(b"\r\n", search)
+            if end >= 0:
+                line = bytes(self._buf[self._pos : end])
+                self._pos = end + 2
+                protocol_log.debug("pop3: < %s", line[:200].decode("ascii", "replace"))
+                return line
+            if len(self._buf) - self._pos > MAX_LINE:
+                raise _Malformed("a response line of more than 64 KB")
+            search = max(self._pos, len(self._buf) - 1)
+            self._fill()
+
+    @staticmethod
+    def _check(line: bytes) -> bytes:
+        if line.startswith(b"+OK"):
+            return line[3:].strip()
+        if line.startswith(b"-ERR"):
+            raise _ServerError(line[4:].strip().decode("utf-8", "replace")[:300])
+        raise _Malformed(f"expected +OK or -ERR, got {line[:60]!r}")
+
+    def _status(self) -> bytes:
+        return self._check(self._readline())
+
+    def _block(self) -> bytes:
+        """The multi-line data after a +OK line: CRLF form, dot-stuffing undone.  The
+        status line's CRLF is still in the buffer right before it, so an empty block
+        (just ".") is the terminator CRLF.CRLF found two bytes back."""
+        start = self._pos
+        search = start - 2
+        while True:
+            end = self._buf.find(b"\r\n.\r\n", search)
+            if end >= 0:
+                break
+            if len(self._buf) - start > MAX_MESSAGE:
+                raise _Malformed("a response of more than 1 GiB")
+            search = max(start - 2, len(self._buf) - 4)
+            self._fill()
+        if end >= start:
+            with memoryview(self._buf) as view:
+                data = bytes(view[start : end + 2])
+        else:
+            data = b""
+        self._pos = end + 5
+        return _unstuff(data)
+
+    # writing ------------------------------------------------------------------------
+    def _send(self, *lines: str, secret: bool = False) -> None:
+        for line in lines:
+            if secret:
+                shown = line.split(" ", 1)[0] + " ****" if " " in line else "****"
+            else:
+                shown = line
+            protocol_log.debug("pop3: > %s", shown)
+        self.sock.sendall("".join(line + "\r\n" for line in lines).encode("utf-8"))
+
+    def command(self, line: str, secret: bool = False) -> bytes:
+        self._send(line, secret=secret)
+        return self._status()
+
+    def listing(self, command: str) -> list[tuple[int, bytes]]:
+        """LIST or UIDL: [(message number, second word)]."""
+        self.command(command)
+        out = []
+        for line in self._block().split(b"\r\n"):
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) < 2 or not parts[0].isdigit():
+                raise _Malformed(f"{command} line {line[:60]!r}")
+            out.append((int(parts[0]), parts[1]))
+        return out
+
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.capabilities
+
+
+class POP3Store(Store):
+    def __init__(self, url: str, options: dict | None = None, read_only: bool = False):
+        self.endpoint = parse_endpoint(url, options)
+        self.url = self.endpoint.display
+        self.read_only = read_only
+        opts = self.endpoint.options
+        auth = str(opts.pop("auth", "auto")).lower()
+        if auth not in AUTH_METHODS:
+            raise ConfigError(f"store {self.url}: auth must be one of {', '.join(AUTH_METHODS)}")
+        delete = str(opts.pop("delete", "keep")).lower()
+        if delete not in DELETE_MODES:
+            raise ConfigError(
+                f"store {self.url}: delete must be one of {', '.join(DELETE_MODES)} "
+                "(delete_after_days = N deletes what was downloaded N days ago)"
+            )
+        days = opts.pop("delete_after_days", None)
+        if days is not None and days != "":
+            try:
+                days = float(days)
+            except (TypeError, ValueError):
+                days = -1.0
+            if days < 0 or isinstance(days, bool):
+                raise ConfigError(
+                    f"store {self.url}: delete_after_days must be a number of days (0 or more)"
+                )
+        else:
+            days = None
+        self.max_size = parse_size(opts.pop("max_size", None), self.url)
+        opts.pop("password_command", None)  # read by net.get_password
+        if opts:
+            raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(opts))}")
+        self.auth = auth
+        self.retention = (
+            Retention(after_download=delete == "after-download", after_days=days)
+            if delete == "after-download" or days is not None
+            else None
+        )
+        self._folder: POP3Folder | None = None
+
+    def list_folders(self) -> list[str]:
+        return ["INBOX"]
+
+    def open_folder(self, name: str, create: bool = False) -> POP3Folder:
+        if name != "INBOX":
+            raise FolderError(
+                f"{self.url}: a POP3 mailbox has one folder, INBOX (not {name!r}); "
+                'name the local folder with folder = "..." in the channel'
+            )
+        if self._folder is None:
+            self._folder = POP3Folder(self)
+        return self._folder
+
+    def close(self) -> None:
+        if self._folder is not None:
+            self._folder.close()
+
+
+class POP3Folder(Folder):
+    name = "INBOX"
+    validity = ""  # UIDLs are permanent: nothing ever voids the keys
+    read_only = True
+
+    def __init__(self, store: POP3Store):
+        self.store = store
+        self.retention = store.retention
+        self.skipped: list[str] = []  # messages left out of the listing, one note each
+        self._session: _Session | None = None
+        self._numbers: dict[str, int] = {}  # key -> message number in this session
+        self._sizes: dict[str, int] = {}  # key -> LIST size
+        self._deletions: list[str] = []
+        self.reconnects = 0
+
+    def __repr__(self) -> str:
+        return f"<POP3Folder {self.store.url}>"
+
+    # session ------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return self.store.url
+
+    def _guard(self, action: str, error: BaseException) -> MailsyncError:
+        """A low-level failure -> the error the engine understands."""
+        if isinstance(error, MailsyncError):
+            return error
+        self._drop()
+        if isinstance(error, _ServerError):
+            return FolderError(f"{self.where}: the server refused {action}: {error}")
+        if isinstance(error, _Malformed):
+            return FolderError(
+                f"{self.where}: the server sent a response mailsync cannot read ({action}: {error})"
+            )
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return ConnectError(
+                f"{self.where}: the server's certificate is not trusted "
+                f"({error.verify_message or error}); for a private CA give cafile=PATH"
+            )
+        if isinstance(error, ssl.SSLError):
+            return ConnectError(f"{self.where}: TLS failed ({error.reason or error})")
+        if isinstance(error, TimeoutError):
+            return ConnectError(
+                f"{self.where}: no answer within {self.store.endpoint.timeout:g} s during "
+                f"{action}; check the host and port (timeout=SECONDS changes the limit)"
+            )
+        if isinstance(error, OSError) and action == "login":
+            ep = self.store.endpoint
+            return ConnectError(
+                f"cannot connect to {ep.host}:{ep.port} ({error.strerror or error}); check "
+                "the host name and port, and that the server is up"
+            )
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return ConnectError(f"{self.where}: connection lost during {action} ({reason})")
+
+    @property
+    def session(self) -> _Session:
+        if self._session is None:
+            ep = self.store.endpoint
+            session = _Session(ep, self.store.auth, self.where)
+            try:
+                session.open(password_for(ep))
+            except BaseException as error:
+                session.close(quit=False)
+                if isinstance(error, _ServerError):
+                    raise ConnectError(f"{self.where}: the server refused the session ({error})")
+                if isinstance(error, MailsyncError | _Malformed | _Dropped | OSError):
+                    raise self._guard("login", error)
+                raise
+            self._session = session
+        return self._session
+
+    def _drop(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close(quit=False)  # no QUIT: nothing of this session takes effect
+        self._deletions.clear()
+
+    def _map(self) -> dict[str, Info]:
+        """UIDL + LIST in the current session -> keys, numbers and sizes."""
+        session = self.session
+        sizes = {n: int(size) for n, size in session.listing("LIST") if size.isdigit()}
+        try:
+            uidls = session.listing("UIDL")
+        except _ServerError:
+            uidls = None
+        numbers: dict[str, int] = {}
+        by_uidl: dict[bytes, list[int]] = {}
+        if uidls is not None:
+            for n, uidl in uidls:
+                if n in sizes:
+                    by_uidl.setdefault(uidl, []).append(n)
+            unusable = []
+            for uidl, ns in by_uidl.items():
+                if len(ns) == 1 and _UIDL_OK.fullmatch(uidl):
+                    numbers[uidl.decode("ascii")] = ns[0]
+                else:
+                    unusable.extend(ns)
+            if unusable:
+                log.warning(
+                    "%s: the server gives %d message(s) a duplicate or unusable UIDL "
+                    "(numbers %s); telling them apart by their content instead",
+                    self.where,
+                    len(unusable),
+                    ", ".join(map(str, sorted(unusable)[:10])),
+                )
+            listed = {n for ns in by_uidl.values() for n in ns}
+            unusable.extend(n for n in sizes if n not in listed)
+        else:
+            unusable = list(sizes)
+            if unusable:
+                cost = (
+                    "every run reads the headers of all messages (TOP) to tell new mail from old"
+                    if "TOP" in session.capabilities or not session.capabilities
+                    else f"every run downloads all {len(sizes)} messages "
+                    f"({_human(sum(sizes.values()))}) to tell new mail from old"
+                )
+                log.warning("%s: the server does not support UIDL; %s", self.where, cost)
+        numbers.update(self._content_keys(sorted(set(unusable)), sizes))
+        self._numbers = numbers
+        self._sizes = {key: sizes[n] for key, n in numbers.items()}
+        return {key: Info(frozenset(), self._sizes[key], 0.0) for key in numbers}
+
+    def _content_keys(self, numbers: list[int], sizes: dict[int, int]) -> dict[str, int]:
+        """Keys for messages without a usable UIDL: the digest of the header and size
+        (TOP n 0), or of the whole content without TOP; equal ones get #2, #3..."""
+        if not numbers:
+            return {}
+        session = self.session
+        out: dict[str, int] = {}
+        use_top = True
+        for n in numbers:
+            key = None
+            if use_top:
+                try:
+                    session.command(f"TOP {n} 0")
+                    key = "h:" + header_digest(to_lf(session._block()), sizes[n])[:40]
+                except _ServerError:
+                    use_top = False  # not supported: whole messages from here on
+            if key is None:
+                session.command(f"RETR {n}")
+                key = "c:" + fingerprint(session._block())[:40]
+            unique, count = key, 1
+            while unique in out:
+                count += 1
+                unique = f"{key}#{count}"
+            out[unique] = n
+        return out
+
+    # listing ------------------------------------------------------------------------
+    def list(self) -> dict[str, Info]:
+        try:
+            listing = self._map()
+        except (MailsyncError, _ServerError, _Malformed, _Dropped, OSError) as error:
+            raise self._guard("listing", error)
+        self.skipped = []
+        limit = self.store.max_size
+        if limit is not None:
+            for key in [k for k, info in listing.items() if info.size > limit]:
+                self.skipped.append(
+                    f"message {key} ({_human(listing[key].size)}) is larger than max_size "
+                    f"({_human(limit)}): left on the server, not downloaded"
+                )
+                del listing[key]
+        return listing
+
+    def persists(self, flag: str) -> bool:
+        return False  # POP has no flags
+
+    # bodies ------------------------------------------------------------------------
+    def fetch(self, key: str) -> bytes:
+        for _, data in self.fetch_many([key]):
+            if isinstance(data, MessageError):
+                raise data
+            return data
+        raise MessageError(f"{self.where}: message {key} is gone")
+
+    def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+        keys = list(keys)
+        if not self._numbers and keys:
+            self.list()
+        done = 0
+        retried = False
+        while done < len(keys):
+            try:
+                for item in self._retrieve(keys[done:]):
+                    yield item
+                    done += 1
+            except (_Dropped, OSError) as error:
+                if retried:
+                    raise self._guard("RETR", error)
+                retried = True
+                log.warning(
+                    "%s: connection lost while downloading (%s); reconnecting",
+                    self.where,
+                    getattr(error, "strerror", None) or error,
+                )
+                self._drop()
+                self.reconnects += 1
+                try:
+                    self._map()  # new session, new message numbers
+                except (MailsyncError, _ServerError, _Malformed, _Dropped, OSError) as again:
+                    raise self._guard("listing", again)
+            except (_ServerError, _Malformed) as error:
+                raise self._guard("RETR", error)
+
+    def _retrieve(self, keys: list[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+        session = self.session
+        depth = INFLIGHT_MESSAGES if session.pipelining else 1
+        window: deque[tuple[str, int | None]] = deque()
+        todo = iter(keys)
+        inflight = 0
+        exhausted = False
+        while True:
+            commands = []
+            while not exhausted and len(window) < depth and inflight < INFLIGHT_BYTES:
+                key = next(todo, None)
+                if key is None:
+                    exhausted = True
+                    break
+                number = self._numbers.get(key)
+                window.append((key, number))
+                if number is not None:
+                    commands.append(f"RETR {number}")
+                    inflight += self._sizes.get(key, 0)
+            if commands:
+                session._send(*commands)
+            if not window:
+                return
+            key, number = window.popleft()
+            if number is None:
+                yield key, MessageError(f"{self.where}: message {key} is gone from the server")
+                continue
+            inflight -= self._sizes.get(key, 0)
+            try:
+                session._status()
+            except _ServerError as error:
+                yield key, MessageError(f"{self.where}: the server refused message {key}: {error}")
+                continue
+            yield key, to_lf(session._block())
+
+    # writing ------------------------------------------------------------------------
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        raise StoreError(
+            f"{self.where}: a POP3 mailbox cannot receive messages; POP3 stores can only be "
+            "pulled from"
+        )
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        pass  # nothing persists (see persists); the state keeps flags
+
+    def delete(self, key: str) -> str:
+        """Marks the message for deletion; flush() makes it happen (DELE, then QUIT)."""
+        self._deletions.append(key)
+        return key
+
+    def flush(self) -> None:
+        if not self._deletions:
+            return
+        session = self.session
+        numbers = []
+        for key in self._deletions:
+            number = self._numbers.get(key)
+            if number is not None:
+                numbers.append(number)
+        try:
+            for start in range(0, len(numbers), INFLIGHT_MESSAGES if session.pipelining else 1):
+                chunk = numbers[start : start + (INFLIGHT_MESSAGES if session.pipelining else 1)]
+                session._send(*(f"DELE {n}" for n in chunk))
+                for n in chunk:
+                    try:
+                        session._status()
+                    except _ServerError as error:  # already deleted: nothing to do
+                        log.debug("%s: DELE %d: %s", self.where, n, error)
+            self._deletions.clear()
+            self._session = None
+            session.close(quit=True)  # the deletions happen here, or not at all
+        except (_ServerError, _Malformed, _Dropped, OSError) as error:
+            self._drop()
+            raise ConnectError(
+                f"{self.where}: the session ended before the server confirmed the deletions "
+                f"({getattr(error, 'strerror', None) or error}); the next run finds out "
+                "which messages are gone and deletes the rest"
+            )
+        self._numbers = {}  # the next session numbers messages anew
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        self._deletions.clear()  # not flushed: not to take effect
+        if session is None:
+            return
+        try:
+            session.command("RSET")
+            session.close(quit=True)
+        except (_ServerError, _Malformed, _Dropped, OSError):
+            session.close(quit=False)
