@@ -444,7 +444,7 @@ class DovecotServer:
             f"ssl_cert = <{self.certfile}\n"
             f"ssl_key = <{self.keyfile}\n"
             f"disable_plaintext_auth = no\n"
-            f"auth_mechanisms = plain login\n"
+            f"auth_mechanisms = plain login apop\n"
             f"auth_username_format = %u\n"
             f"auth_failure_delay = 0\n"
             f"auth_verbose = yes\n"
