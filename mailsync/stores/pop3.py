@@ -172,7 +172,7 @@ class _Session:
                 method = "apop"  # the password never crosses the wire in clear
             elif "PLAIN" in self.sasl:
                 method = "plain"
-            elif self.timestamp and not self.capabilities:
+            elif self.timestamp:
                 method = "apop"
             else:
                 method = "user"

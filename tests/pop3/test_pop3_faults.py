@@ -194,3 +194,26 @@ def test_stls_upgrade_against_the_fake(mailenv, tmp_path):
     finally:
         fake.stop()
     assert local(mailenv / "mail") == Counter(bodies(2))
+
+
+@pytest.mark.parametrize(
+    "behaviour, want",
+    [
+        ({"sasl_plain": True, "apop": True}, "APOP"),  # plain text: APOP keeps it secret
+        ({"apop": True}, "APOP"),
+        ({"sasl_plain": True}, "AUTH"),
+        ({}, "USER"),
+    ],
+)
+def test_auto_login_choice_without_tls(serve, mailenv, behaviour, want):
+    fake = serve(bodies(1), **behaviour)
+    assert pull(fake, mailenv / "mail").exit_code == 0
+    logins = [c.split()[0] for c in fake.commands if c.split()[0] in ("USER", "APOP", "AUTH")]
+    assert logins == [want]
+
+
+def test_wrong_password_against_the_fake_is_one_login(serve, mailenv):
+    fake = serve(bodies(1), sasl_plain=True)
+    result = run("pull", fake.url(), mailenv / "mail", password="not-it")
+    assert result.exit_code == 3
+    assert sum(c.startswith(("AUTH", "USER", "APOP")) for c in fake.commands) == 1
