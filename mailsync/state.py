@@ -20,7 +20,7 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailsync.errors import LockedError, StoreError
 from mailsync.message import format_flags, parse_flags
@@ -68,7 +68,8 @@ class Pair:
     flags: frozenset[str]
     hash: str | None = None  # message.fingerprint(): the content hash
     ident: str | None = None  # message.header_digest(): header + size, for cheap re-matching
-    added: float | None = None  # when the pair was first recorded (POP3 delete_after_days)
+    # When the pair was first recorded (POP3 delete_after_days); not part of its identity.
+    added: float | None = field(default=None, compare=False)
 
     def key(self, side: str) -> str | None:
         return self.key_a if side == "a" else self.key_b
@@ -266,6 +267,8 @@ class State:
         return row[0], row[1]
 
     def add_pair(self, folder_id: int, pair: Pair) -> None:
+        if pair.added is None:
+            pair.added = time.time()
         cursor = self.db.execute(
             "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident, added) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -276,7 +279,7 @@ class State:
                 format_flags(pair.flags),
                 pair.hash,
                 pair.ident,
-                pair.added if pair.added is not None else time.time(),
+                pair.added,
             ),
         )
         pair.id = cursor.lastrowid
