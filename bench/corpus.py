@@ -1,6 +1,6 @@
 """Deterministic synthetic mail corpora for the benchmark (seeded random, no downloads).
 
-Three shapes (``plan_*`` build the message list, ``write_maildir`` writes it):
+Four shapes (``plan_*`` build the message list, ``write_maildir`` writes it):
 
 ``standard``
     N messages in INBOX, Sent and Archive/2019 (nested; ``Archive`` itself is a
@@ -14,6 +14,9 @@ Three shapes (``plan_*`` build the message list, ``write_maildir`` writes it):
     and folders without writing gigabytes.
 ``big message``
     INBOX with a few small messages and a folder ``Big`` holding one 50 MB message.
+``pop``
+    The standard size mix with every message in INBOX (default 5,000 messages,
+    300 MiB), for the POP3 benchmark.
 
 Every message is a pure function of (seed, folder, index): the same arguments give
 byte-identical files.  Files are LF-terminated, as Dovecot's Maildir stores them, and
@@ -208,7 +211,19 @@ def _messages_for(
 
 
 def plan_standard(seed: int, count: int, megabytes: float) -> Corpus:
-    rng = random.Random(f"standard/{seed}")
+    return _plan_sized("standard", seed, count, megabytes, STANDARD_FOLDERS)
+
+
+def plan_pop(seed: int, count: int = 5000, megabytes: float = 300) -> Corpus:
+    """A POP account: the standard account's size mix, everything in INBOX (POP3 sees
+    nothing else).  5,000 messages / 300 MiB keeps the standard account's mean size."""
+    return _plan_sized("pop", seed, count, megabytes, {"INBOX": 1.0})
+
+
+def _plan_sized(
+    name: str, seed: int, count: int, megabytes: float, shares: dict[str, float]
+) -> Corpus:
+    rng = random.Random(f"{name}/{seed}")
     target = int(megabytes * MIB)
     sizes = _lognormal_sizes(rng, count)
     n_attach = max(1, round(count * ATTACH_SHARE))
@@ -230,15 +245,16 @@ def plan_standard(seed: int, count: int, megabytes: float) -> Corpus:
     kinds = ["text"] * count
     for i, size in zip(sorted(attach_idx), attach_sizes, strict=True):
         sizes[i], kinds[i] = size, "attach"
-    folder_of = _split_folders(rng, count, STANDARD_FOLDERS)
+    folder_of = _split_folders(rng, count, shares)
     messages, folders = _messages_for(rng, seed, folder_of, sizes, kinds)
+    where = f"{len(folders)} folders" if len(folders) > 1 else "1 folder"
     description = (
-        f"{count:,} messages, {sum(sizes) / MIB:,.0f} MiB in {len(folders)} folders "
+        f"{count:,} messages, {sum(sizes) / MIB:,.0f} MiB in {where} "
         f"({', '.join(folders)}); text mails log-normal, median {TEXT_MEDIAN // KIB} KB; "
         f"{n_attach} ({n_attach / count:.1%}) with a base64 attachment of "
         f"{ATTACH_MIN // KIB} KB - {ATTACH_MAX // KIB} KB"
     )
-    return Corpus("standard", description, messages, folders, seed, notes)
+    return Corpus(name, description, messages, folders, seed, notes)
 
 
 def big_account_folders() -> dict[str, float]:

@@ -9,6 +9,9 @@ recording it, mbsync runs with ``FSync yes`` (its default) and offlineimap with
 one IMAP connection, offlineimap ``maxconnections = 1`` (its default), mailsync its
 default ``--jobs`` (run.py --mailsync-args '--jobs 1' for one connection).
 
+The POP tools (mailsync, getmail6) pull the INBOX over pop3s into ``DEST/INBOX``;
+getmail6 runs as the unprivileged BENCH_USER (see the POP3 part below).
+
 To add a tool: write ``def NAME_PROTO(setup: Setup) -> Command`` and list it in
 ``IMAP_TOOLS`` or ``POP_TOOLS``.  ``Command.dest`` must be the Maildir root the tool
 fills, in the verbatim layout, so run.py can count what it copied.
@@ -52,6 +55,10 @@ class Command:
     env: dict[str, str]
     dest: Path
     notes: list[str] = field(default_factory=list)
+    # A failed initial pull whose output matches retry_on hit a known bug of the tool
+    # (retry_why says which): run.py starts it again from scratch instead of failing it.
+    retry_on: re.Pattern[str] | None = None
+    retry_why: str = ""
 
 
 ToolFunc = Callable[[Setup], Command]
@@ -223,17 +230,152 @@ IMAP_TOOLS: dict[str, ToolFunc] = {
     "offlineimap": offlineimap_imap,
 }
 
-# -- POP3 (to come) ---------------------------------------------------------------------
+# -- POP3 -------------------------------------------------------------------------------
 #
-# The POP benchmark will pull the INBOX over pop3s into a Maildir:
+# Both tools pull the INBOX over pop3s (verified against the private CA) into
+# DEST/INBOX/{cur,new,tmp} and keep what they have seen (mailsync in its --state-dir,
+# getmail in the oldmail-* file of its --getmaildir), so the rerun fetches nothing.
 #
-#   def mailsync_pop(setup: Setup) -> Command:   # mailsync pull pop3s://USER@HOST:PORT ...
-#   def getmail_pop(setup: Setup) -> Command:    # getmail6 with a generated getmailrc:
-#       [retriever] type = SimplePOP3SSLRetriever, server, port, username, password,
-#                   ssl_ca_certs = CAFILE
-#       [destination] type = Maildir, path = DEST/INBOX/
-#       [options] read_all = false, delete = false
-#
-# and list them here; run.py's run_pop_benchmark() then times them like the IMAP tools.
+# Durability, checked in getmail6 6.18.11 (Debian 12, getmailcore/utilities.py,
+# deliver_maildir): every message is written to tmp/, flushed and fsync()ed, then
+# link()ed into new/ and unlinked from tmp/; the directories new/ and tmp/ are never
+# fsynced, so a crash can still lose the link.  Each delivery runs in a fork()ed child
+# (destinations.Maildir, ForkingBase).  The oldmail file is written once, at the end of
+# the session (to_oldmail_on_each_mail defaults to false), through a temporary file that
+# is fsynced and renamed (utilities.updatefile).  mailsync fsyncs every message before
+# recording it.  So both are durable per message; getmail pays a fork per message too.
 
-POP_TOOLS: dict[str, ToolFunc] = {}
+
+BENCH_USER = "mailsyncbench"  # getmail6 refuses to deliver into a Maildir as root
+
+
+def bench_user() -> tuple[int, int]:
+    """(uid, gid) of the unprivileged user the POP peers run as, created when missing."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(BENCH_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/nonexistent", "--shell", "/usr/sbin/nologin", BENCH_USER],
+            capture_output=True,
+            check=False,
+        )  # fmt: skip
+        pw = pwd.getpwnam(BENCH_USER)  # KeyError here: useradd failed (not root?)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _run_as(uid: int, gid: int) -> list[str]:
+    """An argv prefix that drops to uid/gid and execs the rest, environment untouched
+    (setpriv execs directly: no PAM session, no extra process)."""
+    if shutil.which("setpriv"):
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    return ["runuser", "-u", BENCH_USER, "--"]
+
+
+def _check_reachable(path: Path, uid: int, gid: int) -> None:
+    """Every ancestor of path must be searchable by uid/gid (world or group x)."""
+    import stat
+
+    for d in path.parents:
+        st = d.stat()
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise PermissionError(f"{d} is not searchable by {BENCH_USER}; chmod o+x {d}")
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def mailsync_pop(setup: Setup, extra: list[str] | None = None) -> Command:
+    state = setup.workdir / "state"
+    url = f"pop3s://{setup.user}@{setup.host}:{setup.port}?cafile={setup.cafile}"
+    env = _base_env(setup)
+    env["MAILSYNC_PASSWORD"] = setup.password
+    env["PYTHONPATH"] = str(setup.repo_root)
+    argv = [
+        sys.executable,
+        "-m",
+        "mailsync",
+        "--state-dir",
+        str(state),
+        "-q",
+        "pull",
+        "--no-progress",
+        *(extra or []),
+        url,
+        f"maildir:{setup.dest}",
+    ]
+    return Command(argv, env, setup.dest)
+
+
+def getmail_pop(setup: Setup) -> Command:
+    """getmail6 run as BENCH_USER, with a generated getmailrc in its own --getmaildir
+    (which also holds its oldmail file).  Its Delivered-To: and Received: lines are off,
+    to keep the stored bytes close to the server's; getmail still rewrites Return-Path:
+    and re-serialises every message with Python's email package, refolding long header
+    lines, so most files differ by a few bytes.  Everything else is getmail's default."""
+    uid, gid = bench_user()
+    _check_reachable(setup.workdir, uid, gid)
+    getmaildir = setup.workdir / "getmail"
+    getmaildir.mkdir(parents=True, exist_ok=True)
+    cafile = setup.workdir / "ca.crt"  # a copy the unprivileged user can surely read
+    shutil.copyfile(setup.cafile, cafile)
+    inbox = setup.dest / "INBOX"
+    for sub in ("cur", "new", "tmp"):  # getmail delivers only into an existing Maildir
+        (inbox / sub).mkdir(parents=True, exist_ok=True)
+    rc = getmaildir / "getmailrc"
+    _write_private(
+        rc,
+        "# generated by bench/run.py\n"
+        "[retriever]\n"
+        "type = SimplePOP3SSLRetriever\n"
+        "timeout = 30\n"  # bounds the stall of GETMAIL_FORK_RACE (default 180 s)
+        f"server = {setup.host}\n"
+        f"port = {setup.port}\n"
+        f"username = {setup.user}\n"
+        f"password = {setup.password}\n"  # RawConfigParser: no % interpolation
+        f"ca_certs = {cafile}\n\n"
+        "[destination]\n"
+        "type = Maildir\n"
+        f"path = {inbox}/\n\n"
+        "[options]\n"
+        "read_all = false\n"
+        "delete = false\n"
+        "verbose = 0\n"
+        "delivered_to = false\n"
+        "received = false\n",
+    )
+    env = _base_env(setup)  # creates workdir/home
+    for path in (setup.workdir, setup.dest):
+        _chown_tree(path, uid, gid)
+    argv = [*_run_as(uid, gid), "getmail", f"--getmaildir={getmaildir}", f"--rcfile={rc}"]
+    notes = [f"runs as {BENCH_USER} (getmail6 refuses to deliver as root)"]
+    return Command(argv, env, setup.dest, notes, GETMAIL_FORK_RACE, GETMAIL_FORK_RACE_WHY)
+
+
+# getmail6 6.18.11 (Debian 12's) forks a child per delivery and only then installs its
+# SIGCHLD handler (baseclasses.ForkingBase.forkchild): a child that exits before the
+# handler is in place, or before the parent waits, is never noticed, and getmail gives
+# up after `timeout` seconds with "waiting child pid N timed out" (here: once in about
+# 12,000 deliveries).  Upstream issue getmail6/getmail6#226 (against 6.19.05); newer
+# getmail6 forks through multiprocessing instead.  `timeout = 30` in the getmailrc
+# bounds the stall (default 180 s); run.py retries such a pull from an empty tree.
+GETMAIL_FORK_RACE = re.compile(r"waiting child pid \d+ timed out")
+GETMAIL_FORK_RACE_WHY = "getmail6's fork/SIGCHLD race (a known bug: child never reaped)"
+
+
+POP_TOOLS: dict[str, ToolFunc] = {
+    "mailsync": mailsync_pop,
+    "getmail": getmail_pop,
+}
