@@ -380,11 +380,15 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
             stores.append(store_a)
             store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
             stores.append(store_b)
-            if not options.get("dry_run"):
+            meta = {
+                "channel": job.name or "",
+                "url_a": canonical_url(job.url_a),
+                "url_b": canonical_url(job.url_b),
+            }
+            if not options.get("dry_run") and any(state.get_meta(k) != v for k, v in meta.items()):
                 state.begin()
-                state.set_meta("channel", job.name or "")
-                state.set_meta("url_a", canonical_url(job.url_a))
-                state.set_meta("url_b", canonical_url(job.url_b))
+                for name, value in meta.items():
+                    state.set_meta(name, value)
                 state.commit()
             jobs = options.get("jobs") or (
                 DEFAULT_NETWORK_JOBS if _is_network(job.url_a) or _is_network(job.url_b) else 1

@@ -58,6 +58,7 @@ INFLIGHT_BYTES = 4 * 1024 * 1024  # ...and their LIST sizes together
 RECV_BYTES = 256 * 1024
 _UIDL_OK = re.compile(rb"[\x21-\x7e]{1,70}")  # RFC 1939: 1 to 70 printable characters
 _TIMESTAMP = re.compile(rb"<[^<>\s]+>")
+_LISTING_LINE = re.compile(rb"^([0-9]+)[ \t]+([^ \t\r\n]+)[^\r\n]*\r\n", re.M)
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -300,17 +301,18 @@ class _Session:
         self._send(line, secret=secret)
         return self._status()
 
-    def listing(self, command: str) -> list[tuple[int, bytes]]:
-        """LIST or UIDL: [(message number, second word)]."""
+    def listing(self, command: str) -> list[tuple[bytes, bytes]]:
+        """LIST or UIDL: [(message number, second word)], as bytes (one regex pass)."""
         self.command(command)
-        out = []
-        for line in self._block().split(b"\r\n"):
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].isdigit():
-                raise _Malformed(f"{command} line {line[:60]!r}")
-            out.append((int(parts[0]), parts[1]))
+        block = self._block()
+        out = _LISTING_LINE.findall(block)
+        if len(out) != block.count(b"\n"):  # a line that is not "NUMBER WORD ..."
+            bad = next(
+                line
+                for line in block.split(b"\r\n")
+                if line and not _LISTING_LINE.fullmatch(line + b"\r\n")
+            )
+            raise _Malformed(f"{command} line {bad[:60]!r}")
         return out
 
     @property
@@ -388,6 +390,8 @@ class POP3Folder(Folder):
         self._numbers: dict[str, int] = {}  # key -> message number in this session
         self._sizes: dict[str, int] = {}  # key -> LIST size
         self._deletions: list[str] = []
+        self._fresh: dict[str, Info] | None = None  # a listing unchanged() just took
+        self._cursor: dict = {}
         self.reconnects = 0
 
     def __repr__(self) -> str:
@@ -456,7 +460,7 @@ class POP3Folder(Folder):
     def _map(self) -> dict[str, Info]:
         """UIDL + LIST in the current session -> keys, numbers and sizes."""
         session = self.session
-        sizes = {n: int(size) for n, size in session.listing("LIST") if size.isdigit()}
+        sizes = {int(n): int(size) for n, size in session.listing("LIST") if size.isdigit()}
         try:
             uidls = session.listing("UIDL")
         except _ServerError:
@@ -464,7 +468,8 @@ class POP3Folder(Folder):
         numbers: dict[str, int] = {}
         by_uidl: dict[bytes, list[int]] = {}
         if uidls is not None:
-            for n, uidl in uidls:
+            for number, uidl in uidls:
+                n = int(number)
                 if n in sizes:
                     by_uidl.setdefault(uidl, []).append(n)
             unusable = []
@@ -525,11 +530,33 @@ class POP3Folder(Folder):
         return out
 
     # listing ------------------------------------------------------------------------
-    def list(self) -> dict[str, Info]:
+    def _listing(self) -> dict[str, Info]:
+        if self._fresh is not None:
+            listing, self._fresh = self._fresh, None
+            return listing
         try:
             listing = self._map()
         except (MailsyncError, _ServerError, _Malformed, _Dropped, OSError) as error:
             raise self._guard("listing", error)
+        digest = hashlib.sha256("\n".join(sorted(listing)).encode()).hexdigest()
+        self._cursor = {"keys": digest, "max_size": self.store.max_size}
+        return listing
+
+    def cursor(self) -> dict:
+        """The set of messages on the server (a digest of their keys) as of list()."""
+        return dict(self._cursor)
+
+    def unchanged(self, cursor: dict) -> bool:
+        """Same messages as at `cursor` (POP has no flags to change).  Never with
+        delete_after_days: time alone can make a message due."""
+        if self.retention is not None and self.retention.after_days is not None:
+            return False
+        self._fresh = None
+        self._fresh = self._listing()
+        return bool(cursor) and cursor == self._cursor
+
+    def list(self) -> dict[str, Info]:
+        listing = dict(self._listing())
         self.skipped = []
         limit = self.store.max_size
         if limit is not None:

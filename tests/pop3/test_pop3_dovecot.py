@@ -350,3 +350,20 @@ def test_state_records_uidls(dovecot_server, dovecot_user, mailenv):
     con.close()
     assert keys == uidls
     assert os.stat(db).st_mode & 0o777 == 0o600
+
+
+def test_unchanged_mailbox_is_skipped_but_a_new_max_size_is_noticed(
+    dovecot_server, dovecot_user, mailenv
+):
+    big = message(9, "big", b"y" * 40_000 + b"\n")
+    deliver(dovecot_server, dovecot_user, message(1), big)
+    env = {"MAILSYNC_PASSWORD": dovecot_user.password}
+    limited = config(mailenv, dovecot_server, dovecot_user, 'max_size = "20K"')
+    assert run("--config", limited, "pull", "mail", env=env).exit_code == 0
+    result = run("--config", limited, "-vv", "pull", "mail", env=env)
+    assert "unchanged on both sides" in result.stderr
+    assert local(mailenv / "mail") == Counter([message(1)])
+    unlimited = config(mailenv, dovecot_server, dovecot_user)
+    result = run("--config", unlimited, "pull", "mail", env=env)
+    assert "copied 1 to local" in result.stdout
+    assert local(mailenv / "mail") == Counter([message(1), big])
