@@ -553,6 +553,9 @@ class POP3Folder(Folder):
             return False
         self._fresh = None
         self._fresh = self._listing()
+        limit = self.store.max_size
+        if limit is not None and any(info.size > limit for info in self._fresh.values()):
+            return False  # a run that skips messages says so, every time
         return bool(cursor) and cursor == self._cursor
 
     def list(self) -> dict[str, Info]:

@@ -361,8 +361,15 @@ def test_unchanged_mailbox_is_skipped_but_a_new_max_size_is_noticed(
     limited = config(mailenv, dovecot_server, dovecot_user, 'max_size = "20K"')
     assert run("--config", limited, "pull", "mail", env=env).exit_code == 0
     result = run("--config", limited, "-vv", "pull", "mail", env=env)
-    assert "unchanged on both sides" in result.stderr
+    assert "larger than max_size" in result.stderr  # said again, not skipped silently
     assert local(mailenv / "mail") == Counter([message(1)])
+    client = dovecot_server.pop3(dovecot_user)
+    client.dele(2)  # the big one
+    client.quit()
+    assert run("--config", limited, "pull", "mail", env=env).exit_code == 0
+    result = run("--config", limited, "-vv", "pull", "mail", env=env)
+    assert "unchanged on both sides" in result.stderr
+    deliver(dovecot_server, dovecot_user, big)
     unlimited = config(mailenv, dovecot_server, dovecot_user)
     result = run("--config", unlimited, "pull", "mail", env=env)
     assert "copied 1 to local" in result.stdout
