@@ -38,7 +38,18 @@ STORE_OPTIONS = {
     "imaps": NETWORK_OPTIONS,
     "pop3": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
     "pop3s": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
-    "ews": NETWORK_OPTIONS | {"auth", "items", "autodiscover"},
+    "ews": NETWORK_OPTIONS
+    | {
+        "auth",
+        "items",
+        "autodiscover",
+        "address",
+        "hard_delete",
+        "client_id",
+        "tenant_id",
+        "client_secret",
+        "token_command",
+    },
 }
 CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder"}
 GENERAL_KEYS = {"state_dir"}

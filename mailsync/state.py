@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS folders (
     cursor_a TEXT NOT NULL DEFAULT '{}',
     cursor_b TEXT NOT NULL DEFAULT '{}',
     last_sync REAL,
+    ident_a TEXT,
     UNIQUE (name_a, name_b)
 );
 CREATE TABLE IF NOT EXISTS pairs (
@@ -85,6 +86,7 @@ class FolderState:
     cursor_a: dict
     cursor_b: dict
     last_sync: float | None
+    ident_a: str | None = None  # the remote folder's own id, where it has one (EWS)
 
     def validity(self, side: str) -> str | None:
         return self.validity_a if side == "a" else self.validity_b
@@ -141,6 +143,9 @@ class State:
                 self.db.execute("ALTER TABLE pairs ADD COLUMN ident TEXT")
             if "added" not in columns:
                 self.db.execute("ALTER TABLE pairs ADD COLUMN added REAL")
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(folders)")}
+            if "ident_a" not in columns:
+                self.db.execute("ALTER TABLE folders ADD COLUMN ident_a TEXT")
         except sqlite3.DatabaseError as error:
             self._unlock()
             raise StoreError(
@@ -215,7 +220,8 @@ class State:
     # folders --------------------------------------------------------------------
     def folders(self) -> list[FolderState]:
         rows = self.db.execute(
-            "SELECT id, name_a, name_b, validity_a, validity_b, cursor_a, cursor_b, last_sync "
+            "SELECT id, name_a, name_b, validity_a, validity_b, cursor_a, cursor_b, last_sync, "
+            "ident_a "
             "FROM folders ORDER BY name_a"
         ).fetchall()
         return [self._folder(row) for row in rows]
@@ -223,7 +229,8 @@ class State:
     def folder(self, name_a: str, name_b: str) -> FolderState:
         """The folder's state, created empty if it is new."""
         sql = (
-            "SELECT id, name_a, name_b, validity_a, validity_b, cursor_a, cursor_b, last_sync "
+            "SELECT id, name_a, name_b, validity_a, validity_b, cursor_a, cursor_b, last_sync, "
+            "ident_a "
             "FROM folders WHERE name_a = ? AND name_b = ?"
         )
         row = self.db.execute(sql, (name_a, name_b)).fetchone()
@@ -235,22 +242,37 @@ class State:
     @staticmethod
     def _folder(row) -> FolderState:
         return FolderState(
-            row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), json.loads(row[6]), row[7]
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            json.loads(row[5]),
+            json.loads(row[6]),
+            row[7],
+            row[8],
         )
 
     def save_folder(self, folder: FolderState) -> None:
         self.db.execute(
             "UPDATE folders SET validity_a = ?, validity_b = ?, cursor_a = ?, cursor_b = ?, "
-            "last_sync = ? WHERE id = ?",
+            "last_sync = ?, ident_a = ? WHERE id = ?",
             (
                 folder.validity_a,
                 folder.validity_b,
                 json.dumps(folder.cursor_a, sort_keys=True),
                 json.dumps(folder.cursor_b, sort_keys=True),
                 folder.last_sync,
+                folder.ident_a,
                 folder.id,
             ),
         )
+
+    def rename_folder(self, folder: FolderState, name_a: str) -> None:
+        """The remote folder was renamed (same id): its state, and its local folder,
+        stay; only the remote name changes."""
+        self.db.execute("UPDATE folders SET name_a = ? WHERE id = ?", (name_a, folder.id))
+        folder.name_a = name_a
 
     # pairs ------------------------------------------------------------------------
     def pairs(self, folder_id: int) -> list[Pair]:

@@ -177,6 +177,9 @@ class Syncer:
         # folder = "POP/provider" maps INBOX); with a map, only its folders are synced.
         self.folder_map = dict(folder_map or {})
         self.clock = clock
+        self._renamed: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._notes: dict[str, list[str]] = {}
 
     # Each worker thread has its own stores and state handle; the main thread the given ones.
     @property
@@ -191,6 +194,11 @@ class Syncer:
     def run(self) -> Report:
         report = Report()
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
+        self._renamed: dict[str, str] = {}  # remote name -> local name, for renamed folders
+        folder_ids = getattr(self.stores["a"], "folder_ids", None)
+        self._ids: dict[str, str] = folder_ids() if callable(folder_ids) else {}
+        if self._ids and not self.dry_run:
+            self._follow_renames(existing["a"], report)
         candidates = set()
         for side in ("a", "b"):
             if self.policy.writes(other(side)) or self.policy.direction == "both":
@@ -250,12 +258,46 @@ class Syncer:
                 state.close()
 
     def local_name(self, name: str) -> str:
-        return self.folder_map.get(name, name)
+        return self.folder_map.get(name) or self._renamed.get(name) or name
+
+    def _follow_renames(self, remote_names: set[str], report: Report) -> None:
+        """A remote folder whose id the state knows under another name was renamed: its
+        state (and so its local folder and mail) follows it, nothing is copied again."""
+        by_id = {ident: name for name, ident in self._ids.items()}
+        folders = self.state.folders()
+        taken = {f.name_a for f in folders}
+        for folder in folders:
+            new = by_id.get(folder.ident_a or "")
+            if new is None or new == folder.name_a or folder.name_a in remote_names:
+                continue
+            if new in taken:
+                continue  # the new name already has a state of its own: leave both alone
+            old = folder.name_a
+            self.state.begin()
+            self.state.rename_folder(folder, new)
+            self.state.commit()
+            taken.discard(old)
+            taken.add(new)
+            note = (
+                f"renamed on the remote side from {old!r}; its local folder stays {folder.name_b!r}"
+            )
+            log.warning("%s: %s", new, note)
+            self._notes.setdefault(new, []).append(note)
+        for folder in self.state.folders():
+            if folder.name_b != folder.name_a and folder.name_a in self._ids:
+                self._renamed[folder.name_a] = folder.name_b
 
     # folder -----------------------------------------------------------------------
     def sync_folder(self, name: str, existing: dict[str, set[str]]) -> FolderReport:
         report = FolderReport(name)
+        report.notes.extend(self._notes.pop(name, []))
         fstate = self.state.folder(name, self.local_name(name))
+        ident = self._ids.get(name)
+        if ident and fstate.ident_a != ident and not self.dry_run:
+            fstate.ident_a = ident
+            self.state.begin()
+            self.state.save_folder(fstate)
+            self.state.commit()
         folders: dict[str, Folder | None] = {}
         try:
             for side in ("a", "b"):

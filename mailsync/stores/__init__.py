@@ -80,6 +80,10 @@ def open_store(url: str, options: dict | None = None, read_only: bool = False) -
         from mailsync.stores.pop3 import POP3Store
 
         return POP3Store(url, opts, read_only=read_only)
+    if scheme == "ews":
+        from mailsync.stores.ews import EWSStore
+
+        return EWSStore(url, opts, read_only=read_only)
     raise ConfigError(f"store URL {url!r}: the {scheme}: scheme is not supported yet")
 
 
