@@ -77,7 +77,9 @@ WELL_KNOWN = {
     "drafts": "Drafts",
     "junkemail": "Junk",
 }
-PAGE_SIZE = 512  # changes per SyncFolderItems page (Exchange's own maximum)
+# Changes per SyncFolderItems page (Exchange's own maximum); MAILSYNC_EWS_PAGE_SIZE is for
+# tests that need many pages from a small folder.
+PAGE_SIZE = int(os.environ.get("MAILSYNC_EWS_PAGE_SIZE") or 512)
 FETCH_BATCH_BYTES = 4 * 1024 * 1024  # MIME per GetItem, by item size
 FETCH_BATCH_MAX = 100
 MAX_WAIT = 300  # seconds of throttling waited out before a run gives up
@@ -162,7 +164,9 @@ def _adapter_class(base):
             parts = urlsplit(request.url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             cafile = _CAFILES.get(f"{(parts.hostname or '').lower()}:{port}")
-            if cafile and kwargs.get("verify", True) is True:
+            # verify may be True or a bundle from REQUESTS_CA_BUNDLE; False only if some
+            # other code turned checks off on purpose, which we leave alone.
+            if cafile and kwargs.get("verify", True) is not False:
                 kwargs["verify"] = cafile
             return super().send(request, **kwargs)
 
@@ -335,10 +339,11 @@ class EWSStore(Store):
         exl = _exchangelib()
         from exchangelib.errors import (
             EWSError,
+            ResponseMessageError,
             TransportError,
             UnauthorizedError,
         )
-        from exchangelib.protocol import FaultTolerance
+        from exchangelib.protocol import FailFast, FaultTolerance
         from exchangelib.version import Build, Version
 
         ep = self.endpoint
@@ -364,7 +369,9 @@ class EWSStore(Store):
                     credentials=credentials,
                     auth_type=auth_type,
                     version=version,
-                    retry_policy=retry,
+                    # A 401 while logging in is a wrong password, not throttling: fail
+                    # fast until the first request worked, then wait throttling out.
+                    retry_policy=FailFast(),
                     max_connections=4,
                 )
                 account = exl.Account(
@@ -386,12 +393,15 @@ class EWSStore(Store):
             account.protocol.TIMEOUT = ep.timeout
             found_version = account.version  # probes the server when not cached
             account.msg_folder_root  # noqa: B018  (the first real request: credentials)
+            account.protocol.config.retry_policy = retry
         except UnauthorizedError as error:
             forget_password(ep)
             raise AuthError(
                 f"{ep.display}: login failed ({_clean(error)}); check the user name, password "
                 "and auth (ntlm, basic or oauth2)"
             )
+        except ResponseMessageError as error:  # the server answered: not a transport problem
+            raise _ews_error(ep.display, error)
         except TransportError as error:
             raise ConnectError(_transport_message(ep, error))
         except EWSError as error:
@@ -417,6 +427,7 @@ class EWSStore(Store):
             ErrorServerBusy,
             EWSError,
             RateLimitError,
+            ResponseMessageError,
             TransportError,
             UnauthorizedError,
         )
@@ -433,6 +444,8 @@ class EWSStore(Store):
                 f"{where}: the server kept throttling {what} ({_clean(error)}); gave up. The "
                 "state is consistent: rerun later"
             )
+        except ResponseMessageError as error:
+            raise _ews_error(where, error, what=what)
         except TransportError as error:
             raise ConnectError(f"{where}: {what}: {_transport_message(self.endpoint, error)}")
         except EWSError as error:
