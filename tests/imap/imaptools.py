@@ -47,7 +47,12 @@ def run(*args: str, password: str | None = None, env: dict | None = None) -> Res
 
 
 def run_process(
-    *args: str, password: str, state: Path, crash_at: int = 0, timeout: float = 60
+    *args: str,
+    password: str,
+    state: Path,
+    crash_at: int = 0,
+    timeout: float = 60,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """mailsync as a real process (python -m mailsync)."""
     env = {
@@ -55,6 +60,7 @@ def run_process(
         "XDG_STATE_HOME": str(state),
         "MAILSYNC_PASSWORD": password,
         "MAILSYNC_CRASH_AT": str(crash_at or ""),
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "mailsync", *map(str, args)],

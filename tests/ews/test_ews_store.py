@@ -1,0 +1,325 @@
+"""The Exchange store, driving the real exchangelib against the fake EWS server: initial
+pull, paging, flag changes both ways, deletions, pushed messages that are not drafts and
+not copied back, folder renames, an invalid SyncState, throttling, per-item errors, the
+endpoint cache, TLS with a private CA, and kill -9 between pages."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fakeews import FakeEWS
+from imaptools import file_flags, maildir_bodies, maildir_files, run, run_process, write_local
+
+from mailsync.message import to_lf
+from mailsync.stores import ews as ewsmod
+
+USER, PASSWORD = "alice@example.org", "ews-pw-31"
+CRASHED = 137
+
+
+def mime(n: int, subject: str = "", extra: str = "") -> bytes:
+    subject = subject or f"message {n}"
+    return (
+        f"From: bob@example.org\r\nTo: {USER}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{n}.ews@example.org>\r\nDate: Mon, 4 Mar 2019 05:06:07 +0000\r\n\r\n"
+        f"Body {n}.\r\n{extra}"
+    ).encode()
+
+
+@pytest.fixture
+def fake():
+    server = FakeEWS(user=USER, password=PASSWORD).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ews(mailenv, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(mailenv / "cache"))
+    monkeypatch.setattr(ewsmod, "MAX_WAIT", 30)
+
+    def url(server: FakeEWS, **query) -> str:
+        options = {"tls": "none", "auth": "basic", **query}
+        base = server.url.replace("http://", "ews://alice%40example.org@").replace(
+            "https://", "ews://alice%40example.org@"
+        )
+        return base + "?" + "&".join(f"{k}={v}" for k, v in options.items())
+
+    return url
+
+
+def pull(url: str, root: Path, *extra: str):
+    return run("-v", "pull", *extra, url, root, password=PASSWORD)
+
+
+def operations(server: FakeEWS, name: str) -> list[dict]:
+    return [details for op, details in server.requests if op == name]
+
+
+def mime_fetches(server: FakeEWS) -> int:
+    """How many items were fetched with their MIME content."""
+    return sum(len(d.get("ids") or ()) for d in operations(server, "GetItem") if d.get("mime"))
+
+
+def test_initial_pull_of_the_mail_folders(fake, ews, mailenv):
+    received = datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
+    fake.add_item("inbox", mime(1), is_read=True, received=received)
+    fake.add_item("inbox", mime(2), flagged=True, categories=["work", "Project X"])
+    fake.add_item("inbox", mime(3, extra="Grüße ✓\r\n.\r\n"), last_verb=102)
+    fake.add_item("inbox", mime(4), last_verb=104, is_read=True)
+    fake.add_item("sentitems", mime(5), is_read=True)
+    fake.add_item("deleteditems", mime(6))
+    fake.add_folder("inbox", "Projects")
+    fake.add_folder("inbox/Projects", "2024")
+    fake.add_item("inbox/Projects/2024", mime(7))
+    fake.add_folder("msgfolderroot", "Archive")
+    fake.add_item("msgfolderroot/Archive", mime(8))
+    root = mailenv / "mail"
+    result = pull(ews(fake), root)
+    assert result.exit_code == 0, result.output
+    bodies = maildir_bodies(root)
+    assert {k for k, v in bodies.items() if v} == {
+        "INBOX",
+        "Sent",
+        "Trash",
+        "INBOX/Projects/2024",
+        "Archive",
+    }
+    assert not any("Calendar" in k or "Contacts" in k or "Tasks" in k for k in bodies)
+    third = mime(3, extra="Grüße ✓\r\n.\r\n")
+    assert bodies["INBOX"] == Counter(to_lf(m) for m in (mime(1), mime(2), third, mime(4)))
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    assert file_flags(files[to_lf(mime(1))]) == {"\\Seen"}
+    assert files[to_lf(mime(1))].stat().st_mtime == received.timestamp()
+    assert file_flags(files[to_lf(mime(2))]) == {"\\Flagged"}
+    # Categories are keywords: Maildir keeps the ones that are IMAP atoms (Dovecot's way).
+    keywords = (root / "INBOX" / "dovecot-keywords").read_text().split()
+    letter = chr(ord("a") + int(keywords[keywords.index("work") - 1]))
+    assert letter in files[to_lf(mime(2))].name.split(":2,")[1]
+    assert "Project" not in keywords
+    assert file_flags(files[to_lf(third)]) == {"\\Answered"}
+    assert file_flags(files[to_lf(mime(4))]) == {"\\Seen", "$Forwarded"}
+
+
+def test_rerun_downloads_nothing_and_sees_changes(fake, ews, mailenv):
+    ids = [fake.add_item("inbox", mime(n)) for n in range(4)]
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert pull(url, root).exit_code == 0
+    assert mime_fetches(fake) == 4
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert mime_fetches(fake) == 4  # nothing downloaded again
+    fake.update_item(ids[0], is_read=True)
+    fake.update_item(ids[1], flagged=True)
+    fake.delete_item(ids[2])  # to Deleted Items
+    fake.add_item("inbox", mime(10))
+    result = pull(url, root, "--mirror")
+    assert result.exit_code == 0, result.output
+    assert mime_fetches(fake) == 5 + 1  # the new one, and the moved one in Trash
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    assert set(files) == {to_lf(mime(n)) for n in (0, 1, 3, 10)}
+    assert file_flags(files[to_lf(mime(0))]) == {"\\Seen"}
+    assert file_flags(files[to_lf(mime(1))]) == {"\\Flagged"}
+    assert maildir_bodies(root)["Trash"] == Counter([to_lf(mime(2))])
+
+
+def test_paging_with_a_small_page(fake, ews, mailenv, monkeypatch):
+    monkeypatch.setattr(ewsmod, "PAGE_SIZE", 3)
+    for n in range(10):
+        fake.add_item("inbox", mime(n))
+    root = mailenv / "mail"
+    assert pull(ews(fake), root).exit_code == 0
+    pages = [d for d in operations(fake, "SyncFolderItems") if d.get("max_changes") == 3]
+    assert len(pages) >= 4
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(10))
+
+
+def test_two_way_flags_deletions_and_new_mail(fake, ews, mailenv):
+    ids = [fake.add_item("inbox", mime(n)) for n in range(4)]
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    # Local changes: read 0, flag 1, delete 2, a new local message.
+    p0 = files[to_lf(mime(0))]
+    p0.rename(p0.parent.parent / "cur" / (p0.name.split(":")[0] + ":2,S"))
+    p1 = files[to_lf(mime(1))]
+    p1.rename(p1.parent.parent / "cur" / (p1.name.split(":")[0] + ":2,F"))
+    files[to_lf(mime(2))].unlink()
+    new_local = write_local(root, "INBOX", to_lf(mime(20)), flags="S", mtime=1_600_000_000)
+    assert new_local.exists()
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    by_subject = {i["subject"]: i for i in fake.items("inbox")}
+    assert by_subject["message 0"]["is_read"] is True
+    assert by_subject["message 1"]["flag"] == "Flagged"
+    assert "message 2" not in by_subject
+    assert any(i["subject"] == "message 2" for i in fake.items("deleteditems"))
+    created = by_subject["message 20"]
+    assert created["is_draft"] is False and created["is_read"] is True
+    assert created["mime"].replace(b"\r\n", b"\n") == to_lf(mime(20))
+    assert created["received"].timestamp() == 1_600_000_000
+    # The next run recognises the created message: nothing is copied back.
+    result = run("sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert "copied 0 to local, 0 to remote" in result.output.split("INBOX:")[1]
+    assert Counter(p.read_bytes() for p in maildir_files(root)["INBOX"]) == Counter(
+        to_lf(mime(n)) for n in (0, 1, 3, 20)
+    )
+    assert len(fake.items("inbox")) == 4
+    del ids
+
+
+def test_keywords_and_answered_reach_exchange(fake, ews, mailenv):
+    fake.add_item("inbox", mime(1))
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    write_local(root, "INBOX", to_lf(mime(2)), flags="R")
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    item = next(i for i in fake.items("inbox") if i["subject"] == "message 2")
+    assert item["last_verb"] == 102
+
+
+def test_folder_renamed_on_the_server_keeps_its_local_mail(fake, ews, mailenv):
+    fake.add_folder("inbox", "Old")
+    fake.add_item("inbox/Old", mime(1))
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert pull(url, root).exit_code == 0
+    fake.rename_folder("inbox/Old", "New")
+    fake.add_item("inbox/New", mime(2))
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert "renamed on the remote side" in result.output
+    assert maildir_bodies(root)["INBOX/Old"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert not maildir_bodies(root).get("INBOX/New")
+    assert mime_fetches(fake) == 2
+
+
+def test_invalid_sync_state_is_a_full_listing_without_downloads(fake, ews, mailenv):
+    for n in range(5):
+        fake.add_item("inbox", mime(n))
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert pull(url, root).exit_code == 0
+    fake.invalidate_sync_states()
+    fake.add_item("inbox", mime(5))
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert "no longer knows the last sync state" in result.output
+    assert mime_fetches(fake) == 6
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(6))
+
+
+def test_throttling_is_waited_out_and_reported(fake, ews, mailenv):
+    fake.add_item("inbox", mime(1))
+    url = ews(fake)
+    root = mailenv / "mail"
+    assert pull(url, root).exit_code == 0
+    fake.add_item("inbox", mime(2))
+    fake.busy(2, back_off_ms=300)
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert "busy" in result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+
+
+def test_throttling_that_never_ends_gives_up_cleanly(fake, ews, mailenv, monkeypatch):
+    monkeypatch.setattr(ewsmod, "MAX_WAIT", 1)
+    fake.add_item("inbox", mime(1))
+    url = ews(fake)
+    root = mailenv / "mail"
+    fake.busy(1000, back_off_ms=5000)
+    result = pull(url, root)
+    assert result.exit_code in (1, 3), result.output
+    assert "throttl" in result.output or "busy" in result.output
+    fake.busy(0)
+    assert pull(url, root).exit_code == 0
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+
+
+def test_per_item_error_skips_that_item_with_a_warning(fake, ews, mailenv):
+    good = [fake.add_item("inbox", mime(n)) for n in range(3)]
+    bad = fake.add_item("inbox", mime(99))
+    fake.fail_item(bad)
+    root = mailenv / "mail"
+    url = ews(fake)
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "ErrorMimeContentConversionFailed" in result.output
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(3))
+    fake.fail_item(bad, None)
+    assert pull(url, root).exit_code == 0
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in (0, 1, 2, 99))
+    del good
+
+
+def test_wrong_password_is_exit_3(fake, ews, mailenv):
+    result = run("pull", ews(fake), mailenv / "mail", password="nope-nope")
+    assert result.exit_code == 3, result.output
+    assert "login failed" in result.output
+    assert "nope-nope" not in result.output
+
+
+def test_endpoint_and_version_are_cached(fake, ews, mailenv):
+    fake.add_item("inbox", mime(1))
+    url = ews(fake)
+    assert pull(url, mailenv / "mail").exit_code == 0
+    probes = len(operations(fake, "ConvertId"))
+    assert probes >= 1
+    cache = list((mailenv / "cache" / "mailsync").glob("ews-*.json"))
+    assert len(cache) == 1 and cache[0].stat().st_mode & 0o777 == 0o600
+    assert pull(url, mailenv / "mail").exit_code == 0
+    assert len(operations(fake, "ConvertId")) == probes  # no second probe
+
+
+def test_private_ca_over_https(mailenv, ews, tmp_path):
+    import ssl
+
+    from servers.dovecot import make_certificates
+
+    (tmp_path / "tls").mkdir()
+    cafile, certfile, keyfile = make_certificates(tmp_path / "tls")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    server = FakeEWS(user=USER, password=PASSWORD, ssl_context=context).start()
+    try:
+        server.add_item("inbox", mime(1))
+        base = ews(server, tls="implicit").replace("tls=implicit&", "")
+        result = run("pull", base, mailenv / "a", password=PASSWORD)
+        assert result.exit_code == 3, result.output
+        assert "not trusted" in result.output
+        result = run("pull", f"{base}&cafile={cafile}", mailenv / "b", password=PASSWORD)
+        assert result.exit_code == 0, result.output
+        assert maildir_bodies(mailenv / "b")["INBOX"] == Counter([to_lf(mime(1))])
+    finally:
+        server.stop()
+
+
+def test_kill_between_pages_then_rerun(fake, ews, mailenv):
+    """The crash hook at every step of a paged pull (pages of 2), then a rerun: every
+    message exactly once, nothing fetched twice after it was recorded."""
+    for n in range(9):
+        fake.add_item("inbox", mime(n))
+    root = mailenv / "mail"
+    url = ews(fake)
+    env_state = mailenv / "state"
+    log = []
+    for crash_at in range(1, 100):
+        done = run_process(
+            "-v", "pull", url, root, password=PASSWORD, state=env_state, crash_at=crash_at,
+            env={"MAILSYNC_EWS_PAGE_SIZE": "2", "XDG_CACHE_HOME": str(mailenv / "cache")},
+        )  # fmt: skip
+        log.append(f"step {crash_at}: {done.returncode}\n{done.stderr}")
+        assert done.returncode in (0, CRASHED), done.stderr
+        got = maildir_bodies(root).get("INBOX", Counter())
+        assert max(got.values(), default=0) <= 1, log[-1]
+        if done.returncode == 0:
+            break
+    assert crash_at > 5
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(9))
