@@ -41,6 +41,7 @@ import re
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -332,13 +333,15 @@ class EWSStore(Store):
     @property
     def account(self):
         if self._account is None:
-            self._account = self._connect()
+            self._account = self._patiently(self.url, "login", self._connect)
         return self._account
 
     def _connect(self):
         exl = _exchangelib()
         from exchangelib.errors import (
+            ErrorServerBusy,
             EWSError,
+            MalformedResponseError,
             ResponseMessageError,
             TransportError,
             UnauthorizedError,
@@ -400,9 +403,15 @@ class EWSStore(Store):
                 f"{ep.display}: login failed ({_clean(error)}); check the user name, password "
                 "and auth (ntlm, basic or oauth2)"
             )
+        except ErrorServerBusy:
+            raise  # throttled while logging in: _patiently waits
         except ResponseMessageError as error:  # the server answered: not a transport problem
             raise _ews_error(ep.display, error)
+        except MalformedResponseError:
+            raise  # HTTP 429: _patiently waits
         except TransportError as error:
+            if "ErrorServerBusy" in str(error) or isinstance(error.__context__, ErrorServerBusy):
+                raise  # throttled while logging in: _patiently waits
             raise ConnectError(_transport_message(ep, error))
         except EWSError as error:
             raise _ews_error(ep.display, error)
@@ -423,19 +432,56 @@ class EWSStore(Store):
 
     def call(self, what: str, function, *args, folder: str | None = None, **kwargs):
         """Run an exchangelib call; its errors become ours."""
+
+        where = self.url + (f" {folder}" if folder else "")
+        return self._patiently(where, what, self._call_once, where, what, function, *args, **kwargs)
+
+    @staticmethod
+    def _patiently(where: str, what: str, function, *args, **kwargs):
+        """function(), sent again when the server said it is busy and not to come back
+        before a while: HTTP 429 with Retry-After (exchangelib does not retry those), and
+        ErrorServerBusy while logging in (fail-fast there, for wrong passwords).  Either
+        way the request was not carried out, so sending it again is safe."""
+        from exchangelib.errors import ErrorServerBusy, MalformedResponseError, TransportError
+
+        waited = 0.0
+        while True:
+            try:
+                return function(*args, **kwargs)
+            except MalformedResponseError as error:
+                if not re.search(r"Code: 429\b", str(error)):
+                    raise StoreError(f"{where}: unreadable response to {what} ({_clean(error)})")
+                after = re.search(r"['\"]retry-after['\"]:\s*['\"](\d+)", str(error), re.I)
+                delay, why = (float(after.group(1)) if after else 5.0), "HTTP 429"
+            except (ErrorServerBusy, TransportError) as error:
+                busy = error if isinstance(error, ErrorServerBusy) else error.__context__
+                if not isinstance(busy, ErrorServerBusy) and "ErrorServerBusy" not in str(error):
+                    raise
+                delay = float(getattr(busy, "back_off", None) or 5.0)
+                why = "ErrorServerBusy"
+            if waited + delay > MAX_WAIT:
+                raise StoreError(
+                    f"{where}: the server kept throttling {what} ({why}, {waited:g} s waited); "
+                    "gave up. The state is consistent: rerun later"
+                )
+            log.warning("%s: the server is busy (%s, throttling); waiting %g s", where, why, delay)
+            time.sleep(delay)
+            waited += delay
+
+    def _call_once(self, where: str, what: str, function, *args, **kwargs):
         from exchangelib.errors import (
             ErrorServerBusy,
             EWSError,
+            MalformedResponseError,
             RateLimitError,
             ResponseMessageError,
             TransportError,
             UnauthorizedError,
         )
 
-        where = self.url + (f" {folder}" if folder else "")
         try:
             return function(*args, **kwargs)
-        except MailsyncError:
+        except (MailsyncError, MalformedResponseError):
             raise
         except UnauthorizedError as error:
             raise AuthError(f"{where}: the server no longer accepts the login ({_clean(error)})")
