@@ -654,8 +654,9 @@ class EWSFolder(Folder):
         return self.store.call(what, function, *args, folder=self.name, **kwargs)
 
     # listing --------------------------------------------------------------------------
-    def _changes(self, sync_state: str | None) -> Iterator[tuple[str, object]]:
-        """SyncFolderItems page by page from `sync_state`; self._sync_state follows."""
+    def _pages(self, sync_state: str | None) -> Iterator[tuple[list, str]]:
+        """SyncFolderItems from `sync_state`, one page at a time: (changes, SyncState
+        after them).  self._sync_state follows."""
         from exchangelib.services import SyncFolderItems
 
         account = self.store.account
@@ -682,7 +683,6 @@ class EWSFolder(Folder):
                 ),
             )
             pages += 1
-            yield from changes
             new_state = service.sync_state
             if new_state is None:
                 raise FolderError(
@@ -691,58 +691,79 @@ class EWSFolder(Folder):
             last = service.includes_last_item_in_range or new_state == state
             state = new_state
             self._sync_state = state
+            yield changes, state
             if last:
                 break
         log.debug("%s: %d SyncFolderItems page(s)", self.name, pages)
 
-    def _apply(self, listing: dict[str, Info], change: str, item) -> None:
-        exl = _exchangelib()
-        if change == "delete":
-            key = item.id
-            listing.pop(key, None)
-            self._changekeys.pop(key, None)
-            return
-        if change == "read_flag_change":
-            item_id, is_read = item
-            key = item_id.id
-            if key in listing:
-                old = listing[key]
-                flags = (old.flags | {SEEN}) if is_read else (old.flags - {SEEN})
-                listing[key] = Info(flags, old.size, old.arrival)
-            if item_id.changekey:
-                self._changekeys[key] = item_id.changekey
-            return
-        if isinstance(item, exl.Message):
-            key = item.id
-            listing[key] = Info(flags_of(item), item.size or 0, _when(item.datetime_received))
-            self._changekeys[key] = item.changekey
-            self._sizes[key] = item.size or 0
-        elif change == "create":
-            log.debug("%s: skipping a %s (not mail)", self.name, type(item).__name__)
-
-    def list(self) -> dict[str, Info]:
-        listing: dict[str, Info] = {}
-        self._changekeys.clear()
-        for change, item in self._changes(None):
-            self._apply(listing, change, item)
-        return listing
-
-    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
-        state = cursor.get("sync_state")
-        if not state:
-            return self.list()
-        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()}
+    def pages(
+        self, cursor: dict, known: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[dict[str, Info | None] | None, dict]]:
+        """The changes since `cursor` page by page, for the engine to apply and commit
+        one page at a time: ({key: Info, or None if the message is gone}, the cursor
+        after that page).  Without a cursor every message comes as a change.  When the
+        server no longer knows the cursor, (None, {}) says so, and a full listing from
+        scratch follows: messages it does not mention are gone.  `known`: the flags the
+        state has for each key, which a read-flag change updates."""
+        state = (cursor or {}).get("sync_state")
         try:
-            for change, item in self._changes(state):
-                self._apply(listing, change, item)
+            for changes, new_state in self._pages(state):
+                page: dict[str, Info | None] = {}
+                for change, item in changes:
+                    self._apply(page, change, item, known)
+                yield page, {"sync_state": new_state}
         except _SyncStateError:
+            if state is None:
+                raise
             log.warning(
                 "%s %s: the server no longer knows the last sync state; listing the folder "
                 "again (messages already here are matched, not downloaded again)",
                 self.store.url,
                 self.name,
             )
-            return self.list()
+            yield None, {}
+            yield from self.pages({}, known)
+
+    def _apply(self, page: dict, change: str, item, known: Mapping[str, frozenset[str]]) -> None:
+        exl = _exchangelib()
+        if change == "delete":
+            page[item.id] = None
+            self._changekeys.pop(item.id, None)
+            return
+        if change == "read_flag_change":
+            item_id, is_read = item
+            key = item_id.id
+            old = page.get(key)
+            if old is None and key in known:
+                old = Info(known[key], 0, 0.0)
+            if old is not None:
+                flags = (old.flags | {SEEN}) if is_read else (old.flags - {SEEN})
+                page[key] = Info(flags, old.size, old.arrival)
+            if item_id.changekey:
+                self._changekeys[key] = item_id.changekey
+            return
+        if isinstance(item, exl.Message):
+            key = item.id
+            page[key] = Info(flags_of(item), item.size or 0, _when(item.datetime_received))
+            self._changekeys[key] = item.changekey
+            self._sizes[key] = item.size or 0
+        elif change == "create":
+            log.debug("%s: skipping a %s (not mail)", self.name, type(item).__name__)
+
+    def list(self) -> dict[str, Info]:
+        return self.list_since({}, {})
+
+    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()} if cursor else {}
+        for page, _cursor in self.pages(cursor, known):
+            if page is None:  # the cursor is void: a full listing follows
+                listing = {}
+                continue
+            for key, info in page.items():
+                if info is None:
+                    listing.pop(key, None)
+                else:
+                    listing[key] = info
         return listing
 
     def cursor(self) -> dict:
