@@ -282,6 +282,19 @@ class State:
         )
         return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6]) for r in rows]
 
+    def pairs_for(self, folder_id: int, keys_a: list[str]) -> list[Pair]:
+        """The pairs of these side-a keys (a page of changes), without loading them all."""
+        out: list[Pair] = []
+        for start in range(0, len(keys_a), 500):
+            chunk = keys_a[start : start + 500]
+            rows = self.db.execute(
+                "SELECT id, key_a, key_b, flags, hash, ident, added FROM pairs "
+                f"WHERE folder_id = ? AND key_a IN ({','.join('?' * len(chunk))})",
+                (folder_id, *chunk),
+            )
+            out += [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6]) for r in rows]
+        return out
+
     def count_pairs(self, folder_id: int) -> tuple[int, int]:
         row = self.db.execute(
             "SELECT COUNT(key_a), COUNT(key_b) FROM pairs WHERE folder_id = ?", (folder_id,)

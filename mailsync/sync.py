@@ -379,6 +379,11 @@ class Syncer:
         if self._untouched(fstate, folders):
             log.debug("%s: unchanged on both sides since the last clean run", name)
             return report
+        if self._paged(fstate, folders):
+            try:
+                return self._sync_pages(name, fstate, folders, report)
+            except _Relist:
+                fstate.cursor_a = {}  # the source forgot the cursor: list it all, below
         pairs = self.state.pairs(fstate.id)
         listings, cursors = {}, {}
         for side in ("a", "b"):
@@ -471,6 +476,93 @@ class Syncer:
         step("folder done")
         if rule is not None and not report.errors:
             self._expire(rule, fstate, folders, listings, report)
+        return report
+
+    # page by page (EWS) -----------------------------------------------------------------
+    def _paged(self, fstate: FolderState, folders) -> bool:
+        """A keep-pull from a source that reports its changes page by page: each page is
+        planned, applied and committed with the source's cursor after it."""
+        a, b = folders["a"], folders["b"]
+        return (
+            not self.dry_run
+            and self.policy.direction == "pull"
+            and self.policy.delete == "keep"
+            and a is not None
+            and b is not None
+            and callable(getattr(a, "pages", None))
+            and fstate.validity("a") in (None, a.validity)
+            and fstate.validity("b") in (None, b.validity)
+        )
+
+    def _sync_pages(self, name, fstate: FolderState, folders, report) -> FolderReport:
+        """So an interruption in a 50,000-message folder costs at most one page: the
+        messages of each page are copied, made durable and recorded, then the source's
+        cursor after that page is saved with them.  A page with an error stops the
+        cursor there (the next run sees those changes again; what was recorded is not
+        copied twice)."""
+        folder_a, folder_b = folders["a"], folders["b"]
+        pairs = self.state.pairs(fstate.id)
+        listing_b, cursor_b = self._list("b", folder_b, fstate, pairs, report)
+        fstate.validity_a, fstate.validity_b = folder_a.validity, folder_b.validity
+        self._local.relinked = set()
+        self._local.written = set()
+        self._local.arrived = set()
+        by_a = {p.key_a: p for p in pairs if p.key_a is not None}
+        known = {key: pair.flags for key, pair in by_a.items()}
+        advancing = True
+        pages = 0
+        for page, cursor_a in folder_a.pages(fstate.cursor("a"), known):
+            if page is None:
+                raise _Relist()
+            pages += 1
+            listing_a = {key: info for key, info in page.items() if info is not None}
+            page_pairs = [by_a[key] for key in page if key in by_a]
+            the_plan = plan(
+                listing_a,
+                listing_b,
+                page_pairs,
+                self.policy,
+                folder_a.persists,
+                folder_b.persists,
+                frozenset(),
+            )
+            listings = {"a": listing_a, "b": listing_b}
+            self._copies(fstate, the_plan, folders, listings, pairs, report)
+            for pair in self.state.pairs_for(fstate.id, list(page)):
+                if pair.key_a not in by_a:  # recorded by this page's copies
+                    by_a[pair.key_a] = pair
+                    pairs.append(pair)
+                    if pair.key_b is not None:
+                        listing_b[pair.key_b] = Info(pair.flags, 0, 0.0)
+            self._flags(the_plan.flags, folders, report)
+            advancing = advancing and not report.errors
+            self.state.begin()
+            for action in the_plan.bookkeeping:
+                if action.pair.id in self._local.relinked:
+                    continue
+                by_a.pop(action.pair.key_a, None)
+                if isinstance(action, Forget):
+                    self.state.delete_pair(action.pair)
+                elif isinstance(action, Tombstone):
+                    setattr(action.pair, f"key_{action.side}", None)
+                    self.state.update_pair(action.pair)
+            if advancing:
+                fstate.cursor_a = cursor_a
+            self.state.save_folder(fstate)
+            self.state.commit()
+            step("page done")
+        log.debug("%s: %d page(s) applied", name, pages)
+        fstate.last_sync = time.time()
+        if not report.errors:
+            if "b" in self._local.written:
+                cursor_b = folder_b.cursor_after_writes()
+            fstate.cursor_b = cursor_b
+        self.state.begin()
+        clean = not report.errors
+        self.state.set_meta(f"clean:{fstate.id}", self._policy_signature() if clean else "")
+        self.state.save_folder(fstate)
+        self.state.commit()
+        step("folder done")
         return report
 
     # retention (POP3 delete = "after-download", delete_after_days) ----------------------
@@ -820,6 +912,10 @@ class Syncer:
             "(SELECT folder_id FROM pairs WHERE id = ?)",
             (action.key, removed, action.pair.id, action.pair.id),
         )
+
+
+class _Relist(Exception):
+    """The paged source forgot the cursor: the folder is listed in full instead."""
 
 
 def describe(action) -> str:
