@@ -1043,6 +1043,8 @@ class FakeEWS:
     ):
         self.user = user
         self.password = password
+        #: When set, "Authorization: Bearer <this>" is accepted too (OAuth2 tests).
+        self.bearer_token: str | None = None
         self.page_size_limit = page_size_limit
         self.ssl_context = ssl_context
         self.drafts_by_default = drafts_by_default
@@ -1426,6 +1428,9 @@ class FakeEWS:
     # ---------------------------------------------------------------- HTTP
 
     def _check_auth(self, header: str | None) -> bool:
+        if header and header.startswith("Bearer ") and self.bearer_token:
+            # OAuth2 (as Exchange Online and Exchange with hybrid modern auth accept it).
+            return hmac.compare_digest(header[7:].strip().encode(), self.bearer_token.encode())
         if not header or not header.startswith("Basic "):
             return False
         try:

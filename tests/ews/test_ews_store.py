@@ -369,3 +369,34 @@ def test_hard_delete_when_asked(fake, ews, mailenv):
     files[to_lf(mime(3))].unlink()
     assert run("sync", url, root, password=PASSWORD).exit_code == 0
     assert len(fake.items("inbox")) == 9 and fake.items("deleteditems") == []
+
+
+def test_oauth2_with_a_token_command(fake, ews, mailenv):
+    fake.bearer_token = "tok-123.abc"
+    fake.add_item("inbox", mime(1))
+    conf = mailenv / "config.toml"
+    url = ews(fake).split("?")[0]
+    conf.write_text(
+        f'[store.work]\nurl = "{url}"\ntls = "none"\nauth = "oauth2"\n'
+        'token_command = "echo tok-123.abc"\n\n'
+        f'[store.backup]\nurl = "maildir:{mailenv / "mail"}"\n\n'
+        '[channel.work]\nremote = "work"\nlocal = "backup"\n'
+    )
+    result = run("--config", conf, "pull", "work")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "mail")["INBOX"] == Counter([to_lf(mime(1))])
+    fake.bearer_token = "another"
+    result = run("--config", conf, "pull", "work")
+    assert result.exit_code == 3, result.output
+
+
+def test_bad_options_are_config_errors(mailenv):
+    for query, text in (
+        ("auth=kerberos", "auth must be one of"),
+        ("auth=oauth2", "needs client_id"),
+        ("items=mail,calendar", "not supported yet"),
+        ("colour=blue", "unknown option"),
+    ):
+        result = run("pull", f"ews://a%40b.c@example.org/EWS/Exchange.asmx?{query}", mailenv / "m")
+        assert result.exit_code == 2, (query, result.output)
+        assert text in result.output, (query, result.output)
