@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS pairs (
     flags TEXT NOT NULL DEFAULT '',
     hash TEXT,
     ident TEXT,
-    added REAL
+    added REAL,
+    version_a TEXT
 );
 CREATE INDEX IF NOT EXISTS pairs_folder ON pairs (folder_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -71,6 +72,8 @@ class Pair:
     ident: str | None = None  # message.header_digest(): header + size, for cheap re-matching
     # When the pair was first recorded (POP3 delete_after_days); not part of its identity.
     added: float | None = field(default=None, compare=False)
+    # The remote message's own version when the pair was last written (EWS ChangeKey).
+    version_a: str | None = field(default=None, compare=False)
 
     def key(self, side: str) -> str | None:
         return self.key_a if side == "a" else self.key_b
@@ -143,6 +146,8 @@ class State:
                 self.db.execute("ALTER TABLE pairs ADD COLUMN ident TEXT")
             if "added" not in columns:
                 self.db.execute("ALTER TABLE pairs ADD COLUMN added REAL")
+            if "version_a" not in columns:
+                self.db.execute("ALTER TABLE pairs ADD COLUMN version_a TEXT")
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(folders)")}
             if "ident_a" not in columns:
                 self.db.execute("ALTER TABLE folders ADD COLUMN ident_a TEXT")
@@ -277,10 +282,11 @@ class State:
     # pairs ------------------------------------------------------------------------
     def pairs(self, folder_id: int) -> list[Pair]:
         rows = self.db.execute(
-            "SELECT id, key_a, key_b, flags, hash, ident, added FROM pairs WHERE folder_id = ?",
+            "SELECT id, key_a, key_b, flags, hash, ident, added, version_a FROM pairs "
+            "WHERE folder_id = ?",
             (folder_id,),
         )
-        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
     def pairs_for(self, folder_id: int, keys_a: list[str]) -> list[Pair]:
         """The pairs of these side-a keys (a page of changes), without loading them all."""
@@ -288,11 +294,11 @@ class State:
         for start in range(0, len(keys_a), 500):
             chunk = keys_a[start : start + 500]
             rows = self.db.execute(
-                "SELECT id, key_a, key_b, flags, hash, ident, added FROM pairs "
+                "SELECT id, key_a, key_b, flags, hash, ident, added, version_a FROM pairs "
                 f"WHERE folder_id = ? AND key_a IN ({','.join('?' * len(chunk))})",
                 (folder_id, *chunk),
             )
-            out += [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6]) for r in rows]
+            out += [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
         return out
 
     def count_pairs(self, folder_id: int) -> tuple[int, int]:
@@ -305,8 +311,8 @@ class State:
         if pair.added is None:
             pair.added = time.time()
         cursor = self.db.execute(
-            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident, added) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident, added, version_a) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 folder_id,
                 pair.key_a,
@@ -315,14 +321,24 @@ class State:
                 pair.hash,
                 pair.ident,
                 pair.added,
+                pair.version_a,
             ),
         )
         pair.id = cursor.lastrowid
 
     def update_pair(self, pair: Pair) -> None:
         self.db.execute(
-            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ?, ident = ? WHERE id = ?",
-            (pair.key_a, pair.key_b, format_flags(pair.flags), pair.hash, pair.ident, pair.id),
+            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ?, ident = ?, version_a = ? "
+            "WHERE id = ?",
+            (
+                pair.key_a,
+                pair.key_b,
+                format_flags(pair.flags),
+                pair.hash,
+                pair.ident,
+                pair.version_a,
+                pair.id,
+            ),
         )
 
     def delete_pair(self, pair: Pair) -> None:

@@ -402,6 +402,10 @@ class Syncer:
             self.state.commit()
 
         pairs = self.state.pairs(fstate.id)
+        if folders["a"] is not None:
+            folders["a"].recall_versions(
+                {p.key_a: p.version_a for p in pairs if p.key_a and p.version_a}
+            )
         persists = {
             side: (folders[side].persists if folders[side] is not None else (lambda f: True))
             for side in ("a", "b")
@@ -517,6 +521,9 @@ class Syncer:
             pages += 1
             listing_a = {key: info for key, info in page.items() if info is not None}
             page_pairs = [by_a[key] for key in page if key in by_a]
+            folder_a.recall_versions(
+                {p.key_a: p.version_a for p in page_pairs if p.key_a and p.version_a}
+            )
             the_plan = plan(
                 listing_a,
                 listing_b,
@@ -699,6 +706,8 @@ class Syncer:
                 self.state.delete_pair(pair)
             obsolete.clear()
             for pair in pending:
+                if folders["a"] is not None:  # after flush: what the writes made of it
+                    pair.version_a = folders["a"].version(pair.key_a)
                 if pair.id is None:
                     self.state.add_pair(fstate.id, pair)
                 else:
@@ -860,6 +869,8 @@ class Syncer:
             self.state.begin()
             for action in done:
                 action.pair.flags = action.new_flags
+                if folders["a"] is not None:
+                    action.pair.version_a = folders["a"].version(action.pair.key_a)
                 self.state.update_pair(action.pair)
             self.state.commit()
             step("commit flags")

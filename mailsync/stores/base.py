@@ -83,6 +83,14 @@ class Folder(ABC):
             except MessageError as error:
                 yield key, error
 
+    def version(self, key: str) -> str | None:
+        """The message's own version as this folder last saw it (EWS ChangeKey), for the
+        state to record; None where the store has no such thing."""
+        return None
+
+    def recall_versions(self, versions: Mapping[str, str]) -> None:
+        """The versions the state recorded, for keys this run did not list afresh."""
+
     def flush(self) -> None:
         """Make every change so far durable."""
 

@@ -805,6 +805,13 @@ class EWSFolder(Folder):
     def persists(self, flag: str) -> bool:
         return flag not in (DRAFT, DELETED)
 
+    def version(self, key: str) -> str | None:
+        return self._changekeys.get(key)
+
+    def recall_versions(self, versions: Mapping[str, str]) -> None:
+        for key, changekey in versions.items():
+            self._changekeys.setdefault(key, changekey)
+
     # bodies ---------------------------------------------------------------------------
     def fetch(self, key: str) -> bytes:
         for _, data in self.fetch_many([key]):

@@ -400,3 +400,22 @@ def test_bad_options_are_config_errors(mailenv):
         result = run("pull", f"ews://a%40b.c@example.org/EWS/Exchange.asmx?{query}", mailenv / "m")
         assert result.exit_code == 2, (query, result.output)
         assert text in result.output, (query, result.output)
+
+
+def test_item_ids_and_change_keys_are_recorded(fake, ews, mailenv):
+    import sqlite3
+
+    ids = [fake.add_item("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    p0 = files[to_lf(mime(0))]
+    p0.rename(p0.parent.parent / "cur" / (p0.name.split(":")[0] + ":2,S"))
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    (db,) = (mailenv / "state" / "mailsync").glob("*.db")
+    con = sqlite3.connect(db)
+    recorded = dict(con.execute("SELECT key_a, version_a FROM pairs"))
+    con.close()
+    current = {i["id"]: i["change_key"] for i in fake.items("inbox")}
+    assert set(recorded) == set(ids) and recorded == current
