@@ -1192,6 +1192,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     WORK.mkdir(exist_ok=True)
     random.seed(args.seed)
+    # mailsync starts from compiled bytecode, as a pip install leaves it (this machine sets
+    # PYTHONDONTWRITEBYTECODE, which would make every run compile changed modules again).
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            str(Path(__file__).resolve().parent.parent / "mailsync"),
+        ],
+        check=False,
+    )
     try:
         for corpus, label in variants(args):
             if not any(t in toolsmod.IMAP_TOOLS for t in args.tools):

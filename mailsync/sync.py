@@ -474,12 +474,19 @@ class Syncer:
                 cursors[side] = folders[side].cursor_after_writes()
             fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
         clean = not report.errors and not report.refused
-        self.state.set_meta(f"clean:{fstate.id}", self._policy_signature() if clean else "")
+        signature = self._policy_signature() if clean else ""
+        # With a retention rule the run is clean only once its deletions are done too:
+        # else an unchanged folder would be skipped with messages still due.
+        self.state.set_meta(f"clean:{fstate.id}", signature if rule is None else "")
         self.state.save_folder(fstate)
         self.state.commit()
         step("folder done")
         if rule is not None and not report.errors:
             self._expire(rule, fstate, folders, listings, report)
+            if clean and not report.errors:
+                self.state.begin()
+                self.state.set_meta(f"clean:{fstate.id}", signature)
+                self.state.commit()
         return report
 
     # page by page (EWS) -----------------------------------------------------------------

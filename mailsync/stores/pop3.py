@@ -539,8 +539,25 @@ class POP3Folder(Folder):
         except (MailsyncError, _ServerError, _Malformed, _Dropped, OSError) as error:
             raise self._guard("listing", error)
         digest = hashlib.sha256("\n".join(sorted(listing)).encode()).hexdigest()
-        self._cursor = {"keys": digest, "max_size": self.store.max_size}
+        self._cursor = {"keys": digest, **self._settings()}
         return listing
+
+    def _settings(self) -> dict:
+        """What else the cursor must match: a new max_size or delete rule is a change."""
+        rule = self.retention.describe() if self.retention is not None else None
+        return {"max_size": self.store.max_size, "delete": rule}
+
+    def _uidl_digest(self) -> str | None:
+        try:
+            uidls = self.session.listing("UIDL")
+        except _ServerError:
+            return None
+        except (MailsyncError, _Malformed, _Dropped, OSError) as error:
+            raise self._guard("listing", error)
+        keys = [uidl for _, uidl in uidls]
+        if len(set(keys)) != len(keys) or not all(_UIDL_OK.fullmatch(k) for k in keys):
+            return None
+        return hashlib.sha256(b"\n".join(sorted(keys))).hexdigest()
 
     def cursor(self) -> dict:
         """The set of messages on the server (a digest of their keys) as of list()."""
@@ -551,7 +568,15 @@ class POP3Folder(Folder):
         delete_after_days: time alone can make a message due."""
         if self.retention is not None and self.retention.after_days is not None:
             return False
+        if not cursor:
+            return False
         self._fresh = None
+        if self.store.max_size is None:
+            # UIDL alone tells (no LIST of sizes), when every UIDL is a usable key.
+            digest = self._uidl_digest()
+            if digest is not None and cursor == {"keys": digest, **self._settings()}:
+                self._cursor = dict(cursor)
+                return True
         self._fresh = self._listing()
         limit = self.store.max_size
         if limit is not None and any(info.size > limit for info in self._fresh.values()):
@@ -665,6 +690,12 @@ class POP3Folder(Folder):
         if not self._deletions:
             return
         session = self.session
+        if any(key not in self._numbers for key in self._deletions):
+            try:
+                self._map()  # this session's numbers (the listing may have been skipped)
+            except (_ServerError, _Malformed, _Dropped, OSError) as error:
+                raise self._guard("listing", error)
+            session = self.session
         numbers = []
         for key in self._deletions:
             number = self._numbers.get(key)

@@ -59,7 +59,11 @@ def test_kill_at_every_step_then_rerun(dovecot_server, tmp_path):
             break
     else:
         raise AssertionError("never completed")
-    assert crash_at > 10  # the steps were really there: appends, flushes, DELEs, commits
+    # The crashes hit every phase: downloads (appends, flush, commit) and deletions (DELEs
+    # sent, QUIT done but not recorded).  How many runs that takes depends on how many
+    # appends a killed run had made durable (writer threads), so it is not a fixed number.
+    assert crash_at > 3
+    assert any("exit 137" in entry and "deleting" in entry for entry in log)
     rerun = run_process("--config", conf, "pull", "mail", password=user.password, state=state)
     assert rerun.returncode == 0, rerun.stderr
     _check(dovecot_server, user, tmp_path / "mail", Counter(bodies), log)

@@ -374,3 +374,19 @@ def test_unchanged_mailbox_is_skipped_but_a_new_max_size_is_noticed(
     result = run("--config", unlimited, "pull", "mail", env=env)
     assert "copied 1 to local" in result.stdout
     assert local(mailenv / "mail") == Counter([message(1), big])
+
+
+def test_turning_on_delete_after_download_applies_to_mail_already_here(
+    dovecot_server, dovecot_user, mailenv
+):
+    deliver(dovecot_server, dovecot_user, message(1), message(2))
+    env = {"MAILSYNC_PASSWORD": dovecot_user.password}
+    keep = config(mailenv, dovecot_server, dovecot_user)
+    assert run("--config", keep, "pull", "mail", env=env).exit_code == 0
+    assert run("--config", keep, "pull", "mail", env=env).exit_code == 0  # cursor saved
+    delete = config(mailenv, dovecot_server, dovecot_user, 'delete = "after-download"')
+    result = run("--config", delete, "pull", "mail", env=env)
+    assert result.exit_code == 0, result.output
+    assert "deleted 2" in result.stdout
+    assert on_server(dovecot_server, dovecot_user) == Counter()
+    assert local(mailenv / "mail") == Counter([message(1), message(2)])
