@@ -179,6 +179,7 @@ class Syncer:
         self.clock = clock
         self._renamed: dict[str, str] = {}
         self._ids: dict[str, str] = {}
+        self._kinds: dict[str, str] = {}
         self._notes: dict[str, list[str]] = {}
 
     # Each worker thread has its own stores and state handle; the main thread the given ones.
@@ -197,6 +198,8 @@ class Syncer:
         self._renamed: dict[str, str] = {}  # remote name -> local name, for renamed folders
         folder_ids = getattr(self.stores["a"], "folder_ids", None)
         self._ids: dict[str, str] = folder_ids() if callable(folder_ids) else {}
+        # Calendars and address books (EWS) become vdirs on the local side.
+        self._kinds: dict[str, str] = self.stores["a"].folder_kinds()
         if self._ids and not self.dry_run:
             self._follow_renames(existing["a"], report)
         candidates = set()
@@ -309,6 +312,7 @@ class Syncer:
                     folder.close()
 
     def _open(self, name, side, existing, fstate: FolderState, report) -> Folder | None:
+        kind = self._kinds.get(name, "mail") if side == "b" else "mail"
         if side == "b":
             name = self.local_name(name)
         if name in existing[side]:
@@ -316,7 +320,7 @@ class Syncer:
         if not self.policy.writes(side) or self.dry_run:
             return None  # read as empty
         had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))
-        folder = self.stores[side].open_folder(name, create=True)
+        folder = self.stores[side].open_folder(name, create=True, kind=kind)
         if had_any:
             # The folder was removed on this side: refill it, never read that as
             # "delete everything" (mailsync never deletes folders).

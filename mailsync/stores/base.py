@@ -126,9 +126,15 @@ class Store(ABC):
         """Names of every folder, "/"-separated, "INBOX" for the inbox."""
 
     @abstractmethod
-    def open_folder(self, name: str, create: bool = False) -> Folder:
-        """Open a folder; with create, make it first if it is missing.
-        FolderError if it does not exist (and create is false) or cannot be opened."""
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> Folder:
+        """Open a folder; with create, make it first if it is missing.  `kind` says what
+        it holds when it is created: "mail", or "calendar" / "contacts" (EWS items,
+        which only Maildir trees keep, as vdirs).  FolderError if it does not exist (and
+        create is false) or cannot be opened."""
+
+    def folder_kinds(self) -> dict[str, str]:
+        """Folders holding something else than mail: name -> "calendar" / "contacts"."""
+        return {}
 
     def describe(self) -> str:
         return self.url

@@ -77,7 +77,30 @@ WELL_KNOWN = {
     "deleteditems": "Trash",
     "drafts": "Drafts",
     "junkemail": "Junk",
+    "calendar": "Calendar",
+    "contacts": "Contacts",
 }
+# distinguished id -> (exchangelib Account attribute, what it holds)
+DISTINGUISHED = {
+    "inbox": ("inbox", "mail"),
+    "sentitems": ("sent", "mail"),
+    "deleteditems": ("trash", "mail"),
+    "drafts": ("drafts", "mail"),
+    "junkemail": ("junk", "mail"),
+    "calendar": ("calendar", "calendar"),
+    "contacts": ("contacts", "contacts"),
+}
+# what a folder holds -> its folder class (and subclasses: "IPF.Note.x")
+KIND_CLASSES = {"mail": "IPF.Note", "calendar": "IPF.Appointment", "contacts": "IPF.Contact"}
+
+
+def kind_of(folder_class: str) -> str | None:
+    for kind, cls in KIND_CLASSES.items():
+        if folder_class == cls or folder_class.startswith(cls + "."):
+            return kind
+    return None
+
+
 # Changes per SyncFolderItems page (Exchange's own maximum); MAILSYNC_EWS_PAGE_SIZE is for
 # tests that need many pages from a small folder.
 PAGE_SIZE = int(os.environ.get("MAILSYNC_EWS_PAGE_SIZE") or 512)
@@ -256,11 +279,6 @@ class EWSStore(Store):
             raise ConfigError(
                 f'store {self.url}: items must be a list of "mail", "calendar", "contacts"'
             )
-        if set(items) - {"mail"}:
-            raise ConfigError(
-                f"store {self.url}: calendar and contacts are not supported yet; "
-                'use items = ["mail"]'
-            )
         self.items = items
         self.hard_delete = str(opts.pop("hard_delete", "false")).lower() in ("1", "true", "yes")
         self.address = opts.pop("address", None) or ep.user
@@ -286,6 +304,7 @@ class EWSStore(Store):
         self._account = None
         self._folders: dict[str, object] | None = None  # name -> exchangelib folder
         self._ids: dict[str, str] = {}
+        self._kinds: dict[str, str] = {}  # name -> "mail" / "calendar" / "contacts"
 
     # connection -----------------------------------------------------------------------
     def _cache_path(self) -> str:
@@ -509,13 +528,9 @@ class EWSStore(Store):
         root = self.call("GetFolder", lambda: account.msg_folder_root)
         well_known = {}
         for distinguished, name in WELL_KNOWN.items():
-            attribute = {
-                "inbox": "inbox",
-                "sentitems": "sent",
-                "deleteditems": "trash",
-                "drafts": "drafts",
-                "junkemail": "junk",
-            }[distinguished]
+            attribute, kind = DISTINGUISHED[distinguished]
+            if kind not in self.items:
+                continue
             try:
                 folder = self.call("GetFolder", lambda a=attribute: getattr(account, a))
             except MailsyncError as error:
@@ -523,6 +538,7 @@ class EWSStore(Store):
                 continue
             if folder is not None:
                 well_known[folder.id] = (name, folder)
+                self._kinds[name] = kind
         folders: dict[str, object] = {}
         by_id: dict[str, object] = {}
 
@@ -571,9 +587,10 @@ class EWSStore(Store):
             return result
 
         for folder_id, folder in by_id.items():
-            folder_class = getattr(folder, "folder_class", None) or ""
-            is_mail = folder_class == "IPF.Note" or folder_class.startswith("IPF.Note.")
-            if not is_mail and folder_id not in well_known:
+            kind = kind_of(getattr(folder, "folder_class", None) or "")
+            if folder_id in well_known:
+                kind = self._kinds[well_known[folder_id][0]]
+            if kind not in self.items:
                 continue
             name = path(folder)
             if name is None:
@@ -589,6 +606,7 @@ class EWSStore(Store):
                 continue
             folders[name] = folder
             self._ids[name] = folder_id
+            self._kinds[name] = kind
         self._folders = folders
         return folders
 
@@ -599,14 +617,21 @@ class EWSStore(Store):
         self._hierarchy()
         return dict(self._ids)
 
-    def open_folder(self, name: str, create: bool = False) -> EWSFolder:
+    def folder_kinds(self) -> dict[str, str]:
+        self._hierarchy()
+        return {name: kind for name, kind in self._kinds.items() if kind != "mail"}
+
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> EWSFolder:
         folders = self._hierarchy()
         if name not in folders:
             if not create:
                 raise FolderError(f"{self.url}: no folder {name!r}")
+            if kind != "mail":
+                raise FolderError(f"{self.url}: mailsync does not create {kind} folders")
             folders[name] = self._create_folder(name)
             self._ids[name] = folders[name].id
-        return EWSFolder(self, name, folders[name])
+            self._kinds[name] = "mail"
+        return EWSFolder(self, name, folders[name], self._kinds.get(name, "mail"))
 
     def _create_folder(self, name: str):
         exl = _exchangelib()
@@ -639,11 +664,13 @@ class EWSStore(Store):
 class EWSFolder(Folder):
     validity = ""  # ItemIds stay valid; an invalid SyncState is handled by a full listing
 
-    def __init__(self, store: EWSStore, name: str, folder):
+    def __init__(self, store: EWSStore, name: str, folder, kind: str = "mail"):
         self.store = store
         self.name = name
         self.folder = folder
         self.read_only = store.read_only
+        self.kind = kind  # calendar and contacts folders are backed up (pulled) only
+        self._fields = LIST_FIELDS if kind == "mail" else ["size", "datetime_received"]
         self._sync_state: str | None = None
         self._changekeys: dict[str, str] = {}
         self._sizes: dict[str, int] = {}
@@ -665,7 +692,7 @@ class EWSFolder(Folder):
         account = self.store.account
         folder = self.folder
         fields = {
-            f for f in folder.normalize_fields(fields=LIST_FIELDS) if not f.field.is_attribute
+            f for f in folder.normalize_fields(fields=self._fields) if not f.field.is_attribute
         }
         state = sync_state
         pages = 0
@@ -745,9 +772,11 @@ class EWSFolder(Folder):
             if item_id.changekey:
                 self._changekeys[key] = item_id.changekey
             return
-        if isinstance(item, exl.Message):
+        wanted = {"mail": exl.Message, "calendar": exl.CalendarItem, "contacts": exl.Contact}
+        if isinstance(item, wanted[self.kind]):
             key = item.id
-            page[key] = Info(flags_of(item), item.size or 0, _when(item.datetime_received))
+            flags = flags_of(item) if self.kind == "mail" else frozenset()
+            page[key] = Info(flags, item.size or 0, _when(item.datetime_received))
             self._changekeys[key] = item.changekey
             self._sizes[key] = item.size or 0
         elif change == "create":
@@ -803,7 +832,7 @@ class EWSFolder(Folder):
         return True
 
     def persists(self, flag: str) -> bool:
-        return flag not in (DRAFT, DELETED)
+        return self.kind == "mail" and flag not in (DRAFT, DELETED)
 
     def version(self, key: str) -> str | None:
         return self._changekeys.get(key)
@@ -870,6 +899,11 @@ class EWSFolder(Folder):
 
     def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
         self._writable()
+        if self.kind != "mail":
+            raise MessageError(
+                f"{self.store.url} {self.name}: {self.kind} items are backed up (pulled) "
+                "only; mailsync does not create them on the server"
+            )
         exl = _exchangelib()
         account = self.store.account
         message = exl.Message(

@@ -571,7 +571,11 @@ class IMAPStore(Store):
             )
         return delimiter.join(parts)
 
-    def open_folder(self, name: str, create: bool = False) -> IMAPFolder:
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> IMAPFolder:
+        if kind != "mail":
+            raise FolderError(
+                f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+            )
         if not self._listed:
             self.list_folders()
         if name not in self._names:

@@ -57,6 +57,7 @@ from mailsync.message import (
     to_lf,
 )
 from mailsync.stores.base import Folder, Store
+from mailsync.stores.vdir import VdirFolder, make_vdir, vdir_kind
 
 LAYOUTS = ("verbatim", "maildir++")
 
@@ -959,13 +960,18 @@ class MaildirStore(Store):
                     continue
                 if _is_maildir(entry.path):
                     names.append(name)
+                elif vdir_kind(entry.path):
+                    names.append(name)  # a calendar or address book (see stores/vdir.py)
                 walk(entry.path, name + "/")
 
         walk(self.root, "")
         return names
 
-    def open_folder(self, name: str, create: bool = False) -> MaildirFolder:
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail"):
         path = self.folder_path(name)
+        existing = vdir_kind(path)
+        if existing is not None or kind != "mail":
+            return self._open_vdir(name, path, existing, create, kind)
         dirty: set[str] = set()
         if not _is_maildir(path):
             if not create:
@@ -983,3 +989,32 @@ class MaildirStore(Store):
             folder._clean_tmp()
             self._opened.append(folder)
         return folder
+
+    def _open_vdir(self, name: str, path: str, existing: str | None, create: bool, kind: str):
+        """Calendars and contacts (EWS) live in vdirs inside the tree."""
+        if self.layout != "verbatim":
+            raise FolderError(f"{self.url}: {kind} folders need layout=verbatim")
+        if existing is None:
+            if _is_maildir(path):
+                raise FolderError(f"{self.url}: {name} is a mail folder, not a {kind} folder")
+            if not create:
+                raise FolderError(f"{self.url}: no folder {name}")
+            if self.read_only:
+                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
+            try:
+                make_vdir(path, kind)
+            except OSError as e:
+                raise FolderError(f"cannot create {path} ({e.strerror}): check the permissions")
+            existing = kind
+        return VdirFolder(name, path, existing, read_only=self.read_only)
+
+    def folder_kinds(self) -> dict[str, str]:
+        out = {}
+        for name in self.list_folders():
+            try:
+                kind = vdir_kind(self.folder_path(name))
+            except FolderError:
+                continue
+            if kind:
+                out[name] = kind
+        return out

@@ -991,7 +991,11 @@ class MboxStore(Store):
             directory = plain if os.path.isdir(plain) else plain + SUBDIR_SUFFIX
         return os.path.join(directory, parts[-1])
 
-    def open_folder(self, name: str, create: bool = False) -> MboxFolder:
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> MboxFolder:
+        if kind != "mail":
+            raise FolderError(
+                f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+            )
         cached = self._folders.get(name)
         if cached is not None and os.path.isfile(cached.path):
             return cached

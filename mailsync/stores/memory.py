@@ -114,7 +114,11 @@ class MemoryStore(Store):
     def list_folders(self) -> list[str]:
         return sorted(self.folders)
 
-    def open_folder(self, name: str, create: bool = False) -> Folder:
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> Folder:
+        if kind != "mail":
+            raise FolderError(
+                f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+            )
         if name not in self.folders:
             if not create:
                 raise FolderError(f"{self.url}: no folder {name}")

@@ -362,7 +362,11 @@ class POP3Store(Store):
     def list_folders(self) -> list[str]:
         return ["INBOX"]
 
-    def open_folder(self, name: str, create: bool = False) -> POP3Folder:
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> POP3Folder:
+        if kind != "mail":
+            raise FolderError(
+                f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+            )
         if name != "INBOX":
             raise FolderError(
                 f"{self.url}: a POP3 mailbox has one folder, INBOX (not {name!r}); "

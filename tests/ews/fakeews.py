@@ -349,6 +349,11 @@ ITEM_SEQUENCE = _words(
     "MentionsEx AppliedHashtags AppliedHashtagsPreview Likes LikesPreview "
     "PendingSocialActivityTagIds AtAllMention CanDelete InferenceClassification"
 )
+#: Item classes served as their own EWS types (IPM.Note and the rest are Messages).
+ITEM_KINDS = {"IPM.Appointment": "CalendarItem", "IPM.Contact": "Contact"}
+#: A folder class -> the item class add_item() gives the items put into it.
+FOLDER_ITEM_CLASS = {"IPF.Appointment": "IPM.Appointment", "IPF.Contact": "IPM.Contact"}
+
 MESSAGE_SEQUENCE = ITEM_SEQUENCE + _words(
     "Sender ToRecipients CcRecipients BccRecipients IsReadReceiptRequested "
     "IsDeliveryReceiptRequested ConversationIndex ConversationTopic From InternetMessageId "
@@ -1341,8 +1346,9 @@ class FakeEWS:
         last_verb: int | None = None,
     ) -> str:
         with self._lock:
+            folder = self._path(folder_path)
             item = self._new_item(
-                self._path(folder_path),
+                folder,
                 bytes(mime),
                 received=received.astimezone(UTC).replace(microsecond=0) if received else None,
                 is_read=is_read,
@@ -1350,6 +1356,8 @@ class FakeEWS:
                 categories=list(categories),
                 is_draft=is_draft,
                 last_verb=last_verb,
+                # a calendar's items are appointments, a contacts folder's contacts
+                item_class=FOLDER_ITEM_CLASS.get(folder.folder_class or "", "IPM.Note"),
             )
             return item.id
 
@@ -1729,7 +1737,11 @@ class FakeEWS:
         _sub(mailbox, _T("MailboxType"), "OneOff")
 
     def _item_xml(self, item: _Item, shape: Shape, context: str, root_tag: str = "Message"):
-        elem = _el(_T(root_tag))
+        # Calendar items and contacts are ItemType plus their own properties, of which the
+        # fake keeps none but the MIME (iCalendar / vCard, as Exchange exports them).
+        kind = ITEM_KINDS.get(item.item_class)
+        sequence = ITEM_SEQUENCE if kind else MESSAGE_SEQUENCE
+        elem = _el(_T(kind or root_tag))
         names = shape.names(DEFAULT_ITEM_PROPS, ALL_ITEM_PROPS)
         names.add("ItemId")
         if shape.mime:
@@ -1737,7 +1749,7 @@ class FakeEWS:
         if context != "get":
             names -= NOT_IN_SYNC
         info = item.info
-        for name in MESSAGE_SEQUENCE:
+        for name in sequence:
             if name == "ExtendedProperty":
                 self._ext_props_xml(elem, item, shape.exts)
                 continue

@@ -394,7 +394,7 @@ def test_bad_options_are_config_errors(mailenv):
     for query, text in (
         ("auth=kerberos", "auth must be one of"),
         ("auth=oauth2", "needs client_id"),
-        ("items=mail,calendar", "not supported yet"),
+        ("items=mail,tasks", "items must be a list"),
         ("colour=blue", "unknown option"),
     ):
         result = run("pull", f"ews://a%40b.c@example.org/EWS/Exchange.asmx?{query}", mailenv / "m")
@@ -419,3 +419,55 @@ def test_item_ids_and_change_keys_are_recorded(fake, ews, mailenv):
     con.close()
     current = {i["id"]: i["change_key"] for i in fake.items("inbox")}
     assert set(recorded) == set(ids) and recorded == current
+
+
+ICS = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\n"
+    "UID:{n}@example.org\r\nDTSTAMP:20240101T000000Z\r\nDTSTART:20240102T100000Z\r\n"
+    "SUMMARY:meeting {n}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+VCF = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{n}@example.org\r\nFN:Person {n}\r\nEND:VCARD\r\n"
+
+
+def test_calendar_and_contacts_are_backed_up_as_vdirs(fake, ews, mailenv):
+    fake.add_item("inbox", mime(1))
+    events = [fake.add_item("calendar", ICS.format(n=n).encode()) for n in range(3)]
+    fake.add_item("contacts", VCF.format(n=1).encode())
+    fake.add_folder("calendar", "Team", folder_class="IPF.Appointment")
+    fake.add_item("calendar/Team", ICS.format(n=9).encode())
+    fake.add_folder("calendar", "Notes")  # a mail folder below a calendar
+    fake.add_item("calendar/Notes", mime(2))
+    root = mailenv / "mail"
+    url = ews(fake, items="mail,calendar,contacts")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    ics = sorted(p.read_bytes() for p in (root / "Calendar").glob("*.ics"))
+    assert ics == sorted(to_lf(ICS.format(n=n).encode()) for n in range(3))
+    assert [p.read_bytes() for p in (root / "Calendar" / "Team").glob("*.ics")] == [
+        to_lf(ICS.format(n=9).encode())
+    ]
+    assert [p.read_bytes() for p in (root / "Contacts").glob("*.vcf")] == [
+        to_lf(VCF.format(n=1).encode())
+    ]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (root / "Calendar").glob("*.ics"))
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    assert maildir_bodies(root)["Calendar/Notes"] == Counter([to_lf(mime(2))])
+    # Incremental: nothing again, then one new event and one deleted (with --mirror).
+    fetched = mime_fetches(fake)
+    assert pull(url, root).exit_code == 0
+    assert mime_fetches(fake) == fetched
+    fake.add_item("calendar", ICS.format(n=5).encode())
+    fake.delete_item(events[0], hard=True)
+    result = pull(url, root, "--mirror")
+    assert result.exit_code == 0, result.output
+    assert mime_fetches(fake) == fetched + 1
+    ics = sorted(p.read_bytes() for p in (root / "Calendar").glob("*.ics"))
+    assert ics == sorted(to_lf(ICS.format(n=n).encode()) for n in (1, 2, 5))
+
+
+def test_mail_only_by_default(fake, ews, mailenv):
+    fake.add_item("calendar", ICS.format(n=1).encode())
+    fake.add_item("inbox", mime(1))
+    root = mailenv / "mail"
+    assert pull(ews(fake), root).exit_code == 0
+    assert not (root / "Calendar").exists() and not (root / "Contacts").exists()

@@ -1,0 +1,146 @@
+"""vdir folders: calendars and address books backed up next to the mail.
+
+A vdir (the format vdirsyncer and khal use) is a directory with one file per item:
+``NAME.ics`` for calendar items (iCalendar), ``NAME.vcf`` for contacts (vCard).  A
+Maildir tree holds them as folders of their own (``Calendar/``, ``Contacts/``), marked
+by a ``.mailsync-vdir`` file that names the kind, so they are listed and reopened as
+vdirs, never as Maildirs.  Items have no flags.  Writes go through a temporary file,
+fsync and rename, like Maildir messages; files are 0600.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from mailsync.errors import FolderError, MessageError
+from mailsync.message import Info, to_lf
+from mailsync.stores.base import Folder
+
+KINDS = {"calendar": ".ics", "contacts": ".vcf"}
+MARKER = ".mailsync-vdir"
+_FILE_MODE = 0o600
+_counter = 0
+
+
+def vdir_kind(path: str) -> str | None:
+    """The kind of the vdir at `path`, or None if it is none."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="ascii") as handle:
+            kind = handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return kind if kind in KINDS else None
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_vdir(path: str, kind: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    marker = os.path.join(path, MARKER)
+    if vdir_kind(path) != kind:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        try:
+            os.write(fd, kind.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path)
+        _fsync_dir(os.path.dirname(path))
+
+
+class VdirFolder(Folder):
+    def __init__(self, name: str, path: str, kind: str, read_only: bool = False):
+        if kind not in KINDS:
+            raise FolderError(f"{path}: unknown vdir kind {kind!r}")
+        self.name = name
+        self.path = path
+        self.kind = kind
+        self.ext = KINDS[kind]
+        self.read_only = read_only
+        self._dirty = False
+
+    def list(self) -> dict[str, Info]:
+        out = {}
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError as error:
+            raise FolderError(f"cannot read {self.path} ({error.strerror})")
+        for entry in entries:
+            if not entry.name.endswith(self.ext) or entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue  # removed meanwhile
+            out[entry.name] = Info(frozenset(), st.st_size, st.st_mtime)
+        return out
+
+    def fetch(self, key: str) -> bytes:
+        try:
+            with open(os.path.join(self.path, os.path.basename(key)), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise MessageError(f"{self.path}: {key} is gone")
+        except OSError as error:
+            raise MessageError(f"cannot read {key} in {self.path} ({error.strerror})")
+
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        global _counter
+        if self.read_only:
+            raise MessageError(f"{self.path}: the store is read-only")
+        _counter += 1
+        key = f"{int(time.time())}.{os.getpid()}.{_counter}{self.ext}"
+        tmp = os.path.join(self.path, f".{key}.tmp")
+        data = to_lf(data)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if arrival:
+                    os.utime(fd, (arrival, arrival))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(self.path, key))
+        except OSError as error:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if error.errno == errno.ENOSPC:
+                raise MessageError(f"disk full writing to {self.path}: free space and rerun")
+            raise MessageError(f"cannot write to {self.path} ({error.strerror})")
+        self._dirty = True
+        return key
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        pass  # items have no flags
+
+    def persists(self, flag: str) -> bool:
+        return False
+
+    def delete(self, key: str) -> str:
+        try:
+            os.unlink(os.path.join(self.path, os.path.basename(key)))
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise MessageError(f"cannot delete {key} in {self.path} ({error.strerror})")
+        self._dirty = True
+        return key
+
+    def flush(self) -> None:
+        if self._dirty:
+            _fsync_dir(self.path)
+            self._dirty = False
