@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from mailsync.errors import FolderError, MessageError
+from mailsync.errors import FolderError, MailsyncError, MessageError
 from mailsync.message import Info, arrival_date, fingerprint, header_digest
 from mailsync.planner import (
     SIDE_NAMES,
@@ -222,10 +222,51 @@ class Syncer:
                 if name in known or any(name in existing[side] for side in ("a", "b"))
             ]
         if self.jobs > 1 and len(names) > 1:
-            report.folders.extend(self._run_parallel(names, existing))
+            # Folders unchanged on both sides are told apart here, on the connections
+            # already open (one LIST-STATUS answers for every IMAP folder): a rerun with
+            # nothing new opens no further connections.
+            done = {
+                name: FolderReport(name)
+                for name in names
+                if self._quickly_untouched(name, existing)
+            }
+            rest = [name for name in names if name not in done]
+            if len(rest) > 1:
+                done.update(zip(rest, self._run_parallel(rest, existing), strict=True))
+            else:
+                done.update((name, self._guarded(name, existing)) for name in rest)
+            report.folders.extend(done[name] for name in names)
         else:
             report.folders.extend(self._guarded(name, existing) for name in names)
         return report
+
+    def _quickly_untouched(self, name: str, existing) -> bool:
+        """_untouched() for a folder that exists on both sides with cursors, checked with
+        the main thread's stores; False whenever in doubt (the folder is then synced)."""
+        local = self.local_name(name)
+        if self.dry_run or self.policy.force_delete or name in self._notes:
+            return False
+        if name not in existing["a"] or local not in existing["b"]:
+            return False
+        fstate = self.state.folder(name, local)
+        if not fstate.cursor_a or not fstate.cursor_b:
+            return False
+        if self._ids.get(name) and fstate.ident_a != self._ids[name]:
+            return False
+        folders: dict[str, Folder] = {}
+        try:
+            folders["a"] = self.stores["a"].open_folder(name)
+            folders["b"] = self.stores["b"].open_folder(local)
+            untouched = self._untouched(fstate, folders)
+        except MailsyncError:
+            return False
+        finally:
+            for folder in folders.values():
+                with contextlib.suppress(MailsyncError):
+                    folder.close()
+        if untouched:
+            log.debug("%s: unchanged on both sides since the last clean run", name)
+        return untouched
 
     def _guarded(self, name: str, existing) -> FolderReport:
         try:

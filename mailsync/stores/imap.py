@@ -212,6 +212,7 @@ class IMAPStore(Store):
         self.capabilities: set[str] = set()
         self.selected: IMAPFolder | None = None
         self.reconnects = 0
+        self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS
 
     # connection -----------------------------------------------------------------------
     @property
@@ -470,11 +471,52 @@ class IMAPStore(Store):
         return _text(data[-1] if data else "")
 
     def _op_list(self):
-        """LIST "" "*" with the names as the server sent them (bytes)."""
+        """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS
+        (RFC 5819) the same command returns every folder's STATUS, kept for unchanged()
+        so a rerun of a many-folder account needs no STATUS per folder."""
         client = self.client
+        if "LIST-STATUS" in self.capabilities:
+            return self._list_status()
         client.folder_encode = False
         try:
             return client.list_folders()
+        finally:
+            client.folder_encode = True
+
+    def _list_status(self):
+        from imapclient.response_parser import parse_response
+
+        imap = self.client._imap
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if "CONDSTORE" in self.capabilities:
+            items.append("HIGHESTMODSEQ")
+        imap.untagged_responses.pop("STATUS", None)
+        # Extended LIST returns special-use attributes only when asked (RFC 6154).
+        special = "SPECIAL-USE " if "SPECIAL-USE" in self.capabilities else ""
+        typ, data = imap._simple_command(
+            "LIST", '""', '"*"', "RETURN", f"({special}STATUS ({' '.join(items)}))"
+        )
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"LIST failed: {_clean(data[-1] if data else typ)}")
+        typ, data = imap._untagged_response(typ, data, "LIST")
+        statuses = imap.untagged_responses.pop("STATUS", [])
+        self._status_cache = {}
+        for line in statuses:
+            parsed = parse_response([line] if not isinstance(line, tuple) else list(line))
+            if len(parsed) != 2 or not isinstance(parsed[1], tuple | list):
+                continue
+            raw, values = parsed
+            if isinstance(raw, int):
+                raw = str(raw).encode()
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8")
+            pairs = list(values)
+            status = {_text(pairs[i]).upper(): pairs[i + 1] for i in range(0, len(pairs) - 1, 2)}
+            self._status_cache[bytes(raw)] = status
+        client = self.client
+        client.folder_encode = False
+        try:
+            return client._proc_folder_list([d for d in data if d is not None])
         finally:
             client.folder_encode = True
 
@@ -685,6 +727,11 @@ class IMAPFolder(Folder):
         return str(self._status_now.get("UIDVALIDITY", ""))
 
     def _status(self) -> dict:
+        from imapclient.imap_utf7 import encode
+
+        cached = self.store._status_cache.pop(encode(self.server_name), None)
+        if cached is not None:  # from this run's LIST-STATUS
+            return cached
         what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
         if self.store.has("CONDSTORE"):
             what.append("HIGHESTMODSEQ")
