@@ -104,30 +104,33 @@ def parse_endpoint(url: str, options: dict | None = None) -> Endpoint:
     return Endpoint(scheme, user, parts.hostname, port, parts.path, tls, cafile, timeout, merged)
 
 
+def secret_from_command(command, what: str) -> str:
+    """The first line a command prints (a password, an OAuth2 token), never logged;
+    `what` names it in errors ("password_command for imaps://...")."""
+    try:
+        result = subprocess.run(
+            command if isinstance(command, list) else shlex.split(command),
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise AuthError(f"{what} failed: {error}")
+    if result.returncode != 0:
+        raise AuthError(f"{what} exited {result.returncode}; run it by hand to see why")
+    lines = result.stdout.decode("utf-8").splitlines()
+    if not lines or not lines[0]:
+        raise AuthError(f"{what} printed nothing")
+    return lines[0]
+
+
 def get_password(endpoint: Endpoint) -> str:
     """The password for an endpoint, from the first source that has one."""
     command = endpoint.options.get("password_command") or os.environ.get(
         "MAILSYNC_PASSWORD_COMMAND"
     )
     if command:
-        try:
-            result = subprocess.run(
-                command if isinstance(command, list) else shlex.split(command),
-                capture_output=True,
-                timeout=120,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise AuthError(f"password_command for {endpoint.display} failed: {error}")
-        if result.returncode != 0:
-            raise AuthError(
-                f"password_command for {endpoint.display} exited {result.returncode}; "
-                "run it by hand to see why"
-            )
-        password = result.stdout.decode("utf-8").splitlines()
-        if not password:
-            raise AuthError(f"password_command for {endpoint.display} printed nothing")
-        return password[0]
+        return secret_from_command(command, f"password_command for {endpoint.display}")
     if "MAILSYNC_PASSWORD" in os.environ:
         return os.environ["MAILSYNC_PASSWORD"]
     try:

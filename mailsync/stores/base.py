@@ -74,6 +74,14 @@ class Folder(ABC):
         each key (IMAP CONDSTORE fetches only what changed).  Default: list()."""
         return self.list()
 
+    def _fetch_one(self, key: str) -> bytes:
+        """fetch() for stores whose fetch_many() is the real thing (network stores)."""
+        for _, data in self.fetch_many([key]):
+            if isinstance(data, MessageError):
+                raise data
+            return data
+        raise MessageError(f"{self.name}: message {key} is gone")
+
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
         """Fetch in the order given; network stores override this to pipeline.
         A message that cannot be read yields its MessageError instead of bytes."""

@@ -38,8 +38,6 @@ import json
 import logging
 import os
 import re
-import shlex
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,7 +63,13 @@ from mailsync.message import (
     to_crlf,
     to_lf,
 )
-from mailsync.net import Endpoint, forget_password, parse_endpoint, password_for
+from mailsync.net import (
+    Endpoint,
+    forget_password,
+    parse_endpoint,
+    password_for,
+    secret_from_command,
+)
 from mailsync.stores.base import Folder, Store
 
 log = logging.getLogger("mailsync")
@@ -340,7 +344,7 @@ class EWSStore(Store):
                 os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
             command = self.oauth.get("token_command")
             if command:
-                token = _run_token_command(command, ep.display)
+                token = secret_from_command(command, f"token_command for {ep.display}")
                 return exl.OAuth2AuthorizationCodeCredentials(
                     access_token={"access_token": token, "token_type": "Bearer"}
                 )
@@ -843,11 +847,7 @@ class EWSFolder(Folder):
 
     # bodies ---------------------------------------------------------------------------
     def fetch(self, key: str) -> bytes:
-        for _, data in self.fetch_many([key]):
-            if isinstance(data, MessageError):
-                raise data
-            return data
-        raise MessageError(f"{self.store.url} {self.name}: message {key} is gone")
+        return self._fetch_one(key)
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
         batch: list[str] = []
@@ -1093,21 +1093,3 @@ def _ews_error(where: str, error: BaseException, what: str = "") -> MailsyncErro
 
 class _SyncStateError(FolderError):
     pass
-
-
-def _run_token_command(command, where: str) -> str:
-    try:
-        result = subprocess.run(
-            command if isinstance(command, list) else shlex.split(command),
-            capture_output=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise AuthError(f"token_command for {where} failed: {error}")
-    if result.returncode != 0:
-        raise AuthError(f"token_command for {where} exited {result.returncode}; run it by hand")
-    lines = result.stdout.decode("utf-8", "replace").split()
-    if not lines:
-        raise AuthError(f"token_command for {where} printed nothing")
-    return lines[0]

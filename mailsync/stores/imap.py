@@ -865,11 +865,7 @@ class IMAPFolder(Folder):
 
     # bodies ---------------------------------------------------------------------------
     def fetch(self, key: str) -> bytes:
-        for _, data in self.fetch_many([key]):
-            if isinstance(data, MessageError):
-                raise data
-            return data
-        raise MessageError(f"{self.name}: message {key} is gone")
+        return self._fetch_one(key)
 
     def fetch_many(
         self, keys: Iterable[str]

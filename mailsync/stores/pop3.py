@@ -605,11 +605,7 @@ class POP3Folder(Folder):
 
     # bodies ------------------------------------------------------------------------
     def fetch(self, key: str) -> bytes:
-        for _, data in self.fetch_many([key]):
-            if isinstance(data, MessageError):
-                raise data
-            return data
-        raise MessageError(f"{self.where}: message {key} is gone")
+        return self._fetch_one(key)
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
         keys = list(keys)
