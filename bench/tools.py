@@ -126,8 +126,13 @@ def _mbsync_version() -> tuple[int, ...]:
 
 
 def mailsync_imap(setup: Setup, extra: list[str] | None = None) -> Command:
+    return _mailsync_pull(setup, "imaps", extra)
+
+
+def _mailsync_pull(setup: Setup, scheme: str, extra: list[str] | None) -> Command:
+    """`mailsync pull SCHEME://USER@HOST:PORT maildir:DEST` (imaps or pop3s)."""
     state = setup.workdir / "state"
-    url = f"imaps://{setup.user}@{setup.host}:{setup.port}?cafile={setup.cafile}"
+    url = f"{scheme}://{setup.user}@{setup.host}:{setup.port}?cafile={setup.cafile}"
     env = _base_env(setup)
     env["MAILSYNC_PASSWORD"] = setup.password
     env["PYTHONPATH"] = str(setup.repo_root)
@@ -298,25 +303,7 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 
 def mailsync_pop(setup: Setup, extra: list[str] | None = None) -> Command:
-    state = setup.workdir / "state"
-    url = f"pop3s://{setup.user}@{setup.host}:{setup.port}?cafile={setup.cafile}"
-    env = _base_env(setup)
-    env["MAILSYNC_PASSWORD"] = setup.password
-    env["PYTHONPATH"] = str(setup.repo_root)
-    argv = [
-        sys.executable,
-        "-m",
-        "mailsync",
-        "--state-dir",
-        str(state),
-        "-q",
-        "pull",
-        "--no-progress",
-        *(extra or []),
-        url,
-        f"maildir:{setup.dest}",
-    ]
-    return Command(argv, env, setup.dest)
+    return _mailsync_pull(setup, "pop3s", extra)
 
 
 def getmail_pop(setup: Setup) -> Command:
