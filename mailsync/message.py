@@ -90,18 +90,8 @@ def header_block(data: bytes) -> bytes:
 
 def header_value(data: bytes, name: str) -> str | None:
     """The first value of header `name` (unfolded), or None.  Cheap: no MIME parsing."""
-    want = name.lower().encode() + b":"
-    value = None
-    for line in header_block(data).split(b"\n"):
-        line = line.rstrip(b"\r")
-        if value is not None:
-            if line[:1] in (b" ", b"\t"):
-                value += b" " + line.strip()
-                continue
-            break
-        if line.lower().startswith(want):
-            value = line[len(want) :].strip()
-    return None if value is None else value.decode("utf-8", "replace")
+    values = _header_values(data, name.lower().encode() + b":")
+    return values[0].decode("utf-8", "replace") if values else None
 
 
 def _header_values(data: bytes, name: bytes) -> list[bytes]:

@@ -284,6 +284,10 @@ class Syncer:
         def work(name: str) -> FolderReport:
             if getattr(self._local, "state", None) is None:
                 stores = self.open_stores()
+                for store, main in zip(
+                    stores, (self._main["stores"]["a"], self._main["stores"]["b"]), strict=True
+                ):
+                    store.adopt_listing(main)
                 state = State(self._main["state"].path, lock=False)
                 self._local.stores = {"a": stores[0], "b": stores[1]}
                 self._local.state = state
@@ -502,14 +506,7 @@ class Syncer:
             [d for d in the_plan.deletes if d.pair.id not in self._local.relinked], folders, report
         )
         self.state.begin()
-        for action in the_plan.bookkeeping:
-            if action.pair.id in self._local.relinked:
-                continue
-            if isinstance(action, Forget):
-                self.state.delete_pair(action.pair)
-            elif isinstance(action, Tombstone):
-                setattr(action.pair, f"key_{action.side}", None)
-                self.state.update_pair(action.pair)
+        self._bookkeeping(the_plan)
         fstate.last_sync = time.time()
         if not report.errors:
             # Only a clean run may vouch for the folder: with a cursor saved, an unchanged
@@ -533,6 +530,21 @@ class Syncer:
                 self.state.set_meta(f"clean:{fstate.id}", signature)
                 self.state.commit()
         return report
+
+    def _bookkeeping(self, the_plan: Plan) -> list:
+        """Apply the plan's tombstones and forgotten pairs (in the caller's transaction),
+        except for pairs the copies re-linked; returns the actions applied."""
+        applied = []
+        for action in the_plan.bookkeeping:
+            if action.pair.id in self._local.relinked:
+                continue
+            if isinstance(action, Forget):
+                self.state.delete_pair(action.pair)
+            elif isinstance(action, Tombstone):
+                setattr(action.pair, f"key_{action.side}", None)
+                self.state.update_pair(action.pair)
+            applied.append(action)
+        return applied
 
     # page by page (EWS) -----------------------------------------------------------------
     def _paged(self, fstate: FolderState, folders) -> bool:
@@ -596,15 +608,9 @@ class Syncer:
             self._flags(the_plan.flags, folders, report)
             advancing = advancing and not report.errors
             self.state.begin()
-            for action in the_plan.bookkeeping:
-                if action.pair.id in self._local.relinked:
-                    continue
-                by_a.pop(action.pair.key_a, None)
-                if isinstance(action, Forget):
-                    self.state.delete_pair(action.pair)
-                elif isinstance(action, Tombstone):
-                    setattr(action.pair, f"key_{action.side}", None)
-                    self.state.update_pair(action.pair)
+            keys_a = {id(action): action.pair.key_a for action in the_plan.bookkeeping}
+            for action in self._bookkeeping(the_plan):  # (a tombstone clears key_a)
+                by_a.pop(keys_a[id(action)], None)
             if advancing:
                 fstate.cursor_a = cursor_a
             self.state.save_folder(fstate)

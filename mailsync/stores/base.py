@@ -140,6 +140,10 @@ class Store(ABC):
         which only Maildir trees keep, as vdirs).  FolderError if it does not exist (and
         create is false) or cannot be opened."""
 
+    def adopt_listing(self, other: Store) -> None:
+        """Take the folder listing another instance of the same account already made
+        (a parallel worker's connection need not list the folders again)."""
+
     def folder_kinds(self) -> dict[str, str]:
         """Folders holding something else than mail: name -> "calendar" / "contacts"."""
         return {}

@@ -75,24 +75,15 @@ from mailsync.stores.base import Folder, Store
 log = logging.getLogger("mailsync")
 
 AUTH_TYPES = ("ntlm", "basic", "oauth2")
+# Distinguished folder id -> (local name, exchangelib Account attribute, what it holds).
 WELL_KNOWN = {
-    "inbox": "INBOX",
-    "sentitems": "Sent",
-    "deleteditems": "Trash",
-    "drafts": "Drafts",
-    "junkemail": "Junk",
-    "calendar": "Calendar",
-    "contacts": "Contacts",
-}
-# distinguished id -> (exchangelib Account attribute, what it holds)
-DISTINGUISHED = {
-    "inbox": ("inbox", "mail"),
-    "sentitems": ("sent", "mail"),
-    "deleteditems": ("trash", "mail"),
-    "drafts": ("drafts", "mail"),
-    "junkemail": ("junk", "mail"),
-    "calendar": ("calendar", "calendar"),
-    "contacts": ("contacts", "contacts"),
+    "inbox": ("INBOX", "inbox", "mail"),
+    "sentitems": ("Sent", "sent", "mail"),
+    "deleteditems": ("Trash", "trash", "mail"),
+    "drafts": ("Drafts", "drafts", "mail"),
+    "junkemail": ("Junk", "junk", "mail"),
+    "calendar": ("Calendar", "calendar", "calendar"),
+    "contacts": ("Contacts", "contacts", "contacts"),
 }
 # what a folder holds -> its folder class (and subclasses: "IPF.Note.x")
 KIND_CLASSES = {"mail": "IPF.Note", "calendar": "IPF.Appointment", "contacts": "IPF.Contact"}
@@ -128,6 +119,13 @@ MSGFLAG_READ = 0x1  # PR_MESSAGE_FLAGS; without MSGFLAG_UNSENT (0x8) it is no dr
 
 # -- exchangelib glue ---------------------------------------------------------------------
 
+# Message fields for the MAPI properties this store reads and writes (MS-OXPROPS).
+MAPI_PROPERTIES = {
+    "ms_flag_status": (0x1090, "Integer"),  # PR_FLAG_STATUS: the follow-up flag
+    "ms_last_verb": (0x1081, "Integer"),  # PR_LAST_VERB_EXECUTED: replied, forwarded
+    "ms_message_flags": (0x0E07, "Integer"),  # PR_MESSAGE_FLAGS: read, not a draft
+    "ms_delivery_time": (0x0E06, "SystemTime"),  # PR_MESSAGE_DELIVERY_TIME: received
+}
 _SETUP_LOCK = threading.Lock()
 _SET_UP = False
 
@@ -137,38 +135,20 @@ def _exchangelib():
     properties this store reads and writes, once."""
     global _SET_UP
     import exchangelib
+
+    if _SET_UP:
+        return exchangelib
     from exchangelib import ExtendedProperty, Message
     from exchangelib.protocol import BaseProtocol
 
     with _SETUP_LOCK:
         if _SET_UP:
             return exchangelib
-
-        class FlagStatus(ExtendedProperty):
-            property_tag = 0x1090
-            property_type = "Integer"
-
-        class LastVerb(ExtendedProperty):
-            property_tag = 0x1081
-            property_type = "Integer"
-
-        class MessageFlags(ExtendedProperty):
-            property_tag = 0x0E07
-            property_type = "Integer"
-
-        class DeliveryTime(ExtendedProperty):
-            property_tag = 0x0E06
-            property_type = "SystemTime"
-
-        for name, cls in (
-            ("ms_flag_status", FlagStatus),
-            ("ms_last_verb", LastVerb),
-            ("ms_message_flags", MessageFlags),
-            ("ms_delivery_time", DeliveryTime),
-        ):
+        for name, (tag, kind) in MAPI_PROPERTIES.items():
             try:
                 Message.get_field_by_fieldname(name)
             except Exception:
+                cls = type(name, (ExtendedProperty,), {"property_tag": tag, "property_type": kind})
                 Message.register(name, cls)
         BaseProtocol.HTTP_ADAPTER_CLS = _adapter_class(BaseProtocol.HTTP_ADAPTER_CLS)
         _route_exchangelib_log()
@@ -531,8 +511,7 @@ class EWSStore(Store):
         account = self.account
         root = self.call("GetFolder", lambda: account.msg_folder_root)
         well_known = {}
-        for distinguished, name in WELL_KNOWN.items():
-            attribute, kind = DISTINGUISHED[distinguished]
+        for distinguished, (name, attribute, kind) in WELL_KNOWN.items():
             if kind not in self.items:
                 continue
             try:
@@ -695,6 +674,12 @@ class EWSFolder(Folder):
 
         account = self.store.account
         folder = self.folder
+        exl = _exchangelib()
+        self._item_type = {
+            "mail": exl.Message,
+            "calendar": exl.CalendarItem,
+            "contacts": exl.Contact,
+        }[self.kind]
         fields = {
             f for f in folder.normalize_fields(fields=self._fields) if not f.field.is_attribute
         }
@@ -759,7 +744,6 @@ class EWSFolder(Folder):
             yield from self.pages({}, known)
 
     def _apply(self, page: dict, change: str, item, known: Mapping[str, frozenset[str]]) -> None:
-        exl = _exchangelib()
         if change == "delete":
             page[item.id] = None
             self._changekeys.pop(item.id, None)
@@ -776,8 +760,7 @@ class EWSFolder(Folder):
             if item_id.changekey:
                 self._changekeys[key] = item_id.changekey
             return
-        wanted = {"mail": exl.Message, "calendar": exl.CalendarItem, "contacts": exl.Contact}
-        if isinstance(item, wanted[self.kind]):
+        if isinstance(item, self._item_type):
             key = item.id
             flags = flags_of(item) if self.kind == "mail" else frozenset()
             page[key] = Info(flags, item.size or 0, _when(item.datetime_received))
@@ -911,8 +894,7 @@ class EWSFolder(Folder):
             folder=self.folder,
             mime_content=to_crlf(data),
             is_read=SEEN in flags,
-            categories=sorted(f for f in flags if not f.startswith("\\") and f != FORWARDED)
-            or None,
+            categories=sorted(_keywords(flags)) or None,
         )
         message.ms_message_flags = MSGFLAG_READ if SEEN in flags else 0
         if FLAGGED in flags:
@@ -958,12 +940,14 @@ class EWSFolder(Folder):
         listing saw (NeverOverwrite); a ChangeKey gone stale meanwhile is fetched again
         once, as the change is per flag and still what we want."""
         exl = _exchangelib()
-        from exchangelib.errors import ErrorIrresolvableConflict
-
         account = self.store.account
+        keywords_add, keywords_remove = _keywords(add), _keywords(remove)
         for attempt in (1, 2):
             changekey = self._changekeys.get(key)
-            if changekey is None or attempt == 2:
+            categories: set[str] = set()
+            # The item as it is now: for a ChangeKey we lack or that went stale, and for
+            # the categories the keywords are merged into.
+            if changekey is None or attempt == 2 or keywords_add or keywords_remove:
                 current = self._call(
                     "GetItem",
                     lambda: list(account.fetch(ids=[(key, None)], only_fields=LIST_FIELDS)),
@@ -972,11 +956,8 @@ class EWSFolder(Folder):
                     raise MessageError(
                         f"{self.store.url} {self.name}: message {key[:24]}... is gone"
                     )
-                item = current[0]
-                self._changekeys[key] = changekey = item.changekey
-                categories = set(item.categories or ())
-            else:
-                categories = None
+                self._changekeys[key] = changekey = current[0].changekey
+                categories = set(current[0].categories or ())
             message = exl.Message(account=account, id=key, changekey=changekey)
             fields = []
             if SEEN in add or SEEN in remove:
@@ -994,22 +975,7 @@ class EWSFolder(Folder):
                 else:
                     message.ms_last_verb = None
                 fields.append("ms_last_verb")
-            keywords_add = {f for f in add if not f.startswith("\\") and f != FORWARDED}
-            keywords_remove = {f for f in remove if not f.startswith("\\") and f != FORWARDED}
             if keywords_add or keywords_remove:
-                if categories is None:
-                    current = self._call(
-                        "GetItem",
-                        lambda ck=changekey: list(
-                            account.fetch(ids=[(key, ck)], only_fields=["categories"])
-                        ),
-                    )
-                    if current and not isinstance(current[0], Exception):
-                        categories = set(current[0].categories or ())
-                        self._changekeys[key] = changekey = current[0].changekey
-                        message.changekey = changekey
-                    else:
-                        categories = set()
                 message.categories = sorted((categories | keywords_add) - keywords_remove) or None
                 fields.append("categories")
             if not fields:
@@ -1021,17 +987,15 @@ class EWSFolder(Folder):
                         update_fields=f, conflict_resolution="NeverOverwrite"
                     ),
                 )
-            except ErrorIrresolvableConflict:
+            except MailsyncError as error:
+                if "ErrorIrresolvableConflict" not in str(error):
+                    raise MessageError(str(error))
                 if attempt == 2:
                     raise MessageError(
                         f"{self.store.url} {self.name}: message {key[:24]}... keeps changing; "
                         "flags not set"
                     )
                 continue
-            except MailsyncError as error:
-                if "ErrorIrresolvableConflict" in str(error) and attempt == 1:
-                    continue
-                raise MessageError(str(error))
             self._changekeys[key] = message.changekey
             return
 
@@ -1057,6 +1021,11 @@ class EWSFolder(Folder):
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _keywords(flags) -> set[str]:
+    """The flags that are categories on Exchange (not system flags, not $Forwarded)."""
+    return {f for f in flags if not f.startswith("\\") and f != FORWARDED}
 
 
 def _clean(error: BaseException) -> str:

@@ -578,6 +578,11 @@ class IMAPStore(Store):
         self._names, self.special_use, self._listed = names, special, True
         return sorted(names)
 
+    def adopt_listing(self, other: Store) -> None:
+        if isinstance(other, IMAPStore) and other._listed and not self._listed:
+            self._names, self.special_use = dict(other._names), dict(other.special_use)
+            self._delimiter, self._listed = other._delimiter, True
+
     def _local_name(self, server_name: str, delimiter: str | None) -> str | None:
         if server_name.upper() == "INBOX":
             return "INBOX"

@@ -57,7 +57,6 @@ from mailsync.message import (
     to_lf,
 )
 from mailsync.stores.base import Folder, Store
-from mailsync.stores.vdir import VdirFolder, make_vdir, vdir_kind
 
 LAYOUTS = ("verbatim", "maildir++")
 
@@ -886,6 +885,7 @@ class MaildirStore(Store):
         self.read_only = read_only
         self.url = f"maildir:{path}" + ("" if layout == "verbatim" else f"?layout={layout}")
         self._opened: list[MaildirFolder] = []  # flushed on close: writes run in background
+        self._kinds: dict[str, str] | None = None  # vdir folders seen by the last listing
 
     def close(self) -> None:
         folders, self._opened = self._opened, []
@@ -904,6 +904,7 @@ class MaildirStore(Store):
     def list_folders(self) -> list[str]:
         if self.layout == "maildir++":
             names = self._list_maildirpp()
+            self._kinds = {}  # vdirs need layout=verbatim
         else:
             names = self._list_verbatim()
         return sorted(names)
@@ -936,7 +937,10 @@ class MaildirStore(Store):
         return names
 
     def _list_verbatim(self) -> list[str]:
+        from mailsync.stores.vdir import vdir_kind  # (vdir builds on this module)
+
         names = []
+        kinds: dict[str, str] = {}
         seen: set[tuple[int, int]] = set()
 
         def walk(directory: str, prefix: str) -> None:
@@ -960,14 +964,18 @@ class MaildirStore(Store):
                     continue
                 if _is_maildir(entry.path):
                     names.append(name)
-                elif vdir_kind(entry.path):
+                elif kind := vdir_kind(entry.path):
                     names.append(name)  # a calendar or address book (see stores/vdir.py)
+                    kinds[name] = kind
                 walk(entry.path, name + "/")
 
         walk(self.root, "")
+        self._kinds = kinds
         return names
 
     def open_folder(self, name: str, create: bool = False, kind: str = "mail"):
+        from mailsync.stores.vdir import vdir_kind
+
         path = self.folder_path(name)
         existing = vdir_kind(path)
         if existing is not None or kind != "mail":
@@ -992,6 +1000,8 @@ class MaildirStore(Store):
 
     def _open_vdir(self, name: str, path: str, existing: str | None, create: bool, kind: str):
         """Calendars and contacts (EWS) live in vdirs inside the tree."""
+        from mailsync.stores.vdir import VdirFolder, make_vdir
+
         if self.layout != "verbatim":
             raise FolderError(f"{self.url}: {kind} folders need layout=verbatim")
         if existing is None:
@@ -1009,12 +1019,6 @@ class MaildirStore(Store):
         return VdirFolder(name, path, existing, read_only=self.read_only)
 
     def folder_kinds(self) -> dict[str, str]:
-        out = {}
-        for name in self.list_folders():
-            try:
-                kind = vdir_kind(self.folder_path(name))
-            except FolderError:
-                continue
-            if kind:
-                out[name] = kind
-        return out
+        if self._kinds is None:
+            self.list_folders()
+        return dict(self._kinds or {})

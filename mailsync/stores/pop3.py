@@ -99,6 +99,11 @@ def _human(size: int) -> str:
     return f"{size} bytes"
 
 
+def _digest(keys) -> str:
+    """A POP folder's cursor: the set of its message keys."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
 def _unstuff(data: bytes) -> bytes:
     """Undo dot-stuffing of a multi-line response (CRLF form)."""
     if data.startswith(b".."):
@@ -316,8 +321,9 @@ class _Session:
         return out
 
     @property
-    def pipelining(self) -> bool:
-        return "PIPELINING" in self.capabilities
+    def depth(self) -> int:
+        """Commands sent ahead of their responses: many with PIPELINING, else one."""
+        return INFLIGHT_MESSAGES if "PIPELINING" in self.capabilities else 1
 
 
 class POP3Store(Store):
@@ -461,14 +467,16 @@ class POP3Folder(Folder):
             session.close(quit=False)  # no QUIT: nothing of this session takes effect
         self._deletions.clear()
 
-    def _map(self) -> dict[str, Info]:
-        """UIDL + LIST in the current session -> keys, numbers and sizes."""
+    def _map(self, uidls: list | None = None) -> dict[str, Info]:
+        """UIDL + LIST in the current session -> keys, numbers and sizes.  `uidls`: the
+        UIDL listing when this session already has it."""
         session = self.session
         sizes = {int(n): int(size) for n, size in session.listing("LIST") if size.isdigit()}
-        try:
-            uidls = session.listing("UIDL")
-        except _ServerError:
-            uidls = None
+        if uidls is None:
+            try:
+                uidls = session.listing("UIDL")
+            except _ServerError:
+                uidls = None
         numbers: dict[str, int] = {}
         by_uidl: dict[bytes, list[int]] = {}
         if uidls is not None:
@@ -534,16 +542,15 @@ class POP3Folder(Folder):
         return out
 
     # listing ------------------------------------------------------------------------
-    def _listing(self) -> dict[str, Info]:
+    def _listing(self, uidls: list | None = None) -> dict[str, Info]:
         if self._fresh is not None:
             listing, self._fresh = self._fresh, None
             return listing
         try:
-            listing = self._map()
+            listing = self._map(uidls)
         except (MailsyncError, _ServerError, _Malformed, _Dropped, OSError) as error:
             raise self._guard("listing", error)
-        digest = hashlib.sha256("\n".join(sorted(listing)).encode()).hexdigest()
-        self._cursor = {"keys": digest, **self._settings()}
+        self._cursor = {"keys": _digest(listing), **self._settings()}
         return listing
 
     def _settings(self) -> dict:
@@ -551,17 +558,19 @@ class POP3Folder(Folder):
         rule = self.retention.describe() if self.retention is not None else None
         return {"max_size": self.store.max_size, "delete": rule}
 
-    def _uidl_digest(self) -> str | None:
+    def _uidls(self) -> tuple[list | None, str | None]:
+        """The UIDL listing (None without UIDL) and the key digest it gives when every
+        UIDL is a usable key (else None)."""
         try:
             uidls = self.session.listing("UIDL")
         except _ServerError:
-            return None
+            return None, None
         except (MailsyncError, _Malformed, _Dropped, OSError) as error:
             raise self._guard("listing", error)
         keys = [uidl for _, uidl in uidls]
         if len(set(keys)) != len(keys) or not all(_UIDL_OK.fullmatch(k) for k in keys):
-            return None
-        return hashlib.sha256(b"\n".join(sorted(keys))).hexdigest()
+            return uidls, None
+        return uidls, _digest(k.decode("ascii") for k in keys)
 
     def cursor(self) -> dict:
         """The set of messages on the server (a digest of their keys) as of list()."""
@@ -575,17 +584,18 @@ class POP3Folder(Folder):
         if not cursor:
             return False
         self._fresh = None
+        uidls = None
         if self.store.max_size is None:
             # UIDL alone tells (no LIST of sizes), when every UIDL is a usable key.
-            digest = self._uidl_digest()
+            uidls, digest = self._uidls()
             if digest is not None and cursor == {"keys": digest, **self._settings()}:
                 self._cursor = dict(cursor)
                 return True
-        self._fresh = self._listing()
+        self._fresh = self._listing(uidls)  # the UIDL listing is not asked for twice
         limit = self.store.max_size
         if limit is not None and any(info.size > limit for info in self._fresh.values()):
             return False  # a run that skips messages says so, every time
-        return bool(cursor) and cursor == self._cursor
+        return cursor == self._cursor
 
     def list(self) -> dict[str, Info]:
         listing = dict(self._listing())
@@ -638,7 +648,7 @@ class POP3Folder(Folder):
 
     def _retrieve(self, keys: list[str]) -> Iterator[tuple[str, bytes | MessageError]]:
         session = self.session
-        depth = INFLIGHT_MESSAGES if session.pipelining else 1
+        depth = session.depth
         window: deque[tuple[str, int | None]] = deque()
         todo = iter(keys)
         inflight = 0
@@ -695,15 +705,10 @@ class POP3Folder(Folder):
                 self._map()  # this session's numbers (the listing may have been skipped)
             except (_ServerError, _Malformed, _Dropped, OSError) as error:
                 raise self._guard("listing", error)
-            session = self.session
-        numbers = []
-        for key in self._deletions:
-            number = self._numbers.get(key)
-            if number is not None:
-                numbers.append(number)
+        numbers = [self._numbers[key] for key in self._deletions if key in self._numbers]
         try:
-            for start in range(0, len(numbers), INFLIGHT_MESSAGES if session.pipelining else 1):
-                chunk = numbers[start : start + (INFLIGHT_MESSAGES if session.pipelining else 1)]
+            for start in range(0, len(numbers), session.depth):
+                chunk = numbers[start : start + session.depth]
                 session._send(*(f"DELE {n}" for n in chunk))
                 for n in chunk:
                     try:

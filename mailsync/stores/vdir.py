@@ -10,17 +10,16 @@ fsync and rename, like Maildir messages; files are 0600.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
 from mailsync.errors import FolderError, MessageError
 from mailsync.message import Info, to_lf
 from mailsync.stores.base import Folder
+from mailsync.stores.maildir import _FILE_MODE, _fsync_dir, _write_error
 
 KINDS = {"calendar": ".ics", "contacts": ".vcf"}
 MARKER = ".mailsync-vdir"
-_FILE_MODE = 0o600
 _counter = 0
 
 
@@ -32,14 +31,6 @@ def vdir_kind(path: str) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return kind if kind in KINDS else None
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_vdir(path: str, kind: str) -> None:
@@ -118,9 +109,7 @@ class VdirFolder(Folder):
                 os.unlink(tmp)
             except OSError:
                 pass
-            if error.errno == errno.ENOSPC:
-                raise MessageError(f"disk full writing to {self.path}: free space and rerun")
-            raise MessageError(f"cannot write to {self.path} ({error.strerror})")
+            raise MessageError(_write_error(error, self.path))
         self._dirty = True
         return key
 
