@@ -11,13 +11,10 @@ a terminal.  Never from the command line; never logged.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import logging
 import os
-import shlex
 import ssl
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -107,6 +104,9 @@ def parse_endpoint(url: str, options: dict | None = None) -> Endpoint:
 def secret_from_command(command, what: str) -> str:
     """The first line a command prints (a password, an OAuth2 token), never logged;
     `what` names it in errors ("password_command for imaps://...")."""
+    import shlex  # here, not at the top: subprocess alone is 4 ms of every start-up
+    import subprocess
+
     try:
         result = subprocess.run(
             command if isinstance(command, list) else shlex.split(command),
@@ -142,6 +142,8 @@ def get_password(endpoint: Endpoint) -> str:
     except Exception:  # keyring missing, or no backend: try the next source
         pass
     if sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+
         return getpass.getpass(f"Password for {endpoint.display}: ")
     raise AuthError(
         f"no password for {endpoint.display}: set password_command in the config, "

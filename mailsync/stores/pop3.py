@@ -101,7 +101,13 @@ def _human(size: int) -> str:
 
 def _digest(keys) -> str:
     """A POP folder's cursor: the set of its message keys."""
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+    return _digest_ascii([key.encode() for key in keys])
+
+
+def _digest_ascii(keys: list[bytes]) -> str:
+    """_digest of ASCII keys as they came off the wire: bytes sort as their text does,
+    so this is the same digest without decoding 5,000 UIDLs on every rerun."""
+    return hashlib.sha256(b"\n".join(sorted(keys))).hexdigest()
 
 
 def _unstuff(data: bytes) -> bytes:
@@ -568,9 +574,9 @@ class POP3Folder(Folder):
         except (MailsyncError, _Malformed, _Dropped, OSError) as error:
             raise self._guard("listing", error)
         keys = [uidl for _, uidl in uidls]
-        if len(set(keys)) != len(keys) or not all(_UIDL_OK.fullmatch(k) for k in keys):
+        if len(set(keys)) != len(keys) or not all(map(_UIDL_OK.fullmatch, keys)):
             return uidls, None
-        return uidls, _digest(k.decode("ascii") for k in keys)
+        return uidls, _digest_ascii(keys)
 
     def cursor(self) -> dict:
         """The set of messages on the server (a digest of their keys) as of list()."""
