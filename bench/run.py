@@ -21,7 +21,8 @@ skipped, with the command that installs them, when missing.  What one run does:
    IMAP, so neither indexing nor new/ -> cur/ moves are billed to the first tool;
 3. times each tool's initial pull into an empty Maildir, checks it copied every message
    (files counted per folder: a tool that did not is reported as failed, not timed), then
-   times each tool's rerun with nothing new;
+   times each tool's rerun with nothing new, and after each round of reruns the floor
+   (bench/floor.py: a bare ssl+socket client asking only what a rerun must ask);
 4. prints a table, stores the numbers in bench/results.json (one record per variant and
    scale, the newest wins) and rewrites bench/RESULTS.md from all records, targets
    marked met / not met.
@@ -424,6 +425,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
             n: {"initial": [], "rerun": [], "later": []} for n in available
         }
         failed: dict[str, str] = {}
+        floors: list[Measurement] = []
         for rep, order in enumerate(record["order"], 1):
             say(f"pass {rep}/{args.repeat}: initial pulls in the order {', '.join(order)}")
             setups = {}
@@ -515,6 +517,8 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                         failed[name] = f"rerun {k} failed: {detail}{last_error(setup.workdir)}"
                         continue
                     runs[name][phase].append(m)
+                if setups:
+                    floors.append(measure_floor(setups, protocol, corpus, run_dir, master, args))
             if not args.keep and rep < args.repeat:
                 shutil.rmtree(run_dir / "tools", ignore_errors=True)
 
@@ -528,6 +532,9 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
             if runs[name]["later"]:
                 entry["later_reruns"] = [round(m.wall, 3) for m in runs[name]["later"]]
 
+        good = [m for m in floors if m.exit_code == 0 and not m.timed_out]
+        if good:
+            record["floor"] = {"rerun": summarise(good), "what": FLOOR_WHAT[protocol]}
         if source_digest() != record["mailsync_sources"]:
             record["mailsync_sources_changed"] = True
             say("warning: mailsync's sources changed during the run; its numbers mix versions")
@@ -556,6 +563,31 @@ def summarise(ms: list[Measurement]) -> dict:
         "server_cpu": med(m.server_cpu for m in ms),
         "passes": [asdict(m) for m in ms],
     }
+
+
+FLOOR_WHAT = {
+    "pop": "bench/floor.py: a bare Python script (ssl and socket only) doing TLS, USER/PASS, "
+    "UIDL and QUIT",
+    "imap": "bench/floor.py: a bare Python script (ssl and socket only) doing TLS, LOGIN, "
+    "STATUS of every folder and LOGOUT",
+}
+
+
+def measure_floor(setups: dict, protocol: str, corpus, run_dir: Path, master, args):
+    """One run of bench/floor.py against the account the tools just reran on, with
+    mailsync's interpreter: what any Python client's rerun costs at the least."""
+    setup, _ = next(iter(setups.values()))
+    argv = [sys.executable, str(BENCH / "floor.py"), "pop3" if protocol == "pop" else "imap"]
+    argv += [setup.host, str(setup.port), setup.user, str(setup.cafile)]
+    if protocol != "pop":
+        argv += corpus.folders
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MAILSYNC_PASSWORD": setup.password}
+    m = measure(argv, env, run_dir / "floor.log", args.timeout, master)
+    if m.exit_code != 0 or m.timed_out:
+        say(f"  floor: FAILED (exit code {m.exit_code}): {log_tail(run_dir / 'floor.log')}")
+    else:
+        say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py)")
+    return m
 
 
 # -- profiling mailsync -----------------------------------------------------------------
@@ -746,6 +778,17 @@ def ratio(record: dict, tool: str, phase: str) -> float | None:
     return mine["wall"] / base["wall"]
 
 
+def floor_line(record: dict) -> str | None:
+    """One sentence on the floor, for the table and the rerun target."""
+    floor = record.get("floor")
+    base = record["tools"].get(baseline(record), {}).get("rerun")
+    if not floor:
+        return None
+    wall = floor["rerun"]["wall"]
+    share = f", {wall / base['wall']:.2f}x {baseline(record)}" if base and base["wall"] else ""
+    return f"floor for any Python client: {wall:.3f} s wall{share} ({floor['what']})"
+
+
 def table_rows(record: dict) -> list[list[str]]:
     rows = []
     for name, entry in record["tools"].items():
@@ -790,6 +833,8 @@ def print_table(record: dict) -> None:
         if entry.get("later_reruns"):
             walls = ", ".join(f"{w:.2f}" for w in entry["later_reruns"])
             print(f"{name}: later reruns {walls} s wall")
+    if floor_line(record):
+        print(floor_line(record))
     for target in targets_for([record]):
         if target["measured"] != "not run":  # the targets about other records
             print(f"target: {target['what']}: {target['measured']} -> {target['verdict']}")
@@ -830,6 +875,8 @@ def targets_for(records: list[dict]) -> list[dict]:
         ("rerun", "rerun wall <= 0.5x mbsync"),
     ):
         add(what, std, ratio(std, "mailsync", phase) if std else None, 0.5, "x")
+        if phase == "rerun":
+            _with_floor(out[-1], std)
     add(
         "rerun wall <= 0.2x mbsync, 100k messages / 50 folders",
         big,
@@ -837,6 +884,7 @@ def targets_for(records: list[dict]) -> list[dict]:
         0.2,
         "x",
     )
+    _with_floor(out[-1], big)
     for record, what in (
         (std, "mailsync peak RSS <= 100 MiB, standard account"),
         (big, "mailsync peak RSS <= 100 MiB, 100k messages / 50 folders"),
@@ -850,11 +898,22 @@ def targets_for(records: list[dict]) -> list[dict]:
         ("rerun", "POP rerun wall <= 0.2x getmail6"),
     ):
         add(what, pop, ratio(pop, "mailsync", phase) if pop else None, 0.2, "x")
+        if phase == "rerun":
+            _with_floor(out[-1], pop)
     phases = [_phase(pop, "mailsync", p) for p in ("initial", "rerun")]
     values = [p["rss_mib"] for p in phases if p]
     add("mailsync peak RSS <= 100 MiB, POP account", pop, max(values) if values else None, 100,
         " MiB")  # fmt: skip
     return out
+
+
+def _with_floor(target: dict, record: dict | None) -> None:
+    """Adds to a rerun target what a bare Python client measured in the same run."""
+    floor = (record or {}).get("floor")
+    base = _phase(record, baseline(record), "rerun") if record else None
+    if floor and base and base["wall"]:
+        share = floor["rerun"]["wall"] / base["wall"]
+        target["measured"] += f"; floor (bench/floor.py) {share:.2f}x"
 
 
 def load_results() -> dict:
@@ -960,6 +1019,8 @@ def render_markdown(data: dict) -> str:
         ]
         if later:
             lines += ["", "Later reruns, wall s (not in the table): " + "; ".join(later)]
+        if floor_line(rec):
+            lines += ["", "Rerun " + floor_line(rec) + "."]
         checks = [
             f"{name}: {entry['verify']}"
             for name, entry in rec["tools"].items()
@@ -1023,6 +1084,11 @@ def render_markdown(data: dict) -> str:
         "  re-serialises each message with Python's email package, which refolds long",
         "  header lines (Received:, DKIM-Signature:, ...): about two thirds of its files",
         "  differ from the server's by a few bytes.",
+        "- Floor: after each round of reruns, bench/floor.py runs once with mailsync's",
+        "  interpreter: a bare script on ssl and socket that connects, logs in, asks what",
+        "  a rerun must ask (POP3: UIDL; IMAP: STATUS of every folder) and quits, with no",
+        "  state, config or local files.  No Python client's rerun can be faster; its",
+        "  ratio sits next to the rerun targets.",
         "",
     ]
     return "\n".join(lines)
