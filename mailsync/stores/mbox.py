@@ -14,7 +14,8 @@ Format (mboxrd, byte-exact and reversible): a message is written as ``From SENDE
 ASCTIME\\n``, the body with every line matching ``^>*From `` given one more ``>``, then
 one ``\\n``.  Reading splits at lines starting with ``From ``, strips that one ``\\n``
 from each chunk and takes one ``>`` off every ``^>+From `` line.  Files whose lines end
-in CRLF are read as LF.
+in CRLF are read as LF.  The one message LF framing cannot carry, one whose every line
+ends in CR CR LF (so still in CR after CRLF -> LF), is written framed in CRLF instead.
 
 Keys are content hashes: the first message with body hash ``h`` is ``h``, further
 identical copies are ``h.1``, ``h.2``... in file order, so keys survive rewrites.  mbox
@@ -133,10 +134,20 @@ def from_line(body: bytes, arrival: float) -> tuple[bytes, int]:
     return b"From " + _sender(body) + b" " + stamp + b"\n", seconds
 
 
-def format_message(body: bytes, arrival: float) -> tuple[bytes, int]:
-    """One message as it goes into the file (From_ line, quoted body, separator)."""
+def format_message(body: bytes, arrival: float) -> tuple[bytes, int, bool]:
+    """One message as it goes into the file (From_ line, quoted body, separator), the
+    whole seconds its From_ line records, and whether it is framed in CRLF.
+
+    A body whose every line still ends in CR (the message had CR CR LF line ends) would
+    read back as a foreign CRLF message and lose those CRs, so it is written in CRLF
+    throughout, From_ line included: every LF becomes CRLF, which reading undoes exactly.
+    """
     line, seconds = from_line(body, arrival)
-    return line + quote(body) + b"\n", seconds
+    quoted = quote(body)
+    if b"\r\n" in body and decode_chunk(quoted + b"\n", False) != body:
+        crlf = (line + quoted + b"\n").replace(b"\n", b"\r\n")
+        return crlf, seconds, True
+    return line + quoted + b"\n", seconds, False
 
 
 def _clamp_time(arrival: float) -> int:
@@ -440,7 +451,7 @@ class MboxFolder(Folder):
         if not self._journaled:
             self._write_journal(fd, end)
         prefix = b"" if end == 0 or os.pread(fd, 1, end - 1) == b"\n" else b"\n"
-        chunk, seconds = format_message(body, arrival)
+        chunk, seconds, crlf = format_message(body, arrival)
         try:
             os.lseek(fd, end, os.SEEK_SET)
             _write_all(fd, prefix + chunk)
@@ -454,8 +465,8 @@ class MboxFolder(Folder):
             self._entries[-1].end += len(prefix)
         start = end + len(prefix)
         line_len = chunk.index(b"\n") + 1
-        stored = body if b"\r" not in body else decode_chunk(chunk[line_len:], False)
-        e = _entry(start, start + line_len, start + len(chunk), False, stored, float(seconds))
+        stored = body if b"\r" not in body else decode_chunk(chunk[line_len:], crlf)
+        e = _entry(start, start + line_len, start + len(chunk), crlf, stored, float(seconds))
         self._entries.append(e)
         copies = self._live.setdefault(e.digest[:32], [])
         copies.append(e)

@@ -58,14 +58,7 @@ KINDS = [
 ]
 
 #: (test function, case id) -> why the case fails.  Each becomes xfail(strict=True).
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_round_trip_is_byte_exact", "mbox-cr-cr-lf"): (
-        "Known limitation: mbox fetch (and list().size) drop the CR of every CR LF left "
-        "after CRLF->LF: "
-        "a message whose every line ends in CR CR LF comes back with bare LF (44 bytes, not "
-        "48): decode_chunk() takes 'first line ends in CR, no bare LF' for a CRLF file"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 _USED_BUGS: set[tuple[str, str]] = set()
 
 

@@ -15,7 +15,7 @@ import textwrap
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailsync.errors import FolderError, MessageError, StoreError
@@ -215,8 +215,8 @@ def test_from_date_with_zone(root):
     )
 )
 def test_random_bodies_round_trip(tmp_path_factory, bodies):
-    # to_lf is not idempotent ("\r\r\n" -> "\r\n"); such bodies are covered below.
-    assume(all(b"\r\n" not in to_lf(b) for b in bodies))
+    # Bodies whose LF form still holds CR LF (from CR CR LF) included: they are framed in
+    # CRLF when LF framing would misread them.
     root = str(tmp_path_factory.mktemp("mbox"))
     folder = MboxStore(root).open_folder("INBOX", create=True)
     keys = [folder.append(b, NOFLAGS, T0) for b in bodies]
@@ -226,19 +226,33 @@ def test_random_bodies_round_trip(tmp_path_factory, bodies):
     assert [again.fetch(k) for k in keys] == [to_lf(b) for b in bodies]
 
 
-def test_cr_cr_lf_body_is_self_consistent(root):
-    # to_lf(b"a\r\r\n") is b"a\r\n", which an mbox reader takes for a CRLF message:
-    # what append returns must still be what list and fetch give back.
+def test_cr_cr_lf_body_is_framed_in_crlf_and_exact(root):
+    # to_lf(b"...\r\r\n") leaves "\r\n" line ends, which under an LF From_ line read as a
+    # foreign CRLF message and would lose their CRs: such a message is framed in CRLF.
+    cr_cr_lf = b"From: a@example.org\r\r\nSubject: x\r\r\n\r\r\nFrom here\r\r\nbody\r\r\n"
+    body = to_lf(cr_cr_lf)
     folder = MboxStore(root).open_folder("INBOX", create=True)
-    key = folder.append(b"a\r\r\n", NOFLAGS, T0)
+    first = folder.append(BODIES["from_lines"], NOFLAGS, T0)
+    key = folder.append(cr_cr_lf, NOFLAGS, T0)
+    last = folder.append(BODIES["quoted"], NOFLAGS, T0)
+    assert folder.fetch(key) == body
     folder.flush()
+    raw = read(os.path.join(root, "INBOX"))
+    assert b"\r\n\r\r\n>From here\r\r\nbody\r\r\n\r\n" in raw  # CRLF framing, quoted
     again = fresh(root)
-    assert list(again.list()) == [key]
-    assert key == key_of(again.fetch(key))
-    mixed = b"a\r\r\nb\n"  # a bare LF line: read as LF, so exact
+    assert list(again.list()) == [first, key, last]
+    assert again.list()[key].size == len(body)
+    assert again.fetch(key) == body and key == key_of(body)
+    assert again.fetch(last) == BODIES["quoted"]
+    again.delete(first)  # the rewrite copies it as it is
+    again.flush()
+    assert fresh(root).fetch(key) == body
+    assert len(mailbox.mbox(os.path.join(root, "INBOX"))) == 2
+    mixed = b"a\r\r\nb\n"  # a bare LF line: read as LF, so LF framing is exact
     key = again.append(mixed, NOFLAGS, T0)
     again.flush()
     assert fresh(root).fetch(key) == to_lf(mixed)
+    assert read(os.path.join(root, "INBOX")).endswith(b" 2001\na\r\nb\n\n")  # LF-framed
 
 
 # --- size --------------------------------------------------------------------------------
