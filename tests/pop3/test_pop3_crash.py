@@ -1,6 +1,7 @@
 """kill -9 during a POP3 download-and-delete session (delete = "after-download"), at
 every step in turn and at random moments, then a rerun: every message is in the local
-Maildir exactly once and gone from the server; nothing lost, nothing duplicated."""
+Maildir (or mbox) exactly once and gone from the server; nothing lost, nothing
+duplicated."""
 
 from __future__ import annotations
 
@@ -12,36 +13,40 @@ import sys
 import time
 from collections import Counter
 
-from imaptools import maildir_bodies, message, run_process
-from test_pop3_dovecot import deliver, on_server
+import pytest
+from imaptools import message, run_process
+from test_pop3_dovecot import deliver, local_bodies, on_server
 
 CRASHED = 137
 ROUNDS = 24
 
 
-def _config(tmp_path, server, user):
+def _config(tmp_path, server, user, kind):
     path = tmp_path / "config.toml"
     path.write_text(
         f'[store.pop]\nurl = "{server.url("pop3s", user)}"\ncafile = "{server.cafile}"\n'
         'delete = "after-download"\n\n'
-        f'[store.backup]\nurl = "maildir:{tmp_path / "mail"}"\n\n'
+        f'[store.backup]\nurl = "{kind}:{tmp_path / "mail"}"\n\n'
         '[channel.mail]\nremote = "pop"\nlocal = "backup"\n'
     )
     return path
 
 
-def _check(server, user, root, want: Counter, log: list[str]) -> None:
-    local = maildir_bodies(root).get("INBOX", Counter())
-    assert local == want, "\n".join(log[-6:])
+def _check(server, user, root, kind, want: Counter, log: list[str]) -> None:
+    assert local_bodies(root, kind) == want, "\n".join(log[-6:])
     assert on_server(server, user) == Counter(), "\n".join(log[-6:])
 
 
-def test_kill_at_every_step_then_rerun(dovecot_server, tmp_path):
+DESTINATIONS = pytest.mark.parametrize("kind", ["maildir", "mbox"])
+
+
+@DESTINATIONS
+def test_kill_at_every_step_then_rerun(dovecot_server, tmp_path, kind):
     """The crash hook at step 1, 2, ... of the same session until a run completes."""
     user = dovecot_server.add_user()
     bodies = [message(n, extra=b"." * n + b"\n") for n in range(12)]
     deliver(dovecot_server, user, *bodies)
-    conf = _config(tmp_path, dovecot_server, user)
+    conf = _config(tmp_path, dovecot_server, user, kind)
     state = tmp_path / "state"
     log = []
     for crash_at in range(1, 200):
@@ -52,7 +57,7 @@ def test_kill_at_every_step_then_rerun(dovecot_server, tmp_path):
         log.append(f"step {crash_at}: exit {done.returncode}\n{done.stderr}")
         assert done.returncode in (0, CRASHED), done.stderr
         # After every crash: nothing lost (each message on the server or local, or both).
-        local = maildir_bodies(tmp_path / "mail").get("INBOX", Counter())
+        local = local_bodies(tmp_path / "mail", kind)
         assert max(local.values(), default=0) <= 1, log[-1]
         assert set(local) | set(on_server(dovecot_server, user)) == set(bodies), log[-1]
         if done.returncode == 0:
@@ -66,16 +71,17 @@ def test_kill_at_every_step_then_rerun(dovecot_server, tmp_path):
     assert any("exit 137" in entry and "deleting" in entry for entry in log)
     rerun = run_process("--config", conf, "pull", "mail", password=user.password, state=state)
     assert rerun.returncode == 0, rerun.stderr
-    _check(dovecot_server, user, tmp_path / "mail", Counter(bodies), log)
+    _check(dovecot_server, user, tmp_path / "mail", kind, Counter(bodies), log)
 
 
-def test_random_kills_during_download_and_delete(dovecot_server, tmp_path):
+@DESTINATIONS
+def test_random_kills_during_download_and_delete(dovecot_server, tmp_path, kind):
     """Real SIGKILLs at random moments and the crash hook at random steps, with new mail
     arriving between runs; after a final clean run every message is local exactly once
     and the server is empty."""
     rng = random.Random(20261127)
     user = dovecot_server.add_user()
-    conf = _config(tmp_path, dovecot_server, user)
+    conf = _config(tmp_path, dovecot_server, user, kind)
     state = tmp_path / "state"
     delivered: list[bytes] = []
     log: list[str] = []
@@ -111,9 +117,9 @@ def test_random_kills_during_download_and_delete(dovecot_server, tmp_path):
             _, stderr = proc.communicate()
             assert proc.returncode in (0, -signal.SIGKILL), stderr
             log.append(f"round {round_}: SIGKILL after {delay:.2f} s ({proc.returncode})\n{stderr}")
-        local = maildir_bodies(tmp_path / "mail").get("INBOX", Counter())
+        local = local_bodies(tmp_path / "mail", kind)
         assert max(local.values(), default=0) <= 1, log[-1]
         assert set(local) | set(on_server(dovecot_server, user)) == set(delivered), log[-1]
     final = run_process("--config", conf, "pull", "mail", password=user.password, state=state)
     assert final.returncode == 0, final.stderr
-    _check(dovecot_server, user, tmp_path / "mail", Counter(delivered), log)
+    _check(dovecot_server, user, tmp_path / "mail", kind, Counter(delivered), log)

@@ -55,6 +55,24 @@ def local(root: Path, folder: str = "INBOX") -> Counter:
     return maildir_bodies(root).get(folder, Counter())
 
 
+def mbox_bodies(path: Path) -> Counter:
+    """The bodies of an mboxrd file, read independently of mailsync: split at From_
+    lines, drop each message's separator line end, take one > off every >+From line."""
+    data = path.read_bytes() if path.exists() else b""
+    assert not data or data.startswith(b"From ")
+    out = Counter()
+    for chunk in re.split(rb"(?m)^From ", data)[1:]:
+        body = chunk.split(b"\n", 1)[1]
+        assert body.endswith(b"\n"), chunk[:80]
+        out[re.sub(rb"(?m)^>(>*From )", rb"\1", body[:-1])] += 1
+    return out
+
+
+def local_bodies(root: Path, kind: str, folder: str = "INBOX") -> Counter:
+    """What a Maildir tree or an mbox tree (one file per folder) holds in `folder`."""
+    return local(root, folder) if kind == "maildir" else mbox_bodies(root / folder)
+
+
 def config(tmp_path: Path, server, user, store: str = "", channel: str = "") -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
@@ -145,6 +163,35 @@ def test_delete_after_download(dovecot_server, dovecot_user, mailenv):
     assert "copied 1 to local" in result.output and "deleted 1" in result.output
     assert local(mailenv / "mail") == Counter(message(n) for n in range(6))
     assert on_server(dovecot_server, dovecot_user) == Counter()
+
+
+def test_pull_into_mbox_is_byte_exact_and_deletes_after_download(
+    dovecot_server, dovecot_user, mailenv
+):
+    """The destination may be an mbox tree: INBOX is one mboxrd file, From lines in the
+    bodies quoted and unquoted exactly, and a rerun leaves the file alone."""
+    deliver(dovecot_server, dovecot_user, *ODD)
+    want = on_server(dovecot_server, dovecot_user)
+    url = pop3s(dovecot_server, dovecot_user, delete="after-download")
+    root = mailenv / "mbox"
+    result = run("pull", url, f"mbox:{root}", password=dovecot_user.password)
+    assert result.exit_code == 0, result.output
+    assert "INBOX: copied 7 to local" in result.output and "deleted 7" in result.output
+    assert mbox_bodies(root / "INBOX") == want
+    assert b"\n>From the start\n>>From quoted\n" in (root / "INBOX").read_bytes()
+    assert on_server(dovecot_server, dovecot_user) == Counter()
+
+    before = (root / "INBOX").read_bytes()
+    result = run("pull", url, f"mbox:{root}", password=dovecot_user.password)
+    assert result.exit_code == 0, result.output
+    assert "INBOX: copied 0 to local" in result.output
+    assert (root / "INBOX").read_bytes() == before
+
+    deliver(dovecot_server, dovecot_user, message(8))
+    result = run("pull", url, f"mbox:{root}", password=dovecot_user.password)
+    assert result.exit_code == 0, result.output
+    assert mbox_bodies(root / "INBOX") == want + Counter([message(8)])
+    assert (root / "INBOX").read_bytes().startswith(before)  # appended, nothing rewritten
 
 
 def test_nothing_is_deleted_when_the_local_copies_are_gone(dovecot_server, dovecot_user, mailenv):
