@@ -42,6 +42,7 @@ import re
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from mailsync.errors import ConfigError, FolderError, MessageError
@@ -816,31 +817,29 @@ class MaildirFolder(Folder):
         now: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):
             try:
-                with os.scandir(os.path.join(self.path, sub)) as entries:
-                    for entry in entries:
-                        name = entry.name
-                        if name.startswith("."):
-                            continue
-                        i = name.rfind(INFO_SEP)
-                        now[name if i < 0 else name[:i]] = (sub, name)
+                now.update(self._names(sub))
             except OSError:
                 return {}
         return stamps if now == self._where else {}
 
+    def _names(self, sub: str) -> Iterator[tuple[str, tuple[str, str]]]:
+        """(key, (sub, file name)) for each message in new/ or cur/, by name alone (no
+        stat); OSError when the directory cannot be read."""
+        with os.scandir(os.path.join(self.path, sub)) as entries:
+            for entry in entries:
+                filename = entry.name
+                if not filename.startswith("."):
+                    key = split_name(filename)[0]
+                    if key:
+                        yield key, (sub, filename)
+
     def _rescan(self) -> None:
-        self._verifiable = False  # files moved under us: only a new list() can vouch
         """Re-read new/ and cur/ names (no stat) to follow files a mail reader moved."""
+        self._verifiable = False  # files moved under us: only a new list() can vouch
         where: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):
             try:
-                with os.scandir(os.path.join(self.path, sub)) as entries:
-                    for entry in entries:
-                        filename = entry.name
-                        if filename.startswith("."):
-                            continue
-                        key = split_name(filename)[0]
-                        if key:
-                            where[key] = (sub, filename)
+                where.update(self._names(sub))
             except OSError:
                 continue
         self._where = where
