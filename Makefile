@@ -2,9 +2,12 @@
 # The virtualenv's interpreter: the distribution's /usr/bin/python3 when it is 3.11 or
 # newer (Debian builds it with PGO and LTO: bytes.replace, the CRLF -> LF of every
 # download, runs 3.5x faster than in a default pyenv build, pure Python 13 %), else the
-# first python3 on PATH.  `make clean` before switching; `make PYTHON=...` to choose.
-PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-	    2>/dev/null && echo /usr/bin/python3 || echo python3)
+# first python3 on PATH (also when /usr/bin/python3 lacks venv and this is not root, so
+# venv-deps cannot install it).  `make clean` before switching; `make PYTHON=...` chooses.
+PYTHON ?= $(shell if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	      2>/dev/null && { [ "$$(id -u)" = 0 ] \
+	      || /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null; }; \
+	    then echo /usr/bin/python3; else echo python3; fi)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
