@@ -785,15 +785,21 @@ def ratio(record: dict, tool: str, phase: str) -> float | None:
     return mine["wall"] / base["wall"]
 
 
+def floor_share(record: dict | None) -> float | None:
+    """The floor's rerun wall over the baseline tool's, when both were measured."""
+    floor = (record or {}).get("floor")
+    base = _phase(record, baseline(record), "rerun") if floor else None
+    return floor["rerun"]["wall"] / base["wall"] if base and base["wall"] else None
+
+
 def floor_line(record: dict) -> str | None:
-    """One sentence on the floor, for the table and the rerun target."""
+    """One sentence on the floor, for the table and the rerun section."""
     floor = record.get("floor")
-    base = record["tools"].get(baseline(record), {}).get("rerun")
     if not floor:
         return None
-    wall = floor["rerun"]["wall"]
-    share = f", {wall / base['wall']:.2f}x {baseline(record)}" if base and base["wall"] else ""
-    return f"floor for any Python client: {wall:.3f} s wall{share} ({floor['what']})"
+    share = floor_share(record)
+    of = f", {share:.2f}x {baseline(record)}" if share is not None else ""
+    return f"floor for any Python client: {floor['rerun']['wall']:.3f} s wall{of} ({floor['what']})"
 
 
 def table_rows(record: dict) -> list[list[str]]:
@@ -840,8 +846,9 @@ def print_table(record: dict) -> None:
         if entry.get("later_reruns"):
             walls = ", ".join(f"{w:.2f}" for w in entry["later_reruns"])
             print(f"{name}: later reruns {walls} s wall")
-    if floor_line(record):
-        print(floor_line(record))
+    line = floor_line(record)
+    if line:
+        print(line)
     for target in targets_for([record]):
         if target["measured"] != "not run":  # the targets about other records
             print(f"target: {target['what']}: {target['measured']} -> {target['verdict']}")
@@ -865,7 +872,8 @@ def targets_for(records: list[dict]) -> list[dict]:
     )
     out = []
 
-    def add(what: str, record: dict | None, value: float | None, limit: float, unit: str):
+    def add(what, record, value, limit: float, unit: str, floor: bool = False) -> None:
+        """One target; `floor`: a rerun target, which also shows the floor's ratio."""
         if record is None:
             measured, verdict = "not run", "NOT MEASURED"
         elif value is None:
@@ -875,23 +883,25 @@ def targets_for(records: list[dict]) -> list[dict]:
             verdict = "met" if value <= limit else "NOT MET"
         if record is not None and record["variant"] in ("standard", "pop"):
             measured += f" ({record['corpus']['messages']:,} messages)"
+        share = floor_share(record) if floor else None
+        if share is not None:
+            measured += f"; floor (bench/floor.py) {share:.2f}x"
         out.append({"what": what, "measured": measured, "verdict": verdict})
 
     for phase, what in (
         ("initial", "initial pull wall <= 0.5x mbsync"),
         ("rerun", "rerun wall <= 0.5x mbsync"),
     ):
-        add(what, std, ratio(std, "mailsync", phase) if std else None, 0.5, "x")
-        if phase == "rerun":
-            _with_floor(out[-1], std)
+        value = ratio(std, "mailsync", phase) if std else None
+        add(what, std, value, 0.5, "x", floor=phase == "rerun")
     add(
         "rerun wall <= 0.2x mbsync, 100k messages / 50 folders",
         big,
         ratio(big, "mailsync", "rerun") if big else None,
         0.2,
         "x",
+        floor=True,
     )
-    _with_floor(out[-1], big)
     for record, what in (
         (std, "mailsync peak RSS <= 100 MiB, standard account"),
         (big, "mailsync peak RSS <= 100 MiB, 100k messages / 50 folders"),
@@ -904,23 +914,13 @@ def targets_for(records: list[dict]) -> list[dict]:
         ("initial", "POP initial pull wall <= 0.2x getmail6"),
         ("rerun", "POP rerun wall <= 0.2x getmail6"),
     ):
-        add(what, pop, ratio(pop, "mailsync", phase) if pop else None, 0.2, "x")
-        if phase == "rerun":
-            _with_floor(out[-1], pop)
+        value = ratio(pop, "mailsync", phase) if pop else None
+        add(what, pop, value, 0.2, "x", floor=phase == "rerun")
     phases = [_phase(pop, "mailsync", p) for p in ("initial", "rerun")]
     values = [p["rss_mib"] for p in phases if p]
     add("mailsync peak RSS <= 100 MiB, POP account", pop, max(values) if values else None, 100,
         " MiB")  # fmt: skip
     return out
-
-
-def _with_floor(target: dict, record: dict | None) -> None:
-    """Adds to a rerun target what a bare Python client measured in the same run."""
-    floor = (record or {}).get("floor")
-    base = _phase(record, baseline(record), "rerun") if record else None
-    if floor and base and base["wall"]:
-        share = floor["rerun"]["wall"] / base["wall"]
-        target["measured"] += f"; floor (bench/floor.py) {share:.2f}x"
 
 
 def load_results() -> dict:
@@ -1026,8 +1026,9 @@ def render_markdown(data: dict) -> str:
         ]
         if later:
             lines += ["", "Later reruns, wall s (not in the table): " + "; ".join(later)]
-        if floor_line(rec):
-            lines += ["", "Rerun " + floor_line(rec) + "."]
+        floor = floor_line(rec)
+        if floor:
+            lines += ["", f"Rerun {floor}."]
         checks = [
             f"{name}: {entry['verify']}"
             for name, entry in rec["tools"].items()

@@ -983,14 +983,13 @@ class MaildirStore(Store):
         if not _is_maildir(path):
             if not create:
                 raise FolderError(f"{self.url}: no folder {name} (no Maildir at {path})")
-            if self.read_only:
-                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
-            try:
+
+            def make(path: str) -> None:
                 _make_dir(path, dirty)
                 for sub in SUBDIRS:
                     _make_dir(os.path.join(path, sub), dirty)
-            except OSError as e:
-                raise FolderError(f"cannot create {path} ({e.strerror}): check the permissions")
+
+            self._create(name, path, make)
         folder = MaildirFolder(self, name, path, dirty)
         if not self.read_only:
             folder._clean_tmp()
@@ -1008,14 +1007,18 @@ class MaildirStore(Store):
                 raise FolderError(f"{self.url}: {name} is a mail folder, not a {kind} folder")
             if not create:
                 raise FolderError(f"{self.url}: no folder {name}")
-            if self.read_only:
-                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
-            try:
-                make_vdir(path, kind)
-            except OSError as e:
-                raise FolderError(f"cannot create {path} ({e.strerror}): check the permissions")
+            self._create(name, path, lambda path: make_vdir(path, kind))
             existing = kind
         return VdirFolder(name, path, existing, read_only=self.read_only)
+
+    def _create(self, name: str, path: str, make) -> None:
+        """A missing folder made with make(path), or a FolderError saying why not."""
+        if self.read_only:
+            raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
+        try:
+            make(path)
+        except OSError as e:
+            raise FolderError(f"cannot create {path} ({e.strerror}): check the permissions")
 
     def folder_kinds(self) -> dict[str, str]:
         if self._kinds is None:

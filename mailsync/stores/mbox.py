@@ -465,8 +465,8 @@ class MboxFolder(Folder):
             self._entries[-1].end += len(prefix)
         start = end + len(prefix)
         line_len = chunk.index(b"\n") + 1
-        stored = body if b"\r" not in body else decode_chunk(chunk[line_len:], crlf)
-        e = _entry(start, start + line_len, start + len(chunk), crlf, stored, float(seconds))
+        # format_message() framed the body so that reading gives it back exactly.
+        e = _entry(start, start + line_len, start + len(chunk), crlf, body, float(seconds))
         self._entries.append(e)
         copies = self._live.setdefault(e.digest[:32], [])
         copies.append(e)

@@ -55,6 +55,12 @@ def pull(url: str, root: Path, *extra: str):
     return run("-v", "pull", *extra, url, root, password=PASSWORD)
 
 
+def set_flags(path: Path, letters: str) -> None:
+    """What a mail reader does to a message it reads or flags: into cur/, with these
+    Maildir flag letters."""
+    path.rename(path.parent.parent / "cur" / (path.name.split(":")[0] + ":2," + letters))
+
+
 def operations(server: FakeEWS, name: str) -> list[dict]:
     return [details for op, details in server.requests if op == name]
 
@@ -145,10 +151,8 @@ def test_two_way_flags_deletions_and_new_mail(fake, ews, mailenv):
     assert run("sync", url, root, password=PASSWORD).exit_code == 0
     files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
     # Local changes: read 0, flag 1, delete 2, a new local message.
-    p0 = files[to_lf(mime(0))]
-    p0.rename(p0.parent.parent / "cur" / (p0.name.split(":")[0] + ":2,S"))
-    p1 = files[to_lf(mime(1))]
-    p1.rename(p1.parent.parent / "cur" / (p1.name.split(":")[0] + ":2,F"))
+    set_flags(files[to_lf(mime(0))], "S")
+    set_flags(files[to_lf(mime(1))], "F")
     files[to_lf(mime(2))].unlink()
     new_local = write_local(root, "INBOX", to_lf(mime(20)), flags="S", mtime=1_600_000_000)
     assert new_local.exists()
@@ -410,8 +414,7 @@ def test_item_ids_and_change_keys_are_recorded(fake, ews, mailenv):
     url = ews(fake)
     assert run("sync", url, root, password=PASSWORD).exit_code == 0
     files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
-    p0 = files[to_lf(mime(0))]
-    p0.rename(p0.parent.parent / "cur" / (p0.name.split(":")[0] + ":2,S"))
+    set_flags(files[to_lf(mime(0))], "S")
     assert run("sync", url, root, password=PASSWORD).exit_code == 0
     (db,) = (mailenv / "state" / "mailsync").glob("*.db")
     con = sqlite3.connect(db)
