@@ -84,7 +84,7 @@ _LISTENER = (
     'umask $IMAP_UMASK; if test -n "$IMAP_ULIMITD"; then ulimit -v $IMAP_ULIMITD; fi; '
     "exec /usr/sbin/couriertcpd -address={address} -maxprocs=$MAXDAEMONS "
     "-maxperip=$MAXPERIP $TCPDOPTS {port} {tls}/usr/lib/courier/courier/imaplogin "
-    "/usr/bin/imapd $MAILDIRPATH' &\n"
+    "/usr/bin/imapd $MAILDIRPATH'"
 )
 
 
@@ -140,7 +140,9 @@ class CourierServer:
             self.ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
             self._write_config()
             try:
-                self.sandbox.start(self._script(), list(self.ports.values()))
+                self.sandbox.start(
+                    self._daemons(), list(self.ports.values()), setup="makeuserdb || exit 1"
+                )
                 return self
             except ServerError as exc:
                 last_error = f"{exc}\n{self.log_tail()}"
@@ -200,7 +202,7 @@ class CourierServer:
                 f"{shipped.rstrip()}\n\n# tests/servers/courier.py: private overrides\n{extra}"
             )
 
-    def _script(self) -> str:
+    def _daemons(self) -> dict[str, str]:
         plain = _LISTENER.format(
             extra="IMAP_STARTTLS=$IMAPDSTARTTLS;", address="$ADDRESS", port="$PORT", tls=""
         )
@@ -210,14 +212,13 @@ class CourierServer:
             port="$SSLPORT",
             tls="$COURIERTLS -server -tcpd -user=courier ",
         )
-        return (
-            "makeuserdb || exit 1\n"
+        return {
             # Debian's authdaemond script, less courierlogger.
-            "(set -a; . /etc/courier/authdaemonrc; "
-            "exec /usr/lib/courier/courier-authlib/authdaemond) &\n"
-            f"{plain}{tls}"
-            "wait\n"
-        )
+            "authdaemond": "(set -a; . /etc/courier/authdaemonrc; "
+            "exec /usr/lib/courier/courier-authlib/authdaemond)",
+            "couriertcpd imap": plain,
+            "couriertcpd imaps": tls,
+        }
 
     # -- users --
 

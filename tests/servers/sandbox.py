@@ -30,6 +30,7 @@ SIGKILL.)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shlex
@@ -128,6 +129,28 @@ def _kill_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """The command lines of running processes that contain `text` (ps would cut them)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args.strip())
+    return found
+
+
 def port_open(port: int) -> bool:
     try:
         socket.create_connection((HOST, port), timeout=1).close()
@@ -177,18 +200,32 @@ class Sandbox:
         sock, log = q(str(self._syslog_socket)), q(str(self.syslog_path))
         lines += [
             f"rm -f {sock}",
-            f"{q(sys.executable)} -c {sink} {sock} {log} &",
+            # In a subshell, so that it is no job of the script's `wait`.
+            f"({q(sys.executable)} -c {sink} {sock} {log} &)",
             f"while [ ! -S {sock} ]; do sleep 0.01; done",
             f"mount --bind {sock} /dev/log",
             "set +e",
         ]
         return "\n".join(lines) + "\n"
 
-    def start(self, body: str, ports: list[int]) -> None:
-        """Run `body` (shell, after the mounts) as the namespace's first process and
-        wait until every port in `ports` accepts connections."""
+    def start(self, daemons: dict[str, str], ports: list[int], *, setup: str = "") -> None:
+        """Run `setup` (shell, after the mounts), then each of `daemons` (name -> shell
+        command that stays in the foreground) in the background, and wait until every
+        port in `ports` accepts connections; ServerError if a daemon exits first.
+
+        The script itself stays the namespace's first process, waiting: had it exec'd a
+        daemon, the kernel would clear that one's parent-death signal as soon as it
+        changed its user ids (Cyrus' master does), and nothing would stop the namespace
+        when unshare dies."""
+        q = shlex.quote
+        exited = self.workdir / "exited"
+        exited.unlink(missing_ok=True)
+        body = "".join(
+            f"({command}\necho {q(name)} exited with status $? >> {q(str(exited))}) &\n"
+            for name, command in daemons.items()
+        )
         script = self.workdir / "start.sh"
-        script.write_text(self._preamble() + body)
+        script.write_text(f"{self._preamble()}{setup}\n{body}wait\n")
         with open(self.stdout_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -211,8 +248,12 @@ class Sandbox:
         deadline = time.monotonic() + START_TIMEOUT
         waiting = set(ports)
         while waiting:
+            if exited.exists():
+                raise ServerError(exited.read_text().strip())
             if self.proc.poll() is not None:
-                raise ServerError(f"the server exited with status {self.proc.returncode}")
+                if exited.exists():  # the script ends once its daemons have
+                    raise ServerError(exited.read_text().strip())
+                raise ServerError(f"the server's script exited with status {self.proc.returncode}")
             waiting = {port for port in waiting if not port_open(port)}
             if waiting:
                 if time.monotonic() > deadline:
@@ -220,10 +261,11 @@ class Sandbox:
                 time.sleep(0.02)
         self._init_pid = self._namespace_pid()
 
-    def _namespace_pid(self) -> int:
+    def _namespace_pid(self, proc: subprocess.Popen[bytes] | None = None) -> int:
         """The host pid of the namespace's first process (unshare's only child)."""
-        assert self.proc is not None
-        pid = self.proc.pid
+        proc = proc or self.proc
+        assert proc is not None
+        pid = proc.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         if len(children) != 1:
             raise ServerError(f"unshare {pid} has children {children}, expected one")
@@ -249,14 +291,15 @@ class Sandbox:
         if proc is None:
             return
         if proc.poll() is None:
+            if not self._init_pid:  # a start that failed before it was known
+                with contextlib.suppress(OSError, ServerError):
+                    self._init_pid = self._namespace_pid(proc)
             proc.kill()  # --kill-child takes the namespace's first process, the kernel the rest
         proc.wait()
-        # Wait (briefly) for the namespace's first process to be gone, so its ports and
-        # files are free when stop() returns.
+        # Wait (briefly) for the namespace's first process to die, so its ports and files
+        # are free when stop() returns.  Orphaned, it may stay a zombie for a while.
         deadline = time.monotonic() + 5
-        while self._init_pid and Path(f"/proc/{self._init_pid}").exists():
-            if time.monotonic() > deadline:
-                break
+        while self._init_pid and _alive(self._init_pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         self._init_pid = 0
 
