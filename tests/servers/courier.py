@@ -39,6 +39,31 @@ creates one: STARTTLS runs couriertls as that user) with the mail user's ids.
 What Courier-IMAP 5.0.13 (Debian 12) does with what it is given
 ---------------------------------------------------------------
 Measured by tests/servers/test_courier_fixture.py, which fails if any of it changes.
+
+* NAMESPACE: ``(("INBOX." ".")) NIL (("#shared." ".")("shared." "."))``.  A fresh
+  user's LIST is ``(\\Unmarked \\HasNoChildren) "." "INBOX"`` (names quoted).
+* CREATE answers: ``Sent``, ``Other``, ``user.bob``, ``INBOX.x/y``, ``INBOX/z`` ->
+  ``NO Invalid mailbox name.``; ``INBOX.Sent`` -> ``OK "INBOX.Sent" created.``, again
+  -> ``NO Cannot create this folder.``; ``INBOX.A.B`` -> ``OK "INBOX.A.B" created.``,
+  stored as ``Maildir/.A.B`` only: LIST shows ``(\\Noselect \\HasChildren) "."
+  "INBOX.A"``, and SELECT ``INBOX.A`` is ``NO Mailbox does not exist, or must be
+  subscribed to.``
+* APPEND (the samples of servers/rewrites.py, FETCH BODY.PEEK[] compared byte for
+  byte): messages are kept with LF line ends on disk and served with CRLF, so a
+  message without a final line end gains CRLF, a lone LF becomes CRLF and a lone CR
+  is dropped (``one\\rtwo`` -> ``onetwo``).  NUL bytes, 8-bit headers and bodies,
+  10,000-byte lines, an empty body and a message without the blank line come back
+  identical.  Nothing is refused.  RFC822.SIZE is the served length; UID SEARCH
+  HEADER Message-ID finds every stored sample.
+* APPEND answers ``[APPENDUID <uidvalidity> <uid>] APPEND Ok.``.  Flags and keywords
+  are kept (no ``\\Recent``); INTERNALDATE keeps the instant, not the UTC offset.
+  SELECT reports no UIDNEXT (STATUS does) and no HIGHESTMODSEQ.
+* CAPABILITY after login is exactly Debian's ``IMAP4rev1 UIDPLUS CHILDREN NAMESPACE
+  THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE`` plus ``ACL ACL2=UNION
+  ENABLE UTF8=ACCEPT``: no CONDSTORE, QRESYNC, OBJECTID, SPECIAL-USE, LIST-STATUS,
+  MOVE, ESEARCH, UNSELECT, LITERAL+, BINARY.  Before login it adds STARTTLS, after
+  STARTTLS (or on imaps) AUTH=PLAIN.
+* A failed login answers ``NO Login failed.`` after 5 s (hard-coded in imaplogin).
 """
 
 from __future__ import annotations

@@ -44,19 +44,33 @@ What Cyrus 3.6.1 (Debian 12) does with what it is given
 ------------------------------------------------------
 Measured by tests/servers/test_cyrus_fixture.py, which fails if any of it changes.
 
-* Namespace: ``NAMESPACE`` answers ``(("INBOX." ".")) (("user." ".")) (("" "."))``:
-  personal folders are ``INBOX.Sent``, ``INBOX.A.B``; the delimiter is ``.``.
-  A fresh user's LIST is ``(\\HasNoChildren) "." INBOX``.
-* CREATE ``Sent`` (outside ``INBOX.``): ``NO Permission denied``; so are ``Other`` and
-  ``user.bob``.  ``INBOX.x/y``: ``NO Invalid mailbox name``.  ``INBOX.Sent``:
-  ``OK [MAILBOXID (...)] Completed``.  ``INBOX.A.B`` creates ``INBOX.A.B`` only: LIST
-  shows ``INBOX.A`` as ``(\\HasChildren \\Noselect)``... see the test for the exact LIST.
-* APPEND rewrites (FETCH BODY.PEEK[] differs from what was appended):
-  see ``REWRITES`` in the test module, measured byte for byte.
-* CAPABILITY after login includes UIDPLUS (APPEND answers ``[APPENDUID V U]``),
-  CONDSTORE, QRESYNC, OBJECTID (``EMAILID``/``MAILBOXID``), SPECIAL-USE, LIST-STATUS,
-  MOVE, ESEARCH, BINARY, MULTIAPPEND, CATENATE, LITERAL+, and also LOGINDISABLED
-  (after login, harmlessly).
+* NAMESPACE: ``(("INBOX." ".")) (("user." ".")) (("" "."))``.  Personal folders are
+  ``INBOX.Sent``, ``INBOX.A.B``; the delimiter is ``.``.  A fresh user's LIST is
+  ``(\\HasNoChildren) "." INBOX`` (INBOX is created, and subscribed, at the first
+  login).
+* CREATE answers: ``Sent``, ``Other``, ``user.bob`` -> ``NO Permission denied``;
+  ``INBOX.x/y``, ``INBOX/z`` -> ``NO Invalid mailbox name``; ``INBOX.Sent`` ->
+  ``OK [MAILBOXID (...)] Completed``, again -> ``NO Mailbox already exists``.
+  ``INBOX.A.B`` also creates ``INBOX.A`` as a real, selectable mailbox: LIST is then
+  ``(\\HasChildren) "." INBOX``, ``(\\HasChildren) "." INBOX.A``,
+  ``(\\HasNoChildren) "." INBOX.A.B`` (no ``\\Noselect`` anywhere).
+* APPEND (the samples of servers/rewrites.py, FETCH BODY.PEEK[] compared byte for
+  byte): every 8-bit byte in a header field becomes one ``X`` (``caf\\xc3\\xa9`` ->
+  ``cafXX``; same length, text lost; Cyrus' ``munge8bit: yes`` default); a NUL anywhere is
+  refused, ``NO Message contains NUL characters``; a lone LF is refused, ``NO Message
+  contains bare newlines``.  8-bit bodies, lone CRs, a missing final CRLF, 10,000-byte
+  header or body lines, an empty body and a message without the blank line come back
+  identical.  RFC822.SIZE is the stored length; UID SEARCH HEADER Message-ID finds
+  every stored sample.
+* APPEND answers ``[APPENDUID <uidvalidity> <uid>] Completed``.  Flags and keywords
+  (``$Forwarded``) are kept, with ``\\Recent``; INTERNALDATE keeps the instant, not
+  the UTC offset.  SELECT reports UIDNEXT and HIGHESTMODSEQ.
+* CAPABILITY after login: UIDPLUS, CONDSTORE, QRESYNC, OBJECTID (FETCH ``EMAILID``,
+  STATUS ``MAILBOXID``), SPECIAL-USE, CREATE-SPECIAL-USE, LIST-STATUS, LIST-EXTENDED,
+  MOVE, ESEARCH, BINARY, MULTIAPPEND, CATENATE, LITERAL+, UNSELECT, IDLE, and
+  LOGINDISABLED (listed after login too); not UTF8=ACCEPT.
+* A failed login answers ``NO Login failed: authentication failure``; Cyrus' 3 s
+  ``failedloginpause`` is set to 0 here.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from imapclient import IMAPClient
@@ -201,3 +202,20 @@ def test_failed_start_reports_the_log(courier_server, tmp_path, monkeypatch) -> 
         broken.start()
     broken.stop()
     assert processes_mentioning(str(tmp_path / "broken")) == []
+
+
+def test_flags_dates_and_select_data(courier_server, courier_user) -> None:
+    when = datetime(2020, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5)))
+    with courier_server.imap(courier_user) as client:
+        client.normalise_times = False
+        client.append("INBOX", SAMPLES["plain"], flags=[b"\\Seen", b"$Forwarded"], msg_time=when)
+        info = client.select_folder("INBOX")
+        # SELECT says no UIDNEXT (nor HIGHESTMODSEQ: no CONDSTORE); STATUS does.
+        assert b"UIDNEXT" not in info and b"HIGHESTMODSEQ" not in info
+        assert b"\\*" in info[b"PERMANENTFLAGS"]
+        data = client.fetch([1], ["FLAGS", "INTERNALDATE"])[1]
+        assert client.folder_status("INBOX", ["UIDNEXT"])[b"UIDNEXT"] == 2
+    assert set(data[b"FLAGS"]) == {b"\\Seen", b"$Forwarded"}  # no \Recent after APPEND
+    # The instant survives (the file's mtime), its UTC offset does not.
+    assert data[b"INTERNALDATE"] == when
+    assert data[b"INTERNALDATE"].utcoffset() == timedelta(0)

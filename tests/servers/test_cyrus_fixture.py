@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from imapclient import IMAPClient
@@ -218,3 +219,18 @@ def test_failed_start_reports_the_log(cyrus_server, tmp_path, monkeypatch) -> No
         broken.start()
     broken.stop()
     assert processes_mentioning(str(tmp_path / "broken")) == []
+
+
+def test_flags_dates_and_select_data(cyrus_server, cyrus_user) -> None:
+    when = datetime(2020, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5)))
+    with cyrus_server.imap(cyrus_user) as client:
+        client.normalise_times = False
+        client.append("INBOX", SAMPLES["plain"], flags=[b"\\Seen", b"$Forwarded"], msg_time=when)
+        info = client.select_folder("INBOX")
+        assert info[b"UIDNEXT"] == 2 and info[b"HIGHESTMODSEQ"] > 0
+        assert b"\\*" in info[b"PERMANENTFLAGS"]
+        data = client.fetch([1], ["FLAGS", "INTERNALDATE"])[1]
+    assert set(data[b"FLAGS"]) == {b"\\Seen", b"$Forwarded", b"\\Recent"}
+    # The instant survives, its UTC offset does not.
+    assert data[b"INTERNALDATE"] == when
+    assert data[b"INTERNALDATE"].utcoffset() == timedelta(0)
