@@ -101,6 +101,8 @@ def missing_reason(*programs: str) -> str | None:
     """Why a server made of `programs` (paths below the packages root) cannot run here,
     or None."""
     root = packages_root()
+    if any(c in str(root) for c in ":,"):  # they would split mount's lowerdir= option
+        return f"{root} contains ':' or ',', which an overlay mount cannot take"
     absent = [p for p in programs if not (root / p.lstrip("/")).exists()]
     if absent:
         return (

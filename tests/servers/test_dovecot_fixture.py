@@ -10,7 +10,6 @@ import os
 import poplib
 import socket
 import ssl
-import subprocess
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from servers.dovecot import SPECIAL_USE, DovecotError, DovecotServer
 from servers.rewrites import SAMPLES, stored
+from servers.sandbox import processes_mentioning
 
 MESSAGES = [
     (
@@ -280,9 +280,9 @@ def test_failed_start_reports_the_log(dovecot_server, tmp_path, monkeypatch) -> 
         broken.start()
     broken.stop()
     assert broken.proc is None
-    # Nothing of it is left running.
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(tmp_path / "broken") not in ps
+    # Nothing of it is left running.  (Not `ps -eo args`: without a terminal it cuts
+    # command lines at 80 columns, before the path.)
+    assert processes_mentioning(str(tmp_path / "broken")) == []
 
 
 # -- the prefixed variant (dovecot_prefixed_server) -----------------------------------
