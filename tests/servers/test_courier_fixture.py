@@ -179,7 +179,8 @@ def test_log_tail_shows_logins(courier_server, courier_user) -> None:
     assert f"LOGIN, user={courier_user.name}," in courier_server.log_tail(200)
 
 
-def test_stop_leaves_nothing_running(tmp_path) -> None:
+def test_stop_leaves_nothing_running(courier_server, tmp_path) -> None:
+    # (courier_server: skipped where Courier cannot run; this test starts its own.)
     server = CourierServer(tmp_path / "courier")
     server.start()
     ports = list(server.ports.values())
