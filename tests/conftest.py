@@ -1,9 +1,10 @@
-"""Fixtures shared by every test directory: the private Dovecot (tests/servers/dovecot.py)
-and a private environment for running mailsync (mailenv)."""
+"""Fixtures shared by every test directory: the private Dovecot, Cyrus and Courier
+(tests/servers/dovecot.py, cyrus.py, courier.py) and a private environment for running
+mailsync (mailenv)."""
 
 import pytest
 
-pytest_plugins = ["servers.dovecot"]
+pytest_plugins = ["servers.dovecot", "servers.cyrus", "servers.courier"]
 
 
 @pytest.fixture

@@ -13,6 +13,13 @@ Fixtures
 ``dovecot_user`` (function)
     A fresh user with an empty mailbox tree (only INBOX), so tests never see each
     other's mail.
+``dovecot_prefixed_server`` (session), ``dovecot_prefixed_user`` (function)
+    A second Dovecot (``DovecotServer(prefixed=True)``, its own directory
+    ``/tmp/mailsync-dovecot-prefixed-*``) that presents folders as Courier and Cyrus do:
+    ``namespace inbox { prefix = INBOX.  separator = . }`` over Maildir++ trees
+    (``mail_location = maildir:~/Maildir``: INBOX is the Maildir itself, ``INBOX.A.B``
+    is ``~/Maildir/.A.B``).  The API is the same; ``add_user(special_use=True)`` creates
+    ``INBOX.Sent``... and ``serve_maildir`` serves a Maildir++ tree.
 
 How to use them from a test directory
 -------------------------------------
@@ -103,7 +110,23 @@ Dovecot behaviour worth knowing (checked on Dovecot 2.3.19.1, Debian 12)
 * Maildir keeps INTERNALDATE as the file's mtime: the instant survives an APPEND, its
   UTC offset does not (dates come back in the server's zone, UTC here).
 * CONDSTORE, QRESYNC, SPECIAL-USE, MOVE, UIDPLUS, ESEARCH, LIST-STATUS, BINARY are in
-  the default capability list.
+  the default capability list; OBJECTID (RFC 8474) is not.
+* What APPEND stores (test_dovecot_fixture.py, the samples of servers/rewrites.py): a
+  NUL byte comes back as 0x80 and a lone LF as CRLF (RFC822.SIZE counts the CR);
+  8-bit headers and bodies, lone CRs, a missing final CRLF, 10,000-byte lines and
+  empty bodies come back byte for byte.  Nothing is refused.
+
+The prefixed variant (tests/servers/test_dovecot_fixture.py checks each point)
+------------------------------------------------------------------------------
+* NAMESPACE: ``(("INBOX." ".")) NIL NIL``; a fresh user's LIST is
+  ``(\\HasNoChildren) "." INBOX`` (``\\HasChildren`` once folders exist).
+* CREATE ``Sent`` (or any name outside ``INBOX.``): ``NO Client tried to access
+  nonexistent namespace. (Mailbox name should probably be prefixed with: INBOX.)``;
+  ``INBOX.x/y``: ``NO [CANNOT] Invalid mailbox name: Name must not have '/'
+  characters``; ``INBOX.A.B`` creates ``~/Maildir/.A.B`` and LIST shows ``INBOX.A`` as
+  ``(\\Noselect \\HasChildren)``.
+* The special-use names in the namespace block are relative to the prefix:
+  ``INBOX.Sent`` is ``\\Sent``.
 """
 
 from __future__ import annotations
@@ -145,6 +168,7 @@ START_TIMEOUT = 10.0
 STOP_GRACE = 0.3
 CLIENT_TIMEOUT = 30.0
 _CONFIG_ATTR = "_mailsync_dovecot_server"
+_PREFIXED_CONFIG_ATTR = "_mailsync_dovecot_prefixed_server"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -286,9 +310,15 @@ class DovecotServer:
 
     host = HOST
 
-    def __init__(self, workdir: Path | None = None):
+    def __init__(self, workdir: Path | None = None, *, prefixed: bool = False):
+        # prefixed: personal folders under "INBOX." with "." as the separator, in a
+        # Maildir++ tree, as Courier and Cyrus present them (see the module docstring).
+        self.prefixed = prefixed
+        self.prefix = "INBOX." if prefixed else ""
+        self.separator = "." if prefixed else "/"
         if workdir is None:
-            workdir = Path(tempfile.mkdtemp(prefix="mailsync-dovecot-"))
+            kind = "dovecot-prefixed" if prefixed else "dovecot"
+            workdir = Path(tempfile.mkdtemp(prefix=f"mailsync-{kind}-"))
             self._own_workdir = True
         else:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -459,12 +489,13 @@ class DovecotServer:
             f"first_valid_uid = {self.uid}\n"
             f"last_valid_uid = {self.uid}\n"
             f"first_valid_gid = {self.gid}\n"
-            f"mail_location = maildir:~/Maildir:LAYOUT=fs:INBOX=~/Maildir/INBOX\n"
+            f"mail_location = {self._location('~/Maildir')}\n"
             f"mail_max_userip_connections = 1000\n"
             f"pop3_uidl_format = %08Xu%08Xv\n"
             f"namespace inbox {{\n"
             f"  inbox = yes\n"
-            f"  separator = /\n"
+            f"  prefix = {self.prefix}\n"
+            f"  separator = {self.separator}\n"
             f"{mailboxes}"
             f"}}\n"
             f"service anvil {{\n"
@@ -473,6 +504,14 @@ class DovecotServer:
             f"{listeners('imap')}"
             f"{listeners('pop3')}"
         )
+
+    def _location(self, root: str) -> str:
+        """The mail_location of a Maildir tree at `root`: mailsync's verbatim layout
+        (INBOX in ROOT/INBOX, Archive/2019 in ROOT/Archive/2019), or Maildir++ (INBOX is
+        ROOT itself, INBOX.Archive.2019 is ROOT/.Archive.2019) on a prefixed server."""
+        if self.prefixed:
+            return f"maildir:{root}"
+        return f"maildir:{root}:LAYOUT=fs:INBOX={root}/INBOX"
 
     def _write_user(self, user: User, extra: str = "") -> None:
         line = f"{user.name}:{{PLAIN}}{user.password}:{self.uid}:{self.gid}::{user.home}::{extra}\n"
@@ -513,11 +552,11 @@ class DovecotServer:
             password=password,
             home=home,
             maildir=home / "Maildir",
-            mail_location=f"maildir:{home}/Maildir:LAYOUT=fs:INBOX={home}/Maildir/INBOX",
+            mail_location=self._location(f"{home}/Maildir"),
         )
         self._write_user(user)
         if special_use:
-            self.doveadm("mailbox", "create", "-u", name, *SPECIAL_USE)
+            self.doveadm("mailbox", "create", "-u", name, *(self.prefix + n for n in SPECIAL_USE))
         return user
 
     def serve_maildir(
@@ -543,7 +582,7 @@ class DovecotServer:
         control = self.control_root / name
         control.mkdir(mode=0o700)
         os.chown(control, self.uid, self.gid)
-        location = f"maildir:{root}:LAYOUT=fs:INBOX={root}/INBOX:CONTROL={control}:INDEX={control}"
+        location = f"{self._location(str(root))}:CONTROL={control}:INDEX={control}"
         location += ":UTF-8"  # mailsync writes folder names in UTF-8, not modified UTF-7
         user = User(name=name, password=password, home=home, maildir=root, mail_location=location)
         self._write_user(user, f"userdb_mail={location}")
@@ -646,28 +685,47 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"private Dovecot unavailable: {reason}")
 
 
-@pytest.fixture(scope="session")
-def dovecot_server(request: pytest.FixtureRequest) -> DovecotServer:
-    """The session's private Dovecot (one per pytest process, however many conftests)."""
-    server = getattr(request.config, _CONFIG_ATTR, None)
+def _session_server(request: pytest.FixtureRequest, attr: str, prefixed: bool) -> DovecotServer:
+    """The session's private Dovecot of one kind (one per pytest process, however many
+    conftests), kept on pytest.Config under `attr`."""
+    server = getattr(request.config, attr, None)
     if server is None:
         if shutil.which("dovecot") is None or shutil.which("doveadm") is None:
             _unavailable("dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)")
         if os.geteuid() != 0:
             _unavailable("the tests must run as root to start Dovecot")
-        server = DovecotServer()
+        server = DovecotServer(prefixed=prefixed)
         request.config.add_cleanup(server.stop)
         try:
             server.start()
         except DovecotError as exc:
             server = f"could not start the private Dovecot:\n{exc}"
-        setattr(request.config, _CONFIG_ATTR, server)
+        setattr(request.config, attr, server)
     if isinstance(server, str):  # the start failed: fail every user at once, don't retry
         pytest.fail(server, pytrace=False)
     return server
+
+
+@pytest.fixture(scope="session")
+def dovecot_server(request: pytest.FixtureRequest) -> DovecotServer:
+    """The session's private Dovecot (one per pytest process, however many conftests)."""
+    return _session_server(request, _CONFIG_ATTR, prefixed=False)
+
+
+@pytest.fixture(scope="session")
+def dovecot_prefixed_server(request: pytest.FixtureRequest) -> DovecotServer:
+    """A second private Dovecot whose personal folders are INBOX.Sent, INBOX.A.B (prefix
+    "INBOX.", separator "."), kept in Maildir++ trees."""
+    return _session_server(request, _PREFIXED_CONFIG_ATTR, prefixed=True)
 
 
 @pytest.fixture
 def dovecot_user(dovecot_server: DovecotServer) -> User:
     """A fresh user with an empty mailbox tree (only INBOX) on the session's Dovecot."""
     return dovecot_server.add_user()
+
+
+@pytest.fixture
+def dovecot_prefixed_user(dovecot_prefixed_server: DovecotServer) -> User:
+    """A fresh user with an empty Maildir++ (only INBOX) on the prefixed Dovecot."""
+    return dovecot_prefixed_server.add_user()
