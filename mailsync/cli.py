@@ -27,7 +27,7 @@ from mailsync.errors import (
 )
 from mailsync.planner import Policy
 from mailsync.state import State, default_state_dir, state_file_name
-from mailsync.stores import NETWORK_SCHEMES, canonical_url, open_store, split_url
+from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
 from mailsync.sync import Report, Syncer, select_folders
 
 log = logging.getLogger("mailsync")
@@ -62,7 +62,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.url_a} <-> {self.url_b}"
+        return self.name or f"{mask_url(self.url_a)} <-> {mask_url(self.url_b)}"
 
 
 class Context:
@@ -364,8 +364,8 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
     started = time.time()
     result = {
         "channel": job.name,
-        "remote": job.url_a,
-        "local": job.url_b,
+        "remote": mask_url(job.url_a),
+        "local": mask_url(job.url_b),
         "direction": job.direction,
         "delete": job.delete,
         "folders": [],
@@ -375,11 +375,12 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
     code = EXIT_OK
     stores = []
     try:
+        # The stores first: a URL that cannot be read leaves no state file behind.
+        store_a = open_store(job.url_a, job.options_a, read_only=not policy.writes("a"))
+        stores.append(store_a)
+        store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
+        stores.append(store_b)
         with State(_state_path(obj, job)) as state:
-            store_a = open_store(job.url_a, job.options_a, read_only=not policy.writes("a"))
-            stores.append(store_a)
-            store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
-            stores.append(store_b)
             meta = {
                 "channel": job.name or "",
                 "url_a": canonical_url(job.url_a),
@@ -529,7 +530,7 @@ def list_(obj, store, as_json):
                 }
             )
     if as_json:
-        click.echo(json.dumps({"store": url, "folders": rows}, indent=2))
+        click.echo(json.dumps({"store": mask_url(url), "folders": rows}, indent=2))
         return
     for row in rows:
         click.echo(f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}")
