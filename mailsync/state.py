@@ -13,16 +13,18 @@ run finds again by its content hash.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 
-from mailsync.errors import LockedError, StoreError
+from mailsync.errors import ConfigError, LockedError, StoreError
 from mailsync.message import format_flags, parse_flags
 
 SCHEMA = """
@@ -113,8 +115,63 @@ def state_file_name(channel: str | None, url_a: str, url_b: str) -> str:
 
 
 def _private_dir(path: str) -> None:
+    """Create the state directory (0700), or check an existing one as ssh checks ~/.ssh: it
+    must belong to this user and be writable by nobody else.  Otherwise someone else may
+    have planted files in it (a lock file that is a link to /etc/shadow) that a run, as
+    root perhaps, would truncate or chmod: refused, exit 2."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"state directory {path} belongs to {_user_name(st.st_uid)}, not to "
+            f"{_user_name(os.geteuid())}, who runs mailsync; files in it could be planted by "
+            "its owner: use a directory of your own (--state-dir) or chown it"
+        )
+    if st.st_mode & 0o022:
+        who = "others" if st.st_mode & 0o002 else "its group"
+        raise ConfigError(
+            f"state directory {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"check that nobody else planted files in it, then chmod 700 {path}"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open a state file (the database, its -wal/-shm, the lock) without following a
+    symbolic link, check that it is a plain file of this user's, and make it 0600."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ConfigError(
+                f"state file {path} is a symbolic link; mailsync follows no links in its state "
+                "directory: find out who made it, and remove it"
+            )
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink > 1:
+            raise ConfigError(
+                f"state file {path} is not a plain file of {_user_name(os.geteuid())}'s "
+                "(a device, another user's file or a hard link); find out who made it, and "
+                "remove it"
+            )
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class State:
@@ -129,9 +186,12 @@ class State:
         _private_dir(directory)
         if lock:
             self._lock()
-        if not os.path.exists(path):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        os.chmod(path, 0o600)
+        try:
+            os.close(_open_private(path, os.O_CREAT | os.O_RDWR))
+            self._check_companions()
+        except BaseException:
+            self._unlock()
+            raise
         try:
             # check_same_thread off: a worker thread's handle is closed by the main thread
             # after the worker is done; no handle is ever used by two threads at once.
@@ -157,15 +217,20 @@ class State:
                 f"state file {path} is unreadable ({error}); move it aside and rerun: "
                 "messages already copied are found again by content, not copied twice"
             )
-        for suffix in ("-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.chmod(path + suffix, 0o600)
+        self._check_companions()
         self._in_tx = False
+
+    def _check_companions(self) -> None:
+        """SQLite's -wal and -shm files: plain, private, never a planted link (SQLite itself
+        would follow one)."""
+        for suffix in ("-wal", "-shm"):
+            if os.path.lexists(self.path + suffix):
+                os.close(_open_private(self.path + suffix, os.O_RDONLY | os.O_NONBLOCK))
 
     # locking ------------------------------------------------------------------
     def _lock(self) -> None:
         lock_path = self.path + ".lock"
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fd = _open_private(lock_path, os.O_CREAT | os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from mailsync.errors import LockedError, StoreError
+from mailsync.errors import ConfigError, LockedError, StoreError
 from mailsync.state import Pair, State, state_file_name
 
 SEEN = "\\Seen"
@@ -62,14 +62,87 @@ def test_state_file_is_private(tmp_path, umask, value):
 def test_existing_loose_state_dir_and_file_are_tightened(tmp_path, umask, value):
     umask(value)
     directory = tmp_path / "state"
-    directory.mkdir(mode=0o777)
-    os.chmod(directory, 0o777)
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)  # readable by others; writable by them is refused (below)
     path = directory / "channel-x.db"
     path.write_bytes(b"")
     os.chmod(path, 0o666)
     with State(str(path)):
         assert mode(directory) == 0o700
         assert mode(path) == 0o600
+
+
+# -- a state directory someone else could write to ----------------------------------------
+
+
+def nobody() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_state_directory_of_another_user_is_refused_and_left_alone(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o644)
+    (directory / "channel-x.db.lock").symlink_to(victim)  # planted by the directory's owner
+    os.chown(directory, *nobody())
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    message = str(refused.value)
+    assert f"state directory {directory} belongs to nobody" in message
+    assert "--state-dir" in message and "\n" not in message
+    assert victim.read_bytes() == b"precious\n" and mode(victim) == 0o644
+    assert sorted(os.listdir(directory)) == ["channel-x.db.lock"]
+
+
+@pytest.mark.parametrize("loose", [0o770, 0o707, 0o1777])
+def test_a_state_directory_others_can_write_to_is_refused(tmp_path, loose):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    os.chmod(directory, loose)
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    assert f"state directory {directory} is writable by" in str(refused.value)
+    assert f"chmod 700 {directory}" in str(refused.value)
+    assert os.listdir(directory) == []
+    assert mode(directory) == loose  # not "fixed" behind the user's back: they must look
+
+
+@pytest.mark.parametrize(
+    "name", ["channel-x.db", "channel-x.db.lock", "channel-x.db-wal", "channel-x.db-shm"]
+)
+def test_a_planted_link_in_the_state_directory_is_never_followed(tmp_path, name):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o644)
+    (directory / name).symlink_to(victim)
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    assert f"state file {directory / name} is a symbolic link" in str(refused.value)
+    assert victim.read_bytes() == b"precious\n" and mode(victim) == 0o644
+    # and the lock is not left held: a later State (once the link is gone) opens
+    os.unlink(directory / name)
+    with State(str(directory / "channel-x.db")) as state:
+        assert state.folders() == []
+
+
+def test_a_hard_link_planted_as_the_lock_is_refused(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.link(victim, directory / "channel-x.db.lock")
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    assert "is not a plain file" in str(refused.value)
+    assert victim.read_bytes() == b"precious\n"
 
 
 # -- the lock ------------------------------------------------------------------------------
