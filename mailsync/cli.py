@@ -173,6 +173,38 @@ def cli(ctx, config_path, state_dir, verbose, quiet, password_command):
     ctx.obj = Context(config_path, state_dir, verbose, quiet)
 
 
+def _more_verbose(ctx, param, value) -> None:
+    """-v/-q given after the command mean what they mean before it (mailsync pull -q)."""
+    if not value or ctx.resilient_parsing:
+        return
+    obj = ctx.find_object(Context)
+    if param.name == "verbose":
+        obj.verbose += value
+    else:
+        obj.quiet = True
+    _setup_logging(obj.verbose, obj.quiet)
+
+
+def output_options(func):
+    """-v and -q for every command, as for mailsync itself."""
+    func = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_more_verbose,
+        help="Print errors only (also before the command).",
+    )(func)
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_more_verbose,
+        help="Show each action; -vv shows debug output (also before the command).",
+    )(func)
+
+
 def sync_options(func):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
@@ -217,6 +249,7 @@ def sync_options(func):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL... | SOURCE DEST")
 @sync_options
 @click.pass_obj
@@ -230,6 +263,7 @@ def pull(obj, args, **options):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL... | SOURCE DEST")
 @sync_options
 @click.pass_obj
@@ -243,6 +277,7 @@ def push(obj, args, **options):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL... | A B")
 @sync_options
 @click.pass_obj
@@ -506,6 +541,7 @@ def _finish(options: dict, command: str, results: list, code: int) -> None:
 
 
 @cli.command("list", epilog=EXIT_CODES)
+@output_options
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
@@ -535,9 +571,11 @@ def list_(obj, store, as_json):
     for row in rows:
         click.echo(f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}")
     total = sum(r["messages"] for r in rows)
-    click.echo(
-        f"{len(rows)} folders, {total} messages, {_size(sum(r['bytes'] for r in rows))}", err=True
-    )
+    if not obj.quiet:
+        click.echo(
+            f"{len(rows)} folders, {total} messages, {_size(sum(r['bytes'] for r in rows))}",
+            err=True,
+        )
 
 
 def _size(n: int) -> str:
@@ -549,6 +587,7 @@ def _size(n: int) -> str:
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("channels", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
@@ -624,6 +663,7 @@ def status(obj, channels, as_json):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL | SOURCE DEST")
 @click.option(
     "--folders",
