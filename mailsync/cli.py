@@ -454,6 +454,15 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
             except KeyboardInterrupt:
                 state.commit()
                 raise
+            except MailsyncError as error:
+                if not options.get("dry_run") and not isinstance(error, ConfigError):
+                    # So status tells a channel that never connected for what it is.
+                    state.rollback()
+                    failed = {**result, "errors": [str(error)], "exit_code": error.exit_code}
+                    state.begin()
+                    state.record_run(command, started, error.exit_code, failed)
+                    state.commit()
+                raise
             result.update(report.as_dict())
             code = _report_code(report)
             if not options.get("dry_run"):
@@ -619,30 +628,11 @@ def status(obj, channels, as_json):
     out = []
     for name, path in paths:
         if not os.path.exists(path):
-            out.append({"channel": name, "state": path, "synced": False})
+            out.append({"channel": name, "state": path, "synced": False, "last_run": None})
             continue
         with State(path, lock=False, create=False) as state:
-            entry = {
-                "channel": name or state.get_meta("channel") or None,
-                "remote": state.get_meta("url_a"),
-                "local": state.get_meta("url_b"),
-                "state": path,
-                "synced": True,
-                "folders": [],
-                "last_run": state.last_run(),
-            }
-            for folder in state.folders():
-                count_a, count_b = state.count_pairs(folder.id)
-                entry["folders"].append(
-                    {
-                        "folder": folder.name_a,
-                        "remote": count_a,
-                        "local": count_b,
-                        "last_sync": folder.last_sync,
-                    }
-                )
-            if entry["last_run"]:
-                entry["last_run"].pop("report", None)
+            entry = {"channel": name or state.get_meta("channel") or None, "state": path}
+            entry.update(state.overview())
             out.append(entry)
     if as_json:
         click.echo(json.dumps({"channels": out}, indent=2))
@@ -650,16 +640,23 @@ def status(obj, channels, as_json):
     if not out:
         click.echo("no channel has been synced yet")
     for entry in out:
-        label = entry["channel"] or f"{entry.get('remote')} <-> {entry.get('local')}"
-        if not entry["synced"]:
-            click.echo(f"{label}: never synced")
-            continue
-        run = entry["last_run"]
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["finished"])) if run else "-"
-        outcome = f"exit {run['exit_code']}" if run else "no completed run"
-        click.echo(f"{label}: last run {when} ({run['command'] if run else '-'}, {outcome})")
-        for folder in entry["folders"]:
+        click.echo(_status_line(entry))
+        for folder in entry.get("folders", ()):
             click.echo(f"  {folder['folder']}\t{folder['remote']} remote\t{folder['local']} local")
+
+
+def _status_line(entry: dict) -> str:
+    label = entry["channel"] or (
+        f"{entry['remote']} <-> {entry['local']}" if entry.get("remote") else entry["state"]
+    )
+    run = entry["last_run"]
+    if run is None:
+        return f"{label}: never synced" + ("" if entry["channel"] else " (no run recorded)")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["finished"]))
+    why = f": {run['errors'][0]}" if run["errors"] else ""
+    if not entry["synced"]:
+        return f"{label}: never synced; last attempt {when} failed (exit {run['exit_code']}){why}"
+    return f"{label}: last run {when} ({run['command']}, exit {run['exit_code']}){why}"
 
 
 @cli.command(epilog=EXIT_CODES)

@@ -279,6 +279,12 @@ class State:
             self.db.execute("COMMIT")
             self._in_tx = False
 
+    def rollback(self) -> None:
+        """Drop what the open transaction (if any) wrote."""
+        if self._in_tx:
+            self.db.execute("ROLLBACK")
+            self._in_tx = False
+
     # meta -----------------------------------------------------------------------
     def get_meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -424,6 +430,37 @@ class State:
         self.db.execute(
             "DELETE FROM runs WHERE id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT 50)"
         )
+
+    def overview(self) -> dict:
+        """What `mailsync status` shows of this state: the two sides, each folder's pair
+        counts, the last run (with the errors that stopped it, if any), and whether a
+        run ever got as far as syncing (a run that never connected leaves a state with
+        only failed attempts: synced is False)."""
+        folders = []
+        for folder in self.folders():
+            count_a, count_b = self.count_pairs(folder.id)
+            folders.append(
+                {
+                    "folder": folder.name_a,
+                    "remote": count_a,
+                    "local": count_b,
+                    "last_sync": folder.last_sync,
+                }
+            )
+        last = self.last_run()
+        if last is not None:
+            last["errors"] = (last.pop("report") or {}).get("errors") or []
+        completed = any(
+            not (json.loads(row[0] or "{}").get("errors"))
+            for row in self.db.execute("SELECT report FROM runs")
+        )
+        return {
+            "remote": self.get_meta("url_a"),
+            "local": self.get_meta("url_b"),
+            "synced": bool(folders) or completed,
+            "folders": folders,
+            "last_run": last,
+        }
 
     def last_run(self) -> dict | None:
         row = self.db.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 
@@ -38,3 +39,42 @@ def test_a_state_directory_of_another_user_is_exit_2_for_every_command(mailenv):
         assert f"state directory {state} belongs to nobody" in result.output
     assert victim.read_bytes() == b"precious\n"
     assert not (mailenv / "out").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_status_shows_a_run_that_never_connected_for_what_it_is(mailenv):
+    make_maildir(mailenv / "src", {"INBOX": 2})
+    assert invoke("pull", mailenv / "src", mailenv / "backup").exit_code == 0
+    url = f"imap://alice@127.0.0.1:{free_port()}?tls=none"
+    failed = invoke("pull", url, mailenv / "out", env={"MAILSYNC_PASSWORD": "pw"})
+    assert failed.exit_code == 3, failed.output
+    # A state file from an older mailsync that a failed run left without anything in it.
+    from mailsync.state import State
+
+    with State(str(mailenv / "state" / "mailsync" / f"adhoc-{'0' * 16}.db")):
+        pass
+    lines = invoke("status").output.splitlines()
+    assert "None" not in "\n".join(lines)
+    never = [line for line in lines if line.startswith(f"imap://alice@127.0.0.1:")]
+    assert len(never) == 1, lines
+    assert "never synced; last attempt" in never[0]
+    assert "failed (exit 3): cannot connect to 127.0.0.1" in never[0]
+    assert any(
+        line.endswith(f"adhoc-{'0' * 16}.db: never synced (no run recorded)") for line in lines
+    )
+    good = [line for line in lines if line.startswith(f"maildir:{mailenv / 'src'} <-> ")]
+    assert len(good) == 1 and "(pull, exit 0)" in good[0]
+    assert "  INBOX\t2 remote\t2 local" in lines
+    data = {c["remote"]: c for c in json.loads(invoke("status", "--json").output)["channels"]}
+    attempt = data[f"imap://alice@127.0.0.1:{url.split(':')[2].split('?')[0]}"]
+    assert attempt["synced"] is False and attempt["folders"] == []
+    assert attempt["last_run"]["exit_code"] == 3
+    assert "cannot connect" in attempt["last_run"]["errors"][0]
+    assert data[f"maildir:{mailenv / 'src'}"]["synced"] is True
