@@ -311,7 +311,7 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
                     {"INBOX": channel.folder} if channel.folder else None,
                 )
             )
-        _check_pop(jobs)
+        _check_jobs(jobs)
         return jobs
     if len(args) != 2:
         unknown = [a for a in args if a not in channels]
@@ -337,15 +337,27 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
             patterns or ["*"],
         )
     ]
-    _check_pop(jobs)
+    _check_jobs(jobs)
     return jobs
 
 
-def _check_pop(jobs: list[Job]) -> None:
+def _check_jobs(jobs: list[Job]) -> None:
+    """What no job of a run may do: POP3 the wrong way round, two accounts sharing the
+    environment's password."""
     for job in jobs:
         problems = configmod.pop_problems(job.url_a, job.url_b, job.direction, job.delete)
         if problems:
             raise ConfigError(f"{job.label}: " + "; ".join(problems))
+    # Opening a store only reads its URL and options; nothing connects yet.
+    endpoints = [
+        open_store(url, options).password_endpoint()
+        for job in jobs
+        for url, options in ((job.url_a, job.options_a), (job.url_b, job.options_b))
+    ]
+    if any(endpoints):
+        from mailsync.net import check_environment_password  # (ssl: only with network stores)
+
+        check_environment_password(endpoints)
 
 
 def _clock():

@@ -1,12 +1,14 @@
 """What every network store shares: its URL, TLS, timeouts and the password.
 
-URLs: ``SCHEME://USER@HOST[:PORT][/PATH][?tls=none&cafile=PATH]``; a user name with ``@``
-is percent-encoded (``alice%40example.com@host``) or given as ``user`` in the config.
+URLs: ``SCHEME://USER@HOST[:PORT][/PATH][?tls=none&cafile=PATH&password_command=CMD]``;
+a user name with ``@`` is percent-encoded (``alice%40example.com@host``) or given as
+``user`` in the config.  The query is merged into the store's options (the config's
+table wins).
 
-Passwords come from, in order: ``password_command`` (config, or --password-command),
+Passwords come from, in order: ``password_command`` (config or URL), --password-command,
 the environment variable MAILSYNC_PASSWORD, the system keyring (service ``mailsync``,
 when the optional ``keyring`` package is installed), an interactive prompt when stdin is
-a terminal.  Never from the command line; never logged.
+a terminal.  Never from the command line or a URL; never logged.
 """
 
 from __future__ import annotations
@@ -160,6 +162,26 @@ def get_password(endpoint: Endpoint) -> str:
         f"no password for {endpoint.display}: set password_command in the config, "
         "MAILSYNC_PASSWORD, or store it in the keyring (service mailsync)"
     )
+
+
+def check_environment_password(endpoints: list[Endpoint | None]) -> None:
+    """ConfigError (exit 2) when two different accounts of one run would both take their
+    password from MAILSYNC_PASSWORD: one of the logins would fail, on every run.  (Two
+    URLs of one account, user@host, may share it.)"""
+    if "MAILSYNC_PASSWORD" not in os.environ or os.environ.get("MAILSYNC_PASSWORD_COMMAND"):
+        return
+    takers: dict[tuple[str, str], Endpoint] = {}
+    for ep in endpoints:
+        if ep is not None and not ep.options.get("password_command"):
+            takers.setdefault((ep.user, ep.host.lower()), ep)
+    if len(takers) > 1:
+        first, second = list(takers.values())[:2]
+        raise ConfigError(
+            f"{first.display} and {second.display} would both take their password from "
+            "MAILSYNC_PASSWORD; give each its own password_command: in its [store.NAME] "
+            f"table, or in its URL ({second.scheme}://{second.user}@{second.host}"
+            "?password_command=pass%20show%20mail/NAME)"
+        )
 
 
 # One password per endpoint and process: parallel workers each open their own connection,

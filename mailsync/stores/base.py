@@ -151,6 +151,11 @@ class Store(ABC):
     def describe(self) -> str:
         return self.url
 
+    def password_endpoint(self):
+        """The net.Endpoint whose password this store will ask for (net.password_for), or
+        None: local stores, logins without a password (OAuth2)."""
+        return getattr(self, "endpoint", None)
+
     def close(self) -> None:
         pass
 

@@ -290,6 +290,9 @@ class EWSStore(Store):
         self._ids: dict[str, str] = {}
         self._kinds: dict[str, str] = {}  # name -> "mail" / "calendar" / "contacts"
 
+    def password_endpoint(self):
+        return None if self.auth == "oauth2" else self.endpoint
+
     # connection -----------------------------------------------------------------------
     def _cache_path(self) -> str:
         key = f"{self.endpoint.user}@{self.endpoint.host}:{self.endpoint.port}{self.endpoint.path}"
