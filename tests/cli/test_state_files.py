@@ -52,7 +52,8 @@ def free_port() -> int:
 def test_status_shows_a_run_that_never_connected_for_what_it_is(mailenv):
     make_maildir(mailenv / "src", {"INBOX": 2})
     assert invoke("pull", mailenv / "src", mailenv / "backup").exit_code == 0
-    url = f"imap://alice@127.0.0.1:{free_port()}?tls=none"
+    port = free_port()
+    url = f"imap://alice@127.0.0.1:{port}?tls=none"
     failed = invoke("pull", url, mailenv / "out", env={"MAILSYNC_PASSWORD": "pw"})
     assert failed.exit_code == 3, failed.output
     # A state file from an older mailsync that a failed run left without anything in it.
@@ -62,7 +63,7 @@ def test_status_shows_a_run_that_never_connected_for_what_it_is(mailenv):
         pass
     lines = invoke("status").output.splitlines()
     assert "None" not in "\n".join(lines)
-    never = [line for line in lines if line.startswith(f"imap://alice@127.0.0.1:")]
+    never = [line for line in lines if line.startswith(f"imap://alice@127.0.0.1:{port} <-> ")]
     assert len(never) == 1, lines
     assert "never synced; last attempt" in never[0]
     assert "failed (exit 3): cannot connect to 127.0.0.1" in never[0]
@@ -73,7 +74,7 @@ def test_status_shows_a_run_that_never_connected_for_what_it_is(mailenv):
     assert len(good) == 1 and "(pull, exit 0)" in good[0]
     assert "  INBOX\t2 remote\t2 local" in lines
     data = {c["remote"]: c for c in json.loads(invoke("status", "--json").output)["channels"]}
-    attempt = data[f"imap://alice@127.0.0.1:{url.split(':')[2].split('?')[0]}"]
+    attempt = data[f"imap://alice@127.0.0.1:{port}"]
     assert attempt["synced"] is False and attempt["folders"] == []
     assert attempt["last_run"]["exit_code"] == 3
     assert "cannot connect" in attempt["last_run"]["errors"][0]
