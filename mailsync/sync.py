@@ -76,6 +76,26 @@ def select_folders(names: Iterable[str], patterns: list[str]) -> list[str]:
     return sorted(set(chosen), key=lambda n: (n != "INBOX", n))
 
 
+def unmatched_patterns(names: Iterable[str], patterns: list[str]) -> list[str]:
+    """The patterns that match none of `names` (a '!' pattern: that exclude none), so a
+    typo in --folders or a channel's folders is said, not silently nothing."""
+    names = list(names)
+    return [
+        pattern
+        for pattern in patterns
+        if not any(fnmatch.fnmatchcase(name, pattern.removeprefix("!")) for name in names)
+    ]
+
+
+def pattern_warnings(names: Iterable[str], patterns: list[str]) -> list[str]:
+    """One sentence per folder pattern that matches nothing (see unmatched_patterns)."""
+    return [
+        f"folder pattern {pattern!r} "
+        + ("excludes no folder" if pattern.startswith("!") else "matches no folder")
+        for pattern in unmatched_patterns(names, patterns)
+    ]
+
+
 @dataclass
 class FolderReport:
     folder: str
@@ -119,6 +139,7 @@ class FolderReport:
 class Report:
     folders: list[FolderReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # store-level
+    warnings: list[str] = field(default_factory=list)  # channel-level, e.g. unmatched patterns
 
     @property
     def refused(self) -> bool:
@@ -131,7 +152,11 @@ class Report:
     def as_dict(self) -> dict:
         """For JSON, at once (the lists are shared, not copied: asdict's deep copies cost
         a millisecond per 10 folders on every run)."""
-        return {"folders": [dict(vars(f)) for f in self.folders], "errors": self.errors}
+        return {
+            "folders": [dict(vars(f)) for f in self.folders],
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
 
 
 class NullProgress:
@@ -205,9 +230,9 @@ class Syncer:
         if self._ids and not self.dry_run:
             self._follow_renames(existing["a"], report)
         candidates = set()
-        for side in ("a", "b"):
-            if self.policy.writes(other(side)) or self.policy.direction == "both":
-                candidates |= existing[side]
+        read_from = [s for s in ("a", "b") if self.policy.writes(other(s))]
+        for side in read_from:
+            candidates |= existing[side]
         # Folders the state knows are synced too, so a vanished folder is noticed.
         known = {f.name_a for f in self.state.folders()}
         if self.folder_map:
@@ -223,6 +248,13 @@ class Syncer:
                 for name in select_folders(candidates, self.patterns)
                 if name in known or any(name in existing[side] for side in ("a", "b"))
             ]
+            if not candidates:
+                where = " or ".join(self.stores[side].describe() for side in read_from)
+                report.warnings.append(f"found no folder in {where}; nothing to sync")
+            else:
+                report.warnings.extend(pattern_warnings(candidates, self.patterns))
+            for warning in report.warnings:
+                log.warning("%s", warning)
         if self.jobs > 1 and len(names) > 1:
             # Folders unchanged on both sides are told apart here, on the connections
             # already open (one LIST-STATUS answers for every IMAP folder): a rerun with
