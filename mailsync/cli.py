@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import click
@@ -25,10 +24,12 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
 )
+from mailsync.message import summary_line
 from mailsync.planner import Policy
 from mailsync.state import State, default_state_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
-from mailsync.sync import Report, Syncer, select_folders
+from mailsync.sync import Report, Syncer
+from mailsync.verify import verify as verify_stores
 
 log = logging.getLogger("mailsync")
 
@@ -687,8 +688,10 @@ def verify(obj, args, folder_patterns, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
-    compared.  Exit 1 when a message is missing.
+    compared.  Each missing message is named (date, sender, subject, Message-ID).  Exit 1
+    when a message or a folder is missing on DEST, or could not be read.
     """
+    folder_map = None
     if len(args) == 1 and args[0] in obj.config.channels:
         channel = obj.config.channels[args[0]]
         source, dest = (
@@ -696,40 +699,43 @@ def verify(obj, args, folder_patterns, as_json):
             (channel.local.url, channel.local.options),
         )
         patterns = list(folder_patterns) or channel.folders
+        folder_map = {"INBOX": channel.folder} if channel.folder else None
     elif len(args) == 2:
         source, dest = obj.store(args[0]), obj.store(args[1])
         patterns = list(folder_patterns) or ["*"]
     else:
         raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
-    rows, missing_total = [], 0
     with open_store(*source, read_only=True) as src, open_store(*dest, read_only=True) as dst:
-        dest_folders = set(dst.list_folders())
-        for name in select_folders(src.list_folders(), patterns):
-            src_folder = src.open_folder(name)
-            have = Counter(src_folder.fingerprints(src_folder.list()).values())
-            src_folder.close()
-            got: Counter = Counter()
-            if name in dest_folders:
-                dst_folder = dst.open_folder(name)
-                got = Counter(dst_folder.fingerprints(dst_folder.list()).values())
-                dst_folder.close()
-            missing = sum((have - got).values())
-            missing_total += missing
-            rows.append({"folder": name, "messages": sum(have.values()), "missing": missing})
-    code = EXIT_PARTIAL if missing_total else EXIT_OK
+        result = verify_stores(src, dst, patterns, folder_map)
+    code = EXIT_OK if result.ok else EXIT_PARTIAL
+    for warning in result.warnings:
+        log.warning("%s", warning)
     if as_json:
-        click.echo(
-            json.dumps({"folders": rows, "missing": missing_total, "exit_code": code}, indent=2)
+        folders = [
+            {**vars(f), "missing": len(f.missing), "missing_messages": f.missing}
+            for f in result.folders
+        ]
+        report = {"folders": folders, "missing": result.missing, "warnings": result.warnings}
+        click.echo(json.dumps({**report, "exit_code": code}, indent=2))
+        sys.exit(code)
+    for f in result.folders:
+        problems = [f"{len(f.missing)} MISSING"] if f.missing else []
+        if not f.on_destination:
+            problems.append(f"folder {f.dest_folder} NOT ON THE DESTINATION")
+        if f.unreadable:
+            problems.append(f"{f.unreadable} unreadable on the source, not checked")
+        if f.error:
+            problems = [f"NOT CHECKED: {f.error}"]
+        click.echo(f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}")
+        for m in f.missing:
+            click.echo(f"  missing: {summary_line(m)}")
+    if result.missing:
+        _error(
+            f"{result.missing} messages of the source are not in the destination; "
+            "run pull (or sync) again"
         )
-    else:
-        for row in rows:
-            state = "ok" if not row["missing"] else f"{row['missing']} MISSING"
-            click.echo(f"{row['folder']}: {row['messages']} messages, {state}")
-        if missing_total:
-            _error(
-                f"{missing_total} messages of the source are not in the destination; "
-                "run pull (or sync) again"
-            )
+    elif not result.ok:
+        _error("folders of the source are missing on the destination or were not checked")
     sys.exit(code)
 
 
