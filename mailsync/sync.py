@@ -120,6 +120,8 @@ class FolderReport:
                 f"flags {p['flags_a'] + p['flags_b']}",
                 f"delete {p['delete_a'] + p['delete_b']}",
             ]
+            if self.errors:
+                parts.append(f"errors {len(self.errors)}")
         else:
             parts = [
                 f"copied {self.copied_a_to_b} to local, {self.copied_b_to_a} to remote",
@@ -396,6 +398,14 @@ class Syncer:
             name = self.local_name(name)
         if name in existing[side]:
             return self.stores[side].open_folder(name)
+        if self.dry_run and self.policy.writes(side):
+            why = self.stores[side].creation_problem(name, kind)
+            if why:
+                error = f"{name}: cannot be created on the {SIDE_NAMES[side]} side: {why}"
+                report.errors.append(error)
+                log.error("%s", error)
+            else:
+                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side")
         if not self.policy.writes(side) or self.dry_run:
             return None  # read as empty
         had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))

@@ -619,6 +619,17 @@ class EWSStore(Store):
             self._kinds[name] = "mail"
         return EWSFolder(self, name, folders[name], self._kinds.get(name, "mail"))
 
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"{self.url}: mailsync does not create {kind} folders"
+        if self.read_only:
+            return "the store is read-only"
+        if any(
+            not part or part in (".", "..") or _BAD_NAME.search(part) for part in name.split("/")
+        ):
+            return f"{self.url}: cannot create a folder named {name!r}"
+        return None
+
     def _create_folder(self, name: str):
         exl = _exchangelib()
         folders = self._hierarchy()

@@ -618,6 +618,17 @@ class IMAPStore(Store):
             )
         return delimiter.join(parts)
 
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+        if self.read_only:
+            return "the store is read-only"
+        try:
+            self.server_name(name)
+        except FolderError as error:
+            return str(error)
+        return None
+
     def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> IMAPFolder:
         if kind != "mail":
             raise FolderError(

@@ -128,3 +128,50 @@ def test_verify_a_channel_follows_its_folder_map_as_the_sync_does(mailenv):
     result = invoke("verify", "c")
     assert result.exit_code == 0, result.output
     assert result.stdout == "INBOX: 2 messages, ok\n"
+
+
+# -- the dry run and folders it cannot create -------------------------------------------------
+
+
+def test_dry_run_says_which_folders_cannot_be_created_as_the_real_run_finds(mailenv):
+    src = mailenv / "src"
+    make_maildir(src, {"INBOX": 1, "Lists.python": 2, "Sent": 1})
+    dst = f"maildir:{mailenv / 'dst'}?layout=maildir++"
+    dry = invoke("pull", "--dry-run", src, dst)
+    assert dry.exit_code == 1, dry.output
+    assert (
+        "mailsync: Lists.python: cannot be created on the local side: folder name "
+        "'Lists.python' contains '.'" in dry.stderr
+    )
+    assert "Lists.python: would copy 2 to local, 0 to remote, flags 0, delete 0, errors 1" in (
+        dry.stdout
+    )
+    assert "Sent: would be created on the local side" in dry.stdout
+    assert not (mailenv / "dst").exists()
+    real = invoke("pull", src, dst)
+    assert real.exit_code == 1
+    assert "Lists.python" in real.stderr and "Sent: copied 1" in real.stdout
+
+
+def test_dry_run_into_mbox_names_what_mbox_cannot_hold(mailenv):
+    src = mailenv / "src"
+    make_maildir(src, {"INBOX": 1, "Archive.lock": 1, "Sub/x": 1})
+    (mailenv / "box").mkdir()
+    (mailenv / "box" / "Sub").write_bytes(b"")  # an empty mbox folder named Sub, a file
+    dry = invoke("pull", "--dry-run", src, f"mbox:{mailenv / 'box'}")
+    assert dry.exit_code == 1
+    assert "Archive.lock: cannot be created on the local side" in dry.stderr
+    assert "ends in '.lock'" in dry.stderr
+    assert "INBOX: would be created on the local side" in dry.stdout
+    # Sub/x goes into Sub.sbd/ beside the mbox file Sub: nothing in the way
+    assert "Sub/x: would be created on the local side" in dry.stdout
+
+
+def test_dry_run_a_file_where_a_parent_folder_would_go(mailenv):
+    src = mailenv / "src"
+    make_maildir(src, {"Archive/2019": 1})
+    (mailenv / "dst").mkdir()
+    (mailenv / "dst" / "Archive").write_bytes(b"not a folder")
+    dry = invoke("pull", "--dry-run", src, mailenv / "dst")
+    assert dry.exit_code == 1
+    assert f"{mailenv / 'dst' / 'Archive'} is not a directory" in dry.stderr
