@@ -243,6 +243,12 @@ def sync_options(func):
             help="Allow deletions the safety check refused (more than half a folder, "
             "or a folder that became empty).",
         ),
+        click.option(
+            "--retry-refused",
+            is_flag=True,
+            help="Offer again the messages the destination refused for good on earlier "
+            "runs (too big, malformed; mailsync status lists them).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -461,6 +467,7 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
                 open_stores=open_stores,
                 folder_map=job.folder_map,
                 clock=_clock(),
+                retry_refused=bool(options.get("retry_refused")),
             )
             try:
                 report = syncer.run()
@@ -656,6 +663,12 @@ def status(obj, channels, as_json):
         click.echo(_status_line(entry))
         for folder in entry.get("folders", ()):
             click.echo(f"  {folder['folder']}\t{folder['remote']} remote\t{folder['local']} local")
+        for refusal in entry.get("refused", ()):
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(refusal["first"]))
+            click.echo(
+                f"  refused by the {'local' if refusal['side'] == 'a' else 'remote'} side "
+                f"since {since}: {refusal['folder']}: {summary_line(refusal)}: {refusal['reason']}"
+            )
 
 
 def _status_line(entry: dict) -> str:

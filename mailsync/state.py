@@ -6,6 +6,12 @@ synced and the content hash.  A pair whose key on one side is NULL is a tombston
 message was deleted on that side and kept on the other (delete = keep), so it is not
 copied back.
 
+Messages the other side refused for good (errors.RefusedError: too big, malformed) are
+kept per folder by their side and key, with their content hash, what names them
+(message.summary()), the destination's reason and when it was first and last refused, so
+later runs do not offer them again unless asked (--retry-refused) and status shows them.
+The table was added after the others; CREATE TABLE IF NOT EXISTS gives it to older files.
+
 The engine writes a pair only after the message is durable on the destination
 (Folder.flush), so a crash leaves at worst a durable but unrecorded copy, which the next
 run finds again by its content hash.
@@ -53,6 +59,18 @@ CREATE TABLE IF NOT EXISTS pairs (
     version_a TEXT
 );
 CREATE INDEX IF NOT EXISTS pairs_folder ON pairs (folder_id);
+CREATE TABLE IF NOT EXISTS refused (
+    id INTEGER PRIMARY KEY,
+    folder_id INTEGER NOT NULL REFERENCES folders(id),
+    side TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT,
+    summary TEXT NOT NULL DEFAULT '{}',
+    reason TEXT NOT NULL,
+    first REAL NOT NULL,
+    last REAL NOT NULL,
+    UNIQUE (folder_id, side, key)
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     command TEXT,
@@ -420,6 +438,60 @@ class State:
         so the other side's messages are copied into it again."""
         self.db.execute("DELETE FROM pairs WHERE folder_id = ?", (folder_id,))
 
+    # messages the other side refused ----------------------------------------------
+    def refused_keys(self, folder_id: int, side: str) -> set[str]:
+        """Keys on `side` whose message the other side refused for good."""
+        rows = self.db.execute(
+            "SELECT key FROM refused WHERE folder_id = ? AND side = ?", (folder_id, side)
+        )
+        return {row[0] for row in rows}
+
+    def record_refusal(
+        self, folder_id: int, side: str, key: str, digest: str, summary: dict, reason: str
+    ) -> None:
+        """The message `key` on `side` was refused (again) by the other side."""
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO refused (folder_id, side, key, hash, summary, reason, first, last) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder_id, side, key) DO UPDATE "
+            "SET hash = excluded.hash, summary = excluded.summary, reason = excluded.reason, "
+            "last = excluded.last",
+            (folder_id, side, key, digest, json.dumps(summary), reason, now, now),
+        )
+
+    def forget_refusals(self, folder_id: int, side: str, keys: list[str] | None = None) -> None:
+        """Forget refusals of these keys (copied after all, or gone), or of every key on
+        `side` (its keys became void: a new UIDVALIDITY)."""
+        if keys is None:
+            self.db.execute(
+                "DELETE FROM refused WHERE folder_id = ? AND side = ?", (folder_id, side)
+            )
+            return
+        self.db.executemany(
+            "DELETE FROM refused WHERE folder_id = ? AND side = ? AND key = ?",
+            [(folder_id, side, key) for key in keys],
+        )
+
+    def refusals(self) -> list[dict]:
+        """Every recorded refusal, for status: folder (side a's name), side, key, the
+        message's summary, reason, first and last."""
+        rows = self.db.execute(
+            "SELECT f.name_a, r.side, r.key, r.summary, r.reason, r.first, r.last "
+            "FROM refused r JOIN folders f ON f.id = r.folder_id ORDER BY f.name_a, r.first"
+        )
+        return [
+            {
+                "folder": row[0],
+                "side": row[1],
+                "key": row[2],
+                **json.loads(row[3] or "{}"),
+                "reason": row[4],
+                "first": row[5],
+                "last": row[6],
+            }
+            for row in rows
+        ]
+
     # runs -------------------------------------------------------------------------
     def record_run(self, command: str, started: float, exit_code: int, report: dict) -> None:
         self.db.execute(
@@ -433,9 +505,9 @@ class State:
 
     def overview(self) -> dict:
         """What `mailsync status` shows of this state: the two sides, each folder's pair
-        counts, the last run (with the errors that stopped it, if any), and whether a
-        run ever got as far as syncing (a run that never connected leaves a state with
-        only failed attempts: synced is False)."""
+        counts, the last run (with the errors that stopped it, if any), whether a run ever
+        got as far as syncing (a run that never connected leaves a state with only failed
+        attempts: synced is False), and the messages refused for good."""
         folders = []
         for folder in self.folders():
             count_a, count_b = self.count_pairs(folder.id)
@@ -460,6 +532,7 @@ class State:
             "synced": bool(folders) or completed,
             "folders": folders,
             "last_run": last,
+            "refused": self.refusals(),
         }
 
     def last_run(self) -> dict | None:

@@ -50,6 +50,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
     MessageError,
+    RefusedError,
     StoreError,
 )
 from mailsync.message import (
@@ -109,6 +110,19 @@ ITEM_ERRORS = (
     "ErrorInvalidItemForOperation",
     "ErrorAccessDenied",
     "ErrorMessageSizeExceeded",
+)
+# CreateItem errors about the message itself: creating it again will fail again
+# (RefusedError, recorded, not offered again unless --retry-refused).  Others, such as
+# ErrorQuotaExceeded or ErrorServerBusy, may pass and are retried on the next run.
+CREATE_REFUSALS = frozenset(
+    {
+        "ErrorMessageSizeExceeded",
+        "ErrorMimeContentConversionFailed",
+        "ErrorMimeContentInvalid",
+        "ErrorMimeContentInvalidBase64String",
+        "ErrorCorruptData",
+        "ErrorInvalidPropertyValue",
+    }
 )
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 # PR_LAST_VERB_EXECUTED values (MS-OXOMSG 2.2.1.29)
@@ -923,6 +937,8 @@ class EWSFolder(Folder):
             )
         try:
             self._call("CreateItem", message.save)
+        except RefusedError:
+            raise
         except MailsyncError as error:
             raise MessageError(str(error))
         key = message.id
@@ -1071,6 +1087,8 @@ def _ews_error(where: str, error: BaseException, what: str = "") -> MailsyncErro
     if code in ("ErrorFolderNotFound",):
         return FolderError(f"{where}: the folder is gone from the server ({code})")
     doing = f" during {what}" if what else ""
+    if what == "CreateItem" and code in CREATE_REFUSALS:
+        return RefusedError(f"{where}: the server refuses the message", f"{code}: {_clean(error)}")
     return StoreError(f"{where}: the server refused the request{doing} ({code}: {_clean(error)})")
 
 

@@ -369,3 +369,71 @@ def test_state_file_name_for_adhoc_pairs_depends_on_both_urls():
     assert one.startswith("adhoc-") and one.endswith(".db")
     assert one == state_file_name(None, "imap://x", "maildir:y")
     assert one != state_file_name(None, "maildir:y", "imap://x")
+
+
+# -- refused messages, and state files from before they were kept ------------------------------
+
+# The schema of the state files mailsync wrote before refusals were recorded (and before
+# pairs had ident/added/version_a and folders ident_a): such files must keep working.
+OLD_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE folders (
+    id INTEGER PRIMARY KEY, name_a TEXT NOT NULL, name_b TEXT NOT NULL, validity_a TEXT,
+    validity_b TEXT, cursor_a TEXT NOT NULL DEFAULT '{}', cursor_b TEXT NOT NULL DEFAULT '{}',
+    last_sync REAL, UNIQUE (name_a, name_b)
+);
+CREATE TABLE pairs (
+    id INTEGER PRIMARY KEY, folder_id INTEGER NOT NULL REFERENCES folders(id), key_a TEXT,
+    key_b TEXT, flags TEXT NOT NULL DEFAULT '', hash TEXT
+);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, command TEXT, started REAL, finished REAL, exit_code INTEGER,
+    report TEXT
+);
+INSERT INTO meta VALUES ('url_a', 'maildir:/a'), ('url_b', 'maildir:/b');
+INSERT INTO folders (id, name_a, name_b) VALUES (1, 'INBOX', 'INBOX');
+INSERT INTO pairs (folder_id, key_a, key_b, flags, hash) VALUES (1, 'k1', 'k2', '\\Seen', 'h');
+INSERT INTO runs (command, started, finished, exit_code, report)
+    VALUES ('pull', 1.0, 2.0, 0, '{"folders": [], "errors": []}');
+"""
+
+
+def test_an_old_state_file_opens_and_keeps_refusals_from_then_on(state_path):
+    os.makedirs(os.path.dirname(state_path), mode=0o700)
+    con = sqlite3.connect(state_path)
+    con.executescript(OLD_SCHEMA)
+    con.close()
+    with State(state_path) as state:
+        (folder,) = state.folders()
+        assert [(p.key_a, p.key_b, p.flags) for p in state.pairs(folder.id)] == [
+            ("k1", "k2", frozenset({SEEN}))
+        ]
+        assert state.refused_keys(folder.id, "a") == set()
+        state.begin()
+        state.record_refusal(folder.id, "b", "k9", "h9", {"subject": "big"}, "[TOOBIG] no")
+        state.commit()
+    with State(state_path) as state:
+        assert state.refused_keys(folder.id, "b") == {"k9"}
+        overview = state.overview()
+        assert overview["synced"] is True and overview["folders"][0]["remote"] == 1
+        (refusal,) = overview["refused"]
+        assert refusal["folder"] == "INBOX" and refusal["subject"] == "big"
+        assert refusal["reason"] == "[TOOBIG] no" and refusal["first"] == refusal["last"]
+
+
+def test_a_refusal_met_again_keeps_its_first_time_and_updates_the_rest(state):
+    folder = state.folder("INBOX", "INBOX")
+    state.begin()
+    state.record_refusal(folder.id, "a", "7", "h", {"subject": "x"}, "first reason")
+    state.commit()
+    (first,) = state.refusals()
+    state.begin()
+    state.record_refusal(folder.id, "a", "7", "h", {"subject": "x"}, "second reason")
+    state.commit()
+    (second,) = state.refusals()
+    assert second["first"] == first["first"] and second["last"] >= first["last"]
+    assert second["reason"] == "second reason"
+    state.begin()
+    state.forget_refusals(folder.id, "a", ["7"])
+    state.commit()
+    assert state.refusals() == []
