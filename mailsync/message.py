@@ -166,3 +166,39 @@ def header_digest(data: bytes, size: int | None = None) -> str:
     end = lf.find(b"\n\n")
     header = lf[:end] if end >= 0 else lf.rstrip(b"\n")
     return hashlib.sha256(header + b"\0" + str(size).encode()).hexdigest()
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def summary(data: bytes) -> dict[str, str | None]:
+    """What names a message to a person: its Date, From, Subject and Message-ID headers,
+    MIME-decoded, one line each, at most 200 characters, control characters (a terminal
+    escape in a hostile header) shown as '?'.  None for a header it does not have."""
+    from email.header import decode_header, make_header
+
+    out: dict[str, str | None] = {}
+    for key, name in (("date", "Date"), ("from", "From"), ("subject", "Subject")):
+        value = header_value(data, name)
+        if value is not None:
+            try:
+                value = str(make_header(decode_header(value)))
+            except (ValueError, LookupError, UnicodeError, TypeError):
+                pass  # shown as it is
+            value = _UNPRINTABLE.sub("?", value)[:200]
+        out[key] = value
+    message_id = header_value(data, "Message-ID")
+    out["message_id"] = _UNPRINTABLE.sub("?", message_id)[:200] if message_id else None
+    return out
+
+
+def summary_line(parts: dict) -> str:
+    """A summary() as one line: 'Mon, 4 Mar 2019 ..., from a@b, "Subject", <id@x>'."""
+    return ", ".join(
+        [
+            parts.get("date") or "no date",
+            f"from {parts['from']}" if parts.get("from") else "no sender",
+            f'"{parts["subject"]}"' if parts.get("subject") is not None else "no subject",
+            parts.get("message_id") or "no Message-ID",
+        ]
+    )

@@ -151,6 +151,17 @@ class Store(ABC):
     def describe(self) -> str:
         return self.url
 
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        """Why open_folder(name, create=True, kind=kind) would fail here, or None as far
+        as the store can tell without creating anything (the dry run asks, for folders
+        it would create).  This default knows only read-only stores."""
+        return "the store is read-only" if self.read_only else None
+
+    def password_endpoint(self):
+        """The net.Endpoint whose password this store will ask for (net.password_for), or
+        None: local stores, logins without a password (OAuth2)."""
+        return getattr(self, "endpoint", None)
+
     def close(self) -> None:
         pass
 
@@ -159,3 +170,22 @@ class Store(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def path_creation_problem(path: str) -> str | None:
+    """Why a directory or file could not be created at `path` by this process: something
+    that is no directory on the way, or no permission in the nearest existing directory.
+    None if nothing is in the way (for local stores' creation_problem())."""
+    import os
+
+    if os.path.lexists(path):
+        return None
+    parent = os.path.dirname(path)
+    while parent and not os.path.lexists(parent):
+        path, parent = parent, os.path.dirname(parent)
+    parent = parent or "."
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no permission to create {os.path.basename(path)} in {parent}"
+    return None

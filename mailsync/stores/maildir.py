@@ -57,7 +57,7 @@ from mailsync.message import (
     Info,
     to_lf,
 )
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import Folder, Store, path_creation_problem
 
 LAYOUTS = ("verbatim", "maildir++")
 
@@ -1024,3 +1024,14 @@ class MaildirStore(Store):
         if self._kinds is None:
             self.list_folders()
         return dict(self._kinds or {})
+
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if self.read_only:
+            return "the store is read-only"
+        if kind != "mail" and self.layout != "verbatim":
+            return f"{kind} folders need layout=verbatim"
+        try:
+            path = self.folder_path(name)
+        except FolderError as error:
+            return str(error)
+        return path_creation_problem(path)

@@ -57,7 +57,7 @@ from mailsync.message import (
     header_value,
     to_lf,
 )
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import Folder, Store, path_creation_problem
 
 __all__ = ["MboxStore", "MboxFolder"]
 
@@ -1073,6 +1073,22 @@ class MboxStore(Store):
                 continue
             os.chmod(d, DIR_MODE)
             _fsync_dir(os.path.dirname(d))
+
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"cannot hold {kind} items; back them up into a Maildir tree"
+        if self.read_only:
+            return "the store is read-only"
+        try:
+            parts = split_name(name)
+        except FolderError as error:
+            return str(error)
+        if self._single_file():
+            return None if name == "INBOX" else f"{self.root} is a single mbox file (INBOX only)"
+        path = self._new_path(parts)
+        if os.path.isdir(path):
+            return f"{path} is a directory of folders, not an mbox file"
+        return path_creation_problem(path)
 
     def close(self) -> None:
         error = None
