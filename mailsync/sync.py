@@ -197,6 +197,10 @@ class Syncer:
     def run(self) -> Report:
         report = Report()
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
+        for side in ("a", "b"):  # parts of a tree that hold mail but are no folder
+            for problem in self.stores[side].problems:
+                report.errors.append(problem)
+                log.error("%s", problem)
         self._renamed: dict[str, str] = {}  # remote name -> local name, for renamed folders
         folder_ids = getattr(self.stores["a"], "folder_ids", None)
         self._ids: dict[str, str] = folder_ids() if callable(folder_ids) else {}
@@ -396,6 +400,11 @@ class Syncer:
             report.skipped += len(skipped)
             for note in skipped:
                 log.warning("%s: %s", fstate.name_a, note)
+            # An error, so the run is not clean: no cursor vouches for the folder and the
+            # next run lists (and reports) it again.
+            for problem in folder.problems:
+                report.errors.append(problem)
+                log.error("%s", problem)
 
     def _list_folder(self, side, folder: Folder, fstate: FolderState, pairs, cursor):
         if cursor and folder.unchanged(cursor):

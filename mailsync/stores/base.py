@@ -13,15 +13,24 @@ store (tests/stores/test_contract.py runs the same suite against each):
   says which flags a folder can keep; the engine keeps the others in its state.
 * Errors are ``mailsync.errors`` exceptions: MessageError for one message,
   FolderError for the folder, StoreError/ConnectError for the whole store.
+* Nothing that looks like mail is left out silently: what a listing cannot read goes
+  into ``problems`` (of the folder, or of the store for parts of a tree that are no
+  folder), and the engine reports each one as an error (exit 1).
+* Folder names have at most MAX_FOLDER_DEPTH parts: deeper folders are not listed (a
+  store problem) and cannot be created (FolderError).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from mailsync.errors import MessageError
 from mailsync.message import Info, fingerprint
+
+#: The deepest folder nesting a store lists or creates (parts of a "/"-separated name):
+#: far beyond real mail hierarchies, and it keeps every walk, path and name bounded.
+MAX_FOLDER_DEPTH = 100
 
 
 class Folder(ABC):
@@ -29,6 +38,11 @@ class Folder(ABC):
     #: Token that changes when every key of the folder becomes void (IMAP UIDVALIDITY).
     validity: str = ""
     read_only: bool = False
+    #: What the last list() found in the folder that looks like mail but cannot be read
+    #: (one sentence each, naming the file and what to do).  The engine makes each one
+    #: an error of the folder (exit 1), so the folder is not vouched for by a cursor and
+    #: is listed again next run.
+    problems: Sequence[str] = ()
 
     @abstractmethod
     def list(self) -> dict[str, Info]:
@@ -128,6 +142,11 @@ class Folder(ABC):
 class Store(ABC):
     url: str  # as given, without secrets
     read_only: bool = False
+    #: What the last list_folders() found that looks like mail but is no folder it can
+    #: list (an unreadable directory, a name no folder can have, nesting deeper than
+    #: MAX_FOLDER_DEPTH), one sentence each.  The engine reports each one as an error
+    #: of the run (exit 1).
+    problems: Sequence[str] = ()
 
     @abstractmethod
     def list_folders(self) -> list[str]:

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from mailsync.errors import ConfigError, FolderError, MessageError
+from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
 from mailsync.message import (
     ANSWERED,
     DELETED,
@@ -57,7 +57,7 @@ from mailsync.message import (
     Info,
     to_lf,
 )
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import MAX_FOLDER_DEPTH, Folder, Store
 
 LAYOUTS = ("verbatim", "maildir++")
 
@@ -91,6 +91,11 @@ def check_folder_name(name: str, layout: str = "verbatim") -> list[str]:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise FolderError(f"folder name {name!r} contains control characters; rename it")
     parts = name.split("/")
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise FolderError(
+            f"folder name {_shorten(name)!r} is nested {len(parts)} levels deep; mailsync "
+            f"handles folders at most {MAX_FOLDER_DEPTH} levels deep"
+        )
     for part in parts:
         if part in ("", ".", ".."):
             raise FolderError(
@@ -109,6 +114,11 @@ def check_folder_name(name: str, layout: str = "verbatim") -> list[str]:
             "layout reserves for messages; rename the folder or use layout=maildir++"
         )
     return parts
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A long name or path cut for an error line (a folder 1,000 levels deep)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def split_name(filename: str) -> tuple[str, str | None]:
@@ -200,23 +210,28 @@ def unique_name(size: int) -> str:
 
 
 def _make_dir(path: str, dirty: set[str]) -> None:
-    """mkdir with mode 0700 whatever the umask; missing parents too.  Parents whose
-    entries changed go into `dirty` for fsync."""
-    try:
-        os.mkdir(path, _DIR_MODE)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise FolderError(f"{path} exists and is not a directory; move it away")
-        return
-    except FileNotFoundError:
-        parent = os.path.dirname(path)
-        if parent == path:
-            raise
-        _make_dir(parent, dirty)
-        _make_dir(path, dirty)
-        return
-    os.chmod(path, _DIR_MODE)
-    dirty.add(os.path.dirname(path))
+    """mkdir with mode 0700 whatever the umask; missing parents too, from the top down
+    in a loop (a deep path is no recursion).  Parents whose entries changed go into
+    `dirty` for fsync."""
+    missing = []
+    current = path
+    while not os.path.isdir(current):
+        if os.path.lexists(current):
+            raise FolderError(f"{current} exists and is not a directory; move it away")
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, _DIR_MODE)
+        except FileExistsError:  # made by someone else meanwhile
+            if not os.path.isdir(directory):
+                raise FolderError(f"{directory} exists and is not a directory; move it away")
+            continue
+        os.chmod(directory, _DIR_MODE)
+        dirty.add(os.path.dirname(directory))
 
 
 def _fsync_dir(path: str) -> None:
@@ -235,6 +250,63 @@ def _file_stamp(st: os.stat_result) -> list[int]:
 
 def _is_maildir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "cur")) and os.path.isdir(os.path.join(path, "new"))
+
+
+def _has_entries(path: str) -> bool:
+    """Whether the directory holds anything but dot files (False if unreadable too)."""
+    try:
+        with os.scandir(path) as entries:
+            return any(not entry.name.startswith(".") for entry in entries)
+    except OSError:
+        return False
+
+
+def _holds_messages(path: str) -> bool:
+    return any(_has_entries(os.path.join(path, sub)) for sub in ("cur", "new"))
+
+
+def _half_maildir(path: str) -> str | None:
+    """A problem sentence if `path` has messages in cur/ or new/ but not both
+    directories (no Maildir reader takes it for one), else None."""
+    for sub, missing in (("cur", "new"), ("new", "cur")):
+        if not os.path.isdir(os.path.join(path, missing)) and _has_entries(os.path.join(path, sub)):
+            return (
+                f"{_shorten(path)} has messages in {sub}/ but no {missing}/ directory, so it "
+                f"is no Maildir and is not synced; create {missing}/ (and tmp/) in it"
+            )
+    return None
+
+
+def _unreached(top: str, layout: str, hint: str) -> list[str]:
+    """Problems for the Maildirs (and vdirs) at or below `top` that the `layout` does not
+    read: the directory tree under a maildir++ root, say.  A loop, bounded in depth."""
+    from mailsync.stores.vdir import vdir_kind
+
+    out = []
+    pending = [(top, 0)]
+    seen: set[tuple[int, int]] = set()
+    while pending:
+        directory, depth = pending.pop()
+        if (_is_maildir(directory) and _holds_messages(directory)) or vdir_kind(directory):
+            out.append(
+                f"{_shorten(directory)} holds mail but is not synced: the {layout} layout "
+                f"does not read it there; use ?layout={hint} or move it"
+            )
+            continue
+        if depth >= MAX_FOLDER_DEPTH:
+            continue
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name not in SUBDIRS and entry.is_dir():
+                        pending.append((entry.path, depth + 1))
+        except OSError:
+            continue
+    return out
 
 
 def _write_error(error: OSError, where: str) -> str:
@@ -397,6 +469,8 @@ class MaildirFolder(Folder):
         self._wait_all()
         self._cursor = self._dir_mtimes()
         self._verifiable = True
+        problems: list[str] = []
+        self.problems = problems
         # Read after the cursor, before the names: letters are only ever added, and each
         # one before a file name uses it, so every letter met below is in this version
         # unless it is newer than the cursor.
@@ -424,6 +498,10 @@ class MaildirFolder(Folder):
                     else:
                         key, info = filename[:i], filename[i + 3 :]
                     if not key:
+                        problems.append(
+                            f"{entry.path} has no unique name before its {INFO_SEP} info, so "
+                            "it cannot be synced; rename it"
+                        )
                         continue
                     flags = parsed.get(info)
                     if flags is None:
@@ -436,9 +514,23 @@ class MaildirFolder(Folder):
                     else:
                         try:
                             st = entry.stat()
-                        except OSError:
-                            continue  # vanished or a dangling symlink
+                        except FileNotFoundError:
+                            if os.path.islink(entry.path):
+                                problems.append(
+                                    f"{entry.path} is a symbolic link to nothing, so it cannot "
+                                    "be synced; restore its target or remove it"
+                                )
+                            continue  # else a mail reader moved it meanwhile
+                        except OSError as e:
+                            problems.append(
+                                f"cannot read {entry.path} ({e.strerror}): check its permissions"
+                            )
+                            continue
                         if not stat.S_ISREG(st.st_mode):
+                            problems.append(
+                                f"{entry.path} is not a regular file, so it cannot be synced; "
+                                f"move it out of {sub}/"
+                            )
                             continue
                         out[key] = Info(flags, st.st_size if size is None else size, st.st_mtime)
                     where[key] = (sub, filename)
@@ -901,74 +993,122 @@ class MaildirStore(Store):
         return os.path.join(self.root, *parts)
 
     def list_folders(self) -> list[str]:
+        problems: list[str] = []
         if self.layout == "maildir++":
-            names = self._list_maildirpp()
+            names = self._list_maildirpp(problems)
             self._kinds = {}  # vdirs need layout=verbatim
         else:
-            names = self._list_verbatim()
+            names = self._list_verbatim(problems)
+        self.problems = problems
         return sorted(names)
 
-    def _valid(self, name: str, path: str) -> bool:
+    def _unnamable(self, name: str, path: str) -> str | None:
+        """Why the directory `path`, found as folder `name`, cannot be that folder."""
         try:
-            return self.folder_path(name) == path
-        except FolderError:
-            return False
+            if self.folder_path(name) == path:
+                return None
+        except FolderError as error:
+            return str(error)
+        return f"it would be folder {name!r}, which lives elsewhere"
 
-    def _list_maildirpp(self) -> list[str]:
+    def _check(self, name: str, path: str, problems: list[str]) -> bool:
+        """Whether the Maildir at `path` is folder `name`.  One that cannot be but holds
+        messages becomes a problem: mail is never left out silently."""
+        why = self._unnamable(name, path)
+        if why is None:
+            return True
+        if _holds_messages(path):
+            problems.append(f"{_shorten(path)} holds mail but is not synced: {why}")
+        return False
+
+    def _list_maildirpp(self, problems: list[str]) -> list[str]:
         names = []
         if _is_maildir(self.root):
             names.append("INBOX")
         try:
             entries = list(os.scandir(self.root))
-        except OSError:
-            return names
+        except FileNotFoundError:
+            return names  # no tree yet
+        except OSError as e:
+            raise StoreError(f"cannot read {self.root} ({e.strerror}): check its permissions")
         for entry in entries:
-            if not entry.name.startswith(".") or entry.name in (".", ".."):
-                continue
-            name = entry.name[1:].replace(".", "/")
-            if name == "INBOX" or not self._valid(name, entry.path):
-                continue
             try:
-                if entry.is_dir() and _is_maildir(entry.path):
-                    names.append(name)
+                if not entry.is_dir():
+                    continue
             except OSError:
                 continue
+            if not entry.name.startswith("."):
+                if entry.name not in SUBDIRS:
+                    problems.extend(_unreached(entry.path, "maildir++", "verbatim"))
+                continue
+            if entry.name in (".", ".."):
+                continue
+            name = entry.name[1:].replace(".", "/")
+            if _is_maildir(entry.path):
+                if name == "INBOX":
+                    if _holds_messages(entry.path):
+                        problems.append(
+                            f"{entry.path} holds mail but is not synced: INBOX is the root "
+                            "itself in the maildir++ layout; move its messages there"
+                        )
+                elif self._check(name, entry.path, problems):
+                    names.append(name)
+            elif half := _half_maildir(entry.path):
+                problems.append(half)
         return names
 
-    def _list_verbatim(self) -> list[str]:
+    def _list_verbatim(self, problems: list[str]) -> list[str]:
         from mailsync.stores.vdir import vdir_kind  # (vdir builds on this module)
 
         names = []
         kinds: dict[str, str] = {}
         seen: set[tuple[int, int]] = set()
-
-        def walk(directory: str, prefix: str) -> None:
+        # (directory, its folder name, "" for the root): a loop rather than recursion, so
+        # a tree a thousand levels deep is walked like any other.
+        pending = [(self.root, "")]
+        while pending:
+            directory, name = pending.pop()
+            if name:
+                if name.count("/") >= MAX_FOLDER_DEPTH:
+                    problems.append(
+                        f"{_shorten(directory)} is nested deeper than {MAX_FOLDER_DEPTH} "
+                        "folders: it and its subfolders are not synced; move them up"
+                    )
+                    continue
+                if _is_maildir(directory):
+                    if self._check(name, directory, problems):
+                        names.append(name)
+                elif kind := vdir_kind(directory):
+                    if self._check(name, directory, problems):
+                        names.append(name)  # a calendar or address book (see stores/vdir.py)
+                        kinds[name] = kind
+                elif half := _half_maildir(directory):
+                    problems.append(half)
             try:
                 st = os.stat(directory)
                 if (st.st_dev, st.st_ino) in seen:
-                    return  # a symlink loop
+                    continue  # a symlink loop
                 seen.add((st.st_dev, st.st_ino))
                 with os.scandir(directory) as it:
                     entries = [e for e in it if e.name not in SUBDIRS]
-            except OSError:
-                return
+            except FileNotFoundError:
+                continue  # no tree yet, or removed meanwhile
+            except OSError as e:
+                if not name:
+                    raise StoreError(
+                        f"cannot read {self.root} ({e.strerror}): check its permissions"
+                    )
+                problems.append(
+                    f"cannot read {directory} ({e.strerror}): the folders in it are not "
+                    "synced; check its permissions"
+                )
+                continue
             for entry in entries:
                 try:
-                    if not entry.is_dir():
-                        continue
+                    if entry.is_dir():
+                        pending.append((entry.path, f"{name}/{entry.name}" if name else entry.name))
                 except OSError:
                     continue
-                name = prefix + entry.name
-                if not self._valid(name, entry.path):
-                    continue
-                if _is_maildir(entry.path):
-                    names.append(name)
-                elif kind := vdir_kind(entry.path):
-                    names.append(name)  # a calendar or address book (see stores/vdir.py)
-                    kinds[name] = kind
-                walk(entry.path, name + "/")
-
-        walk(self.root, "")
         self._kinds = kinds
         return names
 

@@ -57,7 +57,7 @@ from mailsync.message import (
     header_value,
     to_lf,
 )
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import MAX_FOLDER_DEPTH, Folder, Store
 
 __all__ = ["MboxStore", "MboxFolder"]
 
@@ -274,6 +274,25 @@ def _looks_like_mbox(path: str) -> bool:
     return head in (b"", b"From ")
 
 
+def _is_maildir_with_mail(path: str) -> bool:
+    """A Maildir (cur/ and new/) with a message in it: mail that is no mbox folder."""
+    if not all(os.path.isdir(os.path.join(path, sub)) for sub in ("cur", "new")):
+        return False
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(os.path.join(path, sub)) as entries:
+                if any(not entry.name.startswith(".") for entry in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A long path cut for an error line (a tree 1,000 levels deep)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _bad_part(part: str) -> str | None:
     """Why `part` cannot be one component of a folder name, or None."""
     if part in ("", ".", ".."):
@@ -300,6 +319,11 @@ def split_name(name: str) -> list[str]:
     if name.startswith("/"):
         raise FolderError(f"invalid folder name {name!r}: it starts with '/'")
     parts = name.split("/")
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise FolderError(
+            f"invalid folder name {_shorten(name)!r}: it is nested {len(parts)} levels deep, "
+            f"and mailsync handles folders at most {MAX_FOLDER_DEPTH} levels deep"
+        )
     for part in parts:
         why = _bad_part(part)
         if why:
@@ -942,6 +966,7 @@ class MboxStore(Store):
         return os.path.isfile(self.root)
 
     def list_folders(self) -> list[str]:
+        self.problems = []
         if self._single_file():
             return ["INBOX"]
         if not os.path.isdir(self.root):
@@ -950,38 +975,60 @@ class MboxStore(Store):
             return []
         open_paths = {f.path for f in self._folders.values()}
         found: set[str] = set()
-        self._walk(self.root, "", found, open_paths)
+        self._walk(found, open_paths, self.problems)
         return sorted(found)
 
-    def _walk(self, directory: str, prefix: str, found: set[str], open_paths: set[str]) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            raise StoreError(f"cannot read directory {directory}: {exc.strerror or exc}")
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".") or name.endswith(LOCK_SUFFIX):
-                continue
+    def _walk(self, found: set[str], open_paths: set[str], problems: list[str]) -> None:
+        """Every folder of the tree into `found`; what holds mail but is no folder into
+        `problems`.  A loop rather than recursion: a tree a thousand levels deep is
+        walked like any other, and what lies deeper than MAX_FOLDER_DEPTH is a problem."""
+        pending = [(self.root, "", 0)]  # (directory, its folder name + "/", depth)
+        while pending:
+            directory, prefix, depth = pending.pop()
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                is_file = not is_dir and entry.is_file()
-            except OSError:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError as exc:
+                if directory == self.root:
+                    raise StoreError(f"cannot read directory {directory}: {exc.strerror or exc}")
+                problems.append(
+                    f"cannot read directory {directory} ({exc.strerror or exc}): the folders "
+                    "in it are not synced; check its permissions"
+                )
                 continue
-            if is_dir:
-                part = name[: -len(SUBDIR_SUFFIX)] if name.endswith(SUBDIR_SUFFIX) else name
-                if all(os.path.isdir(os.path.join(entry.path, d)) for d in ("cur", "new", "tmp")):
-                    continue  # a Maildir inside a mutt tree is not ours
-                if _bad_part(part):
-                    log.warning("skipping %s: its name cannot be a folder name", entry.path)
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name.endswith(LOCK_SUFFIX):
                     continue
-                self._walk(entry.path, prefix + part + "/", found, open_paths)
-            elif is_file:
-                if _bad_part(name):
-                    log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    is_file = not is_dir and entry.is_file()
+                except OSError:
                     continue
-                real = os.path.realpath(entry.path)
-                if real in open_paths or _looks_like_mbox(entry.path):
-                    found.add(prefix + name)
+                if (is_dir or is_file) and depth >= MAX_FOLDER_DEPTH:
+                    problems.append(
+                        f"{_shorten(entry.path)} is nested deeper than {MAX_FOLDER_DEPTH} "
+                        "folders: it is not synced; move it up"
+                    )
+                    continue
+                if is_dir:
+                    part = name[: -len(SUBDIR_SUFFIX)] if name.endswith(SUBDIR_SUFFIX) else name
+                    if _is_maildir_with_mail(entry.path):
+                        problems.append(
+                            f"{entry.path} is a Maildir inside an mbox tree, which mailsync "
+                            f"does not read as part of it; sync it as maildir:{entry.path}"
+                        )
+                        continue
+                    if _bad_part(part):
+                        log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                        continue
+                    pending.append((entry.path, prefix + part + "/", depth + 1))
+                elif is_file:
+                    if _bad_part(name):
+                        log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                        continue
+                    real = os.path.realpath(entry.path)
+                    if real in open_paths or _looks_like_mbox(entry.path):
+                        found.add(prefix + name)
 
     def _existing(self, parts: list[str]) -> list[str]:
         """Paths where folder `parts` could be, in order of preference."""
