@@ -8,7 +8,12 @@ both exist)::
     ROOT/A.sbd/B        folder A/B
 
 Reading also accepts plain directories (mutt style: ``ROOT/lists/foo`` is ``lists/foo``),
-and a root that is itself an mbox file is a store holding just INBOX.
+and a root that is itself an mbox file is a store holding just INBOX.  A file that holds
+mail but does not start with a From_ line (headers first, or text before the first From_
+line; see classify()) is a folder too: its messages are read from the first From_ line
+on, and its listing reports the bytes before it as a problem (exit 1) until the file is
+fixed; rewrites keep them.  A Maildir, an unreadable directory or a mail file with an
+unusable name inside the tree is a problem of the store: nothing is left out silently.
 
 Format (mboxrd, byte-exact and reversible): a message is written as ``From SENDER
 ASCTIME\\n``, the body with every line matching ``^>*From `` given one more ``>``, then
@@ -265,13 +270,47 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _looks_like_mbox(path: str) -> bool:
+# What tells a file that holds mail from any other file in an mbox tree (a Thunderbird
+# .msf index, a filter list, notes): a From_ line with a date, or a message header.
+_SNIFF_BYTES = 64 * 1024
+_ANY_FROM_LINE = re.compile(rb"(?:^|\n)(From [^\n]*)")
+_HEADER_FIELD = re.compile(rb"[!-9;-~]+:")
+_MAIL_FIELD = re.compile(
+    rb"^(?:from|date|received|return-path|message-id|delivered-to|subject|to)[ \t]*:",
+    re.I | re.M,
+)
+
+MBOX, DAMAGED, UNREADABLE = "mbox", "damaged", "unreadable"
+
+
+def classify(path: str) -> str | None:
+    """What the file at `path` is to an mbox tree, from its first 64 KiB:
+
+    * MBOX: empty, or starts with a ``From `` line;
+    * DAMAGED: holds mail but does not start with a From_ line (a From_ line with a date
+      further down, or message headers first): a folder whose listing reports the bytes
+      before its first From_ line as a problem, so they are never dropped silently;
+    * UNREADABLE: cannot be read (it may hold mail: a problem of the tree);
+    * None: anything else (not mail), left alone.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(5)
+            head = f.read(_SNIFF_BYTES)
     except OSError:
-        return False
-    return head in (b"", b"From ")
+        return UNREADABLE
+    if not head or head[:5] == b"From ":
+        return MBOX
+    for match in _ANY_FROM_LINE.finditer(head):
+        if parse_from_date(match.group(1)) is not None:
+            return DAMAGED
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")  # a byte-order mark, blank lines
+    if text[:5] == b"From ":
+        return DAMAGED
+    if _HEADER_FIELD.match(text):
+        end = text.find(b"\n\n")
+        if _MAIL_FIELD.search(text if end < 0 else text[:end]):
+            return DAMAGED
+    return None
 
 
 def _is_maildir_with_mail(path: str) -> bool:
@@ -388,6 +427,7 @@ class MboxFolder(Folder):
         self.new_path = os.path.join(self.dir, "." + base + NEW_SUFFIX)
         self._entries: list[_Entry] = []
         self._live: dict[str, list[_Entry]] = {}  # key hash -> live copies, file order
+        self._stray = 0  # bytes before the first From_ line (a damaged file)
         self._stamp: tuple | None = None
         self._listed: tuple | None = None  # the stamp the last list() described
         self._limit: int | None = None  # read-only view of a file with a crash journal
@@ -419,6 +459,7 @@ class MboxFolder(Folder):
                 out[make_key(short, n)] = Info(e.flags, e.size, e.arrival)
             # A listing with changes not yet flushed describes no file on disk.
             self._listed = self._stamp if self._batch_fd is None else None
+            self.problems = self._stray_problem()
             return out
 
         return self._reading(listing)
@@ -487,6 +528,8 @@ class MboxFolder(Folder):
         self._appended = True
         if prefix and self._entries:
             self._entries[-1].end += len(prefix)
+        elif prefix:
+            self._stray += len(prefix)  # it ends the bytes before the first From_ line
         start = end + len(prefix)
         line_len = chunk.index(b"\n") + 1
         # format_message() framed the body so that reading gives it back exactly.
@@ -566,12 +609,12 @@ class MboxFolder(Folder):
         if size:
             mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             try:
-                if mm[:5] != b"From ":
-                    raise FolderError(
-                        f"{self.path} is not an mbox file (it does not start with a "
-                        '"From " line); mailsync leaves it alone'
-                    )
                 pos = 0
+                if mm[:5] != b"From ":
+                    # A damaged file (see classify()): what comes before its first From_
+                    # line is in no message; list() reports it, rewrites keep it.
+                    first = mm.find(b"\nFrom ", 0, size)
+                    pos = size if first < 0 else first + 1
                 while pos < size:
                     line_end = mm.find(b"\n", pos, size)
                     if line_end < 0:
@@ -590,6 +633,23 @@ class MboxFolder(Folder):
             finally:
                 mm.close()
         self._set_entries(entries)
+        self._stray = entries[0].start if entries else size
+
+    def _stray_problem(self) -> list[str]:
+        """The bytes before the first From_ line, as a problem of the listing."""
+        if not self._stray:
+            return []
+        if not self._entries:
+            return [
+                f'{self.path} holds no "From " line, so none of its {self._stray} bytes is '
+                'synced as mail; make it an mbox file (a "From " line before each message) '
+                "or move it out of the tree"
+            ]
+        return [
+            f'{self.path} does not start with a "From " line: its first {self._stray} bytes '
+            'are in no message and are not synced; add a "From " line before them or move '
+            "them out (the messages after them are synced)"
+        ]
 
     def _set_entries(self, entries: list[_Entry]) -> None:
         self._entries = entries
@@ -724,8 +784,9 @@ class MboxFolder(Folder):
             try:
                 os.fchmod(out, FILE_MODE)
                 kept: list[tuple[_Entry, int]] = []
-                ranges: list[list[int]] = []
-                pos = 0
+                # Bytes before the first From_ line are no message's: kept as they are.
+                ranges: list[list[int]] = [[0, self._stray]] if self._stray else []
+                pos = self._stray
                 for e in self._entries:
                     if e.deleted:
                         continue
@@ -1023,12 +1084,27 @@ class MboxStore(Store):
                         continue
                     pending.append((entry.path, prefix + part + "/", depth + 1))
                 elif is_file:
-                    if _bad_part(name):
-                        log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                    if why := _bad_part(name):
+                        if classify(entry.path) in (MBOX, DAMAGED):
+                            problems.append(
+                                f"{entry.path} holds mail but is not synced: its name cannot "
+                                f"be a folder name ({why}); rename it"
+                            )
+                        else:
+                            log.warning("skipping %s: its name cannot be a folder name", entry.path)
                         continue
                     real = os.path.realpath(entry.path)
-                    if real in open_paths or _looks_like_mbox(entry.path):
+                    if real in open_paths:
                         found.add(prefix + name)
+                        continue
+                    kind = classify(entry.path)
+                    if kind in (MBOX, DAMAGED):
+                        found.add(prefix + name)  # (a damaged file's listing says what)
+                    elif kind == UNREADABLE:
+                        problems.append(
+                            f"cannot read {entry.path}: if it is an mbox file, it is not "
+                            "synced; check its permissions"
+                        )
 
     def _existing(self, parts: list[str]) -> list[str]:
         """Paths where folder `parts` could be, in order of preference."""
@@ -1079,7 +1155,7 @@ class MboxStore(Store):
                     raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
                 self._create(path)
         path = os.path.realpath(path)
-        if not _looks_like_mbox(path):
+        if classify(path) not in (MBOX, DAMAGED):
             raise FolderError(
                 f'{path} is not an mbox file (it does not start with a "From " line); '
                 "mailsync leaves it alone"

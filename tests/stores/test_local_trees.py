@@ -239,6 +239,83 @@ def test_a_maildir_inside_an_mbox_tree_is_a_problem(tmp_path):
     ]
 
 
+HEADERS_FIRST = b"Return-Path: <a@example.org>\nFrom: a@example.org\nSubject: no From_\n\nbody\n"
+JUNK = b"\n\nsome text a program left before the mail\n"
+THUNDERBIRD = {  # files beside the mbox files of a Thunderbird profile: not mail
+    "Inbox.msf": b'// <!-- <mdb:mork:z v="1.4"/> -->\n< <(a=c)> // (f=iso-8859-1)\n',
+    "msgFilterRules.dat": b'version="9"\nlogging="no"\n',
+    "popstate.dat": b"# POP3 State File\n# This is a generated file!  Do not edit.\n",
+    "notes.txt": b"Subject of the meeting: none\nFrom what I hear, nothing.\n",
+}
+
+
+def test_mbox_files_that_do_not_start_with_a_from_line(tmp_path):
+    root = tmp_path / "mail"
+    write(str(root / "headers-first"), HEADERS_FIRST)
+    write(str(root / "junk-first"), JUNK + (FROM_LINE + MSG + b"\n") * 2)
+    write(str(root / "blank-line-first"), b"\n" + FROM_LINE + MSG + b"\n")
+    for name, data in THUNDERBIRD.items():
+        write(str(root / name), data)
+    store = MboxStore(str(root), read_only=True)
+    assert store.list_folders() == ["blank-line-first", "headers-first", "junk-first"]
+    assert store.problems == []
+
+    headers = store.open_folder("headers-first")
+    assert headers.list() == {}
+    assert headers.problems == [
+        f'{headers.path} holds no "From " line, so none of its {len(HEADERS_FIRST)} bytes '
+        'is synced as mail; make it an mbox file (a "From " line before each message) or '
+        "move it out of the tree"
+    ]
+    junk = store.open_folder("junk-first")
+    assert [junk.fetch(k) for k in junk.list()] == [MSG, MSG]
+    assert len(junk.problems) == 1
+    assert f"its first {len(JUNK)} bytes are in no message" in junk.problems[0]
+    blank = store.open_folder("blank-line-first")
+    assert [blank.fetch(k) for k in blank.list()] == [MSG]
+    assert "its first 1 bytes" in blank.problems[0]
+
+
+def test_writes_keep_the_bytes_before_the_first_from_line(tmp_path):
+    root = tmp_path / "mail"
+    path = root / "INBOX"
+    write(str(path), HEADERS_FIRST.rstrip(b"\n"))  # no From_ line, no final newline
+    folder = MboxStore(str(root)).open_folder("INBOX")
+    folder.list()
+    one = folder.append(MSG, frozenset(), 1_000_000_000)
+    two = folder.append(MSG.replace(b"hi", b"two"), frozenset(), 1_000_000_000)
+    folder.flush()
+    folder.delete(one)
+    folder.flush()
+    data = path.read_bytes()
+    assert data.startswith(HEADERS_FIRST.rstrip(b"\n") + b"\nFrom ")
+    again = MboxStore(str(root)).open_folder("INBOX")
+    assert list(again.list()) == [two]
+    assert again.problems and "first" in again.problems[0]
+
+
+def test_an_mbox_file_with_an_unusable_name_is_a_problem(tmp_path):
+    root = tmp_path / "mail"
+    write(str(root / "INBOX"), FROM_LINE + MSG)
+    write(str(root / "bad\x01name"), FROM_LINE + MSG)
+    write(str(root / "bad\x02notes"), b"not mail\n")  # only a warning, as before
+    store = MboxStore(str(root))
+    assert store.list_folders() == ["INBOX"]
+    assert len(store.problems) == 1
+    assert "bad\x01name holds mail but is not synced" in store.problems[0]
+
+
+def test_a_damaged_mbox_file_is_copied_as_far_as_it_can_be_read(tmp_path):
+    src = tmp_path / "src"
+    write(str(src / "INBOX"), JUNK + FROM_LINE + MSG)
+    write(str(src / "Sent"), HEADERS_FIRST)
+    report = pull(f"mbox:{src}", f"maildir:{tmp_path / 'dst'}", tmp_path / "state.db")
+    by_name = {f.folder: f for f in report.folders}
+    assert by_name["INBOX"].copied_a_to_b == 1 and len(by_name["INBOX"].errors) == 1
+    assert by_name["Sent"].copied_a_to_b == 0 and len(by_name["Sent"].errors) == 1
+    assert report.failed
+
+
 # -- the engine --------------------------------------------------------------------------------
 
 
