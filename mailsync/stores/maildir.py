@@ -993,6 +993,7 @@ class MaildirStore(Store):
         return os.path.join(self.root, *parts)
 
     def list_folders(self) -> list[str]:
+        self._check_root()
         problems: list[str] = []
         if self.layout == "maildir++":
             names = self._list_maildirpp(problems)
@@ -1001,6 +1002,24 @@ class MaildirStore(Store):
             names = self._list_verbatim(problems)
         self.problems = problems
         return sorted(names)
+
+    def _check_root(self) -> None:
+        """ConfigError (exit 2) for a root that is no directory, or is missing on a side
+        the run only reads: a typo must not pass for an empty source.  A root mailsync
+        writes to is made when the first folder is."""
+        if os.path.isdir(self.root):
+            return
+        if os.path.lexists(self.root):
+            hint = ""
+            try:
+                with open(self.root, "rb") as f:
+                    if f.read(5) == b"From ":
+                        hint = f"; it looks like an mbox file: write mbox:{self.path}"
+            except OSError:
+                pass
+            raise ConfigError(f"{self.root} is not a directory, so no Maildir tree{hint}")
+        if self.read_only:
+            raise ConfigError(f"{self.root} does not exist; check the path")
 
     def _unnamable(self, name: str, path: str) -> str | None:
         """Why the directory `path`, found as folder `name`, cannot be that folder."""

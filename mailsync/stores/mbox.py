@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from mailsync.errors import FolderError, MessageError, StoreError
+from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
 from mailsync.message import (
     ANSWERED,
     DELETED,
@@ -1031,8 +1031,14 @@ class MboxStore(Store):
         if self._single_file():
             return ["INBOX"]
         if not os.path.isdir(self.root):
-            if os.path.lexists(self.root) or self.read_only:
-                raise StoreError(f"{self.root} is not a directory of mbox files; check the path")
+            # A typo must not pass for an empty source: exit 2.  A missing root mailsync
+            # writes to is made when the first folder is.
+            if os.path.lexists(self.root):
+                raise ConfigError(
+                    f"{self.root} is neither an mbox file nor a directory of them; check the path"
+                )
+            if self.read_only:
+                raise ConfigError(f"{self.root} does not exist; check the path")
             return []
         open_paths = {f.path for f in self._folders.values()}
         found: set[str] = set()

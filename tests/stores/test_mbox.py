@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailsync.errors import FolderError, MessageError, StoreError
+from mailsync.errors import ConfigError, FolderError, MessageError
 from mailsync.message import (
     ANSWERED,
     DELETED,
@@ -627,7 +627,7 @@ def test_single_file_root(tmp_path):
 
 def test_missing_root(root):
     assert MboxStore(root).list_folders() == []
-    with pytest.raises(StoreError):
+    with pytest.raises(ConfigError, match="does not exist"):  # a source: exit 2
         MboxStore(root, read_only=True).list_folders()
     with pytest.raises(FolderError, match="no folder"):
         MboxStore(root).open_folder("INBOX")
