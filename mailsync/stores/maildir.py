@@ -2,10 +2,17 @@
 
 Layouts (``maildir:PATH?layout=...``):
 
-* ``verbatim`` (default): folder ``Archive/2019`` is ``ROOT/Archive/2019/{cur,new,tmp}``
-  and INBOX is ``ROOT/INBOX``.  Dovecot reads this with ``LAYOUT=fs``.
+* ``verbatim``: folder ``Archive/2019`` is ``ROOT/Archive/2019/{cur,new,tmp}`` and
+  INBOX is ``ROOT/INBOX``.  Dovecot reads this with
+  ``mail_location = maildir:ROOT:LAYOUT=fs:INBOX=ROOT/INBOX`` (without ``INBOX=`` it
+  takes ROOT itself for INBOX and shows it empty).
 * ``maildir++``: INBOX is ``ROOT`` itself and ``Archive/2019`` is ``ROOT/.Archive.2019``
   (Courier, Dovecot's default).  Folder names containing "." cannot be represented.
+
+Without ``?layout=``, the tree says (MaildirStore.detect_layout): a root that is itself
+a Maildir is maildir++, anything else verbatim.  Whatever a layout does not read but
+holds mail (a Maildir root under verbatim, verbatim folders under a maildir++ root,
+names no folder can have) is reported as a problem of the listing, never dropped.
 
 A message's key is its file's unique base name: everything before the ``:2,`` info
 suffix, so Dovecot's ``,S=``/``,W=`` parts stay in the key and the key survives a mail
@@ -962,21 +969,58 @@ class MaildirFolder(Folder):
 
 
 class MaildirStore(Store):
-    def __init__(self, path: str, layout: str = "verbatim", read_only: bool = False):
-        if isinstance(layout, str) and layout.replace(" ", "+") in LAYOUTS:
+    def __init__(self, path: str, layout: str | None = None, read_only: bool = False):
+        """`layout` None: the tree's own (see detect_layout)."""
+        self.path = path
+        self.root = os.path.abspath(path)
+        if layout is None:
+            layout = self.detect_layout()
+        elif isinstance(layout, str) and layout.replace(" ", "+") in LAYOUTS:
             # URL queries are form-decoded, which turns ?layout=maildir++ into "maildir  "
             layout = layout.replace(" ", "+")
         if layout not in LAYOUTS:
             raise ConfigError(
                 f"unknown Maildir layout {layout!r}; choose one of: {', '.join(LAYOUTS)}"
             )
-        self.path = path
-        self.root = os.path.abspath(path)
         self.layout = layout
         self.read_only = read_only
         self.url = f"maildir:{path}" + ("" if layout == "verbatim" else f"?layout={layout}")
         self._opened: list[MaildirFolder] = []  # flushed on close: writes run in background
         self._kinds: dict[str, str] | None = None  # vdir folders seen by the last listing
+
+    def detect_layout(self) -> str:
+        """The layout of a tree whose URL names none.  A root that is itself a Maildir
+        (cur/ and new/ in it) is maildir++: a standard ~/Maildir, INBOX at the root and
+        .Sent beside it, or one folder given on its own (OUT/INBOX), which holds just
+        INBOX.  Anything else is verbatim, and trees mailsync writes in the verbatim
+        layout never have cur/ at the root, so their layout never changes under them.
+        A root Maildir holding messages next to verbatim folders is refused (ConfigError):
+        either reading would leave mail out, so the URL must say which."""
+        if not _is_maildir(self.root):
+            return "verbatim"
+        verbatim = []
+        try:
+            with os.scandir(self.root) as entries:
+                children = [
+                    e.path
+                    for e in entries
+                    if not e.name.startswith(".") and e.name not in SUBDIRS and e.is_dir()
+                ]
+        except OSError:
+            children = []
+        for child in sorted(children):
+            if _unreached(child, "maildir++", "verbatim"):
+                verbatim.append(os.path.basename(child))
+        if not verbatim:
+            return "maildir++"
+        if not _holds_messages(self.root):
+            return "verbatim"  # an empty Maildir at the root leaves nothing out
+        raise ConfigError(
+            f"{self.root} is itself a Maildir with messages (INBOX in the maildir++ layout) "
+            f"and also holds folders in the verbatim layout ({', '.join(verbatim[:3])}"
+            f"{', ...' if len(verbatim) > 3 else ''}); say which: "
+            f"maildir:{self.path}?layout=maildir++ or maildir:{self.path}?layout=verbatim"
+        )
 
     def close(self) -> None:
         folders, self._opened = self._opened, []
@@ -1084,6 +1128,11 @@ class MaildirStore(Store):
         seen: set[tuple[int, int]] = set()
         # (directory, its folder name, "" for the root): a loop rather than recursion, so
         # a tree a thousand levels deep is walked like any other.
+        if _is_maildir(self.root) and _holds_messages(self.root):
+            problems.append(
+                f"{self.root} itself holds mail (in its cur/ and new/), which the verbatim "
+                "layout does not read; use ?layout=maildir++ (the root is INBOX)"
+            )
         pending = [(self.root, "")]
         while pending:
             directory, name = pending.pop()

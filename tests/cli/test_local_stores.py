@@ -17,11 +17,11 @@ def run(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def make_maildir(path, messages: int = 1, sub: str = "cur", info: str = ":2,S") -> None:
+def make_maildir(path, messages: int = 1) -> None:
     for name in ("cur", "new", "tmp"):
         os.makedirs(os.path.join(path, name), exist_ok=True)
     for i in range(messages):
-        with open(os.path.join(path, sub, f"{i}.M{i}P1.host{info}"), "wb") as f:
+        with open(os.path.join(path, "cur", f"{i}.M{i}P1.host:2,S"), "wb") as f:
             f.write(MSG.replace(b"body", b"body %d" % i))
 
 
@@ -58,3 +58,88 @@ def test_a_file_given_as_a_maildir_says_what_it_is(mailenv):
     os.mkfifo(fifo)
     result = run("list", f"mbox:{fifo}")
     assert result.exit_code == 2 and "neither an mbox file nor a directory" in result.output
+
+
+# -- Maildir layouts: the tree says which, and nothing that holds mail is dropped ------------
+
+
+def counts(root) -> dict[str, int]:
+    """Folder -> number of messages, of a verbatim tree mailsync wrote."""
+    out = {}
+    for dirpath, dirnames, _ in os.walk(root):
+        if "cur" in dirnames and "new" in dirnames:
+            name = os.path.relpath(dirpath, root)
+            out[name] = sum(len(os.listdir(os.path.join(dirpath, s))) for s in ("cur", "new"))
+    return out
+
+
+def test_a_standard_maildir_is_pulled_with_its_inbox(mailenv):
+    home = mailenv / "Maildir"
+    make_maildir(home, 2)  # INBOX: cur/new/tmp at the root
+    (home / "new" / "9.M9P1.host").write_bytes(MSG)  # and one nobody has seen yet
+    make_maildir(home / ".Sent", 3)
+    make_maildir(home / ".Archive.2019", 1)
+    listed = run("list", str(home))
+    assert listed.exit_code == 0
+    assert [line.split("\t")[:2] for line in listed.output.splitlines()[:3]] == [
+        ["Archive/2019", "1"],
+        ["INBOX", "3"],
+        ["Sent", "3"],
+    ]
+    result = run("pull", str(home), str(mailenv / "out"))
+    assert result.exit_code == 0, result.output
+    assert counts(mailenv / "out") == {"INBOX": 3, "Sent": 3, "Archive/2019": 1}
+    again = run("pull", str(home), str(mailenv / "out"))
+    assert again.exit_code == 0 and "copied 0 to local" in again.output
+
+
+def test_one_maildir_folder_is_a_store_holding_inbox(mailenv):
+    make_maildir(mailenv / "src" / "Sent", 2)
+    assert run("pull", str(mailenv / "src"), str(mailenv / "out")).exit_code == 0
+    listed = run("list", str(mailenv / "out" / "Sent"))
+    assert listed.exit_code == 0
+    assert listed.output.splitlines() == ["INBOX\t2\t80 B", "1 folders, 2 messages, 80 B"]
+
+
+def test_a_maildir_root_beside_verbatim_folders_is_refused_until_the_url_says(mailenv):
+    mixed = mailenv / "mixed"
+    make_maildir(mixed, 2)
+    make_maildir(mixed / "Sent", 1)
+    result = run("pull", str(mixed), str(mailenv / "out"))
+    assert result.exit_code == 2
+    assert f"{mixed} is itself a Maildir with messages" in result.output
+    assert f"maildir:{mixed}?layout=maildir++ or maildir:{mixed}?layout=verbatim" in (result.output)
+    assert not (mailenv / "out").exists()
+
+    verbatim = run("pull", f"maildir:{mixed}?layout=verbatim", str(mailenv / "out1"))
+    assert verbatim.exit_code == 1
+    assert "itself holds mail (in its cur/ and new/)" in verbatim.output
+    assert counts(mailenv / "out1") == {"Sent": 1}
+    maildirpp = run("pull", f"maildir:{mixed}?layout=maildir++", str(mailenv / "out2"))
+    assert maildirpp.exit_code == 1
+    assert f"{mixed / 'Sent'} holds mail but is not synced" in maildirpp.output
+    assert counts(mailenv / "out2") == {"INBOX": 2}
+
+
+def test_an_empty_maildir_root_beside_verbatim_folders_is_verbatim(mailenv):
+    tree = mailenv / "tree"
+    make_maildir(tree, 0)  # Dovecot with LAYOUT=fs and no INBOX= makes these
+    make_maildir(tree / "INBOX", 1)
+    make_maildir(tree / "Sent", 1)
+    result = run("pull", str(tree), str(mailenv / "out"))
+    assert result.exit_code == 0, result.output
+    assert counts(mailenv / "out") == {"INBOX": 1, "Sent": 1}
+
+
+def test_a_pull_into_a_standard_maildir_keeps_its_layout(mailenv):
+    make_maildir(mailenv / "src" / "INBOX", 2)
+    make_maildir(mailenv / "src" / "Lists" / "python", 1)
+    home = mailenv / "Maildir"
+    make_maildir(home, 0)
+    result = run("pull", str(mailenv / "src"), str(home))
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(home)) == [".Lists.python", "cur", "new", "tmp"]
+    assert len(os.listdir(home / "cur")) == 2
+    assert len(os.listdir(home / ".Lists.python" / "cur")) == 1
+    again = run("pull", str(mailenv / "src"), str(home))
+    assert again.exit_code == 0 and "copied 0 to local" in again.output
