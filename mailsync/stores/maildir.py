@@ -205,6 +205,31 @@ def safe_hostname(host: str) -> str:
     return host.replace("/", "\\057").replace(":", "\\072")
 
 
+# The names mailsync gives the files it writes through tmp/: unique_name() and the
+# dovecot-keywords rewrite (_write_keywords); each carries the writer's pid and host.
+_OWN_TMP_NAME = re.compile(
+    r"\d+\.M\d+P(?P<pid>\d+)Q\d+\.(?P<host>.+),S=\d+"
+    r"|" + re.escape(KEYWORDS_FILE) + r"\.P(?P<kwpid>\d+)\.(?P<kwhost>.+)"
+)
+
+
+def _dead_writer(filename: str) -> bool:
+    """Whether a tmp/ file is mailsync's own, written on this machine by a process that
+    is gone (killed mid-write), so it can go at once.  A live process's file is never
+    taken: not this run's, not another run's (whose pid is alive), and not one whose pid
+    was reused meanwhile (it waits for the 36 hours).  Other hosts' files (a shared
+    file system) wait too: their pids mean nothing here."""
+    match = _OWN_TMP_NAME.fullmatch(filename)
+    if match is None:
+        return False
+    host = match.group("host") or match.group("kwhost")
+    if host != safe_hostname(socket.gethostname() or "localhost"):
+        return False
+    from mailsync.stores.mbox import pid_alive  # (only when a name matches: start-up time)
+
+    return not pid_alive(int(match.group("pid") or match.group("kwpid")))
+
+
 def unique_name(size: int) -> str:
     now = time.time()
     sec = int(now)
@@ -727,7 +752,8 @@ class MaildirFolder(Folder):
         except OSError as e:
             raise MessageError(_write_error(e, tmp_dir))
         self._have_tmp = True
-        tmp = os.path.join(tmp_dir, f"{KEYWORDS_FILE}.{os.getpid()}")
+        host = safe_hostname(socket.gethostname() or "localhost")
+        tmp = os.path.join(tmp_dir, f"{KEYWORDS_FILE}.P{os.getpid()}.{host}")  # _dead_writer
         try:
             fd = os.open(
                 tmp,
@@ -948,7 +974,10 @@ class MaildirFolder(Folder):
             raise FolderError(f"{self.name} in {self.store.url} is read-only")
 
     def _clean_tmp(self) -> None:
-        """Remove tmp/ files untouched for 36 hours (left by crashed deliveries)."""
+        """Remove what killed writers left in tmp/: at once, files of mailsync's own
+        whose process is gone (see _dead_writer); others' files once untouched for 36
+        hours, as the Maildir spec says.  A file in tmp/ was never renamed into new/ or
+        cur/, so it is no message yet: nothing is lost."""
         cutoff = time.time() - TMP_MAX_AGE
         try:
             with os.scandir(os.path.join(self.path, "tmp")) as entries:
@@ -957,7 +986,8 @@ class MaildirFolder(Folder):
                         st = entry.stat(follow_symlinks=False)
                         if not stat.S_ISREG(st.st_mode):
                             continue
-                        if max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff:
+                        untouched = max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff
+                        if untouched or _dead_writer(entry.name):
                             os.unlink(entry.path)
                     except OSError:
                         continue

@@ -258,7 +258,8 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (on this machine) still exists; this process always does."""
     if pid == os.getpid():
         return True
     try:
@@ -956,7 +957,7 @@ class MboxFolder(Folder):
             fields = text.split()
             if fields and fields[0].isdigit() and int(fields[0]) > 0:
                 pid = int(fields[0])
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     why = f"process {pid} is gone"
         if why is None:
             return False

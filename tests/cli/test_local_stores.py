@@ -143,3 +143,27 @@ def test_a_pull_into_a_standard_maildir_keeps_its_layout(mailenv):
     assert len(os.listdir(home / ".Lists.python" / "cur")) == 1
     again = run("pull", str(mailenv / "src"), str(home))
     assert again.exit_code == 0 and "copied 0 to local" in again.output
+
+
+def test_a_pull_clears_what_a_killed_run_left_in_tmp(mailenv):
+    import socket
+    import subprocess
+    import sys
+
+    from mailsync.stores.maildir import safe_hostname
+
+    make_maildir(mailenv / "src" / "INBOX", 1)
+    assert run("pull", str(mailenv / "src"), str(mailenv / "out")).exit_code == 0
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host = safe_hostname(socket.gethostname())
+    leftover = mailenv / "out" / "INBOX" / "tmp" / f"1700000000.M1P{dead}Q3.{host},S=40"
+    leftover.write_bytes(MSG)
+    make_maildir(mailenv / "src" / "INBOX", 2)  # something to do
+    result = run("pull", str(mailenv / "src"), str(mailenv / "out"))
+    assert result.exit_code == 0, result.output
+    assert not leftover.exists()

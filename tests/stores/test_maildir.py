@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import mailbox
 import os
+import socket
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -851,6 +854,64 @@ def test_tmp_cleanup(store, monkeypatch):
     monkeypatch.setattr(md.time, "time", lambda: now + 37 * 3600)
     store.open_folder("INBOX")
     assert files(os.path.join(folder.path, "tmp")) == []
+
+
+def gone_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)
+
+
+def test_tmp_leftovers_of_a_dead_mailsync_go_at_once(store):
+    folder = store.open_folder("INBOX", create=True)
+    tmp = os.path.join(folder.path, "tmp")
+    host = md.safe_hostname(socket.gethostname())
+    dead, now = gone_pid(), int(time.time())
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead": f"{now}.M1P{dead}Q1.{host},S=12",
+            "dead keywords": f"dovecot-keywords.P{dead}.{host}",
+            "live": f"{now}.M1P{live.pid}Q1.{host},S=12",
+            "ours": f"{now}.M1P{os.getpid()}Q7.{host},S=12",
+            "other host": f"{now}.M1P{dead}Q1.elsewhere,S=12",
+            "not ours": f"{now}.M1P{dead}.{host}",  # Dovecot's names have no Q
+        }
+        for name in names.values():
+            put(folder.path, "tmp", name, mtime=now)
+        store.open_folder("INBOX")
+        left = set(files(tmp))
+    finally:
+        live.kill()
+        live.wait()
+    assert left == {names[k] for k in ("live", "ours", "other host", "not ours")}
+
+
+KILLED_MID_WRITE = """
+import os, sys
+from mailsync.stores.maildir import MaildirStore
+folder = MaildirStore(sys.argv[1]).open_folder("INBOX", create=True)
+os.rename = lambda *a: os._exit(137)  # killed after the write, before the rename
+folder.append(b"Subject: lost\\n\\nbody\\n", frozenset(), 1_500_000_000)
+folder.flush()
+"""
+
+
+def test_a_run_killed_mid_write_leaves_nothing_after_the_next_open(tmp_path):
+    root = str(tmp_path / "Mail")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, root])
+    assert killed.returncode == 137
+    tmp = os.path.join(root, "INBOX", "tmp")
+    assert len(files(tmp)) == 1 and files(os.path.join(root, "INBOX", "new")) == []
+    MaildirStore(root, read_only=True).open_folder("INBOX")  # a reader removes nothing
+    assert len(files(tmp)) == 1
+    folder = MaildirStore(root).open_folder("INBOX")
+    assert files(tmp) == [] and folder.list() == {}
 
 
 # -- reader races ---------------------------------------------------------------------
