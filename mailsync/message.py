@@ -16,6 +16,11 @@ FLAGGED = "\\Flagged"
 DELETED = "\\Deleted"
 DRAFT = "\\Draft"
 FORWARDED = "$Forwarded"
+#: Not a flag mailsync syncs: in a listing of a folder that marks_recent (Maildir), it
+#: marks the messages no mail reader has seen yet (Maildir's new/), and the engine hands
+#: it to append() of such folders only, so a copy between Maildirs stays in new/ or cur/
+#: as it was.  It is never recorded in the state, compared, or sent to a server.
+RECENT = "\\Recent"
 
 #: The flags every local format can represent (Maildir's D F P R S T).
 STANDARD_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, FORWARDED})
@@ -64,7 +69,7 @@ def normalise_flags(flags) -> frozenset[str]:
             flag = flag.decode("utf-8", "replace")
         if flag.startswith("\\"):
             flag = "\\" + flag[1:].capitalize()
-            if flag == "\\Recent":
+            if flag == RECENT:
                 continue  # session state, never synced
         elif flag.lower() == "$forwarded":
             flag = FORWARDED

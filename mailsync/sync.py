@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MailsyncError, MessageError
-from mailsync.message import Info, arrival_date, fingerprint, header_digest
+from mailsync.message import RECENT, Info, arrival_date, fingerprint, header_digest
 from mailsync.planner import (
     SIDE_NAMES,
     Copy,
@@ -818,11 +818,12 @@ class Syncer:
                     report.errors.append(error)
                     log.error("%s", error)
                     continue
+                flags = copy.flags - {RECENT}  # (see _append_flags)
                 if candidates:
                     dst_key, pair = candidates.pop()
                     if pair is not None and pair.id is not None:
                         self._local.relinked.add(pair.id)
-                    self._link(copy, src, dst, dst_key, pair, target, listings[dst])
+                    self._link(flags, dst, dst_key, target, listings[dst])
                     if pair is not None and copy.pair is not None and pair is not copy.pair:
                         obsolete.append(copy.pair)  # a resurrected message met its tombstone
                     pair = pair or copy.pair or self._new_pair(copy, digest)
@@ -839,8 +840,9 @@ class Syncer:
                 else:
                     # Sources that do not know when a message arrived (POP3): its headers.
                     arrival = copy.arrival or arrival_date(data) or self.clock()
+                    append_flags = self._append_flags(flags, key, source, target, listings[src])
                     try:
-                        dst_key = target.append(data, copy.flags, arrival)
+                        dst_key = target.append(data, append_flags, arrival)
                     except MessageError as error:
                         report.errors.append(str(error))
                         log.error("%s", error)
@@ -865,7 +867,7 @@ class Syncer:
                     )
                 setattr(pair, f"key_{src}", key)
                 setattr(pair, f"key_{dst}", dst_key)
-                pair.flags, pair.hash, pair.ident = copy.flags, digest, header_digest(data)
+                pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
                 paired[src].add(key)
                 paired[dst].add(dst_key)
                 pending.append(pair)
@@ -906,11 +908,26 @@ class Syncer:
                     unreadable.add(listings[dst][key].size)
         return index, unreadable
 
-    def _link(self, copy: Copy, src, dst, dst_key, pair, target: Folder, listing):
+    @staticmethod
+    def _append_flags(flags, key, source: Folder, target: Folder, listing) -> frozenset[str]:
+        """The flags a copy is appended with.  \\Recent (unseen by any mail reader) goes
+        only to folders that mark it (Maildir: new/ or cur/), so it never reaches a
+        server or the state: from a source that marks it too, as that source listed the
+        message (a Maildir's new/ stays new/, its cur/ stays cur/); from any other source
+        always, so such a folder files the copy as it always did (new/ unless it has
+        flags)."""
+        if not target.marks_recent:
+            return flags
+        info = listing.get(key)
+        if not source.marks_recent or (info is not None and RECENT in info.flags):
+            return flags | {RECENT}
+        return flags
+
+    def _link(self, flags, dst, dst_key, target: Folder, listing):
         """Adopt an existing destination message; the source's flags win."""
         now = listing[dst_key].flags if dst_key in listing else frozenset()
-        add = frozenset(f for f in copy.flags - now if target.persists(f))
-        remove = frozenset(f for f in now - copy.flags if target.persists(f))
+        add = frozenset(f for f in flags - now if target.persists(f))
+        remove = frozenset(f for f in now - flags if target.persists(f))
         if add or remove:
             target.set_flags(dst_key, add, remove)
             self._local.written.add(dst)

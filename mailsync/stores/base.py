@@ -43,6 +43,12 @@ class Folder(ABC):
     #: an error of the folder (exit 1), so the folder is not vouched for by a cursor and
     #: is listed again next run.
     problems: Sequence[str] = ()
+    #: True if list() marks with \Recent (message.RECENT) exactly the messages no mail
+    #: reader has seen yet (Maildir: new/), so that a message without it is known to be
+    #: old, and append() files a message given \Recent as unseen that way.  False (most
+    #: stores): a listing's \Recent means nothing, and the engine never gives it to
+    #: append().  \Recent is no flag: persists() is False for it.
+    marks_recent: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:

@@ -59,6 +59,7 @@ from mailsync.message import (
     DRAFT,
     FLAGGED,
     FORWARDED,
+    RECENT,
     SEEN,
     STANDARD_FLAGS,
     Info,
@@ -415,6 +416,9 @@ class LazyInfo(Info):
 
 
 class MaildirFolder(Folder):
+    # new/ holds the messages no mail reader has seen yet; they are listed with \Recent,
+    # and append() puts a message given \Recent without letters there (see append).
+    marks_recent = True
     _cursor: dict | None = None
     _verifiable = False  # _where is a complete picture: list() and our own changes only
 
@@ -510,8 +514,9 @@ class MaildirFolder(Folder):
         keywords = self._kw_letters
         out: dict[str, Info] = {}
         where: dict[str, tuple[str, str]] = {}
-        parsed: dict[str, frozenset[str]] = {"": frozenset()}  # info -> flags; few distinct
         for sub in ("new", "cur"):  # cur last: it wins if a key is in both
+            # info -> flags, few distinct; in new/ with \Recent, as Dovecot reports them
+            parsed: dict[str, frozenset[str]] = {"": frozenset({RECENT} if sub == "new" else ())}
             directory = os.path.join(self.path, sub)
             try:
                 entries = os.scandir(directory)
@@ -537,7 +542,7 @@ class MaildirFolder(Folder):
                         continue
                     flags = parsed.get(info)
                     if flags is None:
-                        flags = parsed[info] = info_flags(info, keywords)
+                        flags = parsed[info] = info_flags(info, keywords) | parsed[""]
                     size = size_in_name(key) if ",S=" in key else None
                     if size is not None and entry.is_file():
                         # No stat: the size is in the name, and the arrival date (the
@@ -812,7 +817,11 @@ class MaildirFolder(Folder):
         # before the writer thread renames it into place.
         letters = "".join(sorted(set(flags_info(flags)) | self._keyword_letters(flags, True)))
         key = unique_name(len(data))
-        if letters:
+        # new/ is for what no mail reader has seen (\Recent, which the engine passes on
+        # from a source Maildir's new/, and for every message from sources that cannot
+        # tell); a message with flags, or without \Recent, was seen: cur/, with an empty
+        # info if need be, so mutt shows old unread mail as old, not as new.
+        if letters or RECENT not in flags:
             sub, filename = "cur", key + INFO_SEP + letters
         else:
             sub, filename = "new", key

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from mailsync.errors import FolderError
+from mailsync.message import FLAGGED, RECENT, SEEN
 from mailsync.planner import Policy
 from mailsync.state import State
 from mailsync.stores import maildir as maildir_module
@@ -353,3 +354,82 @@ def test_store_problems_are_errors_of_the_run(tmp_path):
     assert report.folders[0].copied_a_to_b == 1
     assert report.failed and len(report.errors) == 1
     assert "is a Maildir inside an mbox tree" in report.errors[0]
+
+
+# -- cur/ and new/ between Maildirs ------------------------------------------------------------
+
+
+def put(path, sub: str, filename: str, body: bytes) -> None:
+    with open(os.path.join(path, sub, filename), "wb") as f:
+        f.write(body)
+
+
+def placement(root, folder="INBOX") -> dict[bytes, str]:
+    """Body -> "new/" or "cur/:2,INFO" of each message of a verbatim folder."""
+    out = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(root, folder, sub)):
+            with open(os.path.join(root, folder, sub, name), "rb") as f:
+                body = f.read()
+            out[body] = f"{sub}/" + (name[name.index(":2,") :] if ":2," in name else "")
+    return out
+
+
+def body(n: int) -> bytes:
+    return b"From: a@example.org\nSubject: %d\n\nbody %d\n" % (n, n)
+
+
+def seed_cur_and_new(src) -> None:
+    make_maildir(src / "INBOX")
+    put(src / "INBOX", "new", "1.M1P1.host", body(1))  # no reader has seen it
+    put(src / "INBOX", "cur", "2.M1P1.host:2,", body(2))  # seen by mutt, not read
+    put(src / "INBOX", "cur", "3.M1P1.host:2,S", body(3))  # read
+    put(src / "INBOX", "cur", "4.M1P1.host", body(4))  # cur/ without an info
+
+
+def test_a_copy_between_maildirs_keeps_new_and_cur(tmp_path):
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state.db"
+    seed_cur_and_new(src)
+    report = pull(f"maildir:{src}", f"maildir:{dst}", state)
+    assert not report.failed and report.folders[0].copied_a_to_b == 4
+    assert placement(dst) == {
+        body(1): "new/",
+        body(2): "cur/:2,",
+        body(3): "cur/:2,S",
+        body(4): "cur/:2,",
+    }
+    # mutt opens the source: new/ -> cur/.  No flag change anywhere, nothing recorded.
+    os.rename(src / "INBOX" / "new" / "1.M1P1.host", src / "INBOX" / "cur" / "1.M1P1.host:2,")
+    again = pull(f"maildir:{src}", f"maildir:{dst}", state)
+    assert again.folders[0].flags_a + again.folders[0].flags_b == 0
+    assert placement(dst)[body(1)] == "new/"  # the backup's own reader has not seen it
+    with State(str(state)) as db:
+        for folder in db.folders():
+            assert all(RECENT not in pair.flags for pair in db.pairs(folder.id))
+
+
+def test_recent_reaches_only_folders_that_mark_it(tmp_path):
+    """From a Maildir to mbox and to a memory store (which keeps any flag it is given):
+    no \\Recent; from a store that cannot tell (memory, like IMAP) to a Maildir: new/
+    for unseen mail without flags, as before."""
+    src = tmp_path / "src"
+    seed_cur_and_new(src)
+    memory = open_store(f"memory:recent-target-{tmp_path.name}")
+    with State(str(tmp_path / "s1.db")) as db:
+        Syncer(open_store(f"maildir:{src}", read_only=True), memory, db, PULL).run()
+    inbox = memory.open_folder("INBOX")
+    assert len(inbox.messages) == 4
+    assert all(RECENT not in flags for _, flags, _ in inbox.messages.values())
+
+    source = open_store(f"memory:recent-source-{tmp_path.name}")
+    box = source.open_folder("INBOX", create=True)
+    box.add(body(5))
+    box.add(body(6), flags={SEEN})
+    box.add(body(7), flags={FLAGGED})
+    with State(str(tmp_path / "s2.db")) as db:
+        Syncer(source, open_store(f"maildir:{tmp_path / 'dst'}"), db, PULL).run()
+    assert placement(tmp_path / "dst") == {
+        body(5): "new/",
+        body(6): "cur/:2,S",
+        body(7): "cur/:2,F",
+    }
