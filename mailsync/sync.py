@@ -23,7 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MailsyncError, MessageError
-from mailsync.message import RECENT, Info, arrival_date, fingerprint, header_digest
+from mailsync.message import (
+    RECENT,
+    Info,
+    arrival_date,
+    fingerprint,
+    header_digest,
+    tolerant_fingerprint,
+)
 from mailsync.planner import (
     SIDE_NAMES,
     Copy,
@@ -801,15 +808,14 @@ class Syncer:
                     continue
                 digest = fingerprint(data)
                 if index is None:
-                    index, unreadable = self._match_index(
+                    index, loose, unreadable = self._match_index(
                         pairs, src, dst, target, listings, paired[dst]
                     )
-                candidates = index.get(digest)
-                if (
-                    not candidates
-                    and unreadable
-                    and unreadable & {len(data), len(data) + data.count(b"\n")}
-                ):
+                # The exact copy first; then one the destination stored normalised.
+                match = _unused(index.get(digest), paired[dst])
+                if match is None and loose:
+                    match = _unused(loose.get(tolerant_fingerprint(data)), paired[dst])
+                if match is None and unreadable and unreadable & _stored_sizes(data):
                     error = (
                         f"{fstate.name_a}: cannot tell whether message {key} is already on the "
                         f"{SIDE_NAMES[dst]} side: a message of its size there is unreadable; "
@@ -819,8 +825,8 @@ class Syncer:
                     log.error("%s", error)
                     continue
                 flags = copy.flags - {RECENT}  # (see _append_flags)
-                if candidates:
-                    dst_key, pair = candidates.pop()
+                if match is not None:
+                    dst_key, pair = match
                     if pair is not None and pair.id is not None:
                         self._local.relinked.add(pair.id)
                     self._link(flags, dst, dst_key, target, listings[dst])
@@ -885,8 +891,11 @@ class Syncer:
         """Destination messages a copy may turn out to be, by content hash: unknown ones
         (an interrupted copy, a first sync of two full folders) and known ones whose
         source message is gone (a tombstone, or a message that vanished and came back).
-        Also returns the sizes of unknown destination messages that could not be read."""
+        Also, for a destination that normalises, the unknown ones by
+        message.tolerant_fingerprint() (a copy it stored changed), and the sizes of
+        unknown ones that could not be read."""
         index: dict[str, list] = {}
+        loose: dict[str, list] = {}
         known = set()
         for pair in pairs:
             key = pair.key(dst)
@@ -899,14 +908,15 @@ class Syncer:
                 index.setdefault(pair.hash, []).append((key, pair))
         unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
         unreadable: set[int] = set()
-        if unknown:
-            prints = target.fingerprints(unknown)
-            for key in unknown:
-                if key in prints:
-                    index.setdefault(prints[key], []).append((key, None))
-                else:
-                    unreadable.add(listings[dst][key].size)
-        return index, unreadable
+        for key, data in target.fetch_many(unknown) if unknown else ():  # one read each
+            if isinstance(data, MessageError):
+                unreadable.add(listings[dst][key].size)
+                continue
+            index.setdefault(fingerprint(data), []).append((key, None))
+            if target.normalises:
+                loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
+            del data  # not kept alive while the next (maybe 50 MB) body is read
+        return index, loose, unreadable
 
     @staticmethod
     def _append_flags(flags, key, source: Folder, target: Folder, listing) -> frozenset[str]:
@@ -1009,6 +1019,23 @@ class Syncer:
             "(SELECT folder_id FROM pairs WHERE id = ?)",
             (action.key, removed, action.pair.id, action.pair.id),
         )
+
+
+def _unused(candidates: list | None, used: set[str]):
+    """The last (destination key, pair) of `candidates` whose key no copy took yet (a
+    message is in both match indexes), taken out of the list; None if there is none."""
+    while candidates:
+        candidate = candidates.pop()
+        if candidate[0] not in used:
+            return candidate
+    return None
+
+
+def _stored_sizes(data: bytes) -> set[int]:
+    """The sizes a destination may list `data` with: LF or CRLF (IMAP), and with the one
+    final line end a store may add (see message.tolerant_fingerprint)."""
+    lf, crlf = len(data), len(data) + data.count(b"\n")
+    return {lf, lf + 1, crlf, crlf + 2}
 
 
 class _Relist(Exception):

@@ -4,7 +4,9 @@ The engine sees two Folders and a state; it knows no protocol.  Contract, for ev
 store (tests/stores/test_contract.py runs the same suite against each):
 
 * Message bodies are bytes with LF line endings.  ``fetch`` returns exactly the bytes
-  ``append`` was given (after CRLF -> LF).  Bodies never change; only flags do.
+  ``append`` was given (after CRLF -> LF), except in a folder that ``normalises``, whose
+  copy may differ as far as message.tolerant_fingerprint() allows (mbox gives a message
+  without a final newline one).  Bodies never change; only flags do.
 * A key names one message within one folder for as long as ``validity`` is unchanged.
   It survives flag changes (a Maildir file renamed by a mail reader keeps its key).
 * ``append``, ``set_flags`` and ``delete`` may be buffered; after ``flush`` returns
@@ -49,6 +51,12 @@ class Folder(ABC):
     #: stores): a listing's \Recent means nothing, and the engine never gives it to
     #: append().  \Recent is no flag: persists() is False for it.
     marks_recent: bool = False
+    #: True if the folder may keep a message with other bytes than append() was given
+    #: (beyond CRLF -> LF), within what message.tolerant_fingerprint() ignores: mbox
+    #: ends a message with a newline.  The engine then recognises a copy it did not
+    #: record (a run killed before its state commit) by that digest too, after the exact
+    #: fingerprint found nothing; in other folders only the exact fingerprint counts.
+    normalises: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:

@@ -15,12 +15,15 @@ on, and its listing reports the bytes before it as a problem (exit 1) until the 
 fixed; rewrites keep them.  A Maildir, an unreadable directory or a mail file with an
 unusable name inside the tree is a problem of the store: nothing is left out silently.
 
-Format (mboxrd, byte-exact and reversible): a message is written as ``From SENDER
-ASCTIME\\n``, the body with every line matching ``^>*From `` given one more ``>``, then
-one ``\\n``.  Reading splits at lines starting with ``From ``, strips that one ``\\n``
-from each chunk and takes one ``>`` off every ``^>+From `` line.  Files whose lines end
-in CRLF are read as LF.  The one message LF framing cannot carry, one whose every line
-ends in CR CR LF (so still in CR after CRLF -> LF), is written framed in CRLF instead.
+Format (mboxrd, reversible): a message is written as ``From SENDER ASCTIME\\n``, the
+body with every line matching ``^>*From `` given one more ``>``, then one ``\\n``.  The
+one change to a body: a message that does not end in a newline gets one (stored_form),
+so a blank line always comes before the next From_ line, as mboxrd readers (GNU
+mailutils) need; every other byte reads back as it was given.  Reading splits at lines
+starting with ``From ``, strips that one ``\\n`` from each chunk and takes one ``>`` off
+every ``^>+From `` line.  Files whose lines end in CRLF are read as LF.  The one message
+LF framing cannot carry, one whose every line ends in CR CR LF (so still in CR after
+CRLF -> LF), is written framed in CRLF instead.
 
 Keys are content hashes: the first message with body hash ``h`` is ``h``, further
 identical copies are ``h.1``, ``h.2``... in file order, so keys survive rewrites.  mbox
@@ -137,6 +140,14 @@ def from_line(body: bytes, arrival: float) -> tuple[bytes, int]:
     seconds = _clamp_time(arrival)
     stamp = time.asctime(time.gmtime(seconds)).encode("ascii")
     return b"From " + _sender(body) + b" " + stamp + b"\n", seconds
+
+
+def stored_form(body: bytes) -> bytes:
+    """The body as an mbox keeps it: a message that does not end in a newline gets one,
+    so that a blank line always comes before the next From_ line (mboxrd readers such as
+    GNU mailutils do not see a From_ line that follows text directly).  The engine knows
+    a copy changed this way again by message.tolerant_fingerprint()."""
+    return body + b"\n" if body and not body.endswith(b"\n") else body
 
 
 def format_message(body: bytes, arrival: float) -> tuple[bytes, int, bool]:
@@ -407,6 +418,7 @@ def _entry(start, body_at, end, crlf, body, arrival) -> _Entry:
 
 
 class MboxFolder(Folder):
+    normalises = True  # a message without a final newline gets one (stored_form)
     #: Seconds to wait for another program's lock before giving up (tests shrink it).
     LOCK_TIMEOUT = 10.0
     #: A dotlock older than this is left over from a crash and is removed.
@@ -509,7 +521,7 @@ class MboxFolder(Folder):
 
     def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
         self._writable()
-        body = to_lf(bytes(data))
+        body = stored_form(to_lf(bytes(data)))
         fd = self._begin()
         if self._torn:
             raise FolderError(f"could not undo a failed append to {self.path}; rerun to repair it")
