@@ -25,6 +25,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
 )
+from mailsync.message import tolerant_fingerprint
 from mailsync.planner import Policy
 from mailsync.state import State, default_state_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, open_store, split_url
@@ -656,12 +657,13 @@ def verify(obj, args, folder_patterns, as_json):
         dest_folders = set(dst.list_folders())
         for name in select_folders(src.list_folders(), patterns):
             src_folder = src.open_folder(name)
-            have = Counter(src_folder.fingerprints(src_folder.list()).values())
+            dst_folder = dst.open_folder(name) if name in dest_folders else None
+            tolerant = dst_folder is not None and dst_folder.normalises
+            have = _digests(src_folder, tolerant)
             src_folder.close()
             got: Counter = Counter()
-            if name in dest_folders:
-                dst_folder = dst.open_folder(name)
-                got = Counter(dst_folder.fingerprints(dst_folder.list()).values())
+            if dst_folder is not None:
+                got = _digests(dst_folder, tolerant)
                 dst_folder.close()
             missing = sum((have - got).values())
             missing_total += missing
@@ -681,6 +683,20 @@ def verify(obj, args, folder_patterns, as_json):
                 "run pull (or sync) again"
             )
     sys.exit(code)
+
+
+def _digests(folder, tolerant: bool) -> Counter:
+    """The content digests of a folder's messages; with `tolerant`, blind to what a
+    destination that normalises changed (message.tolerant_fingerprint), as the sync's
+    own matching is."""
+    keys = list(folder.list())
+    if not tolerant:
+        return Counter(folder.fingerprints(keys).values())
+    return Counter(
+        tolerant_fingerprint(data)
+        for _, data in folder.fetch_many(keys)
+        if not isinstance(data, MailsyncError)
+    )
 
 
 def main() -> None:

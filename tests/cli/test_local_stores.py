@@ -167,3 +167,13 @@ def test_a_pull_clears_what_a_killed_run_left_in_tmp(mailenv):
     result = run("pull", str(mailenv / "src"), str(mailenv / "out"))
     assert result.exit_code == 0, result.output
     assert not leftover.exists()
+
+
+def test_verify_knows_mbox_copies_that_gained_a_final_newline(mailenv):
+    src = mailenv / "src" / "INBOX"
+    make_maildir(src, 2)
+    (src / "cur" / "7.M7P1.host:2,S").write_bytes(b"Subject: bare\n\nno final newline")
+    assert run("pull", str(mailenv / "src"), f"mbox:{mailenv / 'out'}").exit_code == 0
+    result = run("verify", str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["INBOX: 3 messages, ok"]
