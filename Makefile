@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 # Dovecot for the tests' private servers (tests/servers/dovecot.py).
 DOVECOT_PKGS := dovecot-imapd dovecot-pop3d
 
-.PHONY: all test lint man demo bench bench-deps clean dovecot venv-deps
+.PHONY: all test lint man demo bench bench-deps clean dovecot readers venv-deps
 
 all: test
 
@@ -60,7 +60,27 @@ dovecot:
 	    --shell /usr/sbin/nologin mailsynctest; \
 	fi
 
-test: $(STAMP) dovecot
+# Mail readers the tests check mailsync's files with (tests/readers/): GNU mailutils
+# (frm, messages) and notmuch; no MTA comes with them (--no-install-recommends).
+readers:
+	@missing=""; \
+	{ command -v frm >/dev/null 2>&1 && command -v messages >/dev/null 2>&1; } \
+	  || missing="$$missing mailutils"; \
+	command -v notmuch >/dev/null 2>&1 || missing="$$missing notmuch"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "mail readers missing and this is not root: their tests will be skipped" \
+	         "(sudo apt-get install --no-install-recommends$$missing)" >&2; \
+	  else \
+	    echo "installing$$missing for the tests"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	      $$missing >/dev/null || exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) dovecot readers
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
