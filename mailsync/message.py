@@ -69,13 +69,14 @@ def tolerant_fingerprint(data: bytes) -> str:
     The engine uses it only as a second match, after fingerprint() found nothing, only
     in destination folders that say they normalise (Folder.normalises), and only against
     their messages no pair knows (what an interrupted copy left, or a destination a new
-    state adopts): a copy the store changed is then recognised, not copied again.  It cannot lose a
-    message: each destination message is matched to at most one source message, and only
-    to one whose content is the same up to these trailing line ends, so every source
-    message still has its own copy, with the bytes the destination would have stored
-    anyway.  What it may join is two messages differing only there: they stay two
-    messages on both sides.  Whoever widens it (servers that rewrite 8-bit headers, say)
-    must keep both properties and say so here.
+    state adopts): a copy the store changed is then recognised, not copied again.
+
+    It cannot lose a message: each destination message is matched to at most one source
+    message, and only to one whose content is the same up to these trailing line ends,
+    so every source message still has its own copy, with the bytes the destination
+    would have stored anyway.  What it may join is two messages differing only there:
+    they stay two messages on both sides.  Whoever widens it (servers that rewrite
+    8-bit headers, say) must keep both properties and say so here.
     """
     return hashlib.sha256(to_lf(data).rstrip(b"\r\n")).hexdigest()
 
