@@ -205,9 +205,7 @@ class Syncer:
         report = Report()
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
         for side in ("a", "b"):  # parts of a tree that hold mail but are no folder
-            for problem in self.stores[side].problems:
-                report.errors.append(problem)
-                log.error("%s", problem)
+            self._report_problems(side, self.stores[side].problems, report.errors)
         self._renamed: dict[str, str] = {}  # remote name -> local name, for renamed folders
         folder_ids = getattr(self.stores["a"], "folder_ids", None)
         self._ids: dict[str, str] = folder_ids() if callable(folder_ids) else {}
@@ -407,11 +405,21 @@ class Syncer:
             report.skipped += len(skipped)
             for note in skipped:
                 log.warning("%s: %s", fstate.name_a, note)
-            # An error, so the run is not clean: no cursor vouches for the folder and the
-            # next run lists (and reports) it again.
-            for problem in folder.problems:
-                report.errors.append(problem)
+            self._report_problems(side, folder.problems, report.errors)
+
+    def _report_problems(self, side: str, problems, errors: list[str]) -> None:
+        """What a side's listing found but could not read.  On a side the run copies
+        from, it is mail not synced: an error (exit 1), so the run is not clean, no
+        cursor vouches for the folder, and the next run reports it again.  On a side the
+        run only writes to (the destination of a pull), nothing is missing from the copy:
+        a warning."""
+        copied_from = self.policy.writes(other(side))
+        for problem in problems:
+            if copied_from:
+                errors.append(problem)
                 log.error("%s", problem)
+            else:
+                log.warning("%s", problem)
 
     def _list_folder(self, side, folder: Folder, fstate: FolderState, pairs, cursor):
         if cursor and folder.unchanged(cursor):

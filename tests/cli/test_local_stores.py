@@ -177,3 +177,23 @@ def test_verify_knows_mbox_copies_that_gained_a_final_newline(mailenv):
     result = run("verify", str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == ["INBOX: 3 messages, ok"]
+
+
+def test_what_a_destination_cannot_read_is_a_warning_and_a_source_an_error(mailenv):
+    """Mail a pull's destination holds but cannot read is nothing missing from the
+    copy: a warning, exit 0.  The same tree as the source of a run: exit 1."""
+    make_maildir(mailenv / "src" / "INBOX", 1)
+    tree = mailenv / "mbox"
+    make_maildir(tree / "lists" / "python", 1)  # a Maildir inside an mbox tree
+    (tree / "INBOX").write_bytes(  # text before the first From_ line
+        b"a note\n\nFrom MAILER-DAEMON Sun Sep  9 01:46:40 2001\n" + MSG + b"\n"
+    )
+    pulled = run("pull", str(mailenv / "src"), f"mbox:{tree}")
+    assert pulled.exit_code == 0, pulled.output
+    assert "is a Maildir inside an mbox tree" in pulled.output
+    assert 'INBOX does not start with a "From " line' in pulled.output
+    assert "INBOX: copied 1 to local" in pulled.output
+    pushed = run("push", f"mbox:{tree}", str(mailenv / "back"))
+    assert pushed.exit_code == 1
+    assert "is a Maildir inside an mbox tree" in pushed.output
+    assert 'INBOX does not start with a "From " line' in pushed.output
