@@ -17,7 +17,7 @@ store (tests/stores/test_contract.py runs the same suite against each):
   FolderError for the folder, StoreError/ConnectError for the whole store.
 * Nothing that looks like mail is left out silently: what a listing cannot read goes
   into ``problems`` (of the folder, or of the store for parts of a tree that are no
-  folder), and the engine reports each one as an error (exit 1).
+  folder), and the engine reports each one (Syncer._report_problems).
 * Folder names have at most MAX_FOLDER_DEPTH parts: deeper folders are not listed (a
   store problem) and cannot be created (FolderError).
 """
@@ -41,9 +41,9 @@ class Folder(ABC):
     validity: str = ""
     read_only: bool = False
     #: What the last list() found in the folder that looks like mail but cannot be read
-    #: (one sentence each, naming the file and what to do).  The engine makes each one
-    #: an error of the folder (exit 1), so the folder is not vouched for by a cursor and
-    #: is listed again next run.
+    #: (one sentence each, naming the file and what to do).  On a side a run copies
+    #: from, the engine makes each one an error of the folder (exit 1), so the folder is
+    #: not vouched for by a cursor and is listed again next run; elsewhere a warning.
     problems: Sequence[str] = ()
     #: True if list() marks with \Recent (message.RECENT) exactly the messages no mail
     #: reader has seen yet (Maildir: new/), so that a message without it is known to be
@@ -159,7 +159,7 @@ class Store(ABC):
     #: What the last list_folders() found that looks like mail but is no folder it can
     #: list (an unreadable directory, a name no folder can have, nesting deeper than
     #: MAX_FOLDER_DEPTH), one sentence each.  The engine reports each one as an error
-    #: of the run (exit 1).
+    #: of the run (exit 1) on a side the run copies from, elsewhere as a warning.
     problems: Sequence[str] = ()
 
     @abstractmethod
