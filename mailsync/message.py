@@ -16,6 +16,11 @@ FLAGGED = "\\Flagged"
 DELETED = "\\Deleted"
 DRAFT = "\\Draft"
 FORWARDED = "$Forwarded"
+#: Not a flag mailsync syncs: in a listing of a folder that marks_recent (Maildir), it
+#: marks the messages no mail reader has seen yet (Maildir's new/), and the engine hands
+#: it to append() of such folders only, so a copy between Maildirs stays in new/ or cur/
+#: as it was.  It is never recorded in the state, compared, or sent to a server.
+RECENT = "\\Recent"
 
 #: The flags every local format can represent (Maildir's D F P R S T).
 STANDARD_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, FORWARDED})
@@ -56,6 +61,26 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(to_lf(data)).hexdigest()
 
 
+def tolerant_fingerprint(data: bytes) -> str:
+    """fingerprint() blind to what destination stores change when they store a message:
+    for now, the line ends at its very end (CR and LF, any number; an mbox gives a
+    message without a final newline one, an IMAP server may add a final CRLF).
+
+    The engine uses it only as a second match, after fingerprint() found nothing, only
+    in destination folders that say they normalise (Folder.normalises), and only against
+    their messages no pair knows (what an interrupted copy left, or a destination a new
+    state adopts): a copy the store changed is then recognised, not copied again.
+
+    It cannot lose a message: each destination message is matched to at most one source
+    message, and only to one whose content is the same up to these trailing line ends,
+    so every source message still has its own copy, with the bytes the destination
+    would have stored anyway.  What it may join is two messages differing only there:
+    they stay two messages on both sides.  Whoever widens it (servers that rewrite
+    8-bit headers, say) must keep both properties and say so here.
+    """
+    return hashlib.sha256(to_lf(data).rstrip(b"\r\n")).hexdigest()
+
+
 def normalise_flags(flags) -> frozenset[str]:
     """Canonical spelling: system flags capitalised (\\seen -> \\Seen), keywords as given."""
     out = set()
@@ -64,7 +89,7 @@ def normalise_flags(flags) -> frozenset[str]:
             flag = flag.decode("utf-8", "replace")
         if flag.startswith("\\"):
             flag = "\\" + flag[1:].capitalize()
-            if flag == "\\Recent":
+            if flag == RECENT:
                 continue  # session state, never synced
         elif flag.lower() == "$forwarded":
             flag = FORWARDED

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError
 from mailsync.message import (
+    RECENT,
     Info,
     arrival_date,
     fingerprint,
     header_digest,
     summary,
     summary_line,
+    tolerant_fingerprint,
 )
 from mailsync.planner import (
     SIDE_NAMES,
@@ -241,6 +243,8 @@ class Syncer:
         report = Report()
         started = time.time()
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
+        for side in ("a", "b"):  # parts of a tree that hold mail but are no folder
+            self._report_problems(side, self.stores[side].problems, report.errors)
         self._renamed: dict[str, str] = {}  # remote name -> local name, for renamed folders
         folder_ids = getattr(self.stores["a"], "folder_ids", None)
         self._ids: dict[str, str] = folder_ids() if callable(folder_ids) else {}
@@ -474,6 +478,21 @@ class Syncer:
             report.skipped += len(skipped)
             for note in skipped:
                 log.warning("%s: %s", fstate.name_a, note)
+            self._report_problems(side, folder.problems, report.errors)
+
+    def _report_problems(self, side: str, problems, errors: list[str]) -> None:
+        """What a side's listing found but could not read.  On a side the run copies
+        from, it is mail not synced: an error (exit 1), so the run is not clean, no
+        cursor vouches for the folder, and the next run reports it again.  On a side the
+        run only writes to (the destination of a pull), nothing is missing from the copy:
+        a warning."""
+        copied_from = self.policy.writes(other(side))
+        for problem in problems:
+            if copied_from:
+                errors.append(problem)
+                log.error("%s", problem)
+            else:
+                log.warning("%s", problem)
 
     def _list_folder(self, side, folder: Folder, fstate: FolderState, pairs, cursor):
         if cursor and folder.unchanged(cursor):
@@ -900,15 +919,14 @@ class Syncer:
                     continue
                 digest = fingerprint(data)
                 if index is None:
-                    index, unreadable = self._match_index(
+                    index, loose, unreadable = self._match_index(
                         pairs, src, dst, target, listings, paired[dst]
                     )
-                candidates = index.get(digest)
-                if (
-                    not candidates
-                    and unreadable
-                    and unreadable & {len(data), len(data) + data.count(b"\n")}
-                ):
+                # The exact copy first; then one the destination stored normalised.
+                match = _unused(index.get(digest), paired[dst])
+                if match is None and loose:
+                    match = _unused(loose.get(tolerant_fingerprint(data)), paired[dst])
+                if match is None and unreadable and unreadable & _stored_sizes(data):
                     error = (
                         f"{fstate.name_a}: cannot tell whether message {key} is already on the "
                         f"{SIDE_NAMES[dst]} side: a message of its size there is unreadable; "
@@ -917,11 +935,12 @@ class Syncer:
                     report.errors.append(error)
                     log.error("%s", error)
                     continue
-                if candidates:
-                    dst_key, pair = candidates.pop()
+                flags = copy.flags - {RECENT}  # (see _append_flags)
+                if match is not None:
+                    dst_key, pair = match
                     if pair is not None and pair.id is not None:
                         self._local.relinked.add(pair.id)
-                    self._link(copy, src, dst, dst_key, pair, target, listings[dst])
+                    self._link(flags, dst, dst_key, target, listings[dst])
                     if pair is not None and copy.pair is not None and pair is not copy.pair:
                         obsolete.append(copy.pair)  # a resurrected message met its tombstone
                     pair = pair or copy.pair or self._new_pair(copy, digest)
@@ -938,8 +957,9 @@ class Syncer:
                 else:
                     # Sources that do not know when a message arrived (POP3): its headers.
                     arrival = copy.arrival or arrival_date(data) or self.clock()
+                    append_flags = self._append_flags(flags, key, source, target, listings[src])
                     try:
-                        dst_key = target.append(data, copy.flags, arrival)
+                        dst_key = target.append(data, append_flags, arrival)
                     except RefusedError as error:
                         self._refused(fstate, src, key, digest, data, error, report)
                         continue
@@ -967,7 +987,7 @@ class Syncer:
                     )
                 setattr(pair, f"key_{src}", key)
                 setattr(pair, f"key_{dst}", dst_key)
-                pair.flags, pair.hash, pair.ident = copy.flags, digest, header_digest(data)
+                pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
                 if key in self._local.refused[src]:
                     accepted.append(key)
                 paired[src].add(key)
@@ -1007,8 +1027,11 @@ class Syncer:
         """Destination messages a copy may turn out to be, by content hash: unknown ones
         (an interrupted copy, a first sync of two full folders) and known ones whose
         source message is gone (a tombstone, or a message that vanished and came back).
-        Also returns the sizes of unknown destination messages that could not be read."""
+        Also, for a destination that normalises, the unknown ones by
+        message.tolerant_fingerprint() (a copy it stored changed), and the sizes of
+        unknown ones that could not be read."""
         index: dict[str, list] = {}
+        loose: dict[str, list] = {}
         known = set()
         for pair in pairs:
             key = pair.key(dst)
@@ -1021,20 +1044,36 @@ class Syncer:
                 index.setdefault(pair.hash, []).append((key, pair))
         unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
         unreadable: set[int] = set()
-        if unknown:
-            prints = target.fingerprints(unknown)
-            for key in unknown:
-                if key in prints:
-                    index.setdefault(prints[key], []).append((key, None))
-                else:
-                    unreadable.add(listings[dst][key].size)
-        return index, unreadable
+        for key, data in target.fetch_many(unknown) if unknown else ():  # one read each
+            if isinstance(data, MessageError):
+                unreadable.add(listings[dst][key].size)
+                continue
+            index.setdefault(fingerprint(data), []).append((key, None))
+            if target.normalises:
+                loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
+            del data  # not kept alive while the next (maybe 50 MB) body is read
+        return index, loose, unreadable
 
-    def _link(self, copy: Copy, src, dst, dst_key, pair, target: Folder, listing):
+    @staticmethod
+    def _append_flags(flags, key, source: Folder, target: Folder, listing) -> frozenset[str]:
+        """The flags a copy is appended with.  \\Recent (unseen by any mail reader) goes
+        only to folders that mark it (Maildir: new/ or cur/), so it never reaches a
+        server or the state: from a source that marks it too, as that source listed the
+        message (a Maildir's new/ stays new/, its cur/ stays cur/); from any other source
+        always, so such a folder files the copy as it always did (new/ unless it has
+        flags)."""
+        if not target.marks_recent:
+            return flags
+        info = listing.get(key)
+        if not source.marks_recent or (info is not None and RECENT in info.flags):
+            return flags | {RECENT}
+        return flags
+
+    def _link(self, flags, dst, dst_key, target: Folder, listing):
         """Adopt an existing destination message; the source's flags win."""
         now = listing[dst_key].flags if dst_key in listing else frozenset()
-        add = frozenset(f for f in copy.flags - now if target.persists(f))
-        remove = frozenset(f for f in now - copy.flags if target.persists(f))
+        add = frozenset(f for f in flags - now if target.persists(f))
+        remove = frozenset(f for f in now - flags if target.persists(f))
         if add or remove:
             target.set_flags(dst_key, add, remove)
             self._local.written.add(dst)
@@ -1116,6 +1155,23 @@ class Syncer:
             "(SELECT folder_id FROM pairs WHERE id = ?)",
             (action.key, removed, action.pair.id, action.pair.id),
         )
+
+
+def _unused(candidates: list | None, used: set[str]):
+    """The last (destination key, pair) of `candidates` whose key no copy took yet (a
+    message is in both match indexes), taken out of the list; None if there is none."""
+    while candidates:
+        candidate = candidates.pop()
+        if candidate[0] not in used:
+            return candidate
+    return None
+
+
+def _stored_sizes(data: bytes) -> set[int]:
+    """The sizes a destination may list `data` with: LF or CRLF (IMAP), and with the one
+    final line end a store may add (see message.tolerant_fingerprint)."""
+    lf, crlf = len(data), len(data) + data.count(b"\n")
+    return {lf, lf + 1, crlf, crlf + 2}
 
 
 class _Relist(Exception):

@@ -1,7 +1,9 @@
 """verify: is every message of SOURCE in DEST?
 
-Messages are compared by content (message.fingerprint), as many times as they occur:
-two identical messages in the source need two in the destination.  Flags are not
+Messages are compared by content (message.fingerprint; against a destination that
+normalises what it stores, such as mbox, by message.tolerant_fingerprint, as the sync's
+own matching is), as many times as they occur: two identical messages in the source need
+two in the destination.  Flags are not
 compared.  A folder maps to the destination folder of the same name, or as the channel's
 folder map says (folder = "POP/provider" for INBOX), as the sync maps it.  The result
 names each missing message (date, sender, subject, Message-ID), a source folder that is
@@ -15,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import summary
+from mailsync.message import summary, tolerant_fingerprint
 from mailsync.stores.base import Folder, Store
 from mailsync.sync import pattern_warnings, select_folders
 
@@ -80,15 +82,17 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
     try:
         keys = list(src.list())
         check.messages = len(keys)
-        prints = src.fingerprints(keys)
-        check.unreadable = len(keys) - len(prints)
-        have = Counter(prints.values())
-        got: Counter = Counter()
-        if check.on_destination:
-            dst = dest.open_folder(check.dest_folder)
-            try:
-                got = Counter(dst.fingerprints(list(dst.list())).values())
-            finally:
+        dst = dest.open_folder(check.dest_folder) if check.on_destination else None
+        try:
+            tolerant = dst is not None and dst.normalises
+            prints = _digests(src, keys, tolerant)
+            check.unreadable = len(keys) - len(prints)
+            have = Counter(prints.values())
+            got: Counter = Counter()
+            if dst is not None:
+                got = Counter(_digests(dst, list(dst.list()), tolerant).values())
+        finally:
+            if dst is not None:
                 dst.close()
         short = have - got  # digest -> how many copies the destination lacks
         for key in keys:
@@ -98,6 +102,18 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
                 check.missing.append({"folder": check.folder, "key": key, **_summary(src, key)})
     finally:
         src.close()
+
+
+def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, str]:
+    """key -> content digest of each readable message; with `tolerant`, blind to what a
+    destination that normalises changed (message.tolerant_fingerprint)."""
+    if not tolerant:
+        return folder.fingerprints(keys)
+    return {
+        key: tolerant_fingerprint(data)
+        for key, data in folder.fetch_many(keys)
+        if not isinstance(data, MessageError)
+    }
 
 
 def _summary(folder: Folder, key: str) -> dict:

@@ -124,7 +124,7 @@ def open_store(url: str, options: dict | None = None, read_only: bool = False) -
     if scheme == "maildir":
         from mailsync.stores.maildir import MaildirStore
 
-        layout = opts.pop("layout", "verbatim")
+        layout = opts.pop("layout", None)  # None: the tree's own
         _no_unknown(url, opts)
         return MaildirStore(os.path.expanduser(path), layout=layout, read_only=read_only)
     if scheme == "mbox":
