@@ -25,7 +25,7 @@ TEST_SERVER_DEPS := sasl2-bin libsasl2-2 libsasl2-modules libsasl2-modules-db \
 	libcourier-unicode4 libgamin0 libgdbm6 libidn12 libltdl7 libgnutls30 libpam0g \
 	libcrypt1 perl openssl
 
-.PHONY: all test lint man demo bench bench-deps clean dovecot test-servers venv-deps
+.PHONY: all test lint man demo bench bench-deps clean dovecot readers test-servers venv-deps
 
 all: test
 
@@ -98,7 +98,27 @@ test-servers:
 	  done && touch ../.unpacked; \
 	fi
 
-test: $(STAMP) dovecot test-servers
+# Mail readers the tests check mailsync's files with (tests/readers/): GNU mailutils
+# (frm, messages) and notmuch; no MTA comes with them (--no-install-recommends).
+readers:
+	@missing=""; \
+	{ command -v frm >/dev/null 2>&1 && command -v messages >/dev/null 2>&1; } \
+	  || missing="$$missing mailutils"; \
+	command -v notmuch >/dev/null 2>&1 || missing="$$missing notmuch"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "mail readers missing and this is not root: their tests will be skipped" \
+	         "(sudo apt-get install --no-install-recommends$$missing)" >&2; \
+	  else \
+	    echo "installing$$missing for the tests"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	      $$missing >/dev/null || exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) dovecot test-servers readers
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import click
@@ -25,10 +24,12 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
 )
+from mailsync.message import summary_line
 from mailsync.planner import Policy
 from mailsync.state import State, default_state_dir, state_file_name
-from mailsync.stores import NETWORK_SCHEMES, canonical_url, open_store, split_url
-from mailsync.sync import Report, Syncer, select_folders
+from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
+from mailsync.sync import Report, Syncer
+from mailsync.verify import verify as verify_stores
 
 log = logging.getLogger("mailsync")
 
@@ -62,7 +63,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.url_a} <-> {self.url_b}"
+        return self.name or f"{mask_url(self.url_a)} <-> {mask_url(self.url_b)}"
 
 
 class Context:
@@ -173,6 +174,38 @@ def cli(ctx, config_path, state_dir, verbose, quiet, password_command):
     ctx.obj = Context(config_path, state_dir, verbose, quiet)
 
 
+def _more_verbose(ctx, param, value) -> None:
+    """-v/-q given after the command mean what they mean before it (mailsync pull -q)."""
+    if not value or ctx.resilient_parsing:
+        return
+    obj = ctx.find_object(Context)
+    if param.name == "verbose":
+        obj.verbose += value
+    else:
+        obj.quiet = True
+    _setup_logging(obj.verbose, obj.quiet)
+
+
+def output_options(func):
+    """-v and -q for every command, as for mailsync itself."""
+    func = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_more_verbose,
+        help="Print errors only (also before the command).",
+    )(func)
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_more_verbose,
+        help="Show each action; -vv shows debug output (also before the command).",
+    )(func)
+
+
 def sync_options(func):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
@@ -210,6 +243,12 @@ def sync_options(func):
             help="Allow deletions the safety check refused (more than half a folder, "
             "or a folder that became empty).",
         ),
+        click.option(
+            "--retry-refused",
+            is_flag=True,
+            help="Offer again the messages the destination refused for good on earlier "
+            "runs (too big, malformed; mailsync status lists them).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -217,6 +256,7 @@ def sync_options(func):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL... | SOURCE DEST")
 @sync_options
 @click.pass_obj
@@ -230,6 +270,7 @@ def pull(obj, args, **options):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL... | SOURCE DEST")
 @sync_options
 @click.pass_obj
@@ -243,6 +284,7 @@ def push(obj, args, **options):
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL... | A B")
 @sync_options
 @click.pass_obj
@@ -276,7 +318,7 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
                     {"INBOX": channel.folder} if channel.folder else None,
                 )
             )
-        _check_pop(jobs)
+        _check_jobs(jobs)
         return jobs
     if len(args) != 2:
         unknown = [a for a in args if a not in channels]
@@ -302,15 +344,27 @@ def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> l
             patterns or ["*"],
         )
     ]
-    _check_pop(jobs)
+    _check_jobs(jobs)
     return jobs
 
 
-def _check_pop(jobs: list[Job]) -> None:
+def _check_jobs(jobs: list[Job]) -> None:
+    """What no job of a run may do: POP3 the wrong way round, two accounts sharing the
+    environment's password."""
     for job in jobs:
         problems = configmod.pop_problems(job.url_a, job.url_b, job.direction, job.delete)
         if problems:
             raise ConfigError(f"{job.label}: " + "; ".join(problems))
+    # Opening a store only reads its URL and options; nothing connects yet.
+    endpoints = [
+        open_store(url, options).password_endpoint()
+        for job in jobs
+        for url, options in ((job.url_a, job.options_a), (job.url_b, job.options_b))
+    ]
+    if any(endpoints):
+        from mailsync.net import check_environment_password  # (ssl: only with network stores)
+
+        check_environment_password(endpoints)
 
 
 def _clock():
@@ -364,8 +418,8 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
     started = time.time()
     result = {
         "channel": job.name,
-        "remote": job.url_a,
-        "local": job.url_b,
+        "remote": mask_url(job.url_a),
+        "local": mask_url(job.url_b),
         "direction": job.direction,
         "delete": job.delete,
         "folders": [],
@@ -375,11 +429,12 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
     code = EXIT_OK
     stores = []
     try:
+        # The stores first: a URL that cannot be read leaves no state file behind.
+        store_a = open_store(job.url_a, job.options_a, read_only=not policy.writes("a"))
+        stores.append(store_a)
+        store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
+        stores.append(store_b)
         with State(_state_path(obj, job)) as state:
-            store_a = open_store(job.url_a, job.options_a, read_only=not policy.writes("a"))
-            stores.append(store_a)
-            store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
-            stores.append(store_b)
             meta = {
                 "channel": job.name or "",
                 "url_a": canonical_url(job.url_a),
@@ -412,11 +467,21 @@ def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict,
                 open_stores=open_stores,
                 folder_map=job.folder_map,
                 clock=_clock(),
+                retry_refused=bool(options.get("retry_refused")),
             )
             try:
                 report = syncer.run()
             except KeyboardInterrupt:
                 state.commit()
+                raise
+            except MailsyncError as error:
+                if not options.get("dry_run") and not isinstance(error, ConfigError):
+                    # So status tells a channel that never connected for what it is.
+                    state.rollback()
+                    failed = {**result, "errors": [str(error)], "exit_code": error.exit_code}
+                    state.begin()
+                    state.record_run(command, started, error.exit_code, failed)
+                    state.commit()
                 raise
             result.update(report.as_dict())
             code = _report_code(report)
@@ -505,6 +570,7 @@ def _finish(options: dict, command: str, results: list, code: int) -> None:
 
 
 @cli.command("list", epilog=EXIT_CODES)
+@output_options
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
@@ -529,14 +595,16 @@ def list_(obj, store, as_json):
                 }
             )
     if as_json:
-        click.echo(json.dumps({"store": url, "folders": rows}, indent=2))
+        click.echo(json.dumps({"store": mask_url(url), "folders": rows}, indent=2))
         return
     for row in rows:
         click.echo(f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}")
     total = sum(r["messages"] for r in rows)
-    click.echo(
-        f"{len(rows)} folders, {total} messages, {_size(sum(r['bytes'] for r in rows))}", err=True
-    )
+    if not obj.quiet:
+        click.echo(
+            f"{len(rows)} folders, {total} messages, {_size(sum(r['bytes'] for r in rows))}",
+            err=True,
+        )
 
 
 def _size(n: int) -> str:
@@ -548,6 +616,7 @@ def _size(n: int) -> str:
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("channels", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
@@ -579,30 +648,11 @@ def status(obj, channels, as_json):
     out = []
     for name, path in paths:
         if not os.path.exists(path):
-            out.append({"channel": name, "state": path, "synced": False})
+            out.append({"channel": name, "state": path, "synced": False, "last_run": None})
             continue
         with State(path, lock=False, create=False) as state:
-            entry = {
-                "channel": name or state.get_meta("channel") or None,
-                "remote": state.get_meta("url_a"),
-                "local": state.get_meta("url_b"),
-                "state": path,
-                "synced": True,
-                "folders": [],
-                "last_run": state.last_run(),
-            }
-            for folder in state.folders():
-                count_a, count_b = state.count_pairs(folder.id)
-                entry["folders"].append(
-                    {
-                        "folder": folder.name_a,
-                        "remote": count_a,
-                        "local": count_b,
-                        "last_sync": folder.last_sync,
-                    }
-                )
-            if entry["last_run"]:
-                entry["last_run"].pop("report", None)
+            entry = {"channel": name or state.get_meta("channel") or None, "state": path}
+            entry.update(state.overview())
             out.append(entry)
     if as_json:
         click.echo(json.dumps({"channels": out}, indent=2))
@@ -610,19 +660,33 @@ def status(obj, channels, as_json):
     if not out:
         click.echo("no channel has been synced yet")
     for entry in out:
-        label = entry["channel"] or f"{entry.get('remote')} <-> {entry.get('local')}"
-        if not entry["synced"]:
-            click.echo(f"{label}: never synced")
-            continue
-        run = entry["last_run"]
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["finished"])) if run else "-"
-        outcome = f"exit {run['exit_code']}" if run else "no completed run"
-        click.echo(f"{label}: last run {when} ({run['command'] if run else '-'}, {outcome})")
-        for folder in entry["folders"]:
+        click.echo(_status_line(entry))
+        for folder in entry.get("folders", ()):
             click.echo(f"  {folder['folder']}\t{folder['remote']} remote\t{folder['local']} local")
+        for refusal in entry.get("refused", ()):
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(refusal["first"]))
+            click.echo(
+                f"  refused by the {'local' if refusal['side'] == 'a' else 'remote'} side "
+                f"since {since}: {refusal['folder']}: {summary_line(refusal)}: {refusal['reason']}"
+            )
+
+
+def _status_line(entry: dict) -> str:
+    label = entry["channel"] or (
+        f"{entry['remote']} <-> {entry['local']}" if entry.get("remote") else entry["state"]
+    )
+    run = entry["last_run"]
+    if run is None:
+        return f"{label}: never synced" + ("" if entry["channel"] else " (no run recorded)")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["finished"]))
+    why = f": {run['errors'][0]}" if run["errors"] else ""
+    if not entry["synced"]:
+        return f"{label}: never synced; last attempt {when} failed (exit {run['exit_code']}){why}"
+    return f"{label}: last run {when} ({run['command']}, exit {run['exit_code']}){why}"
 
 
 @cli.command(epilog=EXIT_CODES)
+@output_options
 @click.argument("args", nargs=-1, required=True, metavar="CHANNEL | SOURCE DEST")
 @click.option(
     "--folders",
@@ -637,8 +701,10 @@ def verify(obj, args, folder_patterns, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
-    compared.  Exit 1 when a message is missing.
+    compared.  Each missing message is named (date, sender, subject, Message-ID).  Exit 1
+    when a message or a folder is missing on DEST, or could not be read.
     """
+    folder_map = None
     if len(args) == 1 and args[0] in obj.config.channels:
         channel = obj.config.channels[args[0]]
         source, dest = (
@@ -646,40 +712,43 @@ def verify(obj, args, folder_patterns, as_json):
             (channel.local.url, channel.local.options),
         )
         patterns = list(folder_patterns) or channel.folders
+        folder_map = {"INBOX": channel.folder} if channel.folder else None
     elif len(args) == 2:
         source, dest = obj.store(args[0]), obj.store(args[1])
         patterns = list(folder_patterns) or ["*"]
     else:
         raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
-    rows, missing_total = [], 0
     with open_store(*source, read_only=True) as src, open_store(*dest, read_only=True) as dst:
-        dest_folders = set(dst.list_folders())
-        for name in select_folders(src.list_folders(), patterns):
-            src_folder = src.open_folder(name)
-            have = Counter(src_folder.fingerprints(src_folder.list()).values())
-            src_folder.close()
-            got: Counter = Counter()
-            if name in dest_folders:
-                dst_folder = dst.open_folder(name)
-                got = Counter(dst_folder.fingerprints(dst_folder.list()).values())
-                dst_folder.close()
-            missing = sum((have - got).values())
-            missing_total += missing
-            rows.append({"folder": name, "messages": sum(have.values()), "missing": missing})
-    code = EXIT_PARTIAL if missing_total else EXIT_OK
+        result = verify_stores(src, dst, patterns, folder_map)
+    code = EXIT_OK if result.ok else EXIT_PARTIAL
+    for warning in result.warnings:
+        log.warning("%s", warning)
     if as_json:
-        click.echo(
-            json.dumps({"folders": rows, "missing": missing_total, "exit_code": code}, indent=2)
+        folders = [
+            {**vars(f), "missing": len(f.missing), "missing_messages": f.missing}
+            for f in result.folders
+        ]
+        report = {"folders": folders, "missing": result.missing, "warnings": result.warnings}
+        click.echo(json.dumps({**report, "exit_code": code}, indent=2))
+        sys.exit(code)
+    for f in result.folders:
+        problems = [f"{len(f.missing)} MISSING"] if f.missing else []
+        if not f.on_destination:
+            problems.append(f"folder {f.dest_folder} NOT ON THE DESTINATION")
+        if f.unreadable:
+            problems.append(f"{f.unreadable} unreadable on the source, not checked")
+        if f.error:
+            problems = [f"NOT CHECKED: {f.error}"]
+        click.echo(f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}")
+        for m in f.missing:
+            click.echo(f"  missing: {summary_line(m)}")
+    if result.missing:
+        _error(
+            f"{result.missing} messages of the source are not in the destination; "
+            "run pull (or sync) again"
         )
-    else:
-        for row in rows:
-            state = "ok" if not row["missing"] else f"{row['missing']} MISSING"
-            click.echo(f"{row['folder']}: {row['messages']} messages, {state}")
-        if missing_total:
-            _error(
-                f"{missing_total} messages of the source are not in the destination; "
-                "run pull (or sync) again"
-            )
+    elif not result.ok:
+        _error("folders of the source are missing on the destination or were not checked")
     sys.exit(code)
 
 

@@ -61,6 +61,17 @@ class MessageError(MailsyncError):
     """One message cannot be read or written; it is skipped."""
 
 
+class RefusedError(MessageError):
+    """The destination refuses this one message for good (too big, malformed, empty):
+    trying again will not help.  The engine records it in the state and does not offer it
+    again unless asked (--retry-refused).  `reason` is the destination's own words.  A
+    refusal that says "try later" (over quota, server busy) is a plain MessageError."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 class SafetyError(MailsyncError):
     """A run was refused because it would delete too much."""
 

@@ -16,6 +16,11 @@ FLAGGED = "\\Flagged"
 DELETED = "\\Deleted"
 DRAFT = "\\Draft"
 FORWARDED = "$Forwarded"
+#: Not a flag mailsync syncs: in a listing of a folder that marks_recent (Maildir), it
+#: marks the messages no mail reader has seen yet (Maildir's new/), and the engine hands
+#: it to append() of such folders only, so a copy between Maildirs stays in new/ or cur/
+#: as it was.  It is never recorded in the state, compared, or sent to a server.
+RECENT = "\\Recent"
 
 #: The flags every local format can represent (Maildir's D F P R S T).
 STANDARD_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, FORWARDED})
@@ -56,6 +61,26 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(to_lf(data)).hexdigest()
 
 
+def tolerant_fingerprint(data: bytes) -> str:
+    """fingerprint() blind to what destination stores change when they store a message:
+    for now, the line ends at its very end (CR and LF, any number; an mbox gives a
+    message without a final newline one, an IMAP server may add a final CRLF).
+
+    The engine uses it only as a second match, after fingerprint() found nothing, only
+    in destination folders that say they normalise (Folder.normalises), and only against
+    their messages no pair knows (what an interrupted copy left, or a destination a new
+    state adopts): a copy the store changed is then recognised, not copied again.
+
+    It cannot lose a message: each destination message is matched to at most one source
+    message, and only to one whose content is the same up to these trailing line ends,
+    so every source message still has its own copy, with the bytes the destination
+    would have stored anyway.  What it may join is two messages differing only there:
+    they stay two messages on both sides.  Whoever widens it (servers that rewrite
+    8-bit headers, say) must keep both properties and say so here.
+    """
+    return hashlib.sha256(to_lf(data).rstrip(b"\r\n")).hexdigest()
+
+
 def normalise_flags(flags) -> frozenset[str]:
     """Canonical spelling: system flags capitalised (\\seen -> \\Seen), keywords as given."""
     out = set()
@@ -64,7 +89,7 @@ def normalise_flags(flags) -> frozenset[str]:
             flag = flag.decode("utf-8", "replace")
         if flag.startswith("\\"):
             flag = "\\" + flag[1:].capitalize()
-            if flag == "\\Recent":
+            if flag == RECENT:
                 continue  # session state, never synced
         elif flag.lower() == "$forwarded":
             flag = FORWARDED
@@ -166,3 +191,39 @@ def header_digest(data: bytes, size: int | None = None) -> str:
     end = lf.find(b"\n\n")
     header = lf[:end] if end >= 0 else lf.rstrip(b"\n")
     return hashlib.sha256(header + b"\0" + str(size).encode()).hexdigest()
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def summary(data: bytes) -> dict[str, str | None]:
+    """What names a message to a person: its Date, From, Subject and Message-ID headers,
+    MIME-decoded, one line each, at most 200 characters, control characters (a terminal
+    escape in a hostile header) shown as '?'.  None for a header it does not have."""
+    from email.header import decode_header, make_header
+
+    out: dict[str, str | None] = {}
+    for key, name in (("date", "Date"), ("from", "From"), ("subject", "Subject")):
+        value = header_value(data, name)
+        if value is not None:
+            try:
+                value = str(make_header(decode_header(value)))
+            except (ValueError, LookupError, UnicodeError, TypeError):
+                pass  # shown as it is
+            value = _UNPRINTABLE.sub("?", value)[:200]
+        out[key] = value
+    message_id = header_value(data, "Message-ID")
+    out["message_id"] = _UNPRINTABLE.sub("?", message_id)[:200] if message_id else None
+    return out
+
+
+def summary_line(parts: dict) -> str:
+    """A summary() as one line: 'Mon, 4 Mar 2019 ..., from a@b, "Subject", <id@x>'."""
+    return ", ".join(
+        [
+            parts.get("date") or "no date",
+            f"from {parts['from']}" if parts.get("from") else "no sender",
+            f'"{parts["subject"]}"' if parts.get("subject") is not None else "no subject",
+            parts.get("message_id") or "no Message-ID",
+        ]
+    )

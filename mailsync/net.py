@@ -1,12 +1,14 @@
 """What every network store shares: its URL, TLS, timeouts and the password.
 
-URLs: ``SCHEME://USER@HOST[:PORT][/PATH][?tls=none&cafile=PATH]``; a user name with ``@``
-is percent-encoded (``alice%40example.com@host``) or given as ``user`` in the config.
+URLs: ``SCHEME://USER@HOST[:PORT][/PATH][?tls=none&cafile=PATH&password_command=CMD]``;
+a user name with ``@`` is percent-encoded (``alice%40example.com@host``) or given as
+``user`` in the config.  The query is merged into the store's options (the config's
+table wins).
 
-Passwords come from, in order: ``password_command`` (config, or --password-command),
+Passwords come from, in order: ``password_command`` (config or URL), --password-command,
 the environment variable MAILSYNC_PASSWORD, the system keyring (service ``mailsync``,
 when the optional ``keyring`` package is installed), an interactive prompt when stdin is
-a terminal.  Never from the command line; never logged.
+a terminal.  Never from the command line or a URL; never logged.
 """
 
 from __future__ import annotations
@@ -56,24 +58,38 @@ class Endpoint:
 
 
 def parse_endpoint(url: str, options: dict | None = None) -> Endpoint:
+    """The endpoint of a network store URL; ConfigError (exit 2) saying what is wrong with
+    it.  Errors show the URL with any password masked (stores.mask_url)."""
+    from mailsync.stores import mask_url
+
     options = dict(options or {})
-    parts = urlsplit(url)
+    shown = mask_url(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as error:  # "Invalid IPv6 URL"
+        raise ConfigError(f"store URL {shown!r} cannot be read ({error}); check it")
+    try:
+        port = parts.port
+    except ValueError:  # (its text quotes the port, which may be a password: imaps://a:PW)
+        raise ConfigError(f"store URL {shown!r} has a bad port; give a number from 1 to 65535")
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise ConfigError(f"store URL {url!r}: unknown scheme {scheme!r}")
-    if not parts.hostname:
-        raise ConfigError(f"store URL {url!r} has no host; write e.g. {scheme}://USER@HOST")
+        raise ConfigError(f"store URL {shown!r}: unknown scheme {scheme!r}")
+    if parts.password is not None:
+        raise ConfigError(
+            f"store URL {shown!r} holds a password, which would be visible to every user of "
+            "this machine; remove it and use password_command, MAILSYNC_PASSWORD or the "
+            "keyring instead"
+        )
+    if not hostname:
+        raise ConfigError(f"store URL {shown!r} has no host; write e.g. {scheme}://USER@HOST")
     user = unquote(parts.username) if parts.username else options.pop("user", None)
     options.pop("user", None)
     if not user:
         raise ConfigError(
-            f"store URL {url!r} has no user; write {scheme}://USER@HOST "
+            f"store URL {shown!r} has no user; write {scheme}://USER@HOST "
             "(percent-encode an @ in the user name as %40) or set user in the config"
-        )
-    if parts.password is not None:
-        raise ConfigError(
-            "a password in a store URL would be visible to every user of this machine; "
-            "use password_command, MAILSYNC_PASSWORD or the keyring instead"
         )
     query = {}
     for item in filter(None, parts.query.split("&")):
@@ -84,21 +100,18 @@ def parse_endpoint(url: str, options: dict | None = None) -> Endpoint:
     if tls is None:
         tls = "implicit" if scheme in IMPLICIT_TLS else "starttls"
     if tls not in TLS_MODES:
-        raise ConfigError(f"store {url!r}: tls must be one of {', '.join(TLS_MODES)}")
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise ConfigError(f"store URL {url!r} has a bad port")
+        raise ConfigError(f"store {shown!r}: tls must be one of {', '.join(TLS_MODES)}")
+    port = port or DEFAULT_PORTS[scheme]
     cafile = merged.pop("cafile", None)
     if cafile:
         cafile = os.path.expanduser(cafile)
         if not os.path.isfile(cafile):
-            raise ConfigError(f"store {url!r}: cafile {cafile} does not exist")
+            raise ConfigError(f"store {shown!r}: cafile {cafile} does not exist")
     try:
         timeout = float(merged.pop("timeout", DEFAULT_TIMEOUT))
     except ValueError:
-        raise ConfigError(f"store {url!r}: timeout must be a number of seconds")
-    return Endpoint(scheme, user, parts.hostname, port, parts.path, tls, cafile, timeout, merged)
+        raise ConfigError(f"store {shown!r}: timeout must be a number of seconds")
+    return Endpoint(scheme, user, hostname, port, parts.path, tls, cafile, timeout, merged)
 
 
 def secret_from_command(command, what: str) -> str:
@@ -149,6 +162,26 @@ def get_password(endpoint: Endpoint) -> str:
         f"no password for {endpoint.display}: set password_command in the config, "
         "MAILSYNC_PASSWORD, or store it in the keyring (service mailsync)"
     )
+
+
+def check_environment_password(endpoints: list[Endpoint | None]) -> None:
+    """ConfigError (exit 2) when two different accounts of one run would both take their
+    password from MAILSYNC_PASSWORD: one of the logins would fail, on every run.  (Two
+    URLs of one account, user@host, may share it.)"""
+    if "MAILSYNC_PASSWORD" not in os.environ or os.environ.get("MAILSYNC_PASSWORD_COMMAND"):
+        return
+    takers: dict[tuple[str, str], Endpoint] = {}
+    for ep in endpoints:
+        if ep is not None and not ep.options.get("password_command"):
+            takers.setdefault((ep.user, ep.host.lower()), ep)
+    if len(takers) > 1:
+        first, second = list(takers.values())[:2]
+        raise ConfigError(
+            f"{first.display} and {second.display} would both take their password from "
+            "MAILSYNC_PASSWORD; give each its own password_command: in its [store.NAME] "
+            f"table, or in its URL ({second.scheme}://{second.user}@{second.host}"
+            "?password_command=pass%20show%20mail/NAME)"
+        )
 
 
 # One password per endpoint and process: parallel workers each open their own connection,

@@ -12,7 +12,9 @@ present on b only           the mirror image
 present on neither          forget the pair
 ==========================  =====================================================
 
-Messages no pair knows are copied to the other side when the direction allows.
+Messages no pair knows are copied to the other side when the direction allows, except
+those the other side refused for good before (``refused``: side -> keys on that side,
+from the state): they are held back in ``withheld`` instead.
 
 Flags merge per flag: a change on one side wins over no change on the other; both
 sides changing the same flag always agree, so there is no conflict to resolve.  One-way
@@ -29,6 +31,7 @@ there too, even if new mail has since made the folder look safe, until a run wit
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from mailsync.message import DELETED, Info
@@ -139,6 +142,8 @@ class Plan:
     bookkeeping: list[Tombstone | Forget] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # one sentence per refused side
     refused_deletes: list[Delete] = field(default_factory=list)
+    # Copies not offered because the destination refused the message before.
+    withheld: list[Copy] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (self.copies or self.flags or self.deletes or self.bookkeeping)
@@ -186,6 +191,7 @@ def plan(
     persists_a: Persists = _all,
     persists_b: Persists = _all,
     refused_before: frozenset[str] = frozenset(),
+    refused: Mapping[str, AbstractSet[str]] | None = None,
 ) -> Plan:
     result = Plan()
     listings = {"a": listing_a, "b": listing_b}
@@ -247,6 +253,12 @@ def plan(
             if key not in known[src]:
                 result.copies.append(Copy(src, key, info.flags, info.arrival))
 
+    if refused:
+        offered = []
+        for copy in result.copies:
+            held = copy.key in refused.get(copy.src, ())
+            (result.withheld if held else offered).append(copy)
+        result.copies = offered
     _apply_safety(result, listings, pairs, policy, refused_before)
     return result
 

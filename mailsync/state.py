@@ -6,6 +6,12 @@ synced and the content hash.  A pair whose key on one side is NULL is a tombston
 message was deleted on that side and kept on the other (delete = keep), so it is not
 copied back.
 
+Messages the other side refused for good (errors.RefusedError: too big, malformed) are
+kept per folder by their side and key, with their content hash, what names them
+(message.summary()), the destination's reason and when it was first and last refused, so
+later runs do not offer them again unless asked (--retry-refused) and status shows them.
+The table was added after the others; CREATE TABLE IF NOT EXISTS gives it to older files.
+
 The engine writes a pair only after the message is durable on the destination
 (Folder.flush), so a crash leaves at worst a durable but unrecorded copy, which the next
 run finds again by its content hash.
@@ -13,16 +19,18 @@ run finds again by its content hash.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 
-from mailsync.errors import LockedError, StoreError
+from mailsync.errors import ConfigError, LockedError, StoreError
 from mailsync.message import format_flags, parse_flags
 
 SCHEMA = """
@@ -55,6 +63,18 @@ CREATE TABLE IF NOT EXISTS folder_moves (
     id INTEGER PRIMARY KEY,
     old_b TEXT NOT NULL,
     new_b TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refused (
+    id INTEGER PRIMARY KEY,
+    folder_id INTEGER NOT NULL REFERENCES folders(id),
+    side TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hash TEXT,
+    summary TEXT NOT NULL DEFAULT '{}',
+    reason TEXT NOT NULL,
+    first REAL NOT NULL,
+    last REAL NOT NULL,
+    UNIQUE (folder_id, side, key)
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -118,8 +138,63 @@ def state_file_name(channel: str | None, url_a: str, url_b: str) -> str:
 
 
 def _private_dir(path: str) -> None:
+    """Create the state directory (0700), or check an existing one as ssh checks ~/.ssh: it
+    must belong to this user and be writable by nobody else.  Otherwise someone else may
+    have planted files in it (a lock file that is a link to /etc/shadow) that a run, as
+    root perhaps, would truncate or chmod: refused, exit 2."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"state directory {path} belongs to {_user_name(st.st_uid)}, not to "
+            f"{_user_name(os.geteuid())}, who runs mailsync; files in it could be planted by "
+            "its owner: use a directory of your own (--state-dir) or chown it"
+        )
+    if st.st_mode & 0o022:
+        who = "others" if st.st_mode & 0o002 else "its group"
+        raise ConfigError(
+            f"state directory {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"check that nobody else planted files in it, then chmod 700 {path}"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open a state file (the database, its -wal/-shm, the lock) without following a
+    symbolic link, check that it is a plain file of this user's, and make it 0600."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ConfigError(
+                f"state file {path} is a symbolic link; mailsync follows no links in its state "
+                "directory: find out who made it, and remove it"
+            )
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink > 1:
+            raise ConfigError(
+                f"state file {path} is not a plain file of {_user_name(os.geteuid())}'s "
+                "(a device, another user's file or a hard link); find out who made it, and "
+                "remove it"
+            )
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class State:
@@ -134,9 +209,12 @@ class State:
         _private_dir(directory)
         if lock:
             self._lock()
-        if not os.path.exists(path):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        os.chmod(path, 0o600)
+        try:
+            os.close(_open_private(path, os.O_CREAT | os.O_RDWR))
+            self._check_companions()
+        except BaseException:
+            self._unlock()
+            raise
         try:
             # check_same_thread off: a worker thread's handle is closed by the main thread
             # after the worker is done; no handle is ever used by two threads at once.
@@ -162,15 +240,20 @@ class State:
                 f"state file {path} is unreadable ({error}); move it aside and rerun: "
                 "messages already copied are found again by content, not copied twice"
             )
-        for suffix in ("-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.chmod(path + suffix, 0o600)
+        self._check_companions()
         self._in_tx = False
+
+    def _check_companions(self) -> None:
+        """SQLite's -wal and -shm files: plain, private, never a planted link (SQLite itself
+        would follow one)."""
+        for suffix in ("-wal", "-shm"):
+            if os.path.lexists(self.path + suffix):
+                os.close(_open_private(self.path + suffix, os.O_RDONLY | os.O_NONBLOCK))
 
     # locking ------------------------------------------------------------------
     def _lock(self) -> None:
         lock_path = self.path + ".lock"
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fd = _open_private(lock_path, os.O_CREAT | os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -217,6 +300,12 @@ class State:
     def commit(self) -> None:
         if self._in_tx:
             self.db.execute("COMMIT")
+            self._in_tx = False
+
+    def rollback(self) -> None:
+        """Drop what the open transaction (if any) wrote."""
+        if self._in_tx:
+            self.db.execute("ROLLBACK")
             self._in_tx = False
 
     # meta -----------------------------------------------------------------------
@@ -292,6 +381,7 @@ class State:
     def forget_folder(self, folder: FolderState) -> None:
         """Drop a folder's state and its pairs (one that never held anything)."""
         self.db.execute("DELETE FROM pairs WHERE folder_id = ?", (folder.id,))
+        self.db.execute("DELETE FROM refused WHERE folder_id = ?", (folder.id,))
         self.db.execute("DELETE FROM folders WHERE id = ?", (folder.id,))
 
     # Moves of local folders (a remote folder was renamed) go through a journal: the move
@@ -391,6 +481,60 @@ class State:
         so the other side's messages are copied into it again."""
         self.db.execute("DELETE FROM pairs WHERE folder_id = ?", (folder_id,))
 
+    # messages the other side refused ----------------------------------------------
+    def refused_keys(self, folder_id: int, side: str) -> set[str]:
+        """Keys on `side` whose message the other side refused for good."""
+        rows = self.db.execute(
+            "SELECT key FROM refused WHERE folder_id = ? AND side = ?", (folder_id, side)
+        )
+        return {row[0] for row in rows}
+
+    def record_refusal(
+        self, folder_id: int, side: str, key: str, digest: str, summary: dict, reason: str
+    ) -> None:
+        """The message `key` on `side` was refused (again) by the other side."""
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO refused (folder_id, side, key, hash, summary, reason, first, last) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder_id, side, key) DO UPDATE "
+            "SET hash = excluded.hash, summary = excluded.summary, reason = excluded.reason, "
+            "last = excluded.last",
+            (folder_id, side, key, digest, json.dumps(summary), reason, now, now),
+        )
+
+    def forget_refusals(self, folder_id: int, side: str, keys: list[str] | None = None) -> None:
+        """Forget refusals of these keys (copied after all, or gone), or of every key on
+        `side` (its keys became void: a new UIDVALIDITY)."""
+        if keys is None:
+            self.db.execute(
+                "DELETE FROM refused WHERE folder_id = ? AND side = ?", (folder_id, side)
+            )
+            return
+        self.db.executemany(
+            "DELETE FROM refused WHERE folder_id = ? AND side = ? AND key = ?",
+            [(folder_id, side, key) for key in keys],
+        )
+
+    def refusals(self) -> list[dict]:
+        """Every recorded refusal, for status: folder (side a's name), side, key, the
+        message's summary, reason, first and last."""
+        rows = self.db.execute(
+            "SELECT f.name_a, r.side, r.key, r.summary, r.reason, r.first, r.last "
+            "FROM refused r JOIN folders f ON f.id = r.folder_id ORDER BY f.name_a, r.first"
+        )
+        return [
+            {
+                "folder": row[0],
+                "side": row[1],
+                "key": row[2],
+                **json.loads(row[3] or "{}"),
+                "reason": row[4],
+                "first": row[5],
+                "last": row[6],
+            }
+            for row in rows
+        ]
+
     # runs -------------------------------------------------------------------------
     def record_run(self, command: str, started: float, exit_code: int, report: dict) -> None:
         self.db.execute(
@@ -401,6 +545,38 @@ class State:
         self.db.execute(
             "DELETE FROM runs WHERE id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT 50)"
         )
+
+    def overview(self) -> dict:
+        """What `mailsync status` shows of this state: the two sides, each folder's pair
+        counts, the last run (with the errors that stopped it, if any), whether a run ever
+        got as far as syncing (a run that never connected leaves a state with only failed
+        attempts: synced is False), and the messages refused for good."""
+        folders = []
+        for folder in self.folders():
+            count_a, count_b = self.count_pairs(folder.id)
+            folders.append(
+                {
+                    "folder": folder.name_a,
+                    "remote": count_a,
+                    "local": count_b,
+                    "last_sync": folder.last_sync,
+                }
+            )
+        last = self.last_run()
+        if last is not None:
+            last["errors"] = (last.pop("report") or {}).get("errors") or []
+        completed = any(
+            not (json.loads(row[0] or "{}").get("errors"))
+            for row in self.db.execute("SELECT report FROM runs")
+        )
+        return {
+            "remote": self.get_meta("url_a"),
+            "local": self.get_meta("url_b"),
+            "synced": bool(folders) or completed,
+            "folders": folders,
+            "last_run": last,
+            "refused": self.refusals(),
+        }
 
     def last_run(self) -> dict | None:
         row = self.db.execute(

@@ -23,8 +23,23 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from mailsync.errors import FolderError, MailsyncError, MessageError, RenameRefused
-from mailsync.message import Info, arrival_date, fingerprint, header_digest
+from mailsync.errors import (
+    FolderError,
+    MailsyncError,
+    MessageError,
+    RefusedError,
+    RenameRefused,
+)
+from mailsync.message import (
+    RECENT,
+    Info,
+    arrival_date,
+    fingerprint,
+    header_digest,
+    summary,
+    summary_line,
+    tolerant_fingerprint,
+)
 from mailsync.planner import (
     SIDE_NAMES,
     Copy,
@@ -77,6 +92,26 @@ def select_folders(names: Iterable[str], patterns: list[str]) -> list[str]:
     return sorted(set(chosen), key=lambda n: (n != "INBOX", n))
 
 
+def unmatched_patterns(names: Iterable[str], patterns: list[str]) -> list[str]:
+    """The patterns that match none of `names` (a '!' pattern: that exclude none), so a
+    typo in --folders or a channel's folders is said, not silently nothing."""
+    names = list(names)
+    return [
+        pattern
+        for pattern in patterns
+        if not any(fnmatch.fnmatchcase(name, pattern.removeprefix("!")) for name in names)
+    ]
+
+
+def pattern_warnings(names: Iterable[str], patterns: list[str]) -> list[str]:
+    """One sentence per folder pattern that matches nothing (see unmatched_patterns)."""
+    return [
+        f"folder pattern {pattern!r} "
+        + ("excludes no folder" if pattern.startswith("!") else "matches no folder")
+        for pattern in unmatched_patterns(names, patterns)
+    ]
+
+
 @dataclass
 class FolderReport:
     folder: str
@@ -92,6 +127,9 @@ class FolderReport:
     refused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     planned: dict[str, int] | None = None  # --dry-run: what would happen
+    # Messages the destination refused for good during this run: summary, key, reason.
+    refused_messages: list[dict] = field(default_factory=list)
+    withheld: int = 0  # copies not offered: refused on an earlier run
 
     def summary(self) -> str:
         if self.planned is not None:
@@ -101,6 +139,8 @@ class FolderReport:
                 f"flags {p['flags_a'] + p['flags_b']}",
                 f"delete {p['delete_a'] + p['delete_b']}",
             ]
+            if self.errors:
+                parts.append(f"errors {len(self.errors)}")
         else:
             parts = [
                 f"copied {self.copied_a_to_b} to local, {self.copied_b_to_a} to remote",
@@ -111,6 +151,8 @@ class FolderReport:
             ]
         if self.linked:
             parts.append(f"re-linked {self.linked}")
+        if self.withheld:
+            parts.append(f"held back {self.withheld} (refused before)")
         if self.refused:
             parts.append("deletions refused")
         return f"{self.folder}: " + ", ".join(parts)
@@ -120,6 +162,7 @@ class FolderReport:
 class Report:
     folders: list[FolderReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # store-level
+    warnings: list[str] = field(default_factory=list)  # channel-level, e.g. unmatched patterns
 
     @property
     def refused(self) -> bool:
@@ -132,7 +175,11 @@ class Report:
     def as_dict(self) -> dict:
         """For JSON, at once (the lists are shared, not copied: asdict's deep copies cost
         a millisecond per 10 folders on every run)."""
-        return {"folders": [dict(vars(f)) for f in self.folders], "errors": self.errors}
+        return {
+            "folders": [dict(vars(f)) for f in self.folders],
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
 
 
 class NullProgress:
@@ -167,6 +214,7 @@ class Syncer:
         open_stores: Callable[[], tuple[Store, Store]] | None = None,
         folder_map: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        retry_refused: bool = False,
     ):
         self._main = {"stores": {"a": store_a, "b": store_b}, "state": state}
         self._local = threading.local()
@@ -180,6 +228,8 @@ class Syncer:
         # folder = "POP/provider" maps INBOX); with a map, only its folders are synced.
         self.folder_map = dict(folder_map or {})
         self.clock = clock
+        # Offer again the messages the destination refused for good on earlier runs.
+        self.retry_refused = retry_refused
         self._renamed: dict[str, str] = {}
         self._ids: dict[str, str] = {}
         self._kinds: dict[str, str] = {}
@@ -202,7 +252,10 @@ class Syncer:
     # channel ----------------------------------------------------------------------
     def run(self) -> Report:
         report = Report()
+        started = time.time()
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
+        for side in ("a", "b"):  # parts of a tree that hold mail but are no folder
+            self._report_problems(side, self.stores[side].problems, report.errors)
         self._renamed: dict[str, str] = {}  # remote name -> local name, where they differ
         self._state_names, self._blocked = {}, {}
         self._ids = {}
@@ -211,9 +264,9 @@ class Syncer:
         self._follow_renames(existing)
         remote_of = {local: name for name, local in self._renamed.items()}
         candidates = set()
-        for side in ("a", "b"):
-            if self.policy.writes(other(side)) or self.policy.direction == "both":
-                candidates |= {remote_of.get(n, n) for n in existing[side]}
+        read_from = [s for s in ("a", "b") if self.policy.writes(other(s))]
+        for side in read_from:
+            candidates |= {remote_of.get(n, n) for n in existing[side]}
         # Folders the state knows are synced too, so a vanished folder is noticed.
         known = self._known
         if self.folder_map:
@@ -229,6 +282,13 @@ class Syncer:
                 for name in select_folders(candidates, self.patterns)
                 if name in known or name in existing["a"] or self.local_name(name) in existing["b"]
             ]
+            if not candidates:
+                where = " or ".join(self.stores[side].describe() for side in read_from)
+                report.warnings.append(f"found no folder in {where}; nothing to sync")
+            else:
+                report.warnings.extend(pattern_warnings(candidates, self.patterns))
+            for warning in report.warnings:
+                log.warning("%s", warning)
         if self.jobs > 1 and len(names) > 1:
             # Folders unchanged on both sides are told apart here, on the connections
             # already open (one LIST-STATUS answers for every IMAP folder): a rerun with
@@ -246,13 +306,32 @@ class Syncer:
             report.folders.extend(done[name] for name in names)
         else:
             report.folders.extend(self._guarded(name, existing) for name in names)
+        self._held_back(set(names), started, report)
         return report
+
+    def _held_back(self, names: set[str], started: float, report: Report) -> None:
+        """One warning per side for the messages of this run's folders that the other side
+        refused on an earlier run and that were not offered again: the run is not failed
+        for them (exit 0), but never silent about them."""
+        earlier = Counter(
+            refusal["side"]
+            for refusal in self.state.refusals()
+            if refusal["folder"] in names and refusal["last"] < started
+        )
+        for side, count in sorted(earlier.items()):
+            warning = (
+                f"{count} message(s) refused for good by the {SIDE_NAMES[other(side)]} side on "
+                "an earlier run were not offered again; mailsync status names them, "
+                "--retry-refused offers them again"
+            )
+            report.warnings.append(warning)
+            log.warning("%s", warning)
 
     def _quickly_untouched(self, name: str, existing) -> bool:
         """_untouched() for a folder that exists on both sides with cursors, checked with
         the main thread's stores; False whenever in doubt (the folder is then synced)."""
         local = self.local_name(name)
-        if self.dry_run or self.policy.force_delete or name in self._notes:
+        if self.dry_run or self.policy.force_delete or self.retry_refused or name in self._notes:
             return False
         if name in self._blocked or name not in existing["a"] or local not in existing["b"]:
             return False
@@ -583,6 +662,14 @@ class Syncer:
             name = self.local_name(name)
         if name in existing[side]:
             return self.stores[side].open_folder(name)
+        if self.dry_run and self.policy.writes(side):
+            why = self.stores[side].creation_problem(name, kind)
+            if why:
+                error = f"{name}: cannot be created on the {SIDE_NAMES[side]} side: {why}"
+                report.errors.append(error)
+                log.error("%s", error)
+            else:
+                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side")
         if not self.policy.writes(side) or self.dry_run:
             return None  # read as empty
         had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))
@@ -615,6 +702,21 @@ class Syncer:
             report.skipped += len(skipped)
             for note in skipped:
                 log.warning("%s: %s", fstate.name_a, note)
+            self._report_problems(side, folder.problems, report.errors)
+
+    def _report_problems(self, side: str, problems, errors: list[str]) -> None:
+        """What a side's listing found but could not read.  On a side the run copies
+        from, it is mail not synced: an error (exit 1), so the run is not clean, no
+        cursor vouches for the folder, and the next run reports it again.  On a side the
+        run only writes to (the destination of a pull), nothing is missing from the copy:
+        a warning."""
+        copied_from = self.policy.writes(other(side))
+        for problem in problems:
+            if copied_from:
+                errors.append(problem)
+                log.error("%s", problem)
+            else:
+                log.warning("%s", problem)
 
     def _list_folder(self, side, folder: Folder, fstate: FolderState, pairs, cursor):
         if cursor and folder.unchanged(cursor):
@@ -635,7 +737,7 @@ class Syncer:
         """Both sides unchanged since a clean run under the same policy: nothing to plan,
         so not even the state's pairs are loaded (a 100,000-message rerun is STATUS calls
         and directory stats)."""
-        if self.dry_run or self.policy.force_delete:
+        if self.dry_run or self.policy.force_delete or self.retry_refused:
             return False
         if self.state.get_meta(f"clean:{fstate.id}") != self._policy_signature():
             return False
@@ -649,7 +751,16 @@ class Syncer:
         if self._untouched(fstate, folders):
             log.debug("%s: unchanged on both sides since the last clean run", name)
             return report
-        if self._paged(fstate, folders):
+        # Messages the other side refused for good before: a side with some is listed in
+        # full (not from its cursor), so that a refused message deleted since is forgotten
+        # and one to retry is seen; a paged source (EWS) only when retrying.
+        refused = {side: self.state.refused_keys(fstate.id, side) for side in ("a", "b")}
+        self._local.refused = refused
+        paged = self._paged(fstate, folders)
+        for side in ("a", "b"):
+            if refused[side] and (self.retry_refused or not (paged and side == "a")):
+                setattr(fstate, f"cursor_{side}", {})
+        if paged:
             try:
                 return self._sync_pages(name, fstate, folders, report)
             except _Relist:
@@ -664,11 +775,19 @@ class Syncer:
                 continue
             old = fstate.validity(side)
             if old is not None and old != folder.validity and not self.dry_run:
+                refused[side].clear()  # keys of the old validity: void
+                self.state.begin()
+                self.state.forget_refusals(fstate.id, side)
+                self.state.commit()
                 self._rematch(fstate, side, folder, listings, report)
             setattr(fstate, f"validity_{side}", folder.validity)
         if not self.dry_run:
             self.state.begin()
             self.state.save_folder(fstate)
+            for side in ("a", "b"):
+                gone = refused[side] - listings[side].keys()  # deleted where it was
+                self.state.forget_refusals(fstate.id, side, sorted(gone))
+                refused[side] -= gone
             self.state.commit()
 
         pairs = self.state.pairs(fstate.id)
@@ -690,7 +809,9 @@ class Syncer:
             persists["a"],
             persists["b"],
             refused_before,
+            None if self.retry_refused else refused,
         )
+        report.withheld = len(the_plan.withheld)
         if not self.dry_run:
             refused_now = ",".join(sorted({d.side for d in the_plan.refused_deletes}))
             if refused_now or refused_before:
@@ -707,6 +828,8 @@ class Syncer:
             report.planned = the_plan.count()
             for action in the_plan.copies + the_plan.flags + the_plan.deletes:
                 log.info("%s: would %s", name, describe(action))
+            for copy in the_plan.withheld:
+                log.info("%s: would not %s: refused before", name, describe(copy))
             if rule is not None:
                 going = self._expired(rule, pairs, listings, set())
                 if rule.after_download:
@@ -809,6 +932,7 @@ class Syncer:
             folder_a.recall_versions(
                 {p.key_a: p.version_a for p in page_pairs if p.key_a and p.version_a}
             )
+            refused_a = self._local.refused["a"]
             the_plan = plan(
                 listing_a,
                 listing_b,
@@ -817,7 +941,9 @@ class Syncer:
                 folder_a.persists,
                 folder_b.persists,
                 frozenset(),
+                None if self.retry_refused else {"a": refused_a},
             )
+            report.withheld += len(the_plan.withheld)
             listings = {"a": listing_a, "b": listing_b}
             self._copies(fstate, the_plan, folders, listings, pairs, report)
             for pair in self.state.pairs_for(fstate.id, list(page)):
@@ -832,6 +958,9 @@ class Syncer:
             keys_a = {id(action): action.pair.key_a for action in the_plan.bookkeeping}
             for action in self._bookkeeping(the_plan):  # (a tombstone clears key_a)
                 by_a.pop(keys_a[id(action)], None)
+            gone = [key for key, info in page.items() if info is None and key in refused_a]
+            self.state.forget_refusals(fstate.id, "a", gone)  # deleted on the source
+            refused_a.difference_update(gone)
             if advancing:
                 fstate.cursor_a = cursor_a
             self.state.save_folder(fstate)
@@ -971,6 +1100,7 @@ class Syncer:
         index = None  # content hash -> [(dst key, pair or None)], built on first use
         pending: list[Pair] = []
         obsolete: list[Pair] = []
+        accepted: list[str] = []  # source keys refused before, copied after all (a retry)
         pending_bytes = 0
         bar = self.progress(len(copies), f"{fstate.name_a} -> {SIDE_NAMES[dst]}")
 
@@ -984,6 +1114,8 @@ class Syncer:
             for pair in obsolete:
                 self.state.delete_pair(pair)
             obsolete.clear()
+            self.state.forget_refusals(fstate.id, src, accepted)
+            accepted.clear()
             for pair in pending:
                 if folders["a"] is not None:  # after flush: what the writes made of it
                     pair.version_a = folders["a"].version(pair.key_a)
@@ -1011,15 +1143,14 @@ class Syncer:
                     continue
                 digest = fingerprint(data)
                 if index is None:
-                    index, unreadable = self._match_index(
+                    index, loose, unreadable = self._match_index(
                         pairs, src, dst, target, listings, paired[dst]
                     )
-                candidates = index.get(digest)
-                if (
-                    not candidates
-                    and unreadable
-                    and unreadable & {len(data), len(data) + data.count(b"\n")}
-                ):
+                # The exact copy first; then one the destination stored normalised.
+                match = _unused(index.get(digest), paired[dst])
+                if match is None and loose:
+                    match = _unused(loose.get(tolerant_fingerprint(data)), paired[dst])
+                if match is None and unreadable and unreadable & _stored_sizes(data):
                     error = (
                         f"{fstate.name_a}: cannot tell whether message {key} is already on the "
                         f"{SIDE_NAMES[dst]} side: a message of its size there is unreadable; "
@@ -1028,11 +1159,12 @@ class Syncer:
                     report.errors.append(error)
                     log.error("%s", error)
                     continue
-                if candidates:
-                    dst_key, pair = candidates.pop()
+                flags = copy.flags - {RECENT}  # (see _append_flags)
+                if match is not None:
+                    dst_key, pair = match
                     if pair is not None and pair.id is not None:
                         self._local.relinked.add(pair.id)
-                    self._link(copy, src, dst, dst_key, pair, target, listings[dst])
+                    self._link(flags, dst, dst_key, target, listings[dst])
                     if pair is not None and copy.pair is not None and pair is not copy.pair:
                         obsolete.append(copy.pair)  # a resurrected message met its tombstone
                     pair = pair or copy.pair or self._new_pair(copy, digest)
@@ -1049,8 +1181,12 @@ class Syncer:
                 else:
                     # Sources that do not know when a message arrived (POP3): its headers.
                     arrival = copy.arrival or arrival_date(data) or self.clock()
+                    append_flags = self._append_flags(flags, key, source, target, listings[src])
                     try:
-                        dst_key = target.append(data, copy.flags, arrival)
+                        dst_key = target.append(data, append_flags, arrival)
+                    except RefusedError as error:
+                        self._refused(fstate, src, key, digest, data, error, report)
+                        continue
                     except MessageError as error:
                         report.errors.append(str(error))
                         log.error("%s", error)
@@ -1075,7 +1211,9 @@ class Syncer:
                     )
                 setattr(pair, f"key_{src}", key)
                 setattr(pair, f"key_{dst}", dst_key)
-                pair.flags, pair.hash, pair.ident = copy.flags, digest, header_digest(data)
+                pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
+                if key in self._local.refused[src]:
+                    accepted.append(key)
                 paired[src].add(key)
                 paired[dst].add(dst_key)
                 pending.append(pair)
@@ -1086,6 +1224,26 @@ class Syncer:
         finally:
             bar.close()
 
+    def _refused(self, fstate, src, key, digest, data, error: RefusedError, report) -> None:
+        """The destination refused a message for good: named, recorded (not as copied),
+        and not offered again on later runs unless --retry-refused."""
+        about = summary(data)
+        dst = SIDE_NAMES[other(src)]
+        self.state.begin()
+        self.state.record_refusal(fstate.id, src, key, digest, about, error.reason)
+        self.state.commit()
+        self._local.refused[src].add(key)
+        report.refused_messages.append(
+            {"folder": fstate.name_a, "key": key, **about, "reason": error.reason}
+        )
+        text = (
+            f"{fstate.name_a}: the {dst} side refuses {SIDE_NAMES[src]} message {key} "
+            f"({summary_line(about)}): {error.reason}; recorded, later runs will not offer it "
+            "again (--retry-refused does)"
+        )
+        report.errors.append(text)
+        log.error("%s", text)
+
     def _new_pair(self, copy: Copy, digest: str) -> Pair:
         return Pair(None, None, None, copy.flags, digest, added=self.clock())
 
@@ -1093,8 +1251,11 @@ class Syncer:
         """Destination messages a copy may turn out to be, by content hash: unknown ones
         (an interrupted copy, a first sync of two full folders) and known ones whose
         source message is gone (a tombstone, or a message that vanished and came back).
-        Also returns the sizes of unknown destination messages that could not be read."""
+        Also, for a destination that normalises, the unknown ones by
+        message.tolerant_fingerprint() (a copy it stored changed), and the sizes of
+        unknown ones that could not be read."""
         index: dict[str, list] = {}
+        loose: dict[str, list] = {}
         known = set()
         for pair in pairs:
             key = pair.key(dst)
@@ -1107,20 +1268,36 @@ class Syncer:
                 index.setdefault(pair.hash, []).append((key, pair))
         unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
         unreadable: set[int] = set()
-        if unknown:
-            prints = target.fingerprints(unknown)
-            for key in unknown:
-                if key in prints:
-                    index.setdefault(prints[key], []).append((key, None))
-                else:
-                    unreadable.add(listings[dst][key].size)
-        return index, unreadable
+        for key, data in target.fetch_many(unknown) if unknown else ():  # one read each
+            if isinstance(data, MessageError):
+                unreadable.add(listings[dst][key].size)
+                continue
+            index.setdefault(fingerprint(data), []).append((key, None))
+            if target.normalises:
+                loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
+            del data  # not kept alive while the next (maybe 50 MB) body is read
+        return index, loose, unreadable
 
-    def _link(self, copy: Copy, src, dst, dst_key, pair, target: Folder, listing):
+    @staticmethod
+    def _append_flags(flags, key, source: Folder, target: Folder, listing) -> frozenset[str]:
+        """The flags a copy is appended with.  \\Recent (unseen by any mail reader) goes
+        only to folders that mark it (Maildir: new/ or cur/), so it never reaches a
+        server or the state: from a source that marks it too, as that source listed the
+        message (a Maildir's new/ stays new/, its cur/ stays cur/); from any other source
+        always, so such a folder files the copy as it always did (new/ unless it has
+        flags)."""
+        if not target.marks_recent:
+            return flags
+        info = listing.get(key)
+        if not source.marks_recent or (info is not None and RECENT in info.flags):
+            return flags | {RECENT}
+        return flags
+
+    def _link(self, flags, dst, dst_key, target: Folder, listing):
         """Adopt an existing destination message; the source's flags win."""
         now = listing[dst_key].flags if dst_key in listing else frozenset()
-        add = frozenset(f for f in copy.flags - now if target.persists(f))
-        remove = frozenset(f for f in now - copy.flags if target.persists(f))
+        add = frozenset(f for f in flags - now if target.persists(f))
+        remove = frozenset(f for f in now - flags if target.persists(f))
         if add or remove:
             target.set_flags(dst_key, add, remove)
             self._local.written.add(dst)
@@ -1202,6 +1379,23 @@ class Syncer:
             "(SELECT folder_id FROM pairs WHERE id = ?)",
             (action.key, removed, action.pair.id, action.pair.id),
         )
+
+
+def _unused(candidates: list | None, used: set[str]):
+    """The last (destination key, pair) of `candidates` whose key no copy took yet (a
+    message is in both match indexes), taken out of the list; None if there is none."""
+    while candidates:
+        candidate = candidates.pop()
+        if candidate[0] not in used:
+            return candidate
+    return None
+
+
+def _stored_sizes(data: bytes) -> set[int]:
+    """The sizes a destination may list `data` with: LF or CRLF (IMAP), and with the one
+    final line end a store may add (see message.tolerant_fingerprint)."""
+    lf, crlf = len(data), len(data) + data.count(b"\n")
+    return {lf, lf + 1, crlf, crlf + 2}
 
 
 class _Relist(Exception):

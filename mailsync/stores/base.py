@@ -4,7 +4,9 @@ The engine sees two Folders and a state; it knows no protocol.  Contract, for ev
 store (tests/stores/test_contract.py runs the same suite against each):
 
 * Message bodies are bytes with LF line endings.  ``fetch`` returns exactly the bytes
-  ``append`` was given (after CRLF -> LF).  Bodies never change; only flags do.
+  ``append`` was given (after CRLF -> LF), except in a folder that ``normalises``, whose
+  copy may differ as far as message.tolerant_fingerprint() allows (mbox gives a message
+  without a final newline one).  Bodies never change; only flags do.
 * A key names one message within one folder for as long as ``validity`` is unchanged.
   It survives flag changes (a Maildir file renamed by a mail reader keeps its key).
 * ``append``, ``set_flags`` and ``delete`` may be buffered; after ``flush`` returns
@@ -13,15 +15,24 @@ store (tests/stores/test_contract.py runs the same suite against each):
   says which flags a folder can keep; the engine keeps the others in its state.
 * Errors are ``mailsync.errors`` exceptions: MessageError for one message,
   FolderError for the folder, StoreError/ConnectError for the whole store.
+* Nothing that looks like mail is left out silently: what a listing cannot read goes
+  into ``problems`` (of the folder, or of the store for parts of a tree that are no
+  folder), and the engine reports each one (Syncer._report_problems).
+* Folder names have at most MAX_FOLDER_DEPTH parts: deeper folders are not listed (a
+  store problem) and cannot be created (FolderError).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from mailsync.errors import MessageError, RenameRefused
 from mailsync.message import Info, fingerprint
+
+#: The deepest folder nesting a store lists or creates (parts of a "/"-separated name):
+#: far beyond real mail hierarchies, and it keeps every walk, path and name bounded.
+MAX_FOLDER_DEPTH = 100
 
 
 class Folder(ABC):
@@ -29,6 +40,23 @@ class Folder(ABC):
     #: Token that changes when every key of the folder becomes void (IMAP UIDVALIDITY).
     validity: str = ""
     read_only: bool = False
+    #: What the last list() found in the folder that looks like mail but cannot be read
+    #: (one sentence each, naming the file and what to do).  On a side a run copies
+    #: from, the engine makes each one an error of the folder (exit 1), so the folder is
+    #: not vouched for by a cursor and is listed again next run; elsewhere a warning.
+    problems: Sequence[str] = ()
+    #: True if list() marks with \Recent (message.RECENT) exactly the messages no mail
+    #: reader has seen yet (Maildir: new/), so that a message without it is known to be
+    #: old, and append() files a message given \Recent as unseen that way.  False (most
+    #: stores): a listing's \Recent means nothing, and the engine never gives it to
+    #: append().  \Recent is no flag: persists() is False for it.
+    marks_recent: bool = False
+    #: True if the folder may keep a message with other bytes than append() was given
+    #: (beyond CRLF -> LF), within what message.tolerant_fingerprint() ignores: mbox
+    #: ends a message with a newline.  The engine then recognises a copy it did not
+    #: record (a run killed before its state commit) by that digest too, after the exact
+    #: fingerprint found nothing; in other folders only the exact fingerprint counts.
+    normalises: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:
@@ -128,6 +156,11 @@ class Folder(ABC):
 class Store(ABC):
     url: str  # as given, without secrets
     read_only: bool = False
+    #: What the last list_folders() found that looks like mail but is no folder it can
+    #: list (an unreadable directory, a name no folder can have, nesting deeper than
+    #: MAX_FOLDER_DEPTH), one sentence each.  The engine reports each one as an error
+    #: of the run (exit 1) on a side the run copies from, elsewhere as a warning.
+    problems: Sequence[str] = ()
 
     @abstractmethod
     def list_folders(self) -> list[str]:
@@ -180,6 +213,17 @@ class Store(ABC):
     def describe(self) -> str:
         return self.url
 
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        """Why open_folder(name, create=True, kind=kind) would fail here, or None as far
+        as the store can tell without creating anything (the dry run asks, for folders
+        it would create).  This default knows only read-only stores."""
+        return "the store is read-only" if self.read_only else None
+
+    def password_endpoint(self):
+        """The net.Endpoint whose password this store will ask for (net.password_for), or
+        None: local stores, logins without a password (OAuth2)."""
+        return getattr(self, "endpoint", None)
+
     def close(self) -> None:
         pass
 
@@ -188,3 +232,22 @@ class Store(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def path_creation_problem(path: str) -> str | None:
+    """Why a directory or file could not be created at `path` by this process: something
+    that is no directory on the way, or no permission in the nearest existing directory.
+    None if nothing is in the way (for local stores' creation_problem())."""
+    import os
+
+    if os.path.lexists(path):
+        return None
+    parent = os.path.dirname(path)
+    while parent and not os.path.lexists(parent):
+        path, parent = parent, os.path.dirname(parent)
+    parent = parent or "."
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no permission to create {os.path.basename(path)} in {parent}"
+    return None

@@ -50,6 +50,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
     MessageError,
+    RefusedError,
     StoreError,
 )
 from mailsync.message import (
@@ -109,6 +110,19 @@ ITEM_ERRORS = (
     "ErrorInvalidItemForOperation",
     "ErrorAccessDenied",
     "ErrorMessageSizeExceeded",
+)
+# CreateItem errors about the message itself: creating it again will fail again
+# (RefusedError, recorded, not offered again unless --retry-refused).  Others, such as
+# ErrorQuotaExceeded or ErrorServerBusy, may pass and are retried on the next run.
+CREATE_REFUSALS = frozenset(
+    {
+        "ErrorMessageSizeExceeded",
+        "ErrorMimeContentConversionFailed",
+        "ErrorMimeContentInvalid",
+        "ErrorMimeContentInvalidBase64String",
+        "ErrorCorruptData",
+        "ErrorInvalidPropertyValue",
+    }
 )
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 # PR_LAST_VERB_EXECUTED values (MS-OXOMSG 2.2.1.29)
@@ -289,6 +303,9 @@ class EWSStore(Store):
         self._folders: dict[str, object] | None = None  # name -> exchangelib folder
         self._ids: dict[str, str] = {}
         self._kinds: dict[str, str] = {}  # name -> "mail" / "calendar" / "contacts"
+
+    def password_endpoint(self):
+        return None if self.auth == "oauth2" else self.endpoint
 
     # connection -----------------------------------------------------------------------
     def _cache_path(self) -> str:
@@ -616,6 +633,17 @@ class EWSStore(Store):
             self._kinds[name] = "mail"
         return EWSFolder(self, name, folders[name], self._kinds.get(name, "mail"))
 
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"{self.url}: mailsync does not create {kind} folders"
+        if self.read_only:
+            return "the store is read-only"
+        if any(
+            not part or part in (".", "..") or _BAD_NAME.search(part) for part in name.split("/")
+        ):
+            return f"{self.url}: cannot create a folder named {name!r}"
+        return None
+
     def _create_folder(self, name: str):
         exl = _exchangelib()
         folders = self._hierarchy()
@@ -909,6 +937,8 @@ class EWSFolder(Folder):
             )
         try:
             self._call("CreateItem", message.save)
+        except RefusedError:
+            raise
         except MailsyncError as error:
             raise MessageError(str(error))
         key = message.id
@@ -1057,6 +1087,8 @@ def _ews_error(where: str, error: BaseException, what: str = "") -> MailsyncErro
     if code in ("ErrorFolderNotFound",):
         return FolderError(f"{where}: the folder is gone from the server ({code})")
     doing = f" during {what}" if what else ""
+    if what == "CreateItem" and code in CREATE_REFUSALS:
+        return RefusedError(f"{where}: the server refuses the message", f"{code}: {_clean(error)}")
     return StoreError(f"{where}: the server refused the request{doing} ({code}: {_clean(error)})")
 
 

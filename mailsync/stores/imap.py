@@ -45,6 +45,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
     MessageError,
+    RefusedError,
     StoreError,
 )
 from mailsync.message import Info, fingerprint, header_digest, normalise_flags, to_crlf, to_lf
@@ -65,12 +66,37 @@ META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
 STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
 MAX_LITERAL = 1 << 30  # refuse to allocate more for one literal (a hostile server)
 MAX_LINE = 32 * 1024 * 1024  # imaplib's 1 MB line limit is too small for big SEARCH results
+# Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
+# "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
+# on the next run.  Any other NO (none, TOOBIG, LIMIT, PARSE, CANNOT, ...) refuses it for
+# good: RefusedError.
+APPEND_TRY_LATER = frozenset(
+    {
+        "TRYCREATE",
+        "UNAVAILABLE",
+        "SERVERBUG",
+        "OVERQUOTA",
+        "INUSE",
+        "CONTACTADMIN",
+        "NOPERM",
+        "AUTHORIZATIONFAILED",
+        "EXPIRED",
+        "PRIVACYREQUIRED",
+        "CORRUPTION",
+        "EXPUNGEISSUED",
+        "NONEXISTENT",
+        "ALREADYEXISTS",
+        "READ-ONLY",
+        "ALERT",
+    }
+)
 SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
 SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 _OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 objectid
 _ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
 _NETWORK_ERRORS = (OSError, EOFError)
+_TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
 
 if imaplib._MAXLINE < MAX_LINE:
     imaplib._MAXLINE = MAX_LINE
@@ -475,7 +501,12 @@ class IMAPStore(Store):
         imap.literal = wire
         typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
         if typ != "OK":
-            raise imaplib.IMAP4.error(f"APPEND failed: {_clean(data[-1] if data else typ)}")
+            text = _clean(data[-1] if data else typ)
+            code = re.match(r"\[([A-Za-z0-9.-]+)", text)
+            if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
+                reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
+                raise RefusedError(f"APPEND refused: {reason}", reason)
+            raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")
 
     def _op_list(self):
@@ -771,7 +802,8 @@ class IMAPStore(Store):
         return "/".join(parts)
 
     def server_name(self, name: str) -> str:
-        """The server's name for our folder `name` (FolderError if it cannot be one)."""
+        """The server's name for our folder `name`, under the personal namespace's
+        prefix (FolderError if it cannot be one)."""
         if name in self._names:
             return self._names[name]
         if name == "INBOX":
@@ -791,8 +823,18 @@ class IMAPStore(Store):
                 f"{self.url}: folder name {name!r} contains {delimiter!r}, the server's "
                 "hierarchy delimiter; rename the folder"
             )
-        self._namespaces()
-        return self._prefix + delimiter.join(parts)
+        return (self._prefix or "") + delimiter.join(parts)  # (known once listed)
+
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+        if self.read_only:
+            return "the store is read-only"
+        try:
+            self.server_name(name)
+        except FolderError as error:
+            return str(error)
+        return None
 
     def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> IMAPFolder:
         if kind != "mail":
@@ -1250,6 +1292,8 @@ class IMAPFolder(Folder):
                 f"{self.name}: the connection dropped while appending; the next run finds "
                 "the message if it arrived"
             )
+        except RefusedError as error:
+            raise RefusedError(f"{self.name}: the server refuses the message", error.reason)
         except MailsyncError as error:
             raise MessageError(f"{self.name}: the server refused a message ({error})")
         match = re.search(r"\[APPENDUID (\d+) (\d+)\]", response or "", re.I)

@@ -2,10 +2,17 @@
 
 Layouts (``maildir:PATH?layout=...``):
 
-* ``verbatim`` (default): folder ``Archive/2019`` is ``ROOT/Archive/2019/{cur,new,tmp}``
-  and INBOX is ``ROOT/INBOX``.  Dovecot reads this with ``LAYOUT=fs``.
+* ``verbatim``: folder ``Archive/2019`` is ``ROOT/Archive/2019/{cur,new,tmp}`` and
+  INBOX is ``ROOT/INBOX``.  Dovecot reads this with
+  ``mail_location = maildir:ROOT:LAYOUT=fs:INBOX=ROOT/INBOX`` (without ``INBOX=`` it
+  takes ROOT itself for INBOX and shows it empty).
 * ``maildir++``: INBOX is ``ROOT`` itself and ``Archive/2019`` is ``ROOT/.Archive.2019``
   (Courier, Dovecot's default).  Folder names containing "." cannot be represented.
+
+Without ``?layout=``, the tree says (MaildirStore.detect_layout): a root that is itself
+a Maildir is maildir++, anything else verbatim.  Whatever a layout does not read but
+holds mail (a Maildir root under verbatim, verbatim folders under a maildir++ root,
+names no folder can have) is reported as a problem of the listing, never dropped.
 
 A message's key is its file's unique base name: everything before the ``:2,`` info
 suffix, so Dovecot's ``,S=``/``,W=`` parts stay in the key and the key survives a mail
@@ -46,19 +53,20 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused
+from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused, StoreError
 from mailsync.message import (
     ANSWERED,
     DELETED,
     DRAFT,
     FLAGGED,
     FORWARDED,
+    RECENT,
     SEEN,
     STANDARD_FLAGS,
     Info,
     to_lf,
 )
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import MAX_FOLDER_DEPTH, Folder, Store, path_creation_problem
 
 LAYOUTS = ("verbatim", "maildir++")
 
@@ -92,6 +100,11 @@ def check_folder_name(name: str, layout: str = "verbatim") -> list[str]:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise FolderError(f"folder name {name!r} contains control characters; rename it")
     parts = name.split("/")
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise FolderError(
+            f"folder name {_shorten(name)!r} is nested {len(parts)} levels deep; mailsync "
+            f"handles folders at most {MAX_FOLDER_DEPTH} levels deep"
+        )
     for part in parts:
         if part in ("", ".", ".."):
             raise FolderError(
@@ -110,6 +123,11 @@ def check_folder_name(name: str, layout: str = "verbatim") -> list[str]:
             "layout reserves for messages; rename the folder or use layout=maildir++"
         )
     return parts
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A long name or path cut for an error line (a folder 1,000 levels deep)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def split_name(filename: str) -> tuple[str, str | None]:
@@ -189,6 +207,31 @@ def safe_hostname(host: str) -> str:
     return host.replace("/", "\\057").replace(":", "\\072")
 
 
+# The names mailsync gives the files it writes through tmp/: unique_name() and the
+# dovecot-keywords rewrite (_write_keywords); each carries the writer's pid and host.
+_OWN_TMP_NAME = re.compile(
+    r"\d+\.M\d+P(?P<pid>\d+)Q\d+\.(?P<host>.+),S=\d+"
+    r"|" + re.escape(KEYWORDS_FILE) + r"\.P(?P<kwpid>\d+)\.(?P<kwhost>.+)"
+)
+
+
+def _dead_writer(filename: str) -> bool:
+    """Whether a tmp/ file is mailsync's own, written on this machine by a process that
+    is gone (killed mid-write), so it can go at once.  A live process's file is never
+    taken: not this run's, not another run's (whose pid is alive), and not one whose pid
+    was reused meanwhile (it waits for the 36 hours).  Other hosts' files (a shared
+    file system) wait too: their pids mean nothing here."""
+    match = _OWN_TMP_NAME.fullmatch(filename)
+    if match is None:
+        return False
+    host = match.group("host") or match.group("kwhost")
+    if host != safe_hostname(socket.gethostname() or "localhost"):
+        return False
+    from mailsync.stores.mbox import pid_alive  # (only when a name matches: start-up time)
+
+    return not pid_alive(int(match.group("pid") or match.group("kwpid")))
+
+
 def unique_name(size: int) -> str:
     now = time.time()
     sec = int(now)
@@ -201,23 +244,28 @@ def unique_name(size: int) -> str:
 
 
 def _make_dir(path: str, dirty: set[str]) -> None:
-    """mkdir with mode 0700 whatever the umask; missing parents too.  Parents whose
-    entries changed go into `dirty` for fsync."""
-    try:
-        os.mkdir(path, _DIR_MODE)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise FolderError(f"{path} exists and is not a directory; move it away")
-        return
-    except FileNotFoundError:
-        parent = os.path.dirname(path)
-        if parent == path:
-            raise
-        _make_dir(parent, dirty)
-        _make_dir(path, dirty)
-        return
-    os.chmod(path, _DIR_MODE)
-    dirty.add(os.path.dirname(path))
+    """mkdir with mode 0700 whatever the umask; missing parents too, from the top down
+    in a loop (a deep path is no recursion).  Parents whose entries changed go into
+    `dirty` for fsync."""
+    missing = []
+    current = path
+    while not os.path.isdir(current):
+        if os.path.lexists(current):
+            raise FolderError(f"{current} exists and is not a directory; move it away")
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, _DIR_MODE)
+        except FileExistsError:  # made by someone else meanwhile
+            if not os.path.isdir(directory):
+                raise FolderError(f"{directory} exists and is not a directory; move it away")
+            continue
+        os.chmod(directory, _DIR_MODE)
+        dirty.add(os.path.dirname(directory))
 
 
 def _fsync_dir(path: str) -> None:
@@ -236,6 +284,63 @@ def _file_stamp(st: os.stat_result) -> list[int]:
 
 def _is_maildir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "cur")) and os.path.isdir(os.path.join(path, "new"))
+
+
+def _has_entries(path: str) -> bool:
+    """Whether the directory holds anything but dot files (False if unreadable too)."""
+    try:
+        with os.scandir(path) as entries:
+            return any(not entry.name.startswith(".") for entry in entries)
+    except OSError:
+        return False
+
+
+def _holds_messages(path: str) -> bool:
+    return any(_has_entries(os.path.join(path, sub)) for sub in ("cur", "new"))
+
+
+def _half_maildir(path: str) -> str | None:
+    """A problem sentence if `path` has messages in cur/ or new/ but not both
+    directories (no Maildir reader takes it for one), else None."""
+    for sub, missing in (("cur", "new"), ("new", "cur")):
+        if not os.path.isdir(os.path.join(path, missing)) and _has_entries(os.path.join(path, sub)):
+            return (
+                f"{_shorten(path)} has messages in {sub}/ but no {missing}/ directory, so it "
+                f"is no Maildir and is not synced; create {missing}/ (and tmp/) in it"
+            )
+    return None
+
+
+def _unreached(top: str, layout: str, hint: str) -> list[str]:
+    """Problems for the Maildirs (and vdirs) at or below `top` that the `layout` does not
+    read: the directory tree under a maildir++ root, say.  A loop, bounded in depth."""
+    from mailsync.stores.vdir import vdir_kind
+
+    out = []
+    pending = [(top, 0)]
+    seen: set[tuple[int, int]] = set()
+    while pending:
+        directory, depth = pending.pop()
+        if (_is_maildir(directory) and _holds_messages(directory)) or vdir_kind(directory):
+            out.append(
+                f"{_shorten(directory)} holds mail but is not synced: the {layout} layout "
+                f"does not read it there; use ?layout={hint} or move it"
+            )
+            continue
+        if depth >= MAX_FOLDER_DEPTH:
+            continue
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name not in SUBDIRS and entry.is_dir():
+                        pending.append((entry.path, depth + 1))
+        except OSError:
+            continue
+    return out
 
 
 def _write_error(error: OSError, where: str) -> str:
@@ -312,6 +417,9 @@ class LazyInfo(Info):
 
 
 class MaildirFolder(Folder):
+    # new/ holds the messages no mail reader has seen yet; they are listed with \Recent,
+    # and append() puts a message given \Recent without letters there (see append).
+    marks_recent = True
     _cursor: dict | None = None
     _verifiable = False  # _where is a complete picture: list() and our own changes only
 
@@ -398,6 +506,8 @@ class MaildirFolder(Folder):
         self._wait_all()
         self._cursor = self._dir_mtimes()
         self._verifiable = True
+        problems: list[str] = []
+        self.problems = problems
         # Read after the cursor, before the names: letters are only ever added, and each
         # one before a file name uses it, so every letter met below is in this version
         # unless it is newer than the cursor.
@@ -405,8 +515,9 @@ class MaildirFolder(Folder):
         keywords = self._kw_letters
         out: dict[str, Info] = {}
         where: dict[str, tuple[str, str]] = {}
-        parsed: dict[str, frozenset[str]] = {"": frozenset()}  # info -> flags; few distinct
         for sub in ("new", "cur"):  # cur last: it wins if a key is in both
+            # info -> flags, few distinct; in new/ with \Recent, as Dovecot reports them
+            parsed: dict[str, frozenset[str]] = {"": frozenset({RECENT} if sub == "new" else ())}
             directory = os.path.join(self.path, sub)
             try:
                 entries = os.scandir(directory)
@@ -425,10 +536,14 @@ class MaildirFolder(Folder):
                     else:
                         key, info = filename[:i], filename[i + 3 :]
                     if not key:
+                        problems.append(
+                            f"{entry.path} has no unique name before its {INFO_SEP} info, so "
+                            "it cannot be synced; rename it"
+                        )
                         continue
                     flags = parsed.get(info)
                     if flags is None:
-                        flags = parsed[info] = info_flags(info, keywords)
+                        flags = parsed[info] = info_flags(info, keywords) | parsed[""]
                     size = size_in_name(key) if ",S=" in key else None
                     if size is not None and entry.is_file():
                         # No stat: the size is in the name, and the arrival date (the
@@ -437,9 +552,23 @@ class MaildirFolder(Folder):
                     else:
                         try:
                             st = entry.stat()
-                        except OSError:
-                            continue  # vanished or a dangling symlink
+                        except FileNotFoundError:
+                            if os.path.islink(entry.path):
+                                problems.append(
+                                    f"{entry.path} is a symbolic link to nothing, so it cannot "
+                                    "be synced; restore its target or remove it"
+                                )
+                            continue  # else a mail reader moved it meanwhile
+                        except OSError as e:
+                            problems.append(
+                                f"cannot read {entry.path} ({e.strerror}): check its permissions"
+                            )
+                            continue
                         if not stat.S_ISREG(st.st_mode):
+                            problems.append(
+                                f"{entry.path} is not a regular file, so it cannot be synced; "
+                                f"move it out of {sub}/"
+                            )
                             continue
                         out[key] = Info(flags, st.st_size if size is None else size, st.st_mtime)
                     where[key] = (sub, filename)
@@ -629,7 +758,8 @@ class MaildirFolder(Folder):
         except OSError as e:
             raise MessageError(_write_error(e, tmp_dir))
         self._have_tmp = True
-        tmp = os.path.join(tmp_dir, f"{KEYWORDS_FILE}.{os.getpid()}")
+        host = safe_hostname(socket.gethostname() or "localhost")
+        tmp = os.path.join(tmp_dir, f"{KEYWORDS_FILE}.P{os.getpid()}.{host}")  # _dead_writer
         try:
             fd = os.open(
                 tmp,
@@ -688,7 +818,11 @@ class MaildirFolder(Folder):
         # before the writer thread renames it into place.
         letters = "".join(sorted(set(flags_info(flags)) | self._keyword_letters(flags, True)))
         key = unique_name(len(data))
-        if letters:
+        # new/ is for what no mail reader has seen (\Recent, which the engine passes on
+        # from a source Maildir's new/, and for every message from sources that cannot
+        # tell); a message with flags, or without \Recent, was seen: cur/, with an empty
+        # info if need be, so mutt shows old unread mail as old, not as new.
+        if letters or RECENT not in flags:
             sub, filename = "cur", key + INFO_SEP + letters
         else:
             sub, filename = "new", key
@@ -850,7 +984,10 @@ class MaildirFolder(Folder):
             raise FolderError(f"{self.name} in {self.store.url} is read-only")
 
     def _clean_tmp(self) -> None:
-        """Remove tmp/ files untouched for 36 hours (left by crashed deliveries)."""
+        """Remove what killed writers left in tmp/: at once, files of mailsync's own
+        whose process is gone (see _dead_writer); others' files once untouched for 36
+        hours, as the Maildir spec says.  A file in tmp/ was never renamed into new/ or
+        cur/, so it is no message yet: nothing is lost."""
         cutoff = time.time() - TMP_MAX_AGE
         try:
             with os.scandir(os.path.join(self.path, "tmp")) as entries:
@@ -859,7 +996,8 @@ class MaildirFolder(Folder):
                         st = entry.stat(follow_symlinks=False)
                         if not stat.S_ISREG(st.st_mode):
                             continue
-                        if max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff:
+                        untouched = max(st.st_atime, st.st_mtime, st.st_ctime) < cutoff
+                        if untouched or _dead_writer(entry.name):
                             os.unlink(entry.path)
                     except OSError:
                         continue
@@ -871,21 +1009,58 @@ class MaildirFolder(Folder):
 
 
 class MaildirStore(Store):
-    def __init__(self, path: str, layout: str = "verbatim", read_only: bool = False):
-        if isinstance(layout, str) and layout.replace(" ", "+") in LAYOUTS:
+    def __init__(self, path: str, layout: str | None = None, read_only: bool = False):
+        """`layout` None: the tree's own (see detect_layout)."""
+        self.path = path
+        self.root = os.path.abspath(path)
+        if layout is None:
+            layout = self.detect_layout()
+        elif isinstance(layout, str) and layout.replace(" ", "+") in LAYOUTS:
             # URL queries are form-decoded, which turns ?layout=maildir++ into "maildir  "
             layout = layout.replace(" ", "+")
         if layout not in LAYOUTS:
             raise ConfigError(
                 f"unknown Maildir layout {layout!r}; choose one of: {', '.join(LAYOUTS)}"
             )
-        self.path = path
-        self.root = os.path.abspath(path)
         self.layout = layout
         self.read_only = read_only
         self.url = f"maildir:{path}" + ("" if layout == "verbatim" else f"?layout={layout}")
         self._opened: list[MaildirFolder] = []  # flushed on close: writes run in background
         self._kinds: dict[str, str] | None = None  # vdir folders seen by the last listing
+
+    def detect_layout(self) -> str:
+        """The layout of a tree whose URL names none.  A root that is itself a Maildir
+        (cur/ and new/ in it) is maildir++: a standard ~/Maildir, INBOX at the root and
+        .Sent beside it, or one folder given on its own (OUT/INBOX), which holds just
+        INBOX.  Anything else is verbatim, and trees mailsync writes in the verbatim
+        layout never have cur/ at the root, so their layout never changes under them.
+        A root Maildir holding messages next to verbatim folders is refused (ConfigError):
+        either reading would leave mail out, so the URL must say which."""
+        if not _is_maildir(self.root):
+            return "verbatim"
+        verbatim = []
+        try:
+            with os.scandir(self.root) as entries:
+                children = [
+                    e.path
+                    for e in entries
+                    if not e.name.startswith(".") and e.name not in SUBDIRS and e.is_dir()
+                ]
+        except OSError:
+            children = []
+        for child in sorted(children):
+            if _unreached(child, "maildir++", "verbatim"):
+                verbatim.append(os.path.basename(child))
+        if not verbatim:
+            return "maildir++"
+        if not _holds_messages(self.root):
+            return "verbatim"  # an empty Maildir at the root leaves nothing out
+        raise ConfigError(
+            f"{self.root} is itself a Maildir with messages (INBOX in the maildir++ layout) "
+            f"and also holds folders in the verbatim layout ({', '.join(verbatim[:3])}"
+            f"{', ...' if len(verbatim) > 3 else ''}); say which: "
+            f"maildir:{self.path}?layout=maildir++ or maildir:{self.path}?layout=verbatim"
+        )
 
     def close(self) -> None:
         folders, self._opened = self._opened, []
@@ -902,74 +1077,146 @@ class MaildirStore(Store):
         return os.path.join(self.root, *parts)
 
     def list_folders(self) -> list[str]:
+        self._check_root()
+        problems: list[str] = []
         if self.layout == "maildir++":
-            names = self._list_maildirpp()
+            names = self._list_maildirpp(problems)
             self._kinds = {}  # vdirs need layout=verbatim
         else:
-            names = self._list_verbatim()
+            names = self._list_verbatim(problems)
+        self.problems = problems
         return sorted(names)
 
-    def _valid(self, name: str, path: str) -> bool:
-        try:
-            return self.folder_path(name) == path
-        except FolderError:
-            return False
+    def _check_root(self) -> None:
+        """ConfigError (exit 2) for a root that is no directory, or is missing on a side
+        the run only reads: a typo must not pass for an empty source.  A root mailsync
+        writes to is made when the first folder is."""
+        if os.path.isdir(self.root):
+            return
+        if os.path.lexists(self.root):
+            hint = ""
+            try:
+                with open(self.root, "rb") as f:
+                    if f.read(5) == b"From ":
+                        hint = f"; it looks like an mbox file: write mbox:{self.path}"
+            except OSError:
+                pass
+            raise ConfigError(f"{self.root} is not a directory, so no Maildir tree{hint}")
+        if self.read_only:
+            raise ConfigError(f"{self.root} does not exist; check the path")
 
-    def _list_maildirpp(self) -> list[str]:
+    def _unnamable(self, name: str, path: str) -> str | None:
+        """Why the directory `path`, found as folder `name`, cannot be that folder."""
+        try:
+            if self.folder_path(name) == path:
+                return None
+        except FolderError as error:
+            return str(error)
+        return f"it would be folder {name!r}, which lives elsewhere"
+
+    def _check(self, name: str, path: str, problems: list[str]) -> bool:
+        """Whether the Maildir at `path` is folder `name`.  One that cannot be but holds
+        messages becomes a problem: mail is never left out silently."""
+        why = self._unnamable(name, path)
+        if why is None:
+            return True
+        if _holds_messages(path):
+            problems.append(f"{_shorten(path)} holds mail but is not synced: {why}")
+        return False
+
+    def _list_maildirpp(self, problems: list[str]) -> list[str]:
         names = []
         if _is_maildir(self.root):
             names.append("INBOX")
         try:
             entries = list(os.scandir(self.root))
-        except OSError:
-            return names
+        except FileNotFoundError:
+            return names  # no tree yet
+        except OSError as e:
+            raise StoreError(f"cannot read {self.root} ({e.strerror}): check its permissions")
         for entry in entries:
-            if not entry.name.startswith(".") or entry.name in (".", ".."):
-                continue
-            name = entry.name[1:].replace(".", "/")
-            if name == "INBOX" or not self._valid(name, entry.path):
-                continue
             try:
-                if entry.is_dir() and _is_maildir(entry.path):
-                    names.append(name)
+                if not entry.is_dir():
+                    continue
             except OSError:
                 continue
+            if not entry.name.startswith("."):
+                if entry.name not in SUBDIRS:
+                    problems.extend(_unreached(entry.path, "maildir++", "verbatim"))
+                continue
+            if entry.name in (".", ".."):
+                continue
+            name = entry.name[1:].replace(".", "/")
+            if _is_maildir(entry.path):
+                if name == "INBOX":
+                    if _holds_messages(entry.path):
+                        problems.append(
+                            f"{entry.path} holds mail but is not synced: INBOX is the root "
+                            "itself in the maildir++ layout; move its messages there"
+                        )
+                elif self._check(name, entry.path, problems):
+                    names.append(name)
+            elif half := _half_maildir(entry.path):
+                problems.append(half)
         return names
 
-    def _list_verbatim(self) -> list[str]:
+    def _list_verbatim(self, problems: list[str]) -> list[str]:
         from mailsync.stores.vdir import vdir_kind  # (vdir builds on this module)
 
         names = []
         kinds: dict[str, str] = {}
         seen: set[tuple[int, int]] = set()
-
-        def walk(directory: str, prefix: str) -> None:
+        # (directory, its folder name, "" for the root): a loop rather than recursion, so
+        # a tree a thousand levels deep is walked like any other.
+        if _is_maildir(self.root) and _holds_messages(self.root):
+            problems.append(
+                f"{self.root} itself holds mail (in its cur/ and new/), which the verbatim "
+                "layout does not read; use ?layout=maildir++ (the root is INBOX)"
+            )
+        pending = [(self.root, "")]
+        while pending:
+            directory, name = pending.pop()
+            if name:
+                if name.count("/") >= MAX_FOLDER_DEPTH:
+                    problems.append(
+                        f"{_shorten(directory)} is nested deeper than {MAX_FOLDER_DEPTH} "
+                        "folders: it and its subfolders are not synced; move them up"
+                    )
+                    continue
+                if _is_maildir(directory):
+                    if self._check(name, directory, problems):
+                        names.append(name)
+                elif kind := vdir_kind(directory):
+                    if self._check(name, directory, problems):
+                        names.append(name)  # a calendar or address book (see stores/vdir.py)
+                        kinds[name] = kind
+                elif half := _half_maildir(directory):
+                    problems.append(half)
             try:
                 st = os.stat(directory)
                 if (st.st_dev, st.st_ino) in seen:
-                    return  # a symlink loop
+                    continue  # a symlink loop
                 seen.add((st.st_dev, st.st_ino))
                 with os.scandir(directory) as it:
                     entries = [e for e in it if e.name not in SUBDIRS]
-            except OSError:
-                return
+            except FileNotFoundError:
+                continue  # no tree yet, or removed meanwhile
+            except OSError as e:
+                if not name:
+                    raise StoreError(
+                        f"cannot read {self.root} ({e.strerror}): check its permissions"
+                    )
+                problems.append(
+                    f"cannot read {directory} ({e.strerror}): the folders in it are not "
+                    "synced; check its permissions"
+                )
+                continue
             for entry in entries:
                 try:
-                    if not entry.is_dir():
-                        continue
+                    if entry.is_dir():
+                        pending.append((entry.path, f"{name}/{entry.name}" if name else entry.name))
                 except OSError:
                     continue
-                name = prefix + entry.name
-                if not self._valid(name, entry.path):
-                    continue
-                if _is_maildir(entry.path):
-                    names.append(name)
-                elif kind := vdir_kind(entry.path):
-                    names.append(name)  # a calendar or address book (see stores/vdir.py)
-                    kinds[name] = kind
-                walk(entry.path, name + "/")
-
-        walk(self.root, "")
         self._kinds = kinds
         return names
 
@@ -1025,6 +1272,17 @@ class MaildirStore(Store):
         if self._kinds is None:
             self.list_folders()
         return dict(self._kinds or {})
+
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if self.read_only:
+            return "the store is read-only"
+        if kind != "mail" and self.layout != "verbatim":
+            return f"{kind} folders need layout=verbatim"
+        try:
+            path = self.folder_path(name)
+        except FolderError as error:
+            return str(error)
+        return path_creation_problem(path)
 
     can_rename = True
 

@@ -8,14 +8,22 @@ both exist)::
     ROOT/A.sbd/B        folder A/B
 
 Reading also accepts plain directories (mutt style: ``ROOT/lists/foo`` is ``lists/foo``),
-and a root that is itself an mbox file is a store holding just INBOX.
+and a root that is itself an mbox file is a store holding just INBOX.  A file that holds
+mail but does not start with a From_ line (headers first, or text before the first From_
+line; see classify()) is a folder too: its messages are read from the first From_ line
+on, and its listing reports the bytes before it as a problem (exit 1) until the file is
+fixed; rewrites keep them.  A Maildir, an unreadable directory or a mail file with an
+unusable name inside the tree is a problem of the store: nothing is left out silently.
 
-Format (mboxrd, byte-exact and reversible): a message is written as ``From SENDER
-ASCTIME\\n``, the body with every line matching ``^>*From `` given one more ``>``, then
-one ``\\n``.  Reading splits at lines starting with ``From ``, strips that one ``\\n``
-from each chunk and takes one ``>`` off every ``^>+From `` line.  Files whose lines end
-in CRLF are read as LF.  The one message LF framing cannot carry, one whose every line
-ends in CR CR LF (so still in CR after CRLF -> LF), is written framed in CRLF instead.
+Format (mboxrd, reversible): a message is written as ``From SENDER ASCTIME\\n``, the
+body with every line matching ``^>*From `` given one more ``>``, then one ``\\n``.  The
+one change to a body: a message that does not end in a newline gets one (stored_form),
+so a blank line always comes before the next From_ line, as mboxrd readers (GNU
+mailutils) need; every other byte reads back as it was given.  Reading splits at lines
+starting with ``From ``, strips that one ``\\n`` from each chunk and takes one ``>`` off
+every ``^>+From `` line.  Files whose lines end in CRLF are read as LF.  The one message
+LF framing cannot carry, one whose every line ends in CR CR LF (so still in CR after
+CRLF -> LF), is written framed in CRLF instead.
 
 Keys are content hashes: the first message with body hash ``h`` is ``h``, further
 identical copies are ``h.1``, ``h.2``... in file order, so keys survive rewrites.  mbox
@@ -45,7 +53,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from mailsync.errors import FolderError, MessageError, RenameRefused, StoreError
+from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused, StoreError
 from mailsync.message import (
     ANSWERED,
     DELETED,
@@ -57,7 +65,7 @@ from mailsync.message import (
     header_value,
     to_lf,
 )
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import MAX_FOLDER_DEPTH, Folder, Store, path_creation_problem
 
 __all__ = ["MboxStore", "MboxFolder"]
 
@@ -132,6 +140,14 @@ def from_line(body: bytes, arrival: float) -> tuple[bytes, int]:
     seconds = _clamp_time(arrival)
     stamp = time.asctime(time.gmtime(seconds)).encode("ascii")
     return b"From " + _sender(body) + b" " + stamp + b"\n", seconds
+
+
+def stored_form(body: bytes) -> bytes:
+    """The body as an mbox keeps it: a message that does not end in a newline gets one,
+    so that a blank line always comes before the next From_ line (mboxrd readers such as
+    GNU mailutils do not see a From_ line that follows text directly).  The engine knows
+    a copy changed this way again by message.tolerant_fingerprint()."""
+    return body + b"\n" if body and not body.endswith(b"\n") else body
 
 
 def format_message(body: bytes, arrival: float) -> tuple[bytes, int, bool]:
@@ -253,7 +269,8 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` (on this machine) still exists; this process always does."""
     if pid == os.getpid():
         return True
     try:
@@ -265,13 +282,66 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _looks_like_mbox(path: str) -> bool:
+# What tells a file that holds mail from any other file in an mbox tree (a Thunderbird
+# .msf index, a filter list, notes): a From_ line with a date, or a message header.
+_SNIFF_BYTES = 64 * 1024
+_ANY_FROM_LINE = re.compile(rb"(?:^|\n)(From [^\n]*)")
+_HEADER_FIELD = re.compile(rb"[!-9;-~]+:")
+_MAIL_FIELD = re.compile(
+    rb"^(?:from|date|received|return-path|message-id|delivered-to|subject|to)[ \t]*:",
+    re.I | re.M,
+)
+
+MBOX, DAMAGED, UNREADABLE = "mbox", "damaged", "unreadable"
+
+
+def classify(path: str) -> str | None:
+    """What the file at `path` is to an mbox tree, from its first 64 KiB:
+
+    * MBOX: empty, or starts with a ``From `` line;
+    * DAMAGED: holds mail but does not start with a From_ line (a From_ line with a date
+      further down, or message headers first): a folder whose listing reports the bytes
+      before its first From_ line as a problem, so they are never dropped silently;
+    * UNREADABLE: cannot be read (it may hold mail: a problem of the tree);
+    * None: anything else (not mail), left alone.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(5)
+            head = f.read(_SNIFF_BYTES)
     except OSError:
+        return UNREADABLE
+    if not head or head[:5] == b"From ":
+        return MBOX
+    for match in _ANY_FROM_LINE.finditer(head):
+        if parse_from_date(match.group(1)) is not None:
+            return DAMAGED
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")  # a byte-order mark, blank lines
+    if text[:5] == b"From ":
+        return DAMAGED
+    if _HEADER_FIELD.match(text):
+        end = text.find(b"\n\n")
+        if _MAIL_FIELD.search(text if end < 0 else text[:end]):
+            return DAMAGED
+    return None
+
+
+def _is_maildir_with_mail(path: str) -> bool:
+    """A Maildir (cur/ and new/) with a message in it: mail that is no mbox folder."""
+    if not all(os.path.isdir(os.path.join(path, sub)) for sub in ("cur", "new")):
         return False
-    return head in (b"", b"From ")
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(os.path.join(path, sub)) as entries:
+                if any(not entry.name.startswith(".") for entry in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A long path cut for an error line (a tree 1,000 levels deep)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _bad_part(part: str) -> str | None:
@@ -300,6 +370,11 @@ def split_name(name: str) -> list[str]:
     if name.startswith("/"):
         raise FolderError(f"invalid folder name {name!r}: it starts with '/'")
     parts = name.split("/")
+    if len(parts) > MAX_FOLDER_DEPTH:
+        raise FolderError(
+            f"invalid folder name {_shorten(name)!r}: it is nested {len(parts)} levels deep, "
+            f"and mailsync handles folders at most {MAX_FOLDER_DEPTH} levels deep"
+        )
     for part in parts:
         why = _bad_part(part)
         if why:
@@ -343,6 +418,7 @@ def _entry(start, body_at, end, crlf, body, arrival) -> _Entry:
 
 
 class MboxFolder(Folder):
+    normalises = True  # a message without a final newline gets one (stored_form)
     #: Seconds to wait for another program's lock before giving up (tests shrink it).
     LOCK_TIMEOUT = 10.0
     #: A dotlock older than this is left over from a crash and is removed.
@@ -364,6 +440,7 @@ class MboxFolder(Folder):
         self.new_path = os.path.join(self.dir, "." + base + NEW_SUFFIX)
         self._entries: list[_Entry] = []
         self._live: dict[str, list[_Entry]] = {}  # key hash -> live copies, file order
+        self._stray = 0  # bytes before the first From_ line (a damaged file)
         self._stamp: tuple | None = None
         self._listed: tuple | None = None  # the stamp the last list() described
         self._limit: int | None = None  # read-only view of a file with a crash journal
@@ -395,6 +472,7 @@ class MboxFolder(Folder):
                 out[make_key(short, n)] = Info(e.flags, e.size, e.arrival)
             # A listing with changes not yet flushed describes no file on disk.
             self._listed = self._stamp if self._batch_fd is None else None
+            self.problems = self._stray_problem()
             return out
 
         return self._reading(listing)
@@ -443,7 +521,7 @@ class MboxFolder(Folder):
 
     def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
         self._writable()
-        body = to_lf(bytes(data))
+        body = stored_form(to_lf(bytes(data)))
         fd = self._begin()
         if self._torn:
             raise FolderError(f"could not undo a failed append to {self.path}; rerun to repair it")
@@ -463,6 +541,8 @@ class MboxFolder(Folder):
         self._appended = True
         if prefix and self._entries:
             self._entries[-1].end += len(prefix)
+        elif prefix:
+            self._stray += len(prefix)  # it ends the bytes before the first From_ line
         start = end + len(prefix)
         line_len = chunk.index(b"\n") + 1
         # format_message() framed the body so that reading gives it back exactly.
@@ -542,12 +622,12 @@ class MboxFolder(Folder):
         if size:
             mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             try:
-                if mm[:5] != b"From ":
-                    raise FolderError(
-                        f"{self.path} is not an mbox file (it does not start with a "
-                        '"From " line); mailsync leaves it alone'
-                    )
                 pos = 0
+                if mm[:5] != b"From ":
+                    # A damaged file (see classify()): what comes before its first From_
+                    # line is in no message; list() reports it, rewrites keep it.
+                    first = mm.find(b"\nFrom ", 0, size)
+                    pos = size if first < 0 else first + 1
                 while pos < size:
                     line_end = mm.find(b"\n", pos, size)
                     if line_end < 0:
@@ -566,6 +646,23 @@ class MboxFolder(Folder):
             finally:
                 mm.close()
         self._set_entries(entries)
+        self._stray = entries[0].start if entries else size
+
+    def _stray_problem(self) -> list[str]:
+        """The bytes before the first From_ line, as a problem of the listing."""
+        if not self._stray:
+            return []
+        if not self._entries:
+            return [
+                f'{self.path} holds no "From " line, so none of its {self._stray} bytes is '
+                'synced as mail; make it an mbox file (a "From " line before each message) '
+                "or move it out of the tree"
+            ]
+        return [
+            f'{self.path} does not start with a "From " line: its first {self._stray} bytes '
+            'are in no message and are not synced; add a "From " line before them or move '
+            "them out (the messages after them are synced)"
+        ]
 
     def _set_entries(self, entries: list[_Entry]) -> None:
         self._entries = entries
@@ -700,8 +797,9 @@ class MboxFolder(Folder):
             try:
                 os.fchmod(out, FILE_MODE)
                 kept: list[tuple[_Entry, int]] = []
-                ranges: list[list[int]] = []
-                pos = 0
+                # Bytes before the first From_ line are no message's: kept as they are.
+                ranges: list[list[int]] = [[0, self._stray]] if self._stray else []
+                pos = self._stray
                 for e in self._entries:
                     if e.deleted:
                         continue
@@ -871,7 +969,7 @@ class MboxFolder(Folder):
             fields = text.split()
             if fields and fields[0].isdigit() and int(fields[0]) > 0:
                 pid = int(fields[0])
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     why = f"process {pid} is gone"
         if why is None:
             return False
@@ -942,46 +1040,90 @@ class MboxStore(Store):
         return os.path.isfile(self.root)
 
     def list_folders(self) -> list[str]:
+        self.problems = []
         if self._single_file():
             return ["INBOX"]
         if not os.path.isdir(self.root):
-            if os.path.lexists(self.root) or self.read_only:
-                raise StoreError(f"{self.root} is not a directory of mbox files; check the path")
+            # A typo must not pass for an empty source: exit 2.  A missing root mailsync
+            # writes to is made when the first folder is.
+            if os.path.lexists(self.root):
+                raise ConfigError(
+                    f"{self.root} is neither an mbox file nor a directory of them; check the path"
+                )
+            if self.read_only:
+                raise ConfigError(f"{self.root} does not exist; check the path")
             return []
         open_paths = {f.path for f in self._folders.values()}
         found: set[str] = set()
-        self._walk(self.root, "", found, open_paths)
+        self._walk(found, open_paths, self.problems)
         return sorted(found)
 
-    def _walk(self, directory: str, prefix: str, found: set[str], open_paths: set[str]) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            raise StoreError(f"cannot read directory {directory}: {exc.strerror or exc}")
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".") or name.endswith(LOCK_SUFFIX):
-                continue
+    def _walk(self, found: set[str], open_paths: set[str], problems: list[str]) -> None:
+        """Every folder of the tree into `found`; what holds mail but is no folder into
+        `problems`.  A loop rather than recursion: a tree a thousand levels deep is
+        walked like any other, and what lies deeper than MAX_FOLDER_DEPTH is a problem."""
+        pending = [(self.root, "", 0)]  # (directory, its folder name + "/", depth)
+        while pending:
+            directory, prefix, depth = pending.pop()
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                is_file = not is_dir and entry.is_file()
-            except OSError:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError as exc:
+                if directory == self.root:
+                    raise StoreError(f"cannot read directory {directory}: {exc.strerror or exc}")
+                problems.append(
+                    f"cannot read directory {directory} ({exc.strerror or exc}): the folders "
+                    "in it are not synced; check its permissions"
+                )
                 continue
-            if is_dir:
-                part = name[: -len(SUBDIR_SUFFIX)] if name.endswith(SUBDIR_SUFFIX) else name
-                if all(os.path.isdir(os.path.join(entry.path, d)) for d in ("cur", "new", "tmp")):
-                    continue  # a Maildir inside a mutt tree is not ours
-                if _bad_part(part):
-                    log.warning("skipping %s: its name cannot be a folder name", entry.path)
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name.endswith(LOCK_SUFFIX):
                     continue
-                self._walk(entry.path, prefix + part + "/", found, open_paths)
-            elif is_file:
-                if _bad_part(name):
-                    log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    is_file = not is_dir and entry.is_file()
+                except OSError:
                     continue
-                real = os.path.realpath(entry.path)
-                if real in open_paths or _looks_like_mbox(entry.path):
-                    found.add(prefix + name)
+                if (is_dir or is_file) and depth >= MAX_FOLDER_DEPTH:
+                    problems.append(
+                        f"{_shorten(entry.path)} is nested deeper than {MAX_FOLDER_DEPTH} "
+                        "folders: it is not synced; move it up"
+                    )
+                    continue
+                if is_dir:
+                    part = name[: -len(SUBDIR_SUFFIX)] if name.endswith(SUBDIR_SUFFIX) else name
+                    if _is_maildir_with_mail(entry.path):
+                        problems.append(
+                            f"{entry.path} is a Maildir inside an mbox tree, which mailsync "
+                            f"does not read as part of it; sync it as maildir:{entry.path}"
+                        )
+                        continue
+                    if _bad_part(part):
+                        log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                        continue
+                    pending.append((entry.path, prefix + part + "/", depth + 1))
+                elif is_file:
+                    if why := _bad_part(name):
+                        if classify(entry.path) in (MBOX, DAMAGED):
+                            problems.append(
+                                f"{entry.path} holds mail but is not synced: its name cannot "
+                                f"be a folder name ({why}); rename it"
+                            )
+                        else:
+                            log.warning("skipping %s: its name cannot be a folder name", entry.path)
+                        continue
+                    real = os.path.realpath(entry.path)
+                    if real in open_paths:
+                        found.add(prefix + name)
+                        continue
+                    kind = classify(entry.path)
+                    if kind in (MBOX, DAMAGED):
+                        found.add(prefix + name)  # (a damaged file's listing says what)
+                    elif kind == UNREADABLE:
+                        problems.append(
+                            f"cannot read {entry.path}: if it is an mbox file, it is not "
+                            "synced; check its permissions"
+                        )
 
     def _existing(self, parts: list[str]) -> list[str]:
         """Paths where folder `parts` could be, in order of preference."""
@@ -1032,7 +1174,7 @@ class MboxStore(Store):
                     raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
                 self._create(path)
         path = os.path.realpath(path)
-        if not _looks_like_mbox(path):
+        if classify(path) not in (MBOX, DAMAGED):
             raise FolderError(
                 f'{path} is not an mbox file (it does not start with a "From " line); '
                 "mailsync leaves it alone"
@@ -1073,6 +1215,22 @@ class MboxStore(Store):
                 continue
             os.chmod(d, DIR_MODE)
             _fsync_dir(os.path.dirname(d))
+
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"cannot hold {kind} items; back them up into a Maildir tree"
+        if self.read_only:
+            return "the store is read-only"
+        try:
+            parts = split_name(name)
+        except FolderError as error:
+            return str(error)
+        if self._single_file():
+            return None if name == "INBOX" else f"{self.root} is a single mbox file (INBOX only)"
+        path = self._new_path(parts)
+        if os.path.isdir(path):
+            return f"{path} is a directory of folders, not an mbox file"
+        return path_creation_problem(path)
 
     can_rename = True
 

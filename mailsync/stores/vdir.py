@@ -16,7 +16,7 @@ import time
 from mailsync.errors import FolderError, MessageError
 from mailsync.message import Info, to_lf
 from mailsync.stores.base import Folder
-from mailsync.stores.maildir import _FILE_MODE, _fsync_dir, _write_error
+from mailsync.stores.maildir import _FILE_MODE, _fsync_dir, _make_dir, _write_error
 
 KINDS = {"calendar": ".ics", "contacts": ".vcf"}
 MARKER = ".mailsync-vdir"
@@ -34,8 +34,10 @@ def vdir_kind(path: str) -> str | None:
 
 
 def make_vdir(path: str, kind: str) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    dirty: set[str] = set()
+    _make_dir(path, dirty)  # 0700 whatever the umask, parents too, in a loop
+    for directory in sorted(dirty):
+        _fsync_dir(directory)
     marker = os.path.join(path, MARKER)
     if vdir_kind(path) != kind:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)

@@ -340,6 +340,22 @@ def test_quiet_and_verbose(env):
     assert "copied remote " in verbose.output  # one line per action
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_and_verbose_after_the_command_mean_the_same(env, where):
+    def with_option(option, *rest):
+        return [option, *rest] if where == "before" else [rest[0], option, *rest[1:]]
+
+    make_maildir(env / "src", {"INBOX": 2})
+    quiet = run(*with_option("-q", "pull", str(env / "src"), str(env / "dst")))
+    assert quiet.exit_code == 0 and quiet.output == ""
+    make_maildir(env / "src", {"INBOX": 1}, tag=" new")
+    verbose = run(*with_option("-v", "pull", str(env / "src"), str(env / "dst")))
+    assert "copied remote " in verbose.output
+    debug = run(*with_option("-vv", "list", str(env / "src")))
+    assert debug.exit_code == 0
+    assert run(*with_option("-q", "list", str(env / "src"))).stderr == ""
+
+
 def test_real_process_keeps_files_private_under_umask_0(env):
     make_maildir(env / "src", {"INBOX": 1})
     code = (

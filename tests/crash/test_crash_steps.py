@@ -165,3 +165,53 @@ def test_two_way_crash_at_every_step(tmp_path, pair):
             assert got["Lists"] == lists, side
 
     crash_every_step(tmp_path, prepare, lambda d: ["sync", *urls(d)], check)
+
+
+# Messages an mbox gives a final newline (stored_form): after a crash between the append
+# and the state commit, the rerun must know the copy although its bytes differ.
+BARE = [
+    b"From: x@example.org\nSubject: bare %d\n\nFrom here, no final newline %d" % (i, i)
+    for i in range(4)
+] + [b"Subject: ends in a lone CR\n\nlast line\r", message(7)]
+
+
+def stored(body: bytes) -> bytes:
+    return body + b"\n" if body and not body.endswith(b"\n") else body
+
+
+@pytest.mark.parametrize("adopt", [False, True], ids=["fresh", "adopting"])
+def test_pull_into_mbox_of_messages_without_a_final_newline(tmp_path, adopt):
+    def urls(d):
+        return f"maildir:{d / 'src'}", f"mbox:{d / 'dst'}"
+
+    def prepare(d):
+        src, dst = urls(d)
+        seed(src, "INBOX", BARE)
+        if adopt:  # a lost state: the destination already holds two of them, normalised
+            seed(dst, "INBOX", [BARE[0], BARE[4]])
+
+    def check(d):
+        got = contents(urls(d)[1])
+        assert got["INBOX"] == Counter(stored(b) for b in BARE)
+
+    steps = crash_every_step(tmp_path, prepare, lambda d: ["pull", *urls(d)], check)
+    assert steps > 3
+
+
+def test_two_way_between_mbox_and_maildir_without_final_newlines(tmp_path):
+    """The mbox copy comes back to the Maildir side as it is stored (one newline more):
+    a rerun and a crash at any step change nothing further and duplicate nothing."""
+
+    def urls(d):
+        return f"maildir:{d / 'a'}", f"mbox:{d / 'b'}"
+
+    def prepare(d):
+        seed(urls(d)[0], "INBOX", BARE[:3])
+        seed(urls(d)[1], "INBOX", [BARE[3]])
+
+    def check(d):
+        a, b = urls(d)
+        assert contents(b)["INBOX"] == Counter(stored(x) for x in BARE[:4])
+        assert contents(a)["INBOX"] == Counter(BARE[:3] + [stored(BARE[3])])
+
+    crash_every_step(tmp_path, prepare, lambda d: ["sync", *urls(d)], check)

@@ -50,10 +50,13 @@ Server API (``DovecotServer``)
 ``server.version``, ``server.uid``, ``server.gid``, ``server.workdir``, ``server.conf``,
 ``server.log_path``
     Dovecot's version string, the mail user's ids, where everything lives.
-``server.add_user(name=None, password=None, *, special_use=False) -> User``
+``server.add_user(name=None, password=None, *, special_use=False, settings=None) -> User``
     A new user (name defaults to ``userN``, password to ``pw-NAME``).  ``special_use=True``
     also creates Sent, Drafts, Trash, Junk and Archive; those names carry their
     SPECIAL-USE attribute whenever they exist (a fresh user has only INBOX).
+    ``settings``: Dovecot settings for this user only (userdb extra fields, values without
+    spaces), e.g. ``{"mail_plugins": "quota", "quota": "count:User", "quota_vsizes":
+    "yes", "quota_max_mail_size": "2k"}``: an APPEND above 2 KiB then gets ``NO [LIMIT]``.
 ``server.serve_maildir(path, name=None, password=None, *, copy=False) -> User``
     A user whose mail is the existing Maildir tree at ``path``, in mailsync's
     ``verbatim`` layout (``ROOT/INBOX/{cur,new,tmp}``, ``ROOT/Archive/2019/{cur,...}``),
@@ -544,8 +547,16 @@ class DovecotServer:
     # -- users --
 
     def add_user(
-        self, name: str | None = None, password: str | None = None, *, special_use: bool = False
+        self,
+        name: str | None = None,
+        password: str | None = None,
+        *,
+        special_use: bool = False,
+        settings: dict[str, str] | None = None,
     ) -> User:
+        extra = " ".join(f"userdb_{key}={value}" for key, value in (settings or {}).items())
+        if any(c.isspace() or not c.isprintable() for c in extra.replace(" userdb_", "")):
+            raise ValueError(f"per-user settings {settings!r} may not contain spaces")
         name, password, home = self._new_user(name, password)
         user = User(
             name=name,
@@ -554,7 +565,7 @@ class DovecotServer:
             maildir=home / "Maildir",
             mail_location=self._location(f"{home}/Maildir"),
         )
-        self._write_user(user)
+        self._write_user(user, extra)
         if special_use:
             self.doveadm("mailbox", "create", "-u", name, *(self.prefix + n for n in SPECIAL_USE))
         return user

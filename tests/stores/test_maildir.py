@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import mailbox
 import os
+import socket
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +20,7 @@ from mailsync.message import (
     DRAFT,
     FLAGGED,
     FORWARDED,
+    RECENT,
     SEEN,
     STANDARD_FLAGS,
 )
@@ -26,6 +30,7 @@ from mailsync.stores.maildir import MaildirStore
 
 MSG = b"From: a@example.org\nSubject: hi\n\nbody\n"
 ARRIVAL = 1_500_000_000.0
+NEW = frozenset({RECENT})  # append() puts a message with just this into new/
 
 
 def files(directory) -> list[str]:
@@ -219,20 +224,29 @@ def test_persists_standard_flags_and_keywords(inbox):
 
 
 def test_new_vs_cur_placement(inbox):
-    plain = inbox.append(MSG, frozenset(), ARRIVAL)
+    """new/ is for what no mail reader has seen: a message given \\Recent and no flag
+    with a letter.  Anything else goes to cur/, with an empty info if need be."""
+    unseen = inbox.append(MSG, frozenset({RECENT}), ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    unkept = inbox.append(MSG, frozenset({"not a keyword"}), ARRIVAL)
+    unkept = inbox.append(MSG, frozenset({RECENT, "not a keyword"}), ARRIVAL)
+    old = inbox.append(MSG, frozenset(), ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    seen = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
+    seen = inbox.append(MSG, frozenset({SEEN, RECENT}), ARRIVAL)
     keyword_only = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    assert files(os.path.join(inbox.path, "new")) == sorted([plain, unkept])
-    assert files(os.path.join(inbox.path, "cur")) == sorted([f"{seen}:2,S", f"{keyword_only}:2,a"])
+    assert files(os.path.join(inbox.path, "new")) == sorted([unseen, unkept])
+    assert files(os.path.join(inbox.path, "cur")) == sorted(
+        [f"{old}:2,", f"{seen}:2,S", f"{keyword_only}:2,a"]
+    )
     assert files(os.path.join(inbox.path, "tmp")) == []
     listing = inbox.list()
-    assert listing[plain].flags == listing[unkept].flags == frozenset()
+    assert listing[unseen].flags == listing[unkept].flags == frozenset({RECENT})
+    assert listing[old].flags == frozenset()
     assert listing[seen].flags == {SEEN}
     assert listing[keyword_only].flags == {"work"}
+    assert not inbox.persists(RECENT)
+    inbox.set_flags(unseen, frozenset(), frozenset({RECENT}))  # no flag: nothing moves
+    assert files(os.path.join(inbox.path, "new")) == sorted([unseen, unkept])
 
 
 def test_set_flags_moves_new_to_cur_and_keeps_key(inbox):
@@ -334,7 +348,7 @@ def test_keywords_read_from_dovecot_keywords(inbox):
     assert listing["1.x"].flags == {SEEN, "work"}
     assert listing["2.x"].flags == {"$Label1", "later"}
     assert listing["3.x"].flags == {FLAGGED}
-    assert listing["4.x"].flags == frozenset()
+    assert listing["4.x"].flags == NEW  # new/: no reader saw it
     inbox.set_flags("3.x", frozenset({"work"}), frozenset({FLAGGED}))
     assert "3.x:2,ac" in files(os.path.join(inbox.path, "cur"))
     assert inbox.list()["3.x"].flags == {"work"}
@@ -590,7 +604,7 @@ def test_keywords_file_written_before_the_message_is_renamed(inbox, monkeypatch)
 
 def test_failed_keywords_write_changes_nothing(inbox, monkeypatch):
     write_keywords(inbox, "0 work\n")
-    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    key = inbox.append(MSG, NEW, ARRIVAL)
     inbox.flush()
     real_fsync = os.fsync
 
@@ -757,7 +771,7 @@ def test_flush_fsyncs_dirty_dirs(inbox, monkeypatch):
 
     monkeypatch.setattr(md.os, "fsync", spy)
     ino = {sub: os.stat(os.path.join(inbox.path, sub)).st_ino for sub in ("cur", "new")}
-    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    key = inbox.append(MSG, NEW, ARRIVAL)
     assert synced == []  # buffered until flush
     inbox.flush()
     assert synced == [ino["new"]]
@@ -853,12 +867,70 @@ def test_tmp_cleanup(store, monkeypatch):
     assert files(os.path.join(folder.path, "tmp")) == []
 
 
+def gone_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)
+
+
+def test_tmp_leftovers_of_a_dead_mailsync_go_at_once(store):
+    folder = store.open_folder("INBOX", create=True)
+    tmp = os.path.join(folder.path, "tmp")
+    host = md.safe_hostname(socket.gethostname())
+    dead, now = gone_pid(), int(time.time())
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead": f"{now}.M1P{dead}Q1.{host},S=12",
+            "dead keywords": f"dovecot-keywords.P{dead}.{host}",
+            "live": f"{now}.M1P{live.pid}Q1.{host},S=12",
+            "ours": f"{now}.M1P{os.getpid()}Q7.{host},S=12",
+            "other host": f"{now}.M1P{dead}Q1.elsewhere,S=12",
+            "not ours": f"{now}.M1P{dead}.{host}",  # Dovecot's names have no Q
+        }
+        for name in names.values():
+            put(folder.path, "tmp", name, mtime=now)
+        store.open_folder("INBOX")
+        left = set(files(tmp))
+    finally:
+        live.kill()
+        live.wait()
+    assert left == {names[k] for k in ("live", "ours", "other host", "not ours")}
+
+
+KILLED_MID_WRITE = """
+import os, sys
+from mailsync.stores.maildir import MaildirStore
+folder = MaildirStore(sys.argv[1]).open_folder("INBOX", create=True)
+os.rename = lambda *a: os._exit(137)  # killed after the write, before the rename
+folder.append(b"Subject: lost\\n\\nbody\\n", frozenset(), 1_500_000_000)
+folder.flush()
+"""
+
+
+def test_a_run_killed_mid_write_leaves_nothing_after_the_next_open(tmp_path):
+    root = str(tmp_path / "Mail")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, root])
+    assert killed.returncode == 137
+    tmp = os.path.join(root, "INBOX", "tmp")
+    assert len(files(tmp)) == 1 and files(os.path.join(root, "INBOX", "new")) == []
+    MaildirStore(root, read_only=True).open_folder("INBOX")  # a reader removes nothing
+    assert len(files(tmp)) == 1
+    folder = MaildirStore(root).open_folder("INBOX")
+    assert files(tmp) == [] and folder.list() == {}
+
+
 # -- reader races ---------------------------------------------------------------------
 
 
 def test_after_external_new_to_cur_move(inbox):
     """mutt moves a message it has shown from new/ to cur/ with an empty info."""
-    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    key = inbox.append(MSG, NEW, ARRIVAL)
     inbox.flush()  # appends are durable after flush
     inbox.list()
     os.rename(os.path.join(inbox.path, "new", key), os.path.join(inbox.path, "cur", key + ":2,"))
@@ -886,7 +958,7 @@ def test_after_external_flag_rename(inbox):
 def test_external_rename_without_listing(store):
     """Keys from a previous run work even before this folder object listed anything."""
     folder = store.open_folder("INBOX", create=True)
-    key = folder.append(MSG, frozenset(), ARRIVAL)
+    key = folder.append(MSG, NEW, ARRIVAL)
     folder.flush()  # appends are durable after flush
     os.rename(os.path.join(folder.path, "new", key), os.path.join(folder.path, "cur", key + ":2,S"))
     again = store.open_folder("INBOX")
@@ -894,7 +966,7 @@ def test_external_rename_without_listing(store):
 
 
 def test_delete_already_deleted(inbox):
-    key = inbox.append(MSG, frozenset(), ARRIVAL)
+    key = inbox.append(MSG, NEW, ARRIVAL)
     inbox.flush()  # appends are durable after flush
     inbox.list()
     os.unlink(os.path.join(inbox.path, "new", key))
@@ -908,7 +980,7 @@ def test_delete_already_deleted(inbox):
 
 
 def test_delete_removes_file(inbox):
-    keep = inbox.append(MSG, frozenset(), ARRIVAL)
+    keep = inbox.append(MSG, NEW, ARRIVAL)
     inbox.flush()  # appends are durable after flush
     key = inbox.append(MSG, frozenset({SEEN}), ARRIVAL)
     inbox.flush()  # appends are durable after flush
@@ -932,7 +1004,7 @@ def test_delete_removes_file(inbox):
     ],
 )
 def test_byte_exact(inbox, given, stored):
-    key = inbox.append(given, frozenset(), ARRIVAL)
+    key = inbox.append(given, NEW, ARRIVAL)
     inbox.flush()  # appends are durable after flush
     assert inbox.fetch(key) == stored
     with open(os.path.join(inbox.path, "new", key), "rb") as f:
@@ -973,8 +1045,8 @@ def test_reads_stdlib_maildir(tmp_path):
     folder = store.open_folder("INBOX")
     listing = folder.list()
     assert set(listing) == set(ids.values())
-    assert listing[ids["plain"]].flags == frozenset()
-    assert listing[ids["seen"]].flags == {ANSWERED, SEEN}
+    assert listing[ids["plain"]].flags == NEW  # in new/
+    assert listing[ids["seen"]].flags == {ANSWERED, SEEN, RECENT}  # (new/, with an info)
     assert listing[ids["f"]].flags == {DRAFT, FLAGGED}
     assert listing[ids["f"]].arrival == pytest.approx(ARRIVAL)
     assert folder.fetch(ids["seen"]) == b"Subject: seen\n\nread \xe9 mail\n"
@@ -987,13 +1059,15 @@ def test_stdlib_reads_what_we_write(tmp_path):
     inbox = store.open_folder("INBOX", create=True)
     a = inbox.append(b"Subject: a\r\n\r\nA\r\n", frozenset({SEEN, FLAGGED}), ARRIVAL)
     inbox.flush()  # appends are durable after flush
-    b = inbox.append(b"Subject: b\n\nB\n", frozenset(), ARRIVAL)
+    b = inbox.append(b"Subject: b\n\nB\n", NEW, ARRIVAL)
+    c = inbox.append(b"Subject: c\n\nC\n", frozenset(), ARRIVAL)  # seen, not read
     inbox.flush()  # appends are durable after flush
     store.open_folder("Archive", create=True).append(MSG, frozenset(), ARRIVAL)
     box = mailbox.Maildir(str(tmp_path / "Mail"), factory=None, create=False)
-    assert sorted(box.keys()) == sorted([a, b])
+    assert sorted(box.keys()) == sorted([a, b, c])
     assert box[a].get_flags() == "FS" and box[a].get_subdir() == "cur"
     assert box[b].get_flags() == "" and box[b].get_subdir() == "new"
+    assert box[c].get_flags() == "" and box[c].get_subdir() == "cur"
     assert box.get_bytes(a) == b"Subject: a\n\nA\n"
     assert box[a].get_date() == pytest.approx(ARRIVAL)
     assert box.list_folders() == ["Archive"]

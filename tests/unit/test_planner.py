@@ -564,3 +564,26 @@ def test_set_flags_action_fields():
     pair = Pair(1, "a1", "b1", fs())
     [action] = plan({"a1": info(SEEN)}, {"b1": info()}, [pair], Policy("both")).flags
     assert action == SetFlags(pair, {"b": (fs(SEEN), fs())}, fs(SEEN))
+
+
+# -- messages the other side refused before ----------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_copies_of_messages_refused_before_are_held_back(direction):
+    listing_a = {"a1": info(), "a2": info(SEEN)}
+    listing_b = {"b1": info(), "b2": info()}
+    refused = {"a": {"a2"}, "b": {"b1"}}
+    result = plan(listing_a, listing_b, [], Policy(direction), refused=refused)
+    held = sorted(f"{c.src}:{c.key}" for c in result.withheld)
+    copied = sorted(f"{c.src}:{c.key}" for c in result.copies)
+    expected_copies = {"pull": ["a:a1"], "push": ["b:b2"], "both": ["a:a1", "b:b2"]}
+    expected_held = {"pull": ["a:a2"], "push": ["b:b1"], "both": ["a:a2", "b:b1"]}
+    assert copied == expected_copies[direction]
+    assert held == expected_held[direction]
+    # without the refusals (--retry-refused) everything is offered
+    again = plan(listing_a, listing_b, [], Policy(direction))
+    assert sorted(f"{c.src}:{c.key}" for c in again.copies) == sorted(
+        expected_copies[direction] + expected_held[direction]
+    )
+    assert again.withheld == []

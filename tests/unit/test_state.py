@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from mailsync.errors import LockedError, StoreError
+from mailsync.errors import ConfigError, LockedError, StoreError
 from mailsync.state import Pair, State, state_file_name
 
 SEEN = "\\Seen"
@@ -62,14 +62,87 @@ def test_state_file_is_private(tmp_path, umask, value):
 def test_existing_loose_state_dir_and_file_are_tightened(tmp_path, umask, value):
     umask(value)
     directory = tmp_path / "state"
-    directory.mkdir(mode=0o777)
-    os.chmod(directory, 0o777)
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)  # readable by others; writable by them is refused (below)
     path = directory / "channel-x.db"
     path.write_bytes(b"")
     os.chmod(path, 0o666)
     with State(str(path)):
         assert mode(directory) == 0o700
         assert mode(path) == 0o600
+
+
+# -- a state directory someone else could write to ----------------------------------------
+
+
+def nobody() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_state_directory_of_another_user_is_refused_and_left_alone(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o644)
+    (directory / "channel-x.db.lock").symlink_to(victim)  # planted by the directory's owner
+    os.chown(directory, *nobody())
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    message = str(refused.value)
+    assert f"state directory {directory} belongs to nobody" in message
+    assert "--state-dir" in message and "\n" not in message
+    assert victim.read_bytes() == b"precious\n" and mode(victim) == 0o644
+    assert sorted(os.listdir(directory)) == ["channel-x.db.lock"]
+
+
+@pytest.mark.parametrize("loose", [0o770, 0o707, 0o1777])
+def test_a_state_directory_others_can_write_to_is_refused(tmp_path, loose):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    os.chmod(directory, loose)
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    assert f"state directory {directory} is writable by" in str(refused.value)
+    assert f"chmod 700 {directory}" in str(refused.value)
+    assert os.listdir(directory) == []
+    assert mode(directory) == loose  # not "fixed" behind the user's back: they must look
+
+
+@pytest.mark.parametrize(
+    "name", ["channel-x.db", "channel-x.db.lock", "channel-x.db-wal", "channel-x.db-shm"]
+)
+def test_a_planted_link_in_the_state_directory_is_never_followed(tmp_path, name):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o644)
+    (directory / name).symlink_to(victim)
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    assert f"state file {directory / name} is a symbolic link" in str(refused.value)
+    assert victim.read_bytes() == b"precious\n" and mode(victim) == 0o644
+    # and the lock is not left held: a later State (once the link is gone) opens
+    os.unlink(directory / name)
+    with State(str(directory / "channel-x.db")) as state:
+        assert state.folders() == []
+
+
+def test_a_hard_link_planted_as_the_lock_is_refused(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.link(victim, directory / "channel-x.db.lock")
+    with pytest.raises(ConfigError) as refused:
+        State(str(directory / "channel-x.db"))
+    assert "is not a plain file" in str(refused.value)
+    assert victim.read_bytes() == b"precious\n"
 
 
 # -- the lock ------------------------------------------------------------------------------
@@ -296,3 +369,71 @@ def test_state_file_name_for_adhoc_pairs_depends_on_both_urls():
     assert one.startswith("adhoc-") and one.endswith(".db")
     assert one == state_file_name(None, "imap://x", "maildir:y")
     assert one != state_file_name(None, "maildir:y", "imap://x")
+
+
+# -- refused messages, and state files from before they were kept ------------------------------
+
+# The schema of the state files mailsync wrote before refusals were recorded (and before
+# pairs had ident/added/version_a and folders ident_a): such files must keep working.
+OLD_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE folders (
+    id INTEGER PRIMARY KEY, name_a TEXT NOT NULL, name_b TEXT NOT NULL, validity_a TEXT,
+    validity_b TEXT, cursor_a TEXT NOT NULL DEFAULT '{}', cursor_b TEXT NOT NULL DEFAULT '{}',
+    last_sync REAL, UNIQUE (name_a, name_b)
+);
+CREATE TABLE pairs (
+    id INTEGER PRIMARY KEY, folder_id INTEGER NOT NULL REFERENCES folders(id), key_a TEXT,
+    key_b TEXT, flags TEXT NOT NULL DEFAULT '', hash TEXT
+);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, command TEXT, started REAL, finished REAL, exit_code INTEGER,
+    report TEXT
+);
+INSERT INTO meta VALUES ('url_a', 'maildir:/a'), ('url_b', 'maildir:/b');
+INSERT INTO folders (id, name_a, name_b) VALUES (1, 'INBOX', 'INBOX');
+INSERT INTO pairs (folder_id, key_a, key_b, flags, hash) VALUES (1, 'k1', 'k2', '\\Seen', 'h');
+INSERT INTO runs (command, started, finished, exit_code, report)
+    VALUES ('pull', 1.0, 2.0, 0, '{"folders": [], "errors": []}');
+"""
+
+
+def test_an_old_state_file_opens_and_keeps_refusals_from_then_on(state_path):
+    os.makedirs(os.path.dirname(state_path), mode=0o700)
+    con = sqlite3.connect(state_path)
+    con.executescript(OLD_SCHEMA)
+    con.close()
+    with State(state_path) as state:
+        (folder,) = state.folders()
+        assert [(p.key_a, p.key_b, p.flags) for p in state.pairs(folder.id)] == [
+            ("k1", "k2", frozenset({SEEN}))
+        ]
+        assert state.refused_keys(folder.id, "a") == set()
+        state.begin()
+        state.record_refusal(folder.id, "b", "k9", "h9", {"subject": "big"}, "[TOOBIG] no")
+        state.commit()
+    with State(state_path) as state:
+        assert state.refused_keys(folder.id, "b") == {"k9"}
+        overview = state.overview()
+        assert overview["synced"] is True and overview["folders"][0]["remote"] == 1
+        (refusal,) = overview["refused"]
+        assert refusal["folder"] == "INBOX" and refusal["subject"] == "big"
+        assert refusal["reason"] == "[TOOBIG] no" and refusal["first"] == refusal["last"]
+
+
+def test_a_refusal_met_again_keeps_its_first_time_and_updates_the_rest(state):
+    folder = state.folder("INBOX", "INBOX")
+    state.begin()
+    state.record_refusal(folder.id, "a", "7", "h", {"subject": "x"}, "first reason")
+    state.commit()
+    (first,) = state.refusals()
+    state.begin()
+    state.record_refusal(folder.id, "a", "7", "h", {"subject": "x"}, "second reason")
+    state.commit()
+    (second,) = state.refusals()
+    assert second["first"] == first["first"] and second["last"] >= first["last"]
+    assert second["reason"] == "second reason"
+    state.begin()
+    state.forget_refusals(folder.id, "a", ["7"])
+    state.commit()
+    assert state.refusals() == []
