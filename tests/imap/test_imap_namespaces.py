@@ -11,6 +11,7 @@ twice.  Cyrus offers OBJECTID: a folder renamed there is followed by its MAILBOX
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import Counter
 
@@ -22,6 +23,7 @@ from imaptools import (
     maildir_files,
     message,
     run,
+    run_process,
     server_bodies,
     write_local,
 )
@@ -31,6 +33,7 @@ from mailsync.stores import open_store
 from mailsync.stores.imap import IMAPStore
 
 PREFIXED = ["cyrus", "courier", "dovecot_prefixed"]
+CRASHED = 137
 
 
 @pytest.fixture(params=PREFIXED)
@@ -348,6 +351,38 @@ def test_old_style_two_way_state_creates_no_folder_twice(kind, request, mailenv,
     }
     again = mailsync("sync", url, local, user=user)
     assert again.exit_code == 0 and copied(again) == 0, again.output
+
+
+MOVE_STEPS = ("move journaled", "move folder", "move recorded")
+
+
+def test_upgrade_killed_at_every_step_then_rerun(cyrus_server, mailenv, monkeypatch):
+    """kill -9 at each step of the upgrade's moves (INBOX/Sent, and INBOX/Archive with
+    INBOX/Archive/2019 inside it), then a rerun: every message once, new names only."""
+    server = cyrus_server
+    steps_seen: list[str] = []
+    step = 1
+    while True:
+        user = server.add_user()
+        seed(server, user, SERVER_TREE)
+        work = mailenv / f"run{step}"
+        dest, url = work / "mail", imaps(server, user)
+        with monkeypatch.context() as patch:
+            old_mapping(patch)
+            patch.setenv("XDG_STATE_HOME", str(work / "state"))
+            assert mailsync("pull", url, dest, user=user).exit_code == 0
+        crashed = run_process("-vv", "pull", url, dest, password=user.password,
+                              state=work / "state", crash_at=step)  # fmt: skip
+        if crashed.returncode == 0:  # no step left to crash at
+            assert {k: v for k, v in maildir_bodies(dest).items() if v} == LOCAL_TREE
+            break
+        assert crashed.returncode == CRASHED, crashed.stderr
+        steps_seen.append(re.search(r"exiting at step \d+ \((.*)\)", crashed.stderr)[1])
+        rerun = run_process("pull", url, dest, password=user.password, state=work / "state")
+        assert rerun.returncode == 0, f"after a crash at {steps_seen[-1]}: {rerun.stderr}"
+        assert {k: v for k, v in maildir_bodies(dest).items() if v} == LOCAL_TREE, steps_seen
+        step += 1
+    assert steps_seen[:6] == list(MOVE_STEPS) * 2
 
 
 def test_dry_run_of_the_upgrade_copies_nothing_and_changes_nothing(
