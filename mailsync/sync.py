@@ -572,49 +572,59 @@ class Syncer:
 
     def _move_local(self, rows: list[FolderState], local: set[str], former, renamed) -> bool:
         """Move each local folder whose remote folder was renamed; True if one moved.
-        Parents go first and take their subfolders along."""
+        Parents go first and take their subfolders along; a folder held back by another
+        (a subfolder that moves elsewhere first) is tried again once that one moved."""
         counts = Counter(f.name_a for f in rows)
-        followers = sorted(
+        pending = sorted(
             (f for f in rows if f.name_b != f.name_a and self._follows(f, former, renamed, counts)),
             key=lambda f: (f.name_b.count("/"), f.name_b),
         )
         moved = False
-        for folder in followers:
-            old, new = folder.name_b, folder.name_a
-            if old == new or new in self._blocked:
-                continue  # moved along with its parent
-            why = self._cannot_move(folder, rows, local)
-            if why is not None:
-                note = f"its local folder stays {old!r}: {why}"
-                if folder.id in renamed:
+        held: list[tuple[FolderState, str]] = []
+        while pending:
+            held = []
+            progress = False
+            for folder in pending:
+                old, new = folder.name_b, folder.name_a
+                if old == new or new in self._blocked:
+                    continue  # moved along with its parent, or failed
+                why = self._cannot_move(folder, rows, local)
+                if why is not None:
+                    held.append((folder, why))
+                    continue
+                if self.dry_run:
+                    note = f"its local folder {old!r} would move to {new!r}"
+                    log.info("%s: %s", new, note)
+                    self._notes.setdefault(new, []).append(note)
+                    continue
+                progress = True
+                if not any(n == old or n.startswith(old + "/") for n in local):
+                    # Nothing there to move: the folder is created under its new name.
+                    self.state.begin()
+                    self.state.rename_local(folder, new)
+                    self.state.commit()
+                    continue
+                self.state.begin()
+                move_id = self.state.add_move(old, new)
+                self.state.commit()
+                step("move journaled")
+                if self._move(rows, move_id, old, new, fresh=True):
+                    moved = True
+                    local = {
+                        new + n[len(old) :] if n == old or n.startswith(old + "/") else n
+                        for n in local
+                    }
+                    note = f"its local folder moved from {old!r}"
                     log.warning("%s: %s", new, note)
                     self._notes.setdefault(new, []).append(note)
-                else:
-                    log.info("%s: %s", new, note)
-                continue
-            if self.dry_run:
-                note = f"its local folder {old!r} would move to {new!r}"
-                log.info("%s: %s", new, note)
-                self._notes.setdefault(new, []).append(note)
-                continue
-            if not any(n == old or n.startswith(old + "/") for n in local):
-                # Nothing there to move: the folder is created under its new name.
-                self.state.begin()
-                self.state.rename_local(folder, new)
-                self.state.commit()
-                continue
-            self.state.begin()
-            move_id = self.state.add_move(old, new)
-            self.state.commit()
-            step("move journaled")
-            if self._move(rows, move_id, old, new, fresh=True):
-                moved = True
-                local = {
-                    new + n[len(old) :] if n == old or n.startswith(old + "/") else n for n in local
-                }
-                note = f"its local folder moved from {old!r}"
-                log.warning("%s: %s", new, note)
-                self._notes.setdefault(new, []).append(note)
+            pending = [folder for folder, _ in held] if progress else []
+        for folder, why in held:
+            note = f"its local folder stays {folder.name_b!r}: {why}"
+            if folder.id in renamed:
+                log.warning("%s: %s", folder.name_a, note)
+                self._notes.setdefault(folder.name_a, []).append(note)
+            else:
+                log.info("%s: %s", folder.name_a, note)
         return moved
 
     def _cannot_move(self, folder: FolderState, rows, local: set[str]) -> str | None:

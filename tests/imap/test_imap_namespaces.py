@@ -473,3 +473,64 @@ def test_courier_reruns_list_everything_and_stay_exact(courier_server, mailenv):
     assert result.exit_code == 0, result.output
     assert maildir_bodies(dest)["INBOX"] == Counter([body(2), body(10), body(11), body(12)])
     assert to_lf(body(3)) in maildir_bodies(dest)["Sent"]
+
+
+def test_cyrus_renames_of_a_parent_and_of_a_child_moved_out_of_it(cyrus_server, mailenv):
+    """INBOX.Old.Kid becomes INBOX.Elsewhere and INBOX.Old becomes INBOX.New in one go:
+    the child moves out first, then the parent, both in the same run."""
+    server = cyrus_server
+    user = server.add_user()
+    seed(server, user, {"INBOX.Old": [body(1)], "INBOX.Old.Kid": [body(2)]})
+    dest = mailenv / "mail"
+    url = imaps(server, user)
+    assert mailsync("pull", url, dest, user=user).exit_code == 0
+    with connect(server, user) as client:
+        client.rename_folder("INBOX.Old.Kid", "INBOX.Elsewhere")
+        client.rename_folder("INBOX.Old", "INBOX.New")
+    result = mailsync("pull", url, dest, user=user)
+    assert result.exit_code == 0, result.output
+    assert copied(result) == 0
+    assert {k: v for k, v in maildir_bodies(dest).items() if v} == {
+        "New": Counter([body(1)]),
+        "Elsewhere": Counter([body(2)]),
+    }
+    assert not (dest / "Old").exists()
+
+
+def test_a_local_store_that_cannot_rename_keeps_the_old_name(cyrus_server, dovecot_server, mailenv):
+    """Pulling from Cyrus into another IMAP account (which cannot rename here): after a
+    rename the old destination folder keeps receiving the mail, nothing is copied twice,
+    and no folder is made under the new name."""
+    source, target = cyrus_server, dovecot_server
+    alice, bob = source.add_user(), target.add_user()
+    seed(source, alice, {"INBOX.Old": [body(1)]})
+    url_a, url_b = imaps(source, alice), imaps(target, bob)
+    env = {"MAILSYNC_PASSWORD_COMMAND": ""}
+    password_file = mailenv / "pw"
+    password_file.write_text(f"{alice.password}\n")
+
+    def pull():
+        # Two accounts, two passwords: each gets its own password_command.
+        return run(
+            "pull",
+            "--json",
+            f"{url_a}&password_command=cat%20{password_file}",
+            f"{url_b}&password_command=echo%20{bob.password}",
+            env=env,
+        )
+
+    first = pull()
+    assert first.exit_code == 0, first.output
+    with connect(source, alice) as client:
+        client.rename_folder("INBOX.Old", "INBOX.New")
+    seed(source, alice, {"INBOX.New": [body(2)]})
+    result = pull()
+    assert result.exit_code == 0, result.output
+    assert (
+        "its local folder stays 'Old': the local store cannot rename folders"
+        in (report(result)["New"]["notes"])
+    )
+    assert on_server(target, bob) == {"Old": Counter([body(1), body(2)])}
+    again = pull()
+    assert again.exit_code == 0 and copied(again) == 0, again.output
+    assert on_server(target, bob) == {"Old": Counter([body(1), body(2)])}
