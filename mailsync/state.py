@@ -214,6 +214,12 @@ class State:
             self.db.execute("COMMIT")
             self._in_tx = False
 
+    def rollback(self) -> None:
+        """Drop what the open transaction wrote (after an error in the middle of it)."""
+        if self._in_tx:
+            self.db.execute("ROLLBACK")
+            self._in_tx = False
+
     # meta -----------------------------------------------------------------------
     def get_meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
