@@ -14,8 +14,8 @@ folder, so a test can show that the folder fails alone while the others sync:
   a time every INTERVAL seconds (a slow link, not an attack), then completes;
 * ``flood=(FOLDER, LINE, COUNT)``: SELECT/EXAMINE of the folder first sends COUNT copies
   of the untagged LINE (``* OK``, ``* 1 EXISTS``), then the normal answer;
-* ``esearch={FOLDER: "1:100000000"}``: UID SEARCH there answers ESEARCH with that set
-  (the server then offers ESEARCH);
+* ``search={FOLDER: "1:100000000"}``: UID SEARCH there answers that UID set, as ESEARCH
+  when asked for (RETURN), else as a plain SEARCH of every UID in it;
 * ``claimed_sizes={FOLDER: N}``: RFC822.SIZE says N bytes whatever the body is;
 * ``invalid_uids={FOLDER: ["0", "-1"]}``: FETCH responses with these UIDs besides the
   real ones;
@@ -40,20 +40,18 @@ class HostileIMAPServer(FakeIMAPServer):
         drip_interval: float = 0.05,
         trickle: tuple[str, int, float] | None = None,
         flood: tuple[str, bytes, int] | None = None,
-        esearch: dict[str, str] | None = None,
+        search: dict[str, str] | None = None,
         claimed_sizes: dict[str, int] | None = None,
         invalid_uids: dict[str, list[str]] | None = None,
         echo_login: bool = False,
         **kwargs,
     ):
-        if esearch and "capabilities" not in kwargs:
-            kwargs["capabilities"] = ("IMAP4rev1", "AUTH=PLAIN", "ESEARCH")
         super().__init__(mailboxes, fault=self._misbehave, **kwargs)
         self.greeting_literal, self.greeting_bytes = greeting_literal, greeting_bytes
         self.drip, self.drip_interval = drip, drip_interval
         self.trickle = trickle
         self.flood = flood
-        self.esearch = dict(esearch or {})
+        self.search = dict(search or {})
         self.claimed_sizes = dict(claimed_sizes or {})
         self.invalid_uids = dict(invalid_uids or {})
         self.echo_login = echo_login
@@ -115,8 +113,15 @@ class HostileIMAPServer(FakeIMAPServer):
                         send(b")\r\n")
                     send(f"{tag} OK fetch done\r\n")
                     return
-            elif command == "UID SEARCH" and name in self.esearch:
-                send(f'* ESEARCH (TAG "{tag}") UID ALL {self.esearch[name]}\r\n{tag} OK done\r\n')
+            elif command == "UID SEARCH" and name in self.search:
+                uids = self.search[name]
+                if args[:1] == ["RETURN"]:
+                    send(f'* ESEARCH (TAG "{tag}") UID ALL {uids}\r\n')
+                else:
+                    low, _, high = uids.partition(":")
+                    numbers = range(int(low), int(high or low) + 1)
+                    send(b"* SEARCH " + b" ".join(b"%d" % n for n in numbers) + b"\r\n")
+                send(f"{tag} OK done\r\n")
                 return
             elif command == "UID FETCH" and name in self.invalid_uids:
                 for n, uid in enumerate(self.invalid_uids[name]):
