@@ -252,3 +252,26 @@ def test_interrupts_and_store_errors_still_stop_the_run(error, code, mailenv, mo
         )
     assert result.exit_code == code, result.output
     assert "Zed" not in maildir_bodies(mailenv / "m")  # after Bad: never reached
+
+
+def test_unclaimed_untagged_responses_do_not_pile_up_across_commands(mailenv, monkeypatch):
+    """Responses nobody asks for (here 100 "* 3 RECENT" on every NOOP) were kept for the
+    whole session: each command now starts with only the newest of each kind."""
+
+    def fault(server, conn, command, args):
+        if command == "NOOP":
+            return lambda send, tag, session: send(
+                b"* 3 RECENT\r\n" * 100 + b"%s OK noop\r\n" % tag.encode()
+            )
+        return None
+
+    monkeypatch.setenv("MAILSYNC_PASSWORD", PASSWORD)
+    with FakeIMAPServer(mailboxes(), fault=fault) as fake:
+        store = imapmod.IMAPStore(fake.url())
+        try:
+            for _ in range(50):
+                store.call("noop")
+            kept = len(store.client._imap.untagged_responses.get("RECENT", []))
+        finally:
+            store.close()
+    assert 100 <= kept <= 101  # the last NOOP's, and at most one from before

@@ -10,6 +10,8 @@ import pytest
 from fakepop import Behaviour, FakePOP3, make_tls_context
 from imaptools import maildir_bodies, message, run, run_measured
 
+from mailsync.stores import pop3 as pop3mod
+
 PASSWORD = "secret-pw-7"
 
 
@@ -253,3 +255,13 @@ def test_an_endless_capa_before_login_is_refused(serve, mailenv):
     assert result.exit_code == 1, result.output  # the session's folder fails, as for garbage
     assert "cannot read (login: a response of more than 64.0 KB)" in result.stderr
     assert not any(c.startswith(("USER", "PASS", "AUTH", "APOP")) for c in fake.commands)
+
+
+def test_a_listing_longer_than_any_maildrop_is_refused(serve, mailenv, monkeypatch):
+    """LIST and UIDL are bounded (MAX_LISTING lines, here lowered to keep the test small):
+    an endless listing is not parsed into an endless list."""
+    monkeypatch.setattr(pop3mod, "MAX_LISTING", 100)
+    fake = serve(bodies(150))
+    result = pull(fake, mailenv / "mail")
+    assert result.exit_code == 1, result.output
+    assert "lists more than 100 messages" in result.stderr
