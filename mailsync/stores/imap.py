@@ -268,6 +268,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
         self.folder_messages = 0  # the selected folder's EXISTS, the highest seen
         self.literal_budget: int | None = None  # for the next command only
         self._literals_left = PREAUTH_LIMIT
+        self._budgeted = False  # the command set a literal_budget
         self._response_cost = 0
         super().__init__(host, port, timeout)
 
@@ -310,14 +311,16 @@ class _GuardedIMAP4(imaplib.IMAP4):
 
     def read(self, size: int) -> bytes:
         """A literal of `size` bytes, refused before anything is allocated for it."""
-        if not self.authenticated and size > PREAUTH_LIMIT:
+        if not self.authenticated and size > self._literals_left:
             raise _Malformed(
                 f"the server announced a literal of {size} bytes before login; refusing"
             )
         if size > MAX_LITERAL:
             raise _Malformed(f"the server announced a literal of {size} bytes; refusing")
         if size > self._literals_left:
-            raise _Oversized(size)
+            if self._budgeted:
+                raise _Oversized(size)
+            raise _Malformed(f"the server sent over {MAX_LITERAL} bytes of literals at once")
         self._literals_left -= size
         self._pace.restart()
         return self.file.read(size)
@@ -330,6 +333,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
             del entries[:-1]
         self._response_cost = 0
         budget, self.literal_budget = self.literal_budget, None
+        self._budgeted = budget is not None and self.authenticated
         if not self.authenticated:
             self._literals_left = PREAUTH_LIMIT
         else:
@@ -1131,14 +1135,15 @@ class IMAPFolder(Folder):
             yield from self._fetch_bodies(batch)
 
     def _fetch_bodies(self, uids: list[int]):
-        """Bodies of a batch in one UID FETCH, whose literals may hold what RFC822.SIZE
-        announced for the batch (FETCH_LARGE_BYTES for a message without one) and an
-        eighth more.  A server that sends more (RFC822.SIZE understated, by mistake or
-        on purpose) is cut off before the excess is read, and the batch is fetched again
-        one message at a time in pieces (_fetch_large): memory follows the bytes that
-        arrive, not what the server claims."""
+        """Bodies of a batch in one UID FETCH, whose literals may hold twice what
+        RFC822.SIZE announced for the batch (FETCH_LARGE_BYTES for a message without
+        one) and 1 MiB more: room for servers whose sizes are estimates (Exchange).  A
+        server that sends more (RFC822.SIZE understated, by mistake or on purpose) is cut
+        off before the excess is read, and the batch is fetched again one message at a
+        time in pieces (_fetch_large): memory follows the bytes that arrive, not what the
+        server claims."""
         announced = sum(self._sizes.get(uid, FETCH_LARGE_BYTES) for uid in uids)
-        budget = announced + announced // 8 + 64 * 1024
+        budget = 2 * announced + (1 << 20)
         try:
             response = self.store.call(
                 "fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=self, literal_budget=budget
