@@ -213,6 +213,23 @@ def mask_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
     return text
 
 
+class _MaskSecrets(logging.Filter):
+    """On the mailsync logger: each line it logs has every password handed out masked
+    (a server's reply, or a folder name it chose, may carry one).  Logger filters run
+    only for lines that are emitted, so quiet levels cost nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if SECRETS:
+            text = record.getMessage()
+            masked = mask_secrets(text)
+            if masked != text:
+                record.msg, record.args = masked, None
+        return True
+
+
+log.addFilter(_MaskSecrets())
+
+
 # -- pacing: a deadline for every read -------------------------------------------------
 
 #: After the first `timeout` seconds of a response (or of one piece of it), the server

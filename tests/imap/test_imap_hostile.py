@@ -275,3 +275,14 @@ def test_unclaimed_untagged_responses_do_not_pile_up_across_commands(mailenv, mo
         finally:
             store.close()
     assert 100 <= kept <= 101  # the last NOOP's, and at most one from before
+
+
+def test_a_folder_name_carrying_the_password_is_masked_in_warnings(mailenv):
+    """Server text reaches log lines too: here a folder name the server chose."""
+    secret = "hunter2-pw"
+    hostile = [f'* LIST () "/" "../{secret}"'.encode()]
+    with FakeIMAPServer(mailboxes(), password=secret, list_extra=hostile) as fake:
+        result = run("pull", fake.url(), f"maildir:{mailenv / 'm'}", password=secret)
+    assert result.exit_code == 0, result.output
+    assert "skipping folder '../****'" in result.stderr
+    assert secret not in result.output
