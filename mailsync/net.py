@@ -202,11 +202,19 @@ def _secret_forms(secret: str) -> set[str]:
     return {f for f in forms if f}
 
 
+#: Passwords shorter than this are not looked for in free text: one of 1-3 characters
+#: would turn up inside ordinary words and garble every line (protocol logs mask the
+#: LOGIN/PASS command itself whatever the password).
+MIN_MASKED = 4
+
+
 def mask_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
     """`text` with every form of every password handed out (SECRETS) replaced by ****.
     For anything a server sent that goes into an error or a log line: a server may echo
     the LOGIN or PASS command it refused."""
     for secret in tuple(SECRETS if secrets is None else secrets):
+        if len(secret) < MIN_MASKED:
+            continue
         for form in sorted(_secret_forms(secret), key=len, reverse=True):
             if form in text:
                 text = text.replace(form, "****")
