@@ -4,8 +4,9 @@ Cyrus stores 8-bit header bytes as "X", Courier drops lone CRs and adds a final 
 Dovecot stores NUL as 0x80 (tests/servers/ measures each): a copy killed between APPEND
 and the state's commit, or a destination a new state adopts, must be recognised although
 its bytes differ.  Against the three real servers (pushes killed at every step and at
-random, an adoption without a single APPEND), and against a scripted server (fakeimap.py)
-for what they do not do: a header added on APPEND (the journal of copies under way).
+random, an adoption without a single APPEND, verify), and against a scripted server
+(fakeimap.py) for what they do not do: a header added on APPEND (the journal of copies
+under way).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def test_a_push_stores_what_each_server_makes_of_it_and_a_new_state_adopts_it_al
 ):
     """The servers rewrite as measured; a rerun copies nothing; a new state over the
     full account (the state file lost) recognises every copy: not one APPEND but those
-    the server refuses for good."""
+    the server refuses for good; verify counts the rewritten copies as there."""
     user = server.add_user()
     local = local_triggers(mailenv / "local")
     args = ["push", "--json", f"maildir:{local}", imaps(server, user)]
@@ -162,6 +163,22 @@ def test_a_push_stores_what_each_server_makes_of_it_and_a_new_state_adopts_it_al
     assert spy.count("APPEND") == refused(server.kind)  # offered again: the state was lost
     assert copied(adopted) == (0, len(TRIGGERS) - refused(server.kind))
     assert on_server(server, user) == stored(server.kind)
+
+    verified = run("verify", f"maildir:{local}", imaps(server, user), password=user.password)
+    changed = sum(1 for body in TRIGGERS if STORED[server.kind](body) not in (body, None))
+    assert changed >= 2
+    lines = verified.stdout.splitlines()
+    same = f"({changed} differ only by the destination's normalisation)"
+    if refused(server.kind):  # Cyrus: the two messages with a NUL
+        assert verified.exit_code == 1
+        assert lines[0] == f"INBOX: 20 messages, 2 MISSING {same}"
+        assert sorted(line.split(", ")[-1] for line in lines[1:]) == [
+            "<10.rewrites@example.org>",
+            "<9.rewrites@example.org>",
+        ]
+    else:
+        assert verified.exit_code == 0, verified.output
+        assert lines == [f"INBOX: 20 messages, ok {same}"]
 
 
 #: Half of TRIGGERS, with every trigger (8-bit headers, no final newline, lone CRs, NUL,
