@@ -48,7 +48,15 @@ from mailsync.errors import (
     RefusedError,
     StoreError,
 )
-from mailsync.message import Info, fingerprint, header_digest, normalise_flags, to_crlf, to_lf
+from mailsync.message import (
+    Info,
+    fingerprint,
+    header_digest,
+    normalise_flags,
+    to_crlf,
+    to_lf,
+    tolerant_fingerprint,
+)
 from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, parse_endpoint
 from mailsync.net import forget_password as _forget_password
@@ -1136,7 +1144,9 @@ class IMAPFolder(Folder):
         return max(response, default=0)
 
     def _find_appended(self, data: bytes) -> int:
-        """No APPENDUID: the new message is among the UIDs above the highest one before."""
+        """No APPENDUID: the new message is among the UIDs above the highest one before,
+        the only one there, or the one with the same content, exact or as the server may
+        have stored it (message.tolerant_fingerprint)."""
         start = (self._high_uid or 0) + 1
         self.store.call("noop", folder=self)  # hear about the new message
         candidates = [
@@ -1146,10 +1156,18 @@ class IMAPFolder(Folder):
         ]
         if len(candidates) == 1:
             return candidates[0]
-        digest = fingerprint(data)
+        # The exact bytes first; then as the server may have stored them (normalises).
+        digest, stored = fingerprint(data), tolerant_fingerprint(data)
+        rewritten = None
         for uid, body in self._fetch_bodies(sorted(candidates)):
-            if not isinstance(body, MessageError) and fingerprint(body) == digest:
+            if isinstance(body, MessageError):
+                continue
+            if fingerprint(body) == digest:
                 return int(uid)
+            if rewritten is None and tolerant_fingerprint(body) == stored:
+                rewritten = int(uid)
+        if rewritten is not None:
+            return rewritten
         raise MessageError(f"{self.name}: appended a message but cannot find its UID; rerun")
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:

@@ -4,9 +4,9 @@ Cyrus stores 8-bit header bytes as "X", Courier drops lone CRs and adds a final 
 Dovecot stores NUL as 0x80 (tests/servers/ measures each): a copy killed between APPEND
 and the state's commit, or a destination a new state adopts, must be recognised although
 its bytes differ.  Against the three real servers (pushes killed at every step and at
-random, an adoption without a single APPEND, verify), and against a scripted server
+random, an adoption without a single APPEND, verify), and against scripted servers
 (fakeimap.py) for what they do not do: a header added on APPEND (the journal of copies
-under way).
+under way), and no UIDPLUS.
 """
 
 from __future__ import annotations
@@ -343,3 +343,41 @@ def test_foreign_mail_with_the_same_headers_is_not_adopted(mailenv):
         assert Counter(m.body for m in fake.mailboxes["INBOX"].messages) == Counter(
             [look_alike, scanned(message(1))]
         )
+
+
+# -- no UIDPLUS: the new UID found among others by content as the server stored it ------------
+
+
+class CrowdedServer(FakeIMAPServer):
+    """Without UIDPLUS; as each message is appended, another client appends one too, and
+    the server stores ours with a final CRLF added (as Courier does)."""
+
+    def _cmd_append(self, send, tag, session, args, action):
+        box = self._box(args[0])
+        if box is not None:
+            box.add(to_crlf(message(900 + len(box.messages), "someone else's")))
+        body = args[-1] if args[-1].endswith(b"\r\n") else args[-1] + b"\r\n"
+        super()._cmd_append(send, tag, session, [*args[:-1], body], action)
+
+
+def test_without_uidplus_a_rewritten_copy_is_told_apart_from_others_arriving(mailenv):
+    local = mailenv / "local"
+    bodies = [message(1) + b"no final newline", message(2)]
+    for body in bodies:
+        write_local(local, "INBOX", body, flags="S")
+    caps = ("IMAP4rev1", "AUTH=PLAIN")
+    with CrowdedServer(capabilities=caps) as fake:
+        args = ["push", f"maildir:{local}", fake.url()]
+        result = run("-v", *args, password=PASSWORD)
+        assert result.exit_code == 0, result.output
+        box = fake.mailboxes["INBOX"]
+        ours = [m for m in box.messages if b"someone else's" not in m.body]
+        stored = [to_crlf(bodies[0]) + b"\r\n", to_crlf(bodies[1])]
+        assert Counter(m.body for m in ours) == Counter(stored)
+        assert all(m.flags == {"\\Seen"} for m in ours)
+        # The UIDs recorded are ours: a rerun copies nothing and changes no flag there.
+        again = run("push", "--json", *args[1:], password=PASSWORD)
+        assert again.exit_code == 0, again.output
+        (folder,) = json.loads(again.stdout)["channels"][0]["folders"]
+        assert folder["copied_b_to_a"] == 0 and folder["linked"] == 0
+        assert len(box.messages) == 4
