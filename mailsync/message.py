@@ -70,7 +70,7 @@ def tolerant_fingerprint(data: bytes) -> str:
     a message, and to nothing else:
 
     * the line ends at its very end (CR and LF, any number): an mbox gives a message
-      without a final newline one, Courier adds a final CRLF;
+      without a final newline one, Courier adds a final CRLF, Dovecot drops a final CR;
     * lone CRs, anywhere (a CR not followed by LF): Courier drops them;
     * NUL against 0x80, anywhere: Dovecot stores a NUL as 0x80;
     * in the header block (up to the first empty line, the whole message if it has
