@@ -4,7 +4,8 @@ Cyrus stores 8-bit header bytes as "X", Courier drops lone CRs and adds a final 
 Dovecot stores NUL as 0x80 (tests/servers/ measures each): a copy killed between APPEND
 and the state's commit, or a destination a new state adopts, must be recognised although
 its bytes differ.  Against the three real servers (pushes killed at every step and at
-random, an adoption without a single APPEND, verify), and against scripted servers
+random, a migration from Dovecot killed at random, adoptions without a single APPEND,
+verify), and against scripted servers
 (fakeimap.py) for what they do not do: a header added on APPEND (the journal of copies
 under way), and no UIDPLUS.
 """
@@ -21,6 +22,7 @@ from collections import Counter
 import pytest
 from fakeimap import FakeIMAPServer
 from imaptools import CommandSpy, message, run, run_process, server_bodies, write_local
+from servers.rewrites import append_raw
 from test_imap_crash import killed_run, timed
 
 from mailsync.message import to_crlf
@@ -253,6 +255,49 @@ def test_a_push_killed_at_random_points_leaves_each_message_once(server, mailenv
         why = f"round {n}: " + "\n".join(history[-3:]) + f"\nrerun:\n{rerun.stderr}"
         assert rerun.returncode in finished, why
         assert on_server(server, user) == want, why
+
+
+def with_password(server, user) -> str:
+    return f"{imaps(server, user)}&password_command=echo%20{user.password}"
+
+
+@pytest.mark.parametrize("kind", ["cyrus", "courier"])
+def test_a_migration_killed_at_random_points_and_a_lost_state_copy_nothing_twice(
+    request, kind, dovecot_server, mailenv, monkeypatch
+):
+    """Dovecot to Cyrus or Courier (each server rewriting what it is given), killed at
+    random points, then rerun: each message once on the new server; then the state file
+    lost: the rerun recognises every copy and appends nothing."""
+    target = request.getfixturevalue(f"{kind}_server")
+    source = dovecot_server.add_user()
+    with dovecot_server.imap(source) as client:
+        for body in TRIGGERS:
+            assert append_raw(client, "INBOX", to_crlf(body))[0] == "OK"
+    old = on_server(dovecot_server, source)
+    assert old == stored("dovecot")
+    want = Counter(STORED[kind](body) for body in old.elements())  # NUL is 0x80 by now
+    rng = random.Random(f"migration-{kind}")
+    steps = len(TRIGGERS) + 4
+    for n in range(3):
+        user, state = target.add_user(), mailenv / f"round{n}"
+        args = ["pull", with_password(dovecot_server, source), with_password(target, user)]
+        crash_at = rng.randint(1, steps)
+        first = run_process("-v", *args, password="unused", state=state, crash_at=crash_at)
+        assert first.returncode == CRASHED, first.stderr
+        how = killed_run(args, "unused", state, rng, 1.0, steps)
+        rerun = run_process(*args, password="unused", state=state)
+        why = f"round {n}: step {crash_at}, then {how}\nrerun:\n{rerun.stderr}"
+        assert rerun.returncode == 0, why
+        assert on_server(target, user) == want, why
+    monkeypatch.setenv("XDG_STATE_HOME", str(mailenv / "lost"))
+    spy = CommandSpy(monkeypatch)
+    adopted = run("-v", *args)
+    assert adopted.exit_code == 0, adopted.output
+    assert spy.count("APPEND") == 0
+    assert adopted.stderr.count("same content as the destination stores it") == sum(
+        1 for body in old.elements() if STORED[kind](body) != body
+    )
+    assert on_server(target, user) == want
 
 
 # -- a header added on APPEND: the journal ----------------------------------------------------
