@@ -19,6 +19,8 @@ import os
 import ssl
 import sys
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -217,3 +219,112 @@ def forget_password(ep: Endpoint) -> None:
     """After a failed login: the next attempt asks the source again."""
     with _LOCK:
         _PASSWORDS.pop(_password_key(ep), None)
+
+
+def _secret_forms(secret: str) -> set[str]:
+    """The ways a password can appear in a server's text or a protocol line: as is,
+    quoted with IMAP's backslash escapes, and as Python's repr shows either."""
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
+    forms = {secret, quoted}
+    for form in list(forms):
+        try:
+            forms.add(repr(form.encode())[2:-1])
+        except UnicodeEncodeError:
+            pass
+        forms.add(repr(form)[1:-1])
+    return {f for f in forms if f}
+
+
+#: Passwords shorter than this are not looked for in free text: one of 1-3 characters
+#: would turn up inside ordinary words and garble every line (protocol logs mask the
+#: LOGIN/PASS command itself whatever the password).
+MIN_MASKED = 4
+
+
+def mask_secrets(text: str, secrets: Iterable[str] | None = None) -> str:
+    """`text` with every form of every password handed out (SECRETS) replaced by ****.
+    For anything a server sent that goes into an error or a log line: a server may echo
+    the LOGIN or PASS command it refused."""
+    for secret in tuple(SECRETS if secrets is None else secrets):
+        if len(secret) < MIN_MASKED:
+            continue
+        for form in sorted(_secret_forms(secret), key=len, reverse=True):
+            if form in text:
+                text = text.replace(form, "****")
+    return text
+
+
+class _MaskSecrets(logging.Filter):
+    """On the mailsync logger: each line it logs has every password handed out masked
+    (a server's reply, or a folder name it chose, may carry one).  Logger filters run
+    only for lines that are emitted, so quiet levels cost nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if SECRETS:
+            text = record.getMessage()
+            masked = mask_secrets(text)
+            if masked != text:
+                record.msg, record.args = masked, None
+        return True
+
+
+log.addFilter(_MaskSecrets())
+
+
+# -- pacing: a deadline for every read -------------------------------------------------
+
+#: After the first `timeout` seconds of a response (or of one piece of it), the server
+#: must keep up at least this average rate.  A socket timeout alone never fires on a
+#: server that drips a byte every half second; this does, while a 50 MB message on a
+#: 10 KB/s link (80 kbit/s) still arrives.
+MIN_RATE = 1024  # bytes per second
+
+
+class TooSlow(TimeoutError):
+    """The server sent too little for too long (see Pace)."""
+
+
+class Pace:
+    """The deadline of one read (a response line, a literal, a POP3 response): it ends
+    `timeout` seconds after the read began plus one second for every MIN_RATE bytes
+    received since.  Until the first byte arrives the socket's own timeout (the same
+    `timeout`, per recv) is what limits the wait, as it always did.  restart() at the
+    start of each read; recv_into() in place of sock.recv_into().  Costs a clock read
+    per socket read, nothing per byte."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.received = 0
+
+    def restart(self) -> None:
+        self.started = time.monotonic()
+        self.received = 0
+
+    def describe(self) -> str:
+        elapsed = time.monotonic() - self.started
+        return (
+            f"the server sent {self.received} bytes in {elapsed:.0f} s, slower than "
+            f"{MIN_RATE // 1024} KiB/s; timeout=SECONDS in the URL gives a slow link more time"
+        )
+
+    def recv_into(self, sock, buffer) -> int:
+        if not self.received:  # silence so far: the socket's own timeout decides
+            received = sock.recv_into(buffer)
+            self.received += received
+            return received
+        wait = self.started + self.timeout + self.received / MIN_RATE - time.monotonic()
+        if wait <= 0:
+            raise TooSlow(self.describe())
+        if wait >= self.timeout:  # the socket's own timeout is the shorter: nothing to set
+            received = sock.recv_into(buffer)
+        else:
+            sock.settimeout(wait)
+            try:
+                received = sock.recv_into(buffer)
+            except TimeoutError:
+                raise TooSlow(self.describe()) from None
+            finally:
+                sock.settimeout(self.timeout)  # sends keep the plain timeout
+        self.received += received
+        return received

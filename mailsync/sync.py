@@ -16,6 +16,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -335,24 +336,44 @@ class Syncer:
             folders["a"] = self.stores["a"].open_folder(name)
             folders["b"] = self.stores["b"].open_folder(local)
             untouched = self._untouched(fstate, folders)
-        except MailsyncError:
+        except Exception:  # in doubt: the folder is synced, and fails there if it must
             return False
         finally:
             for folder in folders.values():
-                with contextlib.suppress(MailsyncError):
+                with contextlib.suppress(Exception):
                     folder.close()
         if untouched:
             log.debug("%s: unchanged on both sides since the last clean run", name)
         return untouched
 
     def _guarded(self, name: str, existing) -> FolderReport:
+        """sync_folder(), with its failures confined to the folder: a FolderError, a
+        MessageError that escaped, or any unexpected exception (a bug, or a hostile
+        server's input nobody foresaw; its traceback logged at debug level, -vv) becomes
+        this folder's error and the other folders go on.  Store-level errors (StoreError,
+        ConfigError, SafetyError), the state database's own errors and interrupts
+        (KeyboardInterrupt is no Exception) still stop the run."""
         try:
             return self.sync_folder(name, existing)
-        except FolderError as error:
-            log.error("%s", error)
-            folder_report = FolderReport(name)
-            folder_report.errors.append(str(error))
-            return folder_report
+        except (FolderError, MessageError) as error:
+            text = str(error)
+        except (MailsyncError, sqlite3.Error):
+            raise
+        except Exception as error:
+            self.state.rollback()  # an error in the middle of a transaction: not half of it
+            if isinstance(error, OSError):
+                where = f" ({error.filename})" if error.filename else ""
+                text = f"{name}: {error.strerror or error}{where}"
+            else:
+                log.debug("%s: unexpected error", name, exc_info=True)
+                text = (
+                    f"{name}: unexpected {type(error).__name__}: {error}; the other folders "
+                    "go on; run with -vv for details and please report it"
+                )
+        log.error("%s", text)
+        folder_report = FolderReport(name)
+        folder_report.errors.append(text)
+        return folder_report
 
     def _run_parallel(self, names: list[str], existing) -> list[FolderReport]:
         workers: list[tuple[dict, State]] = []

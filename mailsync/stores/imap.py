@@ -7,9 +7,16 @@ Keys are UIDs (as strings) under the folder's UIDVALIDITY.  What it does on the 
   is refused before the password is sent; ``tls=none`` only on request.  Every socket
   operation has the endpoint's timeout; a dropped connection is reconnected (and the
   folder selected again) once per operation; a refused login is final (AuthError);
+* a hostile server stays bounded from the first byte read (_GuardedIMAP4): every line
+  and literal has a deadline that grows with the bytes that arrive (net.Pace), lines,
+  literals and the untagged responses to one command have size limits (small ones
+  before login), UID sets are checked against what the folder holds before they are
+  expanded, and body batches against what RFC822.SIZE announced; server text in errors
+  and warnings has every password masked;
 * folder names are decoded from modified UTF-7 and mapped to "/"-separated names; names
-  that could escape a local tree ("..", ".", empty parts, control characters) are
-  skipped with a warning; SPECIAL-USE attributes are recorded in the cursor;
+  that could escape a local tree ("..", ".", empty parts, control characters), or
+  nested deeper than MAX_FOLDER_DEPTH, are skipped with a warning; SPECIAL-USE
+  attributes are recorded in the cursor;
 * listings fetch FLAGS, RFC822.SIZE and INTERNALDATE; with CONDSTORE a rerun asks only
   for what changed since the last HIGHESTMODSEQ (plus the UID list, to see expunges), and
   a folder whose STATUS is unchanged is not even selected;
@@ -31,9 +38,12 @@ Keys are UIDs (as strings) under the folder's UIDVALIDITY.  What it does on the 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import imaplib
+import io
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
@@ -58,10 +68,10 @@ from mailsync.message import (
     tolerant_fingerprint,
 )
 from mailsync.net import SECRETS as _SECRETS
-from mailsync.net import Endpoint, parse_endpoint
+from mailsync.net import Endpoint, Pace, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import MAX_FOLDER_DEPTH, Folder, Store
 
 log = logging.getLogger("mailsync")
 protocol_log = logging.getLogger("mailsync.imap")
@@ -70,10 +80,20 @@ FETCH_BATCH_BYTES = 3 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE (x -
 FETCH_BATCH_MAX = 500  # messages per UID FETCH
 FETCH_LARGE_BYTES = 4 * 1024 * 1024  # bodies above this (RFC822.SIZE) are fetched in pieces
 FETCH_PIECE_BYTES = 4 * 1024 * 1024  # one BODY.PEEK[]<offset.length> of such a body
+PRESIZE_FACTOR = 16  # RFC822.SIZE sizes a big body's buffer up to this x its first piece
 META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
 STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
-MAX_LITERAL = 1 << 30  # refuse to allocate more for one literal (a hostile server)
-MAX_LINE = 32 * 1024 * 1024  # imaplib's 1 MB line limit is too small for big SEARCH results
+# What one connection accepts from the server (a hostile one included), from the first
+# byte it reads: see _GuardedIMAP4.
+MAX_LITERAL = 1 << 30  # one literal, and all literals of one response together
+MAX_LINE = 32 * 1024 * 1024  # one line (imaplib's 1 MB is too small for big SEARCH results)
+PREAUTH_LIMIT = 64 * 1024  # a line, a literal, a response, before login
+RESPONSE_BYTES = 16 * 1024 * 1024  # untagged responses to one command (lines, plus
+RESPONSE_PER_MESSAGE = 1024  # this for each message the selected folder holds, up to
+MAX_RESPONSE = 1 << 30  # this)
+RESPONSE_ENTRY = 64  # what imaplib keeps per untagged response besides its bytes
+UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
+MAX_UID = 2**32 - 1  # UIDs are 32-bit non-zero numbers (RFC 3501)
 # Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
 # "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
 # on the next run.  Any other NO (none, TOOBIG, LIMIT, PARSE, CANNOT, ...) refuses it for
@@ -105,12 +125,15 @@ _ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
 _NETWORK_ERRORS = (OSError, EOFError)
 _TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
 
-if imaplib._MAXLINE < MAX_LINE:
-    imaplib._MAXLINE = MAX_LINE
-
 
 class _Malformed(Exception):
     """The server sent something mailsync cannot parse."""
+
+
+class _Oversized(Exception):
+    """A literal larger than the command that asked for it allows (see
+    _GuardedIMAP4.literal_budget).  Raised before any of it is read: the connection is
+    dropped, and the caller asks again in bounded pieces."""
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -131,14 +154,32 @@ def _uid_ranges(uids: Iterable[int]) -> str:
     return ",".join(out)
 
 
-def _parse_uid_set(text: str) -> list[int]:
-    """'1:3,7' -> [1, 2, 3, 7] (ESEARCH ALL results)."""
-    out: list[int] = []
+_UID_RANGE = re.compile(r"(-?\d+)(?::(-?\d+))?")
+
+
+def _parse_uid_set(text: str, most: int) -> tuple[list[int], list[str]]:
+    """'1:3,7' -> ([1, 2, 3, 7], []) (ESEARCH ALL results); the second list holds the
+    parts that are not valid UIDs (0, -1, beyond 32 bits), left out.  The ranges are
+    counted before any is expanded: _Malformed if they hold more than `most` UIDs."""
+    ranges: list[tuple[int, int]] = []
+    invalid: list[str] = []
+    count = 0
     for part in filter(None, text.split(",")):
-        low, _, high = part.partition(":")
-        a, b = int(low), int(high or low)
-        out.extend(range(min(a, b), max(a, b) + 1))
-    return out
+        match = _UID_RANGE.fullmatch(part)
+        if not match:
+            raise _Malformed(f"{part[:40]!r} in a UID set")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        low, high = min(low, high), max(low, high)
+        if low < 1 or high > MAX_UID:
+            invalid.append(part)
+            continue
+        count += high - low + 1
+        if count > most:
+            raise _Malformed(
+                f"the server sent a UID set of over {most} UIDs for a folder that holds fewer"
+            )
+        ranges.append((low, high))
+    return [uid for low, high in ranges for uid in range(low, high + 1)], invalid
 
 
 def _timestamp(value) -> float:
@@ -154,7 +195,9 @@ def _text(value) -> str:
 
 
 def _clean(error: BaseException) -> str:
-    text = str(error)
+    """An error (whose text may come from the server) as one short line for the user,
+    with every known password masked: a server may echo the LOGIN it refused."""
+    text = mask_secrets(str(error), _SECRETS)
     if text.startswith("b'") or text.startswith('b"'):
         text = text[2:-1]
     text = " ".join(text.split())  # one line, whatever the server sent
@@ -179,26 +222,9 @@ def valid_keyword(flag: str) -> bool:
 _REDACT_COMMAND = re.compile(r"^(>.*?\b)(LOGIN|AUTHENTICATE)(?=[\s'\"]|$).*", re.S)
 
 
-def _secret_forms(secret: str) -> set[str]:
-    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
-    forms = {secret, quoted}
-    for form in list(forms):
-        try:
-            forms.add(repr(form.encode())[2:-1])
-        except UnicodeEncodeError:
-            pass
-        forms.add(repr(form)[1:-1])
-    return {f for f in forms if f}
-
-
 def redact(text: str) -> str:
     """Mask LOGIN/AUTHENTICATE arguments and every known password in a log line."""
-    text = _REDACT_COMMAND.sub(r"\1\2 ****", text)
-    for secret in tuple(_SECRETS):
-        for form in sorted(_secret_forms(secret), key=len, reverse=True):
-            if form in text:
-                text = text.replace(form, "****")
-    return text
+    return mask_secrets(_REDACT_COMMAND.sub(r"\1\2 ****", text), _SECRETS)
 
 
 _LOG_LOCK = threading.Lock()
@@ -229,6 +255,156 @@ def _route_protocol_log() -> None:
         logger.setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
+# -- a connection bounded against a hostile server ------------------------------------------
+
+
+class _PacedReader(io.RawIOBase):
+    """The socket as imaplib reads it, every recv under the connection's Pace (a deadline
+    that grows with the bytes that arrive): a server dripping a byte at a time, each
+    within the socket timeout, is given up instead of waited for forever."""
+
+    def __init__(self, sock, pace: Pace, replaced):
+        self._sock, self._pace, self._replaced = sock, pace, replaced
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._pace.recv_into(self._sock, buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._replaced.close()  # the makefile() this replaces holds the socket open
+        super().close()
+
+
+class _GuardedIMAP4(imaplib.IMAP4):
+    """imaplib's connection, bounded from the first byte it reads (the greeting comes
+    before STARTTLS, so from anyone on the path):
+
+    * every line and literal is read under a Pace (net.MIN_RATE after the first
+      `timeout` seconds);
+    * before login a line, a literal and all untagged responses to one command are at
+      most PREAUTH_LIMIT bytes; after it a line is at most MAX_LINE, a literal and the
+      literals of one response together at most MAX_LITERAL, or `literal_budget` when
+      the command sets one (bodies fetched in a batch: _Oversized);
+    * the untagged responses to one command cost at most RESPONSE_BYTES plus
+      RESPONSE_PER_MESSAGE for each message of the selected folder (EXISTS), never more
+      than MAX_RESPONSE; of those older commands left unclaimed only the newest of each
+      kind is kept.
+
+    Breaking a limit raises _Malformed (the caller drops the connection)."""
+
+    def __init__(self, host: str, port: int, timeout: float, ssl_context=None):
+        self._implicit_tls = ssl_context  # None: plain text (STARTTLS may follow)
+        self._pace = Pace(timeout)
+        self.folder_messages = 0  # the selected folder's EXISTS, the highest seen
+        self.literal_budget: int | None = None  # for the next command only
+        self._literals_left = PREAUTH_LIMIT
+        self._budgeted = False  # the command set a literal_budget
+        self._response_cost = 0
+        super().__init__(host, port, timeout)
+
+    # the socket -----------------------------------------------------------------------
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout)
+        if self._implicit_tls is None:
+            return sock
+        try:
+            return self._implicit_tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _pace_reads(self) -> None:
+        self.file = io.BufferedReader(_PacedReader(self.sock, self._pace, self.file))
+
+    def open(self, host="", port=imaplib.IMAP4_PORT, timeout=None) -> None:
+        super().open(host, port, timeout)
+        self._pace_reads()
+
+    def starttls(self, ssl_context=None):
+        typ, data = super().starttls(ssl_context)
+        if typ == "OK":
+            self._pace_reads()  # the new TLS socket
+        return typ, data
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state in ("AUTH", "SELECTED")
+
+    # reading ----------------------------------------------------------------------------
+    def readline(self) -> bytes:
+        limit = MAX_LINE if self.authenticated else PREAUTH_LIMIT
+        self._pace.restart()
+        line = self.file.readline(limit + 1)
+        if len(line) > limit:
+            raise _Malformed(f"the server sent a line of more than {limit} bytes")
+        return line
+
+    def read(self, size: int) -> bytes:
+        """A literal of `size` bytes, refused before anything is allocated for it."""
+        if not self.authenticated and size > self._literals_left:
+            raise _Malformed(
+                f"the server announced a literal of {size} bytes before login; refusing"
+            )
+        if size > MAX_LITERAL:
+            raise _Malformed(f"the server announced a literal of {size} bytes; refusing")
+        if size > self._literals_left:
+            if self._budgeted:
+                raise _Oversized(size)
+            raise _Malformed(f"the server sent over {MAX_LITERAL} bytes of literals at once")
+        self._literals_left -= size
+        self._pace.restart()
+        return self.file.read(size)
+
+    # responses --------------------------------------------------------------------------
+    def _command(self, name, *args):
+        # Unclaimed responses to earlier commands: the newest of each kind is all that
+        # anything reads (imaplib itself only asks whether there was a BYE).
+        for entries in self.untagged_responses.values():
+            del entries[:-1]
+        self._response_cost = 0
+        budget, self.literal_budget = self.literal_budget, None
+        self._budgeted = budget is not None and self.authenticated
+        if not self.authenticated:
+            self._literals_left = PREAUTH_LIMIT
+        else:
+            self._literals_left = MAX_LITERAL if budget is None else min(budget, MAX_LITERAL)
+        if name in ("SELECT", "EXAMINE"):
+            self.folder_messages = 0
+        return super()._command(name, *args)
+
+    def _append_untagged(self, typ, dat) -> None:
+        line = dat[0] if isinstance(dat, tuple) else dat or b""
+        self._response_cost += len(line) + RESPONSE_ENTRY
+        if typ == "EXISTS" and line.isdigit():
+            self.folder_messages = max(self.folder_messages, min(int(line), MAX_UID))
+        if self.authenticated:
+            limit = min(MAX_RESPONSE, RESPONSE_BYTES + RESPONSE_PER_MESSAGE * self.folder_messages)
+        else:
+            limit = PREAUTH_LIMIT
+        if self._response_cost > limit:
+            raise _Malformed(
+                f"the server sent more than {limit} bytes of untagged responses "
+                f"({len(self.untagged_responses.get(typ, ()))}+ {typ}) to one command"
+            )
+        super()._append_untagged(typ, dat)
+
+
+@functools.cache
+def _client_class():
+    """IMAPClient on a _GuardedIMAP4 (made on first use: imapclient is imported late)."""
+    from imapclient import IMAPClient
+
+    class GuardedClient(IMAPClient):
+        def _create_IMAP4(self):
+            context = (self.ssl_context or ssl.create_default_context()) if self.ssl else None
+            return _GuardedIMAP4(self.host, self.port, self._timeout.read, context)
+
+    return GuardedClient
+
+
 # -- store --------------------------------------------------------------------------------
 
 
@@ -247,6 +423,7 @@ class IMAPStore(Store):
         self.selected: IMAPFolder | None = None
         self.reconnects = 0
         self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS
+        self._warned_invalid: set[str] = set()  # folders whose invalid UIDs were reported
 
     # connection -----------------------------------------------------------------------
     @property
@@ -256,7 +433,6 @@ class IMAPStore(Store):
         return self._client
 
     def _connect(self):
-        from imapclient import IMAPClient
         from imapclient.exceptions import LoginError
 
         _route_protocol_log()
@@ -264,7 +440,7 @@ class IMAPStore(Store):
         context = ep.ssl_context() if ep.tls != "none" else None
         client = None
         try:
-            client = IMAPClient(
+            client = _client_class()(
                 ep.host,
                 port=ep.port,
                 ssl=ep.tls == "implicit",
@@ -303,16 +479,6 @@ class IMAPStore(Store):
                     client.enable("CONDSTORE")
                 except Exception as error:  # the SELECT then shows no HIGHESTMODSEQ
                     log.debug("%s: ENABLE CONDSTORE failed: %s", ep.display, _clean(error))
-            # A hostile server must not make us allocate a huge literal.
-            imap = client._imap
-            read = imap.read
-
-            def guarded_read(size: int, _read=read) -> bytes:
-                if size > MAX_LITERAL:
-                    raise _Malformed(f"the server announced a literal of {size} bytes; refusing")
-                return _read(size)
-
-            imap.read = guarded_read
         except MailsyncError:
             _shutdown(client)
             raise
@@ -325,6 +491,9 @@ class IMAPStore(Store):
         except ssl.SSLError as error:
             _shutdown(client)
             raise ConnectError(f"{ep.display}: TLS failed ({error.reason or _clean(error)})")
+        except TooSlow as error:
+            _shutdown(client)
+            raise ConnectError(f"{ep.display}: {error}")
         except TimeoutError:
             _shutdown(client)
             raise ConnectError(
@@ -375,35 +544,36 @@ class IMAPStore(Store):
         self.client  # noqa: B018
 
     def call(self, operation, *args, retry: bool = True, folder: IMAPFolder | None = None, **kw):
-        """Run one IMAP operation.  A dropped connection is reconnected and, with `retry`
-        (operations safe to repeat), the operation run again once, after selecting
-        `folder` again.  Server refusals and unreadable responses become FolderError
-        (with a folder) or StoreError; a lost connection ConnectError."""
+        """Run one IMAP operation, in `folder` (selected first if the connection has
+        another one selected, or none since it was dropped).  A dropped connection is
+        reconnected and, with `retry` (operations safe to repeat), the operation run again
+        once.  Server refusals and unreadable responses become FolderError (with a
+        folder) or StoreError; a lost connection, or a server too slow to wait for,
+        ConnectError.  _Oversized passes through (the connection dropped)."""
         from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
 
         scope = FolderError if folder is not None else StoreError
         where = f"{self.endpoint.display}" + (f" {folder.name}" if folder is not None else "")
         for attempt in (1, 2):
             try:
-                if attempt == 2 and folder is not None:
+                if folder is not None and self.selected is not folder:
                     folder.select()
                 return self._invoke(operation, *args, **kw)
             except MailsyncError:
                 raise
+            except _Oversized:
+                self._drop()
+                raise
             except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
+                lost = "gave up" if isinstance(error, TooSlow) else "connection lost"
                 if not retry or attempt == 2:
                     self._drop()
-                    raise ConnectError(
-                        f"{where}: connection lost during {operation} ({_clean(error)})"
-                    )
+                    raise ConnectError(f"{where}: {lost} during {operation} ({_clean(error)})")
                 log.warning(
-                    "%s: connection lost during %s (%s); reconnecting",
-                    where,
-                    operation,
-                    _clean(error),
+                    "%s: %s during %s (%s); reconnecting", where, lost, operation, _clean(error)
                 )
                 self.reconnect()
-            except (ProtocolError, _Malformed, ValueError, IndexError) as error:
+            except (ProtocolError, _Malformed, ValueError, IndexError, RecursionError) as error:
                 self._drop()  # what else is in the stream is anybody's guess
                 raise scope(
                     f"{where}: the server sent a response mailsync cannot read "
@@ -427,18 +597,23 @@ class IMAPStore(Store):
         modifiers: list[str] | None = None,
         *,
         message_level: bool = False,
+        literal_budget: int | None = None,
     ):
         """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
         response is kept by its UID; responses without one (unsolicited FETCHes about
-        other messages, keyed by sequence number) are ignored, never mistaken for UIDs.
+        other messages, keyed by sequence number) are ignored, never mistaken for UIDs;
+        responses with an invalid one (0, -1) are left out with a warning.
         With `message_level` (one message's body piece) a NO is that message's
-        MessageError (e.g. expunged by another client meanwhile), not the folder's."""
+        MessageError (e.g. expunged by another client meanwhile), not the folder's.
+        `literal_budget`: the bytes all literals of the response may hold together
+        (_Oversized before reading one that would go beyond)."""
         from imapclient.response_parser import parse_fetch_response
 
         imap = self.client._imap
         args = [uid_set, "(" + " ".join(items) + ")"]
         if modifiers:
             args.append("(" + " ".join(modifiers) + ")")
+        imap.literal_budget = literal_budget
         typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
@@ -447,18 +622,41 @@ class IMAPStore(Store):
             raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
         try:
             parsed = parse_fetch_response(data, False, False)
-        except (ValueError, TypeError, IndexError, AttributeError) as error:
+        except (ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
             raise _Malformed(error)
         del data  # the literals live on in `parsed` only (no second reference to big ones)
         out: dict[int, dict] = {}
+        invalid = []
         for record in parsed.values():
             uid = record.get(b"UID")
-            if isinstance(uid, int) and uid > 0:
+            if isinstance(uid, int) and 0 < uid <= MAX_UID:
                 out.setdefault(uid, {}).update(record)
+            elif uid is not None:
+                invalid.append(_text(uid))
+        if invalid:
+            self._invalid_uids(invalid, "FETCH responses")
         return out
 
+    def _invalid_uids(self, invalid: list[str], what: str) -> None:
+        """Warns, once per folder, that the server sent UIDs that cannot be (0, -1)."""
+        folder = self.selected.name if self.selected else ""
+        if folder in self._warned_invalid:
+            return
+        self._warned_invalid.add(folder)
+        where = f"{self.endpoint.display} {folder}"
+        log.warning(
+            "%s: the server sent %d %s with invalid UIDs (%s); ignoring them",
+            where.rstrip(),
+            len(invalid),
+            what,
+            _clean(ValueError(", ".join(invalid[:5]) + (", ..." if len(invalid) > 5 else ""))),
+        )
+
     def _op_uids(self, criteria: str = "ALL") -> list[int]:
-        """UID SEARCH, compact with ESEARCH when offered."""
+        """UID SEARCH, compact with ESEARCH when offered.  The answer is bounded by
+        what the selected folder can hold (its EXISTS, plus UID_SLACK): a larger one is
+        _Malformed before it is expanded into a list.  Invalid UIDs (0, -1) are left
+        out with a warning."""
         imap = self.client._imap
         if "ESEARCH" in self.capabilities:
             tag = imap._command("UID", "SEARCH", "RETURN", "(ALL)", criteria)
@@ -466,28 +664,39 @@ class IMAPStore(Store):
             responses = imap.untagged_responses.pop("ESEARCH", [])
             if typ != "OK":
                 raise imaplib.IMAP4.error(f"UID SEARCH failed: {_clean(data[-1])}")
+            most = imap.folder_messages + UID_SLACK
             for response in responses:
                 line = _text(response)
                 mine = re.search(r'\(TAG "?([^")]+)"?\)', line)
                 if mine and mine.group(1) != _text(tag):
                     continue
-                found = re.search(r"\bALL\s+([0-9:,]+)", line)
-                try:
-                    return _parse_uid_set(found.group(1)) if found else []
-                except ValueError as error:
-                    raise _Malformed(error)
+                found = re.search(r"\bALL\s+(\S+)", line)
+                uids, invalid = _parse_uid_set(found.group(1), most) if found else ([], [])
+                if invalid:
+                    self._invalid_uids(invalid, "UID SEARCH results")
+                return uids
             return []
         typ, data = imap.uid("SEARCH", criteria)
         if typ != "OK":
             raise imaplib.IMAP4.error(f"UID SEARCH failed: {_clean(data[-1] if data else typ)}")
+        lines = [line for line in data if line]
+        most = imap.folder_messages + UID_SLACK
+        if sum(len(line.split(None, most + 1)) for line in lines) > most:
+            raise _Malformed(f"the server sent over {most} UIDs for a folder that holds fewer")
         uids: list[int] = []
-        for line in data:
-            if not line:
-                continue
-            try:
-                uids.extend(int(x) for x in _text(line).split())
-            except ValueError as error:
-                raise _Malformed(error)
+        invalid: list[str] = []
+        for line in lines:
+            for word in _text(line).split():
+                try:
+                    uid = int(word)
+                except ValueError as error:
+                    raise _Malformed(error)
+                if 0 < uid <= MAX_UID:
+                    uids.append(uid)
+                else:
+                    invalid.append(word)
+        if invalid:
+            self._invalid_uids(invalid, "UID SEARCH results")
         return uids
 
     def _op_append(self, server_name: str, wire: bytes, flags: list[str], when):
@@ -635,6 +844,14 @@ class IMAPStore(Store):
         parts = name.split("/")
         if _BAD_NAME.search(name) or any(part in ("", ".", "..") for part in parts):
             log.warning("skipping folder %r: its name could escape the local tree", server_name)
+            return None
+        if len(parts) > MAX_FOLDER_DEPTH:
+            log.warning(
+                "skipping folder %r: it is nested %d levels deep, more than %d",
+                server_name[:200],
+                len(parts),
+                MAX_FOLDER_DEPTH,
+            )
             return None
         if parts[0].upper() == "INBOX":
             parts[0] = "INBOX"
@@ -971,7 +1188,31 @@ class IMAPFolder(Folder):
             yield from self._fetch_bodies(batch)
 
     def _fetch_bodies(self, uids: list[int]):
-        response = self.store.call("fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=self)
+        """Bodies of a batch in one UID FETCH, whose literals may hold twice what
+        RFC822.SIZE announced for the batch (FETCH_LARGE_BYTES for a message without
+        one) and 1 MiB more: room for servers whose sizes are estimates (Exchange).  A
+        server that sends more (RFC822.SIZE understated, by mistake or on purpose) is cut
+        off before the excess is read, and the batch is fetched again one message at a
+        time in pieces (_fetch_large): memory follows the bytes that arrive, not what the
+        server claims."""
+        announced = sum(self._sizes.get(uid, FETCH_LARGE_BYTES) for uid in uids)
+        budget = 2 * announced + (1 << 20)
+        try:
+            response = self.store.call(
+                "fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=self, literal_budget=budget
+            )
+        except _Oversized as error:
+            log.warning(
+                "%s: the server sent a body of %s bytes in a batch of %d messages it said "
+                "hold %d bytes together (RFC822.SIZE); fetching them one at a time, in pieces",
+                self.name,
+                error,
+                len(uids),
+                announced,
+            )
+            for uid in uids:
+                yield str(uid), self._fetch_large(uid)
+            return
         for uid in uids:
             data = response.get(uid, {}).get(b"BODY[]")
             if isinstance(data, bytes):
@@ -986,21 +1227,27 @@ class IMAPFolder(Folder):
 
     def _fetch_large(self, uid: int) -> bytearray | MessageError:
         """One big body in pieces of FETCH_PIECE_BYTES (``UID FETCH uid (RFC822.SIZE
-        BODY.PEEK[]<offset.length>)``), each turned CRLF -> LF straight into one bytearray
-        sized from the listing's RFC822.SIZE.  At most the buffer plus one piece and its
-        LF copy are alive, never the whole literal next to a whole LF copy.
+        BODY.PEEK[]<offset.length>)``), each turned CRLF -> LF straight into one bytearray.
+        At most the buffer plus one piece and its LF copy are alive, never the whole
+        literal next to a whole LF copy; a piece longer than asked for is refused before
+        it is read.
+
+        RFC822.SIZE is the server's word: it sizes the buffer (one block, filled in place:
+        allocating it piece by piece costs glibc's heap a third more memory) only as far
+        as the first piece proves, PRESIZE_FACTOR times the bytes that arrived in it; a
+        body longer than that grows the buffer as it arrives.  So 1 GB announced for a
+        small message costs nothing, and for a 4 MB one at most 64 MB.
 
         The result equals to_lf() of the whole body.  CRs ending a piece are not taken
         from it: the next piece starts at the first of them, so a CRLF split by a piece
         boundary is seen whole, and no piece ever starts right after a CR (Dovecot 2.3
         then drops the byte after a lone CR, serves a short body and renames its own file
-        as broken).  The end is the first short piece (RFC822.SIZE only sizes the buffer:
-        some servers report it inexactly).  A message that vanishes, or whose RFC822.SIZE
-        changes, in mid-read is this message's MessageError; a lost connection is retried
-        once per piece."""
+        as broken).  The end is the first short piece (never RFC822.SIZE: some servers
+        report it inexactly).  A message that vanishes, or whose RFC822.SIZE changes, in
+        mid-read is this message's MessageError; a lost connection is retried once per
+        piece."""
         where = f"{self.name}: message UID {uid}"
-        size = self._sizes.get(uid, 0)
-        buf = bytearray(min(size, MAX_LITERAL))  # one allocation (mmap'd), no regrowth
+        buf: bytearray | None = None  # sized once the first piece has arrived
         end = 0  # bytes of buf filled so far
         offset = 0  # wire bytes taken so far
         length = FETCH_PIECE_BYTES
@@ -1009,10 +1256,14 @@ class IMAPFolder(Folder):
             items = ["RFC822.SIZE", f"BODY.PEEK[]<{offset}.{length}>"]
             try:
                 response = self.store.call(
-                    "fetch", str(uid), items, folder=self, message_level=True
+                    "fetch", str(uid), items, folder=self, message_level=True, literal_budget=length
                 )
             except MessageError as error:
                 return MessageError(f"{where}: {error}")
+            except _Oversized as error:
+                return MessageError(
+                    f"{where}: the server sent {error} bytes where at most {length} were asked for"
+                )
             record = response.pop(uid, None)
             del response
             if record is None:
@@ -1058,7 +1309,10 @@ class IMAPFolder(Folder):
             lf = piece.replace(b"\r\n", b"\n") if b"\r\n" in piece else piece
             del piece
             n = len(lf) - held  # replace() leaves the trailing CRs (no LF after them) alone
-            buf[end : end + n] = memoryview(lf)[:n]  # grows buf if the size was low
+            if buf is None:
+                proven = PRESIZE_FACTOR * offset
+                buf = bytearray(n if last else min(max(announced or 0, n), proven))
+            buf[end : end + n] = memoryview(lf)[:n]  # grows buf past what was presized
             end += n
             del lf
             if last:
@@ -1156,6 +1410,10 @@ class IMAPFolder(Folder):
         ]
         if len(candidates) == 1:
             return candidates[0]
+        if not candidates:
+            raise MessageError(
+                f"{self.name}: appended a message but the server shows no new UID; rerun"
+            )
         # The exact bytes first; then as the server may have stored them (normalises).
         digest, stored = fingerprint(data), tolerant_fingerprint(data)
         rewritten = None

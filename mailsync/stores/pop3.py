@@ -42,7 +42,15 @@ from mailsync.errors import (
     StoreError,
 )
 from mailsync.message import Info, fingerprint, header_digest, to_lf
-from mailsync.net import Endpoint, forget_password, parse_endpoint, password_for
+from mailsync.net import (
+    Endpoint,
+    Pace,
+    TooSlow,
+    forget_password,
+    mask_secrets,
+    parse_endpoint,
+    password_for,
+)
 from mailsync.planner import Retention
 from mailsync.stores.base import Folder, Store
 
@@ -51,8 +59,10 @@ protocol_log = logging.getLogger("mailsync.pop3")
 
 AUTH_METHODS = ("auto", "plain", "apop", "user")
 DELETE_MODES = ("keep", "after-download")
-MAX_LINE = 64 * 1024  # a status or listing line; RFC 1939 allows 512 octets
+MAX_LINE = 64 * 1024  # a status or listing line, or a CAPA response; RFC 1939 allows 512
 MAX_MESSAGE = 1 << 30  # refuse to buffer more than this for one response
+MAX_LISTING = 1_000_000  # messages in a LIST or UIDL listing
+MAX_LISTING_LINE = 80  # "NUMBER UIDL" (RFC 1939: a UIDL is at most 70 characters)
 INFLIGHT_MESSAGES = 64  # pipelined RETRs outstanding at once
 INFLIGHT_BYTES = 4 * 1024 * 1024  # ...and their LIST sizes together
 RECV_BYTES = 256 * 1024
@@ -129,6 +139,10 @@ class _Session:
         self.sock: socket.socket | None = None
         self._buf = bytearray()
         self._pos = 0
+        # Every status line and every multi-line response is read under a deadline that
+        # grows with the bytes that arrive: a server dripping a byte at a time is given up.
+        self._pace = Pace(ep.timeout)
+        self._chunk = memoryview(bytearray(RECV_BYTES))
         self.capabilities: set[str] = set()
         self.sasl: set[str] = set()
         self.timestamp: bytes | None = None
@@ -168,7 +182,7 @@ class _Session:
             self.capabilities, self.sasl = set(), set()
             return
         capabilities, sasl = set(), set()
-        for line in self._block().split(b"\r\n"):
+        for line in self._block(MAX_LINE).split(b"\r\n"):  # before login too: kept small
             words = line.decode("ascii", "replace").upper().split()
             if words:
                 capabilities.add(words[0])
@@ -243,22 +257,25 @@ class _Session:
 
     # reading ------------------------------------------------------------------------
     def _fill(self) -> None:
-        data = self.sock.recv(RECV_BYTES)
-        if not data:
+        received = self._pace.recv_into(self.sock, self._chunk)
+        if not received:
             raise _Dropped("the server closed the connection")
-        self._buf += data
+        self._buf += self._chunk[:received]
 
     def _readline(self) -> bytes:
         if self._pos > RECV_BYTES and self._pos * 2 > len(self._buf):
             del self._buf[: self._pos]
             self._pos = 0
+        self._pace.restart()
         search = self._pos
         while True:
             end = self._buf.find(b"\r\n", search)
             if end >= 0:
                 line = bytes(self._buf[self._pos : end])
                 self._pos = end + 2
-                protocol_log.debug("pop3: < %s", line[:200].decode("ascii", "replace"))
+                if protocol_log.isEnabledFor(logging.DEBUG):
+                    shown = mask_secrets(line[:200].decode("ascii", "replace"))
+                    protocol_log.debug("pop3: < %s", shown)
                 return line
             if len(self._buf) - self._pos > MAX_LINE:
                 raise _Malformed("a response line of more than 64 KB")
@@ -267,27 +284,31 @@ class _Session:
 
     @staticmethod
     def _check(line: bytes) -> bytes:
+        """+OK -> its text; -ERR -> _ServerError.  Server text goes into errors with
+        every password masked: a server may echo the PASS command it refused."""
         if line.startswith(b"+OK"):
             return line[3:].strip()
         if line.startswith(b"-ERR"):
-            raise _ServerError(line[4:].strip().decode("utf-8", "replace")[:300])
-        raise _Malformed(f"expected +OK or -ERR, got {line[:60]!r}")
+            raise _ServerError(mask_secrets(line[4:].strip().decode("utf-8", "replace")[:300]))
+        raise _Malformed(mask_secrets(f"expected +OK or -ERR, got {line[:60]!r}"))
 
     def _status(self) -> bytes:
         return self._check(self._readline())
 
-    def _block(self) -> bytes:
+    def _block(self, limit: int = MAX_MESSAGE) -> bytes:
         """The multi-line data after a +OK line: CRLF form, dot-stuffing undone.  The
         status line's CRLF is still in the buffer right before it, so an empty block
-        (just ".") is the terminator CRLF.CRLF found two bytes back."""
+        (just ".") is the terminator CRLF.CRLF found two bytes back.  _Malformed beyond
+        `limit` bytes."""
         start = self._pos
         search = start - 2
+        self._pace.restart()
         while True:
             end = self._buf.find(b"\r\n.\r\n", search)
             if end >= 0:
                 break
-            if len(self._buf) - start > MAX_MESSAGE:
-                raise _Malformed("a response of more than 1 GiB")
+            if len(self._buf) - start > limit:
+                raise _Malformed(f"a response of more than {_human(limit)}")
             search = max(start - 2, len(self._buf) - 4)
             self._fill()
         if end >= start:
@@ -315,7 +336,9 @@ class _Session:
     def listing(self, command: str) -> list[tuple[bytes, bytes]]:
         """LIST or UIDL: [(message number, second word)], as bytes (one regex pass)."""
         self.command(command)
-        block = self._block()
+        block = self._block(MAX_LISTING * MAX_LISTING_LINE)
+        if block.count(b"\n") > MAX_LISTING:
+            raise _Malformed(f"{command} lists more than {MAX_LISTING} messages")
         out = _LISTING_LINE.findall(block)
         if len(out) != block.count(b"\n"):  # a line that is not "NUMBER WORD ..."
             bad = next(
@@ -323,7 +346,7 @@ class _Session:
                 for line in block.split(b"\r\n")
                 if line and not _LISTING_LINE.fullmatch(line + b"\r\n")
             )
-            raise _Malformed(f"{command} line {bad[:60]!r}")
+            raise _Malformed(mask_secrets(f"{command} line {bad[:60]!r}"))
         return out
 
     @property
@@ -436,6 +459,8 @@ class POP3Folder(Folder):
             )
         if isinstance(error, ssl.SSLError):
             return ConnectError(f"{self.where}: TLS failed ({error.reason or error})")
+        if isinstance(error, TooSlow):
+            return ConnectError(f"{self.where}: gave up during {action} ({error})")
         if isinstance(error, TimeoutError):
             return ConnectError(
                 f"{self.where}: no answer within {self.store.endpoint.timeout:g} s during "

@@ -6,8 +6,10 @@ It speaks just enough IMAP4rev1 for mailsync's IMAP store (plain text only): CAP
 LOGIN, LOGOUT, NOOP, LIST, SELECT, EXAMINE, STATUS, UID FETCH/SEARCH/STORE/EXPUNGE,
 EXPUNGE, APPEND, CREATE, SUBSCRIBE.  ``fault(server, conn, command, args)`` may return
 an action for a command: "drop" (half a response, then close), "hang" (never answer),
-"garbage" (an unparseable FETCH), "huge" (announce a 100 GB literal) or raw bytes to
-send instead of the normal answer.
+"garbage" (an unparseable FETCH), "huge" (announce a 100 GB literal), raw bytes to
+send instead of the normal answer, or a callable ``action(send, tag, session)`` run
+instead of the command (outside the server's lock; ``server.dispatch`` runs the normal
+answer).  hostile.py builds a hostile server on these hooks.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ class FakeIMAPServer:
             if self.greeting is None:
                 self.stop_event.wait(30)
                 return
-            conn.sendall(self.greeting.encode() + b"\r\n")
+            self.greet(conn)
             session["auth"] = self.greeting.startswith("* PREAUTH")
             while not self.stop_event.is_set():
                 line, literals = self._read_command(conn, reader)
@@ -195,6 +197,9 @@ class FakeIMAPServer:
                 conn.close()
             except OSError:
                 pass
+
+    def greet(self, conn: socket.socket) -> None:
+        conn.sendall(self.greeting.encode() + b"\r\n")
 
     def _read_command(self, conn, reader):
         data = b""
@@ -232,6 +237,13 @@ class FakeIMAPServer:
             self.stop_event.wait(30)
             raise Disconnect
         send = lambda text: conn.sendall(text if isinstance(text, bytes) else text.encode())  # noqa: E731
+        if callable(action):
+            action(send, tag, session)
+            return
+        self.dispatch(send, tag, session, command, args, action)
+
+    def dispatch(self, send, tag, session, command: str, args, action=None) -> None:
+        """The normal answer to a command."""
         method = getattr(self, "_cmd_" + command.replace(" ", "_").lower(), None)
         if method is None:
             send(f"{tag} BAD unknown command\r\n")
@@ -355,15 +367,19 @@ class FakeIMAPServer:
                 if item == "FLAGS":
                     out.append(f"FLAGS ({' '.join(sorted(msg.flags))})".encode())
                 elif item == "RFC822.SIZE":
-                    out.append(f"RFC822.SIZE {len(msg.body)}".encode())
+                    out.append(f"RFC822.SIZE {self.claimed_size(box, msg)}".encode())
                 elif item == "INTERNALDATE":
                     out.append(f'INTERNALDATE "{internaldate(msg.date)}"'.encode())
                 elif item.startswith("BODY.PEEK["):
-                    section = item[len("BODY.PEEK[") : -1]
+                    section, _, partial = item[len("BODY.PEEK[") :].partition("]")
                     data = msg.body
                     if section == "HEADER":
                         end = data.find(b"\r\n\r\n")
                         data = data[: end + 4] if end >= 0 else data
+                    origin = ""
+                    if partial:  # <offset.length>
+                        offset, length = map(int, partial.strip("<>").split("."))
+                        data, origin = data[offset : offset + length], f"<{offset}>"
                     if action == "huge":
                         send(f"* {seq[msg.uid]} FETCH (UID {msg.uid} BODY[] {{{10**11}}}\r\n")
                         send(b"x" * 100)
@@ -372,9 +388,13 @@ class FakeIMAPServer:
                         send(f"* {seq[msg.uid]} FETCH (UID {msg.uid} BODY[] {{{len(data)}}}\r\n")
                         send(data[: len(data) // 2])
                         raise Disconnect
-                    out.append(f"BODY[{section}] {{{len(data)}}}\r\n".encode() + data)
+                    out.append(f"BODY[{section}]{origin} {{{len(data)}}}\r\n".encode() + data)
             send(f"* {seq[msg.uid]} FETCH (".encode() + b" ".join(out) + b")\r\n")
         send(f"{tag} OK fetch done\r\n")
+
+    def claimed_size(self, box: FakeMailbox, msg: FakeMessage) -> int:
+        """The RFC822.SIZE the server reports for a message."""
+        return len(msg.body)
 
     def _cmd_uid_search(self, send, tag, session, args, action):
         box = self._selected(send, tag, session)
@@ -382,11 +402,18 @@ class FakeIMAPServer:
             return
         uids = [m.uid for m in box.messages]
         found = set(uids)
+        esearch = args[:1] == ["RETURN"]  # RETURN (ALL): RFC 4731
+        if esearch:
+            args = args[2:]
         words = [str(a).upper() for a in args]
         if "DELETED" in words:
             found &= {m.uid for m in box.messages if "\\Deleted" in m.flags}
         if "UID" in words:
             found &= parse_set(args[words.index("UID") + 1], uids)
+        if esearch:
+            result = f" ALL {','.join(map(str, sorted(found)))}" if found else ""
+            send(f'* ESEARCH (TAG "{tag}") UID{result}\r\n{tag} OK search\r\n')
+            return
         send(f"* SEARCH {' '.join(map(str, sorted(found)))}\r\n{tag} OK search\r\n")
 
     def _cmd_uid_store(self, send, tag, session, args, action):

@@ -71,6 +71,47 @@ def run_process(
     )
 
 
+_MEASURED = """
+import sys, tracemalloc
+from mailsync.cli import cli
+
+tracemalloc.start()
+try:
+    cli.main(args=sys.argv[2:], prog_name="mailsync")
+finally:
+    with open(sys.argv[1], "w") as out:
+        out.write(str(tracemalloc.get_traced_memory()[1]))
+"""
+
+
+def run_measured(
+    *args: str, password: str, home: Path, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess, int]:
+    """mailsync as a real process -> (its result, the peak of the memory Python allocated
+    in it after start-up, in bytes: tracemalloc counts a buffer when it is allocated,
+    whether or not its pages are touched).  XDG_* under `home`.  The process is killed
+    after `timeout` seconds (subprocess.TimeoutExpired): a hang fails the test instead
+    of stalling the suite."""
+    peak_file = home / "peak"
+    env = {
+        **os.environ,
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "MAILSYNC_PASSWORD": password,
+    }
+    for name in ("MAILSYNC_PASSWORD_COMMAND", "MAILSYNC_CRASH_AT", "MAILSYNC_NOW"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURED, str(peak_file), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    peak = int(peak_file.read_text()) if peak_file.exists() else -1
+    return result, peak
+
+
 class CommandSpy:
     """Records every IMAP command mailsync's connections send (imaplib level)."""
 

@@ -155,10 +155,11 @@ def fake_server(monkeypatch, wire: dict[int, bytes], sizes: dict[int, int] | Non
     monkeypatch.setattr(folder, "select", lambda: {})
     asked: list[tuple[int, int, int]] = []
 
-    def call(operation, uid_set, items, folder=None, message_level=False):
+    def call(operation, uid_set, items, folder=None, message_level=False, literal_budget=None):
         assert operation == "fetch" and message_level
         m = re.fullmatch(r"BODY\.PEEK\[\]<(\d+)\.(\d+)>", items[1])
         offset, length = int(m.group(1)), int(m.group(2))
+        assert literal_budget == length  # a longer piece is refused before it is read
         uid = int(uid_set)
         asked.append((uid, offset, length))
         body = wire[uid]
@@ -194,7 +195,7 @@ def test_pieces_equal_to_lf_whatever_the_crs_and_boundaries(piece, monkeypatch):
 
 
 def test_a_size_far_off_the_listing_still_gives_the_whole_body(monkeypatch):
-    """RFC822.SIZE only sizes the buffer (some servers report it inexactly)."""
+    """RFC822.SIZE sizes nothing (some servers report it inexactly)."""
     monkeypatch.setattr(imapmod, "FETCH_LARGE_BYTES", 10)
     monkeypatch.setattr(imapmod, "FETCH_PIECE_BYTES", 16)
     body = b"Subject: x\r\n\r\n" + b"line\r\n" * 50

@@ -27,7 +27,22 @@ from mailsync.stores.imap import (
 def test_uid_sets():
     assert _uid_ranges([7, 1, 2, 3, 3, 9, 10]) == "1:3,7,9:10"
     assert _uid_ranges([]) == ""
-    assert _parse_uid_set("1:3,7,10:9") == [1, 2, 3, 7, 9, 10]
+    assert _parse_uid_set("1:3,7,10:9", 6) == ([1, 2, 3, 7, 9, 10], [])
+
+
+def test_uid_sets_are_bounded_before_they_are_expanded():
+    """ESEARCH ALL 1:100000000 once became a 2.7 GB list: the ranges are counted first,
+    against what the folder can hold (a test that fails by taking seconds and gigabytes
+    without the bound)."""
+    with pytest.raises(imapmod._Malformed, match="over 1000 UIDs"):
+        _parse_uid_set("1:100000000", 1000)
+    with pytest.raises(imapmod._Malformed, match="over 5 UIDs"):
+        _parse_uid_set("1:3,5:7", 5)
+    # UIDs that cannot be are left out and reported, never read as messages.
+    assert _parse_uid_set("0,2,-1,4:5,4294967296", 10) == ([2, 4, 5], ["0", "-1", "4294967296"])
+    for garbage in ("1:x", "*", "1::2"):
+        with pytest.raises(imapmod._Malformed):
+            _parse_uid_set(garbage, 10)
 
 
 def test_keywords_that_cannot_be_sent_are_not_persisted():
@@ -210,6 +225,13 @@ def test_protocol_log_only_at_debug(dovecot_server, caplog):
         assert logging.getLogger("imapclient").level == logging.DEBUG
     finally:
         mailsync_log.setLevel(old)
+
+
+def test_short_passwords_are_not_looked_for_in_free_text():
+    """A password of a few characters would garble every line it turns up in (every "a"
+    of a warning); the LOGIN command is masked whatever the password."""
+    assert netmod.mask_secrets("larger than max_size", {"a"}) == "larger than max_size"
+    assert netmod.mask_secrets('LOGIN "u" "abcd" refused', {"abcd"}) == 'LOGIN "u" "****" refused'
 
 
 def test_redaction_keeps_capabilities_readable():

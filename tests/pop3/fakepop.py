@@ -1,6 +1,8 @@
 """A tiny scripted POP3 server on 127.0.0.1 for the faults Dovecot cannot produce: no UIDL,
 duplicate UIDLs, a connection dropped in mid-RETR, a RETR without its terminating ".", a
-garbage status line, LIST sizes that lie, a hostile greeting.
+garbage status line, LIST sizes that lie, a hostile greeting; and a hostile server's
+tricks (issue 10): a RETR dripping a byte at a time, an endless CAPA before login, a
+refused PASS echoed back with the password.
 
 It is faithful where a client can tell: RFC 1939 (AUTHORIZATION, TRANSACTION and UPDATE
 states; USER/PASS, APOP, STAT, LIST, UIDL, TOP, RETR, DELE, NOOP, RSET, QUIT), RFC 2449
@@ -63,6 +65,10 @@ class Behaviour:
     garbage_status: bool = False  # every RETR status line is "?? garbage" instead of +OK
     list_size_lie: int = 0  # added to every LIST size
     greeting: str | None = None  # the whole greeting line; "-ERR ..." closes the connection
+    drip_retr: int | None = None  # message whose RETR sends one byte per drip_interval, forever
+    drip_interval: float = 0.05
+    capa_lines: int = 0  # extra lines in every CAPA response (before login too)
+    echo_pass: bool = False  # a refused PASS: "-ERR [AUTH] PASS <the password given> refused"
 
 
 class Disconnect(Exception):
@@ -349,6 +355,13 @@ class FakePOP3:
             session.line(UNKNOWN)
             return
         body = "".join(f"{cap}\r\n" for cap in self._capabilities(session)).encode()
+        if self.behaviour.capa_lines:
+            lines = self.behaviour.capa_lines
+            session.send(b"+OK Capability list follows\r\n" + body)
+            for start in range(0, lines, 10_000):
+                session.send(b"X-FILLER for a hostile CAPA\r\n" * min(10_000, lines - start))
+            session.send(b".\r\n")
+            return
         session.multi("+OK Capability list follows", body)
 
     _transaction_capa = _authorization_capa
@@ -387,6 +400,8 @@ class FakePOP3:
             session.line("-ERR no USER given")
         elif user == self.user and arg == self.password:
             self._logged_in(session)
+        elif self.behaviour.echo_pass:
+            session.line(f"-ERR [AUTH] PASS {arg} refused")
         else:
             session.line(AUTH_FAILED)
 
@@ -514,6 +529,12 @@ class FakePOP3:
             raise Disconnect
         if b.malformed_retr == index + 1:
             session.send(status.encode() + b"\r\n" + body)
+            raise Disconnect
+        if b.drip_retr == index + 1:
+            session.send(status.encode() + b"\r\n")
+            while not self._stop.is_set():
+                session.send(b"x")  # raises once the client has gone
+                time.sleep(b.drip_interval)
             raise Disconnect
         session.multi(status, body)
 

@@ -8,7 +8,9 @@ from collections import Counter
 
 import pytest
 from fakepop import Behaviour, FakePOP3, make_tls_context
-from imaptools import maildir_bodies, message, run
+from imaptools import maildir_bodies, message, run, run_measured
+
+from mailsync.stores import pop3 as pop3mod
 
 PASSWORD = "secret-pw-7"
 
@@ -217,3 +219,49 @@ def test_wrong_password_against_the_fake_is_one_login(serve, mailenv):
     result = run("pull", fake.url(), mailenv / "mail", password="not-it")
     assert result.exit_code == 3
     assert sum(c.startswith(("AUTH", "USER", "APOP")) for c in fake.commands) == 1
+
+
+# -- a hostile server (issue 10) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("verbose", [[], ["-vv"]])
+def test_a_refused_pass_echoing_the_password_does_not_show_it(verbose, serve, mailenv):
+    """ "-ERR [AUTH] PASS <password> refused" went into the error line as it came."""
+    fake = serve(bodies(1), echo_pass=True)
+    result = run(*verbose, "pull", fake.url(), mailenv / "mail", password="hunter2-pw")
+    assert result.exit_code == 3
+    assert "login failed ([AUTH] PASS **** refused)" in result.stderr
+    assert "hunter2" not in result.output
+
+
+def test_a_dripping_retr_is_given_up_with_a_clear_error(serve, tmp_path):
+    """A RETR dripping a byte every 50 ms, each well within the socket timeout: given up
+    (then once more on a new connection, as a dropped one is).  Before the fix it ran
+    until the child's timeout killed it."""
+    fake = serve(bodies(3), drip_retr=2)
+    result, _ = run_measured(
+        "pull", fake.url() + "&timeout=1", tmp_path / "mail", password=PASSWORD, home=tmp_path
+    )
+    assert result.returncode == 3, result.stderr
+    assert "gave up during RETR (the server sent" in result.stderr
+    assert "slower than 1 KiB/s" in result.stderr
+
+
+def test_an_endless_capa_before_login_is_refused(serve, mailenv):
+    """CAPA comes before STLS and login: 300,000 lines of it (an endless one filled up to
+    1 GiB before the fix, which took this one whole) are refused past 64 KiB."""
+    fake = serve(bodies(1), capa_lines=300_000)
+    result = pull(fake, mailenv / "mail")
+    assert result.exit_code == 1, result.output  # the session's folder fails, as for garbage
+    assert "cannot read (login: a response of more than 64.0 KB)" in result.stderr
+    assert not any(c.startswith(("USER", "PASS", "AUTH", "APOP")) for c in fake.commands)
+
+
+def test_a_listing_longer_than_any_maildrop_is_refused(serve, mailenv, monkeypatch):
+    """LIST and UIDL are bounded (MAX_LISTING lines, here lowered to keep the test small):
+    an endless listing is not parsed into an endless list."""
+    monkeypatch.setattr(pop3mod, "MAX_LISTING", 100)
+    fake = serve(bodies(150))
+    result = pull(fake, mailenv / "mail")
+    assert result.exit_code == 1, result.output
+    assert "lists more than 100 messages" in result.stderr
