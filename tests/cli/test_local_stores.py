@@ -229,3 +229,30 @@ def test_what_a_destination_cannot_read_is_a_warning_and_a_source_an_error(maile
     assert pushed.exit_code == 1
     assert "is a Maildir inside an mbox tree" in pushed.output
     assert 'INBOX does not start with a "From " line' in pushed.output
+
+
+def test_list_names_what_it_cannot_read_and_exits_1(mailenv):
+    """An mbox file with text before its first From_ line, listed: its readable mail is
+    counted, the stray text named, and the exit code says not everything was read."""
+    root = mailenv / "mboxes"
+    root.mkdir()
+    (root / "INBOX").write_bytes(b"From a@b Sun Sep  9 01:46:40 2001\n" + MSG)
+    (root / "Notes").write_bytes(
+        b"a note someone typed first\n\nFrom a@b Sun Sep  9 01:46:40 2001\n" + MSG
+    )
+    result = run("list", f"mbox:{root}")
+    assert result.exit_code == 1, result.output
+    assert "Notes" in result.output and "does not start with" in result.output
+    assert "Notes\t1\t" in result.output
+    listed = run("list", "--json", f"mbox:{root}")
+    assert listed.exit_code == 1
+    import json
+
+    report = json.loads(listed.stdout)
+    assert report["exit_code"] == 1 and len(report["errors"]) == 1
+    assert {row["folder"]: row["messages"] for row in report["folders"]} == {
+        "INBOX": 1,
+        "Notes": 1,
+    }
+    clean = run("list", f"mbox:{root / 'INBOX'}")
+    assert clean.exit_code == 0, clean.output
