@@ -5,9 +5,8 @@ Dovecot stores NUL as 0x80 (tests/servers/ measures each): a copy killed between
 and the state's commit, or a destination a new state adopts, must be recognised although
 its bytes differ.  Against the three real servers (pushes killed at every step and at
 random, a migration from Dovecot killed at random, adoptions without a single APPEND,
-verify), and against scripted servers
-(fakeimap.py) for what they do not do: a header added on APPEND (the journal of copies
-under way), and no UIDPLUS.
+verify), and against scripted servers (fakeimap.py) for what they do not do: a header
+added on APPEND (the journal of copies under way), and no UIDPLUS.
 """
 
 from __future__ import annotations
