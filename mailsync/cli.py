@@ -714,8 +714,10 @@ def verify(obj, args, folder_patterns, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
-    compared.  Each missing message is named (date, sender, subject, Message-ID).  Exit 1
-    when a message or a folder is missing on DEST, or could not be read.
+    compared.  A copy that differs only as DEST normalises what it stores (an mbox's
+    final newline, an IMAP server's rewrites) counts, and is counted apart.  Each missing
+    message is named (date, sender, subject, Message-ID).  Exit 1 when a message or a
+    folder is missing on DEST, or could not be read.
     """
     folder_map = None
     if len(args) == 1 and args[0] in obj.config.channels:
@@ -752,7 +754,10 @@ def verify(obj, args, folder_patterns, as_json):
             problems.append(f"{f.unreadable} unreadable on the source, not checked")
         if f.error:
             problems = [f"NOT CHECKED: {f.error}"]
-        click.echo(f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}")
+        line = f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}"
+        if f.normalised and not f.error:
+            line += f" ({f.normalised} differ only by the destination's normalisation)"
+        click.echo(line)
         for m in f.missing:
             click.echo(f"  missing: {summary_line(m)}")
     if result.missing:

@@ -176,7 +176,39 @@ def test_verify_knows_mbox_copies_that_gained_a_final_newline(mailenv):
     assert run("pull", str(mailenv / "src"), f"mbox:{mailenv / 'out'}").exit_code == 0
     result = run("verify", str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["INBOX: 3 messages, ok"]
+    assert result.output.splitlines() == [
+        "INBOX: 3 messages, ok (1 differ only by the destination's normalisation)"
+    ]
+
+
+@pytest.mark.parametrize("names", [("1", "2"), ("2", "1")])
+def test_verify_matches_exact_copies_first_and_names_the_message_really_missing(mailenv, names):
+    """Two source messages that differ only where a normalising destination may (an
+    8-bit header byte against an "X"), one of them copied: the exact copy counts for
+    its own message, so the other is the one named missing, whichever is listed first;
+    a copy that gained its final newline counts apart, as normalised."""
+    import json
+
+    from mailsync.stores import open_store
+
+    sources = {
+        names[0]: b"Subject: cafXX\n\nbody\n",
+        names[1]: b"Subject: caf\xc3\xa9\n\nbody\n",
+        "3": b"Subject: plain\n\nno final newline",
+    }
+    make_maildir(mailenv / "src" / "INBOX", 0)
+    for name, body in sources.items():
+        (mailenv / "src" / "INBOX" / "cur" / f"{name}.M1P1.host:2,S").write_bytes(body)
+    with open_store(f"mbox:{mailenv / 'out'}") as store:
+        box = store.open_folder("INBOX", create=True)
+        box.append(sources[names[0]], frozenset(), 0)
+        box.append(sources["3"], frozenset(), 0)  # stored with a final newline
+        box.close()
+    result = run("verify", "--json", str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
+    assert result.exit_code == 1, result.output
+    (folder,) = json.loads(result.stdout)["folders"]
+    assert [m["subject"] for m in folder["missing_messages"]] == ["café"]
+    assert folder["normalised"] == 1
 
 
 def test_what_a_destination_cannot_read_is_a_warning_and_a_source_an_error(mailenv):
