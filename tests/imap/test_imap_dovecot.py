@@ -158,7 +158,8 @@ def test_changes_behind_the_back(dovecot_server, mailenv):
     user = server.add_user()
     seed(server, user, small_corpus())
     dest = mailenv / "mail"
-    assert pull(server, user, dest).exit_code == 0
+    first = pull(server, user, dest)
+    assert first.exit_code == 0, first.output
     sent_files = len(maildir_files(dest)["Sent"])
 
     with connect(server, user) as client:
