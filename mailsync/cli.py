@@ -575,17 +575,25 @@ def _finish(options: dict, command: str, results: list, code: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 def list_(obj, store, as_json):
-    """List a store's folders with message counts and sizes."""
+    """List a store's folders with message counts and sizes.
+
+    Whatever looks like mail but cannot be listed (an unreadable folder, an mbox file
+    with text before its first From_ line, a tree nested too deep) is named on stderr
+    and makes the exit code 1.
+    """
     url, options = obj.store(store)
-    rows = []
+    rows, errors = [], []
     with open_store(url, options, read_only=True) as opened:
-        for name in opened.list_folders():
+        names = opened.list_folders()
+        errors.extend(opened.problems)
+        for name in names:
             try:
                 folder = opened.open_folder(name)
                 listing = folder.list()
+                errors.extend(f"{name}: {problem}" for problem in folder.problems)
                 folder.close()
             except FolderError as error:
-                _error(str(error))
+                errors.append(str(error))
                 continue
             rows.append(
                 {
@@ -594,9 +602,13 @@ def list_(obj, store, as_json):
                     "bytes": sum(info.size for info in listing.values()),
                 }
             )
+    code = EXIT_PARTIAL if errors else EXIT_OK
     if as_json:
-        click.echo(json.dumps({"store": mask_url(url), "folders": rows}, indent=2))
-        return
+        report = {"store": mask_url(url), "folders": rows, "errors": errors, "exit_code": code}
+        click.echo(json.dumps(report, indent=2))
+        sys.exit(code)
+    for error in errors:
+        _error(error)
     for row in rows:
         click.echo(f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}")
     total = sum(r["messages"] for r in rows)
@@ -605,6 +617,7 @@ def list_(obj, store, as_json):
             f"{len(rows)} folders, {total} messages, {_size(sum(r['bytes'] for r in rows))}",
             err=True,
         )
+    sys.exit(code)
 
 
 def _size(n: int) -> str:
@@ -701,8 +714,10 @@ def verify(obj, args, folder_patterns, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
-    compared.  Each missing message is named (date, sender, subject, Message-ID).  Exit 1
-    when a message or a folder is missing on DEST, or could not be read.
+    compared.  A copy that differs only as DEST normalises what it stores (an mbox's
+    final newline, an IMAP server's rewrites) counts, and is counted apart.  Each missing
+    message is named (date, sender, subject, Message-ID).  Exit 1 when a message or a
+    folder is missing on DEST, or could not be read.
     """
     folder_map = None
     if len(args) == 1 and args[0] in obj.config.channels:
@@ -739,7 +754,10 @@ def verify(obj, args, folder_patterns, as_json):
             problems.append(f"{f.unreadable} unreadable on the source, not checked")
         if f.error:
             problems = [f"NOT CHECKED: {f.error}"]
-        click.echo(f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}")
+        line = f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}"
+        if f.normalised and not f.error:
+            line += f" ({f.normalised} differ only by the destination's normalisation)"
+        click.echo(line)
         for m in f.missing:
             click.echo(f"  missing: {summary_line(m)}")
     if result.missing:

@@ -61,24 +61,49 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(to_lf(data)).hexdigest()
 
 
+#: Every 8-bit byte as "X" (Cyrus's munging of header bytes), the rest as they are.
+_8BIT_AS_X = bytes(range(128)) + b"X" * 128
+
+
 def tolerant_fingerprint(data: bytes) -> str:
-    """fingerprint() blind to what destination stores change when they store a message:
-    for now, the line ends at its very end (CR and LF, any number; an mbox gives a
-    message without a final newline one, an IMAP server may add a final CRLF).
+    """fingerprint() blind to what destination stores measurably change when they store
+    a message, and to nothing else:
+
+    * the line ends at its very end (CR and LF, any number): an mbox gives a message
+      without a final newline one, Courier adds a final CRLF, Dovecot drops a final CR;
+    * lone CRs, anywhere (a CR not followed by LF): Courier drops them;
+    * NUL against 0x80, anywhere: Dovecot stores a NUL as 0x80;
+    * in the header block (up to the first empty line, the whole message if it has
+      none): every 8-bit byte, NUL and "X" alike: Cyrus stores each 8-bit header byte
+      as one "X".
+    Line ends are CRLF or LF as for fingerprint(); a lone LF a server turns into CRLF
+    (Courier, Dovecot) is that already.
 
     The engine uses it only as a second match, after fingerprint() found nothing, only
-    in destination folders that say they normalise (Folder.normalises), and only against
-    their messages no pair knows (what an interrupted copy left, or a destination a new
-    state adopts): a copy the store changed is then recognised, not copied again.
+    in destination folders that say they normalise (Folder.normalises: mbox, IMAP), and
+    only against their messages no pair knows (what an interrupted copy left, or a
+    destination a new state adopts): a copy the store changed is then recognised, not
+    copied again.  verify compares the same way (exact first).
 
     It cannot lose a message: each destination message is matched to at most one source
-    message, and only to one whose content is the same up to these trailing line ends,
-    so every source message still has its own copy, with the bytes the destination
-    would have stored anyway.  What it may join is two messages differing only there:
-    they stay two messages on both sides.  Whoever widens it (servers that rewrite
-    8-bit headers, say) must keep both properties and say so here.
+    message, and only to one whose content is the same up to the differences above, so
+    every source message still has its own copy on the destination, with the bytes the
+    destination would have stored (had it made that change) or bytes that differ from
+    them only there.  A match that is not the server's doing needs two messages that
+    differ in nothing but these bytes (a header with "X" where the other has an 8-bit
+    byte, a NUL for a 0x80, a lone CR, a final newline), one unrecorded on the
+    destination and one to copy; then they stay two messages on both sides, and the
+    destination keeps its version of the one it already had.  Whoever widens it must
+    keep both properties and say so here.
     """
-    return hashlib.sha256(to_lf(data).rstrip(b"\r\n")).hexdigest()
+    text = to_lf(data)
+    if b"\r" in text:
+        text = text.replace(b"\r", b"")  # CRLFs are LFs by now: these CRs are lone
+    text = text.rstrip(b"\n").replace(b"\0", b"\x80")
+    end = text.find(b"\n\n")
+    if end < 0:
+        end = len(text)
+    return hashlib.sha256(text[:end].translate(_8BIT_AS_X) + text[end:]).hexdigest()
 
 
 def normalise_flags(flags) -> frozenset[str]:
@@ -191,6 +216,38 @@ def header_digest(data: bytes, size: int | None = None) -> str:
     end = lf.find(b"\n\n")
     header = lf[:end] if end >= 0 else lf.rstrip(b"\n")
     return hashlib.sha256(header + b"\0" + str(size).encode()).hexdigest()
+
+
+_SPACE = re.compile(rb"\s+")
+
+
+def header_identity(data: bytes) -> str | None:
+    """What names a message across servers that rewrite it on APPEND in ways
+    tolerant_fingerprint() does not know (add a header, re-encode a body): a digest of
+    its Message-ID, its Date and the addresses of its From, each unfolded, spaces
+    collapsed, NUL and 8-bit bytes as "X" (Cyrus), addresses in lower case.  None if it
+    lacks any of the three: too little to tell messages apart.
+
+    These are the fields a server has no reason to touch and that are ASCII by RFC 5322;
+    the Subject is left out because its 8-bit bytes are what servers rewrite (to "X",
+    "?" or RFC 2047 words).  Never an identity on its own (Message-IDs are missing or
+    repeated in real mail): the engine matches by it only a message it recorded as
+    maybe sent (the pending-copy journal) to a destination message no pair knows.
+    """
+    from email.utils import getaddresses
+
+    parts = []
+    for name in (b"message-id:", b"date:", b"from:"):
+        values = _header_values(data, name)
+        value = _SPACE.sub(b" ", values[0]).strip() if values else b""
+        value = value.replace(b"\0", b"X").translate(_8BIT_AS_X).replace(b"\r", b"")
+        if name == b"from:":
+            found = getaddresses([value.decode("ascii")])
+            value = ",".join(sorted(addr.lower() for _, addr in found if addr)).encode()
+        if not value:
+            return None
+        parts.append(value)
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
 
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")

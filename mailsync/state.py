@@ -12,6 +12,16 @@ kept per folder by their side and key, with their content hash, what names them
 later runs do not offer them again unless asked (--retry-refused) and status shows them.
 The table was added after the others; CREATE TABLE IF NOT EXISTS gives it to older files.
 
+Copies under way (the pending table) are the source keys of a batch of copies, recorded
+in one transaction before the batch is sent and removed in the transaction that records
+its pairs: after a crash, what is left names the messages that may be on the destination
+without a pair, so the next run may recognise their copies by their headers
+(message.header_identity) where a server rewrote them beyond what
+message.tolerant_fingerprint() knows.  Only keys are kept: the message is read again
+from its source on the next run anyway (it is still to be copied), and its keys do not
+change while the side's validity does not (the entries of a side whose validity changed
+are dropped).  This table, too, came later and is created in older files.
+
 The engine writes a pair only after the message is durable on the destination
 (Folder.flush), so a crash leaves at worst a durable but unrecorded copy, which the next
 run finds again by its content hash.
@@ -75,6 +85,12 @@ CREATE TABLE IF NOT EXISTS refused (
     first REAL NOT NULL,
     last REAL NOT NULL,
     UNIQUE (folder_id, side, key)
+);
+CREATE TABLE IF NOT EXISTS pending (
+    folder_id INTEGER NOT NULL REFERENCES folders(id),
+    side TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (folder_id, side, key)
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
@@ -477,9 +493,43 @@ class State:
         self.db.execute("DELETE FROM pairs WHERE id = ?", (pair.id,))
 
     def forget_pairs(self, folder_id: int) -> None:
-        """Forget every pair of a folder: used when one side's folder was re-created,
-        so the other side's messages are copied into it again."""
+        """Forget every pair of a folder, and its copies under way: used when one side's
+        folder was re-created, so the other side's messages are copied into it again."""
         self.db.execute("DELETE FROM pairs WHERE folder_id = ?", (folder_id,))
+        self.forget_pending(folder_id)
+
+    # copies under way -------------------------------------------------------------
+    def pending_keys(self, folder_id: int, side: str) -> set[str]:
+        """Keys on `side` whose copy to the other side was about to be sent by a run
+        that did not record it (it was interrupted, or the copy failed)."""
+        rows = self.db.execute(
+            "SELECT key FROM pending WHERE folder_id = ? AND side = ?", (folder_id, side)
+        )
+        return {row[0] for row in rows}
+
+    def record_pending(self, folder_id: int, side: str, keys) -> None:
+        """These keys on `side` are about to be copied to the other side."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO pending (folder_id, side, key) VALUES (?, ?, ?)",
+            [(folder_id, side, key) for key in keys],
+        )
+
+    def forget_pending(
+        self, folder_id: int, side: str | None = None, keys: list[str] | None = None
+    ) -> None:
+        """Copies no longer under way: these keys of `side` (recorded as pairs, or
+        refused), every key of `side`, or of both sides (`side` None)."""
+        if keys is not None:
+            self.db.executemany(
+                "DELETE FROM pending WHERE folder_id = ? AND side = ? AND key = ?",
+                [(folder_id, side, key) for key in keys],
+            )
+        elif side is not None:
+            self.db.execute(
+                "DELETE FROM pending WHERE folder_id = ? AND side = ?", (folder_id, side)
+            )
+        else:
+            self.db.execute("DELETE FROM pending WHERE folder_id = ?", (folder_id,))
 
     # messages the other side refused ----------------------------------------------
     def refused_keys(self, folder_id: int, side: str) -> set[str]:

@@ -37,6 +37,7 @@ from mailsync.message import (
     arrival_date,
     fingerprint,
     header_digest,
+    header_identity,
     summary,
     summary_line,
     tolerant_fingerprint,
@@ -810,6 +811,7 @@ class Syncer:
                 refused[side].clear()  # keys of the old validity: void
                 self.state.begin()
                 self.state.forget_refusals(fstate.id, side)
+                self.state.forget_pending(fstate.id, side)
                 self.state.commit()
                 self._rematch(fstate, side, folder, listings, report)
             setattr(fstate, f"validity_{side}", folder.validity)
@@ -891,6 +893,7 @@ class Syncer:
             for side in self._local.written:
                 cursors[side] = folders[side].cursor_after_writes()
             fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
+            self._copies_settled(fstate)
         clean = not report.errors and not report.refused
         signature = self._policy_signature() if clean else ""
         # With a retention rule the run is clean only once its deletions are done too:
@@ -906,6 +909,14 @@ class Syncer:
                 self.state.set_meta(f"clean:{fstate.id}", signature)
                 self.state.commit()
         return report
+
+    def _copies_settled(self, fstate: FolderState) -> None:
+        """After a run without errors (in its transaction): every copy from a side it
+        copies from was recorded, refused or is gone with its source message, so none
+        is under way any more; the journal of those sides is emptied."""
+        for side in ("a", "b"):
+            if self.policy.writes(other(side)):
+                self.state.forget_pending(fstate.id, side)
 
     def _bookkeeping(self, the_plan: Plan) -> list:
         """Apply the plan's tombstones and forgotten pairs (in the caller's transaction),
@@ -1006,6 +1017,8 @@ class Syncer:
             fstate.cursor_b = cursor_b
         self.state.begin()
         clean = not report.errors
+        if clean:
+            self._copies_settled(fstate)
         self.state.set_meta(f"clean:{fstate.id}", self._policy_signature() if clean else "")
         self.state.save_folder(fstate)
         self.state.commit()
@@ -1127,14 +1140,40 @@ class Syncer:
             self._copy_batch(fstate, src, dst, copies, folders, listings, pairs, report, paired)
 
     def _copy_batch(self, fstate, src, dst, copies, folders, listings, pairs, report, paired):
+        """Copy messages from side `src` to `dst`, recognising copies already there (by
+        content: exact, then as the destination stores it; then, for messages an earlier
+        run may have sent, by their headers), in batches each made durable and then
+        recorded in one transaction.  To a destination that normalises, each batch's
+        source keys are recorded first, in one transaction of their own (the journal of
+        copies under way, state.py), so that the next run knows what may be there."""
         source, target = folders[src], folders[dst]
         by_key = {c.key: c for c in copies}
-        index = None  # content hash -> [(dst key, pair or None)], built on first use
+        matches: _Matches | None = None  # built on first use
         pending: list[Pair] = []
         obsolete: list[Pair] = []
         accepted: list[str] = []  # source keys refused before, copied after all (a retry)
         pending_bytes = 0
         bar = self.progress(len(copies), f"{fstate.name_a} -> {SIDE_NAMES[dst]}")
+        # Copies an earlier run may have sent without recording them, and how far this
+        # run's journal reaches (in the order the bodies are fetched).
+        journal = target.normalises
+        sent_before = self.state.pending_keys(fstate.id, src) if journal else set()
+        order = list(by_key)
+        journaled_to = 0  # order[:journaled_to] is in the journal
+
+        def write_journal(position: int) -> None:
+            """Record the next batch of source keys from `position` on, before any of
+            them is sent: as many as a batch of copies holds, by count and listed size."""
+            nonlocal journaled_to
+            end, size = position, 0
+            while end < len(order) and end - position < BATCH_MESSAGES and size < BATCH_BYTES:
+                size += listings[src][order[end]].size if order[end] in listings[src] else 0
+                end += 1
+            self.state.begin()
+            self.state.record_pending(fstate.id, src, order[position:end])
+            self.state.commit()
+            step("journal")
+            journaled_to = end
 
         def commit():
             nonlocal pending, pending_bytes
@@ -1155,12 +1194,15 @@ class Syncer:
                     self.state.add_pair(fstate.id, pair)
                 else:
                     self.state.update_pair(pair)
+            if journal:
+                self.state.forget_pending(fstate.id, src, [pair.key(src) for pair in pending])
             self.state.commit()
             step("commit")
             pending, pending_bytes = [], 0
 
         try:
-            items = source.fetch_many(list(by_key))
+            items = source.fetch_many(order)
+            position = {key: n for n, key in enumerate(order)}
             while True:
                 data = None  # let the last body go before the next is fetched (50 MB mail)
                 try:
@@ -1174,15 +1216,16 @@ class Syncer:
                     log.error("%s", data)
                     continue
                 digest = fingerprint(data)
-                if index is None:
-                    index, loose, unreadable = self._match_index(
-                        pairs, src, dst, target, listings, paired[dst]
+                if matches is None:
+                    matches = self._match_index(
+                        pairs, src, dst, target, listings, paired[dst], bool(sent_before)
                     )
-                # The exact copy first; then one the destination stored normalised.
-                match = _unused(index.get(digest), paired[dst])
-                if match is None and loose:
-                    match = _unused(loose.get(tolerant_fingerprint(data)), paired[dst])
-                if match is None and unreadable and unreadable & _stored_sizes(data):
+                match, how = matches.find(data, digest, key in sent_before, paired[dst])
+                if (
+                    match is None
+                    and matches.unreadable
+                    and matches.unreadable & _stored_sizes(data)
+                ):
                     error = (
                         f"{fstate.name_a}: cannot tell whether message {key} is already on the "
                         f"{SIDE_NAMES[dst]} side: a message of its size there is unreadable; "
@@ -1203,14 +1246,17 @@ class Syncer:
                     paired[dst].add(dst_key)
                     report.linked += 1
                     log.info(
-                        "%s: linked %s %s to %s %s (same content)",
+                        "%s: linked %s %s to %s %s (%s)",
                         fstate.name_a,
                         SIDE_NAMES[src],
                         key,
                         SIDE_NAMES[dst],
                         dst_key,
+                        how,
                     )
                 else:
+                    if journal and position[key] >= journaled_to:
+                        write_journal(position[key])
                     # Sources that do not know when a message arrived (POP3): its headers.
                     arrival = copy.arrival or arrival_date(data) or self.clock()
                     append_flags = self._append_flags(flags, key, source, target, listings[src])
@@ -1263,6 +1309,7 @@ class Syncer:
         dst = SIDE_NAMES[other(src)]
         self.state.begin()
         self.state.record_refusal(fstate.id, src, key, digest, about, error.reason)
+        self.state.forget_pending(fstate.id, src, [key])  # not on the destination
         self.state.commit()
         self._local.refused[src].add(key)
         report.refused_messages.append(
@@ -1279,15 +1326,15 @@ class Syncer:
     def _new_pair(self, copy: Copy, digest: str) -> Pair:
         return Pair(None, None, None, copy.flags, digest, added=self.clock())
 
-    def _match_index(self, pairs, src, dst, target: Folder, listings, paired_now):
-        """Destination messages a copy may turn out to be, by content hash: unknown ones
-        (an interrupted copy, a first sync of two full folders) and known ones whose
-        source message is gone (a tombstone, or a message that vanished and came back).
-        Also, for a destination that normalises, the unknown ones by
-        message.tolerant_fingerprint() (a copy it stored changed), and the sizes of
-        unknown ones that could not be read."""
-        index: dict[str, list] = {}
-        loose: dict[str, list] = {}
+    def _match_index(self, pairs, src, dst, target: Folder, listings, paired_now, by_headers):
+        """What a copy may turn out to be on the destination (_Matches): by content hash,
+        unknown messages (an interrupted copy, a first sync of two full folders) and
+        known ones whose source message is gone (a tombstone, or a message that vanished
+        and came back); for a destination that normalises, the unknown ones by
+        message.tolerant_fingerprint() (a copy it stored changed), and, with
+        `by_headers` (an earlier run may have sent copies it did not record), by
+        message.header_identity(); and the sizes of unknown ones that cannot be read."""
+        matches = _Matches()
         known = set()
         for pair in pairs:
             key = pair.key(dst)
@@ -1297,18 +1344,20 @@ class Syncer:
             src_key = pair.key(src)
             gone = src_key is None or src_key not in listings[src]
             if gone and key in listings[dst] and pair.hash:
-                index.setdefault(pair.hash, []).append((key, pair))
+                matches.exact.setdefault(pair.hash, []).append((key, pair))
         unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
-        unreadable: set[int] = set()
         for key, data in target.fetch_many(unknown) if unknown else ():  # one read each
             if isinstance(data, MessageError):
-                unreadable.add(listings[dst][key].size)
+                matches.unreadable.add(listings[dst][key].size)
                 continue
-            index.setdefault(fingerprint(data), []).append((key, None))
+            matches.exact.setdefault(fingerprint(data), []).append((key, None))
             if target.normalises:
-                loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
+                matches.loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
+                identity = header_identity(data) if by_headers else None
+                if identity is not None:
+                    matches.headers.setdefault(identity, []).append((key, None))
             del data  # not kept alive while the next (maybe 50 MB) body is read
-        return index, loose, unreadable
+        return matches
 
     @staticmethod
     def _append_flags(flags, key, source: Folder, target: Folder, listing) -> frozenset[str]:
@@ -1413,6 +1462,37 @@ class Syncer:
         )
 
 
+@dataclass
+class _Matches:
+    """Destination messages a copy may be, each as (destination key, pair or None), in
+    lists per digest: see Syncer._match_index."""
+
+    exact: dict[str, list] = field(default_factory=dict)  # message.fingerprint()
+    loose: dict[str, list] = field(default_factory=dict)  # message.tolerant_fingerprint()
+    headers: dict[str, list] = field(default_factory=dict)  # message.header_identity()
+    unreadable: set[int] = field(default_factory=set)  # sizes of unreadable unknown ones
+
+    def find(self, data: bytes, digest: str, sent_before: bool, used: set[str]):
+        """(destination key, pair or None) for a source message whose fingerprint is
+        `digest`, taken out of the lists, and how it was found; (None, "") if none is
+        left.  Exact content first, then as the destination stores it; by headers only
+        for a message an earlier run may have sent (`sent_before`), never for mail the
+        destination had of its own."""
+        match = _unused(self.exact.get(digest), used)
+        if match is not None:
+            return match, "same content"
+        if self.loose:
+            match = _unused(self.loose.get(tolerant_fingerprint(data)), used)
+            if match is not None:
+                return match, "same content as the destination stores it"
+        if sent_before and self.headers:
+            identity = header_identity(data)
+            match = _unused(self.headers.get(identity), used) if identity else None
+            if match is not None:
+                return match, "sent before but not recorded: same Message-ID, Date and From"
+        return None, ""
+
+
 def _unused(candidates: list | None, used: set[str]):
     """The last (destination key, pair) of `candidates` whose key no copy took yet (a
     message is in both match indexes), taken out of the list; None if there is none."""
@@ -1424,10 +1504,13 @@ def _unused(candidates: list | None, used: set[str]):
 
 
 def _stored_sizes(data: bytes) -> set[int]:
-    """The sizes a destination may list `data` with: LF or CRLF (IMAP), and with the one
-    final line end a store may add (see message.tolerant_fingerprint)."""
+    """The sizes a destination may list `data` with: LF or CRLF (IMAP), with the one
+    final line end a store may add, and without lone CRs (the changes of size
+    message.tolerant_fingerprint tolerates)."""
     lf, crlf = len(data), len(data) + data.count(b"\n")
-    return {lf, lf + 1, crlf, crlf + 2}
+    sizes = {lf, lf + 1, crlf, crlf + 2}
+    lone_crs = data.count(b"\r") - data.count(b"\r\n")
+    return sizes | {size - lone_crs for size in sizes} if lone_crs > 0 else sizes
 
 
 class _Relist(Exception):

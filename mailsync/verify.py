@@ -1,14 +1,16 @@
 """verify: is every message of SOURCE in DEST?
 
-Messages are compared by content (message.fingerprint; against a destination that
-normalises what it stores, such as mbox, by message.tolerant_fingerprint, as the sync's
-own matching is), as many times as they occur: two identical messages in the source need
-two in the destination.  Flags are not
-compared.  A folder maps to the destination folder of the same name, or as the channel's
-folder map says (folder = "POP/provider" for INBOX), as the sync maps it.  The result
-names each missing message (date, sender, subject, Message-ID), a source folder that is
-not on the destination at all (also an empty one: a sync creates every folder it
-copies), and what could not be read: nothing is reported as fine that was not checked.
+Messages are compared by content, as many times as they occur: two identical messages
+in the source need two in the destination.  As the sync recognises a copy, exact
+content first (message.fingerprint); then, against a destination that normalises what
+it stores (mbox, IMAP servers), the source messages left over are matched to the
+destination messages left over by message.tolerant_fingerprint, and counted apart
+(`normalised`): there, but not byte for byte.  Flags are not compared.  A folder maps
+to the destination folder of the same name, or as the channel's folder map says
+(folder = "POP/provider" for INBOX), as the sync maps it.  The result names each
+missing message (date, sender, subject, Message-ID), a source folder that is not on the
+destination at all (also an empty one: a sync creates every folder it copies), and
+what could not be read: nothing is reported as fine that was not checked.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import summary, tolerant_fingerprint
+from mailsync.message import fingerprint, summary, tolerant_fingerprint
 from mailsync.stores.base import Folder, Store
 from mailsync.sync import pattern_warnings, select_folders
 
@@ -29,6 +31,7 @@ class FolderCheck:
     messages: int = 0  # in the source folder
     on_destination: bool = True
     missing: list[dict] = field(default_factory=list)  # folder, key and summary() of each
+    normalised: int = 0  # there only as the destination normalised them (not exact)
     unreadable: int = 0  # source messages that could not be read, so not checked
     error: str | None = None  # the folder could not be checked at all
 
@@ -87,30 +90,47 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
             tolerant = dst is not None and dst.normalises
             prints = _digests(src, keys, tolerant)
             check.unreadable = len(keys) - len(prints)
-            have = Counter(prints.values())
             got: Counter = Counter()
             if dst is not None:
                 got = Counter(_digests(dst, list(dst.list()), tolerant).values())
         finally:
             if dst is not None:
                 dst.close()
-        short = have - got  # digest -> how many copies the destination lacks
+        # Exact copies first, each destination message counted once ...
+        have = Counter(exact for exact, _ in prints.values())
+        there = Counter(exact for exact, _ in got.elements())
+        short = have - there  # fingerprint -> how many exact copies are lacking
+        taken = have & there  # fingerprint -> destination messages exact copies took
+        spare: Counter = Counter()  # tolerant digest -> destination messages left over
+        for exact, loose in got.elements():
+            if taken[exact] > 0:
+                taken[exact] -= 1
+            elif loose is not None:
+                spare[loose] += 1
+        # ... then the rest as the destination normalised them.
         for key in keys:
-            digest = prints.get(key)
-            if digest is not None and short[digest] > 0:
-                short[digest] -= 1
+            if key not in prints:
+                continue
+            exact, loose = prints[key]
+            if short[exact] <= 0:
+                continue
+            short[exact] -= 1
+            if loose is not None and spare[loose] > 0:
+                spare[loose] -= 1
+                check.normalised += 1
+            else:
                 check.missing.append({"folder": check.folder, "key": key, **_summary(src, key)})
     finally:
         src.close()
 
 
-def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, str]:
-    """key -> content digest of each readable message; with `tolerant`, blind to what a
-    destination that normalises changed (message.tolerant_fingerprint)."""
+def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, tuple]:
+    """key -> (fingerprint, tolerant_fingerprint or None) of each readable message; the
+    second only with `tolerant` (a destination that normalises), read in one pass."""
     if not tolerant:
-        return folder.fingerprints(keys)
+        return {key: (digest, None) for key, digest in folder.fingerprints(keys).items()}
     return {
-        key: tolerant_fingerprint(data)
+        key: (fingerprint(data), tolerant_fingerprint(data))
         for key, data in folder.fetch_many(keys)
         if not isinstance(data, MessageError)
     }

@@ -5,8 +5,9 @@ store (tests/stores/test_contract.py runs the same suite against each):
 
 * Message bodies are bytes with LF line endings.  ``fetch`` returns exactly the bytes
   ``append`` was given (after CRLF -> LF), except in a folder that ``normalises``, whose
-  copy may differ as far as message.tolerant_fingerprint() allows (mbox gives a message
-  without a final newline one).  Bodies never change; only flags do.
+  copy may differ (mbox gives a message without a final newline one; IMAP servers
+  rewrite, as far as message.tolerant_fingerprint() knows, or further).  Bodies never
+  change; only flags do.
 * A key names one message within one folder for as long as ``validity`` is unchanged.
   It survives flag changes (a Maildir file renamed by a mail reader keeps its key).
 * ``append``, ``set_flags`` and ``delete`` may be buffered; after ``flush`` returns
@@ -52,10 +53,12 @@ class Folder(ABC):
     #: append().  \Recent is no flag: persists() is False for it.
     marks_recent: bool = False
     #: True if the folder may keep a message with other bytes than append() was given
-    #: (beyond CRLF -> LF), within what message.tolerant_fingerprint() ignores: mbox
-    #: ends a message with a newline.  The engine then recognises a copy it did not
-    #: record (a run killed before its state commit) by that digest too, after the exact
-    #: fingerprint found nothing; in other folders only the exact fingerprint counts.
+    #: (beyond CRLF -> LF): mbox ends a message with a newline, IMAP servers rewrite
+    #: what they store.  The engine then recognises a copy it did not record (a run
+    #: killed before its state commit) by message.tolerant_fingerprint() too, after the
+    #: exact fingerprint found nothing, and journals the copies it sends so that the next
+    #: run can tell a copy rewritten beyond that by its headers (sync.py); in other
+    #: folders only the exact fingerprint counts.
     normalises: bool = False
 
     @abstractmethod

@@ -58,7 +58,15 @@ from mailsync.errors import (
     RefusedError,
     StoreError,
 )
-from mailsync.message import Info, fingerprint, header_digest, normalise_flags, to_crlf, to_lf
+from mailsync.message import (
+    Info,
+    fingerprint,
+    header_digest,
+    normalise_flags,
+    to_crlf,
+    to_lf,
+    tolerant_fingerprint,
+)
 from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, Pace, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
@@ -1110,6 +1118,10 @@ def _shutdown(client) -> None:
 
 
 class IMAPFolder(Folder):
+    #: Servers rewrite what they store (Cyrus: 8-bit header bytes as "X"; Courier: lone
+    #: CRs dropped, a final CRLF added; Dovecot: NUL as 0x80), tests/servers/ measures.
+    normalises = True
+
     def __init__(self, store: IMAPStore, name: str, server_name: str):
         self.store = store
         self.name = name
@@ -1574,7 +1586,9 @@ class IMAPFolder(Folder):
         return max(response, default=0)
 
     def _find_appended(self, data: bytes) -> int:
-        """No APPENDUID: the new message is among the UIDs above the highest one before."""
+        """No APPENDUID: the new message is among the UIDs above the highest one before,
+        the only one there, or the one with the same content, exact or as the server may
+        have stored it (message.tolerant_fingerprint)."""
         start = (self._high_uid or 0) + 1
         self.store.call("noop", folder=self)  # hear about the new message
         candidates = [
@@ -1588,10 +1602,18 @@ class IMAPFolder(Folder):
             raise MessageError(
                 f"{self.name}: appended a message but the server shows no new UID; rerun"
             )
-        digest = fingerprint(data)
+        # The exact bytes first; then as the server may have stored them (normalises).
+        digest, stored = fingerprint(data), tolerant_fingerprint(data)
+        rewritten = None
         for uid, body in self._fetch_bodies(sorted(candidates)):
-            if not isinstance(body, MessageError) and fingerprint(body) == digest:
+            if isinstance(body, MessageError):
+                continue
+            if fingerprint(body) == digest:
                 return int(uid)
+            if rewritten is None and tolerant_fingerprint(body) == stored:
+                rewritten = int(uid)
+        if rewritten is not None:
+            return rewritten
         raise MessageError(f"{self.name}: appended a message but cannot find its UID; rerun")
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:

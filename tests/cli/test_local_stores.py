@@ -176,7 +176,39 @@ def test_verify_knows_mbox_copies_that_gained_a_final_newline(mailenv):
     assert run("pull", str(mailenv / "src"), f"mbox:{mailenv / 'out'}").exit_code == 0
     result = run("verify", str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["INBOX: 3 messages, ok"]
+    assert result.output.splitlines() == [
+        "INBOX: 3 messages, ok (1 differ only by the destination's normalisation)"
+    ]
+
+
+@pytest.mark.parametrize("names", [("1", "2"), ("2", "1")])
+def test_verify_matches_exact_copies_first_and_names_the_message_really_missing(mailenv, names):
+    """Two source messages that differ only where a normalising destination may (an
+    8-bit header byte against an "X"), one of them copied: the exact copy counts for
+    its own message, so the other is the one named missing, whichever is listed first;
+    a copy that gained its final newline counts apart, as normalised."""
+    import json
+
+    from mailsync.stores import open_store
+
+    sources = {
+        names[0]: b"Subject: cafXX\n\nbody\n",
+        names[1]: b"Subject: caf\xc3\xa9\n\nbody\n",
+        "3": b"Subject: plain\n\nno final newline",
+    }
+    make_maildir(mailenv / "src" / "INBOX", 0)
+    for name, body in sources.items():
+        (mailenv / "src" / "INBOX" / "cur" / f"{name}.M1P1.host:2,S").write_bytes(body)
+    with open_store(f"mbox:{mailenv / 'out'}") as store:
+        box = store.open_folder("INBOX", create=True)
+        box.append(sources[names[0]], frozenset(), 0)
+        box.append(sources["3"], frozenset(), 0)  # stored with a final newline
+        box.close()
+    result = run("verify", "--json", str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
+    assert result.exit_code == 1, result.output
+    (folder,) = json.loads(result.stdout)["folders"]
+    assert [m["subject"] for m in folder["missing_messages"]] == ["café"]
+    assert folder["normalised"] == 1
 
 
 def test_what_a_destination_cannot_read_is_a_warning_and_a_source_an_error(mailenv):
@@ -197,3 +229,30 @@ def test_what_a_destination_cannot_read_is_a_warning_and_a_source_an_error(maile
     assert pushed.exit_code == 1
     assert "is a Maildir inside an mbox tree" in pushed.output
     assert 'INBOX does not start with a "From " line' in pushed.output
+
+
+def test_list_names_what_it_cannot_read_and_exits_1(mailenv):
+    """An mbox file with text before its first From_ line, listed: its readable mail is
+    counted, the stray text named, and the exit code says not everything was read."""
+    root = mailenv / "mboxes"
+    root.mkdir()
+    (root / "INBOX").write_bytes(b"From a@b Sun Sep  9 01:46:40 2001\n" + MSG)
+    (root / "Notes").write_bytes(
+        b"a note someone typed first\n\nFrom a@b Sun Sep  9 01:46:40 2001\n" + MSG
+    )
+    result = run("list", f"mbox:{root}")
+    assert result.exit_code == 1, result.output
+    assert "Notes" in result.output and "does not start with" in result.output
+    assert "Notes\t1\t" in result.output
+    listed = run("list", "--json", f"mbox:{root}")
+    assert listed.exit_code == 1
+    import json
+
+    report = json.loads(listed.stdout)
+    assert report["exit_code"] == 1 and len(report["errors"]) == 1
+    assert {row["folder"]: row["messages"] for row in report["folders"]} == {
+        "INBOX": 1,
+        "Notes": 1,
+    }
+    clean = run("list", f"mbox:{root / 'INBOX'}")
+    assert clean.exit_code == 0, clean.output

@@ -4,7 +4,6 @@ malformed responses, a server without UIDPLUS."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 from fakeimap import FakeIMAPServer
@@ -74,20 +73,16 @@ def test_a_stalled_fetch_times_out_and_is_resumed(mailenv):
         return None
 
     with FakeIMAPServer({"INBOX": [crlf(i) for i in range(3)]}, fault=fault) as fake:
-        started = time.monotonic()
         result = pull(fake, mailenv / "m", query="tls=none&timeout=1")
-        elapsed = time.monotonic() - started
+        assert fake.connections >= 2  # the hung connection was given up, not waited out
     assert result.exit_code == 0, result.output
-    assert elapsed < 10
     assert maildir_bodies(mailenv / "m")["INBOX"] == Counter(message(i) for i in range(3))
 
 
 def test_a_server_that_never_greets_times_out(mailenv):
     with FakeIMAPServer(greeting=None) as fake:
-        started = time.monotonic()
         result = pull(fake, mailenv / "m", query="tls=none&timeout=1")
     assert result.exit_code == 3
-    assert time.monotonic() - started < 8
     assert "no answer within 1 s" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -437,3 +437,34 @@ def test_a_refusal_met_again_keeps_its_first_time_and_updates_the_rest(state):
     state.forget_refusals(folder.id, "a", ["7"])
     state.commit()
     assert state.refusals() == []
+
+
+def test_an_old_state_file_gets_the_journal_of_copies_under_way(state_path):
+    os.makedirs(os.path.dirname(state_path), mode=0o700)
+    con = sqlite3.connect(state_path)
+    con.executescript(OLD_SCHEMA)
+    con.close()
+    with State(state_path) as state:
+        (folder,) = state.folders()
+        assert state.pending_keys(folder.id, "b") == set()
+        state.begin()
+        state.record_pending(folder.id, "b", ["k1", "k2", "k3"])
+        state.record_pending(folder.id, "b", ["k3"])  # journaled again: still once
+        state.record_pending(folder.id, "a", ["r1"])
+        state.commit()
+    with State(state_path) as state:
+        assert state.pending_keys(folder.id, "b") == {"k1", "k2", "k3"}
+        state.begin()
+        state.forget_pending(folder.id, "b", ["k1"])
+        state.commit()
+        assert state.pending_keys(folder.id, "b") == {"k2", "k3"}
+        state.begin()
+        state.forget_pending(folder.id, "b")
+        state.commit()
+        assert state.pending_keys(folder.id, "b") == set()
+        assert state.pending_keys(folder.id, "a") == {"r1"}
+        state.begin()
+        state.forget_pairs(folder.id)  # the folder is copied afresh: nothing is under way
+        state.commit()
+        assert state.pending_keys(folder.id, "a") == set()
+        assert [(p.key_a, p.key_b) for p in state.pairs(folder.id)] == []
