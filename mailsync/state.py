@@ -394,10 +394,20 @@ class State:
         self.db.execute("UPDATE folders SET name_b = ? WHERE id = ?", (name_b, folder.id))
         folder.name_b = name_b
 
+    def holds_nothing(self, folder_id: int) -> bool:
+        """No pair, no copy under way, no refused message: the folder's state knows no
+        message (a folder created but never filled, or a dry run's)."""
+        return not any(
+            self.db.execute(
+                f"SELECT 1 FROM {table} WHERE folder_id = ? LIMIT 1", (folder_id,)
+            ).fetchone()
+            for table in ("pairs", "pending", "refused")
+        )
+
     def forget_folder(self, folder: FolderState) -> None:
-        """Drop a folder's state and its pairs (one that never held anything)."""
-        self.db.execute("DELETE FROM pairs WHERE folder_id = ?", (folder.id,))
-        self.db.execute("DELETE FROM refused WHERE folder_id = ?", (folder.id,))
+        """Drop the state of a folder that holds nothing (holds_nothing)."""
+        for table in ("pairs", "pending", "refused"):
+            self.db.execute(f"DELETE FROM {table} WHERE folder_id = ?", (folder.id,))
         self.db.execute("DELETE FROM folders WHERE id = ?", (folder.id,))
 
     # Moves of local folders (a remote folder was renamed) go through a journal: the move

@@ -561,7 +561,7 @@ class Syncer:
             if new is None or new not in remote:
                 continue
             others = [f for f in rows if f.name_a == new]
-            if any(self.state.count_pairs(f.id) != (0, 0) for f in others):
+            if not all(self.state.holds_nothing(f.id) for f in others):
                 continue  # the new name has a state of its own: leave both alone
             old = folder.name_a
             if self.dry_run:
