@@ -52,6 +52,11 @@ class FolderError(MailsyncError):
     """One folder cannot be synced; the others go on."""
 
 
+class RenameRefused(FolderError):
+    """Store.rename_folder() refused before it changed anything (the new name is taken,
+    or cannot be a folder name there)."""
+
+
 class MessageError(MailsyncError):
     """One message cannot be read or written; it is skipped."""
 

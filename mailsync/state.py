@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS pairs (
     version_a TEXT
 );
 CREATE INDEX IF NOT EXISTS pairs_folder ON pairs (folder_id);
+CREATE TABLE IF NOT EXISTS folder_moves (
+    id INTEGER PRIMARY KEY,
+    old_b TEXT NOT NULL,
+    new_b TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refused (
     id INTEGER PRIMARY KEY,
     folder_id INTEGER NOT NULL REFERENCES folders(id),
@@ -379,10 +384,58 @@ class State:
         )
 
     def rename_folder(self, folder: FolderState, name_a: str) -> None:
-        """The remote folder was renamed (same id): its state, and its local folder,
-        stay; only the remote name changes."""
+        """The remote folder was renamed (same id): its state stays; only the remote
+        name changes (the local folder follows through a move, below)."""
         self.db.execute("UPDATE folders SET name_a = ? WHERE id = ?", (name_a, folder.id))
         folder.name_a = name_a
+
+    def rename_local(self, folder: FolderState, name_b: str) -> None:
+        """Only the local name changes (the local store names the same folder anew)."""
+        self.db.execute("UPDATE folders SET name_b = ? WHERE id = ?", (name_b, folder.id))
+        folder.name_b = name_b
+
+    def holds_nothing(self, folder_id: int) -> bool:
+        """No pair, no copy under way, no refused message: the folder's state knows no
+        message (a folder created but never filled, or a dry run's)."""
+        return not any(
+            self.db.execute(
+                f"SELECT 1 FROM {table} WHERE folder_id = ? LIMIT 1", (folder_id,)
+            ).fetchone()
+            for table in ("pairs", "pending", "refused")
+        )
+
+    def forget_folder(self, folder: FolderState) -> None:
+        """Drop the state of a folder that holds nothing (holds_nothing)."""
+        for table in ("pairs", "pending", "refused"):
+            self.db.execute(f"DELETE FROM {table} WHERE folder_id = ?", (folder.id,))
+        self.db.execute("DELETE FROM folders WHERE id = ?", (folder.id,))
+
+    # Moves of local folders (a remote folder was renamed) go through a journal: the move
+    # is recorded before the disk is touched, and done with (every local name below the
+    # old one rewritten) in one transaction after it, so a run killed in between finds
+    # the move here and finishes it (Store.rename_folder completes a partial move).
+    def add_move(self, old_b: str, new_b: str) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO folder_moves (old_b, new_b) VALUES (?, ?)", (old_b, new_b)
+        )
+        return cursor.lastrowid
+
+    def drop_move(self, move_id: int) -> None:
+        """A journaled move that did not happen (the store refused it at once)."""
+        self.db.execute("DELETE FROM folder_moves WHERE id = ?", (move_id,))
+
+    def moves(self) -> list[tuple[int, str, str]]:
+        """Unfinished moves (id, old local name, new local name), oldest first."""
+        return self.db.execute("SELECT id, old_b, new_b FROM folder_moves ORDER BY id").fetchall()
+
+    def finish_move(self, move_id: int, old_b: str, new_b: str) -> None:
+        """The local folder `old_b` and those below it are now under `new_b`."""
+        self.db.execute(
+            "UPDATE folders SET name_b = ? || substr(name_b, ?) "
+            "WHERE name_b = ? OR substr(name_b, 1, ?) = ?",
+            (new_b, len(old_b) + 1, old_b, len(old_b) + 1, old_b + "/"),
+        )
+        self.db.execute("DELETE FROM folder_moves WHERE id = ?", (move_id,))
 
     # pairs ------------------------------------------------------------------------
     def pairs(self, folder_id: int) -> list[Pair]:

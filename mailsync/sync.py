@@ -24,7 +24,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError
+from mailsync.errors import (
+    FolderError,
+    MailsyncError,
+    MessageError,
+    RefusedError,
+    RenameRefused,
+)
 from mailsync.message import (
     RECENT,
     Info,
@@ -230,6 +236,11 @@ class Syncer:
         self._ids: dict[str, str] = {}
         self._kinds: dict[str, str] = {}
         self._notes: dict[str, list[str]] = {}
+        # --dry-run: remote name -> the (name_a, name_b) its state has, where a real run
+        # would have renamed it
+        self._state_names: dict[str, tuple[str, str]] = {}
+        self._blocked: dict[str, str] = {}  # remote name -> why it is not synced this run
+        self._known: set[str] = set()
 
     # Each worker thread has its own stores and state handle; the main thread the given ones.
     @property
@@ -247,19 +258,19 @@ class Syncer:
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
         for side in ("a", "b"):  # parts of a tree that hold mail but are no folder
             self._report_problems(side, self.stores[side].problems, report.errors)
-        self._renamed: dict[str, str] = {}  # remote name -> local name, for renamed folders
-        folder_ids = getattr(self.stores["a"], "folder_ids", None)
-        self._ids: dict[str, str] = folder_ids() if callable(folder_ids) else {}
+        self._renamed: dict[str, str] = {}  # remote name -> local name, where they differ
+        self._state_names, self._blocked = {}, {}
+        self._ids = {}
         # Calendars and address books (EWS) become vdirs on the local side.
         self._kinds: dict[str, str] = self.stores["a"].folder_kinds()
-        if self._ids and not self.dry_run:
-            self._follow_renames(existing["a"], report)
+        self._follow_renames(existing)
+        remote_of = {local: name for name, local in self._renamed.items()}
         candidates = set()
         read_from = [s for s in ("a", "b") if self.policy.writes(other(s))]
         for side in read_from:
-            candidates |= existing[side]
+            candidates |= {remote_of.get(n, n) for n in existing[side]}
         # Folders the state knows are synced too, so a vanished folder is noticed.
-        known = {f.name_a for f in self.state.folders()}
+        known = self._known
         if self.folder_map:
             names = [
                 name
@@ -271,7 +282,7 @@ class Syncer:
             names = [
                 name
                 for name in select_folders(candidates, self.patterns)
-                if name in known or any(name in existing[side] for side in ("a", "b"))
+                if name in known or name in existing["a"] or self.local_name(name) in existing["b"]
             ]
             if not candidates:
                 where = " or ".join(self.stores[side].describe() for side in read_from)
@@ -324,9 +335,9 @@ class Syncer:
         local = self.local_name(name)
         if self.dry_run or self.policy.force_delete or self.retry_refused or name in self._notes:
             return False
-        if name not in existing["a"] or local not in existing["b"]:
+        if name in self._blocked or name not in existing["a"] or local not in existing["b"]:
             return False
-        fstate = self.state.folder(name, local)
+        fstate = self._folder_state(name)
         if not fstate.cursor_a or not fstate.cursor_b:
             return False
         if self._ids.get(name) and fstate.ident_a != self._ids[name]:
@@ -352,7 +363,12 @@ class Syncer:
         server's input nobody foresaw; its traceback logged at debug level, -vv) becomes
         this folder's error and the other folders go on.  Store-level errors (StoreError,
         ConfigError, SafetyError), the state database's own errors and interrupts
-        (KeyboardInterrupt is no Exception) still stop the run."""
+        (KeyboardInterrupt is no Exception) still stop the run.  A folder whose local
+        folder could not be moved (_follow_renames) is not synced: that is its error."""
+        if name in self._blocked:
+            folder_report = FolderReport(name)
+            folder_report.errors.append(self._blocked[name])
+            return folder_report
         try:
             return self.sync_folder(name, existing)
         except (FolderError, MessageError) as error:
@@ -406,38 +422,257 @@ class Syncer:
     def local_name(self, name: str) -> str:
         return self.folder_map.get(name) or self._renamed.get(name) or name
 
-    def _follow_renames(self, remote_names: set[str], report: Report) -> None:
-        """A remote folder whose id the state knows under another name was renamed: its
-        state (and so its local folder and mail) follows it, nothing is copied again."""
-        by_id = {ident: name for name, ident in self._ids.items()}
-        folders = self.state.folders()
-        taken = {f.name_a for f in folders}
-        for folder in folders:
-            new = by_id.get(folder.ident_a or "")
-            if new is None or new == folder.name_a or folder.name_a in remote_names:
-                continue
-            if new in taken:
-                continue  # the new name already has a state of its own: leave both alone
-            old = folder.name_a
-            self.state.begin()
-            self.state.rename_folder(folder, new)
-            self.state.commit()
-            taken.discard(old)
-            taken.add(new)
-            note = (
-                f"renamed on the remote side from {old!r}; its local folder stays {folder.name_b!r}"
+    def _folder_state(self, name: str) -> FolderState:
+        """The state of remote folder `name` (created empty if it is new)."""
+        name_a, name_b = self._state_names.get(name, (name, self.local_name(name)))
+        return self.state.folder(name_a, name_b)
+
+    # renamed folders --------------------------------------------------------------
+    def _follow_renames(self, existing: dict[str, set[str]]) -> None:
+        """Folders whose names changed keep their state, and local folders follow:
+
+        * a move of a local folder that a killed run left unfinished is finished first
+          (state.moves(): recorded before the disk was touched);
+        * a local store that names a folder differently now (former_names) changes only
+          the state's local name;
+        * a remote folder whose id (folder_ids) or former name (former_names: an IMAP
+          namespace prefix no longer in names) the state knows under another name was
+          renamed: its state follows, so nothing is copied again;
+        * the local folder of such a folder moves to the remote name, subfolders with
+          it, where the local store can rename and nothing is in the way; otherwise the
+          old local name stays, with a note.
+
+        With --dry-run nothing is written or moved: the renames are only told."""
+        rows = self.state.folders()
+        before = {f.id: (f.name_a, f.name_b) for f in rows}
+        moved = self._finish_moves(rows)
+        self._local_renames(rows, existing["b"])
+        former = self.stores["a"].former_names()
+        renamed = self._remote_renames(rows, existing["a"], former)
+        moved = self._move_local(rows, set(existing["b"]), former, renamed) or moved
+        if moved:
+            existing["b"] = set(self.stores["b"].list_folders())
+        counts = Counter(f.name_a for f in rows)
+        for folder in rows:
+            if self.dry_run and (folder.name_a, folder.name_b) != before[folder.id]:
+                self._state_names[folder.name_a] = before[folder.id]
+            if folder.name_b != folder.name_a and self._follows(folder, former, renamed, counts):
+                self._renamed[folder.name_a] = folder.name_b
+        self._known = {f.name_a for f in rows}
+
+    def _follows(self, folder: FolderState, former, renamed, counts) -> bool:
+        """Whether the folder's local name should be its remote name: its remote folder
+        was renamed (this run, by id, or by the namespace change), not mapped elsewhere
+        by the channel (folder = ...)."""
+        return (
+            folder.name_a != "INBOX"
+            and folder.name_a not in self.folder_map
+            and counts[folder.name_a] == 1
+            and (
+                folder.id in renamed
+                or bool(folder.ident_a)
+                or former.get(folder.name_a) == folder.name_b
             )
+        )
+
+    def _finish_moves(self, rows: list[FolderState]) -> bool:
+        moved = False
+        for move_id, old, new in self.state.moves():
+            if self.dry_run:
+                self._block(
+                    rows, old, f"an interrupted run was moving local folder {old!r} to {new!r}"
+                )
+                continue
+            log.info("finishing the move of local folder %r to %r", old, new)
+            moved = self._move(rows, move_id, old, new, fresh=False) or moved
+        return moved
+
+    def _block(self, rows: list[FolderState], old: str, why: str) -> None:
+        """The folders whose local folders are `old` or below it are not synced now."""
+        for folder in rows:
+            if folder.name_b == old or folder.name_b.startswith(old + "/"):
+                self._blocked[folder.name_a] = f"{folder.name_a}: {why}"
+
+    def _move(self, rows, move_id: int, old: str, new: str, fresh: bool) -> bool:
+        """Move local folder `old` (and those below it) to `new`, as journaled under
+        `move_id`, then record it.  A move the store refused before touching anything
+        is forgotten (the folder keeps its name); any other failure leaves the journal
+        for the next run and the folders unsynced in this one."""
+        try:
+            self.stores["b"].rename_folder(old, new)
+        except RenameRefused as error:
+            if not fresh:  # a resumed move may be half done: only finishing it is safe
+                self._block(rows, old, str(error))
+                log.error("%s", error)
+                return False
+            self.state.begin()
+            self.state.drop_move(move_id)
+            self.state.commit()
+            note = f"its local folder stays {old!r}: {error}"
             log.warning("%s: %s", new, note)
             self._notes.setdefault(new, []).append(note)
-        for folder in self.state.folders():
-            if folder.name_b != folder.name_a and folder.name_a in self._ids:
-                self._renamed[folder.name_a] = folder.name_b
+            return False
+        except FolderError as error:
+            self._block(rows, old, str(error))
+            log.error("%s", error)
+            return False
+        step("move folder")
+        self.state.begin()
+        self.state.finish_move(move_id, old, new)
+        self.state.commit()
+        step("move recorded")
+        for folder in rows:
+            if folder.name_b == old or folder.name_b.startswith(old + "/"):
+                folder.name_b = new + folder.name_b[len(old) :]
+        return True
+
+    def _local_renames(self, rows: list[FolderState], local: set[str]) -> None:
+        """A local store that names a folder differently now (an IMAP store on the
+        local side, with a namespace prefix): the state's local name follows."""
+        by_former = {old: new for new, old in self.stores["b"].former_names().items()}
+        if not by_former:
+            return
+        taken = {(f.name_a, f.name_b) for f in rows}
+        for folder in rows:
+            new = by_former.get(folder.name_b)
+            if new is None or folder.name_b in local or new not in local:
+                continue
+            if (folder.name_a, new) in taken:
+                continue
+            taken.add((folder.name_a, new))
+            if self.dry_run:
+                folder.name_b = new
+            else:
+                self.state.begin()
+                self.state.rename_local(folder, new)
+                self.state.commit()
+
+    def _remote_renames(self, rows: list[FolderState], remote: set[str], former) -> dict:
+        """Rename in the state each folder renamed on the remote side; returns
+        {folder id: its old remote name}."""
+        gone = [f for f in rows if f.name_a not in remote]
+        if gone or self._ids_missing(rows, remote):
+            self._ids = self.stores["a"].folder_ids()
+        by_id = {ident: name for name, ident in self._ids.items()}
+        by_former = {old: new for new, old in former.items()}
+        renamed: dict[int, str] = {}
+        for folder in gone:
+            new = by_id.get(folder.ident_a or "") or by_former.get(folder.name_a)
+            if new is None or new not in remote:
+                continue
+            others = [f for f in rows if f.name_a == new]
+            if not all(self.state.holds_nothing(f.id) for f in others):
+                continue  # the new name has a state of its own: leave both alone
+            old = folder.name_a
+            if self.dry_run:
+                folder.name_a = new
+            else:
+                self.state.begin()
+                for empty in others:
+                    self.state.forget_folder(empty)
+                self.state.rename_folder(folder, new)
+                self.state.commit()
+            for empty in others:
+                rows.remove(empty)
+            renamed[folder.id] = old
+            if by_former.get(old) == new:
+                note = f"was {old!r} (mailsync now leaves the server's namespace prefix out)"
+            else:
+                note = f"renamed on the remote side from {old!r}"
+            log.warning("%s: %s", new, note)
+            self._notes.setdefault(new, []).append(note)
+        return renamed
+
+    def _ids_missing(self, rows: list[FolderState], remote: set[str]) -> bool:
+        """Whether a folder to sync has no id in the state yet (ids may cost a round
+        trip: they are asked for only then, or when a known folder is gone)."""
+        idents = {f.name_a: f.ident_a for f in rows}
+        if self.folder_map:
+            wanted = [name for name in self.folder_map if name in remote]
+        else:
+            wanted = select_folders(remote, self.patterns)
+        return any(not idents.get(name) for name in wanted)
+
+    def _move_local(self, rows: list[FolderState], local: set[str], former, renamed) -> bool:
+        """Move each local folder whose remote folder was renamed; True if one moved.
+        Parents go first and take their subfolders along; a folder held back by another
+        (a subfolder that moves elsewhere first) is tried again once that one moved."""
+        counts = Counter(f.name_a for f in rows)
+        pending = sorted(
+            (f for f in rows if f.name_b != f.name_a and self._follows(f, former, renamed, counts)),
+            key=lambda f: (f.name_b.count("/"), f.name_b),
+        )
+        moved = False
+        held: list[tuple[FolderState, str]] = []
+        while pending:
+            held = []
+            progress = False
+            for folder in pending:
+                old, new = folder.name_b, folder.name_a
+                if old == new or new in self._blocked:
+                    continue  # moved along with its parent, or failed
+                why = self._cannot_move(folder, rows, local)
+                if why is not None:
+                    held.append((folder, why))
+                    continue
+                if self.dry_run:
+                    note = f"its local folder {old!r} would move to {new!r}"
+                    log.info("%s: %s", new, note)
+                    self._notes.setdefault(new, []).append(note)
+                    continue
+                progress = True
+                if not any(n == old or n.startswith(old + "/") for n in local):
+                    # Nothing there to move: the folder is created under its new name.
+                    self.state.begin()
+                    self.state.rename_local(folder, new)
+                    self.state.commit()
+                    continue
+                self.state.begin()
+                move_id = self.state.add_move(old, new)
+                self.state.commit()
+                step("move journaled")
+                if self._move(rows, move_id, old, new, fresh=True):
+                    moved = True
+                    local = {
+                        new + n[len(old) :] if n == old or n.startswith(old + "/") else n
+                        for n in local
+                    }
+                    note = f"its local folder moved from {old!r}"
+                    log.warning("%s: %s", new, note)
+                    self._notes.setdefault(new, []).append(note)
+            pending = [folder for folder, _ in held] if progress else []
+        for folder, why in held:
+            note = f"its local folder stays {folder.name_b!r}: {why}"
+            if folder.id in renamed:
+                log.warning("%s: %s", folder.name_a, note)
+                self._notes.setdefault(folder.name_a, []).append(note)
+            else:
+                log.info("%s: %s", folder.name_a, note)
+        return moved
+
+    def _cannot_move(self, folder: FolderState, rows, local: set[str]) -> str | None:
+        """Why the folder's local folder cannot move to its remote name, or None."""
+        old, new = folder.name_b, folder.name_a
+        if not self.stores["b"].can_rename:
+            return "the local store cannot rename folders"
+        if new.startswith(old + "/") or old.startswith(new + "/"):
+            return f"{new!r} is above or below it"
+        if new in local or any(n.startswith(new + "/") for n in local):
+            return f"a local folder {new!r} exists already (move it away and rerun)"
+        for row in rows:
+            if row is folder:
+                continue
+            if row.name_b == new or row.name_b.startswith(new + "/"):
+                return f"{row.name_b!r} is the local folder of {row.name_a!r}"
+            if row.name_b.startswith(old + "/") and row.name_a != new + row.name_b[len(old) :]:
+                return f"its subfolder {row.name_b!r} was not renamed alike"
+        return None
 
     # folder -----------------------------------------------------------------------
     def sync_folder(self, name: str, existing: dict[str, set[str]]) -> FolderReport:
         report = FolderReport(name)
         report.notes.extend(self._notes.pop(name, []))
-        fstate = self.state.folder(name, self.local_name(name))
+        fstate = self._folder_state(name)
         ident = self._ids.get(name)
         if ident and fstate.ident_a != ident and not self.dry_run:
             fstate.ident_a = ident

@@ -28,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from mailsync.errors import MessageError
+from mailsync.errors import MessageError, RenameRefused
 from mailsync.message import Info, fingerprint
 
 #: The deepest folder nesting a store lists or creates (parts of a "/"-separated name):
@@ -183,6 +183,35 @@ class Store(ABC):
     def folder_kinds(self) -> dict[str, str]:
         """Folders holding something else than mail: name -> "calendar" / "contacts"."""
         return {}
+
+    def folder_ids(self) -> dict[str, str]:
+        """Folder name -> the folder's own id, which stays when the folder is renamed
+        (EWS FolderId, IMAP MAILBOXID); {} where folders have none.  The engine follows
+        a folder whose id it knows under another name.  May cost a round trip: the
+        engine asks only when a rename is possible."""
+        return {}
+
+    def former_names(self) -> dict[str, str]:
+        """Folder name -> the name an earlier mailsync version gave the same folder,
+        where that differs (IMAP folders under a personal namespace prefix: ``Sent``
+        was ``INBOX/Sent``).  The engine moves state and local folders to the new
+        names, so nothing is copied twice after an upgrade."""
+        return {}
+
+    #: Whether rename_folder() works here.  The engine then moves a local folder when
+    #: its remote folder was renamed; where it cannot, the old local name stays.
+    can_rename: bool = False
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """Move folder `old`, and every folder below it (``old/x`` becomes ``new/x``),
+        to `new`, keeping every message, its key and its flags.
+
+        Resumable: a move cut short (a crash) is completed by calling it again with the
+        same names; once `old` is gone and `new` is there it does nothing.
+        RenameRefused, before anything moved, if a part of the move's destination is
+        taken or `new` cannot be a folder name here; FolderError for an I/O error in
+        mid-move (calling it again then completes the move)."""
+        raise RenameRefused(f"{self.url}: cannot rename folders")
 
     def describe(self) -> str:
         return self.url

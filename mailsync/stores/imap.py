@@ -121,6 +121,7 @@ APPEND_TRY_LATER = frozenset(
 SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
 SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+_OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 objectid
 _ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
 _NETWORK_ERRORS = (OSError, EOFError)
 _TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
@@ -417,6 +418,13 @@ class IMAPStore(Store):
         self._password: str | None = None
         self._delimiter = "/"
         self._names: dict[str, str] = {}  # our name -> server name (decoded)
+        # The personal namespace (RFC 2342): its prefix is not part of our names.  None
+        # until asked; "" where the server has no NAMESPACE or no prefix.
+        self._prefix: str | None = None
+        self._prefix_delimiter: str | None = None
+        self._other_prefixes: tuple[str, ...] = ()  # other users' and shared namespaces
+        self._former: dict[str, str] = {}  # our name -> what mailsync called it before
+        self._outside: dict[str, str] = {}  # former names of folders in other namespaces
         self._listed = False
         self.special_use: dict[str, str] = {}
         self.capabilities: set[str] = set()
@@ -768,6 +776,34 @@ class IMAPStore(Store):
         finally:
             client.folder_encode = True
 
+    def _op_mailbox_ids(self) -> dict[str, object]:
+        """LIST-STATUS asking for MAILBOXID only -> {server name: its MAILBOXID value}."""
+        from imapclient.imap_utf7 import decode
+        from imapclient.response_parser import parse_response
+
+        imap = self.client._imap
+        imap.untagged_responses.pop("STATUS", None)
+        typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", "(STATUS (MAILBOXID))")
+        imap.untagged_responses.pop("LIST", None)
+        statuses = imap.untagged_responses.pop("STATUS", [])
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"LIST failed: {_clean(data[-1] if data else typ)}")
+        out: dict[str, object] = {}
+        for line in statuses:
+            parsed = parse_response([line] if not isinstance(line, tuple) else list(line))
+            if len(parsed) != 2 or not isinstance(parsed[1], tuple | list):
+                continue
+            raw, values = parsed
+            if isinstance(raw, int):
+                raw = str(raw)
+            if isinstance(raw, bytes):
+                raw = decode(raw)
+            items = list(values)
+            for i in range(0, len(items) - 1, 2):
+                if _text(items[i]).upper() == "MAILBOXID":
+                    out[raw] = items[i + 1]
+        return out
+
     def close(self) -> None:
         if self._client is not None:
             try:
@@ -781,10 +817,52 @@ class IMAPStore(Store):
                 self._drop()
 
     # folders --------------------------------------------------------------------------
+    def _namespaces(self) -> None:
+        """The personal namespace's prefix and delimiter, and the other namespaces'
+        prefixes, from NAMESPACE (RFC 2342) when the server offers it.  Its answer decides
+        every folder's name, so a refusal stops the store: guessing instead could name
+        the same folders differently from one run to the next."""
+        if self._prefix is not None:
+            return
+        if not self.has("NAMESPACE"):
+            self._prefix = ""
+            return
+        personal, other, shared = self.call("namespace")
+        personal = list(personal or ())
+        others = [*personal[1:], *(other or ()), *(shared or ())]
+        self._other_prefixes = tuple(_text(prefix) for prefix, _ in others)
+        if personal:
+            prefix, delimiter = personal[0]
+            self._prefix = _text(prefix)
+            self._prefix_delimiter = _text(delimiter) if delimiter else None
+        else:
+            self._prefix = ""
+        log.debug(
+            "%s: personal namespace %r, others %r",
+            self.endpoint.display,
+            self._prefix,
+            self._other_prefixes,
+        )
+
+    def _personal(self, server_name: str) -> bool | None:
+        """Whether a folder is in the personal namespace (the one whose prefix matches
+        it longest): True, False (another user's or a shared folder), or None when no
+        namespace the server announced matches it."""
+        if server_name.upper() == "INBOX" or not self._other_prefixes and not self._prefix:
+            return True
+        best, personal = -1, None
+        for prefix, mine in ((self._prefix, True), *((p, False) for p in self._other_prefixes)):
+            if len(prefix) > best and _has_prefix(server_name, prefix):
+                best, personal = len(prefix), mine
+        return personal
+
     def list_folders(self) -> list[str]:
         from imapclient.imap_utf7 import decode, encode
 
+        self._namespaces()
         names: dict[str, str] = {}
+        former: dict[str, str] = {}
+        outside: dict[str, str] = {}
         special: dict[str, str] = {}
         delimiters: list[str] = []
         for flags, delimiter, raw in self.call("list"):
@@ -809,6 +887,22 @@ class IMAPStore(Store):
                 delimiters.append(delimiter)
             if "\\noselect" in attributes or "\\nonexistent" in attributes:
                 continue
+            personal = self._personal(server_name)
+            if not personal:
+                old = self._map_name(server_name, server_name, delimiter, quiet=True)
+                if old is not None:
+                    outside[old] = server_name
+                if personal is None:
+                    log.warning(
+                        "skipping folder %r: it is in no namespace the server announced",
+                        server_name,
+                    )
+                else:
+                    log.info(
+                        "skipping folder %r: it is another user's or a shared folder",
+                        server_name,
+                    )
+                continue
             name = self._local_name(server_name, delimiter)
             if name is None:
                 continue
@@ -818,32 +912,107 @@ class IMAPStore(Store):
                 )
                 continue
             names[name] = server_name
+            old = self._map_name(server_name, server_name, delimiter, quiet=True)
+            if old is not None and old != name:
+                former[name] = old
             for attribute in SPECIAL_USE:
                 if attribute.lower() in attributes:
                     special[name] = attribute
-        if delimiters:
+        if self._prefix_delimiter:
+            self._delimiter = self._prefix_delimiter
+        elif delimiters:
             self._delimiter = max(set(delimiters), key=delimiters.count)
         self._names, self.special_use, self._listed = names, special, True
+        self._former, self._outside = former, outside
         return sorted(names)
+
+    def folder_ids(self) -> dict[str, str]:
+        """MAILBOXID (RFC 8474) of each folder, which a RENAME keeps, where the server
+        offers OBJECTID: one ``LIST "" "*" RETURN (STATUS (MAILBOXID))`` with
+        LIST-STATUS, else a STATUS per folder.  MAILBOXID is asked for alone: Cyrus 3.6
+        sends bytes of freed memory (line breaks too) for it next to MESSAGES or UIDNEXT.
+        An id that is no RFC 8474 objectid is left out."""
+        if not self.has("OBJECTID"):
+            return {}
+        if not self._listed:
+            self.list_folders()
+        if "LIST-STATUS" in self.capabilities:
+            try:
+                by_server = self.call("mailbox_ids")
+            except ConnectError:
+                raise
+            except StoreError as error:
+                log.warning("%s: no folder ids, so renames are not followed: %s", self.url, error)
+                return {}
+        else:
+            by_server = {}
+            for server_name in self._names.values():
+                try:
+                    status = self.call("folder_status", server_name, ["MAILBOXID"])
+                except ConnectError:
+                    raise
+                except StoreError as error:
+                    log.debug("%s: no MAILBOXID for %s: %s", self.url, server_name, error)
+                    continue
+                by_server[server_name] = status.get(b"MAILBOXID")
+        ids = {}
+        for name, server_name in self._names.items():
+            value = by_server.get(server_name)
+            if isinstance(value, tuple | list) and len(value) == 1:
+                value = value[0]
+            value = _text(value) if isinstance(value, bytes | str) else ""
+            if _OBJECT_ID.fullmatch(value):
+                ids[name] = value
+        return ids
+
+    def former_names(self) -> dict[str, str]:
+        """Names given before personal namespace prefixes were left out: the server's
+        ``INBOX.Sent`` was ``INBOX/Sent``, now ``Sent``."""
+        if not self._listed:
+            self.list_folders()
+        return dict(self._former)
 
     def adopt_listing(self, other: Store) -> None:
         if isinstance(other, IMAPStore) and other._listed and not self._listed:
             self._names, self.special_use = dict(other._names), dict(other.special_use)
             self._delimiter, self._listed = other._delimiter, True
+            self._prefix, self._prefix_delimiter = other._prefix, other._prefix_delimiter
+            self._other_prefixes = other._other_prefixes
+            self._former, self._outside = dict(other._former), dict(other._outside)
 
     def _local_name(self, server_name: str, delimiter: str | None) -> str | None:
+        """Our name for a personal folder: without the namespace prefix (``INBOX.Sent``
+        is ``Sent``), except where that would be INBOX itself (``INBOX.INBOX`` stays
+        ``INBOX/INBOX``)."""
         if server_name.upper() == "INBOX":
             return "INBOX"
-        if delimiter and delimiter != "/" and "/" in server_name:
+        rest = server_name
+        if self._prefix and _has_prefix(server_name, self._prefix):
+            stripped = server_name[len(self._prefix) :]
+            if stripped and stripped.upper() != "INBOX":
+                rest = stripped
+        return self._map_name(rest, server_name, delimiter)
+
+    def _map_name(
+        self, name: str, server_name: str, delimiter: str | None, quiet: bool = False
+    ) -> str | None:
+        """A server name (without the prefix) -> "/"-separated, or None (with a warning
+        unless `quiet`) if it cannot be a local name."""
+        if name.upper() == "INBOX":
+            return "INBOX"
+        if delimiter and delimiter != "/" and "/" in name:
+            if quiet:
+                return None
             log.warning(
                 "skipping folder %r: it contains '/', which is not its hierarchy delimiter here",
                 server_name,
             )
             return None
-        name = server_name.replace(delimiter, "/") if delimiter else server_name
+        name = name.replace(delimiter, "/") if delimiter else name
         parts = name.split("/")
         if _BAD_NAME.search(name) or any(part in ("", ".", "..") for part in parts):
-            log.warning("skipping folder %r: its name could escape the local tree", server_name)
+            if not quiet:
+                log.warning("skipping folder %r: its name could escape the local tree", server_name)
             return None
         if len(parts) > MAX_FOLDER_DEPTH:
             log.warning(
@@ -858,7 +1027,8 @@ class IMAPStore(Store):
         return "/".join(parts)
 
     def server_name(self, name: str) -> str:
-        """The server's name for our folder `name` (FolderError if it cannot be one)."""
+        """The server's name for our folder `name`, under the personal namespace's
+        prefix (FolderError if it cannot be one)."""
         if name in self._names:
             return self._names[name]
         if name == "INBOX":
@@ -866,13 +1036,19 @@ class IMAPStore(Store):
         parts = name.split("/")
         if _BAD_NAME.search(name) or any(part in ("", ".", "..") for part in parts):
             raise FolderError(f"{self.url}: folder name {name!r} cannot be created on the server")
+        if name in self._outside:
+            raise FolderError(
+                f"{self.url}: {name} was the server's {self._outside[name]!r}, another "
+                "user's or a shared folder, which mailsync does not sync; leave it out with "
+                f"--folders '!{name}'"
+            )
         delimiter = self._delimiter
         if delimiter != "/" and any(delimiter in part for part in parts):
             raise FolderError(
                 f"{self.url}: folder name {name!r} contains {delimiter!r}, the server's "
                 "hierarchy delimiter; rename the folder"
             )
-        return delimiter.join(parts)
+        return (self._prefix or "") + delimiter.join(parts)  # (known once listed)
 
     def creation_problem(self, name: str, kind: str = "mail") -> str | None:
         if kind != "mail":
@@ -915,6 +1091,18 @@ class IMAPStore(Store):
                 log.debug("%s: cannot subscribe to %s: %s", self.url, name, error)
             self._names[name] = server_name
         return IMAPFolder(self, name, self._names[name])
+
+
+def _has_prefix(server_name: str, prefix: str) -> bool:
+    """Whether `server_name` starts with a namespace prefix (INBOX in any case)."""
+    if server_name.startswith(prefix):
+        return True
+    head = prefix[:5]
+    return (
+        head.upper() == "INBOX"
+        and server_name[:5].upper() == "INBOX"
+        and server_name[5:].startswith(prefix[5:])
+    )
 
 
 def _shutdown(client) -> None:

@@ -41,6 +41,7 @@ or cur/; ``flush`` fsyncs every directory whose entries changed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -52,7 +53,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
+from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused, StoreError
 from mailsync.message import (
     ANSWERED,
     DELETED,
@@ -1282,3 +1283,77 @@ class MaildirStore(Store):
         except FolderError as error:
             return str(error)
         return path_creation_problem(path)
+
+    can_rename = True
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """A folder's directory is renamed, so its files (and with them keys, flags and
+        dovecot-keywords) stay as they are.  Verbatim: one rename(2) of ROOT/OLD, which
+        takes the subfolders (and vdirs) inside it along.  Maildir++: ROOT/.OLD and each
+        ROOT/.OLD.* sibling in turn, the folder itself last; a rerun moves whatever is
+        still at the old names.  Parent directories left empty (no Maildir) go."""
+        if self.read_only:
+            raise RenameRefused(f"{self.url}: cannot rename {old}, the store is read-only")
+        if "INBOX" in (old, new):
+            raise RenameRefused(f"{self.url}: INBOX is not renamed")
+        if new.startswith(old + "/"):
+            raise RenameRefused(f"{self.url}: cannot move {old} into itself ({new})")
+        try:
+            moves = self._moves(old, new)
+        except FolderError as error:
+            raise RenameRefused(str(error))
+        for _src, dst in moves:
+            if os.path.lexists(dst):
+                raise RenameRefused(
+                    f"{self.url}: cannot rename {old} to {new}: {dst} exists; move it away"
+                )
+        try:
+            for src, dst in moves:
+                dirty: set[str] = set()
+                _make_dir(os.path.dirname(dst), dirty)
+                os.rename(src, dst)
+                for directory in sorted(dirty | {os.path.dirname(src), os.path.dirname(dst)}):
+                    _fsync_dir(directory)
+        except OSError as e:
+            raise FolderError(
+                f"{self.url}: cannot rename {old} to {new} ({e.strerror or e}); fix it and "
+                "rerun to finish the move"
+            )
+        if self.layout == "verbatim" and moves:
+            self._remove_empty_parents(os.path.dirname(moves[0][0]))
+
+    def _moves(self, old: str, new: str) -> list[tuple[str, str]]:
+        """(source, destination) of each directory of folder `old` still to be moved
+        to `new`, subfolders first."""
+        src, dst = self.folder_path(old), self.folder_path(new)  # FolderError for bad names
+        if self.layout == "verbatim":
+            return [(src, dst)] if os.path.lexists(src) else []
+        base_src, base_dst = os.path.basename(src), os.path.basename(dst)
+        moves = []
+        try:
+            with os.scandir(self.root) as entries:
+                names = sorted(e.name for e in entries)
+        except OSError as e:
+            raise FolderError(f"{self.url}: cannot read {self.root} ({e.strerror})")
+        for name in names:
+            if name.startswith(base_src + "."):
+                moves.append(
+                    (
+                        os.path.join(self.root, name),
+                        os.path.join(self.root, base_dst + name[len(base_src) :]),
+                    )
+                )
+        if base_src in names:
+            moves.append((src, dst))
+        return moves
+
+    def _remove_empty_parents(self, directory: str) -> None:
+        """rmdir each directory from `directory` up to the root while it is empty."""
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+            with contextlib.suppress(OSError):
+                _fsync_dir(directory)

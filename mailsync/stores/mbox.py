@@ -53,7 +53,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
+from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused, StoreError
 from mailsync.message import (
     ANSWERED,
     DELETED,
@@ -1231,6 +1231,63 @@ class MboxStore(Store):
         if os.path.isdir(path):
             return f"{path} is a directory of folders, not an mbox file"
         return path_creation_problem(path)
+
+    can_rename = True
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """The folder's file and its subfolder directory (``OLD.sbd``) are renamed, so
+        every message, and its key (a content hash), stays.  The directory goes first
+        and the file last, holding the folder's locks after a crashed run's leftovers
+        were repaired; a rerun moves whatever is still at the old name.  Parent
+        directories left empty go."""
+        if self.read_only:
+            raise RenameRefused(f"{self.url}: cannot rename {old}, the store is read-only")
+        if self._single_file():
+            raise RenameRefused(f"{self.root} is a single mbox file, which holds only INBOX")
+        if new.startswith(old + "/"):
+            raise RenameRefused(f"{self.url}: cannot move {old} into itself ({new})")
+        try:
+            old_parts, new_parts = split_name(old), split_name(new)
+        except FolderError as error:
+            raise RenameRefused(str(error))
+        src = next((p for p in self._existing(old_parts) if os.path.isfile(p)), None)
+        if src is None:
+            return  # moved already, or not there to move
+        taken = [p for p in self._existing(new_parts) if os.path.lexists(p)]
+        dst = taken[0] if taken else self._new_path(new_parts)
+        moves = [(src + SUBDIR_SUFFIX, dst + SUBDIR_SUFFIX), (src, dst)]
+        moves = [(a, b) for a, b in moves if os.path.lexists(a)]
+        for _src, target in moves:
+            if os.path.lexists(target):
+                raise RenameRefused(
+                    f"{self.url}: cannot rename {old} to {new}: {target} exists; move it away"
+                )
+        try:
+            folder = self.open_folder(old)  # repairs what a crashed append or rewrite left
+        except FolderError as error:
+            raise RenameRefused(str(error))
+        try:
+            with folder._locked(exclusive=True):
+                self._makedirs(os.path.dirname(dst))
+                for a, b in moves:
+                    os.rename(a, b)
+                    _fsync_dir(os.path.dirname(a))
+                    _fsync_dir(os.path.dirname(b))
+        except OSError as exc:
+            raise FolderError(
+                f"{self.url}: cannot rename {old} to {new} ({exc.strerror or exc}); fix it "
+                "and rerun to finish the move"
+            )
+        finally:
+            for name in [n for n in self._folders if n == old or n.startswith(old + "/")]:
+                del self._folders[name]
+        directory = os.path.dirname(src)
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
+            directory = os.path.dirname(directory)
 
     def close(self) -> None:
         error = None

@@ -5,6 +5,7 @@ endpoint cache, TLS with a private CA, and kill -9 between pages."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from imaptools import file_flags, maildir_bodies, maildir_files, run, run_proces
 
 from mailsync.message import to_lf
 from mailsync.stores import ews as ewsmod
+from mailsync.stores import open_store
 
 USER, PASSWORD = "alice@example.org", "ews-pw-31"
 CRASHED = 137
@@ -189,20 +191,194 @@ def test_keywords_and_answered_reach_exchange(fake, ews, mailenv):
     assert item["last_verb"] == 102
 
 
-def test_folder_renamed_on_the_server_keeps_its_local_mail(fake, ews, mailenv):
+def test_folder_renamed_on_the_server_moves_its_local_folder(fake, ews, mailenv):
+    """A parent renamed with its children (each its own folder id and state): the local
+    folders move along, keep their mail and files, and nothing is downloaded again."""
+    fake.add_folder("inbox", "Old")
+    fake.add_folder("inbox/Old", "Kid")
+    fake.add_item("inbox/Old", mime(1))
+    fake.add_item("inbox/Old/Kid", mime(2))
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert pull(url, root).exit_code == 0
+    files = {p.name for p in (root / "INBOX/Old").rglob("*") if p.is_file()}
+    fake.rename_folder("inbox/Old", "New")
+    fake.add_item("inbox/New/Kid", mime(3))
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert "renamed on the remote side from 'INBOX/Old'" in result.output
+    assert "its local folder moved from 'INBOX/Old'" in result.output
+    bodies = maildir_bodies(root)
+    assert bodies["INBOX/New"] == Counter([to_lf(mime(1))])
+    assert bodies["INBOX/New/Kid"] == Counter([to_lf(mime(2)), to_lf(mime(3))])
+    assert not (root / "INBOX/Old").exists()
+    assert files <= {p.name for p in (root / "INBOX/New").rglob("*") if p.is_file()}
+    assert mime_fetches(fake) == 3
+    again = pull(url, root)
+    assert again.exit_code == 0, again.output
+    assert "renamed" not in again.output and "moved" not in again.output
+    assert mime_fetches(fake) == 3
+
+
+def test_renamed_folder_whose_new_local_name_is_taken_keeps_its_old_one(fake, ews, mailenv):
     fake.add_folder("inbox", "Old")
     fake.add_item("inbox/Old", mime(1))
     root = mailenv / "mail"
     url = ews(fake)
     assert pull(url, root).exit_code == 0
+    write_local(root, "INBOX/New", to_lf(mime(50)))  # the user's own folder
     fake.rename_folder("inbox/Old", "New")
     fake.add_item("inbox/New", mime(2))
     result = pull(url, root)
     assert result.exit_code == 0, result.output
-    assert "renamed on the remote side" in result.output
-    assert maildir_bodies(root)["INBOX/Old"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
-    assert not maildir_bodies(root).get("INBOX/New")
+    assert "its local folder stays 'INBOX/Old': a local folder 'INBOX/New' exists" in result.output
+    bodies = maildir_bodies(root)
+    assert bodies["INBOX/Old"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert bodies["INBOX/New"] == Counter([to_lf(mime(50))])
+    # Once the name is free, the next run moves the folder.
+    for path in maildir_files(root)["INBOX/New"]:
+        path.unlink()
+    for sub in ("cur", "new", "tmp"):
+        (root / "INBOX/New" / sub).rmdir()
+    (root / "INBOX/New").rmdir()
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX/New"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert "INBOX/Old" not in maildir_bodies(root)
     assert mime_fetches(fake) == 2
+
+
+def test_two_way_sync_does_not_copy_a_renamed_folder_back_under_its_old_name(fake, ews, mailenv):
+    fake.add_folder("inbox", "Old")
+    fake.add_item("inbox/Old", mime(1))
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    write_local(root, "INBOX/New", to_lf(mime(50)))  # in the way of the move
+    fake.rename_folder("inbox/Old", "New")
+    result = run("sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert "its local folder stays 'INBOX/Old'" in result.output
+    with pytest.raises(KeyError):
+        fake.folder_id("inbox/Old")  # not created again from the local folder
+    assert [i["subject"] for i in fake.items("inbox/New")] == ["message 1"]
+
+
+MOVE_STEPS = ("move journaled", "move folder", "move recorded")
+
+
+@pytest.mark.parametrize("layout", ["verbatim", "maildir++", "mbox"])
+def test_rename_with_a_kill_at_every_step(layout, ews, mailenv):
+    """kill -9 at each step of the local move that follows a rename (parent and child),
+    then a rerun: every message exactly once, under the new names, nothing downloaded
+    again.  (The steps after the move are the ordinary sync's, crash-tested elsewhere.)"""
+    steps_seen = []
+    step = 1
+    while not set(MOVE_STEPS) <= set(steps_seen) or steps_seen[-1] in MOVE_STEPS:
+        server = FakeEWS(user=USER, password=PASSWORD).start()
+        try:
+            server.add_folder("inbox", "Old")
+            server.add_folder("inbox/Old", "Kid")
+            server.add_item("inbox/Old", mime(1))
+            server.add_item("inbox/Old", mime(2))
+            server.add_item("inbox/Old/Kid", mime(3))
+            server.add_item("inbox", mime(4))
+            work = mailenv / f"run{step}"
+            root = work / "mail"
+            local = {
+                "verbatim": f"maildir:{root}",
+                "maildir++": f"maildir:{root}?layout=maildir++",
+                "mbox": f"mbox:{root}",
+            }[layout]
+            args = (ews(server), local, work, mailenv / "cache")
+            assert _pull_process(*args).returncode == 0
+            fetched = mime_fetches(server)
+            server.rename_folder("inbox/Old", "New")
+            crashed = _pull_process(*args, crash_at=step)
+            assert crashed.returncode == CRASHED, crashed.stderr
+            steps_seen.append(
+                re.search(r"crash hook: exiting at step \d+ \((.*)\)", crashed.stderr)[1]
+            )
+            rerun = _pull_process(*args)
+            assert rerun.returncode == 0, f"after a crash at {steps_seen[-1]}: {rerun.stderr}"
+            want = {
+                "INBOX": Counter([to_lf(mime(4))]),
+                "INBOX/New": Counter([to_lf(mime(1)), to_lf(mime(2))]),
+                "INBOX/New/Kid": Counter([to_lf(mime(3))]),
+            }
+            assert local_contents(local) == want, f"crash at {steps_seen[-1]}"
+            assert mime_fetches(server) == fetched, f"crash at {steps_seen[-1]}"
+            assert _pull_process(*args).returncode == 0
+            assert local_contents(local) == want
+        finally:
+            server.stop()
+        step += 1
+    assert steps_seen[:3] == list(MOVE_STEPS)
+
+
+@pytest.mark.parametrize("layout", ["maildir++", "mbox"])
+def test_a_move_cut_short_is_finished_by_the_next_run(layout, fake, ews, mailenv):
+    """Killed in the middle of a move (made by hand here: the crash hook has no step
+    inside a store's rename): the journal has the move, part of it is on disk, the rest
+    is not; the next run finishes it instead of taking the half-moved folder for a name
+    in the way."""
+    fake.add_folder("inbox", "Old")
+    fake.add_folder("inbox/Old", "Kid")
+    fake.add_item("inbox/Old", mime(1))
+    fake.add_item("inbox/Old/Kid", mime(2))
+    root = mailenv / "mail"
+    local = f"maildir:{root}?layout=maildir++" if layout == "maildir++" else f"mbox:{root}"
+    args = (ews(fake), local, mailenv, mailenv / "cache")
+    assert _pull_process(*args).returncode == 0
+    fake.rename_folder("inbox/Old", "New")
+    crashed = _pull_process(*args, crash_at=1)
+    assert "exiting at step 1 (move journaled)" in crashed.stderr
+    if layout == "maildir++":
+        (root / ".INBOX.Old.Kid").rename(root / ".INBOX.New.Kid")
+    else:
+        (root / "INBOX.sbd" / "Old.sbd").rename(root / "INBOX.sbd" / "New.sbd")
+    result = _pull_process(*args)
+    assert result.returncode == 0, result.stderr
+    assert local_contents(local) == {
+        "INBOX/New": Counter([to_lf(mime(1))]),
+        "INBOX/New/Kid": Counter([to_lf(mime(2))]),
+    }
+    assert mime_fetches(fake) == 2
+
+
+def test_a_renamed_calendar_moves_its_vdir(fake, ews, mailenv):
+    fake.add_folder("calendar", "Team", folder_class="IPF.Appointment")
+    fake.add_item("calendar/Team", ICS.format(n=1).encode())
+    root = mailenv / "mail"
+    url = ews(fake, items="mail,calendar")
+    assert pull(url, root).exit_code == 0
+    fake.rename_folder("calendar/Team", "Crew")
+    fake.add_item("calendar/Crew", ICS.format(n=2).encode())
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert "Calendar/Crew: its local folder moved from 'Calendar/Team'" in result.output
+    assert not (root / "Calendar" / "Team").exists()
+    assert sorted(p.read_bytes() for p in (root / "Calendar" / "Crew").glob("*.ics")) == sorted(
+        to_lf(ICS.format(n=n).encode()) for n in (1, 2)
+    )
+    assert (root / "Calendar" / "Crew" / ".mailsync-vdir").read_text() == "calendar\n"
+
+
+def _pull_process(url, local, work, cache, crash_at=0):
+    return run_process(
+        "-vv", "pull", url, local, password=PASSWORD, state=work / "state", crash_at=crash_at,
+        env={"XDG_CACHE_HOME": str(cache)},
+    )  # fmt: skip
+
+
+def local_contents(url: str) -> dict[str, Counter]:
+    with open_store(url, read_only=True) as store:
+        out = {}
+        for name in store.list_folders():
+            box = store.open_folder(name)
+            out[name] = Counter(box.fetch(k) for k in box.list())
+            box.close()
+        return {name: bodies for name, bodies in out.items() if bodies}
 
 
 def test_invalid_sync_state_is_a_full_listing_without_downloads(fake, ews, mailenv):
