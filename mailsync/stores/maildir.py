@@ -1013,6 +1013,8 @@ class MaildirStore(Store):
         """`layout` None: the tree's own (see detect_layout)."""
         self.path = path
         self.root = os.path.abspath(path)
+        # Whether the tree chose its layout (see former_names).
+        self.detected = layout is None
         if layout is None:
             layout = self.detect_layout()
         elif isinstance(layout, str) and layout.replace(" ", "+") in LAYOUTS:
@@ -1283,6 +1285,17 @@ class MaildirStore(Store):
         except FolderError as error:
             return str(error)
         return path_creation_problem(path)
+
+    def former_names(self) -> dict[str, str]:
+        """A tree whose layout was detected as maildir++ (a standard ~/Maildir given
+        without ?layout=) was read as verbatim by mailsync 0.1.0, which named its
+        folder .Archive.2019 ".Archive.2019" (and left INBOX out): those are the former
+        names, so a state from then is moved to the new names, nothing copied twice."""
+        if not self.detected or self.layout != "maildir++":
+            return {}
+        return {
+            name: "." + name.replace("/", ".") for name in self.list_folders() if name != "INBOX"
+        }
 
     can_rename = True
 

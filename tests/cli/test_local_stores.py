@@ -93,6 +93,36 @@ def test_a_standard_maildir_is_pulled_with_its_inbox(mailenv):
     assert again.exit_code == 0 and "copied 0 to local" in again.output
 
 
+def test_a_standard_maildir_backed_up_by_0_1_0_is_not_copied_again(mailenv):
+    """mailsync 0.1.0 read a standard ~/Maildir as verbatim: its .Sent became a folder
+    named ".Sent" in the backup (and INBOX was left out).  A channel that did that keeps
+    its mail after the upgrade: the backup's folders move to the new names, INBOX is
+    copied, nothing else is copied again."""
+    home = mailenv / "Maildir"
+    make_maildir(home, 2)
+    make_maildir(home / ".Sent", 3)
+    make_maildir(home / ".Archive.2019", 1)
+    config = mailenv / "config.toml"
+
+    def channel(url: str) -> None:
+        config.write_text(
+            f'[channel.box]\nremote = "{url}"\nlocal = "maildir:{mailenv / "out"}"\n'
+            'direction = "pull"\n'
+        )
+
+    channel(f"maildir:{home}?layout=verbatim")  # read as 0.1.0 read it (exit 1: INBOX)
+    old = run("--config", str(config), "pull", "box")
+    assert counts(mailenv / "out") == {".Sent": 3, ".Archive.2019": 1}, old.output
+    channel(f"maildir:{home}")
+    result = run("--config", str(config), "pull", "box")
+    assert result.exit_code == 0, result.output
+    assert counts(mailenv / "out") == {"INBOX": 2, "Sent": 3, "Archive/2019": 1}
+    assert "copied 2 to local" in result.output  # INBOX, and nothing else
+    assert result.output.count("copied 0 to local") == 2, result.output
+    again = run("--config", str(config), "pull", "box")
+    assert again.exit_code == 0 and again.output.count("copied 0 to local") == 3
+
+
 def test_one_maildir_folder_is_a_store_holding_inbox(mailenv):
     make_maildir(mailenv / "src" / "Sent", 2)
     assert run("pull", str(mailenv / "src"), str(mailenv / "out")).exit_code == 0
