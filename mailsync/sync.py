@@ -813,7 +813,7 @@ class Syncer:
                 self.state.forget_refusals(fstate.id, side)
                 self.state.forget_pending(fstate.id, side)
                 self.state.commit()
-                self._rematch(fstate, side, folder, listings, report)
+                self._rematch(fstate, side, folders, listings, report)
             setattr(fstate, f"validity_{side}", folder.validity)
         if not self.dry_run:
             self.state.begin()
@@ -1058,8 +1058,13 @@ class Syncer:
         self._deletes(actions, folders, report, batch=len(actions), tombstone=True)
 
     # UIDVALIDITY changes ------------------------------------------------------------
-    def _rematch(self, fstate, side, folder, listings, report) -> None:
-        """Every key of `side` is void: find the messages again by content hash."""
+    def _rematch(self, fstate, side, folders, listings, report) -> None:
+        """Every key of `side` is void: find the messages again, by header and size,
+        then by content hash; in a folder that normalises what it stores (a server that
+        rewrote the copies mailsync gave it) also as it stores them, against the other
+        side's copy (message.tolerant_fingerprint), so such a copy is neither taken for
+        deleted nor copied again."""
+        folder = folders[side]
         listing = listings[side]
         # Pairs whose other side still has its message go first: of two identical
         # messages of which one survived, the survivor belongs to the live pair.
@@ -1085,7 +1090,7 @@ class Syncer:
         # The rest by content hash, which needs the bodies.
         rest = [p for p in pairs if id(p) not in assigned]
         if rest and remaining:
-            prints = folder.fingerprints(sorted(remaining))
+            prints, tolerant = self._rematch_digests(folder, sorted(remaining))
             if len(prints) < len(remaining):
                 # An unreadable message would pass for a deleted one, and a deletion may
                 # propagate: better to stop here and try again next run.
@@ -1101,6 +1106,12 @@ class Syncer:
                 keys = by_hash.get(pair.hash or "")
                 if keys:
                     assigned[id(pair)] = keys.pop()
+                    remaining.discard(assigned[id(pair)])
+            rest = [p for p in rest if id(p) not in assigned]
+            if tolerant and rest and remaining:
+                self._rematch_tolerant(
+                    rest, side, folders[other(side)], there, tolerant, remaining, assigned
+                )
         found = lost = 0
         self.state.begin()
         for pair in pairs:
@@ -1122,6 +1133,39 @@ class Syncer:
             f"by content, {lost} no longer there"
         )
         log.warning("%s: %s", fstate.name_a, report.notes[-1])
+
+    @staticmethod
+    def _rematch_digests(folder: Folder, keys: list[str]) -> tuple[dict, dict]:
+        """Exact content hashes of these messages, and for a folder that normalises
+        their tolerant digests too, from one download of each body."""
+        if not folder.normalises:
+            return folder.fingerprints(keys), {}
+        prints: dict[str, str] = {}
+        tolerant: dict[str, str] = {}
+        for key, data in folder.fetch_many(keys):
+            if not isinstance(data, MessageError):
+                prints[key] = fingerprint(data)
+                tolerant[key] = tolerant_fingerprint(data)
+            del data  # not kept alive while the next (maybe 50 MB) body is fetched
+        return prints, tolerant
+
+    @staticmethod
+    def _rematch_tolerant(rest, side, other_folder, there, tolerant, remaining, assigned):
+        """Pairs still unmatched whose message the other side still has: that copy's
+        tolerant digest against those of `side`'s unclaimed messages, each taken once."""
+        if other_folder is None:
+            return
+        by_digest: dict[str, list[str]] = {}
+        for key in sorted(remaining):
+            by_digest.setdefault(tolerant[key], []).append(key)
+        wanted = {p.key(other(side)): p for p in rest if p.key(other(side)) in there}
+        for key, data in other_folder.fetch_many(list(wanted)):
+            if isinstance(data, MessageError):
+                continue
+            keys = by_digest.get(tolerant_fingerprint(data))
+            del data
+            if keys:
+                assigned[id(wanted[key])] = keys.pop(0)
 
     # copies ---------------------------------------------------------------------------
     def _copies(self, fstate, the_plan: Plan, folders, listings, pairs, report) -> None:

@@ -674,6 +674,10 @@ class EWSStore(Store):
 
 class EWSFolder(Folder):
     validity = ""  # ItemIds stay valid; an invalid SyncState is handled by a full listing
+    # Exchange keeps a message as its own properties and makes its MIME again when asked:
+    # what it gives back may differ from what CreateItem was given (folded headers,
+    # encodings, added headers).  Copies to it are journaled and matched tolerantly.
+    normalises = True
 
     def __init__(self, store: EWSStore, name: str, folder, kind: str = "mail"):
         self.store = store

@@ -425,3 +425,32 @@ def test_without_uidplus_a_rewritten_copy_is_told_apart_from_others_arriving(mai
         (folder,) = json.loads(again.stdout)["channels"][0]["folders"]
         assert folder["copied_b_to_a"] == 0 and folder["linked"] == 0
         assert len(box.messages) == 4
+
+
+def test_copies_the_server_rewrote_are_rematched_after_a_uidvalidity_change(
+    dovecot_server, mailenv
+):
+    """Dovecot stores NUL as 0x80: after its UIDVALIDITY changes, the copies are found
+    again against the local originals (tolerant digests), not taken for deleted: a push
+    copies nothing again and a two-way sync that propagates deletions deletes nothing."""
+    server = dovecot_server
+    user = server.add_user()
+    local = local_triggers(mailenv / "local")
+    url = imaps(server, user)
+    first = run("push", "--json", f"maildir:{local}", url, password=user.password)
+    assert first.exit_code == 0, first.output
+    server.change_uidvalidity(user, "INBOX")
+    again = run("push", "--json", f"maildir:{local}", url, password=user.password)
+    assert again.exit_code == 0, again.output
+    (folder,) = json.loads(again.stdout)["channels"][0]["folders"]
+    assert folder["copied_b_to_a"] == 0 and folder["linked"] == 0, folder
+    assert any(f"{len(TRIGGERS)} messages re-matched" in note for note in folder["notes"])
+    assert on_server(server, user) == stored("dovecot")
+
+    server.change_uidvalidity(user, "INBOX")
+    both = run("sync", "--json", url, f"maildir:{local}", password=user.password)
+    assert both.exit_code == 0, both.output
+    (folder,) = json.loads(both.stdout)["channels"][0]["folders"]
+    assert folder["deleted_a"] == folder["deleted_b"] == 0, folder
+    assert folder["copied_a_to_b"] == folder["copied_b_to_a"] == 0, folder
+    assert on_server(server, user) == stored("dovecot")
