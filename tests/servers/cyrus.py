@@ -79,16 +79,15 @@ import itertools
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from servers.clients import IMAPClients
 from servers.dovecot import ensure_mail_user, free_ports, make_certificates
 from servers.sandbox import (
-    CLIENT_TIMEOUT,
     HOST,
     Sandbox,
     ServerError,
@@ -100,7 +99,7 @@ from servers.sandbox import (
 )
 
 if TYPE_CHECKING:
-    from imapclient import IMAPClient
+    pass
 
 MAIL_USER = "mailsynctest"
 SERVICES = ("imap", "imaps")
@@ -120,7 +119,7 @@ def debian_imapd_conf() -> list[tuple[str, str]]:
     return pairs
 
 
-class CyrusServer:
+class CyrusServer(IMAPClients):
     """One private Cyrus instance; see the module docstring for the API."""
 
     host = HOST
@@ -283,30 +282,6 @@ class CyrusServer:
         return self.sandbox.run(f"{BIN}/{name}", "-C", str(self.imapd_conf), *args)
 
     # -- clients --
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cafile))
-
-    def imap(self, user: User, *, tls: bool = False) -> IMAPClient:
-        from imapclient import IMAPClient
-
-        if tls:
-            client = IMAPClient(
-                self.host,
-                port=self.ports["imaps"],
-                ssl=True,
-                ssl_context=self.ssl_context(),
-                timeout=CLIENT_TIMEOUT,
-            )
-        else:
-            client = IMAPClient(
-                self.host, port=self.ports["imap"], ssl=False, timeout=CLIENT_TIMEOUT
-            )
-        client.login(user.name, user.password)
-        return client
-
-    def url(self, scheme: str, user: User) -> str:
-        return f"{scheme}://{user.name}@{self.host}:{self.ports[scheme]}"
 
     def log_tail(self, lines: int = 40) -> str:
         return self.sandbox.log_tail(lines)

@@ -143,7 +143,6 @@ import pwd
 import shutil
 import signal
 import socket
-import ssl
 import stat
 import subprocess
 import tempfile
@@ -153,9 +152,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from servers.clients import CLIENT_TIMEOUT, IMAPClients
 
 if TYPE_CHECKING:
-    from imapclient import IMAPClient
+    pass
 
 MAIL_USER = "mailsynctest"
 HOST = "127.0.0.1"
@@ -169,7 +169,6 @@ SPECIAL_USE = {
 }
 START_TIMEOUT = 10.0
 STOP_GRACE = 0.3
-CLIENT_TIMEOUT = 30.0
 _CONFIG_ATTR = "_mailsync_dovecot_server"
 _PREFIXED_CONFIG_ATTR = "_mailsync_dovecot_prefixed_server"
 _PR_SET_PDEATHSIG = 1
@@ -308,7 +307,7 @@ def _check_field(what: str, value: str, forbidden: str) -> None:
 # -- the server ---------------------------------------------------------------------
 
 
-class DovecotServer:
+class DovecotServer(IMAPClients):
     """One private Dovecot instance; see the module docstring for the API."""
 
     host = HOST
@@ -639,27 +638,6 @@ class DovecotServer:
 
     # -- clients --
 
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cafile))
-
-    def imap(self, user: User, *, tls: bool = False) -> IMAPClient:
-        from imapclient import IMAPClient
-
-        if tls:
-            client = IMAPClient(
-                self.host,
-                port=self.ports["imaps"],
-                ssl=True,
-                ssl_context=self.ssl_context(),
-                timeout=CLIENT_TIMEOUT,
-            )
-        else:
-            client = IMAPClient(
-                self.host, port=self.ports["imap"], ssl=False, timeout=CLIENT_TIMEOUT
-            )
-        client.login(user.name, user.password)
-        return client
-
     def pop3(self, user: User, *, tls: bool = True) -> poplib.POP3:
         if tls:
             client: poplib.POP3 = poplib.POP3_SSL(
@@ -670,9 +648,6 @@ class DovecotServer:
         client.user(user.name)
         client.pass_(user.password)
         return client
-
-    def url(self, scheme: str, user: User) -> str:
-        return f"{scheme}://{user.name}@{self.host}:{self.ports[scheme]}"
 
     def log_tail(self, lines: int = 40) -> str:
         text = ""

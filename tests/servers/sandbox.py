@@ -47,7 +47,6 @@ import pytest
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
-CLIENT_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
 
 # The syslog reader started inside the namespace: one datagram, one line.
