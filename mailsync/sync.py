@@ -1090,7 +1090,7 @@ class Syncer:
         # The rest by content hash, which needs the bodies.
         rest = [p for p in pairs if id(p) not in assigned]
         if rest and remaining:
-            prints, tolerant = self._rematch_digests(folder, sorted(remaining))
+            prints = folder.fingerprints(sorted(remaining))
             if len(prints) < len(remaining):
                 # An unreadable message would pass for a deleted one, and a deletion may
                 # propagate: better to stop here and try again next run.
@@ -1108,10 +1108,8 @@ class Syncer:
                     assigned[id(pair)] = keys.pop()
                     remaining.discard(assigned[id(pair)])
             rest = [p for p in rest if id(p) not in assigned]
-            if tolerant and rest and remaining:
-                self._rematch_tolerant(
-                    rest, side, folders[other(side)], there, tolerant, remaining, assigned
-                )
+            if folder.normalises and rest and remaining:
+                self._rematch_tolerant(rest, side, folders, there, remaining, assigned)
         found = lost = 0
         self.state.begin()
         for pair in pairs:
@@ -1135,31 +1133,19 @@ class Syncer:
         log.warning("%s: %s", fstate.name_a, report.notes[-1])
 
     @staticmethod
-    def _rematch_digests(folder: Folder, keys: list[str]) -> tuple[dict, dict]:
-        """Exact content hashes of these messages, and for a folder that normalises
-        their tolerant digests too, from one download of each body."""
-        if not folder.normalises:
-            return folder.fingerprints(keys), {}
-        prints: dict[str, str] = {}
-        tolerant: dict[str, str] = {}
-        for key, data in folder.fetch_many(keys):
-            if not isinstance(data, MessageError):
-                prints[key] = fingerprint(data)
-                tolerant[key] = tolerant_fingerprint(data)
-            del data  # not kept alive while the next (maybe 50 MB) body is fetched
-        return prints, tolerant
-
-    @staticmethod
-    def _rematch_tolerant(rest, side, other_folder, there, tolerant, remaining, assigned):
+    def _rematch_tolerant(rest, side, folders, there, remaining, assigned) -> None:
         """Pairs still unmatched whose message the other side still has: that copy's
-        tolerant digest against those of `side`'s unclaimed messages, each taken once."""
-        if other_folder is None:
+        tolerant digest against those of `side`'s unclaimed messages, each taken once.
+        (Their bodies are read a second time: only a server that rewrote them gets here.)"""
+        if folders[other(side)] is None:
             return
         by_digest: dict[str, list[str]] = {}
-        for key in sorted(remaining):
-            by_digest.setdefault(tolerant[key], []).append(key)
+        for key, data in folders[side].fetch_many(sorted(remaining)):
+            if not isinstance(data, MessageError):
+                by_digest.setdefault(tolerant_fingerprint(data), []).append(key)
+            del data  # not kept alive while the next (maybe 50 MB) body is fetched
         wanted = {p.key(other(side)): p for p in rest if p.key(other(side)) in there}
-        for key, data in other_folder.fetch_many(list(wanted)):
+        for key, data in folders[other(side)].fetch_many(list(wanted)):
             if isinstance(data, MessageError):
                 continue
             keys = by_digest.get(tolerant_fingerprint(data))
