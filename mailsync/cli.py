@@ -25,7 +25,7 @@ from mailsync.errors import (
     MailsyncError,
 )
 from mailsync.message import summary_line
-from mailsync.planner import Policy
+from mailsync.policy import Policy
 from mailsync.state import State, default_state_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
 from mailsync.sync import Report, Syncer

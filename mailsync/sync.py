@@ -42,20 +42,9 @@ from mailsync.message import (
     summary_line,
     tolerant_fingerprint,
 )
-from mailsync.planner import (
-    SIDE_NAMES,
-    Copy,
-    Delete,
-    Forget,
-    Plan,
-    Policy,
-    Retention,
-    SetFlags,
-    Tombstone,
-    expired,
-    other,
-    plan,
-)
+from mailsync.planner import Copy, Delete, Forget, Plan, SetFlags, Tombstone, plan
+from mailsync.policy import SIDE_NAMES, Policy, Retention, other
+from mailsync.retention import expired
 from mailsync.state import FolderState, Pair, State
 from mailsync.stores.base import Folder, Store
 

@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from mailsync.message import ANSWERED, FLAGGED, SEEN, STANDARD_FLAGS, fingerprint
-from mailsync.planner import Policy, plan
+from mailsync.planner import plan
+from mailsync.policy import Policy
 from mailsync.state import Pair, State
 from mailsync.stores.memory import MemoryFolder, MemoryStore
 from mailsync.sync import Report, Syncer

@@ -11,13 +11,13 @@ from mailsync.planner import (
     Delete,
     Forget,
     Plan,
-    Policy,
     SetFlags,
     Tombstone,
     effective_flags,
     merge_flags,
     plan,
 )
+from mailsync.policy import Policy
 from mailsync.state import Pair
 from mailsync.sync import select_folders
 
