@@ -720,9 +720,8 @@ class Syncer:
         try:
             return self._list_folder(side, folder, fstate, pairs, cursor)
         finally:
-            skipped = getattr(folder, "skipped", None) or []
-            report.skipped += len(skipped)
-            for note in skipped:
+            report.skipped += len(folder.skipped)
+            for note in folder.skipped:
                 log.warning("%s: %s", fstate.name_a, note)
             self._report_problems(side, folder.problems, report.errors)
 
@@ -846,7 +845,7 @@ class Syncer:
             log.warning(
                 "%s: deletions refused: %s; rerun with --force-delete if intended", name, reason
             )
-        rule: Retention | None = getattr(folders["a"], "retention", None)
+        rule = folders["a"].retention if folders["a"] is not None else None
         if self.dry_run:
             report.planned = the_plan.count()
             for action in the_plan.copies + the_plan.flags + the_plan.deletes:
@@ -933,7 +932,7 @@ class Syncer:
             and self.policy.delete == "keep"
             and a is not None
             and b is not None
-            and callable(getattr(a, "pages", None))
+            and a.paged
             and fstate.validity("a") in (None, a.validity)
             and fstate.validity("b") in (None, b.validity)
         )
