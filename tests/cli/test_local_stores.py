@@ -199,6 +199,28 @@ def test_a_pull_clears_what_a_killed_run_left_in_tmp(mailenv):
     assert not leftover.exists()
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_mirror_of_two_identical_messages_follows_both_deletions(mailenv, which):
+    """An mbox deletes the last of identical copies, whichever is named (they are
+    interchangeable): the pair of the surviving message must then point at the copy
+    left, so that deleting that message too deletes it from the mirror.  (One of the
+    two cases names the first copy, the other the last.)"""
+    src = mailenv / "src" / "INBOX"
+    make_maildir(src, 0)
+    for name in ("a", "b"):
+        (src / "cur" / f"{name}.M1P1.host:2,S").write_bytes(MSG)
+    mbox = mailenv / "out" / "INBOX"
+    stores = (str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
+    assert run("push", "--mirror", *stores).exit_code == 0
+    assert mbox.read_bytes().count(b"\nSubject: hi\n") == 2
+    for left in (1, 0):
+        sorted((src / "cur").iterdir())[which if left else 0].unlink()
+        result = run("push", "--mirror", "--force-delete", *stores)  # (the last one)
+        assert result.exit_code == 0, result.output
+        assert "deleted 1" in result.output
+        assert mbox.read_bytes().count(b"\nSubject: hi\n") == left
+
+
 def test_verify_knows_mbox_copies_that_gained_a_final_newline(mailenv):
     src = mailenv / "src" / "INBOX"
     make_maildir(src, 2)
