@@ -26,9 +26,10 @@ from mailsync.errors import (
 )
 from mailsync.message import summary_line
 from mailsync.policy import Policy
+from mailsync.report import Report
 from mailsync.state import State, default_state_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
-from mailsync.sync import Report, Syncer
+from mailsync.sync import Syncer
 from mailsync.verify import verify as verify_stores
 
 log = logging.getLogger("mailsync")

@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MessageError
+from mailsync.folders import pattern_warnings, select_folders
 from mailsync.message import fingerprint, summary, tolerant_fingerprint
 from mailsync.stores.base import Folder, Store
-from mailsync.sync import pattern_warnings, select_folders
 
 
 @dataclass

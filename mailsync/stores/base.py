@@ -18,7 +18,7 @@ store (tests/stores/test_contract.py runs the same suite against each):
   FolderError for the folder, StoreError/ConnectError for the whole store.
 * Nothing that looks like mail is left out silently: what a listing cannot read goes
   into ``problems`` (of the folder, or of the store for parts of a tree that are no
-  folder), and the engine reports each one (Syncer._report_problems).
+  folder), and the engine reports each one (report.report_problems).
 * Folder names have at most MAX_FOLDER_DEPTH parts: deeper folders are not listed (a
   store problem) and cannot be created (FolderError).
 """
@@ -58,7 +58,7 @@ class Folder(ABC):
     #: what they store.  The engine then recognises a copy it did not record (a run
     #: killed before its state commit) by message.tolerant_fingerprint() too, after the
     #: exact fingerprint found nothing, and journals the copies it sends so that the next
-    #: run can tell a copy rewritten beyond that by its headers (sync.py); in other
+    #: run can tell a copy rewritten beyond that by its headers (copies.py); in other
     #: folders only the exact fingerprint counts.
     normalises: bool = False
 

@@ -291,18 +291,18 @@ def test_connection_failure_exits_3(env, monkeypatch):
 
 
 def test_interrupt_exits_130_with_consistent_state(env, monkeypatch):
-    import mailsync.sync as syncmod
+    import mailsync.copies as copiesmod
 
     make_maildir(env / "src", {"INBOX": 3})
-    real = syncmod.Syncer._copy_batch
+    real = copiesmod.Copier.run
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(syncmod.Syncer, "_copy_batch", interrupted)
+    monkeypatch.setattr(copiesmod.Copier, "run", interrupted)
     result = CliRunner().invoke(cli, ["pull", str(env / "src"), str(env / "dst")])
     assert result.exit_code == 130 and "rerun" in result.output
-    monkeypatch.setattr(syncmod.Syncer, "_copy_batch", real)
+    monkeypatch.setattr(copiesmod.Copier, "run", real)
     assert run("pull", str(env / "src"), str(env / "dst")).exit_code == 0
     assert len(bodies(str(env / "dst"))["INBOX"]) == 3
 

@@ -33,9 +33,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 from mailsync.message import ANSWERED, FLAGGED, SEEN, STANDARD_FLAGS, fingerprint
 from mailsync.planner import plan
 from mailsync.policy import Policy
+from mailsync.report import Report
 from mailsync.state import Pair, State
 from mailsync.stores.memory import MemoryFolder, MemoryStore
-from mailsync.sync import Report, Syncer
+from mailsync.sync import Syncer
 
 FOLDER = "INBOX"
 SIDES = ("a", "b")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mailsync.folders import select_folders
 from mailsync.message import FLAGGED, SEEN, STANDARD_FLAGS, Info
 from mailsync.planner import (
     Copy,
@@ -19,7 +20,6 @@ from mailsync.planner import (
 )
 from mailsync.policy import Policy
 from mailsync.state import Pair
-from mailsync.sync import select_folders
 
 ANSWERED = "\\Answered"
 WORK = "work"  # a keyword: Maildir and mbox cannot keep it
