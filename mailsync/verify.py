@@ -53,6 +53,15 @@ class Verification:
     def missing(self) -> int:
         return sum(len(check.missing) for check in self.folders)
 
+    def as_dict(self) -> dict:
+        """For JSON: each folder's check with its count of missing messages (and the
+        messages as missing_messages), the total missing, the warnings."""
+        folders = [
+            {**vars(f), "missing": len(f.missing), "missing_messages": f.missing}
+            for f in self.folders
+        ]
+        return {"folders": folders, "missing": self.missing, "warnings": self.warnings}
+
 
 def verify(
     source: Store,
