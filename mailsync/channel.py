@@ -30,6 +30,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
 )
+from mailsync.folders import FolderMap, map_folders
 from mailsync.policy import Policy
 from mailsync.report import ProgressFactory, Report
 from mailsync.state import State, default_state_dir, state_file_name
@@ -345,12 +346,26 @@ def combine(codes: Iterable[int]) -> int:
 # verify ----------------------------------------------------------------------------------
 def verify(job: Job, directory: str) -> Verification:
     """Is every message of the job's remote side (SOURCE) on its local side (DEST)?  Both
-    opened read-only."""
+    opened read-only; folders paired as the sync pairs them (job_folder_map)."""
     with (
         open_store(job.url_a, job.options_a, read_only=True) as source,
         open_store(job.url_b, job.options_b, read_only=True) as dest,
     ):
-        return verify_stores(source, dest, job.patterns, job.folder_map)
+        return verify_stores(source, dest, job_folder_map(job, source, directory))
+
+
+def job_folder_map(job: Job, remote: Store, directory: str) -> FolderMap:
+    """The job's folder mapping as its last sync left it (folders.map_folders on the
+    state's folders, read without taking the channel's lock); without a state, the
+    channel map and patterns alone."""
+    path = state_path(directory, job)
+    rows = []
+    if os.path.exists(path):
+        with State(path, lock=False, create=False) as state:
+            rows = state.folders()
+    renamed = any(row.name_b != row.name_a for row in rows)
+    former = remote.former_names() if renamed else {}
+    return map_folders(job.folder_map, job.patterns, rows, former)
 
 
 # list and status -------------------------------------------------------------------------

@@ -123,6 +123,35 @@ def test_a_standard_maildir_backed_up_by_0_1_0_is_not_copied_again(mailenv):
     assert again.exit_code == 0 and again.output.count("copied 0 to local") == 3
 
 
+def test_verify_pairs_a_renamed_folder_with_the_local_folder_the_sync_kept(mailenv):
+    """A folder renamed on the source whose local folder could not follow (the new name
+    is taken by a folder of the user's own) is synced into its old local folder; verify
+    checks it there too, as the sync pairs them, not against the user's folder."""
+    home = mailenv / "Maildir"
+    make_maildir(home, 2)
+    make_maildir(home / ".Sent", 3)
+    out = mailenv / "out"
+    config = mailenv / "config.toml"
+
+    def channel(url: str) -> None:
+        config.write_text(
+            f'[channel.box]\nremote = "{url}"\nlocal = "maildir:{out}"\ndirection = "pull"\n'
+        )
+
+    channel(f"maildir:{home}?layout=verbatim")  # read as 0.1.0 read it: ".Sent"
+    run("--config", str(config), "pull", "box")
+    make_maildir(out / "Sent", 1)  # the user's own folder, in the way of the move
+    (out / "Sent" / "cur" / "0.M0P1.host:2,S").write_bytes(b"Subject: mine\n\nmine\n")
+    channel(f"maildir:{home}")
+    result = run("--config", str(config), "pull", "box")
+    assert result.exit_code == 0, result.output
+    assert "its local folder stays '.Sent'" in result.output
+    assert counts(out) == {"INBOX": 2, ".Sent": 3, "Sent": 1}
+    verified = run("--config", str(config), "verify", "box")
+    assert verified.exit_code == 0, verified.output
+    assert verified.output == "INBOX: 2 messages, ok\nSent: 3 messages, ok\n"
+
+
 def test_one_maildir_folder_is_a_store_holding_inbox(mailenv):
     make_maildir(mailenv / "src" / "Sent", 2)
     assert run("pull", str(mailenv / "src"), str(mailenv / "out")).exit_code == 0
