@@ -1,4 +1,4 @@
-"""The command line: parses, calls the library, formats the result.  Nothing else."""
+"""The command line: parses, calls the library (channel.py), prints the result.  No more."""
 
 from __future__ import annotations
 
@@ -443,8 +443,9 @@ def verify(obj, args, folder_patterns, as_json):
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
     compared.  A copy that differs only as DEST normalises what it stores (an mbox's
     final newline, an IMAP server's rewrites) counts, and is counted apart.  Each missing
-    message is named (date, sender, subject, Message-ID).  Exit 1 when a message or a
-    folder is missing on DEST, or could not be read.
+    message is named (date, sender, subject, Message-ID).  Folders are paired as the
+    sync pairs them.  Exit 1 when a message or a folder is missing on DEST, or could
+    not be read.
     """
     job = channelmod.verify_job(obj.config, args, folder_patterns)
     result = channelmod.verify(job, obj.state_dir)

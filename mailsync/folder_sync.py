@@ -1,4 +1,4 @@
-"""One folder pair: what isync's sync.c is to its main_sync.c (sync.py).
+"""One folder pair, as isync's sync.c (the channel runner, sync.py, is its main_sync.c).
 
 A FolderSync opens the remote folder and its local folder, lists both (or takes the
 state's word for a side that can prove it is unchanged), asks the planner, and runs the
