@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailsync import config as configmod
 from mailsync.errors import (
@@ -232,8 +233,8 @@ def run(
     KeyboardInterrupt (the state is consistent) and the state's own errors propagate."""
     options = options or RunOptions()
     show_error = show_error or (lambda message: log.error("%s", message))
-    started = time.time()
-    result = {
+    started = time.time()  # (the wall clock, as State.record_run stamps the end)
+    result: dict[str, Any] = {
         "channel": job.name,
         "remote": mask_url(job.url_a),
         "local": mask_url(job.url_b),
@@ -414,7 +415,7 @@ def status(config: configmod.Config, directory: str, channels: Sequence[str] = (
     `directory`): per channel, its state file, the two sides, each folder's pair counts,
     the last run, whether it ever synced, the messages refused for good (State.overview).
     A channel never synced is {"channel", "state", "synced": False, "last_run": None}."""
-    paths = []
+    paths: list[tuple[str | None, str]] = []
     if channels:
         for name in channels:
             if name not in config.channels:
@@ -426,13 +427,17 @@ def status(config: configmod.Config, directory: str, channels: Sequence[str] = (
         for entry in sorted(os.listdir(directory)):
             if entry.endswith(".db"):
                 paths.append((None, os.path.join(directory, entry)))
-    out = []
-    for name, path in paths:
+    out: list[dict[str, Any]] = []
+    for channel, path in paths:
         if not os.path.exists(path):
-            out.append({"channel": name, "state": path, "synced": False, "last_run": None})
+            out.append({"channel": channel, "state": path, "synced": False, "last_run": None})
             continue
         with State(path, lock=False, create=False) as state:
-            entry = {"channel": name or state.get_meta("channel") or None, "state": path}
-            entry.update(state.overview())
-            out.append(entry)
+            out.append(
+                {
+                    "channel": channel or state.get_meta("channel") or None,
+                    "state": path,
+                    **state.overview(),
+                }
+            )
     return out

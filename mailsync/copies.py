@@ -72,8 +72,11 @@ class Copier:
     def __init__(self, fs: FolderSync, src: str, copies: list[Copy], paired: dict[str, set[str]]):
         self.fs = fs
         self.src, self.dst = src, other(src)
-        self.source = fs.folders[src]
-        self.target = fs.folders[self.dst]
+        source, target = fs.folders[src], fs.folders[self.dst]
+        # (A copy is planned only from a folder that is there, to one that is written.)
+        assert source is not None and target is not None
+        self.source: Folder = source
+        self.target: Folder = target
         self.by_key = {c.key: c for c in copies}
         self.paired = paired
         self.matches: Matches | None = None  # built on first use
