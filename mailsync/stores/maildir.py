@@ -53,6 +53,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from mailsync import files
 from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused, StoreError
 from mailsync.message import (
     ANSWERED,
@@ -83,8 +84,6 @@ _ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
 SUBDIRS = ("cur", "new", "tmp")
 TMP_MAX_AGE = 36 * 3600  # the Maildir spec: stale tmp/ files may go after 36 hours
 
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
 _counter = itertools.count(1)  # the Q part of unique names, per process
 
 
@@ -227,9 +226,7 @@ def _dead_writer(filename: str) -> bool:
     host = match.group("host") or match.group("kwhost")
     if host != safe_hostname(socket.gethostname() or "localhost"):
         return False
-    from mailsync.stores.mbox import pid_alive  # (only when a name matches: start-up time)
-
-    return not pid_alive(int(match.group("pid") or match.group("kwpid")))
+    return not files.pid_alive(int(match.group("pid") or match.group("kwpid")))
 
 
 def unique_name(size: int) -> str:
@@ -241,39 +238,6 @@ def unique_name(size: int) -> str:
 
 
 # -- filesystem helpers -------------------------------------------------------------
-
-
-def _make_dir(path: str, dirty: set[str]) -> None:
-    """mkdir with mode 0700 whatever the umask; missing parents too, from the top down
-    in a loop (a deep path is no recursion).  Parents whose entries changed go into
-    `dirty` for fsync."""
-    missing = []
-    current = path
-    while not os.path.isdir(current):
-        if os.path.lexists(current):
-            raise FolderError(f"{current} exists and is not a directory; move it away")
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, _DIR_MODE)
-        except FileExistsError:  # made by someone else meanwhile
-            if not os.path.isdir(directory):
-                raise FolderError(f"{directory} exists and is not a directory; move it away")
-            continue
-        os.chmod(directory, _DIR_MODE)
-        dirty.add(os.path.dirname(directory))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _file_stamp(st: os.stat_result) -> list[int]:
@@ -343,20 +307,6 @@ def _unreached(top: str, layout: str, hint: str) -> list[str]:
     return out
 
 
-def _write_error(error: OSError, where: str) -> str:
-    code = error.errno
-    if code == errno.ENOSPC:
-        return f"disk full writing to {where}: free space and rerun"
-    if code == errno.EDQUOT:
-        return f"disk quota exceeded writing to {where}: free space or raise the quota and rerun"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied writing to {where}: fix its permissions and rerun"
-    if code == errno.EROFS:
-        return f"{where} is on a read-only file system: remount it read-write and rerun"
-    reason = error.strerror or str(error)
-    return f"cannot write to {where} ({reason}): check the disk and rerun"
-
-
 # -- folder -------------------------------------------------------------------------
 
 
@@ -367,29 +317,9 @@ _MAX_PENDING_BYTES = 16 * 1024 * 1024  # ...and by size
 
 def _write_message(tmp_dir, key, data, arrival, path, sub, filename) -> None:
     """tmp/ -> fsync -> new/ or cur/, per the Maildir spec; runs on a writer thread."""
-    tmp = os.path.join(tmp_dir, key)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-    except OSError as e:
-        raise MessageError(_write_error(e, tmp_dir))
-    try:
-        try:
-            os.fchmod(fd, _FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            ns = int(arrival * 1_000_000_000)
-            os.utime(fd, ns=(ns, ns))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(path, sub, filename))
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise MessageError(_write_error(e, path))
+    ns = int(arrival * 1_000_000_000)
+    target = os.path.join(path, sub, filename)
+    files.atomic_write(os.path.join(tmp_dir, key), target, data, where=path, mtime_ns=ns)
 
 
 _GONE = object()  # MaildirFolder._on_file: the message's file is not there
@@ -715,20 +645,20 @@ class MaildirFolder(Folder):
         try:
             lock = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise MessageError(_write_error(e, self.path))
+            raise MessageError(files.write_error(e, self.path))
         try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise MessageError(_write_error(e, self.path))
+                    raise MessageError(files.write_error(e, self.path))
                 # a filesystem without flock(): go on unlocked, as Dovecot would
             try:
                 old = os.stat(path)
             except FileNotFoundError:
                 old = None
             except OSError as e:
-                raise MessageError(_write_error(e, path))
+                raise MessageError(files.write_error(e, path))
             self._read_keywords()  # another program may have added some meanwhile
             index = dict(self._kw_index or {})
             free = [i for i in range(len(KEYWORD_LETTERS)) if i not in index]
@@ -754,51 +684,31 @@ class MaildirFolder(Folder):
         path = self._keywords_path()
         tmp_dir = os.path.join(self.path, "tmp")
         try:
-            _make_dir(tmp_dir, self._dirty)
+            files.make_private_dirs(tmp_dir, self._dirty)
         except OSError as e:
-            raise MessageError(_write_error(e, tmp_dir))
+            raise MessageError(files.write_error(e, tmp_dir))
         self._have_tmp = True
         host = safe_hostname(socket.gethostname() or "localhost")
         tmp = os.path.join(tmp_dir, f"{KEYWORDS_FILE}.P{os.getpid()}.{host}")  # _dead_writer
+        # Dovecot re-reads the file only when its mtime (in seconds) grows.
+        now = time.time_ns()
+        if old is not None and now // 1_000_000_000 <= int(old.st_mtime):
+            now = (int(old.st_mtime) + 1) * 1_000_000_000
+        files.atomic_write(
+            tmp,
+            path,
+            format_keywords(index),
+            where=path,
+            mtime_ns=now,
+            # Keep the file Dovecot's, as it was (if we may: running as root).
+            mode=files.FILE_MODE if old is None else stat.S_IMODE(old.st_mode),
+            owner=None if old is None else (old.st_uid, old.st_gid),
+            exclusive=False,  # a name per process: what a killed run left is reused
+        )
         try:
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                _FILE_MODE,
-            )
+            files.fsync_dir(self.path)
         except OSError as e:
-            raise MessageError(_write_error(e, tmp_dir))
-        try:
-            try:
-                mode = _FILE_MODE if old is None else stat.S_IMODE(old.st_mode)
-                if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
-                    try:  # keep the file Dovecot's, if we may (running as root)
-                        os.fchown(fd, old.st_uid, old.st_gid)
-                    except OSError:
-                        pass
-                os.fchmod(fd, mode)
-                view = memoryview(format_keywords(index))
-                while view:
-                    view = view[os.write(fd, view) :]
-                # Dovecot re-reads the file only when its mtime (in seconds) grows.
-                now = time.time_ns()
-                if old is not None and now // 1_000_000_000 <= int(old.st_mtime):
-                    now = (int(old.st_mtime) + 1) * 1_000_000_000
-                os.utime(fd, ns=(now, now))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise MessageError(_write_error(e, path))
-        try:
-            _fsync_dir(self.path)
-        except OSError as e:
-            raise MessageError(_write_error(e, self.path))
+            raise MessageError(files.write_error(e, self.path))
 
     # writing ------------------------------------------------------------------------
 
@@ -810,9 +720,9 @@ class MaildirFolder(Folder):
         tmp_dir = os.path.join(self.path, "tmp")
         if not self._have_tmp:
             try:
-                _make_dir(tmp_dir, self._dirty)
+                files.make_private_dirs(tmp_dir, self._dirty)
             except OSError as e:
-                raise MessageError(_write_error(e, tmp_dir))
+                raise MessageError(files.write_error(e, tmp_dir))
             self._have_tmp = True
         # Before the message is queued: its letters must be in dovecot-keywords, durably,
         # before the writer thread renames it into place.
@@ -888,7 +798,7 @@ class MaildirFolder(Folder):
             except FileNotFoundError:
                 raise
             except OSError as e:
-                raise MessageError(_write_error(e, src))
+                raise MessageError(files.write_error(e, src))
             self._dirty.add(os.path.join(self.path, sub))
             self._dirty.add(os.path.join(self.path, "cur"))
             self._where[key] = ("cur", new_name)
@@ -906,7 +816,7 @@ class MaildirFolder(Folder):
             except FileNotFoundError:
                 raise
             except OSError as e:
-                raise MessageError(_write_error(e, path))
+                raise MessageError(files.write_error(e, path))
             self._dirty.add(os.path.join(self.path, sub))
 
         self._on_file(key, unlink)
@@ -917,7 +827,7 @@ class MaildirFolder(Folder):
         self._wait_all()
         for directory in sorted(self._dirty):
             try:
-                _fsync_dir(directory)
+                files.fsync_dir(directory)
             except OSError as e:
                 raise FolderError(
                     f"cannot sync {directory} ({e.strerror}): check the disk and rerun"
@@ -1235,9 +1145,9 @@ class MaildirStore(Store):
                 raise FolderError(f"{self.url}: no folder {name} (no Maildir at {path})")
 
             def make(path: str) -> None:
-                _make_dir(path, dirty)
+                files.make_private_dirs(path, dirty)
                 for sub in SUBDIRS:
-                    _make_dir(os.path.join(path, sub), dirty)
+                    files.make_private_dirs(os.path.join(path, sub), dirty)
 
             self._create(name, path, make)
         folder = MaildirFolder(self, name, path, dirty)
@@ -1323,10 +1233,10 @@ class MaildirStore(Store):
         try:
             for src, dst in moves:
                 dirty: set[str] = set()
-                _make_dir(os.path.dirname(dst), dirty)
+                files.make_private_dirs(os.path.dirname(dst), dirty)
                 os.rename(src, dst)
                 for directory in sorted(dirty | {os.path.dirname(src), os.path.dirname(dst)}):
-                    _fsync_dir(directory)
+                    files.fsync_dir(directory)
         except OSError as e:
             raise FolderError(
                 f"{self.url}: cannot rename {old} to {new} ({e.strerror or e}); fix it and "
@@ -1369,4 +1279,4 @@ class MaildirStore(Store):
                 return
             directory = os.path.dirname(directory)
             with contextlib.suppress(OSError):
-                _fsync_dir(directory)
+                files.fsync_dir(directory)

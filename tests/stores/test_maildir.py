@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from mailsync import files as filesmod
 from mailsync.errors import ConfigError, FolderError, MessageError
 from mailsync.message import (
     ANSWERED,
@@ -561,7 +562,7 @@ def test_maildirpp_keywords_file_places(tmp_path):
 def test_keywords_file_written_before_the_message_is_renamed(inbox, monkeypatch):
     """A crash at any point never leaves a letter without its line."""
     events = []
-    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, md._fsync_dir
+    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, filesmod.fsync_dir
 
     def fsync(fd):
         st = os.fstat(fd)
@@ -579,7 +580,7 @@ def test_keywords_file_written_before_the_message_is_renamed(inbox, monkeypatch)
 
     monkeypatch.setattr(md.os, "fsync", fsync)
     monkeypatch.setattr(md.os, "rename", rename)
-    monkeypatch.setattr(md, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(filesmod, "fsync_dir", fsync_dir)
     key = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
     inbox.flush()
     kw = os.stat(keywords_file(inbox)).st_ino
@@ -811,7 +812,7 @@ def test_message_file_fsynced_before_rename(inbox, monkeypatch):
 
 def test_created_folder_parents_are_synced(tmp_path, monkeypatch):
     synced = []
-    monkeypatch.setattr(md, "_fsync_dir", synced.append)
+    monkeypatch.setattr(filesmod, "fsync_dir", synced.append)
     root = tmp_path / "Mail"
     folder = MaildirStore(str(root)).open_folder("A/B", create=True)
     folder.flush()
