@@ -53,6 +53,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from mailsync import files
 from mailsync.errors import ConfigError, FolderError, MessageError, RenameRefused, StoreError
 from mailsync.message import (
     ANSWERED,
@@ -75,8 +76,6 @@ JOURNAL_SUFFIX = ".mailsync-journal"
 NEW_SUFFIX = ".mailsync-new"
 SUBDIR_SUFFIX = ".sbd"
 LOCK_SUFFIX = ".lock"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 COPY_BLOCK = 1 << 20
 _MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: asctime keeps a four-digit year
 
@@ -242,21 +241,6 @@ def make_key(digest: str, n: int) -> str:
 # --- small OS helpers --------------------------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
     parts = []
     while size > 0:
@@ -267,19 +251,6 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
         size -= len(part)
         offset += len(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` (on this machine) still exists; this process always does."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # EPERM: it exists, owned by someone else
-    return True
 
 
 # What tells a file that holds mail from any other file in an mbox tree (a Thunderbird
@@ -532,7 +503,7 @@ class MboxFolder(Folder):
         chunk, seconds, crlf = format_message(body, arrival)
         try:
             os.lseek(fd, end, os.SEEK_SET)
-            _write_all(fd, prefix + chunk)
+            files.write_all(fd, prefix + chunk)
         except OSError as exc:
             self._undo_append(fd, end)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -586,7 +557,7 @@ class MboxFolder(Folder):
                 )
             if self._journaled:
                 os.unlink(self.journal_path)
-                _fsync_dir(self.dir)
+                files.fsync_dir(self.dir)
             if self._pending_deletes:
                 self._rewrite(fd)
         except OSError as exc:
@@ -759,16 +730,8 @@ class MboxFolder(Folder):
     def _write_journal(self, fd: int, size: int) -> None:
         ino = os.fstat(fd).st_ino
         try:
-            jfd = os.open(
-                self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE
-            )
-            try:
-                os.fchmod(jfd, FILE_MODE)
-                _write_all(jfd, b"%d %d\n" % (size, ino))
-                os.fsync(jfd)
-            finally:
-                os.close(jfd)
-            _fsync_dir(self.dir)
+            files.write_in_place(self.journal_path, b"%d %d\n" % (size, ino))
+            files.fsync_dir(self.dir)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(self.journal_path)
@@ -791,11 +754,11 @@ class MboxFolder(Folder):
         """Write the file again without the deleted messages and rename it into place."""
         mode = os.fstat(fd).st_mode & 0o7777
         out = os.open(
-            self.new_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE
+            self.new_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, files.FILE_MODE
         )
         try:
             try:
-                os.fchmod(out, FILE_MODE)
+                os.fchmod(out, files.FILE_MODE)
                 kept: list[tuple[_Entry, int]] = []
                 # Bytes before the first From_ line are no message's: kept as they are.
                 ranges: list[list[int]] = [[0, self._stray]] if self._stray else []
@@ -814,7 +777,7 @@ class MboxFolder(Folder):
                         block = os.pread(fd, min(COPY_BLOCK, end - start), start)
                         if not block:
                             raise OSError(errno.EIO, f"{self.path} is shorter than its index")
-                        _write_all(out, block)
+                        files.write_all(out, block)
                         start += len(block)
                 os.fsync(out)
                 os.fchmod(out, mode)  # keep the permissions the user gave the file
@@ -823,7 +786,7 @@ class MboxFolder(Folder):
                 with contextlib.suppress(OSError):
                     os.unlink(self.new_path)
                 raise
-            _fsync_dir(self.dir)
+            files.fsync_dir(self.dir)
             for e, shift in kept:
                 e.start += shift
                 e.body += shift
@@ -924,7 +887,9 @@ class MboxFolder(Folder):
         while True:
             try:
                 lfd = os.open(
-                    self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+                    self.lock_path,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    files.FILE_MODE,
                 )
             except FileExistsError:
                 if self._stale_dotlock():
@@ -944,8 +909,8 @@ class MboxFolder(Folder):
                 )
             self._dotlocked = True
             try:
-                os.fchmod(lfd, FILE_MODE)
-                _write_all(lfd, b"%d\n" % os.getpid())
+                os.fchmod(lfd, files.FILE_MODE)
+                files.write_all(lfd, b"%d\n" % os.getpid())
             except OSError:
                 pass  # an empty dotlock still locks
             finally:
@@ -969,7 +934,7 @@ class MboxFolder(Folder):
             fields = text.split()
             if fields and fields[0].isdigit() and int(fields[0]) > 0:
                 pid = int(fields[0])
-                if not pid_alive(pid):
+                if not files.pid_alive(pid):
                     why = f"process {pid} is gone"
         if why is None:
             return False
@@ -1021,7 +986,7 @@ class MboxFolder(Folder):
                 self.journal_path,
             )
         os.unlink(self.journal_path)
-        _fsync_dir(self.dir)
+        files.fsync_dir(self.dir)
         self._limit = None
 
 
@@ -1186,35 +1151,17 @@ class MboxStore(Store):
     def _create(self, path: str) -> None:
         directory = os.path.dirname(path)
         try:
-            self._makedirs(directory)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            files.make_private_dirs(directory)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, files.FILE_MODE)
             try:
-                os.fchmod(fd, FILE_MODE)
+                os.fchmod(fd, files.FILE_MODE)
             finally:
                 os.close(fd)
-            _fsync_dir(directory)
+            files.fsync_dir(directory)
         except FileExistsError:
             pass  # someone made it meanwhile
         except OSError as exc:
             raise FolderError(f"cannot create {path}: {exc.strerror or exc}")
-
-    def _makedirs(self, directory: str) -> None:
-        missing = []
-        while not os.path.isdir(directory):
-            missing.append(directory)
-            parent = os.path.dirname(directory)
-            if parent == directory:
-                break
-            directory = parent
-        for d in reversed(missing):
-            try:
-                os.mkdir(d, DIR_MODE)
-            except FileExistsError:
-                if not os.path.isdir(d):
-                    raise
-                continue
-            os.chmod(d, DIR_MODE)
-            _fsync_dir(os.path.dirname(d))
 
     def creation_problem(self, name: str, kind: str = "mail") -> str | None:
         if kind != "mail":
@@ -1268,11 +1215,11 @@ class MboxStore(Store):
             raise RenameRefused(str(error))
         try:
             with folder._locked(exclusive=True):
-                self._makedirs(os.path.dirname(dst))
+                files.make_private_dirs(os.path.dirname(dst))
                 for a, b in moves:
                     os.rename(a, b)
-                    _fsync_dir(os.path.dirname(a))
-                    _fsync_dir(os.path.dirname(b))
+                    files.fsync_dir(os.path.dirname(a))
+                    files.fsync_dir(os.path.dirname(b))
         except OSError as exc:
             raise FolderError(
                 f"{self.url}: cannot rename {old} to {new} ({exc.strerror or exc}); fix it "
