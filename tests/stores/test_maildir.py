@@ -25,8 +25,8 @@ from mailsync.message import (
     SEEN,
     STANDARD_FLAGS,
 )
-from mailsync.stores import maildir as md
-from mailsync.stores import open_store
+from mailsync.stores import maildir_folder as md
+from mailsync.stores import maildir_keywords, open_store
 from mailsync.stores.maildir import MaildirStore
 
 MSG = b"From: a@example.org\nSubject: hi\n\nbody\n"
@@ -672,11 +672,13 @@ def test_two_writers_do_not_give_one_letter_two_meanings(tmp_path):
 
 def test_keywords_file_locked_while_rewritten(inbox, monkeypatch):
     calls = []
-    real_flock = md.fcntl.flock
-    monkeypatch.setattr(md.fcntl, "flock", lambda fd, op: calls.append(op) or real_flock(fd, op))
+    real_flock = maildir_keywords.fcntl.flock
+    monkeypatch.setattr(
+        maildir_keywords.fcntl, "flock", lambda fd, op: calls.append(op) or real_flock(fd, op)
+    )
     inbox.append(MSG, frozenset({"work"}), ARRIVAL)
     inbox.append(MSG, frozenset({"work"}), ARRIVAL)  # has its letter: no rewrite, no lock
-    assert calls == [md.fcntl.LOCK_EX]
+    assert calls == [maildir_keywords.fcntl.LOCK_EX]
 
 
 def test_cursor_sees_a_change_of_the_keywords_file_only(inbox):
