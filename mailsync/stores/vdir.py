@@ -5,7 +5,10 @@ A vdir (the format vdirsyncer and khal use) is a directory with one file per ite
 Maildir tree holds them as folders of their own (``Calendar/``, ``Contacts/``), marked
 by a ``.mailsync-vdir`` file that names the kind, so they are listed and reopened as
 vdirs, never as Maildirs.  Items have no flags.  Writes go through a temporary file,
-fsync and rename, like Maildir messages; files are 0600.
+fsync and rename, like Maildir messages (mailsync/files.py); files are 0600.
+
+A vdir is a folder kind of the Maildir store, not a store: maildir.py finds and opens
+vdirs with this module, which imports nothing of Maildir's.
 """
 
 from __future__ import annotations
