@@ -2,7 +2,7 @@
 lockf() and flock() on the open file, then a ``FILE.lock`` dotlock holding the locker's
 pid.  A dotlock left by a crash (its process gone, or older than the stale age) is
 removed; waiting for any lock ends at a deadline, with a FolderError that says so.
-What a lock protects (the journal, the rewrite, the index) is mbox.py's.
+What a lock protects (the journal, the rewrite, the index) is mbox_folder.py's.
 """
 
 from __future__ import annotations
