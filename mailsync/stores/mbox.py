@@ -12,9 +12,9 @@ both exist)::
 Reading also accepts plain directories (mutt style: ``ROOT/lists/foo`` is ``lists/foo``),
 and a root that is itself an mbox file is a store holding just INBOX.  A file that holds
 mail but does not start with a From_ line (headers first, or text before the first From_
-line; see mbox_format.classify()) is a folder too: its messages are read from the first From_ line
-on, and its listing reports the bytes before it as a problem (exit 1) until the file is
-fixed; rewrites keep them.  A Maildir, an unreadable directory or a mail file with an
+line; see mbox_format.classify()) is a folder too: its messages are read from the first
+From_ line on, and its listing reports the bytes before it as a problem (exit 1) until
+the file is fixed; rewrites keep them.  A Maildir, an unreadable directory or a mail file with an
 unusable name inside the tree is a problem of the store: nothing is left out silently.
 """
 
