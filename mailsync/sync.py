@@ -69,6 +69,8 @@ class Syncer:
         self.kinds: dict[str, str] = {}
 
     def run(self) -> Report:
+        """Sync every folder the job covers; store-level errors (StoreError, ...) stop
+        it, a folder's are in its FolderReport."""
         report = Report()
         # The wall clock, as State stamps refusals with it (_held_back compares them).
         started = time.time()
@@ -80,36 +82,14 @@ class Syncer:
         self.renames = renames = follow_renames(
             self.state, self.stores, self.selection, existing, self.options.dry_run
         )
-        self.mapping = mapping = map_folders(
+        self.mapping = map_folders(
             self.selection.channel_map,
             self.selection.patterns,
             renames.rows,
             renames.former,
             renames.renamed,
         )
-        remote_of = mapping.remote_names()
-        candidates = set()
-        read_from = [s for s in ("a", "b") if self.policy.writes(other(s))]
-        for side in read_from:
-            candidates |= {remote_of.get(n, n) for n in existing[side]}
-        # Folders the state knows are synced too, so a vanished folder is noticed.
-        known = renames.known
-        if not mapping.channel_map:
-            candidates |= known
-        names = mapping.choose(
-            candidates,
-            lambda name: (
-                name in known or name in existing["a"] or mapping.local_name(name) in existing["b"]
-            ),
-        )
-        if not mapping.channel_map:
-            if not candidates:
-                where = " or ".join(self.stores[side].describe() for side in read_from)
-                report.warnings.append(f"found no folder in {where}; nothing to sync")
-            else:
-                report.warnings.extend(mapping.warnings(candidates))
-            for warning in report.warnings:
-                log.warning("%s", warning)
+        names = self._choose(existing, report)
         if self.jobs > 1 and len(names) > 1:
             # Folders unchanged on both sides are told apart here, on the connections
             # already open (one LIST-STATUS answers for every IMAP folder): a rerun with
@@ -129,6 +109,36 @@ class Syncer:
             report.folders.extend(self._guarded(name, existing) for name in names)
         self._held_back(set(names), started, report)
         return report
+
+    def _choose(self, existing: dict[str, set[str]], report: Report) -> list[str]:
+        """The remote folders to sync, INBOX first: those of the sides the run copies
+        from (local folders under their remote names) and those the state knows (so a
+        vanished folder is noticed), as the job's folder mapping selects them; with a
+        warning for patterns that match nothing, or for no folder at all."""
+        mapping = self.mapping
+        remote_of = mapping.remote_names()
+        candidates = set()
+        read_from = [s for s in ("a", "b") if self.policy.writes(other(s))]
+        for side in read_from:
+            candidates |= {remote_of.get(n, n) for n in existing[side]}
+        known = self.renames.known
+        if not mapping.channel_map:
+            candidates |= known
+        names = mapping.choose(
+            candidates,
+            lambda name: (
+                name in known or name in existing["a"] or mapping.local_name(name) in existing["b"]
+            ),
+        )
+        if not mapping.channel_map:
+            if not candidates:
+                where = " or ".join(self.stores[side].describe() for side in read_from)
+                report.warnings.append(f"found no folder in {where}; nothing to sync")
+            else:
+                report.warnings.extend(mapping.warnings(candidates))
+            for warning in report.warnings:
+                log.warning("%s", warning)
+        return names
 
     def _held_back(self, names: set[str], started: float, report: Report) -> None:
         """One warning per side for the messages of this run's folders that the other side
