@@ -1,4 +1,4 @@
-"""The command line: parses, calls the library, formats the result.  Nothing else."""
+"""The command line: parses, calls the library (channel.py), prints the result.  No more."""
 
 from __future__ import annotations
 
@@ -7,29 +7,21 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import click
 
 from mailsync import __version__
+from mailsync import channel as channelmod
 from mailsync import config as configmod
+from mailsync.channel import DEFAULT_NETWORK_JOBS, MAX_JOBS, Job, RunOptions
 from mailsync.errors import (
-    EXIT_CONNECT,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
-    EXIT_SAFETY,
-    EXIT_USAGE,
-    ConfigError,
-    FolderError,
     MailsyncError,
 )
 from mailsync.message import summary_line
-from mailsync.planner import Policy
-from mailsync.state import State, default_state_dir, state_file_name
-from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
-from mailsync.sync import Report, Syncer
-from mailsync.verify import verify as verify_stores
+from mailsync.report import Report
 
 log = logging.getLogger("mailsync")
 
@@ -41,29 +33,6 @@ Exit codes:
   3    connection, TLS or authentication failure
   4    refused for safety: a mass deletion (see --force-delete)
   130  interrupted; the state is consistent, rerun to continue"""
-
-
-MAX_JOBS = 16
-DEFAULT_NETWORK_JOBS = 4
-
-
-@dataclass
-class Job:
-    """One channel run: side a is the remote side, b the local side."""
-
-    name: str | None
-    url_a: str
-    options_a: dict
-    url_b: str
-    options_b: dict
-    direction: str
-    delete: str
-    patterns: list[str]
-    folder_map: dict[str, str] | None = None  # remote name -> local name (channel folder)
-
-    @property
-    def label(self) -> str:
-        return self.name or f"{mask_url(self.url_a)} <-> {mask_url(self.url_b)}"
 
 
 class Context:
@@ -82,14 +51,7 @@ class Context:
 
     @property
     def state_dir(self) -> str:
-        return self.state_dir_option or self.config.state_dir or default_state_dir()
-
-    def store(self, ref: str) -> tuple[str, dict]:
-        """A config store name or a URL -> (url, options)."""
-        if ref in self.config.stores:
-            store = self.config.stores[ref]
-            return store.url, dict(store.options)
-        return ref, {}
+        return self.state_dir_option or channelmod.state_dir(self.config)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -297,97 +259,6 @@ def sync(obj, args, **options):
     _run_sync(obj, "sync", args, options)
 
 
-def _jobs(obj: Context, command: str, args: tuple[str, ...], options: dict) -> list[Job]:
-    channels = obj.config.channels
-    patterns = list(options.get("folder_patterns") or ())
-    if all(arg in channels for arg in args):
-        jobs = []
-        for arg in args:
-            channel = channels[arg]
-            direction = {"pull": "pull", "push": "push"}.get(command, channel.direction)
-            jobs.append(
-                Job(
-                    arg,
-                    channel.remote.url,
-                    dict(channel.remote.options),
-                    channel.local.url,
-                    dict(channel.local.options),
-                    direction,
-                    _delete_policy(direction, channel.delete, options),
-                    patterns or channel.folders,
-                    {"INBOX": channel.folder} if channel.folder else None,
-                )
-            )
-        _check_jobs(jobs)
-        return jobs
-    if len(args) != 2:
-        unknown = [a for a in args if a not in channels]
-        raise ConfigError(
-            f"no channel named {', '.join(unknown)} in the config; give channel names or "
-            f"exactly two stores (SOURCE DEST)"
-        )
-    first, second = (obj.store(arg) for arg in args)
-    if command == "push":  # push SOURCE DEST: DEST is the remote side
-        (url_a, opt_a), (url_b, opt_b) = second, first
-    else:
-        (url_a, opt_a), (url_b, opt_b) = first, second
-    direction = {"pull": "pull", "push": "push"}.get(command, "both")
-    jobs = [
-        Job(
-            None,
-            url_a,
-            opt_a,
-            url_b,
-            opt_b,
-            direction,
-            _delete_policy(direction, None, options),
-            patterns or ["*"],
-        )
-    ]
-    _check_jobs(jobs)
-    return jobs
-
-
-def _check_jobs(jobs: list[Job]) -> None:
-    """What no job of a run may do: POP3 the wrong way round, two accounts sharing the
-    environment's password."""
-    for job in jobs:
-        problems = configmod.pop_problems(job.url_a, job.url_b, job.direction, job.delete)
-        if problems:
-            raise ConfigError(f"{job.label}: " + "; ".join(problems))
-    # Opening a store only reads its URL and options; nothing connects yet.
-    endpoints = [
-        open_store(url, options).password_endpoint()
-        for job in jobs
-        for url, options in ((job.url_a, job.options_a), (job.url_b, job.options_b))
-    ]
-    if any(endpoints):
-        from mailsync.net import check_environment_password  # (ssl: only with network stores)
-
-        check_environment_password(endpoints)
-
-
-def _clock():
-    """time.time, or for tests a fixed moment from MAILSYNC_NOW (seconds since the epoch),
-    so that delete_after_days can be tested without waiting days."""
-    fixed = os.environ.get("MAILSYNC_NOW")
-    if not fixed:
-        return time.time
-    try:
-        moment = float(fixed)
-    except ValueError:
-        raise ConfigError(f"MAILSYNC_NOW={fixed!r} is not a number of seconds since the epoch")
-    return lambda: moment
-
-
-def _delete_policy(direction: str, configured: str | None, options: dict) -> str:
-    if options.get("mirror"):
-        return "propagate"
-    if configured:
-        return configured
-    return "propagate" if direction == "both" else "keep"
-
-
 def _progress_factory(enabled: bool | None):
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -407,123 +278,6 @@ def _progress_factory(enabled: bool | None):
         )
 
     return factory
-
-
-def _state_path(obj: Context, job: Job) -> str:
-    name = state_file_name(job.name, canonical_url(job.url_a), canonical_url(job.url_b))
-    return os.path.join(obj.state_dir, name)
-
-
-def _run_job(obj: Context, command: str, job: Job, options: dict) -> tuple[dict, int]:
-    started = time.time()
-    result = {
-        "channel": job.name,
-        "remote": mask_url(job.url_a),
-        "local": mask_url(job.url_b),
-        "direction": job.direction,
-        "delete": job.delete,
-        "folders": [],
-        "errors": [],
-    }
-    policy = Policy(job.direction, job.delete, bool(options.get("force_delete")))
-    code = EXIT_OK
-    stores = []
-    try:
-        # The stores first: a URL that cannot be read leaves no state file behind.
-        store_a = open_store(job.url_a, job.options_a, read_only=not policy.writes("a"))
-        stores.append(store_a)
-        store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
-        stores.append(store_b)
-        with State(_state_path(obj, job)) as state:
-            meta = {
-                "channel": job.name or "",
-                "url_a": canonical_url(job.url_a),
-                "url_b": canonical_url(job.url_b),
-            }
-            if not options.get("dry_run") and any(state.get_meta(k) != v for k, v in meta.items()):
-                state.begin()
-                for name, value in meta.items():
-                    state.set_meta(name, value)
-                state.commit()
-            jobs = options.get("jobs") or (
-                DEFAULT_NETWORK_JOBS if _is_network(job.url_a) or _is_network(job.url_b) else 1
-            )
-
-            def open_stores():
-                return (
-                    open_store(job.url_a, job.options_a, read_only=not policy.writes("a")),
-                    open_store(job.url_b, job.options_b, read_only=not policy.writes("b")),
-                )
-
-            syncer = Syncer(
-                store_a,
-                store_b,
-                state,
-                policy,
-                job.patterns,
-                dry_run=bool(options.get("dry_run")),
-                progress=_progress_factory(options.get("progress")),
-                jobs=jobs,
-                open_stores=open_stores,
-                folder_map=job.folder_map,
-                clock=_clock(),
-                retry_refused=bool(options.get("retry_refused")),
-            )
-            try:
-                report = syncer.run()
-            except KeyboardInterrupt:
-                state.commit()
-                raise
-            except MailsyncError as error:
-                if not options.get("dry_run") and not isinstance(error, ConfigError):
-                    # So status tells a channel that never connected for what it is.
-                    state.rollback()
-                    failed = {**result, "errors": [str(error)], "exit_code": error.exit_code}
-                    state.begin()
-                    state.record_run(command, started, error.exit_code, failed)
-                    state.commit()
-                raise
-            result.update(report.as_dict())
-            code = _report_code(report)
-            if not options.get("dry_run"):
-                state.begin()
-                state.record_run(command, started, code, result)
-                state.commit()
-            _print_report(obj, job, report, options)
-    except ConfigError:
-        raise
-    except MailsyncError as error:
-        result["errors"].append(str(error))
-        _error(f"{job.label}: {error}")
-        code = error.exit_code
-    finally:
-        for store in stores:
-            try:
-                store.close()
-            except MailsyncError as error:
-                _error(f"{job.label}: {error}")
-                code = max(code, error.exit_code)
-    result["exit_code"] = code
-    return result, code
-
-
-def _is_network(url: str) -> bool:
-    return split_url(url)[0] in NETWORK_SCHEMES
-
-
-def _report_code(report: Report) -> int:
-    if report.errors:
-        return EXIT_PARTIAL
-    if report.refused:
-        return EXIT_SAFETY
-    return EXIT_PARTIAL if report.failed else EXIT_OK
-
-
-def _combine(codes: list[int]) -> int:
-    for code in (EXIT_USAGE, EXIT_CONNECT, EXIT_SAFETY, EXIT_PARTIAL):
-        if code in codes:
-            return code
-    return EXIT_OK
 
 
 def _print_report(obj: Context, job: Job, report: Report, options: dict) -> None:
@@ -548,17 +302,41 @@ def _error(message: str) -> None:
 
 
 def _run_sync(obj: Context, command: str, args, options) -> None:
-    jobs = _jobs(obj, command, args, options)
+    jobs = channelmod.jobs_for(
+        obj.config,
+        command,
+        args,
+        options.get("folder_patterns") or (),
+        bool(options.get("mirror")),
+    )
+    run_options = RunOptions(
+        dry_run=bool(options.get("dry_run")),
+        force_delete=bool(options.get("force_delete")),
+        retry_refused=bool(options.get("retry_refused")),
+        jobs=options.get("jobs"),
+    )
+
+    def show_report(job: Job, report: Report) -> None:
+        _print_report(obj, job, report, options)
+
     results, codes = [], []
     try:
         for job in jobs:
-            result, code = _run_job(obj, command, job, options)
+            result, code = channelmod.run(
+                job,
+                command,
+                obj.state_dir,
+                run_options,
+                progress=_progress_factory(options.get("progress")),
+                show_report=show_report,
+                show_error=_error,
+            )
             results.append(result)
             codes.append(code)
     except KeyboardInterrupt:
         _error("interrupted; the state is consistent, rerun to continue")
         _finish(options, command, results, EXIT_INTERRUPTED)
-    _finish(options, command, results, _combine(codes))
+    _finish(options, command, results, channelmod.combine(codes))
 
 
 def _finish(options: dict, command: str, results: list, code: int) -> None:
@@ -581,30 +359,10 @@ def list_(obj, store, as_json):
     with text before its first From_ line, a tree nested too deep) is named on stderr
     and makes the exit code 1.
     """
-    url, options = obj.store(store)
-    rows, errors = [], []
-    with open_store(url, options, read_only=True) as opened:
-        names = opened.list_folders()
-        errors.extend(opened.problems)
-        for name in names:
-            try:
-                folder = opened.open_folder(name)
-                listing = folder.list()
-                errors.extend(f"{name}: {problem}" for problem in folder.problems)
-                folder.close()
-            except FolderError as error:
-                errors.append(str(error))
-                continue
-            rows.append(
-                {
-                    "folder": name,
-                    "messages": len(listing),
-                    "bytes": sum(info.size for info in listing.values()),
-                }
-            )
-    code = EXIT_PARTIAL if errors else EXIT_OK
+    listing = channelmod.list_store(obj.config, store)
+    rows, errors, code = listing.folders, listing.errors, listing.exit_code
     if as_json:
-        report = {"store": mask_url(url), "folders": rows, "errors": errors, "exit_code": code}
+        report = {"store": listing.store, "folders": rows, "errors": errors, "exit_code": code}
         click.echo(json.dumps(report, indent=2))
         sys.exit(code)
     for error in errors:
@@ -635,38 +393,7 @@ def _size(n: int) -> str:
 @click.pass_obj
 def status(obj, channels, as_json):
     """Show what the state knows: folders, message counts, the last run."""
-    paths = []
-    if channels:
-        for name in channels:
-            if name not in obj.config.channels:
-                raise ConfigError(f"no channel named {name} in the config")
-            channel = obj.config.channels[name]
-            paths.append(
-                (
-                    name,
-                    os.path.join(
-                        obj.state_dir,
-                        state_file_name(
-                            name,
-                            canonical_url(channel.remote.url),
-                            canonical_url(channel.local.url),
-                        ),
-                    ),
-                )
-            )
-    elif os.path.isdir(obj.state_dir):
-        for entry in sorted(os.listdir(obj.state_dir)):
-            if entry.endswith(".db"):
-                paths.append((None, os.path.join(obj.state_dir, entry)))
-    out = []
-    for name, path in paths:
-        if not os.path.exists(path):
-            out.append({"channel": name, "state": path, "synced": False, "last_run": None})
-            continue
-        with State(path, lock=False, create=False) as state:
-            entry = {"channel": name or state.get_meta("channel") or None, "state": path}
-            entry.update(state.overview())
-            out.append(entry)
+    out = channelmod.status(obj.config, obj.state_dir, channels)
     if as_json:
         click.echo(json.dumps({"channels": out}, indent=2))
         return
@@ -716,35 +443,17 @@ def verify(obj, args, folder_patterns, as_json):
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
     compared.  A copy that differs only as DEST normalises what it stores (an mbox's
     final newline, an IMAP server's rewrites) counts, and is counted apart.  Each missing
-    message is named (date, sender, subject, Message-ID).  Exit 1 when a message or a
-    folder is missing on DEST, or could not be read.
+    message is named (date, sender, subject, Message-ID).  Folders are paired as the
+    sync pairs them.  Exit 1 when a message or a folder is missing on DEST, or could
+    not be read.
     """
-    folder_map = None
-    if len(args) == 1 and args[0] in obj.config.channels:
-        channel = obj.config.channels[args[0]]
-        source, dest = (
-            (channel.remote.url, channel.remote.options),
-            (channel.local.url, channel.local.options),
-        )
-        patterns = list(folder_patterns) or channel.folders
-        folder_map = {"INBOX": channel.folder} if channel.folder else None
-    elif len(args) == 2:
-        source, dest = obj.store(args[0]), obj.store(args[1])
-        patterns = list(folder_patterns) or ["*"]
-    else:
-        raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
-    with open_store(*source, read_only=True) as src, open_store(*dest, read_only=True) as dst:
-        result = verify_stores(src, dst, patterns, folder_map)
+    job = channelmod.verify_job(obj.config, args, folder_patterns)
+    result = channelmod.verify(job, obj.state_dir)
     code = EXIT_OK if result.ok else EXIT_PARTIAL
     for warning in result.warnings:
         log.warning("%s", warning)
     if as_json:
-        folders = [
-            {**vars(f), "missing": len(f.missing), "missing_messages": f.missing}
-            for f in result.folders
-        ]
-        report = {"folders": folders, "missing": result.missing, "warnings": result.warnings}
-        click.echo(json.dumps({**report, "exit_code": code}, indent=2))
+        click.echo(json.dumps({**result.as_dict(), "exit_code": code}, indent=2))
         sys.exit(code)
     for f in result.folders:
         problems = [f"{len(f.missing)} MISSING"] if f.missing else []

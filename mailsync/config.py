@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from mailsync.errors import ConfigError
-from mailsync.planner import DELETE_POLICIES, DIRECTIONS
+from mailsync.policy import DELETE_POLICIES, DIRECTIONS
 from mailsync.stores import split_url
 
 # Options a [store.NAME] table may carry, by URL scheme.

@@ -35,67 +35,10 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from mailsync.message import DELETED, Info
+from mailsync.policy import SIDE_NAMES, Policy, other
 from mailsync.state import Pair
 
 Persists = Callable[[str], bool]
-DIRECTIONS = ("pull", "push", "both")
-DELETE_POLICIES = ("keep", "propagate")
-
-
-SIDE_NAMES = {"a": "remote", "b": "local"}
-
-
-def other(side: str) -> str:
-    return "b" if side == "a" else "a"
-
-
-@dataclass(frozen=True)
-class Policy:
-    direction: str = "both"  # pull: a -> b, push: b -> a, both
-    delete: str = "keep"  # keep | propagate
-    force_delete: bool = False
-
-    def __post_init__(self):
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
-        if self.delete not in DELETE_POLICIES:
-            raise ValueError(f"delete must be one of {', '.join(DELETE_POLICIES)}")
-
-    def writes(self, side: str) -> bool:
-        """Whether this run may change `side`."""
-        return self.direction == "both" or self.direction == ("pull" if side == "b" else "push")
-
-    def propagates_to(self, side: str) -> bool:
-        return self.delete == "propagate" and self.writes(side)
-
-
-@dataclass(frozen=True)
-class Retention:
-    """When a source that keeps mail only until it is fetched (a POP3 server) lets go of
-    messages: right after they are safely copied, and/or `after_days` after that."""
-
-    after_download: bool = False
-    after_days: float | None = None
-
-    def describe(self) -> str:
-        if self.after_download:
-            return "after download"
-        return f"{self.after_days:g} days after download"
-
-
-def expired(recorded: Mapping[str, float | None], rule: Retention, now: float) -> list[str]:
-    """Which source messages the rule lets go.  `recorded`: each source key whose message
-    is durable on the other side and recorded in the state -> when it was first recorded
-    (None: unknown, never old enough).  Nothing else is ever expired."""
-    out = []
-    for key, added in recorded.items():
-        if rule.after_download or (
-            rule.after_days is not None
-            and added is not None
-            and now - added >= rule.after_days * 86400
-        ):
-            out.append(key)
-    return sorted(out)
 
 
 @dataclass

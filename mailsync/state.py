@@ -863,3 +863,15 @@ class State:
             "exit_code": row[3],
             "report": json.loads(row[4]) if row[4] else None,
         }
+
+    # deletions in stores whose identical copies are interchangeable ------------------
+    def repoint(self, pair: Pair, side: str, named: str, removed: str) -> None:
+        """Deleting `pair`'s message `named` on `side` removed `removed`, an identical
+        copy (mbox: identical copies are interchangeable): the other pair of the same
+        folder that pointed at `removed` now points at `named`, which is still there."""
+        column = {"a": "key_a", "b": "key_b"}[side]
+        self.db.execute(
+            f"UPDATE pairs SET {column} = ? WHERE {column} = ? AND id != ? AND folder_id = "
+            "(SELECT folder_id FROM pairs WHERE id = ?)",
+            (named, removed, pair.id, pair.id),
+        )

@@ -5,9 +5,10 @@ in the source need two in the destination.  As the sync recognises a copy, exact
 content first (message.fingerprint); then, against a destination that normalises what
 it stores (mbox, IMAP servers), the source messages left over are matched to the
 destination messages left over by message.tolerant_fingerprint, and counted apart
-(`normalised`): there, but not byte for byte.  Flags are not compared.  A folder maps
-to the destination folder of the same name, or as the channel's folder map says
-(folder = "POP/provider" for INBOX), as the sync maps it.  The result names each
+(`normalised`): there, but not byte for byte.  Flags are not compared.  Folders are
+chosen and paired as the sync chooses and pairs them (folders.FolderMap: the patterns,
+the channel's folder = "POP/provider" for INBOX, the local names the state keeps for
+renamed folders; channel.verify builds it as the sync does).  The result names each
 missing message (date, sender, subject, Message-ID), a source folder that is not on the
 destination at all (also an empty one: a sync creates every folder it copies), and
 what could not be read: nothing is reported as fine that was not checked.
@@ -19,9 +20,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from mailsync.errors import FolderError, MessageError
+from mailsync.folders import FolderMap
 from mailsync.message import fingerprint, summary, tolerant_fingerprint
 from mailsync.stores.base import Folder, Store
-from mailsync.sync import pattern_warnings, select_folders
 
 
 @dataclass
@@ -53,24 +54,26 @@ class Verification:
     def missing(self) -> int:
         return sum(len(check.missing) for check in self.folders)
 
+    def as_dict(self) -> dict:
+        """For JSON: each folder's check with its count of missing messages (and the
+        messages as missing_messages), the total missing, the warnings."""
+        folders = [
+            {**vars(f), "missing": len(f.missing), "missing_messages": f.missing}
+            for f in self.folders
+        ]
+        return {"folders": folders, "missing": self.missing, "warnings": self.warnings}
 
-def verify(
-    source: Store,
-    dest: Store,
-    patterns: list[str],
-    folder_map: dict[str, str] | None = None,
-) -> Verification:
-    """Check every selected folder of `source` against `dest` (both opened read-only)."""
+
+def verify(source: Store, dest: Store, mapping: FolderMap) -> Verification:
+    """Check every folder of `source` that `mapping` covers against the destination
+    folder it pairs it with in `dest` (both stores opened read-only)."""
     result = Verification()
     names = source.list_folders()
-    if folder_map:
-        selected = [name for name in sorted(folder_map) if name in names]
-    else:
-        selected = select_folders(names, patterns)
-        result.warnings.extend(pattern_warnings(names, patterns))
+    selected = mapping.choose(names, set(names).__contains__)
+    result.warnings.extend(mapping.warnings(names))
     dest_names = set(dest.list_folders())
     for name in selected:
-        check = FolderCheck(name, (folder_map or {}).get(name, name))
+        check = FolderCheck(name, mapping.local_name(name))
         check.on_destination = check.dest_folder in dest_names
         try:
             _check_folder(source, dest, check)

@@ -18,7 +18,7 @@ store (tests/stores/test_contract.py runs the same suite against each):
   FolderError for the folder, StoreError/ConnectError for the whole store.
 * Nothing that looks like mail is left out silently: what a listing cannot read goes
   into ``problems`` (of the folder, or of the store for parts of a tree that are no
-  folder), and the engine reports each one (Syncer._report_problems).
+  folder), and the engine reports each one (report.report_problems).
 * Folder names have at most MAX_FOLDER_DEPTH parts: deeper folders are not listed (a
   store problem) and cannot be created (FolderError).
 """
@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from mailsync.errors import MessageError, RenameRefused
 from mailsync.message import Info, fingerprint
+from mailsync.policy import Retention
 
 #: The deepest folder nesting a store lists or creates (parts of a "/"-separated name):
 #: far beyond real mail hierarchies, and it keeps every walk, path and name bounded.
@@ -57,9 +58,26 @@ class Folder(ABC):
     #: what they store.  The engine then recognises a copy it did not record (a run
     #: killed before its state commit) by message.tolerant_fingerprint() too, after the
     #: exact fingerprint found nothing, and journals the copies it sends so that the next
-    #: run can tell a copy rewritten beyond that by its headers (sync.py); in other
+    #: run can tell a copy rewritten beyond that by its headers (copies.py); in other
     #: folders only the exact fingerprint counts.
     normalises: bool = False
+
+    # Optional capabilities, as isync's driver.h declares its get_caps: each has a safe
+    # default here, and a store that has the capability says so; the engine asks these
+    # and nothing else (no probing for attributes).
+    #: Messages the last list() left out on purpose, one sentence each naming the message
+    #: and why (a POP3 message over max_size stays on the server).  The engine counts them
+    #: as skipped and warns on every run; they are not synced.
+    skipped: Sequence[str] = ()
+    #: The rule by which this folder's messages may be deleted from it once they are
+    #: durable and recorded on the other side (POP3 delete = "after-download",
+    #: delete_after_days; mailsync.retention), or None: no such rule.  The engine applies
+    #: it to a remote folder (side a) after a clean run of the folder.
+    retention: Retention | None = None
+    #: True if pages() works: the folder reports its changes since a cursor page by page
+    #: (EWS SyncFolderItems), so that a keep-pull from it applies and commits one page at
+    #: a time and an interruption costs at most a page.
+    paged: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:
@@ -104,6 +122,18 @@ class Folder(ABC):
         """Like list(), helped by the previous cursor and the flags the state knows for
         each key (IMAP CONDSTORE fetches only what changed).  Default: list()."""
         return self.list()
+
+    def pages(
+        self, cursor: dict, known: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[dict[str, Info | None] | None, dict]]:
+        """For a folder that is ``paged``: the changes since `cursor`, page by page, as
+        (page, the cursor after that page); a page maps each changed key to its Info, or
+        to None if the message is gone.  Without a cursor every message comes as a
+        change.  When the folder no longer knows the cursor, (None, {}) says so and a
+        listing from scratch follows, in which messages it does not mention are gone.
+        `known`: the flags the state has for each key (a change of one flag may be all
+        a page says).  Called only when ``paged`` is True."""
+        raise NotImplementedError(f"{self.name}: this folder does not list by pages")
 
     def _fetch_one(self, key: str) -> bytes:
         """fetch() for stores whose fetch_many() is the real thing (network stores)."""

@@ -49,6 +49,7 @@ class EWSFolder(Folder):
     # what it gives back may differ from what CreateItem was given (folded headers,
     # encodings, added headers).  Copies to it are journaled and matched tolerantly.
     normalises = True
+    paged = True  # pages(): SyncFolderItems, one page at a time
 
     def __init__(self, store: EWSStore, name: str, folder, kind: str = "mail"):
         self.store = store

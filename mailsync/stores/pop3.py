@@ -18,7 +18,7 @@ itself instead: the digest of its header (TOP n 0) and its size, or of its whole
 content where TOP is missing too.  A warning says what that costs.
 
 The store deletes nothing by itself.  Its ``delete`` / ``delete_after_days`` options
-become the folder's ``retention``; the engine asks the planner which messages it allows
+become the folder's ``retention``; the engine asks mailsync.retention which messages it allows
 to go, among those durable on the other side and recorded in the state.
 """
 
@@ -45,7 +45,7 @@ from mailsync.net import (
     parse_endpoint,
     password_for,
 )
-from mailsync.planner import Retention
+from mailsync.policy import Retention
 from mailsync.stores.base import Folder, Store
 from mailsync.stores.pop3_session import (
     _Dropped,

@@ -265,12 +265,13 @@ def test_unknown_channel_and_bad_arguments_exit_2(env):
 
 
 def test_second_run_of_a_channel_exits_at_once(env):
-    from mailsync.cli import Context, Job, _state_path
+    from mailsync.channel import Job, state_dir, state_path
+    from mailsync.config import load
     from mailsync.state import State
 
     make_maildir(env / "src", {"INBOX": 1})
     job = Job(None, str(env / "src"), {}, str(env / "dst"), {}, "pull", "keep", ["*"])
-    path = _state_path(Context(None, None, 0, False), job)
+    path = state_path(state_dir(load(None)), job)
     with State(path):
         result = CliRunner().invoke(cli, ["pull", str(env / "src"), str(env / "dst")])
     assert result.exit_code == 1
@@ -279,30 +280,30 @@ def test_second_run_of_a_channel_exits_at_once(env):
 
 
 def test_connection_failure_exits_3(env, monkeypatch):
-    import mailsync.cli as climod
+    import mailsync.channel as channelmod
 
     def refuse(url, options=None, read_only=False):
         raise ConnectError("cannot connect to mail.example.com:993: connection refused")
 
-    monkeypatch.setattr(climod, "open_store", refuse)
+    monkeypatch.setattr(channelmod, "open_store", refuse)
     result = CliRunner().invoke(cli, ["pull", "imaps://a@mail.example.com", str(env / "d")])
     assert result.exit_code == 3
     assert "connection refused" in result.output
 
 
 def test_interrupt_exits_130_with_consistent_state(env, monkeypatch):
-    import mailsync.sync as syncmod
+    import mailsync.copies as copiesmod
 
     make_maildir(env / "src", {"INBOX": 3})
-    real = syncmod.Syncer._copy_batch
+    real = copiesmod.Copier.run
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(syncmod.Syncer, "_copy_batch", interrupted)
+    monkeypatch.setattr(copiesmod.Copier, "run", interrupted)
     result = CliRunner().invoke(cli, ["pull", str(env / "src"), str(env / "dst")])
     assert result.exit_code == 130 and "rerun" in result.output
-    monkeypatch.setattr(syncmod.Syncer, "_copy_batch", real)
+    monkeypatch.setattr(copiesmod.Copier, "run", real)
     assert run("pull", str(env / "src"), str(env / "dst")).exit_code == 0
     assert len(bodies(str(env / "dst"))["INBOX"]) == 3
 
@@ -418,9 +419,9 @@ def test_password_command_is_used_and_never_printed(env, monkeypatch):
         seen["password"] = net.get_password(endpoint)
         raise ConnectError(f"cannot connect to {endpoint.host}: refused")
 
-    import mailsync.cli as climod
+    import mailsync.channel as channelmod
 
-    monkeypatch.setattr(climod, "open_store", fake_open_store)
+    monkeypatch.setattr(channelmod, "open_store", fake_open_store)
     monkeypatch.delenv("MAILSYNC_PASSWORD", raising=False)
     # --password-command reaches mailsync.net through the environment: restore it after
     monkeypatch.setenv("MAILSYNC_PASSWORD_COMMAND", "")

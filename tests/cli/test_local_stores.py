@@ -123,6 +123,35 @@ def test_a_standard_maildir_backed_up_by_0_1_0_is_not_copied_again(mailenv):
     assert again.exit_code == 0 and again.output.count("copied 0 to local") == 3
 
 
+def test_verify_pairs_a_renamed_folder_with_the_local_folder_the_sync_kept(mailenv):
+    """A folder renamed on the source whose local folder could not follow (the new name
+    is taken by a folder of the user's own) is synced into its old local folder; verify
+    checks it there too, as the sync pairs them, not against the user's folder."""
+    home = mailenv / "Maildir"
+    make_maildir(home, 2)
+    make_maildir(home / ".Sent", 3)
+    out = mailenv / "out"
+    config = mailenv / "config.toml"
+
+    def channel(url: str) -> None:
+        config.write_text(
+            f'[channel.box]\nremote = "{url}"\nlocal = "maildir:{out}"\ndirection = "pull"\n'
+        )
+
+    channel(f"maildir:{home}?layout=verbatim")  # read as 0.1.0 read it: ".Sent"
+    run("--config", str(config), "pull", "box")
+    make_maildir(out / "Sent", 1)  # the user's own folder, in the way of the move
+    (out / "Sent" / "cur" / "0.M0P1.host:2,S").write_bytes(b"Subject: mine\n\nmine\n")
+    channel(f"maildir:{home}")
+    result = run("--config", str(config), "pull", "box")
+    assert result.exit_code == 0, result.output
+    assert "its local folder stays '.Sent'" in result.output
+    assert counts(out) == {"INBOX": 2, ".Sent": 3, "Sent": 1}
+    verified = run("--config", str(config), "verify", "box")
+    assert verified.exit_code == 0, verified.output
+    assert verified.output == "INBOX: 2 messages, ok\nSent: 3 messages, ok\n"
+
+
 def test_one_maildir_folder_is_a_store_holding_inbox(mailenv):
     make_maildir(mailenv / "src" / "Sent", 2)
     assert run("pull", str(mailenv / "src"), str(mailenv / "out")).exit_code == 0
@@ -197,6 +226,28 @@ def test_a_pull_clears_what_a_killed_run_left_in_tmp(mailenv):
     result = run("pull", str(mailenv / "src"), str(mailenv / "out"))
     assert result.exit_code == 0, result.output
     assert not leftover.exists()
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_mirror_of_two_identical_messages_follows_both_deletions(mailenv, which):
+    """An mbox deletes the last of identical copies, whichever is named (they are
+    interchangeable): the pair of the surviving message must then point at the copy
+    left, so that deleting that message too deletes it from the mirror.  (One of the
+    two cases names the first copy, the other the last.)"""
+    src = mailenv / "src" / "INBOX"
+    make_maildir(src, 0)
+    for name in ("a", "b"):
+        (src / "cur" / f"{name}.M1P1.host:2,S").write_bytes(MSG)
+    mbox = mailenv / "out" / "INBOX"
+    stores = (str(mailenv / "src"), f"mbox:{mailenv / 'out'}")
+    assert run("push", "--mirror", *stores).exit_code == 0
+    assert mbox.read_bytes().count(b"\nSubject: hi\n") == 2
+    for left in (1, 0):
+        sorted((src / "cur").iterdir())[which if left else 0].unlink()
+        result = run("push", "--mirror", "--force-delete", *stores)  # (the last one)
+        assert result.exit_code == 0, result.output
+        assert "deleted 1" in result.output
+        assert mbox.read_bytes().count(b"\nSubject: hi\n") == left
 
 
 def test_verify_knows_mbox_copies_that_gained_a_final_newline(mailenv):

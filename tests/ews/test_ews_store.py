@@ -248,6 +248,23 @@ def test_renamed_folder_whose_new_local_name_is_taken_keeps_its_old_one(fake, ew
     assert mime_fetches(fake) == 2
 
 
+def test_verify_checks_a_renamed_folder_in_the_local_folder_it_kept(fake, ews, mailenv):
+    """verify of the two stores a pull synced pairs the renamed folder (by its folder id)
+    with the local folder the pull kept for it, not with the user's folder of its new
+    name."""
+    fake.add_folder("inbox", "Old")
+    fake.add_item("inbox/Old", mime(1))
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert pull(url, root).exit_code == 0
+    write_local(root, "INBOX/New", to_lf(mime(50)))  # the user's own folder
+    fake.rename_folder("inbox/Old", "New")
+    assert pull(url, root).exit_code == 0
+    result = run("verify", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert "INBOX/New: 1 messages, ok" in result.output
+
+
 def test_two_way_sync_does_not_copy_a_renamed_folder_back_under_its_old_name(fake, ews, mailenv):
     fake.add_folder("inbox", "Old")
     fake.add_item("inbox/Old", mime(1))

@@ -31,10 +31,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from mailsync.message import ANSWERED, FLAGGED, SEEN, STANDARD_FLAGS, fingerprint
-from mailsync.planner import Policy, plan
+from mailsync.planner import plan
+from mailsync.policy import Policy
+from mailsync.report import Report
 from mailsync.state import Pair, State
 from mailsync.stores.memory import MemoryFolder, MemoryStore
-from mailsync.sync import Report, Syncer
+from mailsync.sync import Syncer
 
 FOLDER = "INBOX"
 SIDES = ("a", "b")

@@ -10,7 +10,7 @@ import pytest
 
 from mailsync.errors import FolderError
 from mailsync.message import FLAGGED, RECENT, SEEN
-from mailsync.planner import Policy
+from mailsync.policy import Policy
 from mailsync.state import State
 from mailsync.stores import maildir as maildir_module
 from mailsync.stores import open_store

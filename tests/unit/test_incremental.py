@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mailsync.planner import Policy
+from mailsync.policy import Policy
 from mailsync.state import State
 from mailsync.stores import open_store
 from mailsync.stores.maildir import MaildirFolder

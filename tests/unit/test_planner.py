@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import pytest
 
+from mailsync.folders import select_folders
 from mailsync.message import FLAGGED, SEEN, STANDARD_FLAGS, Info
 from mailsync.planner import (
     Copy,
     Delete,
     Forget,
     Plan,
-    Policy,
     SetFlags,
     Tombstone,
     effective_flags,
     merge_flags,
     plan,
 )
+from mailsync.policy import Policy
 from mailsync.state import Pair
-from mailsync.sync import select_folders
 
 ANSWERED = "\\Answered"
 WORK = "work"  # a keyword: Maildir and mbox cannot keep it

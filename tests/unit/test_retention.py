@@ -1,11 +1,12 @@
-"""POP3 retention (planner.expired) and arrival dates from headers (message.arrival_date)."""
+"""POP3 retention (retention.expired) and arrival dates from headers (message.arrival_date)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from mailsync.message import arrival_date
-from mailsync.planner import Retention, expired
+from mailsync.policy import Retention
+from mailsync.retention import expired
 
 DAY = 86400.0
 NOW = 1_800_000_000.0

@@ -1,0 +1,439 @@
+"""One folder pair, as isync's sync.c (the channel runner, sync.py, is its main_sync.c).
+
+A FolderSync opens the remote folder and its local folder, lists both (or takes the
+state's word for a side that can prove it is unchanged), asks the planner, and runs the
+plan: copies (a -> b, then b -> a: copies.py), flag changes, deletions; then the
+retention rule of a source that has one (retention.py).  It owns, as plain attributes,
+everything about the pair that the steps share: the folder state, both folders, the
+listings, the state's pairs, the report, and what this run did (relinked, written,
+arrived).  A side whose validity changed is re-matched first (rematch.py); a keep-pull
+from a paged source goes page by page instead (paged.py).
+
+Every batch is made durable on the destination (Folder.flush) before the state records
+it, so a crash at any point leaves each message exactly once after the next run:
+
+* a message appended but not yet recorded is found again by its content hash when the
+  next run copies the same source message ("match or append"), and is linked, not copied;
+* a flag change or deletion applied but not recorded is seen as already done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailsync.copies import BATCH_MESSAGES, copy_all
+from mailsync.crashhook import step
+from mailsync.errors import MessageError
+from mailsync.message import Info
+from mailsync.paged import Relist, is_paged, sync_pages
+from mailsync.planner import Delete, Forget, Plan, SetFlags, Tombstone, plan
+from mailsync.policy import SIDE_NAMES, Policy, other
+from mailsync.rematch import rematch
+from mailsync.report import FolderReport, ProgressFactory, describe, no_progress, report_problems
+from mailsync.retention import expire, expired_keys
+from mailsync.state import FolderState, Pair, State
+from mailsync.stores.base import Folder, Store
+
+log = logging.getLogger("mailsync")
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How a run syncs every folder pair of a channel."""
+
+    policy: Policy
+    dry_run: bool = False
+    # Offer again the messages the destination refused for good on earlier runs.
+    retry_refused: bool = False
+    clock: Callable[[], float] = time.time  # "now": arrival dates, pairs' ages, retention
+    progress: ProgressFactory = no_progress
+
+    @property
+    def signature(self) -> str:
+        """What a clean run of a folder is recorded under: a later run under another
+        policy must plan again."""
+        return f"{self.policy.direction}/{self.policy.delete}"
+
+    @property
+    def replans(self) -> bool:
+        """Whether this run plans every folder, even one unchanged since a clean run."""
+        return self.dry_run or self.policy.force_delete or self.retry_refused
+
+
+def unchanged_since_clean_run(
+    state: State, fstate: FolderState, folders: dict[str, Folder | None], options: SyncOptions
+) -> bool:
+    """Both sides unchanged since a clean run under the same policy: nothing to plan,
+    so not even the state's pairs are loaded (a 100,000-message rerun is STATUS calls
+    and directory stats)."""
+    if options.replans:
+        return False
+    if state.get_meta(f"clean:{fstate.id}") != options.signature:
+        return False
+    for side in ("a", "b"):
+        folder = folders[side]
+        cursor = fstate.cursor(side)
+        if folder is None or not cursor or not folder.unchanged(cursor):
+            return False
+    return True
+
+
+class FolderSync:
+    """Syncs remote folder `name` with local folder `local`, once (run())."""
+
+    def __init__(
+        self,
+        name: str,
+        local: str,
+        fstate: FolderState,
+        stores: dict[str, Store],
+        state: State,
+        options: SyncOptions,
+        kind: str = "mail",
+        ident: str | None = None,
+        notes: list[str] | None = None,
+    ):
+        self.name = name  # the remote folder's name
+        self.local = local  # its local folder's name
+        self.fstate = fstate
+        self.stores = stores
+        self.state = state
+        self.options = options
+        self.policy = options.policy
+        self.kind = kind  # what the local folder holds if it is created (EWS: calendar...)
+        self.ident = ident  # the remote folder's id, where the store told it
+        self.report = FolderReport(name)
+        self.report.notes.extend(notes or ())
+        self.folders: dict[str, Folder | None] = {}  # None: not there, read as empty
+        self.listings: dict[str, dict[str, Info]] = {"a": {}, "b": {}}
+        self.pairs: list[Pair] = []
+        # Keys of each side whose message the other side refused for good.
+        self.refused: dict[str, set[str]] = {"a": set(), "b": set()}
+        # Pairs re-linked by content during the copies (a message that vanished and came
+        # back identical): their planned deletion or tombstone no longer applies.
+        self.relinked: set[int] = set()
+        self.written: set[str] = set()  # sides this run changed
+        self.arrived: set[str] = set()  # local keys this run copied in
+
+    def run(self, existing: dict[str, set[str]]) -> FolderReport:
+        """Sync the pair; `existing`: each side's folder names.  Errors of a message go
+        into the report; a FolderError (or worse) is the caller's to report."""
+        fstate = self.fstate
+        if self.ident and fstate.ident_a != self.ident and not self.options.dry_run:
+            fstate.ident_a = self.ident
+            self.state.begin()
+            self.state.save_folder(fstate)
+            self.state.commit()
+        try:
+            for side in ("a", "b"):
+                self.folders[side] = self._open(side, existing)
+            return self._sync_open()
+        finally:
+            for folder in self.folders.values():
+                if folder is not None:
+                    folder.close()
+
+    # opening and listing ----------------------------------------------------------
+    def _open(self, side: str, existing: dict[str, set[str]]) -> Folder | None:
+        kind = self.kind if side == "b" else "mail"
+        name = self.local if side == "b" else self.name
+        report, store = self.report, self.stores[side]
+        if name in existing[side]:
+            return store.open_folder(name)
+        dry_run = self.options.dry_run
+        if dry_run and self.policy.writes(side):
+            why = store.creation_problem(name, kind)
+            if why:
+                error = f"{name}: cannot be created on the {SIDE_NAMES[side]} side: {why}"
+                report.errors.append(error)
+                log.error("%s", error)
+            else:
+                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side")
+        if not self.policy.writes(side) or dry_run:
+            return None  # read as empty
+        fstate = self.fstate
+        had_any = any(p.key(side) is not None for p in self.state.pairs(fstate.id))
+        folder = store.open_folder(name, create=True, kind=kind)
+        if had_any:
+            # The folder was removed on this side: refill it, never read that as
+            # "delete everything" (mailsync never deletes folders).
+            self.state.begin()
+            self.state.forget_pairs(fstate.id)
+            setattr(fstate, f"cursor_{side}", {})
+            self.state.save_folder(fstate)
+            self.state.commit()
+            report.notes.append(
+                f"re-created on the {SIDE_NAMES[side]} side; copying its messages again"
+            )
+        else:
+            report.notes.append(f"created on the {SIDE_NAMES[side]} side")
+        return folder
+
+    def list_side(self, side: str, pairs: list[Pair]) -> tuple[dict[str, Info], dict]:
+        """-> (listing, cursor to save).  An unchanged folder is not even listed: what
+        the state knows (`pairs`) stands in for it."""
+        folder = self.folders[side]
+        if folder is None:
+            return {}, {}
+        try:
+            return self._list_folder(side, folder, pairs)
+        finally:
+            self.report.skipped += len(folder.skipped)
+            for note in folder.skipped:
+                log.warning("%s: %s", self.fstate.name_a, note)
+            report_problems(self.policy, side, folder.problems, self.report.errors)
+
+    def _list_folder(self, side: str, folder: Folder, pairs: list[Pair]):
+        cursor = self.fstate.cursor(side)
+        if cursor and folder.unchanged(cursor):
+            listing = {p.key(side): Info(p.flags, 0, 0.0) for p in pairs if p.key(side) is not None}
+            log.debug("%s: side %s unchanged since the last run", self.fstate.name_a, side)
+            return listing, cursor
+        if cursor:
+            known = {p.key(side): p.flags for p in pairs if p.key(side) is not None}
+            listing = folder.list_since(cursor, known)
+        else:
+            listing = folder.list()
+        return listing, folder.cursor()
+
+    # the whole folder at once -----------------------------------------------------
+    def _sync_open(self) -> FolderReport:
+        name, fstate, folders, report = self.name, self.fstate, self.folders, self.report
+        state, options = self.state, self.options
+        if unchanged_since_clean_run(state, fstate, folders, options):
+            log.debug("%s: unchanged on both sides since the last clean run", name)
+            return report
+        # Messages the other side refused for good before: a side with some is listed in
+        # full (not from its cursor), so that a refused message deleted since is forgotten
+        # and one to retry is seen; a paged source (EWS) only when retrying.
+        refused = {side: state.refused_keys(fstate.id, side) for side in ("a", "b")}
+        self.refused = refused
+        paged = is_paged(self)
+        for side in ("a", "b"):
+            if refused[side] and (options.retry_refused or not (paged and side == "a")):
+                setattr(fstate, f"cursor_{side}", {})
+        if paged:
+            try:
+                return sync_pages(self)
+            except Relist:
+                fstate.cursor_a = {}  # the source forgot the cursor: list it all, below
+        pairs = state.pairs(fstate.id)
+        listings, cursors = self.listings, {}
+        for side in ("a", "b"):
+            listings[side], cursors[side] = self.list_side(side, pairs)
+        self._check_validities()
+        self.pairs = pairs = state.pairs(fstate.id)
+        if folders["a"] is not None:
+            folders["a"].recall_versions(
+                {p.key_a: p.version_a for p in pairs if p.key_a and p.version_a}
+            )
+        the_plan, refused_before = self._plan()
+        rule = folders["a"].retention if folders["a"] is not None else None
+        if options.dry_run:
+            self._tell(the_plan, rule)
+            return report
+        self.relinked, self.written, self.arrived = set(), set(), set()
+        copy_all(self, the_plan)
+        self.set_flags(the_plan.flags)
+        self.delete([d for d in the_plan.deletes if d.pair.id not in self.relinked])
+        state.begin()
+        self.bookkeeping(the_plan)
+        fstate.last_sync = options.clock()
+        if not report.errors:
+            # Only a clean run may vouch for the folder: with a cursor saved, an unchanged
+            # folder is not listed next time, so a failed message would never be retried.
+            # A side this run wrote to is vouched for only if it can prove nobody else did.
+            for side in self.written:
+                cursors[side] = folders[side].cursor_after_writes()
+            fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
+            self.copies_settled()
+        clean = not report.errors and not report.refused
+        signature = options.signature if clean else ""
+        # With a retention rule the run is clean only once its deletions are done too:
+        # else an unchanged folder would be skipped with messages still due.
+        state.set_meta(f"clean:{fstate.id}", signature if rule is None else "")
+        state.save_folder(fstate)
+        state.commit()
+        step("folder done")
+        if rule is not None and not report.errors:
+            expire(self, rule)
+            if clean and not report.errors:
+                state.begin()
+                state.set_meta(f"clean:{fstate.id}", signature)
+                state.commit()
+        return report
+
+    def _check_validities(self) -> None:
+        """A side whose validity changed is re-matched (its keys are void); then the
+        validities and the refusals of messages deleted since are recorded."""
+        fstate, state, refused = self.fstate, self.state, self.refused
+        dry_run = self.options.dry_run
+        for side in ("a", "b"):
+            folder = self.folders[side]
+            if folder is None:
+                continue
+            old = fstate.validity(side)
+            if old is not None and old != folder.validity and not dry_run:
+                refused[side].clear()  # keys of the old validity: void
+                state.begin()
+                state.forget_refusals(fstate.id, side)
+                state.forget_pending(fstate.id, side)
+                state.commit()
+                rematch(state, fstate, side, self.folders, self.listings, self.report)
+            setattr(fstate, f"validity_{side}", folder.validity)
+        if not dry_run:
+            state.begin()
+            state.save_folder(fstate)
+            for side in ("a", "b"):
+                gone = refused[side] - self.listings[side].keys()  # deleted where it was
+                state.forget_refusals(fstate.id, side, sorted(gone))
+                refused[side] -= gone
+            state.commit()
+
+    def _plan(self) -> tuple[Plan, frozenset[str]]:
+        """The plan for the listings and pairs; records which sides' deletions it
+        refused (they stay refused on later runs: planner.py)."""
+        folders, state, report = self.folders, self.state, self.report
+        persists = {
+            side: (folders[side].persists if folders[side] is not None else (lambda f: True))
+            for side in ("a", "b")
+        }
+        refusal_key = f"refused:{self.fstate.id}"
+        refused_before = frozenset((state.get_meta(refusal_key) or "").split(",")) - {""}
+        the_plan = plan(
+            self.listings["a"],
+            self.listings["b"],
+            self.pairs,
+            self.policy,
+            persists["a"],
+            persists["b"],
+            refused_before,
+            None if self.options.retry_refused else self.refused,
+        )
+        report.withheld = len(the_plan.withheld)
+        if not self.options.dry_run:
+            refused_now = ",".join(sorted({d.side for d in the_plan.refused_deletes}))
+            if refused_now or refused_before:
+                state.begin()
+                state.set_meta(refusal_key, refused_now)
+                state.commit()
+        report.refused = list(the_plan.refused)
+        for reason in the_plan.refused:
+            log.warning(
+                "%s: deletions refused: %s; rerun with --force-delete if intended",
+                self.name,
+                reason,
+            )
+        return the_plan, refused_before
+
+    def _tell(self, the_plan: Plan, rule) -> None:
+        """--dry-run: what the plan (and the retention rule) would do."""
+        name, report = self.name, self.report
+        report.planned = the_plan.count()
+        for action in the_plan.copies + the_plan.flags + the_plan.deletes:
+            log.info("%s: would %s", name, describe(action))
+        for copy in the_plan.withheld:
+            log.info("%s: would not %s: refused before", name, describe(copy))
+        if rule is not None:
+            going = expired_keys(rule, self.pairs, self.listings, set(), self.options.clock())
+            if rule.after_download:
+                going += [c.key for c in the_plan.copies if c.src == "a"]
+            report.planned["delete_a"] += len(going)
+            for key in going:
+                log.info("%s: would delete remote %s (%s)", name, key, rule.describe())
+
+    # the steps the plan asks for ----------------------------------------------------
+    def copies_settled(self) -> None:
+        """After a run without errors (in its transaction): every copy from a side it
+        copies from was recorded, refused or is gone with its source message, so none
+        is under way any more; the journal of those sides is emptied."""
+        for side in ("a", "b"):
+            if self.policy.writes(other(side)):
+                self.state.forget_pending(self.fstate.id, side)
+
+    def bookkeeping(self, the_plan: Plan) -> list:
+        """Apply the plan's tombstones and forgotten pairs (in the caller's transaction),
+        except for pairs the copies re-linked; returns the actions applied."""
+        applied = []
+        for action in the_plan.bookkeeping:
+            if action.pair.id in self.relinked:
+                continue
+            if isinstance(action, Forget):
+                self.state.delete_pair(action.pair)
+            elif isinstance(action, Tombstone):
+                setattr(action.pair, f"key_{action.side}", None)
+                self.state.update_pair(action.pair)
+            applied.append(action)
+        return applied
+
+    def set_flags(self, actions: list[SetFlags]) -> None:
+        folders, report, state = self.folders, self.report, self.state
+        for start in range(0, len(actions), BATCH_MESSAGES):
+            batch = actions[start : start + BATCH_MESSAGES]
+            done = []
+            for action in batch:
+                try:
+                    for side, (add, remove) in action.changes.items():
+                        folders[side].set_flags(action.pair.key(side), add, remove)
+                        self.written.add(side)
+                        report.flagged(side)
+                        log.info("%s: %s", folders[side].name, describe(action))
+                        step("flags")
+                except MessageError as error:
+                    report.errors.append(str(error))
+                    continue
+                done.append(action)
+            for folder in folders.values():
+                if folder is not None:
+                    folder.flush()
+            state.begin()
+            for action in done:
+                action.pair.flags = action.new_flags
+                if folders["a"] is not None:
+                    action.pair.version_a = folders["a"].version(action.pair.key_a)
+                state.update_pair(action.pair)
+            state.commit()
+            step("commit flags")
+
+    def delete(
+        self, actions: list[Delete], batch: int = BATCH_MESSAGES, tombstone: bool = False
+    ) -> None:
+        """Delete, in batches each flushed and then recorded.  With `tombstone`, the
+        pairs are kept with the deleted side's key cleared (the other side keeps its
+        message and it stays known), else forgotten."""
+        folders, report, state = self.folders, self.report, self.state
+        size = max(1, batch)
+        for start in range(0, len(actions), size):
+            batch_actions = actions[start : start + size]
+            done = []
+            for action in batch_actions:
+                try:
+                    self.written.add(action.side)
+                    removed = folders[action.side].delete(action.key)
+                except MessageError as error:
+                    report.errors.append(str(error))
+                    continue
+                step("delete")
+                report.deleted(action.side)
+                log.info("%s: %s", folders[action.side].name, describe(action))
+                done.append((action, removed))
+            for folder in folders.values():
+                if folder is not None:
+                    folder.flush()
+            step("flush deletes")
+            state.begin()
+            for action, removed in done:
+                if removed != action.key:
+                    # Identical copies are interchangeable (mbox): the pair that pointed
+                    # at the copy actually removed now points at the one we named.
+                    state.repoint(action.pair, action.side, action.key, removed)
+                if tombstone:
+                    setattr(action.pair, f"key_{action.side}", None)
+                    state.update_pair(action.pair)
+                else:
+                    state.delete_pair(action.pair)
+            state.commit()
+            step("commit deletes")

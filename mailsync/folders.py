@@ -1,0 +1,134 @@
+"""Which folders a job covers, and which local folder each remote folder pairs with.
+
+A job's folders are chosen by its patterns (--folders, a channel's ``folders``: globs,
+``!`` excludes, later patterns win) or, where the channel maps folders (``folder =
+"POP/provider"``: the remote INBOX goes to that local folder), by that map alone.  A
+remote folder's local folder has the same name, except where the channel maps it, or
+where the state keeps another local name for it: a remote folder renamed (by its folder
+id, or by the name an older mailsync gave it) whose local folder could not follow
+(renames.py says when it moves and when it stays).
+
+map_folders() is the one place that says this.  The sync (sync.py, after following the
+renames of this run) and verify (on the state as the last sync left it) both ask it, so
+they pair the same folders by construction.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mailsync.state import FolderState
+
+
+def select_folders(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """Glob patterns, '!' negates, later matches win; unmatched names are left out."""
+    chosen = []
+    for name in names:
+        keep = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            if fnmatch.fnmatchcase(name, pattern[1:] if negate else pattern):
+                keep = not negate
+        if keep:
+            chosen.append(name)
+    return sorted(set(chosen), key=lambda n: (n != "INBOX", n))
+
+
+def unmatched_patterns(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The patterns that match none of `names` (a '!' pattern: that exclude none), so a
+    typo in --folders or a channel's folders is said, not silently nothing."""
+    names = list(names)
+    return [
+        pattern
+        for pattern in patterns
+        if not any(fnmatch.fnmatchcase(name, pattern.removeprefix("!")) for name in names)
+    ]
+
+
+def pattern_warnings(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """One sentence per folder pattern that matches nothing (see unmatched_patterns)."""
+    return [
+        f"folder pattern {pattern!r} "
+        + ("excludes no folder" if pattern.startswith("!") else "matches no folder")
+        for pattern in unmatched_patterns(names, patterns)
+    ]
+
+
+@dataclass(frozen=True)
+class FolderMap:
+    """Remote folder name -> local folder name, and which remote folders a job covers."""
+
+    #: The channel's map (remote name -> local name: folder = "..." maps INBOX); with
+    #: one, only its folders are covered and the patterns do not count.
+    channel_map: Mapping[str, str] = field(default_factory=dict)
+    patterns: Sequence[str] = ("*",)
+    #: Remote name -> the local name the state keeps for it, where they differ.
+    kept: Mapping[str, str] = field(default_factory=dict)
+
+    def local_name(self, name: str) -> str:
+        return self.channel_map.get(name) or self.kept.get(name) or name
+
+    def remote_names(self) -> dict[str, str]:
+        """Kept local name -> its remote folder (other local folders: the same name)."""
+        return {local: name for name, local in self.kept.items()}
+
+    def choose(self, candidates: Iterable[str], present: Callable[[str], bool]) -> list[str]:
+        """The remote folders covered, INBOX first: the channel map's, or those of
+        `candidates` the patterns select; of them, those `present` says are there."""
+        if self.channel_map:
+            chosen = sorted(self.channel_map)
+        else:
+            chosen = select_folders(candidates, self.patterns)
+        return [name for name in chosen if present(name)]
+
+    def warnings(self, candidates: Collection[str]) -> list[str]:
+        """The patterns that match none of `candidates` (none with a channel map)."""
+        return [] if self.channel_map else pattern_warnings(candidates, self.patterns)
+
+
+def follows(
+    folder: FolderState,
+    channel_map: Mapping[str, str],
+    former: Mapping[str, str],
+    renamed: Collection[int],
+    counts: Mapping[str, int],
+) -> bool:
+    """Whether the folder's local name should be its remote name: its remote folder was
+    renamed (by id: it has one; by the namespace change: `former`, remote name -> the
+    name an older mailsync gave it; or this run: `renamed`, folder ids), and the channel
+    does not map it elsewhere (folder = ...).  `counts`: how many states each remote
+    name has (one that has several is left alone)."""
+    return (
+        folder.name_a != "INBOX"
+        and folder.name_a not in channel_map
+        and counts[folder.name_a] == 1
+        and (
+            folder.id in renamed
+            or bool(folder.ident_a)
+            or former.get(folder.name_a) == folder.name_b
+        )
+    )
+
+
+def map_folders(
+    channel_map: Mapping[str, str] | None,
+    patterns: Sequence[str],
+    rows: Sequence[FolderState],
+    former: Mapping[str, str],
+    renamed: Collection[int] = (),
+) -> FolderMap:
+    """THE folder mapping of a job: its channel map and patterns, and from the state's
+    folders (`rows`) the local names kept for renamed remote folders (see follows();
+    `former`: the remote store's former_names(); `renamed`: ids of folders this run
+    renamed).  A local folder that did move has the remote name again: nothing to keep."""
+    counts = Counter(f.name_a for f in rows)
+    channel_map = dict(channel_map or {})
+    kept = {
+        f.name_a: f.name_b
+        for f in rows
+        if f.name_b != f.name_a and follows(f, channel_map, former, renamed, counts)
+    }
+    return FolderMap(channel_map, tuple(patterns or ("*",)), kept)
