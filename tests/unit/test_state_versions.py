@@ -24,9 +24,11 @@ import pytest
 from click.testing import CliRunner
 
 from mailsync import state as state_module
+from mailsync import state_schema
 from mailsync.cli import cli
 from mailsync.errors import ConfigError, StoreError
-from mailsync.state import MIGRATIONS, SCHEMA_VERSION, Pair, State
+from mailsync.state import Pair, State
+from mailsync.state_schema import MIGRATIONS, SCHEMA_VERSION
 from mailsync.stores import open_store
 
 SCHEMAS = Path(__file__).parent / "state_schemas"
@@ -448,7 +450,7 @@ def test_a_pull_over_an_earlier_state_copies_nothing_twice(mailenv, version):
 # Runs in a child: State() on argv[1], stopping for good after the step to argv[2].
 HALT_AFTER_STEP = """
 import dataclasses, sys
-from mailsync import state
+from mailsync import state, state_schema
 
 def halting(step):
     def apply(db):
@@ -458,9 +460,9 @@ def halting(step):
     return apply
 
 after = int(sys.argv[2])
-state.MIGRATIONS[:] = [
+state_schema.MIGRATIONS[:] = [
     dataclasses.replace(step, apply=halting(step)) if step.version == after else step
-    for step in state.MIGRATIONS
+    for step in state_schema.MIGRATIONS
 ]
 state.State(sys.argv[1])
 print("finished", flush=True)
@@ -502,7 +504,7 @@ def test_a_failing_step_leaves_the_old_state_and_says_what_to_do(
 
     last = MIGRATIONS[-1]
     failing = [*MIGRATIONS[:-1], dataclasses.replace(last, apply=disk_full)]
-    monkeypatch.setattr(state_module, "MIGRATIONS", failing)
+    monkeypatch.setattr(state_schema, "MIGRATIONS", failing)
     with pytest.raises(StoreError) as failed:
         State(state_path)
     assert "database or disk is full" in str(failed.value)
