@@ -1356,6 +1356,9 @@ class IMAPFolder(Folder):
         batch_bytes = 0
         for key, uid in zip(keys, uids, strict=True):
             if uid is None:
+                if batch:  # in the order given (base.py)
+                    yield from self._fetch_bodies(batch)
+                    batch, batch_bytes = [], 0
                 yield key, MessageError(f"{self.name}: {key!r} is not an IMAP UID")
                 continue
             size = self._sizes.get(uid, 0)
@@ -1616,16 +1619,24 @@ class IMAPFolder(Folder):
             return rewritten
         raise MessageError(f"{self.name}: appended a message but cannot find its UID; rerun")
 
+    def _uid(self, key: str) -> int:
+        """The UID `key` names; MessageError if it names none (it would fail the folder's
+        whole batch of changes at flush)."""
+        if key.isascii() and key.isdigit() and 0 < int(key) <= MAX_UID:
+            return int(key)
+        raise MessageError(f"{self.name}: {key!r} is not an IMAP UID")
+
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         self._writable()
+        uid = self._uid(key)
         add = frozenset(f for f in add if self.persists(f))
         remove = frozenset(f for f in remove if self.persists(f)) - add
         if add or remove:
-            self._flag_ops.setdefault((add, remove), []).append(int(key))
+            self._flag_ops.setdefault((add, remove), []).append(uid)
 
     def delete(self, key: str) -> str:
         self._writable()
-        self._deletions.append(int(key))
+        self._deletions.append(self._uid(key))
         return key
 
     def flush(self) -> None:

@@ -183,11 +183,6 @@ KINDS = [
 
 #: (test function, case id) -> why the case fails.  Each becomes xfail(strict=True).
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_deleting_a_missing_key", "dovecot"): "IMAP: set_flags() and delete() of a key "
-    "that is no UID raise ValueError, not MessageError",
-    ("test_fetch_of_unknown_keys_raises_message_error", "dovecot"): "IMAP: fetch_many() "
-    "yields the error for a key that is no UID before the bodies of the keys given before "
-    "it, not in the order given",
     ("test_created_folders_are_listed_and_distinct", "ews"): "EWS: creating a folder the "
     "server has under that name (Sent Items: mailsync's Sent) is a StoreError, which stops "
     "the whole channel, not a FolderError",
