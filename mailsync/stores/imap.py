@@ -1142,6 +1142,7 @@ class IMAPFolder(Folder):
         self._deletions: list[int] = []
         self._uids_assigned: set[int] = set()
         self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
+        self._unannounced = False  # appended to since the server last told what it holds
 
     def __repr__(self) -> str:
         return f"IMAPFolder({self.store.url!r}, {self.name!r})"
@@ -1162,12 +1163,23 @@ class IMAPFolder(Folder):
         info = {_text(k).upper(): v for k, v in info.items()}
         self._check_validity(info.get("UIDVALIDITY"))
         self._info = info
+        self._unannounced = False
         store.selected = self
         permanent = info.get("PERMANENTFLAGS")
         if permanent is not None and not self.read_only:
             flags = {_text(f) for f in permanent}
             self._keywords_ok = "\\*" in flags
             self._permanent = normalise_flags(f for f in flags if f != "\\*")
+        return info
+
+    def _select_appended(self) -> dict:
+        """select(), and a NOOP if messages were appended since: a server need not
+        announce what is appended to the selected folder (RFC 3501 APPEND; Courier does
+        not), and until it has, UID FETCH and UID STORE of those UIDs find nothing."""
+        info = self.select()
+        if self._unannounced:
+            self.store.call("noop", folder=self)
+            self._unannounced = False
         return info
 
     def _check_validity(self, value) -> None:
@@ -1341,7 +1353,7 @@ class IMAPFolder(Folder):
         """Bodies (LF) in the order given, batched by RFC822.SIZE.  A body above
         FETCH_LARGE_BYTES is fetched alone, in pieces, and comes as a bytearray."""
         keys = list(keys)
-        self.select()
+        self._select_appended()
         uids: list[int | None] = []
         for key in keys:
             uids.append(int(key) if key.isascii() and key.isdigit() else None)
@@ -1529,7 +1541,7 @@ class IMAPFolder(Folder):
     def header_digests(self, keys: Iterable[str]) -> dict[str, str]:
         """header_digest() of these messages from BODY.PEEK[HEADER] and RFC822.SIZE only:
         a cheap identity for re-matching without downloading bodies."""
-        self.select()
+        self._select_appended()
         uids = [int(k) for k in keys if k.isascii() and k.isdigit()]
         out = {}
         items = ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
@@ -1574,6 +1586,7 @@ class IMAPFolder(Folder):
             if str(match.group(1)) != str(info.get("UIDVALIDITY")):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
             uid = int(match.group(2))
+            self._unannounced = True
         else:
             uid = self._find_appended(data)
             self._high_uid = max(self._high_uid or 0, uid)
@@ -1648,7 +1661,7 @@ class IMAPFolder(Folder):
             return
         flag_ops, deletions = self._flag_ops, self._deletions
         self._flag_ops, self._deletions = {}, []  # a failure drops them: nothing recorded
-        self.select()
+        self._select_appended()
         try:
             for (add, remove), uids in flag_ops.items():
                 for start in range(0, len(uids), STORE_BATCH):

@@ -1,6 +1,6 @@
 """The Store/Folder contract (mailsync/stores/base.py), run against every store that can
-take it: memory, Maildir (both layouts), mbox, IMAP on the private Dovecot
-(tests/servers/dovecot.py, a fresh user per test) and EWS on the fake Exchange server
+take it: memory, Maildir (both layouts), mbox, IMAP on the private Dovecot, Cyrus and
+Courier (tests/servers/, a fresh user per test) and EWS on the fake Exchange server
 (tests/ews/fakeews.py, a fresh one per test).  POP3 cannot: it has one folder, no
 flags and no append.
 
@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import stat
 import time
 import uuid
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 from fakeews import FakeEWS
 
-from mailsync.errors import FolderError, MailsyncError, MessageError
+from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError
 from mailsync.message import (
     ANSWERED,
     DRAFT,
@@ -67,6 +68,50 @@ def _dovecot_keeps(wire: bytes) -> bytes:
     return wire[:-1] if wire.endswith(b"\r") else wire
 
 
+#: Every 8-bit byte as "X", the rest as it is.
+_8BIT_AS_X = bytes(range(128)) + b"X" * 128
+
+
+#: The empty line that ends a header, for Cyrus: CRs before its CRLF are a line end.
+_CYRUS_HEADER_END = re.compile(rb"(?:^|\r\n)\r*\r\n")
+
+
+def _cyrus_keeps(wire: bytes) -> bytes:
+    """Cyrus stores each 8-bit byte of the header as "X" (test_cyrus_fixture.py)."""
+    end = _CYRUS_HEADER_END.search(wire)
+    end = len(wire) if end is None else end.start()
+    return wire[:end].translate(_8BIT_AS_X) + wire[end:]
+
+
+#: A header line Cyrus takes: a field ("Name: value", no space in the name) or the
+#: continuation of one.
+_CYRUS_HEADER_LINE = re.compile(rb"[!-9;-~]+:|[ \t]")
+
+
+def _cyrus_refuses(data: bytes) -> str | None:
+    """Cyrus refuses NUL bytes (test_cyrus_fixture.py), and a header with a line that
+    is no field nor the continuation of one (but for a first "From " line, an mbox
+    separator), or whose last line has no line end: "NO Message contains invalid
+    header" (measured by the starts-with-quoted-from-line and headers-only cases)."""
+    if b"\0" in data:
+        return "Cyrus refuses NUL bytes"
+    lines = to_crlf(data).split(b"\r\n")
+    for number, line in enumerate(lines):
+        if not line.rstrip(b"\r"):  # the header ends (CRs before a CRLF are a line end)
+            return None
+        if number == 0 and line.startswith(b"From "):
+            continue
+        if not _CYRUS_HEADER_LINE.match(line):
+            return "Cyrus refuses a header line that is no field"
+    return "Cyrus refuses a header whose last line has no line end"
+
+
+def _courier_keeps(wire: bytes) -> bytes:
+    """Courier drops lone CRs and ends a message with CRLF (test_courier_fixture.py)."""
+    wire = re.sub(rb"\r(?!\n)", b"", wire)
+    return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
+
+
 @dataclass(frozen=True)
 class Kind:
     """A store the suite runs against, and how it may legitimately differ from the
@@ -83,6 +128,9 @@ class Kind:
     #: got on the wire (CRLF) as they rewrite it (each server's rewriting is measured by
     #: tests/servers/test_*_fixture.py); fetch() gives that back CRLF -> LF.
     keeps: Callable[[bytes], bytes] = to_lf
+    #: Why the store refuses a message for good (RefusedError), or None: what a server
+    #: will not store.
+    refuses: Callable[[bytes], str | None] = lambda data: None
     #: Folders a new, empty account holds: an IMAP server makes INBOX at the first
     #: login, Exchange has its well-known folders.
     fresh_folders: frozenset[str] = frozenset()
@@ -117,6 +165,10 @@ class Kind:
     def size(self, data: bytes) -> int:
         """Info.size of a message append() was given as `data`."""
         return len(self.keeps(data))
+
+    def accepted(self, samples: dict[str, tuple[bytes, bytes]]) -> dict[str, tuple[bytes, bytes]]:
+        """The samples the store does not refuse."""
+        return {sid: pair for sid, pair in samples.items() if self.refuses(pair[0]) is None}
 
 
 def _server_account(fixture: str) -> Callable[[pytest.FixtureRequest], str]:
@@ -167,6 +219,8 @@ KINDS = [
     Kind("maildirpp", "maildir", {"layout": "maildir++"}),
     Kind("mbox", "mbox", keeps=_mbox_keeps),
     _imap("dovecot", "dovecot_server", keeps=_dovecot_keeps),
+    _imap("cyrus", "cyrus_server", keeps=_cyrus_keeps, refuses=_cyrus_refuses),
+    _imap("courier", "courier_server", keeps=_courier_keeps),
     Kind(
         "ews",
         "ews",
@@ -575,6 +629,11 @@ def test_round_trip_is_byte_exact(kind, sample, env):
     assert to_lf(data) == want  # (the samples' second column says what the first is)
     store = env.open()
     folder = store.open_folder("INBOX", create=True)
+    if kind.refuses(data):
+        with pytest.raises(RefusedError):
+            folder.append(data, frozenset(), ARRIVAL)
+        assert folder.list() == {}, "a refused message was stored"
+        return
     want = kind.fetched(data)
     key = folder.append(data, frozenset(), ARRIVAL)
     assert isinstance(key, str) and key
@@ -592,7 +651,7 @@ def test_round_trip_is_byte_exact(kind, sample, env):
 def test_neighbouring_messages_keep_their_bytes(kind, env):
     """All samples in one folder: no message may bleed into the next, even after a
     delete, flag changes and reopening."""
-    samples = MIXED_SAMPLES
+    samples = kind.accepted(MIXED_SAMPLES)
     folder = env.inbox()
     keys = {sid: folder.append(data, frozenset(), ARRIVAL) for sid, (data, _) in samples.items()}
     assert len(set(keys.values())) == len(keys)
@@ -625,7 +684,7 @@ ARRIVALS = [946_684_799.9, 1_000_000_000.5, ARRIVAL, 1_700_000_000.0, 631_152_00
 
 @contract()
 def test_list_reports_every_key_with_size_and_arrival(kind, env):
-    samples = list(MIXED_SAMPLES.values())
+    samples = list(kind.accepted(MIXED_SAMPLES).values())
     expected: dict[str, tuple[int, float]] = {}
 
     def check(folder, when: str) -> None:
@@ -1006,7 +1065,7 @@ def test_two_thousand_messages(kind, env):
 
 @contract()
 def test_fingerprints_match_fetched_bytes(kind, env):
-    samples = SMALL_SAMPLES
+    samples = kind.accepted(SMALL_SAMPLES)
     folder = env.inbox()
     keys = {sid: folder.append(data, frozenset(), ARRIVAL) for sid, (data, _) in samples.items()}
     gone = folder.append(msg("gone"), frozenset(), ARRIVAL)
@@ -1025,6 +1084,10 @@ def test_a_copy_is_recognised_by_its_fingerprint_or_as_normalised(kind, sample, 
     fingerprint, or, where the folder normalises, message.tolerant_fingerprint()."""
     data, want = sample  # (the engine hashes what fetch() returned on the other side)
     folder = env.inbox()
+    if kind.refuses(data):  # nothing stored, nothing to recognise
+        with pytest.raises(RefusedError):
+            folder.append(data, frozenset(), ARRIVAL)
+        return
     got = folder.fetch(folder.append(data, frozenset(), ARRIVAL))
     if fingerprint(got) != fingerprint(want):
         assert folder.normalises, "changed the bytes but does not say it normalises"
