@@ -628,6 +628,8 @@ class EWSStore(Store):
                 raise FolderError(f"{self.url}: no folder {name!r}")
             if kind != "mail":
                 raise FolderError(f"{self.url}: mailsync does not create {kind} folders")
+            if self.read_only:
+                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
             folders[name] = self._create_folder(name)
             self._ids[name] = folders[name].id
             self._kinds[name] = "mail"
@@ -647,9 +649,13 @@ class EWSStore(Store):
     def _create_folder(self, name: str):
         exl = _exchangelib()
         folders = self._hierarchy()
-        parent_name, _, leaf = name.rpartition("/")
-        if not leaf or leaf in (".", "..") or _BAD_NAME.search(leaf):
+        # Every part: the parents are created by name below (an empty first part, as in
+        # "/tmp/x", would make "tmp" at the top).
+        if any(
+            not part or part in (".", "..") or _BAD_NAME.search(part) for part in name.split("/")
+        ):
             raise FolderError(f"{self.url}: cannot create a folder named {name!r}")
+        parent_name, _, leaf = name.rpartition("/")
         if parent_name:
             parent = folders.get(parent_name) or self._create_folder(parent_name)
             folders[parent_name] = parent
@@ -1090,6 +1096,11 @@ def _ews_error(where: str, error: BaseException, what: str = "") -> MailsyncErro
         return _SyncStateError(str(error))
     if code in ("ErrorFolderNotFound",):
         return FolderError(f"{where}: the folder is gone from the server ({code})")
+    if code == "ErrorFolderExists":  # a folder of the name, maybe a well-known one
+        return FolderError(
+            f"{where}: the server has a folder of this name already ({code}; Sent Items, "
+            "Deleted Items and Junk Email are mailsync's Sent, Trash and Junk); rename the folder"
+        )
     doing = f" during {what}" if what else ""
     if what == "CreateItem" and code in CREATE_REFUSALS:
         return RefusedError(f"{where}: the server refuses the message", f"{code}: {_clean(error)}")

@@ -237,14 +237,6 @@ KINDS = [
 
 #: (test function, case id) -> why the case fails.  Each becomes xfail(strict=True).
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_created_folders_are_listed_and_distinct", "ews"): "EWS: creating a folder the "
-    "server has under that name (Sent Items: mailsync's Sent) is a StoreError, which stops "
-    "the whole channel, not a FolderError",
-    ("test_hostile_folder_names_are_refused", "ews-absolute"): "EWS: a name whose first "
-    "part is empty (/tmp/x) is not refused: only the last part is checked, and tmp, "
-    "tmp/x... are created below the root and opened under the name given",
-    ("test_read_only_store_reads_but_refuses_writes", "ews"): "EWS: open_folder(create="
-    "True) on a read-only store creates the folder",
     ("test_flag_sets_change_only_the_named_flags", "ews"): "EWS keeps \\Answered and "
     "$Forwarded in one property (the last verb, PR_LAST_VERB_EXECUTED): a message given "
     "both keeps \\Answered only, though persists() says it keeps each, and a two-way sync "
