@@ -241,10 +241,6 @@ KINDS = [
 
 #: (test function, case id) -> why the case fails.  Each becomes xfail(strict=True).
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("test_read_only_store_reads_but_refuses_writes", "vdir"): "vdir: set_flags() and "
-    "delete() in a read-only store refuse nothing, and delete() removes the item's file",
-    ("test_fetch_of_unknown_keys_raises_message_error", "vdir"): "vdir: fetch() of a key "
-    "with a NUL byte raises ValueError, not MessageError",
     ("test_flag_sets_change_only_the_named_flags", "ews"): "EWS keeps \\Answered and "
     "$Forwarded in one property (the last verb, PR_LAST_VERB_EXECUTED): a message given "
     "both keeps \\Answered only, though persists() says it keeps each, and a two-way sync "
