@@ -5,7 +5,10 @@ A vdir (the format vdirsyncer and khal use) is a directory with one file per ite
 Maildir tree holds them as folders of their own (``Calendar/``, ``Contacts/``), marked
 by a ``.mailsync-vdir`` file that names the kind, so they are listed and reopened as
 vdirs, never as Maildirs.  Items have no flags.  Writes go through a temporary file,
-fsync and rename, like Maildir messages; files are 0600.
+fsync and rename, like Maildir messages (mailsync/files.py); files are 0600.
+
+A vdir is a folder kind of the Maildir store, not a store: maildir.py finds and opens
+vdirs with this module, which imports nothing of Maildir's.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import os
 import time
 
+from mailsync import files
 from mailsync.errors import FolderError, MessageError
 from mailsync.message import Info, to_lf
 from mailsync.stores.base import Folder
-from mailsync.stores.maildir import _FILE_MODE, _fsync_dir, _make_dir, _write_error
 
 KINDS = {"calendar": ".ics", "contacts": ".vcf"}
 MARKER = ".mailsync-vdir"
@@ -34,20 +37,13 @@ def vdir_kind(path: str) -> str | None:
 
 
 def make_vdir(path: str, kind: str) -> None:
-    dirty: set[str] = set()
-    _make_dir(path, dirty)  # 0700 whatever the umask, parents too, in a loop
-    for directory in sorted(dirty):
-        _fsync_dir(directory)
+    """A vdir of `kind` at `path` (parents too), its marker durable before it returns."""
+    files.make_private_dirs(path)
     marker = os.path.join(path, MARKER)
     if vdir_kind(path) != kind:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-        try:
-            os.write(fd, kind.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(path)
-        _fsync_dir(os.path.dirname(path))
+        files.write_in_place(marker, kind.encode() + b"\n")
+        files.fsync_dir(path)
+        files.fsync_dir(os.path.dirname(path))
 
 
 class VdirFolder(Folder):
@@ -95,25 +91,10 @@ class VdirFolder(Folder):
         _counter += 1
         key = f"{int(time.time())}.{os.getpid()}.{_counter}{self.ext}"
         tmp = os.path.join(self.path, f".{key}.tmp")
-        data = to_lf(data)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if arrival:
-                    os.utime(fd, (arrival, arrival))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, os.path.join(self.path, key))
-        except OSError as error:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise MessageError(_write_error(error, self.path))
+        ns = int(arrival * 1_000_000_000) if arrival else None
+        files.atomic_write(
+            tmp, os.path.join(self.path, key), to_lf(data), where=self.path, mtime_ns=ns
+        )
         self._dirty = True
         return key
 
@@ -139,5 +120,5 @@ class VdirFolder(Folder):
 
     def flush(self) -> None:
         if self._dirty:
-            _fsync_dir(self.path)
+            files.fsync_dir(self.path)
             self._dirty = False

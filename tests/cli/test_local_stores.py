@@ -180,7 +180,7 @@ def test_a_pull_clears_what_a_killed_run_left_in_tmp(mailenv):
     import subprocess
     import sys
 
-    from mailsync.stores.maildir import safe_hostname
+    from mailsync.stores.maildir_folder import safe_hostname
 
     make_maildir(mailenv / "src" / "INBOX", 1)
     assert run("pull", str(mailenv / "src"), str(mailenv / "out")).exit_code == 0

@@ -16,7 +16,7 @@ from imaptools import file_flags, maildir_bodies, maildir_files, run, run_proces
 
 from mailsync.message import to_lf
 from mailsync.stores import ews as ewsmod
-from mailsync.stores import open_store
+from mailsync.stores import ews_folder, open_store
 
 USER, PASSWORD = "alice@example.org", "ews-pw-31"
 CRASHED = 137
@@ -136,7 +136,7 @@ def test_rerun_downloads_nothing_and_sees_changes(fake, ews, mailenv):
 
 
 def test_paging_with_a_small_page(fake, ews, mailenv, monkeypatch):
-    monkeypatch.setattr(ewsmod, "PAGE_SIZE", 3)
+    monkeypatch.setattr(ews_folder, "PAGE_SIZE", 3)
     for n in range(10):
         fake.add_item("inbox", mime(n))
     root = mailenv / "mail"

@@ -13,16 +13,11 @@ from imaptools import CommandSpy, Msg, connect, message, seed, when
 
 from mailsync import net as netmod
 from mailsync.errors import FolderError
-from mailsync.message import fingerprint
-from mailsync.stores import imap as imapmod
-from mailsync.stores.imap import (
-    IMAPStore,
-    _parse_uid_set,
-    _uid_ranges,
-    header_digest,
-    redact,
-    valid_keyword,
-)
+from mailsync.message import fingerprint, header_digest
+from mailsync.stores import imap_connection, imap_folder, imap_wire
+from mailsync.stores.imap import IMAPStore
+from mailsync.stores.imap_connection import _parse_uid_set, _uid_ranges, redact
+from mailsync.stores.imap_folder import valid_keyword
 
 
 def test_uid_sets():
@@ -35,14 +30,14 @@ def test_uid_sets_are_bounded_before_they_are_expanded():
     """ESEARCH ALL 1:100000000 once became a 2.7 GB list: the ranges are counted first,
     against what the folder can hold (a test that fails by taking seconds and gigabytes
     without the bound)."""
-    with pytest.raises(imapmod._Malformed, match="over 1000 UIDs"):
+    with pytest.raises(imap_wire._Malformed, match="over 1000 UIDs"):
         _parse_uid_set("1:100000000", 1000)
-    with pytest.raises(imapmod._Malformed, match="over 5 UIDs"):
+    with pytest.raises(imap_wire._Malformed, match="over 5 UIDs"):
         _parse_uid_set("1:3,5:7", 5)
     # UIDs that cannot be are left out and reported, never read as messages.
     assert _parse_uid_set("0,2,-1,4:5,4294967296", 10) == ([2, 4, 5], ["0", "-1", "4294967296"])
     for garbage in ("1:x", "*", "1::2"):
-        with pytest.raises(imapmod._Malformed):
+        with pytest.raises(imap_wire._Malformed):
             _parse_uid_set(garbage, 10)
 
 
@@ -63,7 +58,7 @@ def test_keywords_that_cannot_be_sent_are_not_persisted():
 
 
 def test_redaction_masks_login_and_every_form_of_the_password(monkeypatch):
-    monkeypatch.setattr(imapmod, "_SECRETS", {'s3"cr\\et'})
+    monkeypatch.setattr(imap_connection, "_SECRETS", {'s3"cr\\et'})
     assert redact("> b'ABCD1 LOGIN alice \"x\"'") == "> b'ABCD1 LOGIN ****"
     assert "s3" not in redact('echo s3"cr\\et')
     quoted = 's3"cr\\et'.replace("\\", "\\\\").replace('"', '\\"')
@@ -101,10 +96,10 @@ def test_password_is_asked_once_per_endpoint(monkeypatch):
     monkeypatch.setenv("MAILSYNC_PASSWORD", "unused-here-" + str(time.time()))
     a = IMAPStore("imaps://u@example.org")
     b = IMAPStore("imaps://u@example.org")
-    assert imapmod._password_for(a.endpoint) == imapmod._password_for(b.endpoint) == "pw"
+    assert netmod.password_for(a.endpoint) == netmod.password_for(b.endpoint) == "pw"
     assert len(calls) == 1
-    imapmod._forget_password(a.endpoint)
-    imapmod._password_for(a.endpoint)
+    netmod.forget_password(a.endpoint)
+    netmod.password_for(a.endpoint)
     assert len(calls) == 2
 
 
@@ -123,7 +118,7 @@ def test_bodies_are_fetched_in_byte_bounded_batches(dovecot_server, monkeypatch)
     user = dovecot_server.add_user()
     bodies = [message(i, extra=b"x" * 3000 + b"\n") for i in range(12)]
     seed(dovecot_server, user, {"INBOX": [Msg(b, frozenset(), when(2020)) for b in bodies]})
-    monkeypatch.setattr(imapmod, "FETCH_BATCH_BYTES", 10_000)  # three messages a batch
+    monkeypatch.setattr(imap_folder, "FETCH_BATCH_BYTES", 10_000)  # three messages a batch
     spy = CommandSpy(monkeypatch)
     with store_for(dovecot_server, user, read_only=True) as store:
         folder = store.open_folder("INBOX")

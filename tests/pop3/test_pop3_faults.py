@@ -10,7 +10,7 @@ import pytest
 from fakepop import Behaviour, FakePOP3, make_tls_context
 from imaptools import maildir_bodies, message, run, run_measured
 
-from mailsync.stores import pop3 as pop3mod
+from mailsync.stores import pop3_session
 
 PASSWORD = "secret-pw-7"
 
@@ -260,7 +260,7 @@ def test_an_endless_capa_before_login_is_refused(serve, mailenv):
 def test_a_listing_longer_than_any_maildrop_is_refused(serve, mailenv, monkeypatch):
     """LIST and UIDL are bounded (MAX_LISTING lines, here lowered to keep the test small):
     an endless listing is not parsed into an endless list."""
-    monkeypatch.setattr(pop3mod, "MAX_LISTING", 100)
+    monkeypatch.setattr(pop3_session, "MAX_LISTING", 100)
     fake = serve(bodies(150))
     result = pull(fake, mailenv / "mail")
     assert result.exit_code == 1, result.output

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from mailsync import files as filesmod
 from mailsync.errors import ConfigError, FolderError, MessageError
 from mailsync.message import (
     ANSWERED,
@@ -24,8 +25,8 @@ from mailsync.message import (
     SEEN,
     STANDARD_FLAGS,
 )
-from mailsync.stores import maildir as md
-from mailsync.stores import open_store
+from mailsync.stores import maildir_folder as md
+from mailsync.stores import maildir_keywords, open_store
 from mailsync.stores.maildir import MaildirStore
 
 MSG = b"From: a@example.org\nSubject: hi\n\nbody\n"
@@ -561,7 +562,7 @@ def test_maildirpp_keywords_file_places(tmp_path):
 def test_keywords_file_written_before_the_message_is_renamed(inbox, monkeypatch):
     """A crash at any point never leaves a letter without its line."""
     events = []
-    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, md._fsync_dir
+    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, filesmod.fsync_dir
 
     def fsync(fd):
         st = os.fstat(fd)
@@ -579,7 +580,7 @@ def test_keywords_file_written_before_the_message_is_renamed(inbox, monkeypatch)
 
     monkeypatch.setattr(md.os, "fsync", fsync)
     monkeypatch.setattr(md.os, "rename", rename)
-    monkeypatch.setattr(md, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(filesmod, "fsync_dir", fsync_dir)
     key = inbox.append(MSG, frozenset({"work"}), ARRIVAL)
     inbox.flush()
     kw = os.stat(keywords_file(inbox)).st_ino
@@ -671,11 +672,13 @@ def test_two_writers_do_not_give_one_letter_two_meanings(tmp_path):
 
 def test_keywords_file_locked_while_rewritten(inbox, monkeypatch):
     calls = []
-    real_flock = md.fcntl.flock
-    monkeypatch.setattr(md.fcntl, "flock", lambda fd, op: calls.append(op) or real_flock(fd, op))
+    real_flock = maildir_keywords.fcntl.flock
+    monkeypatch.setattr(
+        maildir_keywords.fcntl, "flock", lambda fd, op: calls.append(op) or real_flock(fd, op)
+    )
     inbox.append(MSG, frozenset({"work"}), ARRIVAL)
     inbox.append(MSG, frozenset({"work"}), ARRIVAL)  # has its letter: no rewrite, no lock
-    assert calls == [md.fcntl.LOCK_EX]
+    assert calls == [maildir_keywords.fcntl.LOCK_EX]
 
 
 def test_cursor_sees_a_change_of_the_keywords_file_only(inbox):
@@ -811,7 +814,7 @@ def test_message_file_fsynced_before_rename(inbox, monkeypatch):
 
 def test_created_folder_parents_are_synced(tmp_path, monkeypatch):
     synced = []
-    monkeypatch.setattr(md, "_fsync_dir", synced.append)
+    monkeypatch.setattr(filesmod, "fsync_dir", synced.append)
     root = tmp_path / "Mail"
     folder = MaildirStore(str(root)).open_folder("A/B", create=True)
     folder.flush()

@@ -26,12 +26,14 @@ from mailsync.message import (
     FLAGGED,
     SEEN,
     STANDARD_FLAGS,
+    Info,
     fingerprint,
     to_lf,
 )
 from mailsync.stores import mbox as mbox_module
 from mailsync.stores import open_store
-from mailsync.stores.mbox import MboxFolder, MboxStore, stored_form
+from mailsync.stores.mbox import MboxFolder, MboxStore
+from mailsync.stores.mbox_format import stored_form
 
 NOFLAGS = frozenset()
 T0 = 1_000_000_000  # Sun Sep  9 01:46:40 2001 UTC
@@ -163,8 +165,8 @@ def test_crlf_file_reads_as_lf(root):
     folder = fresh(root)
     one, two = b"Subject: one\n\nFrom x\nend\n", b"Subject: two\n\nno newline"
     assert folder.list() == {
-        key_of(one): mbox_module.Info(NOFLAGS, len(one), T0),
-        key_of(two): mbox_module.Info(NOFLAGS, len(two), T0 + 1),
+        key_of(one): Info(NOFLAGS, len(one), T0),
+        key_of(two): Info(NOFLAGS, len(two), T0 + 1),
     }
     assert folder.fetch(key_of(one)) == one
     assert folder.fetch(key_of(two)) == two

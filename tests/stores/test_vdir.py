@@ -55,8 +55,9 @@ def test_only_maildir_trees_hold_calendars(tmp_path):
         store.open_folder("Contacts", create=True, kind="contacts")
 
 
-def test_private_whatever_the_umask(tmp_path):
-    old = os.umask(0)
+@pytest.mark.parametrize("umask", [0, 0o277])
+def test_private_whatever_the_umask(tmp_path, umask):
+    old = os.umask(umask)
     try:
         store = MaildirStore(str(tmp_path / "Mail"))
         folder = store.open_folder("Contacts", create=True, kind="contacts")
@@ -65,3 +66,4 @@ def test_private_whatever_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "Mail" / "Contacts").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "Mail" / "Contacts" / key).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "Mail" / "Contacts" / MARKER).stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,595 @@
+"""One connection to an IMAP server: imapclient on an imaplib connection bounded against
+a hostile server, TLS and login, capabilities, call() (reconnect, retry and error scope),
+the raw operations imapclient lacks or gets wrong, and protocol logging with secrets
+masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
+
+* connect with TLS (implicit on imaps://, STARTTLS required on imap://) verifying the
+  certificate and host name; a server without STARTTLS, or greeting PREAUTH before TLS,
+  is refused before the password is sent; ``tls=none`` only on request.  Every socket
+  operation has the endpoint's timeout; a dropped connection is reconnected (and the
+  folder selected again) once per operation; a refused login is final (AuthError);
+* a hostile server stays bounded from the first byte read (imap_wire.py): every line
+  and literal has a deadline that grows with the bytes that arrive (net.Pace), lines,
+  literals and the untagged responses to one command have size limits (small ones
+  before login), UID sets are checked against what the folder holds before they are
+  expanded, and body batches against what RFC822.SIZE announced; server text in errors
+  and warnings has every password masked;
+* with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
+  there), LOGIN arguments and the password itself masked.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import re
+import ssl
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from mailsync.errors import (
+    AuthError,
+    ConnectError,
+    FolderError,
+    MailsyncError,
+    MessageError,
+    RefusedError,
+    StoreError,
+)
+from mailsync.net import SECRETS as _SECRETS
+from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
+from mailsync.net import forget_password as _forget_password
+from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_wire import (
+    MAX_UID,
+    _client_class,
+    _Malformed,
+    _Oversized,
+)
+
+if TYPE_CHECKING:
+    from mailsync.stores.imap_folder import IMAPFolder
+
+log = logging.getLogger("mailsync")
+protocol_log = logging.getLogger("mailsync.imap")
+
+UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
+# Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
+# "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
+# on the next run.  Any other NO (none, TOOBIG, LIMIT, PARSE, CANNOT, ...) refuses it for
+# good: RefusedError.
+APPEND_TRY_LATER = frozenset(
+    {
+        "TRYCREATE",
+        "UNAVAILABLE",
+        "SERVERBUG",
+        "OVERQUOTA",
+        "INUSE",
+        "CONTACTADMIN",
+        "NOPERM",
+        "AUTHORIZATIONFAILED",
+        "EXPIRED",
+        "PRIVACYREQUIRED",
+        "CORRUPTION",
+        "EXPUNGEISSUED",
+        "NONEXISTENT",
+        "ALREADYEXISTS",
+        "READ-ONLY",
+        "ALERT",
+    }
+)
+_NETWORK_ERRORS = (OSError, EOFError)
+_TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _uid_ranges(uids: Iterable[int]) -> str:
+    """[1,2,3,7] -> '1:3,7' (short commands for long lists)."""
+    out, run = [], None
+    for uid in sorted(set(uids)):
+        if run and uid == run[1] + 1:
+            run[1] = uid
+        else:
+            if run:
+                out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
+            run = [uid, uid]
+    if run:
+        out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
+    return ",".join(out)
+
+
+_UID_RANGE = re.compile(r"(-?\d+)(?::(-?\d+))?")
+
+
+def _parse_uid_set(text: str, most: int) -> tuple[list[int], list[str]]:
+    """'1:3,7' -> ([1, 2, 3, 7], []) (ESEARCH ALL results); the second list holds the
+    parts that are not valid UIDs (0, -1, beyond 32 bits), left out.  The ranges are
+    counted before any is expanded: _Malformed if they hold more than `most` UIDs."""
+    ranges: list[tuple[int, int]] = []
+    invalid: list[str] = []
+    count = 0
+    for part in filter(None, text.split(",")):
+        match = _UID_RANGE.fullmatch(part)
+        if not match:
+            raise _Malformed(f"{part[:40]!r} in a UID set")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        low, high = min(low, high), max(low, high)
+        if low < 1 or high > MAX_UID:
+            invalid.append(part)
+            continue
+        count += high - low + 1
+        if count > most:
+            raise _Malformed(
+                f"the server sent a UID set of over {most} UIDs for a folder that holds fewer"
+            )
+        ranges.append((low, high))
+    return [uid for low, high in ranges for uid in range(low, high + 1)], invalid
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _clean(error: BaseException) -> str:
+    """An error (whose text may come from the server) as one short line for the user,
+    with every known password masked: a server may echo the LOGIN it refused."""
+    text = mask_secrets(str(error), _SECRETS)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    text = " ".join(text.split())  # one line, whatever the server sent
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return text.strip() or type(error).__name__
+
+
+# -- protocol logging ---------------------------------------------------------------------
+
+# An outgoing LOGIN/AUTHENTICATE command line ("> b'TAG LOGIN ..."), not LOGIN-REFERRALS.
+_REDACT_COMMAND = re.compile(r"^(>.*?\b)(LOGIN|AUTHENTICATE)(?=[\s'\"]|$).*", re.S)
+
+
+def redact(text: str) -> str:
+    """Mask LOGIN/AUTHENTICATE arguments and every known password in a log line."""
+    return mask_secrets(_REDACT_COMMAND.sub(r"\1\2 ****", text), _SECRETS)
+
+
+_LOG_LOCK = threading.Lock()
+
+
+class _ProtocolBridge(logging.Handler):
+    """Routes imapclient's and imaplib's debug records to the mailsync logger (shown
+    with -vv), redacted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = redact(record.getMessage())
+        except Exception:
+            return
+        protocol_log.debug("imap: %s", text)
+
+
+def _route_protocol_log() -> None:
+    """imapclient's loggers go through the bridge only (whatever handler was set on them
+    before), so protocol lines are never written unredacted; DEBUG only when mailsync's
+    logger shows debug output (-vv)."""
+    logger = logging.getLogger("imapclient")
+    with _LOG_LOCK:
+        if len(logger.handlers) != 1 or not isinstance(logger.handlers[0], _ProtocolBridge):
+            logger.handlers[:] = [_ProtocolBridge()]
+        logger.propagate = False
+        debug = protocol_log.isEnabledFor(logging.DEBUG)
+        logger.setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _shutdown(client) -> None:
+    if client is None:
+        return
+    try:
+        client.shutdown()
+    except Exception:
+        pass
+
+
+# -- the connection ----------------------------------------------------------------------
+
+
+class IMAPConnection:
+    """A connection to the account at an imap:// or imaps:// URL, made on first use
+    (`client`) and again after a drop.  Operations go through call()."""
+
+    def __init__(self, url: str, options: dict | None = None):
+        self.endpoint: Endpoint = parse_endpoint(url, options)
+        self.url = self.endpoint.display
+        self._client = None
+        self._password: str | None = None
+        self.capabilities: set[str] = set()
+        #: The folder the connection has selected (None: none, or dropped since).
+        self.selected: IMAPFolder | None = None
+        self.reconnects = 0
+        self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS
+        self._warned_invalid: set[str] = set()  # folders whose invalid UIDs were reported
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self):
+        from imapclient.exceptions import LoginError
+
+        _route_protocol_log()
+        ep = self.endpoint
+        context = ep.ssl_context() if ep.tls != "none" else None
+        client = None
+        try:
+            client = _client_class()(
+                ep.host,
+                port=ep.port,
+                ssl=ep.tls == "implicit",
+                ssl_context=context,
+                timeout=ep.timeout,
+            )
+            client.normalise_times = False
+            # Commands and responses (5 adds imaplib's parser chatter); 0 formats nothing.
+            client._imap.debug = 4 if protocol_log.isEnabledFor(logging.DEBUG) else 0
+            if ep.tls == "starttls":
+                if client._imap.state != "NONAUTH":
+                    raise ConnectError(
+                        f"{ep.display} greeted with PREAUTH before TLS; refusing an "
+                        "unencrypted session (use imaps://, or tls=none if you really mean it)"
+                    )
+                if not client.has_capability("STARTTLS"):
+                    raise ConnectError(
+                        f"{ep.display} does not offer STARTTLS; refusing to send the password "
+                        "in clear (use imaps://, or tls=none if you really mean it)"
+                    )
+                client.starttls(context)
+            if client._imap.state == "NONAUTH":
+                if self._password is None:
+                    self._password = _password_for(ep)
+                try:
+                    self._login(client, ep.user, self._password)
+                except LoginError as error:
+                    _forget_password(ep)
+                    raise AuthError(
+                        f"{ep.display}: login failed ({_clean(error)}); check the user name "
+                        "and password"
+                    )
+            self.capabilities = {_text(c).upper() for c in client.capabilities()}
+            if "CONDSTORE" in self.capabilities and "ENABLE" in self.capabilities:
+                try:
+                    client.enable("CONDSTORE")
+                except Exception as error:  # the SELECT then shows no HIGHESTMODSEQ
+                    log.debug("%s: ENABLE CONDSTORE failed: %s", ep.display, _clean(error))
+        except MailsyncError:
+            _shutdown(client)
+            raise
+        except ssl.SSLCertVerificationError as error:
+            _shutdown(client)
+            raise ConnectError(
+                f"{ep.display}: the server's certificate is not trusted "
+                f"({error.verify_message or _clean(error)}); for a private CA give cafile=PATH"
+            )
+        except ssl.SSLError as error:
+            _shutdown(client)
+            raise ConnectError(f"{ep.display}: TLS failed ({error.reason or _clean(error)})")
+        except TooSlow as error:
+            _shutdown(client)
+            raise ConnectError(f"{ep.display}: {error}")
+        except TimeoutError:
+            _shutdown(client)
+            raise ConnectError(
+                f"{ep.display}: no answer within {ep.timeout:g} s; check the host and port "
+                "(timeout=SECONDS in the URL changes the limit)"
+            )
+        except OSError as error:
+            _shutdown(client)
+            raise ConnectError(
+                f"cannot connect to {ep.host}:{ep.port} ({error.strerror or _clean(error)}); "
+                "check the host name and port, and that the server is up"
+            )
+        except Exception as error:
+            _shutdown(client)
+            raise ConnectError(f"{ep.display}: {_clean(error)}")
+        log.debug("connected to %s: %s", ep.display, " ".join(sorted(self.capabilities)))
+        return client
+
+    @staticmethod
+    def _login(client, user: str, password: str) -> None:
+        """LOGIN with both arguments quoted; AUTHENTICATE PLAIN (UTF-8) when either is not
+        ASCII, which LOGIN cannot carry (and imaplib would echo in its error)."""
+        from imapclient.exceptions import LoginError
+
+        if user.isascii() and password.isascii():
+            quoted = '"' + user.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            client.login(quoted, password)
+            return
+        if b"AUTH=PLAIN" not in {c.upper() for c in client.capabilities()}:
+            raise LoginError(
+                "the user name or password has non-ASCII characters, which only AUTHENTICATE "
+                "PLAIN can carry, and the server does not offer it"
+            )
+        client.plain_login(user, password)
+
+    def has(self, capability: str) -> bool:
+        self.client  # noqa: B018  (connects)
+        return capability in self.capabilities
+
+    def _drop(self) -> None:
+        old, self._client = self._client, None
+        self.selected = None
+        _shutdown(old)
+
+    def reconnect(self) -> None:
+        self._drop()
+        self.reconnects += 1
+        self.client  # noqa: B018
+
+    def call(self, operation, *args, retry: bool = True, folder: IMAPFolder | None = None, **kw):
+        """Run one IMAP operation, in `folder` (selected first if the connection has
+        another one selected, or none since it was dropped).  A dropped connection is
+        reconnected and, with `retry` (operations safe to repeat), the operation run again
+        once.  Server refusals and unreadable responses become FolderError (with a
+        folder) or StoreError; a lost connection, or a server too slow to wait for,
+        ConnectError.  _Oversized passes through (the connection dropped)."""
+        from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
+
+        scope = FolderError if folder is not None else StoreError
+        where = f"{self.endpoint.display}" + (f" {folder.name}" if folder is not None else "")
+        for attempt in (1, 2):
+            try:
+                if folder is not None and self.selected is not folder:
+                    folder.select()
+                return self._invoke(operation, *args, **kw)
+            except MailsyncError:
+                raise
+            except _Oversized:
+                self._drop()
+                raise
+            except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
+                lost = "gave up" if isinstance(error, TooSlow) else "connection lost"
+                if not retry or attempt == 2:
+                    self._drop()
+                    raise ConnectError(f"{where}: {lost} during {operation} ({_clean(error)})")
+                log.warning(
+                    "%s: %s during %s (%s); reconnecting", where, lost, operation, _clean(error)
+                )
+                self.reconnect()
+            except (ProtocolError, _Malformed, ValueError, IndexError, RecursionError) as error:
+                self._drop()  # what else is in the stream is anybody's guess
+                raise scope(
+                    f"{where}: the server sent a response mailsync cannot read "
+                    f"({operation}: {_clean(error)})"
+                )
+            except IMAPClientError as error:
+                raise scope(f"{where}: the server refused {operation}: {_clean(error)}")
+        raise AssertionError("unreachable")
+
+    def _invoke(self, operation, *args, **kwargs):
+        method = getattr(self, "_op_" + operation, None)
+        if method is not None:
+            return method(*args, **kwargs)
+        return getattr(self.client, operation)(*args, **kwargs)
+
+    # raw operations imapclient lacks or gets wrong -------------------------------------
+    def _op_fetch(
+        self,
+        uid_set: str,
+        items: list[str],
+        modifiers: list[str] | None = None,
+        *,
+        message_level: bool = False,
+        literal_budget: int | None = None,
+    ):
+        """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
+        response is kept by its UID; responses without one (unsolicited FETCHes about
+        other messages, keyed by sequence number) are ignored, never mistaken for UIDs;
+        responses with an invalid one (0, -1) are left out with a warning.
+        With `message_level` (one message's body piece) a NO is that message's
+        MessageError (e.g. expunged by another client meanwhile), not the folder's.
+        `literal_budget`: the bytes all literals of the response may hold together
+        (_Oversized before reading one that would go beyond)."""
+        from imapclient.response_parser import parse_fetch_response
+
+        imap = self.client._imap
+        args = [uid_set, "(" + " ".join(items) + ")"]
+        if modifiers:
+            args.append("(" + " ".join(modifiers) + ")")
+        imap.literal_budget = literal_budget
+        typ, data = imap.uid("FETCH", *args)
+        if typ != "OK":
+            text = _clean(data[-1] if data else typ)
+            if message_level:
+                raise MessageError(f"the server refused to send it ({text})")
+            raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
+        try:
+            parsed = parse_fetch_response(data, False, False)
+        except (ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
+            raise _Malformed(error)
+        del data  # the literals live on in `parsed` only (no second reference to big ones)
+        out: dict[int, dict] = {}
+        invalid = []
+        for record in parsed.values():
+            uid = record.get(b"UID")
+            if isinstance(uid, int) and 0 < uid <= MAX_UID:
+                out.setdefault(uid, {}).update(record)
+            elif uid is not None:
+                invalid.append(_text(uid))
+        if invalid:
+            self._invalid_uids(invalid, "FETCH responses")
+        return out
+
+    def _invalid_uids(self, invalid: list[str], what: str) -> None:
+        """Warns, once per folder, that the server sent UIDs that cannot be (0, -1)."""
+        folder = self.selected.name if self.selected else ""
+        if folder in self._warned_invalid:
+            return
+        self._warned_invalid.add(folder)
+        where = f"{self.endpoint.display} {folder}"
+        log.warning(
+            "%s: the server sent %d %s with invalid UIDs (%s); ignoring them",
+            where.rstrip(),
+            len(invalid),
+            what,
+            _clean(ValueError(", ".join(invalid[:5]) + (", ..." if len(invalid) > 5 else ""))),
+        )
+
+    def _op_uids(self, criteria: str = "ALL") -> list[int]:
+        """UID SEARCH, compact with ESEARCH when offered.  The answer is bounded by
+        what the selected folder can hold (its EXISTS, plus UID_SLACK): a larger one is
+        _Malformed before it is expanded into a list.  Invalid UIDs (0, -1) are left
+        out with a warning."""
+        imap = self.client._imap
+        if "ESEARCH" in self.capabilities:
+            tag = imap._command("UID", "SEARCH", "RETURN", "(ALL)", criteria)
+            typ, data = imap._command_complete("UID", tag)
+            responses = imap.untagged_responses.pop("ESEARCH", [])
+            if typ != "OK":
+                raise imaplib.IMAP4.error(f"UID SEARCH failed: {_clean(data[-1])}")
+            most = imap.folder_messages + UID_SLACK
+            for response in responses:
+                line = _text(response)
+                mine = re.search(r'\(TAG "?([^")]+)"?\)', line)
+                if mine and mine.group(1) != _text(tag):
+                    continue
+                found = re.search(r"\bALL\s+(\S+)", line)
+                uids, invalid = _parse_uid_set(found.group(1), most) if found else ([], [])
+                if invalid:
+                    self._invalid_uids(invalid, "UID SEARCH results")
+                return uids
+            return []
+        typ, data = imap.uid("SEARCH", criteria)
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"UID SEARCH failed: {_clean(data[-1] if data else typ)}")
+        lines = [line for line in data if line]
+        most = imap.folder_messages + UID_SLACK
+        if sum(len(line.split(None, most + 1)) for line in lines) > most:
+            raise _Malformed(f"the server sent over {most} UIDs for a folder that holds fewer")
+        uids: list[int] = []
+        invalid: list[str] = []
+        for line in lines:
+            for word in _text(line).split():
+                try:
+                    uid = int(word)
+                except ValueError as error:
+                    raise _Malformed(error)
+                if 0 < uid <= MAX_UID:
+                    uids.append(uid)
+                else:
+                    invalid.append(word)
+        if invalid:
+            self._invalid_uids(invalid, "UID SEARCH results")
+        return uids
+
+    def _op_append(self, server_name: str, wire: bytes, flags: list[str], when):
+        """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs)."""
+        from imapclient.datetime_util import datetime_to_INTERNALDATE
+
+        client = self.client
+        imap = client._imap
+        mailbox = client._normalise_folder(server_name)
+        date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
+        imap.literal = wire
+        typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+        if typ != "OK":
+            text = _clean(data[-1] if data else typ)
+            code = re.match(r"\[([A-Za-z0-9.-]+)", text)
+            if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
+                reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
+                raise RefusedError(f"APPEND refused: {reason}", reason)
+            raise imaplib.IMAP4.error(f"APPEND failed: {text}")
+        return _text(data[-1] if data else "")
+
+    def _op_list(self):
+        """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS
+        (RFC 5819) the same command returns every folder's STATUS, kept for unchanged()
+        so a rerun of a many-folder account needs no STATUS per folder."""
+        client = self.client
+        if "LIST-STATUS" in self.capabilities:
+            return self._list_status()
+        client.folder_encode = False
+        try:
+            return client.list_folders()
+        finally:
+            client.folder_encode = True
+
+    def _list_status(self):
+        from imapclient.response_parser import parse_response
+
+        imap = self.client._imap
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if "CONDSTORE" in self.capabilities:
+            items.append("HIGHESTMODSEQ")
+        imap.untagged_responses.pop("STATUS", None)
+        # Extended LIST returns special-use attributes only when asked (RFC 6154).
+        special = "SPECIAL-USE " if "SPECIAL-USE" in self.capabilities else ""
+        typ, data = imap._simple_command(
+            "LIST", '""', '"*"', "RETURN", f"({special}STATUS ({' '.join(items)}))"
+        )
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"LIST failed: {_clean(data[-1] if data else typ)}")
+        typ, data = imap._untagged_response(typ, data, "LIST")
+        statuses = imap.untagged_responses.pop("STATUS", [])
+        self._status_cache = {}
+        for line in statuses:
+            parsed = parse_response([line] if not isinstance(line, tuple) else list(line))
+            if len(parsed) != 2 or not isinstance(parsed[1], tuple | list):
+                continue
+            raw, values = parsed
+            if isinstance(raw, int):
+                raw = str(raw).encode()
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8")
+            pairs = list(values)
+            status = {_text(pairs[i]).upper(): pairs[i + 1] for i in range(0, len(pairs) - 1, 2)}
+            self._status_cache[bytes(raw)] = status
+        client = self.client
+        client.folder_encode = False
+        try:
+            return client._proc_folder_list([d for d in data if d is not None])
+        finally:
+            client.folder_encode = True
+
+    def _op_mailbox_ids(self) -> dict[str, object]:
+        """LIST-STATUS asking for MAILBOXID only -> {server name: its MAILBOXID value}."""
+        from imapclient.imap_utf7 import decode
+        from imapclient.response_parser import parse_response
+
+        imap = self.client._imap
+        imap.untagged_responses.pop("STATUS", None)
+        typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", "(STATUS (MAILBOXID))")
+        imap.untagged_responses.pop("LIST", None)
+        statuses = imap.untagged_responses.pop("STATUS", [])
+        if typ != "OK":
+            raise imaplib.IMAP4.error(f"LIST failed: {_clean(data[-1] if data else typ)}")
+        out: dict[str, object] = {}
+        for line in statuses:
+            parsed = parse_response([line] if not isinstance(line, tuple) else list(line))
+            if len(parsed) != 2 or not isinstance(parsed[1], tuple | list):
+                continue
+            raw, values = parsed
+            if isinstance(raw, int):
+                raw = str(raw)
+            if isinstance(raw, bytes):
+                raw = decode(raw)
+            items = list(values)
+            for i in range(0, len(items) - 1, 2):
+                if _text(items[i]).upper() == "MAILBOXID":
+                    out[raw] = items[i + 1]
+        return out
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                if self.selected is not None:
+                    self.selected.flush()
+            finally:
+                try:
+                    self._client.logout()
+                except Exception:
+                    pass
+                self._drop()

@@ -1,0 +1,668 @@
+"""IMAP folders: one server folder, selected on the store's connection.
+
+Keys are UIDs (as strings) under the folder's UIDVALIDITY, which must not change in
+mid-run (FolderError: the next run re-matches).  What it does on the wire:
+
+* listings fetch FLAGS, RFC822.SIZE and INTERNALDATE; with CONDSTORE a rerun asks only
+  for what changed since the last HIGHESTMODSEQ (plus the UID list, to see expunges), and
+  a folder whose STATUS is unchanged is not even selected;
+* bodies with ``UID FETCH ... BODY.PEEK[]`` (never marks mail read) in batches bounded
+  by bytes; every FETCH response is kept by its UID (never by sequence number).  A body
+  above FETCH_LARGE_BYTES comes in pieces (``BODY.PEEK[]<offset.length>``), each turned
+  CRLF -> LF into one bytearray as it arrives, so a 50 MB message costs about 50 MB (not
+  the literal plus its LF copy); such a body is handed on as that bytearray;
+* APPEND with flags and INTERNALDATE and the message bytes exactly as given (CRLF line
+  ends, lone CRs untouched); APPENDUID when offered, otherwise the new UID is found among
+  the UIDs above the old highest one, by content if need be (no header is injected); a
+  NOOP before the new UIDs are used, as a server need not announce them (Courier);
+* flag changes with UID STORE in batches; deletions with \\Deleted plus UID EXPUNGE of
+  exactly those UIDs (without UIDPLUS, EXPUNGE only if no other message is \\Deleted,
+  otherwise the folder fails untouched).
+
+The connection (reconnects, limits, raw operations) is imap_connection.py's; which
+folders there are and their names, the store's (imap.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from mailsync.errors import (
+    ConnectError,
+    FolderError,
+    MailsyncError,
+    MessageError,
+    RefusedError,
+    StoreError,
+)
+from mailsync.message import (
+    Info,
+    fingerprint,
+    header_digest,
+    normalise_flags,
+    to_crlf,
+    to_lf,
+    tolerant_fingerprint,
+)
+from mailsync.stores.base import Folder
+from mailsync.stores.imap_connection import _text, _uid_ranges
+from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
+
+if TYPE_CHECKING:
+    from mailsync.stores.imap import IMAPStore
+
+log = logging.getLogger("mailsync")
+
+FETCH_BATCH_BYTES = 3 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE (x --jobs in RAM)
+FETCH_BATCH_MAX = 500  # messages per UID FETCH
+FETCH_LARGE_BYTES = 4 * 1024 * 1024  # bodies above this (RFC822.SIZE) are fetched in pieces
+FETCH_PIECE_BYTES = 4 * 1024 * 1024  # one BODY.PEEK[]<offset.length> of such a body
+PRESIZE_FACTOR = 16  # RFC822.SIZE sizes a big body's buffer up to this x its first piece
+META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
+STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
+SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
+_ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
+
+
+def _timestamp(value) -> float:
+    """INTERNALDATE -> seconds.  imapclient is told not to normalise times, so the value
+    is aware; a missing or unreadable date counts as now (never 1970)."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return time.time()
+
+
+def valid_keyword(flag: str) -> bool:
+    """Whether `flag` can be sent as an IMAP keyword (an atom, ASCII, no specials)."""
+    return (
+        bool(flag)
+        and flag.isascii()
+        and not flag.startswith("\\")
+        and not _ATOM_SPECIALS.search(flag)
+    )
+
+
+class IMAPFolder(Folder):
+    #: Servers rewrite what they store (Cyrus: 8-bit header bytes as "X"; Courier: lone
+    #: CRs dropped, a final CRLF added; Dovecot: NUL as 0x80), tests/servers/ measures.
+    normalises = True
+
+    def __init__(self, store: IMAPStore, name: str, server_name: str):
+        self.store = store
+        self.name = name
+        self.server_name = server_name
+        self.read_only = store.read_only
+        self._info: dict | None = None  # SELECT response
+        self._status_now: dict | None = None  # STATUS from unchanged()
+        self._known_validity: str | None = None  # the first UIDVALIDITY seen
+        self._cursor: dict = {}
+        self._sizes: dict[int, int] = {}
+        self._permanent: frozenset[str] | None = None
+        self._keywords_ok = True
+        self._flag_ops: dict[tuple[frozenset, frozenset], list[int]] = {}
+        self._deletions: list[int] = []
+        self._uids_assigned: set[int] = set()
+        self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
+        self._unannounced = False  # appended to since the server last told what it holds
+
+    def __repr__(self) -> str:
+        return f"IMAPFolder({self.store.url!r}, {self.name!r})"
+
+    # selection ------------------------------------------------------------------------
+    def select(self) -> dict:
+        store = self.store
+        if store.selected is self and self._info is not None:
+            return self._info
+        if store.selected is not None and store.selected is not self:
+            store.selected.flush()
+        try:
+            info = store.call("select_folder", self.server_name, readonly=self.read_only)
+        except ConnectError:
+            raise
+        except StoreError as error:
+            raise FolderError(f"{store.url}: cannot select {self.name}: {error}")
+        info = {_text(k).upper(): v for k, v in info.items()}
+        self._check_validity(info.get("UIDVALIDITY"))
+        self._info = info
+        self._unannounced = False
+        store.selected = self
+        permanent = info.get("PERMANENTFLAGS")
+        if permanent is not None and not self.read_only:
+            flags = {_text(f) for f in permanent}
+            self._keywords_ok = "\\*" in flags
+            self._permanent = normalise_flags(f for f in flags if f != "\\*")
+        return info
+
+    def _select_appended(self) -> dict:
+        """select(), and a NOOP if messages were appended since: a server need not
+        announce what is appended to the selected folder (RFC 3501 APPEND; Courier does
+        not), and until it has, UID FETCH and UID STORE of those UIDs find nothing."""
+        info = self.select()
+        if self._unannounced:
+            self.store.call("noop", folder=self)
+            self._unannounced = False
+        return info
+
+    def _check_validity(self, value) -> None:
+        """Keys are only good under one UIDVALIDITY: a change in mid-run (seen on a
+        reconnect, or between STATUS and SELECT) stops the folder."""
+        if value is None:
+            return
+        value = str(value)
+        if self._known_validity is None:
+            self._known_validity = value
+        elif value != self._known_validity:
+            self._info = None
+            raise FolderError(
+                f"{self.store.url} {self.name}: UIDVALIDITY changed during the sync "
+                f"({self._known_validity} -> {value}); rerun to re-match the messages"
+            )
+
+    @property
+    def validity(self) -> str:  # type: ignore[override]
+        if self._info is not None:
+            return str(self._info.get("UIDVALIDITY", ""))
+        if self._status_now is None:
+            self._status_now = self._status()
+            self._check_validity(self._status_now.get("UIDVALIDITY"))
+        return str(self._status_now.get("UIDVALIDITY", ""))
+
+    def _status(self) -> dict:
+        from imapclient.imap_utf7 import encode
+
+        cached = self.store._status_cache.pop(encode(self.server_name), None)
+        if cached is not None:  # from this run's LIST-STATUS
+            return cached
+        what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if self.store.has("CONDSTORE"):
+            what.append("HIGHESTMODSEQ")
+        try:
+            status = self.store.call("folder_status", self.server_name, what)
+        except ConnectError:
+            raise
+        except StoreError as error:
+            raise FolderError(f"{self.store.url}: cannot get the status of {self.name}: {error}")
+        return {_text(k).upper(): v for k, v in status.items()}
+
+    def persists(self, flag: str) -> bool:
+        if flag == "\\Recent":
+            return False
+        if flag.startswith("\\"):
+            if flag not in SYSTEM_FLAGS:
+                return False
+            return self.read_only or self._permanent is None or flag in self._permanent
+        if not valid_keyword(flag):
+            return False
+        if self.read_only:
+            return True
+        return self._keywords_ok or (self._permanent is not None and flag in self._permanent)
+
+    # listing --------------------------------------------------------------------------
+    def cursor(self) -> dict:
+        return dict(self._cursor)
+
+    def unchanged(self, cursor: dict) -> bool:
+        """STATUS only (no SELECT/EXAMINE): same UIDVALIDITY, UIDNEXT, MESSAGES and
+        HIGHESTMODSEQ as when the cursor was taken.  Needs CONDSTORE."""
+        if "highestmodseq" not in cursor or not self.store.has("CONDSTORE"):
+            return False
+        status = self._status()
+        self._status_now = status
+        now = {
+            "uidvalidity": status.get("UIDVALIDITY"),
+            "uidnext": status.get("UIDNEXT"),
+            "messages": status.get("MESSAGES"),
+            "highestmodseq": status.get("HIGHESTMODSEQ"),
+        }
+        if any(v is None for v in now.values()) or any(cursor.get(k) != v for k, v in now.items()):
+            return False
+        self._check_validity(now["uidvalidity"])
+        permanent = cursor.get("permanentflags")
+        if permanent is not None and not self.read_only:
+            self._keywords_ok = "\\*" in permanent
+            self._permanent = normalise_flags(f for f in permanent if f != "\\*")
+        self._cursor = dict(cursor)
+        return True
+
+    def _take_cursor(self) -> None:
+        info = self._info or {}
+        self._cursor = {
+            "uidvalidity": info.get("UIDVALIDITY"),
+            "uidnext": info.get("UIDNEXT"),
+            "messages": info.get("EXISTS"),
+        }
+        if "HIGHESTMODSEQ" in info:
+            self._cursor["highestmodseq"] = info["HIGHESTMODSEQ"]
+        if self._permanent is not None and not self.read_only:
+            self._cursor["permanentflags"] = sorted(self._permanent) + (
+                ["\\*"] if self._keywords_ok else []
+            )
+        special = self.store.special_use.get(self.name)
+        if special:
+            self._cursor["special_use"] = special
+
+    def _fresh_select(self) -> dict:
+        """SELECT now, even if selected: the cursor must describe the folder as of now."""
+        if self.store.selected is self:
+            self.flush()
+        self._info = None
+        return self.select()
+
+    def list(self) -> dict[str, Info]:
+        return self._list_all(self._fresh_select())
+
+    def _list_all(self, info: dict) -> dict[str, Info]:
+        self._take_cursor()
+        if not info.get("EXISTS"):
+            return {}
+        return self._fetch_meta("1:*")
+
+    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+        modseq = cursor.get("highestmodseq")
+        info = self._fresh_select()
+        if (
+            modseq is None
+            or "HIGHESTMODSEQ" not in info
+            or cursor.get("uidvalidity") != info.get("UIDVALIDITY")
+        ):
+            return self._list_all(info)
+        self._take_cursor()
+        if not info.get("EXISTS"):
+            return {}
+        uids = set(self.store.call("uids", "ALL", folder=self))
+        changed = self._fetch_meta("1:*", modifiers=[f"CHANGEDSINCE {modseq}"])
+        new = [uid for uid in uids if str(uid) not in known and str(uid) not in changed]
+        fresh = {}
+        for start in range(0, len(new), META_BATCH):
+            fresh.update(self._fetch_meta(_uid_ranges(new[start : start + META_BATCH])))
+        listing: dict[str, Info] = {}
+        for uid in uids:
+            key = str(uid)
+            if key in changed:
+                listing[key] = changed[key]
+            elif key in fresh:
+                listing[key] = fresh[key]
+            elif key in known:
+                listing[key] = Info(frozenset(known[key]), self._sizes.get(uid, 0), 0.0)
+        return listing
+
+    def _fetch_meta(self, uid_set: str, modifiers: list[str] | None = None) -> dict[str, Info]:
+        items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
+        response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
+        listing = {}
+        for uid, data in response.items():
+            size = data.get(b"RFC822.SIZE")
+            if not isinstance(size, int) or size < 0:
+                size = 0
+            else:
+                self._sizes[uid] = size
+            flags = data.get(b"FLAGS") or ()
+            if not isinstance(flags, tuple | list):
+                flags = ()
+            listing[str(uid)] = Info(
+                normalise_flags(flags), size, _timestamp(data.get(b"INTERNALDATE"))
+            )
+        return listing
+
+    # bodies ---------------------------------------------------------------------------
+    def fetch(self, key: str) -> bytes:
+        return self._fetch_one(key)
+
+    def fetch_many(
+        self, keys: Iterable[str]
+    ) -> Iterator[tuple[str, bytes | bytearray | MessageError]]:
+        """Bodies (LF) in the order given, batched by RFC822.SIZE.  A body above
+        FETCH_LARGE_BYTES is fetched alone, in pieces, and comes as a bytearray."""
+        keys = list(keys)
+        self._select_appended()
+        uids: list[int | None] = []
+        for key in keys:
+            uids.append(int(key) if key.isascii() and key.isdigit() else None)
+        missing = [u for u in uids if u is not None and u not in self._sizes]
+        for start in range(0, len(missing), META_BATCH):
+            # Sizes first, so a batch is bounded by bytes even for messages not listed.
+            chunk = missing[start : start + META_BATCH]
+            response = self.store.call(
+                "fetch", _uid_ranges(chunk), ["UID", "RFC822.SIZE"], folder=self
+            )
+            for uid, data in response.items():
+                size = data.get(b"RFC822.SIZE")
+                if isinstance(size, int):
+                    self._sizes[uid] = size
+        batch: list[int] = []
+        batch_bytes = 0
+        for key, uid in zip(keys, uids, strict=True):
+            if uid is None:
+                if batch:  # in the order given (base.py)
+                    yield from self._fetch_bodies(batch)
+                    batch, batch_bytes = [], 0
+                yield key, MessageError(f"{self.name}: {key!r} is not an IMAP UID")
+                continue
+            size = self._sizes.get(uid, 0)
+            if size > FETCH_LARGE_BYTES:
+                if batch:
+                    yield from self._fetch_bodies(batch)
+                    batch, batch_bytes = [], 0
+                # The bytearray is referenced by the yielded tuple only: once the caller
+                # drops it, it is gone (this frame keeps no copy while suspended).
+                yield key, self._fetch_large(uid)
+                continue
+            if batch and (batch_bytes + size > FETCH_BATCH_BYTES or len(batch) >= FETCH_BATCH_MAX):
+                yield from self._fetch_bodies(batch)
+                batch, batch_bytes = [], 0
+            batch.append(uid)
+            batch_bytes += size
+        if batch:
+            yield from self._fetch_bodies(batch)
+
+    def _fetch_bodies(self, uids: list[int]):
+        """Bodies of a batch in one UID FETCH, whose literals may hold twice what
+        RFC822.SIZE announced for the batch (FETCH_LARGE_BYTES for a message without
+        one) and 1 MiB more: room for servers whose sizes are estimates (Exchange).  A
+        server that sends more (RFC822.SIZE understated, by mistake or on purpose) is cut
+        off before the excess is read, and the batch is fetched again one message at a
+        time in pieces (_fetch_large): memory follows the bytes that arrive, not what the
+        server claims."""
+        announced = sum(self._sizes.get(uid, FETCH_LARGE_BYTES) for uid in uids)
+        budget = 2 * announced + (1 << 20)
+        try:
+            response = self.store.call(
+                "fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=self, literal_budget=budget
+            )
+        except _Oversized as error:
+            log.warning(
+                "%s: the server sent a body of %s bytes in a batch of %d messages it said "
+                "hold %d bytes together (RFC822.SIZE); fetching them one at a time, in pieces",
+                self.name,
+                error,
+                len(uids),
+                announced,
+            )
+            for uid in uids:
+                yield str(uid), self._fetch_large(uid)
+            return
+        for uid in uids:
+            data = response.get(uid, {}).get(b"BODY[]")
+            if isinstance(data, bytes):
+                yield str(uid), to_lf(data)
+            elif uid in response or data is not None:
+                yield str(uid), MessageError(f"{self.name}: the server sent no body for UID {uid}")
+            else:
+                yield (
+                    str(uid),
+                    MessageError(f"{self.name}: message UID {uid} is gone from the server"),
+                )
+
+    def _fetch_large(self, uid: int) -> bytearray | MessageError:
+        """One big body in pieces of FETCH_PIECE_BYTES (``UID FETCH uid (RFC822.SIZE
+        BODY.PEEK[]<offset.length>)``), each turned CRLF -> LF straight into one bytearray.
+        At most the buffer plus one piece and its LF copy are alive, never the whole
+        literal next to a whole LF copy; a piece longer than asked for is refused before
+        it is read.
+
+        RFC822.SIZE is the server's word: it sizes the buffer (one block, filled in place:
+        allocating it piece by piece costs glibc's heap a third more memory) only as far
+        as the first piece proves, PRESIZE_FACTOR times the bytes that arrived in it; a
+        body longer than that grows the buffer as it arrives.  So 1 GB announced for a
+        small message costs nothing, and for a 4 MB one at most 64 MB.
+
+        The result equals to_lf() of the whole body.  CRs ending a piece are not taken
+        from it: the next piece starts at the first of them, so a CRLF split by a piece
+        boundary is seen whole, and no piece ever starts right after a CR (Dovecot 2.3
+        then drops the byte after a lone CR, serves a short body and renames its own file
+        as broken).  The end is the first short piece (never RFC822.SIZE: some servers
+        report it inexactly).  A message that vanishes, or whose RFC822.SIZE changes, in
+        mid-read is this message's MessageError; a lost connection is retried once per
+        piece."""
+        where = f"{self.name}: message UID {uid}"
+        buf: bytearray | None = None  # sized once the first piece has arrived
+        end = 0  # bytes of buf filled so far
+        offset = 0  # wire bytes taken so far
+        length = FETCH_PIECE_BYTES
+        announced: int | None = None
+        while True:
+            items = ["RFC822.SIZE", f"BODY.PEEK[]<{offset}.{length}>"]
+            try:
+                response = self.store.call(
+                    "fetch", str(uid), items, folder=self, message_level=True, literal_budget=length
+                )
+            except MessageError as error:
+                return MessageError(f"{where}: {error}")
+            except _Oversized as error:
+                return MessageError(
+                    f"{where}: the server sent {error} bytes where at most {length} were asked for"
+                )
+            record = response.pop(uid, None)
+            del response
+            if record is None:
+                if offset:
+                    return MessageError(f"{where} vanished from the server while being read")
+                return MessageError(f"{where} is gone from the server")
+            piece = record.pop(f"BODY[]<{offset}>".encode(), None)
+            reported = record.get(b"RFC822.SIZE")
+            del record
+            if isinstance(reported, int):
+                if announced is None:
+                    announced = reported
+                elif reported != announced:
+                    if not reported:  # Dovecot, after another client expunged it
+                        return MessageError(f"{where} vanished from the server while being read")
+                    return MessageError(
+                        f"{where} changed size while being read ({announced} -> {reported} "
+                        "bytes); rerun"
+                    )
+            if not isinstance(piece, bytes):
+                return MessageError(f"{self.name}: the server sent no body for UID {uid}")
+            if len(piece) > length:
+                return MessageError(
+                    f"{where}: the server sent {len(piece)} bytes where at most {length} "
+                    "were asked for"
+                )
+            last = len(piece) < length
+            take = len(piece)
+            if not last:
+                while take and piece[take - 1] == 13:  # trailing CRs: the next piece's
+                    take -= 1
+                if not take:  # nothing but CRs: ask for more at once, not after a CR
+                    del piece
+                    length *= 2
+                    if length > MAX_LITERAL:
+                        return MessageError(f"{where}: over {MAX_LITERAL} CRs in a row; refusing")
+                    continue
+                length = FETCH_PIECE_BYTES
+            offset += take
+            if offset > MAX_LITERAL:
+                return MessageError(f"{where} is larger than {MAX_LITERAL} bytes; refusing")
+            held = len(piece) - take  # the CRs left for the next piece
+            lf = piece.replace(b"\r\n", b"\n") if b"\r\n" in piece else piece
+            del piece
+            n = len(lf) - held  # replace() leaves the trailing CRs (no LF after them) alone
+            if buf is None:
+                proven = PRESIZE_FACTOR * offset
+                buf = bytearray(n if last else min(max(announced or 0, n), proven))
+            buf[end : end + n] = memoryview(lf)[:n]  # grows buf past what was presized
+            end += n
+            del lf
+            if last:
+                break
+        if announced is not None and announced != offset:
+            log.debug("%s: RFC822.SIZE says %d bytes, the body had %d", where, announced, offset)
+        del buf[end:]  # the CRs that went (a small shrink keeps the block: no copy)
+        return buf
+
+    def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
+        """Content hashes, fetched in byte-bounded batches (not one round trip each)."""
+        out = {}
+        for key, data in self.fetch_many(keys):
+            if not isinstance(data, MessageError):
+                out[key] = fingerprint(data)
+            del data  # not kept alive while the next (maybe 50 MB) body is fetched
+        return out
+
+    def header_digests(self, keys: Iterable[str]) -> dict[str, str]:
+        """header_digest() of these messages from BODY.PEEK[HEADER] and RFC822.SIZE only:
+        a cheap identity for re-matching without downloading bodies."""
+        self._select_appended()
+        uids = [int(k) for k in keys if k.isascii() and k.isdigit()]
+        out = {}
+        items = ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
+        for start in range(0, len(uids), META_BATCH):
+            chunk = _uid_ranges(uids[start : start + META_BATCH])
+            for uid, data in self.store.call("fetch", chunk, items, folder=self).items():
+                header, size = data.get(b"BODY[HEADER]"), data.get(b"RFC822.SIZE")
+                if isinstance(header, bytes) and isinstance(size, int):
+                    out[str(uid)] = header_digest(header, size)
+        return out
+
+    # writes -----------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FolderError(f"{self.store.url} {self.name} is read-only")
+
+    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        self._writable()
+        self.flush()  # pending flag changes and deletions go first
+        info = self.select()
+        uidplus = self.store.has("UIDPLUS")
+        if not uidplus and self._high_uid is None:
+            self._high_uid = self._highest_uid()
+        wire = to_crlf(data)
+        keep = sorted(f for f in flags if self.persists(f))
+        when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
+        try:
+            response = self.store.call(
+                "append", self.server_name, wire, keep, when, retry=False, folder=self
+            )
+        except ConnectError:
+            raise MessageError(
+                f"{self.name}: the connection dropped while appending; the next run finds "
+                "the message if it arrived"
+            )
+        except RefusedError as error:
+            raise RefusedError(f"{self.name}: the server refuses the message", error.reason)
+        except MailsyncError as error:
+            raise MessageError(f"{self.name}: the server refused a message ({error})")
+        match = re.search(r"\[APPENDUID (\d+) (\d+)\]", response or "", re.I)
+        if match:
+            if str(match.group(1)) != str(info.get("UIDVALIDITY")):
+                raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
+            uid = int(match.group(2))
+            self._unannounced = True
+        else:
+            uid = self._find_appended(data)
+            self._high_uid = max(self._high_uid or 0, uid)
+        self._sizes[uid] = len(wire)
+        self._uids_assigned.add(uid)
+        return str(uid)
+
+    def _highest_uid(self) -> int:
+        """The highest UID now in the folder (0 if empty)."""
+        self.store.call("noop", folder=self)
+        try:
+            response = self.store.call("fetch", "*", ["UID"], folder=self)
+        except ConnectError:
+            raise
+        except FolderError:  # some servers answer BAD for "*" in an empty folder
+            return 0
+        return max(response, default=0)
+
+    def _find_appended(self, data: bytes) -> int:
+        """No APPENDUID: the new message is among the UIDs above the highest one before,
+        the only one there, or the one with the same content, exact or as the server may
+        have stored it (message.tolerant_fingerprint)."""
+        start = (self._high_uid or 0) + 1
+        self.store.call("noop", folder=self)  # hear about the new message
+        candidates = [
+            u
+            for u in self.store.call("uids", f"UID {start}:*", folder=self)
+            if u >= start and u not in self._uids_assigned
+        ]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise MessageError(
+                f"{self.name}: appended a message but the server shows no new UID; rerun"
+            )
+        # The exact bytes first; then as the server may have stored them (normalises).
+        digest, stored = fingerprint(data), tolerant_fingerprint(data)
+        rewritten = None
+        for uid, body in self._fetch_bodies(sorted(candidates)):
+            if isinstance(body, MessageError):
+                continue
+            if fingerprint(body) == digest:
+                return int(uid)
+            if rewritten is None and tolerant_fingerprint(body) == stored:
+                rewritten = int(uid)
+        if rewritten is not None:
+            return rewritten
+        raise MessageError(f"{self.name}: appended a message but cannot find its UID; rerun")
+
+    def _uid(self, key: str) -> int:
+        """The UID `key` names; MessageError if it names none (it would fail the folder's
+        whole batch of changes at flush)."""
+        if key.isascii() and key.isdigit() and 0 < int(key) <= MAX_UID:
+            return int(key)
+        raise MessageError(f"{self.name}: {key!r} is not an IMAP UID")
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        self._writable()
+        uid = self._uid(key)
+        add = frozenset(f for f in add if self.persists(f))
+        remove = frozenset(f for f in remove if self.persists(f)) - add
+        if add or remove:
+            self._flag_ops.setdefault((add, remove), []).append(uid)
+
+    def delete(self, key: str) -> str:
+        self._writable()
+        self._deletions.append(self._uid(key))
+        return key
+
+    def flush(self) -> None:
+        if not self._flag_ops and not self._deletions:
+            return
+        flag_ops, deletions = self._flag_ops, self._deletions
+        self._flag_ops, self._deletions = {}, []  # a failure drops them: nothing recorded
+        self._select_appended()
+        try:
+            for (add, remove), uids in flag_ops.items():
+                for start in range(0, len(uids), STORE_BATCH):
+                    chunk = _uid_ranges(uids[start : start + STORE_BATCH])
+                    if add:
+                        self.store.call("add_flags", chunk, sorted(add), silent=True, folder=self)
+                    if remove:
+                        self.store.call(
+                            "remove_flags", chunk, sorted(remove), silent=True, folder=self
+                        )
+            for start in range(0, len(deletions), STORE_BATCH):
+                self._expunge(deletions[start : start + STORE_BATCH])
+        except (ConnectError, FolderError):
+            raise
+        except MailsyncError as error:
+            raise FolderError(f"{self.name}: the server refused a change: {error}")
+
+    def _expunge(self, uids: list[int]) -> None:
+        """\\Deleted, then UID EXPUNGE of exactly these UIDs.  Without UIDPLUS a plain
+        EXPUNGE would also remove messages someone else marked \\Deleted: then nothing is
+        touched and the folder fails (the state keeps the pairs, a rerun tries again)."""
+        ranges = _uid_ranges(uids)
+        if self.store.has("UIDPLUS"):
+            self.store.call("add_flags", ranges, ["\\Deleted"], silent=True, folder=self)
+            self.store.call("uid_expunge", ranges, folder=self)
+            return
+        others = set(self.store.call("uids", "DELETED", folder=self)) - set(uids)
+        if others:
+            raise FolderError(
+                f"{self.store.url} {self.name}: cannot delete {len(uids)} messages: the "
+                f"server lacks UIDPLUS and {len(others)} other messages are marked \\Deleted, "
+                "which EXPUNGE would remove too; expunge or undelete them and rerun"
+            )
+        self.store.call("add_flags", ranges, ["\\Deleted"], silent=True, folder=self)
+        self.store.call("expunge", retry=False, folder=self)
+
+    def close(self) -> None:
+        self.flush()

@@ -1,0 +1,190 @@
+"""The IMAP wire, bounded: imaplib's connection made safe against a hostile server (or
+anyone on the path before STARTTLS) from the first byte it reads, so that it can neither
+hang a run nor fill its memory.  Every line and literal has a deadline that grows with
+the bytes that arrive (net.Pace); lines, literals and the untagged responses to one
+command have size limits, small ones before login.  Breaking a limit is _Malformed (the
+connection is dropped); a literal beyond the budget a command set is _Oversized (the
+caller asks again in bounded pieces).  imap_connection.py builds on this.
+"""
+
+from __future__ import annotations
+
+import functools
+import imaplib
+import io
+import socket
+import ssl
+
+from mailsync.net import Pace
+
+# What one connection accepts from the server (a hostile one included), from the first
+# byte it reads: see _GuardedIMAP4.
+MAX_LITERAL = 1 << 30  # one literal, and all literals of one response together
+MAX_LINE = 32 * 1024 * 1024  # one line (imaplib's 1 MB is too small for big SEARCH results)
+PREAUTH_LIMIT = 64 * 1024  # a line, a literal, a response, before login
+RESPONSE_BYTES = 16 * 1024 * 1024  # untagged responses to one command (lines, plus
+RESPONSE_PER_MESSAGE = 1024  # this for each message the selected folder holds, up to
+MAX_RESPONSE = 1 << 30  # this)
+RESPONSE_ENTRY = 64  # what imaplib keeps per untagged response besides its bytes
+MAX_UID = 2**32 - 1  # UIDs are 32-bit non-zero numbers (RFC 3501)
+
+
+class _Malformed(Exception):
+    """The server sent something mailsync cannot parse."""
+
+
+class _Oversized(Exception):
+    """A literal larger than the command that asked for it allows (see
+    _GuardedIMAP4.literal_budget).  Raised before any of it is read: the connection is
+    dropped, and the caller asks again in bounded pieces."""
+
+
+class _PacedReader(io.RawIOBase):
+    """The socket as imaplib reads it, every recv under the connection's Pace (a deadline
+    that grows with the bytes that arrive): a server dripping a byte at a time, each
+    within the socket timeout, is given up instead of waited for forever."""
+
+    def __init__(self, sock, pace: Pace, replaced):
+        self._sock, self._pace, self._replaced = sock, pace, replaced
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._pace.recv_into(self._sock, buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._replaced.close()  # the makefile() this replaces holds the socket open
+        super().close()
+
+
+class _GuardedIMAP4(imaplib.IMAP4):
+    """imaplib's connection, bounded from the first byte it reads (the greeting comes
+    before STARTTLS, so from anyone on the path):
+
+    * every line and literal is read under a Pace (net.MIN_RATE after the first
+      `timeout` seconds);
+    * before login a line, a literal and all untagged responses to one command are at
+      most PREAUTH_LIMIT bytes; after it a line is at most MAX_LINE, a literal and the
+      literals of one response together at most MAX_LITERAL, or `literal_budget` when
+      the command sets one (bodies fetched in a batch: _Oversized);
+    * the untagged responses to one command cost at most RESPONSE_BYTES plus
+      RESPONSE_PER_MESSAGE for each message of the selected folder (EXISTS), never more
+      than MAX_RESPONSE; of those older commands left unclaimed only the newest of each
+      kind is kept.
+
+    Breaking a limit raises _Malformed (the caller drops the connection)."""
+
+    def __init__(self, host: str, port: int, timeout: float, ssl_context=None):
+        self._implicit_tls = ssl_context  # None: plain text (STARTTLS may follow)
+        self._pace = Pace(timeout)
+        self.folder_messages = 0  # the selected folder's EXISTS, the highest seen
+        self.literal_budget: int | None = None  # for the next command only
+        self._literals_left = PREAUTH_LIMIT
+        self._budgeted = False  # the command set a literal_budget
+        self._response_cost = 0
+        super().__init__(host, port, timeout)
+
+    # the socket -----------------------------------------------------------------------
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout)
+        # imaplib sends an APPEND's literal and the line end after it as two writes: with
+        # Nagle's algorithm the second waits for the server's delayed ACK of the first,
+        # 40 ms an APPEND on Cyrus and Courier (ten times what the APPEND takes).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._implicit_tls is None:
+            return sock
+        try:
+            return self._implicit_tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _pace_reads(self) -> None:
+        self.file = io.BufferedReader(_PacedReader(self.sock, self._pace, self.file))
+
+    def open(self, host="", port=imaplib.IMAP4_PORT, timeout=None) -> None:
+        super().open(host, port, timeout)
+        self._pace_reads()
+
+    def starttls(self, ssl_context=None):
+        typ, data = super().starttls(ssl_context)
+        if typ == "OK":
+            self._pace_reads()  # the new TLS socket
+        return typ, data
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state in ("AUTH", "SELECTED")
+
+    # reading ----------------------------------------------------------------------------
+    def readline(self) -> bytes:
+        limit = MAX_LINE if self.authenticated else PREAUTH_LIMIT
+        self._pace.restart()
+        line = self.file.readline(limit + 1)
+        if len(line) > limit:
+            raise _Malformed(f"the server sent a line of more than {limit} bytes")
+        return line
+
+    def read(self, size: int) -> bytes:
+        """A literal of `size` bytes, refused before anything is allocated for it."""
+        if not self.authenticated and size > self._literals_left:
+            raise _Malformed(
+                f"the server announced a literal of {size} bytes before login; refusing"
+            )
+        if size > MAX_LITERAL:
+            raise _Malformed(f"the server announced a literal of {size} bytes; refusing")
+        if size > self._literals_left:
+            if self._budgeted:
+                raise _Oversized(size)
+            raise _Malformed(f"the server sent over {MAX_LITERAL} bytes of literals at once")
+        self._literals_left -= size
+        self._pace.restart()
+        return self.file.read(size)
+
+    # responses --------------------------------------------------------------------------
+    def _command(self, name, *args):
+        # Unclaimed responses to earlier commands: the newest of each kind is all that
+        # anything reads (imaplib itself only asks whether there was a BYE).
+        for entries in self.untagged_responses.values():
+            del entries[:-1]
+        self._response_cost = 0
+        budget, self.literal_budget = self.literal_budget, None
+        self._budgeted = budget is not None and self.authenticated
+        if not self.authenticated:
+            self._literals_left = PREAUTH_LIMIT
+        else:
+            self._literals_left = MAX_LITERAL if budget is None else min(budget, MAX_LITERAL)
+        if name in ("SELECT", "EXAMINE"):
+            self.folder_messages = 0
+        return super()._command(name, *args)
+
+    def _append_untagged(self, typ, dat) -> None:
+        line = dat[0] if isinstance(dat, tuple) else dat or b""
+        self._response_cost += len(line) + RESPONSE_ENTRY
+        if typ == "EXISTS" and line.isdigit():
+            self.folder_messages = max(self.folder_messages, min(int(line), MAX_UID))
+        if self.authenticated:
+            limit = min(MAX_RESPONSE, RESPONSE_BYTES + RESPONSE_PER_MESSAGE * self.folder_messages)
+        else:
+            limit = PREAUTH_LIMIT
+        if self._response_cost > limit:
+            raise _Malformed(
+                f"the server sent more than {limit} bytes of untagged responses "
+                f"({len(self.untagged_responses.get(typ, ()))}+ {typ}) to one command"
+            )
+        super()._append_untagged(typ, dat)
+
+
+@functools.cache
+def _client_class():
+    """IMAPClient on a _GuardedIMAP4 (made on first use: imapclient is imported late)."""
+    from imapclient import IMAPClient
+
+    class GuardedClient(IMAPClient):
+        def _create_IMAP4(self):
+            context = (self.ssl_context or ssl.create_default_context()) if self.ssl else None
+            return _GuardedIMAP4(self.host, self.port, self._timeout.read, context)
+
+    return GuardedClient
