@@ -1,7 +1,9 @@
 """The Store/Folder interface every backend implements.
 
 The engine sees two Folders and a state; it knows no protocol.  Contract, for every
-store (tests/stores/test_contract.py runs the same suite against each):
+store (tests/stores/test_contract.py runs the same suite against every store that can
+take it: memory, Maildir (and its vdirs), mbox, IMAP on the private Dovecot, Cyrus and
+Courier, EWS on the fake Exchange server; POP3, which cannot append, is left out):
 
 * Message bodies are bytes with LF line endings.  ``fetch`` returns exactly the bytes
   ``append`` was given (after CRLF -> LF), except in a folder that ``normalises``, whose

@@ -458,6 +458,8 @@ class EWSStore(Store):
                 raise FolderError(f"{self.url}: no folder {name!r}")
             if kind != "mail":
                 raise FolderError(f"{self.url}: mailsync does not create {kind} folders")
+            if self.read_only:
+                raise FolderError(f"{self.url}: cannot create {name}, the store is read-only")
             folders[name] = self._create_folder(name)
             self._ids[name] = folders[name].id
             self._kinds[name] = "mail"
@@ -477,9 +479,13 @@ class EWSStore(Store):
     def _create_folder(self, name: str):
         exl = _exchangelib()
         folders = self._hierarchy()
-        parent_name, _, leaf = name.rpartition("/")
-        if not leaf or leaf in (".", "..") or _BAD_NAME.search(leaf):
+        # Every part: the parents are created by name below (an empty first part, as in
+        # "/tmp/x", would make "tmp" at the top).
+        if any(
+            not part or part in (".", "..") or _BAD_NAME.search(part) for part in name.split("/")
+        ):
             raise FolderError(f"{self.url}: cannot create a folder named {name!r}")
+        parent_name, _, leaf = name.rpartition("/")
         if parent_name:
             parent = folders.get(parent_name) or self._create_folder(parent_name)
             folders[parent_name] = parent

@@ -200,6 +200,11 @@ def _ews_error(where: str, error: BaseException, what: str = "") -> MailsyncErro
         return _SyncStateError(str(error))
     if code in ("ErrorFolderNotFound",):
         return FolderError(f"{where}: the folder is gone from the server ({code})")
+    if code == "ErrorFolderExists":  # a folder of the name, maybe a well-known one
+        return FolderError(
+            f"{where}: the server has a folder of this name already ({code}; Sent Items, "
+            "Deleted Items and Junk Email are mailsync's Sent, Trash and Junk); rename the folder"
+        )
     doing = f" during {what}" if what else ""
     if what == "CreateItem" and code in CREATE_REFUSALS:
         return RefusedError(f"{where}: the server refuses the message", f"{code}: {_clean(error)}")

@@ -13,7 +13,8 @@ mid-run (FolderError: the next run re-matches).  What it does on the wire:
   the literal plus its LF copy); such a body is handed on as that bytearray;
 * APPEND with flags and INTERNALDATE and the message bytes exactly as given (CRLF line
   ends, lone CRs untouched); APPENDUID when offered, otherwise the new UID is found among
-  the UIDs above the old highest one, by content if need be (no header is injected);
+  the UIDs above the old highest one, by content if need be (no header is injected); a
+  NOOP before the new UIDs are used, as a server need not announce them (Courier);
 * flag changes with UID STORE in batches; deletions with \\Deleted plus UID EXPUNGE of
   exactly those UIDs (without UIDPLUS, EXPUNGE only if no other message is \\Deleted,
   otherwise the folder fails untouched).
@@ -50,7 +51,7 @@ from mailsync.message import (
 )
 from mailsync.stores.base import Folder
 from mailsync.stores.imap_connection import _text, _uid_ranges
-from mailsync.stores.imap_wire import MAX_LITERAL, _Oversized
+from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
 
 if TYPE_CHECKING:
     from mailsync.stores.imap import IMAPStore
@@ -107,6 +108,7 @@ class IMAPFolder(Folder):
         self._deletions: list[int] = []
         self._uids_assigned: set[int] = set()
         self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
+        self._unannounced = False  # appended to since the server last told what it holds
 
     def __repr__(self) -> str:
         return f"IMAPFolder({self.store.url!r}, {self.name!r})"
@@ -127,12 +129,23 @@ class IMAPFolder(Folder):
         info = {_text(k).upper(): v for k, v in info.items()}
         self._check_validity(info.get("UIDVALIDITY"))
         self._info = info
+        self._unannounced = False
         store.selected = self
         permanent = info.get("PERMANENTFLAGS")
         if permanent is not None and not self.read_only:
             flags = {_text(f) for f in permanent}
             self._keywords_ok = "\\*" in flags
             self._permanent = normalise_flags(f for f in flags if f != "\\*")
+        return info
+
+    def _select_appended(self) -> dict:
+        """select(), and a NOOP if messages were appended since: a server need not
+        announce what is appended to the selected folder (RFC 3501 APPEND; Courier does
+        not), and until it has, UID FETCH and UID STORE of those UIDs find nothing."""
+        info = self.select()
+        if self._unannounced:
+            self.store.call("noop", folder=self)
+            self._unannounced = False
         return info
 
     def _check_validity(self, value) -> None:
@@ -306,7 +319,7 @@ class IMAPFolder(Folder):
         """Bodies (LF) in the order given, batched by RFC822.SIZE.  A body above
         FETCH_LARGE_BYTES is fetched alone, in pieces, and comes as a bytearray."""
         keys = list(keys)
-        self.select()
+        self._select_appended()
         uids: list[int | None] = []
         for key in keys:
             uids.append(int(key) if key.isascii() and key.isdigit() else None)
@@ -325,6 +338,9 @@ class IMAPFolder(Folder):
         batch_bytes = 0
         for key, uid in zip(keys, uids, strict=True):
             if uid is None:
+                if batch:  # in the order given (base.py)
+                    yield from self._fetch_bodies(batch)
+                    batch, batch_bytes = [], 0
                 yield key, MessageError(f"{self.name}: {key!r} is not an IMAP UID")
                 continue
             size = self._sizes.get(uid, 0)
@@ -491,7 +507,7 @@ class IMAPFolder(Folder):
     def header_digests(self, keys: Iterable[str]) -> dict[str, str]:
         """header_digest() of these messages from BODY.PEEK[HEADER] and RFC822.SIZE only:
         a cheap identity for re-matching without downloading bodies."""
-        self.select()
+        self._select_appended()
         uids = [int(k) for k in keys if k.isascii() and k.isdigit()]
         out = {}
         items = ["UID", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
@@ -536,6 +552,7 @@ class IMAPFolder(Folder):
             if str(match.group(1)) != str(info.get("UIDVALIDITY")):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
             uid = int(match.group(2))
+            self._unannounced = True
         else:
             uid = self._find_appended(data)
             self._high_uid = max(self._high_uid or 0, uid)
@@ -585,16 +602,24 @@ class IMAPFolder(Folder):
             return rewritten
         raise MessageError(f"{self.name}: appended a message but cannot find its UID; rerun")
 
+    def _uid(self, key: str) -> int:
+        """The UID `key` names; MessageError if it names none (it would fail the folder's
+        whole batch of changes at flush)."""
+        if key.isascii() and key.isdigit() and 0 < int(key) <= MAX_UID:
+            return int(key)
+        raise MessageError(f"{self.name}: {key!r} is not an IMAP UID")
+
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         self._writable()
+        uid = self._uid(key)
         add = frozenset(f for f in add if self.persists(f))
         remove = frozenset(f for f in remove if self.persists(f)) - add
         if add or remove:
-            self._flag_ops.setdefault((add, remove), []).append(int(key))
+            self._flag_ops.setdefault((add, remove), []).append(uid)
 
     def delete(self, key: str) -> str:
         self._writable()
-        self._deletions.append(int(key))
+        self._deletions.append(self._uid(key))
         return key
 
     def flush(self) -> None:
@@ -602,7 +627,7 @@ class IMAPFolder(Folder):
             return
         flag_ops, deletions = self._flag_ops, self._deletions
         self._flag_ops, self._deletions = {}, []  # a failure drops them: nothing recorded
-        self.select()
+        self._select_appended()
         try:
             for (add, remove), uids in flag_ops.items():
                 for start in range(0, len(uids), STORE_BATCH):

@@ -89,6 +89,10 @@ class _GuardedIMAP4(imaplib.IMAP4):
     # the socket -----------------------------------------------------------------------
     def _create_socket(self, timeout):
         sock = socket.create_connection((self.host, self.port), timeout)
+        # imaplib sends an APPEND's literal and the line end after it as two writes: with
+        # Nagle's algorithm the second waits for the server's delayed ACK of the first,
+        # 40 ms an APPEND on Cyrus and Courier (ten times what the APPEND takes).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._implicit_tls is None:
             return sock
         try:

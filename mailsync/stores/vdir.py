@@ -79,6 +79,8 @@ class VdirFolder(Folder):
                 return handle.read()
         except FileNotFoundError:
             raise MessageError(f"{self.path}: {key} is gone")
+        except ValueError:  # a NUL byte: no file has that name
+            raise MessageError(f"{self.path}: no item {key!r}")
         except OSError as error:
             raise MessageError(f"cannot read {key} in {self.path} ({error.strerror})")
 
@@ -97,15 +99,19 @@ class VdirFolder(Folder):
         return key
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
-        pass  # items have no flags
+        if self.read_only:
+            raise MessageError(f"{self.path}: the store is read-only")
+        # items have no flags
 
     def persists(self, flag: str) -> bool:
         return False
 
     def delete(self, key: str) -> str:
+        if self.read_only:
+            raise MessageError(f"{self.path}: the store is read-only")
         try:
             os.unlink(os.path.join(self.path, os.path.basename(key)))
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # gone, or no file has the name (a NUL)
             pass
         except OSError as error:
             raise MessageError(f"cannot delete {key} in {self.path} ({error.strerror})")

@@ -5,6 +5,7 @@ lone CRs, UIDVALIDITY changes in mid-run, header digests)."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import pytest
@@ -133,6 +134,23 @@ def test_bodies_are_fetched_in_byte_bounded_batches(dovecot_server, monkeypatch)
         assert len(dict(fresh.fetch_many(sorted(listing, key=int)))) == 12
         fetches = [c for c in spy.commands if c.startswith("UID FETCH")]
         assert len(fetches) == 5 and "RFC822.SIZE" in fetches[0] and "BODY" in fetches[1]
+
+
+@pytest.mark.parametrize("scheme", ["imaps", "imap"])
+def test_the_connection_sends_without_delay(dovecot_server, scheme):
+    """TCP_NODELAY, on implicit TLS and STARTTLS: with Nagle's algorithm the line end
+    imaplib writes after an APPEND's literal waits for the server's delayed ACK (40 ms):
+    2000 APPENDs took 100 s instead of 11 on the private Cyrus, 91 s instead of 9 on Courier."""
+    user = dovecot_server.add_user()
+    url = f"{dovecot_server.url(scheme, user)}?cafile={dovecot_server.cafile}"
+    netmod._PASSWORDS.clear()
+    store = IMAPStore(url)
+    store._password = user.password
+    try:
+        sock = store.client._imap.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        store.close()
 
 
 def test_changedsince_listing(dovecot_server):

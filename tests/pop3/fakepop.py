@@ -32,12 +32,13 @@ import os
 import re
 import socket
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from servers.dovecot import make_certificates
 
 HOST = "127.0.0.1"
 AUTH_FAILED = "-ERR [AUTH] Authentication failed."
@@ -99,11 +100,6 @@ def top_part(data: bytes, lines: int) -> bytes:
 def make_tls_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
     """A throwaway CA and a server certificate for localhost/127.0.0.1 (made with the
     openssl command, see servers/dovecot.py) -> (server context, path of the CA cert)."""
-    tests_dir = str(Path(__file__).resolve().parent.parent)
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
-    from servers.dovecot import make_certificates
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cafile, certfile, keyfile = make_certificates(directory)

@@ -21,18 +21,17 @@ Fixtures
     is ``~/Maildir/.A.B``).  The API is the same; ``add_user(special_use=True)`` creates
     ``INBOX.Sent``... and ``serve_maildir`` serves a Maildir++ tree.
 
-How to use them from a test directory
--------------------------------------
+How test directories get them
+-----------------------------
 This module is ``tests/servers/dovecot.py`` (no ``__init__.py`` anywhere: ``servers``
-is a namespace package once ``tests/`` is on ``sys.path``).  Either add to the top-level
-``tests/conftest.py``::
+is a namespace package, ``tests/`` being on ``sys.path`` by pytest's ``pythonpath``
+setting in setup.cfg).  The top-level ``tests/conftest.py`` registers it, with cyrus.py
+and courier.py, for every test directory::
 
-    pytest_plugins = ["servers.dovecot"]
+    pytest_plugins = ["servers.dovecot", "servers.cyrus", "servers.courier"]
 
-(pytest puts ``tests/`` on ``sys.path`` before importing that conftest), or put the
-four-line shim of ``tests/servers/conftest.py`` into the directory's own conftest.py.
-Both can coexist: only one Dovecot is started per session (it is kept on
-``pytest.Config``).  Test modules can then ``from servers.dovecot import User, ...``.
+Only one Dovecot is started per session (it is kept on ``pytest.Config``).  Test
+modules can ``from servers.dovecot import User, ...``.
 
 Server API (``DovecotServer``)
 ------------------------------

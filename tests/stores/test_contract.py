@@ -1,9 +1,16 @@
-"""The Store/Folder contract (mailsync/stores/base.py), run against every local store.
+"""The Store/Folder contract (mailsync/stores/base.py), run against every store that can
+take it: memory, Maildir (both layouts, and the vdirs a Maildir tree keeps calendars
+in), mbox, IMAP on the private Dovecot, Cyrus and Courier (tests/servers/, a fresh user
+per test) and EWS on the fake Exchange server (tests/ews/fakeews.py, a fresh one per
+test).  POP3 cannot: it has one folder, no flags and no append.
 
 Each test is parametrized over the store kinds in KINDS (and sometimes over a second
-axis such as the message sample).  A store that breaks the contract gets its case
-listed in KNOWN_BUGS, which marks it ``xfail(strict=True)``: the suite stays green,
-and turns red as soon as the bug is fixed so the entry can be removed.
+axis such as the message sample).  What base.py leaves to each store (how a server
+rewrites what it stores, how sizes are counted, which folders a new account has, ...) is
+declared on the Kind and read by the tests.  A case that cannot apply to a store is
+skipped with the reason.  A store that breaks the contract gets its case listed in
+KNOWN_BUGS, which marks it ``xfail(strict=True)``: the suite stays green, and turns red
+as soon as the bug is fixed so the entry can be removed.
 """
 
 from __future__ import annotations
@@ -13,16 +20,18 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fakeews import FakeEWS
 
-from mailsync.errors import FolderError, MailsyncError, MessageError
+from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError
 from mailsync.message import (
     ANSWERED,
     DRAFT,
@@ -31,83 +40,260 @@ from mailsync.message import (
     STANDARD_FLAGS,
     Info,
     fingerprint,
+    to_crlf,
+    to_lf,
     tolerant_fingerprint,
 )
 from mailsync.stores import Folder, Store, open_store
 from mailsync.stores.memory import MemoryStore
 
 # -- store kinds --------------------------------------------------------------------------
+#
+# What base.py leaves to each store is declared on its Kind and read by the tests, as they
+# read Folder.normalises and Folder.persists: where a store legitimately differs, a test
+# checks the declared difference rather than skipping the store.
+
+
+def _mbox_keeps(data: bytes) -> bytes:
+    """An mbox keeps the LF form and ends every message with a newline (it normalises)."""
+    lf = to_lf(data)
+    return lf + b"\n" if lf and not lf.endswith(b"\n") else lf
+
+
+def _dovecot_keeps(wire: bytes) -> bytes:
+    """Dovecot stores a NUL byte as 0x80 (measured by test_dovecot_fixture.py), and drops
+    a CR that ends a line after another CR (CR CR LF -> CR LF) or ends the message (the
+    fixture's samples have neither: measured by the lone-cr and cr-cr-lf cases here)."""
+    wire = wire.replace(b"\0", b"\x80").replace(b"\r\r\n", b"\r\n")
+    return wire[:-1] if wire.endswith(b"\r") else wire
+
+
+#: Every 8-bit byte as "X", the rest as it is.
+_8BIT_AS_X = bytes(range(128)) + b"X" * 128
+
+
+#: The empty line that ends a header, for Cyrus: CRs before its CRLF are a line end.
+_CYRUS_HEADER_END = re.compile(rb"(?:^|\r\n)\r*\r\n")
+
+
+def _cyrus_keeps(wire: bytes) -> bytes:
+    """Cyrus stores each 8-bit byte of the header as "X" (test_cyrus_fixture.py)."""
+    end = _CYRUS_HEADER_END.search(wire)
+    end = len(wire) if end is None else end.start()
+    return wire[:end].translate(_8BIT_AS_X) + wire[end:]
+
+
+#: A header line Cyrus takes: a field ("Name: value", no space in the name) or the
+#: continuation of one.
+_CYRUS_HEADER_LINE = re.compile(rb"[!-9;-~]+:|[ \t]")
+
+
+def _cyrus_refuses(data: bytes) -> str | None:
+    """Cyrus refuses NUL bytes (test_cyrus_fixture.py), and a header with a line that
+    is no field nor the continuation of one (but for a first "From " line, an mbox
+    separator), or whose last line has no line end: "NO Message contains invalid
+    header" (measured by the starts-with-quoted-from-line and headers-only cases)."""
+    if b"\0" in data:
+        return "Cyrus refuses NUL bytes"
+    lines = to_crlf(data).split(b"\r\n")
+    for number, line in enumerate(lines):
+        if not line.rstrip(b"\r"):  # the header ends (CRs before a CRLF are a line end)
+            return None
+        if number == 0 and line.startswith(b"From "):
+            continue
+        if not _CYRUS_HEADER_LINE.match(line):
+            return "Cyrus refuses a header line that is no field"
+    return "Cyrus refuses a header whose last line has no line end"
+
+
+def _courier_keeps(wire: bytes) -> bytes:
+    """Courier drops lone CRs and ends a message with CRLF (test_courier_fixture.py)."""
+    wire = re.sub(rb"\r(?!\n)", b"", wire)
+    return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
 
 
 @dataclass(frozen=True)
 class Kind:
+    """A store the suite runs against, and how it may legitimately differ from the
+    others."""
+
     id: str
     scheme: str
     options: dict = field(default_factory=dict)
+    #: What the folders the tests open hold (base.py Store.open_folder): "mail", or
+    #: "calendar" for the vdirs a Maildir tree keeps Exchange's calendars in.
+    folder_kind: str = "mail"
+    #: Network stores: makes a fresh, empty account (an IMAP user, a fake Exchange
+    #: mailbox) for one test and returns its URL; None for stores under tmp_path.
+    account: Callable[[pytest.FixtureRequest], str] | None = None
+    #: What the store keeps of a message append() was given as `data`, in the form
+    #: Info.size counts: local stores the LF form; IMAP servers and Exchange what they
+    #: got on the wire (CRLF) as they rewrite it (each server's rewriting is measured by
+    #: tests/servers/test_*_fixture.py); fetch() gives that back CRLF -> LF.
+    keeps: Callable[[bytes], bytes] = to_lf
+    #: Why the store refuses a message for good (RefusedError), or None: what a server
+    #: will not store.
+    refuses: Callable[[bytes], str | None] = lambda data: None
+    #: Folders a new, empty account holds: an IMAP server makes INBOX at the first
+    #: login, Exchange has its well-known folders.
+    fresh_folders: frozenset[str] = frozenset()
+    #: Names open_folder(create=True) refuses (FolderError) although no folder has them:
+    #: Exchange's well-known folders keep their display names, which mailsync lists
+    #: under its own names (Sent Items is Sent).
+    taken_names: frozenset[str] = frozenset()
+    #: Whether a key of one folder can name a message of another folder of the store:
+    #: IMAP UIDs count from 1 in every folder; EWS ItemIds are the account's, and
+    #: GetItem serves any of them, whichever folder asks.
+    keys_cross_folders: bool = False
+    #: Whether list_since() gives a message that the state knows and that did not
+    #: change only its flags (size and arrival 0), as IMAP (CONDSTORE) and EWS
+    #: (SyncFolderItems) do: the engine needs no more of a message it has paired.
+    #: Otherwise list_since() equals list().
+    since_lists_flags_only: bool = False
+
+    @property
+    def network(self) -> bool:
+        return self.account is not None
 
     @property
     def copies_interchangeable(self) -> bool:
         """base.py: delete may remove another identical copy only in mbox."""
         return self.scheme == "mbox"
 
-    def stored(self, want: bytes) -> bytes:
-        """What fetch() returns for a message whose LF form is `want`: the same bytes,
-        except where the folder normalises (base.py): mbox ends it with a newline."""
-        if self.scheme == "mbox":
-            return want + b"\n" if want and not want.endswith(b"\n") else want
-        return want
+    def fetched(self, data: bytes) -> bytes:
+        """What fetch() returns for a message append() was given as `data`."""
+        kept = self.keeps(data)
+        return to_lf(kept) if self.network else kept
+
+    def size(self, data: bytes) -> int:
+        """Info.size of a message append() was given as `data`."""
+        return len(self.keeps(data))
+
+    def accepted(self, samples: dict[str, tuple[bytes, bytes]]) -> dict[str, tuple[bytes, bytes]]:
+        """The samples the store does not refuse."""
+        return {sid: pair for sid, pair in samples.items() if self.refuses(pair[0]) is None}
+
+
+def _server_account(fixture: str) -> Callable[[pytest.FixtureRequest], str]:
+    """A fresh user on the session's private IMAP server of this fixture (started on
+    first use: a run without IMAP kinds selected starts none)."""
+
+    def account(request: pytest.FixtureRequest) -> str:
+        server = request.getfixturevalue(fixture)
+        user = server.add_user()
+        request.getfixturevalue("monkeypatch").setenv("MAILSYNC_PASSWORD", user.password)
+        return f"{server.url('imaps', user)}?cafile={server.cafile}"
+
+    return account
+
+
+EWS_USER, EWS_PASSWORD = "alice@example.org", "contract-pw"
+
+
+def _ews_account(request: pytest.FixtureRequest) -> str:
+    """A fresh fake Exchange server (tests/ews/fakeews.py) for this test alone."""
+    fake = FakeEWS(user=EWS_USER, password=EWS_PASSWORD).start()
+    request.addfinalizer(fake.stop)
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("MAILSYNC_PASSWORD", EWS_PASSWORD)
+    # The store's endpoint cache, outside what the tests compare on disk.
+    cache = request.getfixturevalue("tmp_path_factory").mktemp("ews-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return fake.url.replace("http://", "ews://" + EWS_USER.replace("@", "%40") + "@")
+
+
+def _imap(id: str, fixture: str, keeps: Callable[[bytes], bytes], **declared) -> Kind:
+    """An IMAP server's kind; `keeps`: what the server makes of the bytes it is sent."""
+    return Kind(
+        id,
+        "imaps",
+        account=_server_account(fixture),
+        keeps=lambda data: keeps(to_crlf(data)),
+        fresh_folders=frozenset({"INBOX"}),
+        keys_cross_folders=True,
+        since_lists_flags_only=True,
+        **declared,
+    )
 
 
 KINDS = [
     Kind("memory", "memory"),
     Kind("maildir", "maildir", {"layout": "verbatim"}),
     Kind("maildirpp", "maildir", {"layout": "maildir++"}),
-    Kind("mbox", "mbox"),
+    Kind("mbox", "mbox", keeps=_mbox_keeps),
+    Kind("vdir", "maildir", {"layout": "verbatim"}, folder_kind="calendar"),
+    _imap("dovecot", "dovecot_server", keeps=_dovecot_keeps),
+    _imap("cyrus", "cyrus_server", keeps=_cyrus_keeps, refuses=_cyrus_refuses),
+    _imap("courier", "courier_server", keeps=_courier_keeps),
+    Kind(
+        "ews",
+        "ews",
+        {"tls": "none", "auth": "basic"},
+        account=_ews_account,
+        keeps=to_crlf,  # the fake keeps the MIME as given (real Exchange rebuilds it)
+        # The fake's new mailbox (FakeEWS.LAYOUT): its mail folders.
+        fresh_folders=frozenset({"INBOX", "Sent", "Trash", "Drafts", "Junk", "Outbox"}),
+        taken_names=frozenset({"Sent Items", "Deleted Items", "Junk Email"}),
+        keys_cross_folders=True,
+        since_lists_flags_only=True,
+    ),
 ]
 
 #: (test function, case id) -> why the case fails.  Each becomes xfail(strict=True).
-KNOWN_BUGS: dict[tuple[str, str], str] = {}
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    ("test_flag_sets_change_only_the_named_flags", "ews"): "EWS keeps \\Answered and "
+    "$Forwarded in one property (the last verb, PR_LAST_VERB_EXECUTED): a message given "
+    "both keeps \\Answered only, though persists() says it keeps each, and a two-way sync "
+    "then removes $Forwarded from the local copy",
+}
 _USED_BUGS: set[tuple[str, str]] = set()
 
 
 def contract(skip: dict[str, str] | None = None, **axes: dict):
     """Parametrize a test over every store kind, times the given axes (id -> value).
 
-    `skip` maps a kind id to the reason its cases are skipped.  Case ids are
-    "KIND" or "KIND-AXISID[-AXISID...]"; KNOWN_BUGS is keyed by (test name, case id).
+    `skip` maps a kind id, or a case id, to the reason its cases cannot apply.  Case ids
+    are "KIND" or "KIND-AXISID[-AXISID...]"; KNOWN_BUGS is keyed by (test name, case id).
     """
     skip = skip or {}
 
     def decorate(fn):
         params = []
+        unused = set(skip)
         for kind in KINDS:
             for combo in itertools.product(*(list(axis.items()) for axis in axes.values())):
                 case = "-".join([kind.id, *(cid for cid, _ in combo)])
                 marks = []
-                if kind.id in skip:
-                    marks.append(pytest.mark.skip(reason=skip[kind.id]))
+                for what in (kind.id, case):
+                    if what in skip:
+                        unused.discard(what)
+                        marks.append(pytest.mark.skip(reason=skip[what]))
                 bug = KNOWN_BUGS.get((fn.__name__, case))
                 if bug is not None:
                     _USED_BUGS.add((fn.__name__, case))
                     marks.append(pytest.mark.xfail(strict=True, reason=bug))
                 values = (value for _, value in combo)
                 params.append(pytest.param(kind, *values, id=case, marks=marks))
+        assert not unused, f"{fn.__name__}: skip names no kind or case: {unused}"
         return pytest.mark.parametrize(["kind", *axes], params)(fn)
 
     return decorate
 
 
 class Env:
-    """One store location per test; `open` makes a new store object each time."""
+    """One store location per test (a fresh account for network stores); `open` makes a
+    new store object each time."""
 
-    def __init__(self, kind: Kind, tmp_path: Path):
+    def __init__(self, kind: Kind, tmp_path: Path, request: pytest.FixtureRequest):
         self.kind = kind
         self.base = tmp_path
         # Nested, so that a name like ../../x that escapes the store still lands inside
         # tmp_path, where snapshot() sees it.
         self.root = tmp_path / "outer" / "inner" / "store"
         self.root.parent.mkdir(parents=True)
-        if kind.scheme == "memory":
+        if kind.account is not None:
+            self.url = kind.account(request)
+        elif kind.scheme == "memory":
             self.url = f"memory:contract-{uuid.uuid4().hex}"
         else:
             self.url = f"{kind.scheme}:{self.root}"
@@ -119,9 +305,13 @@ class Env:
         self.stores.append(store)
         return store
 
+    def folder(self, store: Store, name: str, create: bool = False) -> Folder:
+        """store.open_folder() of a folder of the kind's folder_kind."""
+        return store.open_folder(name, create=create, kind=self.kind.folder_kind)
+
     def inbox(self, read_only: bool = False):
         """A new store object's INBOX (created if missing and writable)."""
-        return self.open(read_only).open_folder("INBOX", create=not read_only)
+        return self.folder(self.open(read_only), "INBOX", create=not read_only)
 
     def close_all(self) -> None:
         while self.stores:
@@ -129,8 +319,8 @@ class Env:
 
 
 @pytest.fixture
-def env(kind: Kind, tmp_path: Path) -> Iterator[Env]:
-    environment = Env(kind, tmp_path)
+def env(kind: Kind, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Env]:
+    environment = Env(kind, tmp_path, request)
     try:
         yield environment
         environment.close_all()
@@ -208,6 +398,9 @@ def timezone(tz: str) -> Iterator[None]:
 
 
 def flags_of(folder, key: str) -> frozenset[str]:
+    """The flags list() gives `key` once the changes so far are flushed (base.py: they
+    may be buffered until then)."""
+    folder.flush()
     return folder.list()[key].flags
 
 
@@ -329,9 +522,13 @@ def test_created_folders_are_listed_and_distinct(kind, env):
     # "A/B" before "A" and "C" before "C/D": a parent may be created either way round.
     names = ["INBOX", "Archive/2019", "A/B", "A", "C", "C/D", "INBOX/Sub", "Sent Items"]
     names += ["Entwürfe/2019", "日本語"]
+    for name in kind.taken_names & set(names):
+        with pytest.raises(FolderError):
+            env.folder(store, name, create=True)
+        names.remove(name)
     keys = {}
     for name in names:
-        folder = store.open_folder(name, create=True)
+        folder = env.folder(store, name, create=True)
         assert folder.name == name
         keys[name] = folder.append(msg(f"in {name}"), frozenset(), ARRIVAL)
         folder.flush()
@@ -339,30 +536,31 @@ def test_created_folders_are_listed_and_distinct(kind, env):
     assert len(listed) == len(set(listed)), listed
     assert set(names) <= set(listed), listed
     for name in names:  # create=True on an existing folder keeps what it holds
-        assert set(store.open_folder(name, create=True).list()) == {keys[name]}, name
+        assert set(env.folder(store, name, create=True).list()) == {keys[name]}, name
 
     again = env.open()  # a new store object sees the same folders and messages
     listed = again.list_folders()
     assert set(names) <= set(listed), listed
     for name in listed:
-        again.open_folder(name)  # every listed folder opens without create
+        env.folder(again, name)  # every listed folder opens without create
     for name in names:
-        folder = again.open_folder(name)
+        folder = env.folder(again, name)
         assert folder.name == name
         assert set(folder.list()) == {keys[name]}, f"{name} holds other folders' messages"
-        same(folder.fetch(keys[name]), msg(f"in {name}"))
+        same(folder.fetch(keys[name]), kind.fetched(msg(f"in {name}")))
 
 
 @contract()
 def test_open_folder_without_create_refuses_missing_folders(kind, env):
     store = env.open()
     empty = snapshot(env.base)
-    assert store.list_folders() == []
-    with pytest.raises(FolderError):
-        store.open_folder("INBOX")
+    assert sorted(store.list_folders()) == sorted(kind.fresh_folders)
+    if "INBOX" not in kind.fresh_folders:
+        with pytest.raises(FolderError):
+            env.folder(store, "INBOX")
     assert snapshot(env.base) == empty, "listing or opening a missing folder wrote to disk"
-    store.open_folder("INBOX", create=True)
-    store.open_folder("P/Q", create=True)
+    env.folder(store, "INBOX", create=True)
+    env.folder(store, "P/Q", create=True)
     before = store.list_folders()
     disk = snapshot(env.base)
     missing = ["Missing", "Archive/2019", "INBOX/Sub", "P/Q/R", "Q"]
@@ -370,7 +568,7 @@ def test_open_folder_without_create_refuses_missing_folders(kind, env):
         missing.append("P")
     for name in missing:
         with pytest.raises(FolderError):
-            store.open_folder(name)
+            env.folder(store, name)
     assert store.list_folders() == before
     assert snapshot(env.base) == disk, "open_folder without create wrote to disk"
 
@@ -401,14 +599,14 @@ HOSTILE = {
 )
 def test_hostile_folder_names_are_refused(kind, name, env):
     store = env.open()
-    store.open_folder("INBOX", create=True).flush()
+    env.folder(store, "INBOX", create=True).flush()
     if name is ABSOLUTE:
         name = str(env.base / "outer" / "absolute-escape")
     outside = snapshot(env.base, exclude=env.root)
     folders = store.list_folders()
     for create in (False, True):
         with pytest.raises(FolderError):
-            store.open_folder(name, create=create)
+            env.folder(store, name, create=create)
     assert snapshot(env.base, exclude=env.root) == outside, "wrote outside the store"
     assert store.list_folders() == folders
     assert env.open().list_folders() == folders
@@ -417,16 +615,30 @@ def test_hostile_folder_names_are_refused(kind, name, env):
 # -- bodies -------------------------------------------------------------------------------
 
 
-@contract(sample=SAMPLES)
+@contract(
+    sample=SAMPLES,
+    skip={
+        "ews-fifty-mb": "cannot reach the fake: it refuses a MIME text over 7.5 MB (lxml's "
+        "limit of 10 MB on a text node, where Exchange has a message size limit); with that "
+        "limit lifted the case takes 40 s and 900 MB here, as exchangelib reads a response "
+        "one byte at a time (iter_content() with its default chunk_size=1)",
+    },
+)
 def test_round_trip_is_byte_exact(kind, sample, env):
     data, want = sample
-    want = kind.stored(want)
+    assert to_lf(data) == want  # (the samples' second column says what the first is)
     store = env.open()
-    folder = store.open_folder("INBOX", create=True)
+    folder = env.folder(store, "INBOX", create=True)
+    if kind.refuses(data):
+        with pytest.raises(RefusedError):
+            folder.append(data, frozenset(), ARRIVAL)
+        assert folder.list() == {}, "a refused message was stored"
+        return
+    want = kind.fetched(data)
     key = folder.append(data, frozenset(), ARRIVAL)
     assert isinstance(key, str) and key
     same(folder.fetch(key), want)
-    assert folder.list()[key].size == len(want)
+    assert folder.list()[key].size == kind.size(data)
     folder.close()
     store.close()
 
@@ -439,21 +651,18 @@ def test_round_trip_is_byte_exact(kind, sample, env):
 def test_neighbouring_messages_keep_their_bytes(kind, env):
     """All samples in one folder: no message may bleed into the next, even after a
     delete, flag changes and reopening."""
+    samples = kind.accepted(MIXED_SAMPLES)
     folder = env.inbox()
-    keys = {
-        sid: folder.append(data, frozenset(), ARRIVAL) for sid, (data, _) in MIXED_SAMPLES.items()
-    }
+    keys = {sid: folder.append(data, frozenset(), ARRIVAL) for sid, (data, _) in samples.items()}
     assert len(set(keys.values())) == len(keys)
     for sid, key in keys.items():
-        same(folder.fetch(key), kind.stored(MIXED_SAMPLES[sid][1]), f"fetch of {sid}")
+        same(folder.fetch(key), kind.fetched(samples[sid][0]), f"fetch of {sid}")
     folder.flush()
 
     again = env.inbox()
     assert set(again.list()) == set(keys.values())
     for sid, key in keys.items():
-        same(
-            again.fetch(key), kind.stored(MIXED_SAMPLES[sid][1]), f"fetch of {sid} after reopening"
-        )
+        same(again.fetch(key), kind.fetched(samples[sid][0]), f"fetch of {sid} after reopening")
     again.delete(keys.pop("no-trailing-newline"))
     again.delete(keys.pop("plain"))
     for key in keys.values():
@@ -464,9 +673,7 @@ def test_neighbouring_messages_keep_their_bytes(kind, env):
     assert set(third.list()) == set(keys.values())
     for sid, key in keys.items():
         same(
-            third.fetch(key),
-            kind.stored(MIXED_SAMPLES[sid][1]),
-            f"fetch of {sid} after delete + reopen",
+            third.fetch(key), kind.fetched(samples[sid][0]), f"fetch of {sid} after delete + reopen"
         )
 
 
@@ -477,7 +684,7 @@ ARRIVALS = [946_684_799.9, 1_000_000_000.5, ARRIVAL, 1_700_000_000.0, 631_152_00
 
 @contract()
 def test_list_reports_every_key_with_size_and_arrival(kind, env):
-    samples = list(MIXED_SAMPLES.values())
+    samples = list(kind.accepted(MIXED_SAMPLES).values())
     expected: dict[str, tuple[int, float]] = {}
 
     def check(folder, when: str) -> None:
@@ -492,10 +699,10 @@ def test_list_reports_every_key_with_size_and_arrival(kind, env):
     # Written in one time zone and read in another: arrival is absolute time.
     with timezone("IST-5:30"):
         folder = env.inbox()
-        for i, (data, want) in enumerate(samples):
+        for i, (data, _) in enumerate(samples):
             arrival = ARRIVALS[i % len(ARRIVALS)]
             key = folder.append(data, frozenset(), arrival)
-            expected[key] = (len(kind.stored(want)), arrival)
+            expected[key] = (kind.size(data), arrival)
         check(folder, "same store")
         folder.flush()
     with timezone("PST+8"):
@@ -562,6 +769,7 @@ def test_keys_survive_flag_changes_other_deletes_and_reopening(kind, env):
     folder.set_flags(keys[0], frozenset({ANSWERED}), frozenset({FLAGGED}))
     assert set(folder.list()) == set(keys)
     assert folder.delete(keys[2]) == keys[2]
+    folder.flush()
     assert set(folder.list()) == set(keys) - {keys[2]}
     with pytest.raises(MessageError):
         folder.fetch(keys[2])
@@ -577,6 +785,7 @@ def test_keys_survive_flag_changes_other_deletes_and_reopening(kind, env):
         same(again.fetch(keys[i]), data[i])
     again.set_flags(keys[3], frozenset({SEEN}), frozenset())
     again.delete(keys[4])
+    again.flush()
     assert set(again.list()) == {keys[0], keys[1], keys[3]}
 
 
@@ -589,6 +798,7 @@ def test_deleting_one_of_identical_copies(kind, env):
     assert len({*copies, other}) == 4
     assert set(folder.list()) == {*copies, other}
     removed = folder.delete(copies[1])
+    folder.flush()
     if kind.copies_interchangeable:
         assert removed in copies
     else:
@@ -612,15 +822,18 @@ def test_deleting_a_missing_key(kind, env):
     gone = folder.append(msg("gone"), frozenset(), ARRIVAL)
     stay = folder.append(msg("stay"), frozenset({SEEN}), ARRIVAL)
     assert folder.delete(gone) == gone
+    folder.flush()
     for key in (gone, "no-such-key"):
         try:
             result = folder.delete(key)
+            folder.flush()  # (where deletions are buffered, a failure may come here)
         except MessageError:
             pass
         else:
             assert isinstance(result, str)
         try:
             folder.set_flags(key, frozenset({SEEN}), frozenset())
+            folder.flush()
         except MessageError:
             pass
     assert set(folder.list()) == {stay}
@@ -702,7 +915,7 @@ def _delete(env, folder, keys):
 
 
 def _append_by_another(env, folder, keys):
-    other = env.open().open_folder(folder.name)  # another program delivers mail
+    other = env.folder(env.open(), folder.name)  # another program delivers mail
     other.append(msg("cursor delivered"), frozenset(), ARRIVAL)
     other.flush()
     return True
@@ -732,7 +945,7 @@ def test_cursor_never_hides_a_change(kind, env):
     store = env.open()
     keys = {}
     for change in CHANGES:
-        folder = store.open_folder(f"Cursor/{change}", create=True)
+        folder = env.folder(store, f"Cursor/{change}", create=True)
         keys[change] = [
             folder.append(msg(f"cursor {i}"), frozenset({SEEN}), ARRIVAL) for i in range(3)
         ]
@@ -741,7 +954,7 @@ def test_cursor_never_hides_a_change(kind, env):
     age_tree(env.root, 3600)
 
     store = env.open()
-    folders = {change: store.open_folder(f"Cursor/{change}") for change in CHANGES}
+    folders = {change: env.folder(store, f"Cursor/{change}") for change in CHANGES}
     has_cursors = type(folders["nothing"]).cursor is not Folder.cursor
     deadline = time.monotonic() + 5
     while True:
@@ -756,7 +969,7 @@ def test_cursor_never_hides_a_change(kind, env):
         changed = CHANGES[change](env, folder, keys[change])
         folder.flush()
 
-        later = env.open().open_folder(folder.name)
+        later = env.folder(env.open(), folder.name)
         now = later.list()
         if changed:
             assert now != before[change], f"{change}: the change did not show in list()"
@@ -764,7 +977,14 @@ def test_cursor_never_hides_a_change(kind, env):
         elif later.unchanged(cursors[change]):
             assert now == before[change], change
         known = {key: info.flags for key, info in before[change].items()}
-        assert later.list_since(cursors[change], known) == now, change
+        since = later.list_since(cursors[change], known)
+        if kind.since_lists_flags_only:
+            assert {key: info.flags for key, info in since.items()} == {
+                key: info.flags for key, info in now.items()
+            }, change
+            since = {key: info for key, info in since.items() if key not in known}
+            now = {key: info for key, info in now.items() if key not in known}
+        assert since == now, change
 
 
 # -- read-only ----------------------------------------------------------------------------
@@ -773,10 +993,10 @@ def test_cursor_never_hides_a_change(kind, env):
 @contract()
 def test_read_only_store_reads_but_refuses_writes(kind, env):
     store = env.open()
-    inbox = store.open_folder("INBOX", create=True)
+    inbox = env.folder(store, "INBOX", create=True)
     k1 = inbox.append(msg("read only 1"), frozenset({SEEN}), ARRIVAL)
     k2 = inbox.append(msg("read only 2"), frozenset(), ARRIVAL)
-    store.open_folder("Archive/2019", create=True).close()
+    env.folder(store, "Archive/2019", create=True).close()
     inbox.close()
     store.close()
     disk = snapshot(env.base)
@@ -784,7 +1004,7 @@ def test_read_only_store_reads_but_refuses_writes(kind, env):
 
     ro = env.open(read_only=True)
     assert {"INBOX", "Archive/2019"} <= set(ro.list_folders())
-    folder = ro.open_folder("INBOX")
+    folder = env.folder(ro, "INBOX")
     assert folder.list() == listing
     same(folder.fetch(k1), msg("read only 1"))
     assert folder.fingerprints([k2]) == {k2: fingerprint(msg("read only 2"))}
@@ -795,7 +1015,7 @@ def test_read_only_store_reads_but_refuses_writes(kind, env):
     with pytest.raises(MailsyncError):
         folder.delete(k2)
     with pytest.raises(MailsyncError):
-        ro.open_folder("New", create=True)
+        env.folder(ro, "New", create=True)
     folder.close()
     ro.close()
 
@@ -811,10 +1031,10 @@ def test_read_only_is_per_store_object(kind, env):
     """A read-only and a writable store object open on the same store at once (a backup
     reading what a sync writes): each keeps its own mode."""
     writable = env.open()
-    inbox = writable.open_folder("INBOX", create=True)
+    inbox = env.folder(writable, "INBOX", create=True)
     inbox.append(msg("seed"), frozenset(), ARRIVAL)
     inbox.flush()
-    reader = env.open(read_only=True).open_folder("INBOX")
+    reader = env.folder(env.open(read_only=True), "INBOX")
     key = inbox.append(msg("written after a read-only open"), frozenset(), ARRIVAL)
     inbox.flush()
     same(reader.fetch(key), msg("written after a read-only open"))
@@ -839,23 +1059,23 @@ def test_two_thousand_messages(kind, env):
     assert set(listing) == set(keys)
     sample = [0, 1, 999, 1998, 1999, *range(7, 2000, 211)]
     for i in sample:
-        same(folder.fetch(keys[i]), data[i], f"fetch of message {i}")
-        assert listing[keys[i]].size == len(data[i])
+        same(folder.fetch(keys[i]), kind.fetched(data[i]), f"fetch of message {i}")
+        assert listing[keys[i]].size == kind.size(data[i])
 
 
 @contract()
 def test_fingerprints_match_fetched_bytes(kind, env):
+    samples = kind.accepted(SMALL_SAMPLES)
     folder = env.inbox()
-    keys = {
-        sid: folder.append(data, frozenset(), ARRIVAL) for sid, (data, _) in SMALL_SAMPLES.items()
-    }
+    keys = {sid: folder.append(data, frozenset(), ARRIVAL) for sid, (data, _) in samples.items()}
     gone = folder.append(msg("gone"), frozenset(), ARRIVAL)
     folder.delete(gone)
+    folder.flush()
     prints = folder.fingerprints([*keys.values(), gone, "no-such-key"])
     assert set(prints) == set(keys.values()), "vanished keys must be skipped"
     for sid, key in keys.items():
         assert prints[key] == fingerprint(folder.fetch(key)), sid
-        assert prints[key] == fingerprint(kind.stored(SMALL_SAMPLES[sid][1])), sid
+        assert prints[key] == fingerprint(kind.fetched(samples[sid][0])), sid
 
 
 @contract(sample=SMALL_SAMPLES)
@@ -864,6 +1084,10 @@ def test_a_copy_is_recognised_by_its_fingerprint_or_as_normalised(kind, sample, 
     fingerprint, or, where the folder normalises, message.tolerant_fingerprint()."""
     data, want = sample  # (the engine hashes what fetch() returned on the other side)
     folder = env.inbox()
+    if kind.refuses(data):  # nothing stored, nothing to recognise
+        with pytest.raises(RefusedError):
+            folder.append(data, frozenset(), ARRIVAL)
+        return
     got = folder.fetch(folder.append(data, frozenset(), ARRIVAL))
     if fingerprint(got) != fingerprint(want):
         assert folder.normalises, "changed the bytes but does not say it normalises"
@@ -873,13 +1097,17 @@ def test_a_copy_is_recognised_by_its_fingerprint_or_as_normalised(kind, sample, 
 @contract()
 def test_fetch_of_unknown_keys_raises_message_error(kind, env):
     store = env.open()
-    folder = store.open_folder("INBOX", create=True)
-    elsewhere = store.open_folder("Elsewhere", create=True)
+    folder = env.folder(store, "INBOX", create=True)
+    elsewhere = env.folder(store, "Elsewhere", create=True)
     key = folder.append(msg("known"), frozenset(), ARRIVAL)
     gone = folder.append(msg("gone"), frozenset(), ARRIVAL)
     folder.delete(gone)
+    folder.flush()
     foreign = elsewhere.append(msg("foreign"), frozenset(), ARRIVAL)
-    for bad in ("no-such-key", "", "../../../../etc/passwd", "x\x00y", "INBOX", gone, foreign):
+    bad_keys = ["no-such-key", "", "../../../../etc/passwd", "x\x00y", "INBOX", gone]
+    if not kind.keys_cross_folders:
+        bad_keys.append(foreign)
+    for bad in bad_keys:
         with pytest.raises(MessageError):
             folder.fetch(bad)
     results = list(folder.fetch_many([key, "no-such-key", key]))
