@@ -106,7 +106,9 @@ def _all(flag: str) -> bool:
     return True
 
 
-def effective_flags(listed: frozenset[str], synced: frozenset[str], persists: Persists):
+def effective_flags(
+    listed: frozenset[str], synced: frozenset[str], persists: Persists
+) -> frozenset[str]:
     """A side's flags as far as it can tell: what it keeps itself, and for the flags it
     cannot keep (keywords in Maildir, everything in mbox) what was last synced."""
     return frozenset(f for f in listed if persists(f)) | frozenset(
@@ -114,7 +116,9 @@ def effective_flags(listed: frozenset[str], synced: frozenset[str], persists: Pe
     )
 
 
-def merge_flags(synced, fa, fb, direction: str):
+def merge_flags(
+    synced: frozenset[str], fa: frozenset[str], fb: frozenset[str], direction: str
+) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
     """-> (target flags on a, target flags on b, flags to record)."""
     if direction == "pull":
         target_b = (fb | (fa - synced)) - (synced - fa)
@@ -139,21 +143,22 @@ def plan(
     result = Plan()
     listings = {"a": listing_a, "b": listing_b}
     persists = {"a": persists_a, "b": persists_b}
-    known = {"a": set(), "b": set()}
+    known: dict[str, set[str]] = {"a": set(), "b": set()}
 
     for pair in pairs:
-        info = {}
+        info: dict[str, Info | None] = {}
         for side in ("a", "b"):
             key = pair.key(side)
             if key is not None:
                 known[side].add(key)
             info[side] = listings[side].get(key) if key is not None else None
+        info_a, info_b = info["a"], info["b"]
 
-        if info["a"] and info["b"]:
-            fa = effective_flags(info["a"].flags, pair.flags, persists_a)
-            fb = effective_flags(info["b"].flags, pair.flags, persists_b)
+        if info_a is not None and info_b is not None:
+            fa = effective_flags(info_a.flags, pair.flags, persists_a)
+            fb = effective_flags(info_b.flags, pair.flags, persists_b)
             target_a, target_b, record = merge_flags(pair.flags, fa, fb, policy.direction)
-            changes = {}
+            changes: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
             for side, now, target in (("a", fa, target_a), ("b", fb, target_b)):
                 keep = persists[side]
                 add = frozenset(f for f in target - now if keep(f))
@@ -164,40 +169,41 @@ def plan(
                 result.flags.append(SetFlags(pair, changes, record))
             continue
 
-        if not info["a"] and not info["b"]:
+        if info_a is None and info_b is None:
             result.bookkeeping.append(Forget(pair))
             continue
 
-        present = "a" if info["a"] else "b"
+        present, present_info = ("a", info_a) if info_a is not None else ("b", info_b)
+        # (A side has an Info only for a key the pair has there.)
+        present_key = pair.key(present)
+        assert present_info is not None and present_key is not None
         gone = other(present)
         if pair.key(gone) is None:
             # An earlier deletion on `gone` that was kept; a later --mirror propagates it.
             if policy.propagates_to(present):
-                result.deletes.append(Delete(present, pair.key(present), pair))
+                result.deletes.append(Delete(present, present_key, pair))
             continue
         if policy.propagates_to(present):
-            now = effective_flags(info[present].flags, pair.flags, persists[present])
+            now = effective_flags(present_info.flags, pair.flags, persists[present])
             # \Deleted alone is no change worth saving: it is a deletion under way (our
             # own UID STORE before an interrupted EXPUNGE, or a mail client's).
             if policy.direction == "both" and now - {DELETED} != pair.flags - {DELETED}:
                 # Deleted on one side, changed on the other: the changed copy survives.
-                result.copies.append(
-                    Copy(present, pair.key(present), now, info[present].arrival, pair)
-                )
+                result.copies.append(Copy(present, present_key, now, present_info.arrival, pair))
             else:
-                result.deletes.append(Delete(present, pair.key(present), pair))
+                result.deletes.append(Delete(present, present_key, pair))
         else:
             result.bookkeeping.append(Tombstone(pair, gone))
 
     for src in ("a", "b"):
         if not policy.writes(other(src)):
             continue
-        for key, info in listings[src].items():
+        for key, listed in listings[src].items():
             if key not in known[src]:
-                result.copies.append(Copy(src, key, info.flags, info.arrival))
+                result.copies.append(Copy(src, key, listed.flags, listed.arrival))
 
     if refused:
-        offered = []
+        offered: list[Copy] = []
         for copy in result.copies:
             held = copy.key in refused.get(copy.src, ())
             (result.withheld if held else offered).append(copy)
@@ -206,7 +212,13 @@ def plan(
     return result
 
 
-def _apply_safety(result: Plan, listings, pairs: list[Pair], policy: Policy, before) -> None:
+def _apply_safety(
+    result: Plan,
+    listings: Mapping[str, Mapping[str, Info]],
+    pairs: list[Pair],
+    policy: Policy,
+    before: frozenset[str],
+) -> None:
     if policy.force_delete or not result.deletes:
         return
     for side in ("a", "b"):
