@@ -29,7 +29,7 @@ class Policy:
     delete: str = "keep"  # keep | propagate
     force_delete: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if self.delete not in DELETE_POLICIES:

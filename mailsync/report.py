@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mailsync.planner import Copy, Delete, SetFlags
+from mailsync.planner import Copy, Delete, Forget, SetFlags, Tombstone
 from mailsync.policy import SIDE_NAMES, Policy, other
 
 log = logging.getLogger("mailsync")
@@ -139,7 +139,7 @@ def report_problems(policy: Policy, side: str, problems: Iterable[str], errors: 
             log.warning("%s", problem)
 
 
-def describe(action) -> str:
+def describe(action: Copy | SetFlags | Delete | Tombstone | Forget) -> str:
     if isinstance(action, Copy):
         return f"copy {SIDE_NAMES[action.src]} {action.key} to {SIDE_NAMES[other(action.src)]}"
     if isinstance(action, SetFlags):

@@ -42,7 +42,9 @@ import re
 import sqlite3
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Self
 
 from mailsync.errors import ConfigError, LockedError, StoreError
 from mailsync.message import format_flags, parse_flags
@@ -242,17 +244,18 @@ class State:
             self._lock_fd = None
 
     def close(self) -> None:
+        # (No db yet if connecting failed; none any more after a first close.)
         if getattr(self, "db", None) is not None:
             if self._in_tx:
                 self.db.execute("ROLLBACK")
             self.db.close()
-            self.db = None
+            del self.db
         self._unlock()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # transactions ---------------------------------------------------------------
@@ -305,7 +308,7 @@ class State:
         return self._folder(row)
 
     @staticmethod
-    def _folder(row) -> FolderState:
+    def _folder(row: Any) -> FolderState:
         return FolderState(
             row[0],
             row[1],
@@ -368,6 +371,7 @@ class State:
         cursor = self.db.execute(
             "INSERT INTO folder_moves (old_b, new_b) VALUES (?, ?)", (old_b, new_b)
         )
+        assert cursor.lastrowid is not None  # (an INSERT sets it)
         return cursor.lastrowid
 
     def drop_move(self, move_id: int) -> None:
@@ -467,7 +471,7 @@ class State:
         )
         return {row[0] for row in rows}
 
-    def record_pending(self, folder_id: int, side: str, keys) -> None:
+    def record_pending(self, folder_id: int, side: str, keys: Iterable[str]) -> None:
         """These keys on `side` are about to be copied to the other side."""
         self.db.executemany(
             "INSERT OR IGNORE INTO pending (folder_id, side, key) VALUES (?, ?, ?)",

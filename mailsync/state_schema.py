@@ -111,8 +111,12 @@ class Migration:
 MIGRATIONS: list[Migration] = []
 
 
-def _step(version: int):
-    def register(apply: Callable[[sqlite3.Connection], None]):
+def _step(
+    version: int,
+) -> Callable[[Callable[[sqlite3.Connection], None]], Callable[[sqlite3.Connection], None]]:
+    def register(
+        apply: Callable[[sqlite3.Connection], None],
+    ) -> Callable[[sqlite3.Connection], None]:
         MIGRATIONS.append(Migration(version, apply))
         return apply
 
@@ -254,11 +258,12 @@ def bring_up_to_date(db: sqlite3.Connection, path: str) -> None:
         stored = stored_version(db)
         if stored > SCHEMA_VERSION:
             raise newer_error(path, stored)
-        version: int | None = stored
+        version = stored
         if stored == 0:
-            version = _unversioned_layout(db)
-            if version is None:
+            layout = _unversioned_layout(db)
+            if layout is None:
                 raise unreadable_error(path, "it has tables, but not those of a mailsync state")
+            version = layout
             if version == 0:
                 # One statement at a time: executescript() would commit the transaction.
                 for statement in SCHEMA.split(";"):

@@ -29,10 +29,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Self
 
 from mailsync.errors import MessageError, RenameRefused
 from mailsync.message import Info, fingerprint
 from mailsync.policy import Retention
+
+if TYPE_CHECKING:  # (only stores with a login import net)
+    from mailsync.net import Endpoint
 
 #: The deepest folder nesting a store lists or creates (parts of a "/"-separated name):
 #: far beyond real mail hierarchies, and it keeps every walk, path and name bounded.
@@ -254,7 +258,7 @@ class Store(ABC):
         it would create).  This default knows only read-only stores."""
         return "the store is read-only" if self.read_only else None
 
-    def password_endpoint(self):
+    def password_endpoint(self) -> Endpoint | None:
         """The net.Endpoint whose password this store will ask for (net.password_for), or
         None: local stores, logins without a password (OAuth2)."""
         return getattr(self, "endpoint", None)
@@ -262,10 +266,10 @@ class Store(ABC):
     def close(self) -> None:
         pass
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
