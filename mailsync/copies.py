@@ -47,6 +47,10 @@ log = logging.getLogger("mailsync")
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
 
+#: A destination message a copy may turn out to be: its key, and its pair if the state
+#: knows it (a tombstone, a message that vanished and came back), else None.
+Candidate = tuple[str, Pair | None]
+
 
 def copy_all(fs: FolderSync, the_plan: Plan) -> None:
     """The plan's copies, a -> b, then b -> a; a message the first direction linked or
@@ -225,15 +229,19 @@ class Copier:
         state.forget_refusals(folder_id, self.src, self.accepted)
         self.accepted.clear()
         remote = fs.folders["a"]
+        copied_from: list[str] = []
         for pair in self.pending:
+            key_a, key_src = pair.key_a, pair.key(self.src)
+            assert key_a is not None and key_src is not None  # (_copy set both keys)
             if remote is not None:  # after flush: what the writes made of it
-                pair.version_a = remote.version(pair.key_a)
+                pair.version_a = remote.version(key_a)
             if pair.id is None:
                 state.add_pair(folder_id, pair)
             else:
                 state.update_pair(pair)
+            copied_from.append(key_src)
         if self.journal:
-            state.forget_pending(folder_id, self.src, [pair.key(self.src) for pair in self.pending])
+            state.forget_pending(folder_id, self.src, copied_from)
         state.commit()
         step("commit")
         self.pending, self.pending_bytes = [], 0
@@ -297,12 +305,15 @@ class Matches:
     """Destination messages a copy may be, each as (destination key, pair or None), in
     lists per digest: see match_index."""
 
-    exact: dict[str, list] = field(default_factory=dict)  # message.fingerprint()
-    loose: dict[str, list] = field(default_factory=dict)  # message.tolerant_fingerprint()
-    headers: dict[str, list] = field(default_factory=dict)  # message.header_identity()
+    exact: dict[str, list[Candidate]] = field(default_factory=dict)  # message.fingerprint()
+    # message.tolerant_fingerprint(), message.header_identity():
+    loose: dict[str, list[Candidate]] = field(default_factory=dict)
+    headers: dict[str, list[Candidate]] = field(default_factory=dict)
     unreadable: set[int] = field(default_factory=set)  # sizes of unreadable unknown ones
 
-    def find(self, data: bytes, digest: str, sent_before: bool, used: set[str]):
+    def find(
+        self, data: bytes, digest: str, sent_before: bool, used: set[str]
+    ) -> tuple[Candidate | None, str]:
         """(destination key, pair or None) for a source message whose fingerprint is
         `digest`, taken out of the lists, and how it was found; (None, "") if none is
         left.  Exact content first, then as the destination stores it; by headers only
@@ -334,6 +345,7 @@ def match_index(fs: FolderSync, src: str, paired_now: set[str], by_headers: bool
     `paired_now`: destination keys this run paired already."""
     dst = other(src)
     target, listings = fs.folders[dst], fs.listings
+    assert target is not None  # (as Copier's)
     matches = Matches()
     known = set()
     for pair in fs.pairs:
@@ -360,7 +372,7 @@ def match_index(fs: FolderSync, src: str, paired_now: set[str], by_headers: bool
     return matches
 
 
-def _unused(candidates: list | None, used: set[str]):
+def _unused(candidates: list[Candidate] | None, used: set[str]) -> Candidate | None:
     """The last (destination key, pair) of `candidates` whose key no copy took yet (a
     message is in both match indexes), taken out of the list; None if there is none."""
     while candidates:

@@ -29,8 +29,8 @@ from mailsync.crashhook import step
 from mailsync.errors import MessageError
 from mailsync.message import Info
 from mailsync.paged import Relist, is_paged, sync_pages
-from mailsync.planner import Delete, Forget, Plan, SetFlags, Tombstone, plan
-from mailsync.policy import SIDE_NAMES, Policy, other
+from mailsync.planner import Delete, Forget, Persists, Plan, SetFlags, Tombstone, plan
+from mailsync.policy import SIDE_NAMES, Policy, Retention, other
 from mailsync.rematch import rematch
 from mailsync.report import FolderReport, ProgressFactory, describe, no_progress, report_problems
 from mailsync.retention import expire, expired_keys
@@ -186,14 +186,18 @@ class FolderSync:
                 log.warning("%s: %s", self.fstate.name_a, note)
             report_problems(self.policy, side, folder.problems, self.report.errors)
 
-    def _list_folder(self, side: str, folder: Folder, pairs: list[Pair]):
+    def _list_folder(
+        self, side: str, folder: Folder, pairs: list[Pair]
+    ) -> tuple[dict[str, Info], dict]:
         cursor = self.fstate.cursor(side)
         if cursor and folder.unchanged(cursor):
-            listing = {p.key(side): Info(p.flags, 0, 0.0) for p in pairs if p.key(side) is not None}
+            listing = {
+                key: Info(p.flags, 0, 0.0) for p in pairs if (key := p.key(side)) is not None
+            }
             log.debug("%s: side %s unchanged since the last run", self.fstate.name_a, side)
             return listing, cursor
         if cursor:
-            known = {p.key(side): p.flags for p in pairs if p.key(side) is not None}
+            known = {key: p.flags for p in pairs if (key := p.key(side)) is not None}
             listing = folder.list_since(cursor, known)
         else:
             listing = folder.list()
@@ -247,7 +251,9 @@ class FolderSync:
             # folder is not listed next time, so a failed message would never be retried.
             # A side this run wrote to is vouched for only if it can prove nobody else did.
             for side in self.written:
-                cursors[side] = folders[side].cursor_after_writes()
+                written = folders[side]
+                assert written is not None  # (this run wrote to it)
+                cursors[side] = written.cursor_after_writes()
             fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
             self.copies_settled()
         clean = not report.errors and not report.refused
@@ -297,10 +303,10 @@ class FolderSync:
         """The plan for the listings and pairs; records which sides' deletions it
         refused (they stay refused on later runs: planner.py)."""
         folders, state, report = self.folders, self.state, self.report
-        persists = {
-            side: (folders[side].persists if folders[side] is not None else (lambda f: True))
-            for side in ("a", "b")
-        }
+        persists: dict[str, Persists] = {}
+        for side in ("a", "b"):
+            folder = folders[side]
+            persists[side] = folder.persists if folder is not None else (lambda f: True)
         refusal_key = f"refused:{self.fstate.id}"
         refused_before = frozenset((state.get_meta(refusal_key) or "").split(",")) - {""}
         the_plan = plan(
@@ -329,7 +335,7 @@ class FolderSync:
             )
         return the_plan, refused_before
 
-    def _tell(self, the_plan: Plan, rule) -> None:
+    def _tell(self, the_plan: Plan, rule: Retention | None) -> None:
         """--dry-run: what the plan (and the retention rule) would do."""
         name, report = self.name, self.report
         report.planned = the_plan.count()
@@ -354,10 +360,10 @@ class FolderSync:
             if self.policy.writes(other(side)):
                 self.state.forget_pending(self.fstate.id, side)
 
-    def bookkeeping(self, the_plan: Plan) -> list:
+    def bookkeeping(self, the_plan: Plan) -> list[Tombstone | Forget]:
         """Apply the plan's tombstones and forgotten pairs (in the caller's transaction),
         except for pairs the copies re-linked; returns the actions applied."""
-        applied = []
+        applied: list[Tombstone | Forget] = []
         for action in the_plan.bookkeeping:
             if action.pair.id in self.relinked:
                 continue
@@ -371,16 +377,20 @@ class FolderSync:
 
     def set_flags(self, actions: list[SetFlags]) -> None:
         folders, report, state = self.folders, self.report, self.state
+        remote = folders["a"]
         for start in range(0, len(actions), BATCH_MESSAGES):
             batch = actions[start : start + BATCH_MESSAGES]
             done = []
             for action in batch:
                 try:
                     for side, (add, remove) in action.changes.items():
-                        folders[side].set_flags(action.pair.key(side), add, remove)
+                        folder, key = folders[side], action.pair.key(side)
+                        # (The plan changes flags only of a message listed on both sides.)
+                        assert folder is not None and key is not None
+                        folder.set_flags(key, add, remove)
                         self.written.add(side)
                         report.flagged(side)
-                        log.info("%s: %s", folders[side].name, describe(action))
+                        log.info("%s: %s", folder.name, describe(action))
                         step("flags")
                 except MessageError as error:
                     report.errors.append(str(error))
@@ -392,8 +402,9 @@ class FolderSync:
             state.begin()
             for action in done:
                 action.pair.flags = action.new_flags
-                if folders["a"] is not None:
-                    action.pair.version_a = folders["a"].version(action.pair.key_a)
+                if remote is not None:
+                    assert action.pair.key_a is not None  # (listed on both sides)
+                    action.pair.version_a = remote.version(action.pair.key_a)
                 state.update_pair(action.pair)
             state.commit()
             step("commit flags")
@@ -410,15 +421,17 @@ class FolderSync:
             batch_actions = actions[start : start + size]
             done = []
             for action in batch_actions:
+                folder = folders[action.side]
+                assert folder is not None  # (a deletion is planned only of a listed message)
                 try:
                     self.written.add(action.side)
-                    removed = folders[action.side].delete(action.key)
+                    removed = folder.delete(action.key)
                 except MessageError as error:
                     report.errors.append(str(error))
                     continue
                 step("delete")
                 report.deleted(action.side)
-                log.info("%s: %s", folders[action.side].name, describe(action))
+                log.info("%s: %s", folder.name, describe(action))
                 done.append((action, removed))
             for folder in folders.values():
                 if folder is not None:

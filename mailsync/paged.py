@@ -82,8 +82,10 @@ def sync_pages(fs: FolderSync) -> FolderReport:
         fs.listings = {"a": listing_a, "b": listing_b}
         copy_all(fs, the_plan)
         for pair in state.pairs_for(fstate.id, list(page)):
-            if pair.key_a not in by_a:  # recorded by this page's copies
-                by_a[pair.key_a] = pair
+            key_a = pair.key_a
+            assert key_a is not None  # (found by it)
+            if key_a not in by_a:  # recorded by this page's copies
+                by_a[key_a] = pair
                 pairs.append(pair)
                 if pair.key_b is not None:
                     listing_b[pair.key_b] = Info(pair.flags, 0, 0.0)
@@ -92,7 +94,9 @@ def sync_pages(fs: FolderSync) -> FolderReport:
         state.begin()
         keys_a = {id(action): action.pair.key_a for action in the_plan.bookkeeping}
         for action in fs.bookkeeping(the_plan):  # (a tombstone clears key_a)
-            by_a.pop(keys_a[id(action)], None)
+            key_a = keys_a[id(action)]
+            if key_a is not None:
+                by_a.pop(key_a, None)
         gone = [key for key, info in page.items() if info is None and key in refused_a]
         state.forget_refusals(fstate.id, "a", gone)  # deleted on the source
         refused_a.difference_update(gone)

@@ -55,7 +55,9 @@ def rematch(
             by_ident.setdefault(ident, []).append(key)
         wanted = [p.ident for p in pairs if p.ident]
         for pair in pairs:
-            keys = by_ident.get(pair.ident or "")
+            if not pair.ident:
+                continue
+            keys = by_ident.get(pair.ident)
             if keys and len(keys) == 1 and wanted.count(pair.ident) == 1:
                 assigned[id(pair)] = keys[0]
                 remaining.discard(keys[0])
@@ -124,7 +126,11 @@ def _rematch_tolerant(
         if not isinstance(data, MessageError):
             by_digest.setdefault(tolerant_fingerprint(data), []).append(key)
         del data  # not kept alive while the next (maybe 50 MB) body is fetched
-    wanted = {p.key(other(side)): p for p in rest if p.key(other(side)) in there}
+    wanted: dict[str, Pair] = {}  # other side's key -> pair
+    for pair in rest:
+        there_key = pair.key(other(side))
+        if there_key is not None and there_key in there:
+            wanted[there_key] = pair
     for key, data in source.fetch_many(list(wanted)):
         if isinstance(data, MessageError):
             continue
