@@ -136,7 +136,9 @@ def verify_job(config: configmod.Config, args: Sequence[str], patterns: Sequence
     raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
 
 
-def _channel_job(config, name: str, command: str, patterns: Sequence[str], mirror: bool) -> Job:
+def _channel_job(
+    config: configmod.Config, name: str, command: str, patterns: Sequence[str], mirror: bool
+) -> Job:
     channel = config.channels[name]
     direction = {"pull": "pull", "push": "push"}.get(command, channel.direction)
     return Job(
@@ -152,7 +154,13 @@ def _channel_job(config, name: str, command: str, patterns: Sequence[str], mirro
     )
 
 
-def _two_stores_job(config, command: str, args: Sequence[str], patterns, mirror) -> Job:
+def _two_stores_job(
+    config: configmod.Config,
+    command: str,
+    args: Sequence[str],
+    patterns: Sequence[str],
+    mirror: bool,
+) -> Job:
     first, second = (resolve_store(config, arg) for arg in args)
     if command == "push":  # push SOURCE DEST: DEST is the remote side
         (url_a, opt_a), (url_b, opt_b) = second, first
@@ -267,7 +275,7 @@ def run(
                 DEFAULT_NETWORK_JOBS if is_network(job.url_a) or is_network(job.url_b) else 1
             )
 
-            def open_stores():
+            def open_stores() -> tuple[Store, Store]:
                 return (
                     open_store(job.url_a, job.options_a, read_only=not policy.writes("a")),
                     open_store(job.url_b, job.options_b, read_only=not policy.writes("b")),

@@ -65,7 +65,7 @@ def follow_renames(
 
 
 class _Follower:
-    def __init__(self, state: State, stores: dict[str, Store], selection: FolderMap, dry_run):
+    def __init__(self, state: State, stores: dict[str, Store], selection: FolderMap, dry_run: bool):
         self.state = state
         self.stores = stores
         self.selection = selection
@@ -109,7 +109,7 @@ class _Follower:
             if folder.name_b == old or folder.name_b.startswith(old + "/"):
                 self.result.blocked[folder.name_a] = f"{folder.name_a}: {why}"
 
-    def _move(self, rows, move_id: int, old: str, new: str, fresh: bool) -> bool:
+    def _move(self, rows: list[FolderState], move_id: int, old: str, new: str, fresh: bool) -> bool:
         """Move local folder `old` (and those below it) to `new`, as journaled under
         `move_id`, then record it.  A move the store refused before touching anything
         is forgotten (the folder keeps its name); any other failure leaves the journal
@@ -163,7 +163,9 @@ class _Follower:
                 self.state.rename_local(folder, new)
                 self.state.commit()
 
-    def _remote_renames(self, rows: list[FolderState], remote: set[str], former) -> dict:
+    def _remote_renames(
+        self, rows: list[FolderState], remote: set[str], former: dict[str, str]
+    ) -> dict[int, str]:
         """Rename in the state each folder renamed on the remote side; returns
         {folder id: its old remote name}."""
         gone = [f for f in rows if f.name_a not in remote]
@@ -206,7 +208,7 @@ class _Follower:
         wanted = self.selection.choose(remote, remote.__contains__)
         return any(not idents.get(name) for name in wanted)
 
-    def _move_local(self, rows: list[FolderState], local: set[str], former) -> bool:
+    def _move_local(self, rows: list[FolderState], local: set[str], former: dict[str, str]) -> bool:
         """Move each local folder whose remote folder was renamed; True if one moved.
         Parents go first and take their subfolders along; a folder held back by another
         (a subfolder that moves elsewhere first) is tried again once that one moved."""
@@ -269,7 +271,9 @@ class _Follower:
                 log.info("%s: %s", folder.name_a, note)
         return moved
 
-    def _cannot_move(self, folder: FolderState, rows, local: set[str]) -> str | None:
+    def _cannot_move(
+        self, folder: FolderState, rows: list[FolderState], local: set[str]
+    ) -> str | None:
         """Why the folder's local folder cannot move to its remote name, or None."""
         old, new = folder.name_b, folder.name_a
         if not self.stores["b"].can_rename:

@@ -164,7 +164,7 @@ class Syncer:
         name_a, name_b = self.renames.state_names.get(name, default)
         return state.folder(name_a, name_b)
 
-    def _quickly_untouched(self, name: str, existing) -> bool:
+    def _quickly_untouched(self, name: str, existing: dict[str, set[str]]) -> bool:
         """unchanged_since_clean_run() for a folder that exists on both sides with
         cursors, checked with the main thread's stores; False whenever in doubt (the
         folder is then synced)."""
@@ -195,7 +195,9 @@ class Syncer:
             log.debug("%s: unchanged on both sides since the last clean run", name)
         return untouched
 
-    def _sync_folder(self, name: str, existing, stores: dict[str, Store], state: State):
+    def _sync_folder(
+        self, name: str, existing: dict[str, set[str]], stores: dict[str, Store], state: State
+    ) -> FolderReport:
         renames = self.renames
         notes = renames.notes.pop(name, [])
         folder = FolderSync(
@@ -211,7 +213,13 @@ class Syncer:
         )
         return folder.run(existing)
 
-    def _guarded(self, name: str, existing, stores=None, state=None) -> FolderReport:
+    def _guarded(
+        self,
+        name: str,
+        existing: dict[str, set[str]],
+        stores: dict[str, Store] | None = None,
+        state: State | None = None,
+    ) -> FolderReport:
         """The folder's sync (with the main thread's stores and state unless given), with
         its failures confined to the folder: a FolderError, a MessageError that escaped,
         or any unexpected exception (a bug, or a hostile server's input nobody foresaw;
@@ -248,7 +256,7 @@ class Syncer:
         folder_report.errors.append(text)
         return folder_report
 
-    def _run_parallel(self, names: list[str], existing) -> list[FolderReport]:
+    def _run_parallel(self, names: list[str], existing: dict[str, set[str]]) -> list[FolderReport]:
         """Each worker thread opens its own stores (open_stores) and state handle on its
         first folder, and keeps them for the folders that follow."""
         assert self.open_stores is not None
