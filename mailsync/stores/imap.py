@@ -77,10 +77,12 @@ class IMAPStore(IMAPConnection, Store):
         """Whether a folder is in the personal namespace (the one whose prefix matches
         it longest): True, False (another user's or a shared folder), or None when no
         namespace the server announced matches it."""
-        if server_name.upper() == "INBOX" or not self._other_prefixes and not self._prefix:
+        own = self._prefix
+        assert own is not None  # (list_folders() asked the server first: _namespaces)
+        if server_name.upper() == "INBOX" or not self._other_prefixes and not own:
             return True
         best, personal = -1, None
-        for prefix, mine in ((self._prefix, True), *((p, False) for p in self._other_prefixes)):
+        for prefix, mine in ((own, True), *((p, False) for p in self._other_prefixes)):
             if len(prefix) > best and _has_prefix(server_name, prefix):
                 best, personal = len(prefix), mine
         return personal

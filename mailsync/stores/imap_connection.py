@@ -26,7 +26,7 @@ import re
 import ssl
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailsync.errors import (
     AuthError,
@@ -49,6 +49,10 @@ from mailsync.stores.imap_wire import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
+
+    from imapclient import IMAPClient
+
     from mailsync.stores.imap_folder import IMAPFolder
 
 log = logging.getLogger("mailsync")
@@ -129,7 +133,7 @@ def _parse_uid_set(text: str, most: int) -> tuple[list[int], list[str]]:
     return [uid for low, high in ranges for uid in range(low, high + 1)], invalid
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -184,7 +188,7 @@ def _route_protocol_log() -> None:
         logger.setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
-def _shutdown(client) -> None:
+def _shutdown(client: IMAPClient | None) -> None:
     if client is None:
         return
     try:
@@ -203,7 +207,7 @@ class IMAPConnection:
     def __init__(self, url: str, options: dict | None = None):
         self.endpoint: Endpoint = parse_endpoint(url, options)
         self.url = self.endpoint.display
-        self._client = None
+        self._client: IMAPClient | None = None
         self._password: str | None = None
         self.capabilities: set[str] = set()
         #: The folder the connection has selected (None: none, or dropped since).
@@ -213,12 +217,12 @@ class IMAPConnection:
         self._warned_invalid: set[str] = set()  # folders whose invalid UIDs were reported
 
     @property
-    def client(self):
+    def client(self) -> IMAPClient:
         if self._client is None:
             self._client = self._connect()
         return self._client
 
-    def _connect(self):
+    def _connect(self) -> IMAPClient:
         from imapclient.exceptions import LoginError
 
         _route_protocol_log()
@@ -299,7 +303,7 @@ class IMAPConnection:
         return client
 
     @staticmethod
-    def _login(client, user: str, password: str) -> None:
+    def _login(client: IMAPClient, user: str, password: str) -> None:
         """LOGIN with both arguments quoted; AUTHENTICATE PLAIN (UTF-8) when either is not
         ASCII, which LOGIN cannot carry (and imaplib would echo in its error)."""
         from imapclient.exceptions import LoginError
@@ -329,7 +333,14 @@ class IMAPConnection:
         self.reconnects += 1
         self.client  # noqa: B018
 
-    def call(self, operation, *args, retry: bool = True, folder: IMAPFolder | None = None, **kw):
+    def call(
+        self,
+        operation: str,
+        *args: Any,
+        retry: bool = True,
+        folder: IMAPFolder | None = None,
+        **kw: Any,
+    ) -> Any:
         """Run one IMAP operation, in `folder` (selected first if the connection has
         another one selected, or none since it was dropped).  A dropped connection is
         reconnected and, with `retry` (operations safe to repeat), the operation run again
@@ -369,7 +380,7 @@ class IMAPConnection:
                 raise scope(f"{where}: the server refused {operation}: {_clean(error)}")
         raise AssertionError("unreachable")
 
-    def _invoke(self, operation, *args, **kwargs):
+    def _invoke(self, operation: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self, "_op_" + operation, None)
         if method is not None:
             return method(*args, **kwargs)
@@ -384,7 +395,7 @@ class IMAPConnection:
         *,
         message_level: bool = False,
         literal_budget: int | None = None,
-    ):
+    ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
         response is kept by its UID; responses without one (unsolicited FETCHes about
         other messages, keyed by sequence number) are ignored, never mistaken for UIDs;
@@ -411,7 +422,7 @@ class IMAPConnection:
         except (ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
             raise _Malformed(error)
         del data  # the literals live on in `parsed` only (no second reference to big ones)
-        out: dict[int, dict] = {}
+        out: dict[int, dict[bytes, Any]] = {}
         invalid = []
         for record in parsed.values():
             uid = record.get(b"UID")
@@ -469,8 +480,7 @@ class IMAPConnection:
         most = imap.folder_messages + UID_SLACK
         if sum(len(line.split(None, most + 1)) for line in lines) > most:
             raise _Malformed(f"the server sent over {most} UIDs for a folder that holds fewer")
-        uids: list[int] = []
-        invalid: list[str] = []
+        uids, invalid = [], []
         for line in lines:
             for word in _text(line).split():
                 try:
@@ -485,7 +495,9 @@ class IMAPConnection:
             self._invalid_uids(invalid, "UID SEARCH results")
         return uids
 
-    def _op_append(self, server_name: str, wire: bytes, flags: list[str], when):
+    def _op_append(
+        self, server_name: str, wire: bytes, flags: list[str], when: dt.datetime | None
+    ) -> str:
         """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs)."""
         from imapclient.datetime_util import datetime_to_INTERNALDATE
 
@@ -504,7 +516,7 @@ class IMAPConnection:
             raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")
 
-    def _op_list(self):
+    def _op_list(self) -> list[tuple[Any, Any, Any]]:
         """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS
         (RFC 5819) the same command returns every folder's STATUS, kept for unchanged()
         so a rerun of a many-folder account needs no STATUS per folder."""
@@ -517,7 +529,7 @@ class IMAPConnection:
         finally:
             client.folder_encode = True
 
-    def _list_status(self):
+    def _list_status(self) -> list[tuple[Any, Any, Any]]:
         from imapclient.response_parser import parse_response
 
         imap = self.client._imap

@@ -14,8 +14,13 @@ import imaplib
 import io
 import socket
 import ssl
+from typing import TYPE_CHECKING, Any, Literal
 
 from mailsync.net import Pace
+
+if TYPE_CHECKING:  # (imapclient is imported late: _client_class)
+    from _typeshed import WriteableBuffer
+    from imapclient import IMAPClient
 
 # What one connection accepts from the server (a hostile one included), from the first
 # byte it reads: see _GuardedIMAP4.
@@ -44,13 +49,13 @@ class _PacedReader(io.RawIOBase):
     that grows with the bytes that arrive): a server dripping a byte at a time, each
     within the socket timeout, is given up instead of waited for forever."""
 
-    def __init__(self, sock, pace: Pace, replaced):
+    def __init__(self, sock: socket.socket, pace: Pace, replaced: io.BufferedReader):
         self._sock, self._pace, self._replaced = sock, pace, replaced
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         return self._pace.recv_into(self._sock, buffer)
 
     def close(self) -> None:
@@ -76,7 +81,11 @@ class _GuardedIMAP4(imaplib.IMAP4):
 
     Breaking a limit raises _Malformed (the caller drops the connection)."""
 
-    def __init__(self, host: str, port: int, timeout: float, ssl_context=None):
+    file: io.BufferedReader  # (imaplib's makefile(), then _pace_reads' reader on it)
+
+    def __init__(
+        self, host: str, port: int, timeout: float, ssl_context: ssl.SSLContext | None = None
+    ):
         self._implicit_tls = ssl_context  # None: plain text (STARTTLS may follow)
         self._pace = Pace(timeout)
         self.folder_messages = 0  # the selected folder's EXISTS, the highest seen
@@ -87,7 +96,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
         super().__init__(host, port, timeout)
 
     # the socket -----------------------------------------------------------------------
-    def _create_socket(self, timeout):
+    def _create_socket(self, timeout: float | None) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout)
         # imaplib sends an APPEND's literal and the line end after it as two writes: with
         # Nagle's algorithm the second waits for the server's delayed ACK of the first,
@@ -104,11 +113,13 @@ class _GuardedIMAP4(imaplib.IMAP4):
     def _pace_reads(self) -> None:
         self.file = io.BufferedReader(_PacedReader(self.sock, self._pace, self.file))
 
-    def open(self, host="", port=imaplib.IMAP4_PORT, timeout=None) -> None:
+    def open(self, host: str = "", port: int = 143, timeout: float | None = None) -> None:
         super().open(host, port, timeout)
         self._pace_reads()
 
-    def starttls(self, ssl_context=None):
+    def starttls(
+        self, ssl_context: ssl.SSLContext | None = None
+    ) -> tuple[Literal["OK"], list[None]]:
         typ, data = super().starttls(ssl_context)
         if typ == "OK":
             self._pace_reads()  # the new TLS socket
@@ -144,7 +155,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
         return self.file.read(size)
 
     # responses --------------------------------------------------------------------------
-    def _command(self, name, *args):
+    def _command(self, name: str, *args: Any) -> bytes:
         # Unclaimed responses to earlier commands: the newest of each kind is all that
         # anything reads (imaplib itself only asks whether there was a BYE).
         for entries in self.untagged_responses.values():
@@ -158,9 +169,10 @@ class _GuardedIMAP4(imaplib.IMAP4):
             self._literals_left = MAX_LITERAL if budget is None else min(budget, MAX_LITERAL)
         if name in ("SELECT", "EXAMINE"):
             self.folder_messages = 0
-        return super()._command(name, *args)
+        # (typeshed leaves imaplib's private methods out.)
+        return super()._command(name, *args)  # type: ignore[misc]
 
-    def _append_untagged(self, typ, dat) -> None:
+    def _append_untagged(self, typ: str, dat: bytes | tuple[bytes, bytes] | None) -> None:
         line = dat[0] if isinstance(dat, tuple) else dat or b""
         self._response_cost += len(line) + RESPONSE_ENTRY
         if typ == "EXISTS" and line.isdigit():
@@ -174,16 +186,16 @@ class _GuardedIMAP4(imaplib.IMAP4):
                 f"the server sent more than {limit} bytes of untagged responses "
                 f"({len(self.untagged_responses.get(typ, ()))}+ {typ}) to one command"
             )
-        super()._append_untagged(typ, dat)
+        super()._append_untagged(typ, dat)  # type: ignore[misc]  # (as _command's)
 
 
 @functools.cache
-def _client_class():
+def _client_class() -> type[IMAPClient]:
     """IMAPClient on a _GuardedIMAP4 (made on first use: imapclient is imported late)."""
     from imapclient import IMAPClient
 
     class GuardedClient(IMAPClient):
-        def _create_IMAP4(self):
+        def _create_IMAP4(self) -> _GuardedIMAP4:
             context = (self.ssl_context or ssl.create_default_context()) if self.ssl else None
             return _GuardedIMAP4(self.host, self.port, self._timeout.read, context)
 
