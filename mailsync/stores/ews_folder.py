@@ -11,6 +11,7 @@ warning.  Creating a message, and flags as item properties, are ews_items.py's.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -249,7 +250,7 @@ class EWSFolder(Folder):
         if batch:
             yield from self._fetch_batch(batch)
 
-    def _fetch_batch(self, keys: list[str]):
+    def _fetch_batch(self, keys: builtins.list[str]):
         account = self.store.account
         ids = [(key, self._changekeys.get(key)) for key in keys]
         results = self._call(
@@ -368,7 +369,7 @@ class EWSFolder(Folder):
             self._changekeys[key] = message.changekey
             return
 
-    def _remove(self, keys: list[str]) -> None:
+    def _remove(self, keys: builtins.list[str]) -> None:
         exl = _exchangelib()
         account = self.store.account
         items = [

@@ -25,6 +25,7 @@ folders there are and their names, the store's (imap.py).
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 import re
@@ -291,7 +292,9 @@ class IMAPFolder(Folder):
                 listing[key] = Info(frozenset(known[key]), self._sizes.get(uid, 0), 0.0)
         return listing
 
-    def _fetch_meta(self, uid_set: str, modifiers: list[str] | None = None) -> dict[str, Info]:
+    def _fetch_meta(
+        self, uid_set: str, modifiers: builtins.list[str] | None = None
+    ) -> dict[str, Info]:
         items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
         response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
         listing = {}
@@ -360,7 +363,7 @@ class IMAPFolder(Folder):
         if batch:
             yield from self._fetch_bodies(batch)
 
-    def _fetch_bodies(self, uids: list[int]):
+    def _fetch_bodies(self, uids: builtins.list[int]):
         """Bodies of a batch in one UID FETCH, whose literals may hold twice what
         RFC822.SIZE announced for the batch (FETCH_LARGE_BYTES for a message without
         one) and 1 MiB more: room for servers whose sizes are estimates (Exchange).  A
@@ -645,7 +648,7 @@ class IMAPFolder(Folder):
         except MailsyncError as error:
             raise FolderError(f"{self.name}: the server refused a change: {error}")
 
-    def _expunge(self, uids: list[int]) -> None:
+    def _expunge(self, uids: builtins.list[int]) -> None:
         """\\Deleted, then UID EXPUNGE of exactly these UIDs.  Without UIDPLUS a plain
         EXPUNGE would also remove messages someone else marked \\Deleted: then nothing is
         touched and the folder fails (the state keeps the pairs, a rerun tries again)."""

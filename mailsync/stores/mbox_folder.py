@@ -17,6 +17,7 @@ tree, and which names they have, is the store's (mbox.py).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -346,7 +347,7 @@ class MboxFolder(Folder):
         self._set_entries(entries)
         self._stray = entries[0].start if entries else size
 
-    def _stray_problem(self) -> list[str]:
+    def _stray_problem(self) -> builtins.list[str]:
         """The bytes before the first From_ line, as a problem of the listing."""
         if not self._stray:
             return []
@@ -362,7 +363,7 @@ class MboxFolder(Folder):
             "them out (the messages after them are synced)"
         ]
 
-    def _set_entries(self, entries: list[_Entry]) -> None:
+    def _set_entries(self, entries: builtins.list[_Entry]) -> None:
         self._entries = entries
         live: dict[str, list[_Entry]] = {}
         for e in entries:
@@ -370,7 +371,7 @@ class MboxFolder(Folder):
                 live.setdefault(e.digest[:32], []).append(e)
         self._live = live
 
-    def _live_copies(self, short: str) -> list[_Entry]:
+    def _live_copies(self, short: str) -> builtins.list[_Entry]:
         return self._live.get(short, [])
 
     def _lookup(self, key: str) -> _Entry:

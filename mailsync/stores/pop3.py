@@ -24,6 +24,7 @@ to go, among those durable on the other side and recorded in the state.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import re
@@ -417,7 +418,7 @@ class POP3Folder(Folder):
             except (_ServerError, _Malformed) as error:
                 raise self._guard("RETR", error)
 
-    def _retrieve(self, keys: list[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+    def _retrieve(self, keys: builtins.list[str]) -> Iterator[tuple[str, bytes | MessageError]]:
         session = self.session
         depth = session.depth
         window: deque[tuple[str, int | None]] = deque()
