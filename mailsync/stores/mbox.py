@@ -222,6 +222,7 @@ class MboxStore(Store):
         if cached is not None and os.path.isfile(cached.path):
             return cached
         parts = split_name(name)
+        path: str | None  # the folder's file, once found or made
         if self._single_file():
             if name != "INBOX":
                 raise FolderError(

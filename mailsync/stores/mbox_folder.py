@@ -593,6 +593,8 @@ class MboxFolder(Folder):
 
     def _recover(self, fd: int, exclusive: bool) -> None:
         """A journal means a run died mid-batch: cut the file back to its recorded size."""
+        size: int | None
+        ino: int | None
         try:
             with open(self.journal_path, "rb") as f:
                 fields = f.read(200).split()
@@ -601,27 +603,30 @@ class MboxFolder(Folder):
         except (OSError, ValueError, IndexError):
             size = ino = None
         st = os.fstat(fd)
-        usable = size is not None and (ino is None or ino == st.st_ino) and size <= st.st_size
+        if size is not None and (ino is None or ino == st.st_ino) and size <= st.st_size:
+            recorded: int | None = size  # the journal is of this file
+        else:
+            recorded = None
         if not exclusive:  # read-only: leave the file alone, ignore the torn tail
-            self._limit = size if usable else None
-            if usable and size < st.st_size:
+            self._limit = recorded
+            if recorded is not None and recorded < st.st_size:
                 log.warning(
                     "%s: ignoring %d bytes after offset %d left by an interrupted run "
                     "(read-only store; open it writable once to repair the file)",
                     self.path,
-                    st.st_size - size,
-                    size,
+                    st.st_size - recorded,
+                    recorded,
                 )
             return
-        if usable:
-            if st.st_size > size:
+        if recorded is not None:
+            if st.st_size > recorded:
                 log.warning(
                     "%s: an interrupted run left %d bytes after offset %d; truncating them",
                     self.path,
-                    st.st_size - size,
-                    size,
+                    st.st_size - recorded,
+                    recorded,
                 )
-                os.ftruncate(fd, size)
+                os.ftruncate(fd, recorded)
                 os.fsync(fd)
         else:
             log.warning(
