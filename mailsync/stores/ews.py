@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 from mailsync.errors import (
     AuthError,
@@ -130,7 +131,7 @@ class EWSStore(Store):
         if ep.cafile:
             _CAFILES[f"{ep.host.lower()}:{ep.port}"] = ep.cafile
         self._account = None
-        self._folders: dict[str, object] | None = None  # name -> exchangelib folder
+        self._folders: dict[str, Any] | None = None  # name -> exchangelib folder (untyped)
         self._ids: dict[str, str] = {}
         self._kinds: dict[str, str] = {}  # name -> "mail" / "calendar" / "contacts"
 
@@ -351,15 +352,15 @@ class EWSStore(Store):
             raise _ews_error(where, error, what=what)
 
     # folders --------------------------------------------------------------------------
-    def _hierarchy(self) -> dict[str, object]:
+    def _hierarchy(self) -> dict[str, Any]:
         if self._folders is not None:
             return self._folders
         exl = _exchangelib()
         account = self.account
         root = self.call("GetFolder", lambda: account.msg_folder_root)
         well_known = {}
-        for distinguished, (name, attribute, kind) in WELL_KNOWN.items():
-            if kind not in self.items:
+        for distinguished, (known_name, attribute, known_kind) in WELL_KNOWN.items():
+            if known_kind not in self.items:
                 continue
             try:
                 folder = self.call("GetFolder", lambda a=attribute: getattr(account, a))
@@ -367,10 +368,10 @@ class EWSStore(Store):
                 log.debug("%s: no %s folder: %s", self.url, distinguished, error)
                 continue
             if folder is not None:
-                well_known[folder.id] = (name, folder)
-                self._kinds[name] = kind
-        folders: dict[str, object] = {}
-        by_id: dict[str, object] = {}
+                well_known[folder.id] = (known_name, folder)
+                self._kinds[known_name] = known_kind
+        folders: dict[str, Any] = {}
+        by_id: dict[str, Any] = {}
 
         def collect():
             for change, folder in root.sync_hierarchy(
@@ -420,7 +421,7 @@ class EWSStore(Store):
             kind = kind_of(getattr(folder, "folder_class", None) or "")
             if folder_id in well_known:
                 kind = self._kinds[well_known[folder_id][0]]
-            if kind not in self.items:
+            if kind is None or kind not in self.items:
                 continue
             name = path(folder)
             if name is None:

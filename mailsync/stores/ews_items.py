@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 from mailsync.errors import FolderError, MailsyncError, RefusedError, StoreError
@@ -89,7 +90,7 @@ def _exchangelib():
 _CAFILES: dict[str, str] = {}  # "host:port" -> CA file trusted for that endpoint only
 
 
-def _adapter_class(base):
+def _adapter_class(base: Any) -> Any:
     """An HTTP adapter that adds a store's cafile= to the requests for its endpoint, and
     leaves certificate checks on for everything (never process-wide verify=False)."""
     if getattr(base, "_mailsync", False):
@@ -98,7 +99,7 @@ def _adapter_class(base):
     class CAFileAdapter(base):
         _mailsync = True
 
-        def send(self, request, **kwargs):
+        def send(self, request: Any, **kwargs: Any) -> Any:
             parts = urlsplit(request.url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             cafile = _CAFILES.get(f"{(parts.hostname or '').lower()}:{port}")
