@@ -153,6 +153,8 @@ class LazyInfo(Info):
     listing of 100,000 messages then needs no stat() per file."""
 
     __slots__ = ("_folder", "_key")
+    _folder: MaildirFolder
+    _key: str
 
     def __init__(self, flags: frozenset[str], size: int, folder: MaildirFolder, key: str):
         setattr_ = object.__setattr__  # Info is frozen
@@ -162,7 +164,7 @@ class LazyInfo(Info):
         setattr_(self, "_key", key)
 
     @property
-    def arrival(self) -> float:  # type: ignore[override]
+    def arrival(self) -> float:
         return self._folder.arrival(self._key)
 
     def __repr__(self) -> str:

@@ -130,8 +130,8 @@ class MemoryStore(Store):
             return ReadOnlyFolder(folder)
         return folder
 
-    def folder(self, name: str) -> MemoryFolder:
-        """Test helper: the folder, created if missing."""
+    def folder(self, name: str) -> Folder:
+        """Test helper: the folder, created if missing (read-only in a read-only store)."""
         return self.open_folder(name, create=True)
 
 

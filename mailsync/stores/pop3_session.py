@@ -259,6 +259,7 @@ class _Session:
             else:
                 shown = line
             protocol_log.debug("pop3: > %s", shown)
+        assert self.sock is not None  # (connected: close() drops it only after QUIT)
         self.sock.sendall("".join(line + "\r\n" for line in lines).encode("utf-8"))
 
     def command(self, line: str, secret: bool = False) -> bytes:
