@@ -25,6 +25,7 @@ from mailsync.crashhook import step
 from mailsync.errors import MessageError, RefusedError
 from mailsync.message import (
     RECENT,
+    Body,
     Info,
     arrival_date,
     fingerprint,
@@ -125,7 +126,7 @@ class Copier:
         finally:
             bar.close()
 
-    def _copy(self, copy: Copy, key: str, data: bytes, position: int) -> bool:
+    def _copy(self, copy: Copy, key: str, data: Body, position: int) -> bool:
         """One message: linked to its copy on the destination, or appended; then pending
         (True).  False if it was not (an error, in the report; a refusal)."""
         fs, src, dst, target = self.fs, self.src, self.dst, self.target
@@ -246,7 +247,7 @@ class Copier:
         step("commit")
         self.pending, self.pending_bytes = [], 0
 
-    def _refused(self, key: str, digest: str, data: bytes, error: RefusedError) -> None:
+    def _refused(self, key: str, digest: str, data: Body, error: RefusedError) -> None:
         """The destination refused a message for good: named, recorded (not as copied),
         and not offered again on later runs unless --retry-refused."""
         fs, src = self.fs, self.src
@@ -312,7 +313,7 @@ class Matches:
     unreadable: set[int] = field(default_factory=set)  # sizes of unreadable unknown ones
 
     def find(
-        self, data: bytes, digest: str, sent_before: bool, used: set[str]
+        self, data: Body, digest: str, sent_before: bool, used: set[str]
     ) -> tuple[Candidate | None, str]:
         """(destination key, pair or None) for a source message whose fingerprint is
         `digest`, taken out of the lists, and how it was found; (None, "") if none is
@@ -382,7 +383,7 @@ def _unused(candidates: list[Candidate] | None, used: set[str]) -> Candidate | N
     return None
 
 
-def stored_sizes(data: bytes) -> set[int]:
+def stored_sizes(data: Body) -> set[int]:
     """The sizes a destination may list `data` with: LF or CRLF (IMAP), with the one
     final line end a store may add, and without lone CRs (the changes of size
     message.tolerant_fingerprint tolerates)."""

@@ -1,7 +1,8 @@
 """Messages as the engine sees them: raw bytes, flags, metadata and fingerprints.
 
-Inside mailsync a message body is always bytes with LF line endings.  Network stores
-convert to CRLF on the wire; local stores write these bytes as they are.
+Inside mailsync a message body is always bytes with LF line endings (a Body: bytes, or
+a bytearray where a store spared a large body a copy).  Network stores convert to CRLF
+on the wire; local stores write these bytes as they are.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import overload
 
 SEEN = "\\Seen"
 ANSWERED = "\\Answered"
@@ -27,6 +29,11 @@ STANDARD_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT, FORWARDED})
 
 Flags = frozenset  # of str: IMAP system flags ("\\Seen") and keywords ("$Label1", "work")
 
+#: A message's bytes as a folder hands them over: bytes, or a bytearray where making
+#: bytes of it would double the memory a large body takes (an IMAP body fetched in
+#: pieces, imap_folder.py).  Whatever takes a message's bytes takes either.
+Body = bytes | bytearray
+
 
 @dataclass(frozen=True, slots=True)
 class Info:
@@ -37,7 +44,11 @@ class Info:
     arrival: float  # arrival date, seconds since the epoch (IMAP INTERNALDATE, Maildir mtime)
 
 
-def to_lf(data: bytes) -> bytes:
+@overload
+def to_lf(data: bytes) -> bytes: ...
+@overload
+def to_lf(data: bytearray) -> bytearray: ...
+def to_lf(data: Body) -> Body:
     """CRLF -> LF; lone CRs are content and stay."""
     if b"\r" not in data:  # the common case, and a one-byte search is the fastest
         return data
@@ -47,12 +58,12 @@ def to_lf(data: bytes) -> bytes:
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-def to_crlf(data: bytes) -> bytes:
+def to_crlf(data: Body) -> bytes:
     """LF -> CRLF for the wire, leaving existing CRLFs alone."""
     return _BARE_LF.sub(b"\r\n", data)
 
 
-def fingerprint(data: bytes) -> str:
+def fingerprint(data: Body) -> str:
     """Content hash of a message, independent of its line endings.
 
     Identity on each side is the side's own key; the fingerprint only re-matches
@@ -65,7 +76,7 @@ def fingerprint(data: bytes) -> str:
 _8BIT_AS_X = bytes(range(128)) + b"X" * 128
 
 
-def tolerant_fingerprint(data: bytes) -> str:
+def tolerant_fingerprint(data: Body) -> str:
     """fingerprint() blind to what destination stores measurably change when they store
     a message, and to nothing else:
 
@@ -133,18 +144,18 @@ def parse_flags(text: str | None) -> frozenset[str]:
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
-def header_block(data: bytes) -> bytes:
+def header_block(data: Body) -> Body:
     match = _HEADER_END.search(data)
     return data[: match.start()] if match else data
 
 
-def header_value(data: bytes, name: str) -> str | None:
+def header_value(data: Body, name: str) -> str | None:
     """The first value of header `name` (unfolded), or None.  Cheap: no MIME parsing."""
     values = _header_values(data, name.lower().encode() + b":")
     return values[0].decode("utf-8", "replace") if values else None
 
 
-def _header_values(data: bytes, name: bytes) -> list[bytes]:
+def _header_values(data: Body, name: bytes) -> list[bytes]:
     """Every value of header `name` (lower case, with the colon), unfolded."""
     out: list[bytes] = []
     current: bytearray | None = None
@@ -179,7 +190,7 @@ def _parse_date(value: bytes) -> float | None:
         return None
 
 
-def arrival_date(data: bytes, now: float | None = None) -> float | None:
+def arrival_date(data: Body, now: float | None = None) -> float | None:
     """When a message arrived, for sources that do not say (POP3): the newest date of
     its Received: headers, else its Date:, else None.  Dates more than a day in the
     future are not believed."""
@@ -201,7 +212,7 @@ def arrival_date(data: bytes, now: float | None = None) -> float | None:
     return None
 
 
-def header_digest(data: bytes, size: int | None = None) -> str:
+def header_digest(data: Body, size: int | None = None) -> str:
     """A cheap identity of a message: its header block (LF form) and its size on the wire
     (CRLF form, as IMAP's RFC822.SIZE counts it).  `data` is the whole message or just
     its header; `size` defaults to the CRLF size of `data` (pass it for a header only).
@@ -221,7 +232,7 @@ def header_digest(data: bytes, size: int | None = None) -> str:
 _SPACE = re.compile(rb"\s+")
 
 
-def header_identity(data: bytes) -> str | None:
+def header_identity(data: Body) -> str | None:
     """What names a message across servers that rewrite it on APPEND in ways
     tolerant_fingerprint() does not know (add a header, re-encode a body): a digest of
     its Message-ID, its Date and the addresses of its From, each unfolded, spaces
@@ -253,7 +264,7 @@ def header_identity(data: bytes) -> str | None:
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
-def summary(data: bytes) -> dict[str, str | None]:
+def summary(data: Body) -> dict[str, str | None]:
     """What names a message to a person: its Date, From, Subject and Message-ID headers,
     MIME-decoded, one line each, at most 200 characters, control characters (a terminal
     escape in a hostile header) shown as '?'.  None for a header it does not have."""

@@ -5,7 +5,8 @@ store (tests/stores/test_contract.py runs the same suite against every store tha
 take it: memory, Maildir (and its vdirs), mbox, IMAP on the private Dovecot, Cyrus and
 Courier, EWS on the fake Exchange server; POP3, which cannot append, is left out):
 
-* Message bodies are bytes with LF line endings.  ``fetch`` returns exactly the bytes
+* Message bodies are bytes with LF line endings (message.Body: a large one may come as a
+  bytearray, which ``append`` takes as well).  ``fetch`` returns exactly the bytes
   ``append`` was given (after CRLF -> LF), except in a folder that ``normalises``, whose
   copy may differ (mbox gives a message without a final newline one; IMAP servers
   rewrite, as far as message.tolerant_fingerprint() knows, or further).  Bodies never
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Self
 
 from mailsync.errors import MessageError, RenameRefused
-from mailsync.message import Info, fingerprint
+from mailsync.message import Body, Info, fingerprint
 from mailsync.policy import Retention
 
 if TYPE_CHECKING:  # (only stores with a login import net)
@@ -90,11 +91,11 @@ class Folder(ABC):
         """Every message now in the folder: key -> Info(flags, size, arrival)."""
 
     @abstractmethod
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str) -> Body:
         """The message's bytes, LF line endings.  MessageError if it is gone."""
 
     @abstractmethod
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         """Store a new message with these flags and arrival date; return its key."""
 
     @abstractmethod
@@ -141,7 +142,7 @@ class Folder(ABC):
         a page says).  Called only when ``paged`` is True."""
         raise NotImplementedError(f"{self.name}: this folder does not list by pages")
 
-    def _fetch_one(self, key: str) -> bytes:
+    def _fetch_one(self, key: str) -> Body:
         """fetch() for stores whose fetch_many() is the real thing (network stores)."""
         for _, data in self.fetch_many([key]):
             if isinstance(data, MessageError):
@@ -149,7 +150,7 @@ class Folder(ABC):
             return data
         raise MessageError(f"{self.name}: message {key} is gone")
 
-    def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
+    def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, Body | MessageError]]:
         """Fetch in the order given; network stores override this to pipeline.
         A message that cannot be read yields its MessageError instead of bytes."""
         for key in keys:

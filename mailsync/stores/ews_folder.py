@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError, StoreError
-from mailsync.message import DELETED, DRAFT, SEEN, Info, to_lf
+from mailsync.message import DELETED, DRAFT, SEEN, Body, Info, to_lf
 from mailsync.stores.base import Folder
 from mailsync.stores.ews_items import (
     LIST_FIELDS,
@@ -234,7 +234,7 @@ class EWSFolder(Folder):
             self._changekeys.setdefault(key, changekey)
 
     # bodies ---------------------------------------------------------------------------
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str) -> Body:
         return self._fetch_one(key)
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
@@ -285,7 +285,7 @@ class EWSFolder(Folder):
         if self.read_only:
             raise StoreError(f"{self.store.url}: opened read-only")
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         self._writable()
         if self.kind != "mail":
             raise MessageError(

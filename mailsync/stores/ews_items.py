@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mailsync.errors import FolderError, MailsyncError, RefusedError, StoreError
-from mailsync.message import ANSWERED, FLAGGED, FORWARDED, SEEN, to_crlf
+from mailsync.message import ANSWERED, FLAGGED, FORWARDED, SEEN, Body, to_crlf
 from mailsync.net import Endpoint
 
 log = logging.getLogger("mailsync")
@@ -216,7 +216,7 @@ class _SyncStateError(FolderError):
     pass
 
 
-def new_message(exl, account, folder, data: bytes, flags: frozenset[str], arrival: float):
+def new_message(exl, account, folder, data: Body, flags: frozenset[str], arrival: float):
     """An exchangelib Message to create in `folder` from MIME `data`, with these flags as
     its properties and `arrival` as its delivery time (not saved yet)."""
     message = exl.Message(

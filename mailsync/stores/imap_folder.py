@@ -42,6 +42,7 @@ from mailsync.errors import (
     StoreError,
 )
 from mailsync.message import (
+    Body,
     Info,
     fingerprint,
     header_digest,
@@ -313,7 +314,7 @@ class IMAPFolder(Folder):
         return listing
 
     # bodies ---------------------------------------------------------------------------
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str) -> Body:
         return self._fetch_one(key)
 
     def fetch_many(
@@ -527,7 +528,7 @@ class IMAPFolder(Folder):
         if self.read_only:
             raise FolderError(f"{self.store.url} {self.name} is read-only")
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         self._writable()
         self.flush()  # pending flag changes and deletions go first
         info = self.select()
@@ -574,7 +575,7 @@ class IMAPFolder(Folder):
             return 0
         return max(response, default=0)
 
-    def _find_appended(self, data: bytes) -> int:
+    def _find_appended(self, data: Body) -> int:
         """No APPENDUID: the new message is among the UIDs above the highest one before,
         the only one there, or the one with the same content, exact or as the server may
         have stored it (message.tolerant_fingerprint)."""

@@ -36,6 +36,7 @@ from mailsync.message import (
     RECENT,
     SEEN,
     STANDARD_FLAGS,
+    Body,
     Info,
     to_lf,
 )
@@ -385,7 +386,7 @@ class MaildirFolder(Folder):
 
     # writing ------------------------------------------------------------------------
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         self._writable()
         data = to_lf(data)
         if arrival is None:

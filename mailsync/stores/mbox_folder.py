@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from mailsync import files
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import Info, fingerprint, to_lf
+from mailsync.message import Body, Info, fingerprint, to_lf
 from mailsync.stores.base import Folder
 from mailsync.stores.mbox_format import (
     decode_chunk,
@@ -218,7 +218,7 @@ class MboxFolder(Folder):
 
         return self._reading(prints)
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         self._writable()
         body = stored_form(to_lf(bytes(data)))
         fd = self._begin()

@@ -9,7 +9,7 @@ import itertools
 import time
 
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import Info, to_lf
+from mailsync.message import Body, Info, to_lf
 from mailsync.stores.base import Folder, Store
 
 _REGISTRY: dict[str, MemoryStore] = {}
@@ -20,7 +20,7 @@ class MemoryFolder(Folder):
         self.store = store
         self.name = name
         self.validity = "1"
-        self.messages: dict[str, tuple[bytes, frozenset[str], float]] = {}
+        self.messages: dict[str, tuple[Body, frozenset[str], float]] = {}
         self.persisted: frozenset[str] | None = None  # None: every flag
         self.fail_keys: set[str] = set()  # test hook: fetching these raises MessageError
 
@@ -34,7 +34,7 @@ class MemoryFolder(Folder):
             for key, (data, flags, arrival) in self.messages.items()
         }
 
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str) -> Body:
         if key in self.fail_keys:
             raise MessageError(f"{self.name}: message {key} cannot be read")
         try:
@@ -42,7 +42,7 @@ class MemoryFolder(Folder):
         except KeyError:
             raise MessageError(f"{self.name}: message {key} is gone")
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         self._writable()
         key = str(next(self.store.counter))
         self.messages[key] = (to_lf(data), self._kept(flags), arrival)
@@ -151,13 +151,13 @@ class ReadOnlyFolder(Folder):
     def list(self) -> dict[str, Info]:
         return self.inner.list()
 
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str) -> Body:
         return self.inner.fetch(key)
 
     def persists(self, flag: str) -> bool:
         return self.inner.persists(flag)
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         raise FolderError(f"{self.name} is read-only")
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:

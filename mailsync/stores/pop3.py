@@ -40,7 +40,7 @@ from mailsync.errors import (
     MessageError,
     StoreError,
 )
-from mailsync.message import Info, fingerprint, header_digest, to_lf
+from mailsync.message import Body, Info, fingerprint, header_digest, to_lf
 from mailsync.net import (
     TooSlow,
     parse_endpoint,
@@ -386,7 +386,7 @@ class POP3Folder(Folder):
         return False  # POP has no flags
 
     # bodies ------------------------------------------------------------------------
-    def fetch(self, key: str) -> bytes:
+    def fetch(self, key: str) -> Body:
         return self._fetch_one(key)
 
     def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | MessageError]]:
@@ -454,7 +454,7 @@ class POP3Folder(Folder):
             yield key, to_lf(session._block())
 
     # writing ------------------------------------------------------------------------
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         raise StoreError(
             f"{self.where}: a POP3 mailbox cannot receive messages; POP3 stores can only be "
             "pulled from"

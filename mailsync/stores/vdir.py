@@ -18,7 +18,7 @@ import time
 
 from mailsync import files
 from mailsync.errors import FolderError, MessageError
-from mailsync.message import Info, to_lf
+from mailsync.message import Body, Info, to_lf
 from mailsync.stores.base import Folder
 
 KINDS = {"calendar": ".ics", "contacts": ".vcf"}
@@ -84,7 +84,7 @@ class VdirFolder(Folder):
         except OSError as error:
             raise MessageError(f"cannot read {key} in {self.path} ({error.strerror})")
 
-    def append(self, data: bytes, flags: frozenset[str], arrival: float) -> str:
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         global _counter
         if self.read_only:
             raise MessageError(f"{self.path}: the store is read-only")
