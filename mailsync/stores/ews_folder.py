@@ -107,7 +107,7 @@ class EWSFolder(Folder):
                 ),
             )
             pages += 1
-            new_state = service.sync_state
+            new_state: str | None = service.sync_state
             if new_state is None:
                 raise FolderError(
                     f"{self.store.url} {self.name}: SyncFolderItems gave no SyncState"
