@@ -53,9 +53,9 @@ class Job:
 
     name: str | None
     url_a: str
-    options_a: dict
+    options_a: dict[str, Any]
     url_b: str
-    options_b: dict
+    options_b: dict[str, Any]
     direction: str
     delete: str
     patterns: list[str]
@@ -89,7 +89,7 @@ def state_path(directory: str, job: Job) -> str:
     return os.path.join(directory, name)
 
 
-def resolve_store(config: configmod.Config, ref: str) -> tuple[str, dict]:
+def resolve_store(config: configmod.Config, ref: str) -> tuple[str, dict[str, Any]]:
     """A config store name or a URL -> (url, options)."""
     if ref in config.stores:
         store = config.stores[ref]
@@ -232,7 +232,7 @@ def run(
     progress: ProgressFactory | None = None,
     show_report: Callable[[Job, Report], None] | None = None,
     show_error: Callable[[str], None] | None = None,
-) -> tuple[dict, int]:
+) -> tuple[dict[str, Any], int]:
     """Run `job` for `command` with its state in `directory`; -> (the job's result as
     the JSON report has it, its exit code).  The run is recorded in the state (a failed
     one too, so status tells a channel that never connected for what it is).
@@ -383,7 +383,7 @@ class StoreListing:
     """A store's folders as `mailsync list` shows them."""
 
     store: str  # the URL, any password masked
-    folders: list[dict] = field(default_factory=list)  # folder, messages, bytes
+    folders: list[dict[str, Any]] = field(default_factory=list)  # folder, messages, bytes
     errors: list[str] = field(default_factory=list)  # what could not be listed
 
     @property
@@ -418,7 +418,9 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
     return listing
 
 
-def status(config: configmod.Config, directory: str, channels: Sequence[str] = ()) -> list[dict]:
+def status(
+    config: configmod.Config, directory: str, channels: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """What the state knows of these channels (default: of every state file in
     `directory`): per channel, its state file, the two sides, each folder's pair counts,
     the last run, whether it ever synced, the messages refused for good (State.overview).

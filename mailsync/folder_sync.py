@@ -35,7 +35,7 @@ from mailsync.rematch import rematch
 from mailsync.report import FolderReport, ProgressFactory, describe, no_progress, report_problems
 from mailsync.retention import expire, expired_keys
 from mailsync.state import FolderState, Pair, State
-from mailsync.stores.base import Folder, Store
+from mailsync.stores.base import Cursor, Folder, Store
 
 log = logging.getLogger("mailsync")
 
@@ -172,7 +172,7 @@ class FolderSync:
             report.notes.append(f"created on the {SIDE_NAMES[side]} side")
         return folder
 
-    def list_side(self, side: str, pairs: list[Pair]) -> tuple[dict[str, Info], dict]:
+    def list_side(self, side: str, pairs: list[Pair]) -> tuple[dict[str, Info], Cursor]:
         """-> (listing, cursor to save).  An unchanged folder is not even listed: what
         the state knows (`pairs`) stands in for it."""
         folder = self.folders[side]
@@ -188,7 +188,7 @@ class FolderSync:
 
     def _list_folder(
         self, side: str, folder: Folder, pairs: list[Pair]
-    ) -> tuple[dict[str, Info], dict]:
+    ) -> tuple[dict[str, Info], Cursor]:
         cursor = self.fstate.cursor(side)
         if cursor and folder.unchanged(cursor):
             listing = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailsync.planner import Copy, Delete, Forget, SetFlags, Tombstone
 from mailsync.policy import SIDE_NAMES, Policy, other
@@ -33,7 +34,7 @@ class FolderReport:
     notes: list[str] = field(default_factory=list)
     planned: dict[str, int] | None = None  # --dry-run: what would happen
     # Messages the destination refused for good during this run: summary, key, reason.
-    refused_messages: list[dict] = field(default_factory=list)
+    refused_messages: list[dict[str, str | None]] = field(default_factory=list)
     withheld: int = 0  # copies not offered: refused on an earlier run
 
     def summary(self) -> str:
@@ -98,7 +99,7 @@ class Report:
     def failed(self) -> bool:
         return bool(self.errors) or any(f.errors for f in self.folders)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """For JSON, at once (the lists are shared, not copied: asdict's deep copies cost
         a millisecond per 10 folders on every run)."""
         return {

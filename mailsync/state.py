@@ -44,7 +44,7 @@ import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from mailsync.errors import ConfigError, LockedError, StoreError
 from mailsync.message import format_flags, parse_flags
@@ -55,6 +55,9 @@ from mailsync.state_schema import (
     stored_version,
     unreadable_error,
 )
+
+if TYPE_CHECKING:
+    from mailsync.stores.base import Cursor
 
 log = logging.getLogger("mailsync")
 
@@ -83,15 +86,15 @@ class FolderState:
     name_b: str
     validity_a: str | None
     validity_b: str | None
-    cursor_a: dict
-    cursor_b: dict
+    cursor_a: Cursor
+    cursor_b: Cursor
     last_sync: float | None
     ident_a: str | None = None  # the remote folder's own id, where it has one (EWS)
 
     def validity(self, side: str) -> str | None:
         return self.validity_a if side == "a" else self.validity_b
 
-    def cursor(self, side: str) -> dict:
+    def cursor(self, side: str) -> Cursor:
         return self.cursor_a if side == "a" else self.cursor_b
 
 
@@ -504,7 +507,13 @@ class State:
         return {row[0] for row in rows}
 
     def record_refusal(
-        self, folder_id: int, side: str, key: str, digest: str, summary: dict, reason: str
+        self,
+        folder_id: int,
+        side: str,
+        key: str,
+        digest: str,
+        summary: dict[str, str | None],
+        reason: str,
     ) -> None:
         """The message `key` on `side` was refused (again) by the other side."""
         now = time.time()
@@ -529,7 +538,7 @@ class State:
             [(folder_id, side, key) for key in keys],
         )
 
-    def refusals(self) -> list[dict]:
+    def refusals(self) -> list[dict[str, Any]]:
         """Every recorded refusal, for status: folder (side a's name), side, key, the
         message's summary, reason, first and last."""
         rows = self.db.execute(
@@ -550,7 +559,9 @@ class State:
         ]
 
     # runs -------------------------------------------------------------------------
-    def record_run(self, command: str, started: float, exit_code: int, report: dict) -> None:
+    def record_run(
+        self, command: str, started: float, exit_code: int, report: dict[str, Any]
+    ) -> None:
         self.db.execute(
             "INSERT INTO runs (command, started, finished, exit_code, report) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -560,7 +571,7 @@ class State:
             "DELETE FROM runs WHERE id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT 50)"
         )
 
-    def overview(self) -> dict:
+    def overview(self) -> dict[str, Any]:
         """What `mailsync status` shows of this state: the two sides, each folder's pair
         counts, the last run (with the errors that stopped it, if any), whether a run ever
         got as far as syncing (a run that never connected leaves a state with only failed
@@ -592,7 +603,7 @@ class State:
             "refused": self.refusals(),
         }
 
-    def last_run(self) -> dict | None:
+    def last_run(self) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT command, started, finished, exit_code, report FROM runs "
             "ORDER BY id DESC LIMIT 1"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailsync.errors import FolderError, MessageError
 from mailsync.folders import FolderMap
@@ -31,7 +32,9 @@ class FolderCheck:
     dest_folder: str
     messages: int = 0  # in the source folder
     on_destination: bool = True
-    missing: list[dict] = field(default_factory=list)  # folder, key and summary() of each
+    missing: list[dict[str, str | None]] = field(
+        default_factory=list
+    )  # folder, key and summary() of each
     normalised: int = 0  # there only as the destination normalised them (not exact)
     unreadable: int = 0  # source messages that could not be read, so not checked
     error: str | None = None  # the folder could not be checked at all
@@ -54,7 +57,7 @@ class Verification:
     def missing(self) -> int:
         return sum(len(check.missing) for check in self.folders)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """For JSON: each folder's check with its count of missing messages (and the
         messages as missing_messages), the total missing, the warnings."""
         folders = [
@@ -93,7 +96,7 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
             tolerant = dst is not None and dst.normalises
             prints = _digests(src, keys, tolerant)
             check.unreadable = len(keys) - len(prints)
-            got: Counter = Counter()
+            got: Counter[tuple[str, str | None]] = Counter()
             if dst is not None:
                 got = Counter(_digests(dst, list(dst.list()), tolerant).values())
         finally:
@@ -104,7 +107,7 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
         there = Counter(exact for exact, _ in got.elements())
         short = have - there  # fingerprint -> how many exact copies are lacking
         taken = have & there  # fingerprint -> destination messages exact copies took
-        spare: Counter = Counter()  # tolerant digest -> destination messages left over
+        spare: Counter[str] = Counter()  # tolerant digest -> destination messages left over
         for exact, loose in got.elements():
             if taken[exact] > 0:
                 taken[exact] -= 1
@@ -127,7 +130,7 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
         src.close()
 
 
-def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, tuple]:
+def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, tuple[str, str | None]]:
     """key -> (fingerprint, tolerant_fingerprint or None) of each readable message; the
     second only with `tolerant` (a destination that normalises), read in one pass."""
     if not tolerant:
@@ -139,7 +142,7 @@ def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, tuple
     }
 
 
-def _summary(folder: Folder, key: str) -> dict:
+def _summary(folder: Folder, key: str) -> dict[str, str | None]:
     try:
         return summary(folder.fetch(key))
     except MessageError:  # read a moment ago: gone since

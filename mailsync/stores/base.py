@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from mailsync.errors import MessageError, RenameRefused
 from mailsync.message import Body, Info, fingerprint
@@ -42,6 +42,10 @@ if TYPE_CHECKING:  # (only stores with a login import net)
 #: The deepest folder nesting a store lists or creates (parts of a "/"-separated name):
 #: far beyond real mail hierarchies, and it keeps every walk, path and name bounded.
 MAX_FOLDER_DEPTH = 100
+
+#: What a folder says of itself as of a listing, for the state to keep (as JSON) and
+#: hand back next run (Folder.cursor): MODSEQ, UIDLs, a SyncState, mtimes.
+Cursor = dict[str, Any]
 
 
 class Folder(ABC):
@@ -109,30 +113,30 @@ class Folder(ABC):
 
     # Incremental listing.  A folder that can tell cheaply whether it changed returns a
     # cursor after list(); the engine saves it with the state and hands it back next run.
-    def cursor(self) -> dict:
+    def cursor(self) -> Cursor:
         """A token describing the folder as of the last list() (taken before reading, so
         a change made during the listing makes it stale).  {}: no cursor."""
         return {}
 
-    def unchanged(self, cursor: dict) -> bool:
+    def unchanged(self, cursor: Cursor) -> bool:
         """True only if nothing (messages or flags) changed since `cursor` was taken; the
         engine then uses the state instead of listing.  Must never say True wrongly."""
         return False
 
-    def cursor_after_writes(self) -> dict:
+    def cursor_after_writes(self) -> Cursor:
         """After this run wrote to the folder: a cursor for it as it is now, if the
         folder can prove that nothing but this object changed it since list().  {}: the
         next run lists it again (always safe)."""
         return {}
 
-    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+    def list_since(self, cursor: Cursor, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
         """Like list(), helped by the previous cursor and the flags the state knows for
         each key (IMAP CONDSTORE fetches only what changed).  Default: list()."""
         return self.list()
 
     def pages(
-        self, cursor: dict, known: Mapping[str, frozenset[str]]
-    ) -> Iterator[tuple[dict[str, Info | None] | None, dict]]:
+        self, cursor: Cursor, known: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[dict[str, Info | None] | None, Cursor]]:
         """For a folder that is ``paged``: the changes since `cursor`, page by page, as
         (page, the cursor after that page); a page maps each changed key to its Info, or
         to None if the message is gone.  Without a cursor every message comes as a
