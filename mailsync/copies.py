@@ -191,8 +191,8 @@ class Copier:
             log.info(
                 "%s: copied %s %s to %s %s", name, SIDE_NAMES[src], key, SIDE_NAMES[dst], dst_key
             )
-        setattr(pair, f"key_{src}", key)
-        setattr(pair, f"key_{dst}", dst_key)
+        pair.set_key(src, key)
+        pair.set_key(dst, dst_key)
         pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
         if key in fs.refused[src]:
             self.accepted.append(key)

@@ -162,7 +162,7 @@ class FolderSync:
             # "delete everything" (mailsync never deletes folders).
             self.state.begin()
             self.state.forget_pairs(fstate.id)
-            setattr(fstate, f"cursor_{side}", {})
+            fstate.set_cursor(side, {})
             self.state.save_folder(fstate)
             self.state.commit()
             report.notes.append(
@@ -218,7 +218,7 @@ class FolderSync:
         paged = is_paged(self)
         for side in ("a", "b"):
             if refused[side] and (options.retry_refused or not (paged and side == "a")):
-                setattr(fstate, f"cursor_{side}", {})
+                fstate.set_cursor(side, {})
         if paged:
             try:
                 return sync_pages(self)
@@ -289,7 +289,7 @@ class FolderSync:
                 state.forget_pending(fstate.id, side)
                 state.commit()
                 rematch(state, fstate, side, self.folders, self.listings, self.report)
-            setattr(fstate, f"validity_{side}", folder.validity)
+            fstate.set_validity(side, folder.validity)
         if not dry_run:
             state.begin()
             state.save_folder(fstate)
@@ -370,7 +370,7 @@ class FolderSync:
             if isinstance(action, Forget):
                 self.state.delete_pair(action.pair)
             elif isinstance(action, Tombstone):
-                setattr(action.pair, f"key_{action.side}", None)
+                action.pair.set_key(action.side, None)
                 self.state.update_pair(action.pair)
             applied.append(action)
         return applied
@@ -444,7 +444,7 @@ class FolderSync:
                     # at the copy actually removed now points at the one we named.
                     state.repoint(action.pair, action.side, action.key, removed)
                 if tombstone:
-                    setattr(action.pair, f"key_{action.side}", None)
+                    action.pair.set_key(action.side, None)
                     state.update_pair(action.pair)
                 else:
                     state.delete_pair(action.pair)

@@ -88,7 +88,7 @@ def rematch(
     state.begin()
     for pair in pairs:
         new_key = assigned.get(id(pair))
-        setattr(pair, f"key_{side}", new_key)
+        pair.set_key(side, new_key)
         if new_key is None:
             lost += 1
             if pair.key(other(side)) is None:
@@ -97,7 +97,7 @@ def rematch(
         else:
             found += 1
         state.update_pair(pair)
-    setattr(fstate, f"validity_{side}", folder.validity)
+    fstate.set_validity(side, folder.validity)
     state.save_folder(fstate)
     state.commit()
     report.notes.append(

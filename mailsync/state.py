@@ -78,6 +78,12 @@ class Pair:
     def key(self, side: str) -> str | None:
         return self.key_a if side == "a" else self.key_b
 
+    def set_key(self, side: str, key: str | None) -> None:
+        if side == "a":
+            self.key_a = key
+        else:
+            self.key_b = key
+
 
 @dataclass
 class FolderState:
@@ -94,8 +100,20 @@ class FolderState:
     def validity(self, side: str) -> str | None:
         return self.validity_a if side == "a" else self.validity_b
 
+    def set_validity(self, side: str, validity: str) -> None:
+        if side == "a":
+            self.validity_a = validity
+        else:
+            self.validity_b = validity
+
     def cursor(self, side: str) -> Cursor:
         return self.cursor_a if side == "a" else self.cursor_b
+
+    def set_cursor(self, side: str, cursor: Cursor) -> None:
+        if side == "a":
+            self.cursor_a = cursor
+        else:
+            self.cursor_b = cursor
 
 
 def default_state_dir() -> str:
