@@ -53,6 +53,10 @@ class Folder(ABC):
     #: Token that changes when every key of the folder becomes void (IMAP UIDVALIDITY).
     validity: str = ""
     read_only: bool = False
+    # (The engine only reads these two; a store may make them properties (IMAP asks the
+    # server, memory its store).  mypy calls a property in place of an attribute that
+    # can be set an incompatible override, and Python can declare no attribute
+    # read-only: those overrides carry the one ignore that is about mailsync's own code.)
     #: What the last list() found in the folder that looks like mail but cannot be read
     #: (one sentence each, naming the file and what to do).  On a side a run copies
     #: from, the engine makes each one an error of the folder (exit 1), so the folder is

@@ -166,7 +166,7 @@ class IMAPFolder(Folder):
             )
 
     @property
-    def validity(self) -> str:  # type: ignore[override]
+    def validity(self) -> str:  # type: ignore[override]  # (Folder: an attribute; see base)
         if self._info is not None:
             return str(self._info.get("UIDVALIDITY", ""))
         if self._status_now is None:

@@ -25,7 +25,7 @@ class MemoryFolder(Folder):
         self.fail_keys: set[str] = set()  # test hook: fetching these raises MessageError
 
     @property
-    def read_only(self) -> bool:  # type: ignore[override]
+    def read_only(self) -> bool:  # type: ignore[override]  # (Folder: an attribute; see base)
         return self.store.read_only
 
     def list(self) -> dict[str, Info]:
@@ -145,7 +145,7 @@ class ReadOnlyFolder(Folder):
         self.name = inner.name
 
     @property
-    def validity(self) -> str:  # type: ignore[override]
+    def validity(self) -> str:  # type: ignore[override]  # (Folder: an attribute; see base)
         return self.inner.validity
 
     def list(self) -> dict[str, Info]:
