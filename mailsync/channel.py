@@ -34,7 +34,7 @@ from mailsync.errors import (
 from mailsync.folders import FolderMap, map_folders
 from mailsync.policy import Policy
 from mailsync.report import ProgressFactory, Report
-from mailsync.state import State, default_state_dir, state_file_name
+from mailsync.state import State, default_state_dir, private_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
 from mailsync.stores.base import Store
 from mailsync.sync import Syncer
@@ -424,7 +424,9 @@ def status(
     """What the state knows of these channels (default: of every state file in
     `directory`): per channel, its state file, the two sides, each folder's pair counts,
     the last run, whether it ever synced, the messages refused for good (State.overview).
-    A channel never synced is {"channel", "state", "synced": False, "last_run": None}."""
+    A channel never synced is {"channel", "state", "synced": False, "last_run": None};
+    a state file that cannot be read (a newer mailsync's, a damaged one) is {"channel",
+    "state", "error"}, and the others are still shown."""
     paths: list[tuple[str | None, str]] = []
     if channels:
         for name in channels:
@@ -438,16 +440,21 @@ def status(
             if entry.endswith(".db"):
                 paths.append((None, os.path.join(directory, entry)))
     out: list[dict[str, Any]] = []
+    if paths:
+        private_dir(directory)  # a directory others could plant files in: exit 2, as a run
     for channel, path in paths:
         if not os.path.exists(path):
             out.append({"channel": channel, "state": path, "synced": False, "last_run": None})
             continue
-        with State(path, lock=False, create=False) as state:
-            out.append(
-                {
-                    "channel": channel or state.get_meta("channel") or None,
-                    "state": path,
-                    **state.overview(),
-                }
-            )
+        try:
+            with State(path, lock=False, create=False) as state:
+                out.append(
+                    {
+                        "channel": channel or state.get_meta("channel") or None,
+                        "state": path,
+                        **state.overview(),
+                    }
+                )
+        except MailsyncError as error:  # this file only (a newer mailsync's, unreadable)
+            out.append({"channel": channel, "state": path, "error": str(error)})
     return out

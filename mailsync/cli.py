@@ -394,12 +394,16 @@ def _size(n: float) -> str:
 def status(obj, channels, as_json):
     """Show what the state knows: folders, message counts, the last run."""
     out = channelmod.status(obj.config, obj.state_dir, channels)
+    code = EXIT_PARTIAL if any("error" in entry for entry in out) else EXIT_OK
     if as_json:
-        click.echo(json.dumps({"channels": out}, indent=2))
-        return
+        click.echo(json.dumps({"channels": out, "exit_code": code}, indent=2))
+        sys.exit(code)
     if not out:
         click.echo("no channel has been synced yet")
     for entry in out:
+        if "error" in entry:
+            _error(entry["error"])
+            continue
         click.echo(_status_line(entry))
         for folder in entry.get("folders", ()):
             click.echo(f"  {folder['folder']}\t{folder['remote']} remote\t{folder['local']} local")
@@ -409,6 +413,7 @@ def status(obj, channels, as_json):
                 f"  refused by the {'local' if refusal['side'] == 'a' else 'remote'} side "
                 f"since {since}: {refusal['folder']}: {summary_line(refusal)}: {refusal['reason']}"
             )
+    sys.exit(code)
 
 
 def _status_line(entry: dict) -> str:

@@ -130,7 +130,7 @@ def state_file_name(channel: str | None, url_a: str, url_b: str) -> str:
     return f"adhoc-{digest}.db"
 
 
-def _private_dir(path: str) -> None:
+def private_dir(path: str) -> None:
     """Create the state directory (0700), or check an existing one as ssh checks ~/.ssh: it
     must belong to this user and be writable by nobody else.  Otherwise someone else may
     have planted files in it (a lock file that is a link to /etc/shadow) that a run, as
@@ -199,7 +199,7 @@ class State:
         directory = os.path.dirname(path) or "."
         if not create and not os.path.exists(path):
             raise StoreError(f"no state at {path}: this channel has never been synced")
-        _private_dir(directory)
+        private_dir(directory)
         if lock:
             self._lock()
         try:

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 import time
 
 from mailsync import files
@@ -66,13 +67,14 @@ class MboxLocks:
     def _take_dotlock(
         self, exclusive: bool, deadline: float, poll: float, stale_age: float
     ) -> None:
+        """FILE.lock, holding our pid from the moment it exists: it is written as a
+        private file of its own first and then linked to the lock's name (as liblockfile
+        does), so a kill -9 at any moment never leaves an empty dotlock, which no one
+        could tell from a live one until it is stale_age old.  Where the filesystem
+        cannot link, the dotlock is created in place (O_EXCL) and the pid written after."""
         while True:
             try:
-                lfd = os.open(
-                    self.lock_path,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                    files.FILE_MODE,
-                )
+                taken = self._link_dotlock()
             except FileExistsError:
                 if self._stale_dotlock(stale_age):
                     continue
@@ -89,15 +91,53 @@ class MboxLocks:
                 raise FolderError(
                     f"cannot create lock file {self.lock_path}: {exc.strerror or exc}"
                 )
-            self.dotlocked = True
+            if taken:
+                self.dotlocked = True
+                return
+
+    def _link_dotlock(self) -> bool:
+        """Take the dotlock (True), or FileExistsError while another holds it; OSError
+        for anything else.  False never: the loop above is simpler with a bool."""
+        directory, base = os.path.split(self.lock_path)
+        tmp = os.path.join(directory or ".", f".{base}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            files.FILE_MODE,
+        )
+        try:
             try:
-                os.fchmod(lfd, files.FILE_MODE)
-                files.write_all(lfd, b"%d\n" % os.getpid())
-            except OSError:
-                pass  # an empty dotlock still locks
+                os.fchmod(fd, files.FILE_MODE)
+                files.write_all(fd, b"%d\n" % os.getpid())
             finally:
-                os.close(lfd)
-            return
+                os.close(fd)
+            try:
+                os.link(tmp, self.lock_path)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                return self._create_dotlock()  # a filesystem without hard links
+            return True
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _create_dotlock(self) -> bool:
+        lfd = os.open(
+            self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, files.FILE_MODE
+        )
+        try:
+            os.fchmod(lfd, files.FILE_MODE)
+            files.write_all(lfd, b"%d\n" % os.getpid())
+        except OSError:
+            pass  # an empty dotlock still locks
+        finally:
+            os.close(lfd)
+        return True
 
     def _stale_dotlock(self, stale_age: float) -> bool:
         """Remove the dotlock if it was left by a crash; True if it is (now) gone."""
@@ -110,10 +150,10 @@ class MboxLocks:
         except OSError:
             return False
         why = None
+        fields = text.split()
         if time.time() - st.st_mtime > stale_age:
             why = f"older than {stale_age:.0f} s"
         else:
-            fields = text.split()
             if fields and fields[0].isdigit() and int(fields[0]) > 0:
                 pid = int(fields[0])
                 if not files.pid_alive(pid):
@@ -127,4 +167,22 @@ class MboxLocks:
             pass
         except OSError:
             return False
+        if fields and fields[0].isdigit() and not files.pid_alive(int(fields[0])):
+            self._remove_leftovers(int(fields[0]))
         return True
+
+    def _remove_leftovers(self, pid: int) -> None:
+        """The private file a crashed holder (`pid`, gone) may have left beside the lock:
+        _link_dotlock's ``.NAME.lock.PID.THREAD``."""
+        directory, base = os.path.split(self.lock_path)
+        prefix = f".{base}.{pid}."
+        try:
+            with os.scandir(directory or ".") as entries:
+                leftovers = [e.path for e in entries if e.name.startswith(prefix)]
+        except OSError:
+            return
+        for path in leftovers:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -79,3 +79,31 @@ def test_status_shows_a_run_that_never_connected_for_what_it_is(mailenv):
     assert attempt["last_run"]["exit_code"] == 3
     assert "cannot connect" in attempt["last_run"]["errors"][0]
     assert data[f"maildir:{mailenv / 'src'}"]["synced"] is True
+
+
+def test_status_names_a_state_file_it_cannot_read_and_shows_the_others(mailenv):
+    """One state file from a newer mailsync (or a damaged one) made the whole status exit
+    2: now that file is named, the others shown, and the exit code is 1."""
+    import sqlite3
+
+    from mailsync.state_schema import SCHEMA_VERSION
+
+    make_maildir(mailenv / "src", {"INBOX": 2})
+    assert invoke("pull", mailenv / "src", mailenv / "backup").exit_code == 0
+    newer = mailenv / "state" / "mailsync" / "channel-newer.db"
+    db = sqlite3.connect(newer)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    db.commit()
+    db.close()
+    os.chmod(newer, 0o600)
+    before = newer.read_bytes()
+    result = invoke("status")
+    assert result.exit_code == 1, result.output
+    assert f"mailsync: error: state file {newer} was written by a newer mailsync" in result.output
+    assert "  INBOX\t2 remote\t2 local" in result.output
+    data = json.loads(invoke("status", "--json").stdout)
+    assert data["exit_code"] == 1
+    (bad,) = [c for c in data["channels"] if "error" in c]
+    assert bad["state"] == str(newer)
+    assert newer.read_bytes() == before

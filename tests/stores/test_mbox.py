@@ -814,6 +814,38 @@ def test_dotlock_of_a_live_process_times_out(root, fast_locks):
     assert not os.path.exists(path + ".lock")
 
 
+def test_the_dotlock_holds_the_pid_from_the_moment_it_exists(root, monkeypatch):
+    """A run killed right after its dotlock appeared must leave a lock that names it (an
+    empty one would be respected as live for STALE_LOCK_AGE): the lock is written beside
+    it first and then linked into place."""
+    folder = MboxStore(root).open_folder("INBOX", create=True)
+    lock = folder.path + ".lock"
+    seen = []
+    real_link = os.link
+
+    def link(src, dst, *args, **kwargs):
+        real_link(src, dst, *args, **kwargs)
+        seen.append(read(dst))  # what a crash at this instant would leave
+
+    monkeypatch.setattr(os, "link", link)
+    folder.append(msg(1), NOFLAGS, T0)
+    assert seen == [b"%d\n" % os.getpid()]
+    assert read(lock) == b"%d\n" % os.getpid()
+    folder.flush()
+    assert sorted(os.listdir(root)) == ["INBOX"]  # nothing left beside it
+
+
+def test_a_crashed_holders_dotlock_and_its_leftover_go(root, fast_locks):
+    path, _, keys = seeded(root)
+    other = subprocess.Popen([sys.executable, "-c", "pass"])
+    other.wait()
+    write(path + ".lock", b"%d\n" % other.pid)
+    leftover = os.path.join(root, f".INBOX.lock.{other.pid}.1234")
+    write(leftover, b"%d\n" % other.pid)
+    assert list(fresh(root).list()) == keys
+    assert not os.path.exists(path + ".lock") and not os.path.exists(leftover)
+
+
 def test_old_dotlock_is_stale(root, fast_locks):
     path, _, keys = seeded(root)
     write(path + ".lock", b"")
