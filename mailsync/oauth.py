@@ -487,28 +487,31 @@ def _token_error(client: OAuthClient, status: int, answer: dict, during: str) ->
     return TokenError(text, code)
 
 
-def _request_tokens(client: OAuthClient, fields: dict[str, str], during: str) -> Tokens:
+def _request_tokens(
+    client: OAuthClient, fields: dict[str, str], during: str, now: float | None = None
+) -> Tokens:
     status, answer = client.post(
         client.provider.token_url, client._authenticated(fields), "the token endpoint"
     )
     if status != 200 or "error" in answer:
         raise _token_error(client, status, answer, during)
-    return parse_token_response(answer, "the token endpoint")
+    return parse_token_response(answer, "the token endpoint", now)
 
 
-def refresh(client: OAuthClient, refresh_token: str) -> Tokens:
+def refresh(client: OAuthClient, refresh_token: str, now: float | None = None) -> Tokens:
     """A new access token for `refresh_token` (RFC 6749 section 6).  The answer may hold
     a new refresh token (rotation): the caller must save it at once.  A refused refresh
     token (invalid_grant: revoked, expired, Google's 7-day limit for apps in testing) is
-    TokenError (an AuthError, exit 3) telling the user to run ``mailsync login STORE``."""
+    TokenError (an AuthError, exit 3) telling the user to run ``mailsync login STORE``.
+    `now`: the wall-clock time the expiry is counted from (default: time.time())."""
     register_secret(refresh_token)
     fields = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     if client.provider.scope_on_refresh and client.scopes:
         fields["scope"] = client.scope
-    return _request_tokens(client, fields, "refresh")
+    return _request_tokens(client, fields, "refresh", now)
 
 
-def client_credentials(client: OAuthClient) -> Tokens:
+def client_credentials(client: OAuthClient, now: float | None = None) -> Tokens:
     """An access token for the app itself (RFC 6749 section 4.4; Microsoft's
     IMAP.AccessAsApp with scope https://outlook.office365.com/.default).  No refresh
     token: the next one is asked for the same way."""
@@ -520,7 +523,7 @@ def client_credentials(client: OAuthClient) -> Tokens:
     fields = {"grant_type": "client_credentials"}
     if client.scopes:
         fields["scope"] = client.scope
-    return _request_tokens(client, fields, "client credentials request")
+    return _request_tokens(client, fields, "client credentials request", now)
 
 
 # -- device authorization grant (RFC 8628) --------------------------------------------------
@@ -572,9 +575,8 @@ def device_login(
             f"store {client.store}: the {client.provider.name} provider has no device "
             "authorization endpoint; use grant = authorization_code (or set device_url)"
         )
-    fields = {"client_id": client.client_id}
-    if client.scopes:
-        fields["scope"] = client.scope
+    # RFC 8628 section 3.1: the client authenticates here as at the token endpoint.
+    fields = client._authenticated({"scope": client.scope} if client.scopes else {})
     status, answer = client.post(url, fields, "the device authorization endpoint")
     if status != 200 or "error" in answer:
         raise _token_error(client, status, answer, "device authorization request")
