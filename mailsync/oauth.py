@@ -312,7 +312,8 @@ def post_form(
 ) -> tuple[int, dict]:
     """POST `fields` form-encoded to `url`; (HTTP status, the JSON object it answered).
 
-    TLS is verified (`cafile` adds a private CA); redirects are not followed; every
+    TLS is verified (`cafile` adds a private CA); redirects are not followed; the
+    environment's proxy is used (https_proxy, no_proxy), except for 127.0.0.1; every
     socket operation has `timeout`, and the body, read in pieces, must arrive within
     `timeout` as a whole and be at most MAX_RESPONSE_BYTES (a hostile endpoint cannot
     exhaust memory or hold a login forever).  4xx answers are returned (they carry
@@ -323,9 +324,10 @@ def post_form(
     import urllib.error
     import urllib.request
 
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=_ssl_context(cafile)), _no_redirects()
-    )
+    handlers = [urllib.request.HTTPSHandler(context=_ssl_context(cafile)), _no_redirects()]
+    if urlsplit(url).hostname in _LOOPBACK_HOSTS:  # this machine: never through a proxy
+        handlers.append(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(
         url,
         data=urlencode(fields).encode("ascii"),

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from mailsync import oauth
-from mailsync.errors import AuthError, ConfigError, StoreError
+from mailsync.errors import AuthError, ConfigError, ConnectError
 from mailsync.net import secret_from_command
 from mailsync.oauth import OAuthClient, Tokens, register_secret
 from mailsync.sasl import SaslError
@@ -130,7 +130,9 @@ class TokenStore:
     """The saved sign-in of one store: a JSON record (``refresh_token``, ``access_token``,
     ``expires_at``, and the ``client_id`` and ``token_url`` it was issued for) in the
     keyring or in DIRECTORY/NAME.json.  `keyring` is a keyring backend (default: the
-    system's, when usable; None: files only)."""
+    system's, when usable; None: files only).  A token file or directory that cannot
+    be used (a symlink, another user's, unwritable) is ConnectError (exit 3: without
+    it the store cannot log in), saying what to fix."""
 
     _DEFAULT = object()
 
@@ -153,15 +155,15 @@ class TokenStore:
             if error.errno == errno.ELOOP or (
                 error.errno == errno.ENOTDIR and os.path.islink(self.directory)
             ):
-                raise StoreError(
+                raise ConnectError(
                     f"{self.directory} is a symbolic link; mailsync keeps tokens only in a "
                     "real directory: remove the link"
                 )
-            raise StoreError(f"cannot use {self.directory} for tokens ({error.strerror})")
+            raise ConnectError(f"cannot use {self.directory} for tokens ({error.strerror})")
         try:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid():
-                raise StoreError(
+                raise ConnectError(
                     f"{self.directory} belongs to another user; mailsync keeps tokens only "
                     "in a directory of your own"
                 )
@@ -188,7 +190,7 @@ class TokenStore:
             )
         except OSError as error:
             os.close(dir_fd)
-            raise StoreError(f"cannot lock the tokens of store {self.store} ({error.strerror})")
+            raise ConnectError(f"cannot lock the tokens of store {self.store} ({error.strerror})")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -225,12 +227,12 @@ class TokenStore:
                 return None
             except OSError as error:
                 if error.errno == errno.ELOOP:
-                    raise StoreError(f"{self.path} is a symbolic link; remove it")
-                raise StoreError(f"cannot read {self.path} ({error.strerror})")
+                    raise ConnectError(f"{self.path} is a symbolic link; remove it")
+                raise ConnectError(f"cannot read {self.path} ({error.strerror})")
             with os.fdopen(fd, "rb") as handle:
                 st = os.fstat(handle.fileno())
                 if not stat.S_ISREG(st.st_mode):
-                    raise StoreError(f"{self.path} is not a regular file; remove it")
+                    raise ConnectError(f"{self.path} is not a regular file; remove it")
                 if stat.S_IMODE(st.st_mode) & 0o077:
                     os.fchmod(handle.fileno(), _FILE_MODE)
                     log.warning(
@@ -314,7 +316,7 @@ class TokenStore:
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
-            raise StoreError(
+            raise ConnectError(
                 f"cannot save the tokens of store {self.store} in {self.path} "
                 f"({error.strerror}); fix the directory and run `mailsync login {self.store}`"
             )
@@ -332,7 +334,7 @@ class TokenStore:
                 self.keyring.delete_password(KEYRING_SERVICE, self._keyring_user)
 
     def _remove_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError, StoreError):
+        with contextlib.suppress(FileNotFoundError, ConnectError):
             dir_fd = self._open_directory()
             try:
                 os.unlink(self.name + ".json", dir_fd=dir_fd)

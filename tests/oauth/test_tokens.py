@@ -20,7 +20,7 @@ import threading
 import pytest
 
 from mailsync import oauth, tokens
-from mailsync.errors import EXIT_CONNECT, EXIT_USAGE, AuthError, ConfigError, StoreError
+from mailsync.errors import EXIT_CONNECT, EXIT_USAGE, AuthError, ConfigError, ConnectError
 from mailsync.sasl import SaslConversation
 from mailsync.tokens import (
     ClientCredentialTokens,
@@ -491,7 +491,7 @@ def test_a_symlinked_token_file_is_neither_read_nor_written_through(token_dir, t
     os.unlink(store.path)
     os.symlink(target, store.path)
 
-    with pytest.raises(StoreError, match="is a symbolic link"):
+    with pytest.raises(ConnectError, match="is a symbolic link"):
         store.load()
     store.save({"refresh_token": "r2"})
 
@@ -505,7 +505,7 @@ def test_a_symlinked_token_directory_is_refused(tmp_path):
     real.mkdir()
     link = tmp_path / "tokens"
     link.symlink_to(real)
-    with pytest.raises(StoreError, match="is a symbolic link"):
+    with pytest.raises(ConnectError, match="is a symbolic link"):
         TokenStore("work", str(link), keyring=None).save({"refresh_token": "r"})
     assert os.listdir(real) == []
 

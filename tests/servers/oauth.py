@@ -55,7 +55,8 @@ redirect to mailsync's loopback listener.
 ``issue(user, client) -> (access, refresh)``: tokens as if the user had signed in.
 ``revoke(token)``, ``expire(access_token)``: end a token early.
 ``requests``: a list of ``Request(method, path, fields, headers)`` it received, and
-``grants(grant_type)`` the token requests of one kind.
+``grants_of(grant_type)`` the token requests of one kind; ``grants``: what it issued
+(token or code -> ``Grant``); ``valid(token)``: the Grant of a live token, or None.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ import ssl
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -322,7 +324,9 @@ class OAuthServer:
         def visit(url: str) -> None:
             context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
             opener = urllib.request.build_opener(
-                urllib.request.HTTPSHandler(context=context), NoRedirect
+                urllib.request.HTTPSHandler(context=context),
+                urllib.request.ProxyHandler({}),
+                NoRedirect,
             )
             cookie = f"user={user}" + ("" if consent else "; consent=deny")
             request = urllib.request.Request(url, headers={"Cookie": cookie})
@@ -334,7 +338,8 @@ class OAuthServer:
             if location is None:
                 open_url.pages.append("no redirect")
                 return
-            with urllib.request.urlopen(location, timeout=10) as page:
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with direct.open(location, timeout=10) as page:
                 open_url.pages.append(page.read().decode())
 
         open_url.opened = []
