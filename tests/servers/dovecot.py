@@ -20,6 +20,17 @@ Fixtures
     (``mail_location = maildir:~/Maildir``: INBOX is the Maildir itself, ``INBOX.A.B``
     is ``~/Maildir/.A.B``).  The API is the same; ``add_user(special_use=True)`` creates
     ``INBOX.Sent``... and ``serve_maildir`` serves a Maildir++ tree.
+``dovecot_oauth2_server`` (session), ``dovecot_oauth2_user`` (function)
+    A third Dovecot (``DovecotServer(oauth2=INTROSPECTION_URL)``, directory
+    ``/tmp/mailsync-dovecot-oauth2-*``) that also offers ``AUTH=XOAUTH2`` and
+    ``AUTH=OAUTHBEARER`` (IMAP) / ``SASL ... XOAUTH2 OAUTHBEARER`` (POP3) and checks
+    those tokens with the test authorization server; its fixtures live in
+    tests/servers/oauth.py.  Dovecot 2.3's ``passdb { driver = oauth2 }`` POSTs
+    ``token=...`` to the RFC 7662 introspection URL (``introspection_mode = post``) on
+    every login and wants ``active: true`` and ``username`` equal to the SASL user.  A
+    refused XOAUTH2 token gets the challenge ``{"status":"401","schemes":"bearer",
+    "scope":...}``, a refused OAUTHBEARER token ``{"status":"invalid_token"}``; then a
+    tagged ``NO [AUTHENTICATIONFAILED]`` (POP3: ``-ERR [AUTH]``).
 
 How test directories get them
 -----------------------------
@@ -311,14 +322,26 @@ class DovecotServer(IMAPClients):
 
     host = HOST
 
-    def __init__(self, workdir: Path | None = None, *, prefixed: bool = False):
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        prefixed: bool = False,
+        oauth2: str | None = None,
+        oauth2_cafile: Path | None = None,
+    ):
         # prefixed: personal folders under "INBOX." with "." as the separator, in a
         # Maildir++ tree, as Courier and Cyrus present them (see the module docstring).
+        # oauth2: the RFC 7662 introspection URL of an authorization server (with its
+        # credentials): XOAUTH2 and OAUTHBEARER are offered and their tokens checked
+        # there (tests/servers/oauth.py); oauth2_cafile: its CA, for https.
         self.prefixed = prefixed
+        self.oauth2 = oauth2
+        self.oauth2_cafile = oauth2_cafile
         self.prefix = "INBOX." if prefixed else ""
         self.separator = "." if prefixed else "/"
         if workdir is None:
-            kind = "dovecot-prefixed" if prefixed else "dovecot"
+            kind = "dovecot-prefixed" if prefixed else "dovecot-oauth2" if oauth2 else "dovecot"
             workdir = Path(tempfile.mkdtemp(prefix=f"mailsync-{kind}-"))
             self._own_workdir = True
         else:
@@ -475,13 +498,15 @@ class DovecotServer(IMAPClients):
             f"ssl_cert = <{self.certfile}\n"
             f"ssl_key = <{self.keyfile}\n"
             f"disable_plaintext_auth = no\n"
-            f"auth_mechanisms = plain login apop\n"
+            f"auth_mechanisms = plain login apop{' xoauth2 oauthbearer' if self.oauth2 else ''}\n"
             f"auth_username_format = %u\n"
             f"auth_failure_delay = 0\n"
             f"auth_verbose = yes\n"
+            f"{self._oauth2_passdb()}"
             f"passdb {{\n"
             f"  driver = passwd-file\n"
             f"  args = scheme=PLAIN username_format=%u {self.passwd_dir}/%u\n"
+            f"{'  mechanisms = plain login apop' + chr(10) if self.oauth2 else ''}"
             f"}}\n"
             f"userdb {{\n"
             f"  driver = passwd-file\n"
@@ -504,6 +529,37 @@ class DovecotServer(IMAPClients):
             f"}}\n"
             f"{listeners('imap')}"
             f"{listeners('pop3')}"
+        )
+
+    def _oauth2_passdb(self) -> str:
+        """The oauth2 passdb (Dovecot 2.3: driver = oauth2, its settings in a file of
+        their own) when the server checks OAuth2 tokens, else nothing.  Tokens are
+        opaque: each login POSTs token=... to the introspection URL (RFC 7662), which
+        must answer active: true and the user's name as username (compared with the
+        SASL user; username_format %u keeps its case)."""
+        if not self.oauth2:
+            return ""
+        settings = self.workdir / "dovecot-oauth2.conf.ext"
+        lines = [
+            "introspection_mode = post",
+            f"introspection_url = {self.oauth2}",
+            "force_introspection = yes",
+            "username_attribute = username",
+            "username_format = %u",
+            "active_attribute = active",
+            "active_value = true",
+            "timeout_msecs = 10000",
+        ]
+        if self.oauth2_cafile:
+            lines.append(f"tls_ca_cert_file = {self.oauth2_cafile}")
+        settings.write_text("\n".join(lines) + "\n")
+        os.chmod(settings, 0o600)  # it holds the introspection credentials; auth runs as root
+        return (
+            f"passdb {{\n"
+            f"  driver = oauth2\n"
+            f"  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {settings}\n"
+            f"}}\n"
         )
 
     def _location(self, root: str) -> str:
@@ -670,16 +726,16 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"private Dovecot unavailable: {reason}")
 
 
-def _session_server(request: pytest.FixtureRequest, attr: str, prefixed: bool) -> DovecotServer:
+def _session_server(request: pytest.FixtureRequest, attr: str, **settings) -> DovecotServer:
     """The session's private Dovecot of one kind (one per pytest process, however many
-    conftests), kept on pytest.Config under `attr`."""
+    conftests), kept on pytest.Config under `attr`; `settings` go to DovecotServer."""
     server = getattr(request.config, attr, None)
     if server is None:
         if shutil.which("dovecot") is None or shutil.which("doveadm") is None:
             _unavailable("dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)")
         if os.geteuid() != 0:
             _unavailable("the tests must run as root to start Dovecot")
-        server = DovecotServer(prefixed=prefixed)
+        server = DovecotServer(**settings)
         request.config.add_cleanup(server.stop)
         try:
             server.start()
