@@ -220,7 +220,8 @@ class FakeIMAPServer:
                 line, literals = self._read_command(conn, reader)
                 if line is None:
                     return
-                self._handle(conn, session, line, literals)
+                if line:  # b"": answered while it was read (refuse_literal)
+                    self._handle(conn, session, line, literals)
         except (Disconnect, OSError):
             pass
         finally:
@@ -244,9 +245,18 @@ class FakeIMAPServer:
             if not match:
                 return data + line, literals
             if not match.group(2):
+                refusal = self.refuse_literal(data + line, int(match.group(1)))
+                if refusal is not None:  # instead of the continuation: the client sends no more
+                    conn.sendall(refusal)
+                    return b"", []
                 conn.sendall(self.continuation)
             literals.append(reader.read(int(match.group(1))))
             data += line[: match.start()] + b"\x00LITERAL"
+
+    def refuse_literal(self, command: bytes, size: int) -> bytes | None:
+        """The answer to send instead of the continuation for a synchronizing literal of
+        ``size`` bytes announced at the end of ``command`` (tag included), or None."""
+        return None
 
     def _handle(self, conn, session, line: bytes, literals: list[bytes]) -> None:
         parts = line.split(b" ", 2)
