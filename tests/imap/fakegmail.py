@@ -692,7 +692,7 @@ class FakeGmail(FakeIMAPServer):
             else:
                 c.send(f"{c.tag} {AUTH_FAILED}\r\n")
             return
-        user, token = _bearer(decoded, mechanism)
+        user, token = sasl_bearer(decoded, mechanism)
         with self.lock:
             valid = token in self.tokens
         if user is not None and user.lower() == self.user.lower() and valid:
@@ -1330,7 +1330,7 @@ def _hang_up(session: _Session, bye: str) -> None:
         pass
 
 
-def _bearer(decoded: str, mechanism: str) -> tuple[str | None, str | None]:
+def sasl_bearer(decoded: str, mechanism: str) -> tuple[str | None, str | None]:
     """(user, token) of an XOAUTH2 ("user=U^Aauth=Bearer T^A^A" [XOAUTH2]) or
     OAUTHBEARER ("n,a=U,^Ahost=...^Aauth=Bearer T^A^A", RFC 7628) initial response."""
     fields = decoded.split("\x01")

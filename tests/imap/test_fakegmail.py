@@ -634,6 +634,7 @@ def test_other_sessions_hear_of_changes_when_rfc_3501_allows():
         untagged, _ = watcher.command("FETCH 1:* (UID)")
         assert untagged == [b"* 3 EXISTS", b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)"]
         assert watcher.command("SEARCH ALL")[0] == [b"* SEARCH 2 3"]  # old numbers still
+        assert watcher.command("STORE 3 +FLAGS (\\Seen)")[0] == [b"* 3 FETCH (FLAGS (\\Seen))"]
         assert watcher.command("NOOP")[0] == [b"* 1 EXPUNGE"]
         assert watcher.command("SEARCH ALL")[0] == [b"* SEARCH 1 2"]
         imap.logout()
