@@ -403,10 +403,10 @@ class FakeGmail(FakeIMAPServer):
         lowered = name.lower()
         return next((f for f in self.folders if f.name.lower() == lowered), None)
 
-    def _label(self, text: str) -> str:
+    def _label(self, text: str, create: bool = True) -> str | None:
         """A label as a client names it -> as stored: system labels whatever their case
         (and ``\\Drafts``, Google's spelling, and the system folders' names), user labels
-        case-insensitively matched to one that exists, else created."""
+        case-insensitively matched to one that exists, else created (or None)."""
         system = {label.lower(): label for label in SYSTEM_LABELS}
         system["\\drafts"] = DRAFT
         if text.lower() in system:
@@ -414,7 +414,7 @@ class FakeGmail(FakeIMAPServer):
         folder = self._folder(text)
         if folder is not None:
             return folder.label  # None for All Mail and [Gmail]: no label to add
-        return self.create_label(text).label
+        return self.create_label(text).label if create else None
 
     def _add_labels(self, msg: GmailMessage, labels) -> None:
         for label in labels:
@@ -1497,9 +1497,8 @@ class _Search:
         if word == "X-GM-THRID":
             return msg.thrid == int(text)
         if word == "X-GM-LABELS":
-            return self.server._label(imap_utf7.decode(text.encode())) in self.server._shown_labels(
-                msg, None
-            )
+            label = self.server._label(imap_utf7.decode(text.encode()), create=False)
+            return label in self.server._shown_labels(msg, None)
         if word == "X-GM-RAW":
             return self._raw(text, msg)
         if word in ("LARGER", "SMALLER"):

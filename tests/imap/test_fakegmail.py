@@ -587,6 +587,8 @@ def test_search_gmail_keys_and_esearch():
         assert imap.search(["X-GM-MSGID", str(second.msgid)]) == [2]
         assert imap.search(["X-GM-THRID", str(first.msgid)]) == [1, 2]
         assert imap.search(["X-GM-LABELS", "Work"]) == [1, 2]
+        assert imap.search(["X-GM-LABELS", "Nothing"]) == []
+        assert "Nothing" not in [name for _, _, name in imap.list_folders()]
         assert imap.gmail_search("in:inbox is:unread") == [3]
         assert imap.gmail_search("label:work hello") == [2]
         assert imap.gmail_search("rfc822msgid:m3@example.org") == [3]
