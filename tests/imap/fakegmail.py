@@ -24,7 +24,9 @@ X-GM-LABELS are the system labels ``\\Inbox \\Sent \\Draft \\Important \\Starred
 \\Spam`` [PEERS: offlineimap's ignorelabels, gmvault] (Google's own example shows
 ``\\Drafts``; both are accepted in STORE) and user labels as astrings, quoted when they
 need it, in modified UTF-7 (UTF-8 after ``ENABLE UTF8=ACCEPT``) [EXT].  The label of the
-selected folder is left out of X-GM-LABELS [GMB] (``omit_selected_label``).
+selected folder is left out of X-GM-LABELS [GMB] (a report of 2012 that nothing since
+contradicts; ``omit_selected_label=False`` turns it off), so a client must not read a
+message's labels from one folder only.
 
 Writes, as [SYNC] and Gmail's IMAP settings [SETTINGS] describe them, with Gmail's
 defaults (Auto-Expunge on, "Archive the message"):
@@ -64,9 +66,9 @@ with HEADER, TEXT, HEADER.FIELDS (.NOT) and <partial>; CHANGEDSINCE), (UID) SEAR
 RFC 3501 keys, MODSEQ, X-GM-MSGID, X-GM-THRID, X-GM-LABELS, a minimal X-GM-RAW: ``in:``,
 ``label:``, ``is:``, ``rfc822msgid:`` and words; ESEARCH RETURN), (UID) STORE (FLAGS and
 X-GM-LABELS, UNCHANGEDSINCE), (UID) COPY / MOVE (COPYUID), EXPUNGE, UID EXPUNGE, CLOSE,
-UNSELECT, CHECK, NOOP, IDLE, LOGOUT.  EXPUNGE and EXISTS reach a session only when RFC
-3501 allows it (never during FETCH, STORE or SEARCH), so its sequence numbers stay right
-while other sessions change the folders.
+UNSELECT, CHECK, NOOP, IDLE, LOGOUT.  EXPUNGE reaches a session only when RFC 3501 allows
+it (never during FETCH, STORE or SEARCH; EXISTS may come then), so its sequence numbers
+stay right while other sessions change the folders.
 
 Gmail's limits: ``download_limit`` bytes of bodies (2500 MB a day at Gmail [LIMITS]),
 after which a body FETCH gets ``NO [OVERQUOTA] Account exceeded command or bandwidth
