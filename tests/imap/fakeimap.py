@@ -2,7 +2,8 @@
 STARTTLS offered, a PREAUTH greeting, a connection dropped or stalled in mid-FETCH, a
 greeting that never comes, hostile folder names, malformed responses, no UIDPLUS.
 
-It speaks just enough IMAP4rev1 for mailsync's IMAP store (plain text only): CAPABILITY,
+It speaks just enough IMAP4rev1 for mailsync's IMAP store, in plain text or, given a
+``tls_context`` (see ``make_tls_context``), with implicit TLS (imaps): CAPABILITY,
 LOGIN, LOGOUT, NOOP, LIST, SELECT, EXAMINE, STATUS, UID FETCH/SEARCH/STORE/EXPUNGE,
 EXPUNGE, APPEND, CREATE, SUBSCRIBE.  ``fault(server, conn, command, args)`` may return
 an action for a command: "drop" (half a response, then close), "hang" (never answer),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,7 +94,30 @@ def internaldate(when: datetime) -> str:
     return when.strftime("%d-%b-%Y %H:%M:%S %z")
 
 
+def make_tls_context(directory) -> tuple[ssl.SSLContext, str]:
+    """A throwaway CA and a certificate for localhost/127.0.0.1 (servers/dovecot.py makes
+    them with the openssl command) -> (server context, path of the CA certificate).
+    pop3/fakepop.py has the same for the POP3 fake."""
+    import sys
+    from pathlib import Path
+
+    tests_dir = str(Path(__file__).resolve().parent.parent)
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from servers.dovecot import make_certificates
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cafile, certfile, keyfile = make_certificates(directory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    return context, str(cafile)
+
+
 class FakeIMAPServer:
+    # What the server says when a client announces a synchronizing literal.
+    continuation = b"+ go ahead\r\n"
+
     def __init__(
         self,
         mailboxes: dict[str, list] | None = None,
@@ -103,8 +128,10 @@ class FakeIMAPServer:
         greeting: str | None = "* OK fake IMAP ready",
         fault=None,
         list_extra: list[bytes] = (),
+        tls_context: ssl.SSLContext | None = None,
     ):
         self.user, self.password = user, password
+        self.tls_context = tls_context  # implicit TLS: the handshake comes before the greeting
         self.capabilities = capabilities
         self.greeting = greeting
         self.fault = fault
@@ -178,8 +205,12 @@ class FakeIMAPServer:
     # one connection ------------------------------------------------------------------
     def _serve(self, conn: socket.socket, number: int) -> None:
         session = {"selected": None, "readonly": False, "auth": False, "n": number}
-        reader = conn.makefile("rb")
         try:
+            if self.tls_context is not None:
+                conn = self.tls_context.wrap_socket(conn, server_side=True)
+                self.clients.append(conn)
+            reader = conn.makefile("rb")
+            session["conn"], session["reader"] = conn, reader
             if self.greeting is None:
                 self.stop_event.wait(30)
                 return
@@ -189,7 +220,8 @@ class FakeIMAPServer:
                 line, literals = self._read_command(conn, reader)
                 if line is None:
                     return
-                self._handle(conn, session, line, literals)
+                if line:  # b"": answered while it was read (refuse_literal)
+                    self._handle(conn, session, line, literals)
         except (Disconnect, OSError):
             pass
         finally:
@@ -213,9 +245,18 @@ class FakeIMAPServer:
             if not match:
                 return data + line, literals
             if not match.group(2):
-                conn.sendall(b"+ go ahead\r\n")
+                refusal = self.refuse_literal(data + line, int(match.group(1)))
+                if refusal is not None:  # instead of the continuation: the client sends no more
+                    conn.sendall(refusal)
+                    return b"", []
+                conn.sendall(self.continuation)
             literals.append(reader.read(int(match.group(1))))
             data += line[: match.start()] + b"\x00LITERAL"
+
+    def refuse_literal(self, command: bytes, size: int) -> bytes | None:
+        """The answer to send instead of the continuation for a synchronizing literal of
+        ``size`` bytes announced at the end of ``command`` (tag included), or None."""
+        return None
 
     def _handle(self, conn, session, line: bytes, literals: list[bytes]) -> None:
         parts = line.split(b" ", 2)
