@@ -68,14 +68,15 @@ def contact_to_vcf(contact: dict) -> bytes:
     phones.append((contact.get("mobilePhone"), "cell,voice"))
     for number, kind in phones:
         if text := _text(number):
-            lines.append(f'TEL;TYPE="{kind}":' + _escape(text))
+            lines.append(f"TEL;TYPE={kind}:" + _escape(text))
     for field, kind in ADDRESSES:
         address = contact.get(field)
         if not isinstance(address, dict):
             continue
-        parts = [
-            _text(address.get(key))
-            for key in ("street", "city", "state", "postalCode", "countryOrRegion")
+        # a street may be several lines: they stay lines (escaped as \n)
+        parts = [plain(address.get("street"), 100_000).strip()]
+        parts += [
+            _text(address.get(key)) for key in ("city", "state", "postalCode", "countryOrRegion")
         ]
         if any(parts):
             # ADR: post office box; extended address; street; locality; region; code; country
