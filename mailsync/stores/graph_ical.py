@@ -180,7 +180,9 @@ def _vtimezone(key: str, first_year: int) -> bytes:
     from it per calendar: components are mutable)."""
     from icalendar import Timezone
 
-    return Timezone.from_tzinfo(_tzinfo(key), key, first_date=dt.date(first_year, 1, 1)).to_ical()
+    zone = _tzinfo(key)
+    assert zone is not None, "only known zones are recorded as used"
+    return Timezone.from_tzinfo(zone, key, first_date=dt.date(first_year, 1, 1)).to_ical()
 
 
 def _add_timezones(calendar, zones: set[str], main) -> None:

@@ -110,7 +110,7 @@ def parse_timestamp(value: object, what: str) -> tuple[dt.datetime, bool]:
             int(second or 0), int((fraction or "0")[:6].ljust(6, "0")),
         )  # fmt: skip
     except ValueError:
-        raise ValueError(f"{what} is not a real date and time: {value[:60]!r}") from None
+        raise ValueError(f"{what} is not a real date and time: {str(value)[:60]!r}") from None
     if zone is None:
         return when, False
     if zone == "Z":
@@ -119,7 +119,7 @@ def parse_timestamp(value: object, what: str) -> tuple[dt.datetime, bool]:
     digits = zone[1:].replace(":", "")
     offset = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     if offset >= dt.timedelta(hours=24):
-        raise ValueError(f"{what} has no real UTC offset: {value[:60]!r}")
+        raise ValueError(f"{what} has no real UTC offset: {str(value)[:60]!r}")
     return when.replace(tzinfo=dt.timezone(sign * offset)), True
 
 

@@ -69,18 +69,18 @@ def contact_to_vcf(contact: dict) -> bytes:
     for number, kind in phones:
         if text := _text(number):
             lines.append(f"TEL;TYPE={kind}:" + _escape(text))
-    for field, kind in ADDRESSES:
-        address = contact.get(field)
-        if not isinstance(address, dict):
+    for field, address_type in ADDRESSES:
+        postal = contact.get(field)
+        if not isinstance(postal, dict):
             continue
         # a street may be several lines: they stay lines (escaped as \n)
-        parts = [plain(address.get("street"), 100_000).strip()]
+        parts = [plain(postal.get("street"), 100_000).strip()]
         parts += [
-            _text(address.get(key)) for key in ("city", "state", "postalCode", "countryOrRegion")
+            _text(postal.get(key)) for key in ("city", "state", "postalCode", "countryOrRegion")
         ]
         if any(parts):
             # ADR: post office box; extended address; street; locality; region; code; country
-            params = f";TYPE={kind}" if kind else ""
+            params = f";TYPE={address_type}" if address_type else ""
             lines.append(f"ADR{params}:;;" + ";".join(_escape(part) for part in parts))
     organization = [_text(contact.get("companyName")), _text(contact.get("department"))]
     if any(organization):
