@@ -304,8 +304,9 @@ def _vevent(event: dict, uid: str, zone_hint: object, zones: set[str]):
     vevent.add("dtstart", start)
     if end is not None:
         vevent.add("dtend", end)
-    modified = utc_timestamp(event.get("lastModifiedDateTime"), "lastModifiedDateTime")
-    created = utc_timestamp(event.get("createdDateTime"), "createdDateTime")
+    # iCalendar counts whole seconds; Graph gives seven digits of fraction
+    modified = _seconds(utc_timestamp(event.get("lastModifiedDateTime"), "lastModifiedDateTime"))
+    created = _seconds(utc_timestamp(event.get("createdDateTime"), "createdDateTime"))
     # DTSTAMP is required; for a stored copy it is when the event last changed.
     stamp = modified or created or _as_utc(start)
     vevent.add("dtstamp", stamp)
@@ -366,6 +367,10 @@ def _vevent(event: dict, uid: str, zone_hint: object, zones: set[str]):
         alarm.add("trigger", dt.timedelta(minutes=-minutes))
         vevent.add_component(alarm)
     return vevent
+
+
+def _seconds(value: dt.datetime | None) -> dt.datetime | None:
+    return value.replace(microsecond=0) if value is not None else None
 
 
 def _as_utc(value: dt.date) -> dt.datetime:
