@@ -12,7 +12,8 @@ What maps to what (Graph's event resource -> iCalendar):
   categories -> CATEGORIES; sensitivity -> CLASS; importance -> PRIORITY; showAs ->
   TRANSP, STATUS:TENTATIVE and X-MICROSOFT-CDO-BUSYSTATUS (the property Outlook writes);
   isCancelled -> STATUS:CANCELLED; createdDateTime, lastModifiedDateTime -> CREATED,
-  LAST-MODIFIED and DTSTAMP.  No SEQUENCE: Graph has no revision number to give it.
+  LAST-MODIFIED and DTSTAMP; SEQUENCE from the extended property PidLidAppointmentSequence
+  when the event carries it (graph_ical.SEQUENCE_PROPERTY: Graph has no field for it).
   Not kept: attachments, online-meeting data, webLink, extensions, response times.
 
 Time zones.  Graph names zones the Windows way ("Pacific Standard Time") or by IANA name,
@@ -82,6 +83,8 @@ CLASS = {
     "confidential": "CONFIDENTIAL",
 }
 PRIORITY = {"high": 1, "normal": 5, "low": 9}
+# MS-OXPROPS PidLidAppointmentSequence (PSETID_Appointment, 0x8201) as Graph names it.
+SEQUENCE_PROPERTY = "Integer {00062002-0000-0000-C000-000000000046} Id 0x8201"
 MAX_INTERVAL = 1000  # Graph allows up to 99 (Outlook's dialog); more is no real series
 MAX_COUNT = 100_000
 MAX_REMINDER_MINUTES = 10 * 366 * 24 * 60
@@ -130,15 +133,21 @@ def event_to_ics(
         if cancelled:
             raise ValueError("cancelled occurrences given for an event that has no recurrence")
     calendar.add_component(main)
-    changed = []
+    # One VEVENT per changed occurrence (RFC 5545 3.8.4.4): of two exceptions to one
+    # occurrence, the later modified is kept (the same one whatever their order).
+    changed: dict[tuple[str, str], tuple[tuple[bytes, bytes], Any]] = {}
     for exception in exceptions:
-        if not isinstance(exception, dict):
+        if not isinstance(exception, dict) or series is None:
             raise ValueError("an exception is a JSON object")
-        event = _vevent(exception, uid, series.zone_hint if series else None, zones)
-        event.add("recurrence-id", series.recurrence_id(exception) if series else None)
-        changed.append((event.decoded("recurrence-id"), event))
-    for _, event in sorted(changed, key=lambda pair: _sort_key(pair[0])):
-        calendar.add_component(event)
+        event = _vevent(exception, uid, series.zone_hint, zones)
+        event.add("recurrence-id", series.recurrence_id(exception))
+        occurrence = _sort_key(event.decoded("recurrence-id"))
+        modified = event["last-modified"].to_ical() if "last-modified" in event else b""
+        rank = (modified, event.to_ical())
+        if occurrence not in changed or rank > changed[occurrence][0]:
+            changed[occurrence] = (rank, event)
+    for occurrence in sorted(changed):
+        calendar.add_component(changed[occurrence][1])
     _add_timezones(calendar, zones, main)
     return calendar.to_ical()
 
@@ -354,6 +363,8 @@ def _vevent(event: dict, uid: str, zone_hint: object, zones: set[str]):
         vevent.add("class", level)
     if (priority := PRIORITY.get(str(event.get("importance") or "").lower())) is not None:
         vevent.add("priority", priority)
+    if (sequence := _sequence(event)) is not None:
+        vevent.add("sequence", sequence)
     minutes = event.get("reminderMinutesBeforeStart")
     if (
         event.get("isReminderOn") is True
@@ -367,6 +378,21 @@ def _vevent(event: dict, uid: str, zone_hint: object, zones: set[str]):
         alarm.add("trigger", dt.timedelta(minutes=-minutes))
         vevent.add_component(alarm)
     return vevent
+
+
+def _sequence(event: dict) -> int | None:
+    """The event's PidLidAppointmentSequence, when the store asked Graph for it
+    ($expand=singleValueExtendedProperties($filter=id eq 'SEQUENCE_PROPERTY')): Graph has
+    no property of its own for the revision an organiser's update bumps."""
+    for extended in _list(event.get("singleValueExtendedProperties")):
+        if (
+            isinstance(extended, dict)
+            and str(extended.get("id", "")).lower() == SEQUENCE_PROPERTY.lower()
+        ):
+            value = str(extended.get("value", ""))
+            if value.isdigit() and len(value) < 10:
+                return int(value)
+    return None
 
 
 def _seconds(value: dt.datetime | None) -> dt.datetime | None:

@@ -577,6 +577,32 @@ def test_a_series_with_exceptions_and_cancelled_occurrences():
     assert dt.datetime(2017, 12, 25, 12, tzinfo=LA) in [d.dt for d in main["exdate"].dts]
 
 
+def test_two_exceptions_to_one_occurrence_keep_the_later_modified():
+    base = dict(
+        copy.deepcopy(LUNCH_SERIES),
+        type="exception",
+        recurrence=None,
+        originalStart="2017-09-11T19:00:00Z",
+        start={"dateTime": "2017-09-11T13:00:00.0000000", "timeZone": "Pacific Standard Time"},
+        end={"dateTime": "2017-09-11T14:00:00.0000000", "timeZone": "Pacific Standard Time"},
+    )
+    old = dict(base, subject="old", lastModifiedDateTime="2017-09-01T00:00:00Z")
+    new = dict(base, subject="new", lastModifiedDateTime="2017-09-02T00:00:00Z")
+    for in_order in ([old, new], [new, old]):
+        (_, exception) = events(parse(event_to_ics(LUNCH_SERIES, in_order)))
+        assert str(exception["summary"]) == "new"
+
+
+def test_sequence_comes_from_the_extended_property_when_given():
+    assert "SEQUENCE" not in events(parse(event_to_ics(BRUNCH)))[0]
+    extended = {"id": "Integer {00062002-0000-0000-c000-000000000046} Id 0x8201", "value": "3"}
+    other = {"id": "String {00020329-0000-0000-C000-000000000046} Name x", "value": "7"}
+    event = dict(BRUNCH, singleValueExtendedProperties=[other, extended])
+    assert events(parse(event_to_ics(event)))[0]["sequence"] == 3
+    event = dict(BRUNCH, singleValueExtendedProperties=[dict(extended, value="-1")])
+    assert "SEQUENCE" not in events(parse(event_to_ics(event)))[0]
+
+
 def test_an_all_day_series_with_an_exception():
     birthday = dict(
         copy.deepcopy(LUNCH_SERIES),
@@ -725,6 +751,9 @@ KEPT = [  # (what, event): each a valid file, with what is wrong left out
         dict(BRUNCH, subject="a\x00b\x1bc\ud800d\r\ne", location={"displayName": "\x7f"}),
     ),
     ("a zone path", dict(BRUNCH, originalStartTimeZone="../../../etc/passwd")),
+    ("a series from year 1", _series(startDate="0001-01-01")),
+    ("a series from year 9999", _series(startDate="9999-12-31")),
+    ("a series ending before it starts", _series(endDate="1990-01-01")),
     (
         "an address with spaces and quotes",
         dict(BRUNCH, organizer={"emailAddress": {"name": 'x"y', "address": 'a b"c>@d'}}),
@@ -752,15 +781,15 @@ def test_hostile_events_still_give_a_valid_file(what, event):
 
 
 def test_hostile_values_are_cleaned_as_said():
-    ics = event_to_ics(KEPT[6][1])
+    ics = event_to_ics(dict(KEPT)["controls and lone surrogates"])
     (vevent,) = events(parse(ics))
     assert str(vevent["summary"]) == "abcd\ne"
     assert str(vevent["location"]) == "Harry's Bar"  # from locations, the one left
-    (vevent,) = events(parse(event_to_ics(KEPT[9][1])))
+    (vevent,) = events(parse(event_to_ics(dict(KEPT)["a 5 MB subject and body"])))
     assert len(str(vevent["summary"])) == 4 * 1024 * 1024  # cut at graph_text.MAX_TEXT
-    (vevent,) = events(parse(event_to_ics(KEPT[4][1])))
+    (vevent,) = events(parse(event_to_ics(dict(KEPT)["an end before the start"])))
     assert "dtend" not in vevent
-    (vevent,) = events(parse(event_to_ics(KEPT[2][1])))
+    (vevent,) = events(parse(event_to_ics(dict(KEPT)["a reminder 10**12 minutes before"])))
     assert not vevent.walk("VALARM")
 
 
