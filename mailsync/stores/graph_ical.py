@@ -148,8 +148,7 @@ def event_to_ics(
             changed[occurrence] = (rank, event)
     for occurrence in sorted(changed):
         calendar.add_component(changed[occurrence][1])
-    _add_timezones(calendar, zones, main)
-    return calendar.to_ical()
+    return _with_timezones(calendar.to_ical(), zones, main)
 
 
 # zones ---------------------------------------------------------------------------------
@@ -185,8 +184,7 @@ def _tzinfo(key: str) -> dt.tzinfo | None:
 
 @functools.lru_cache(maxsize=64)
 def _vtimezone(key: str, first_year: int) -> bytes:
-    """The VTIMEZONE of `key` from the tz database, serialised (a component built anew
-    from it per calendar: components are mutable)."""
+    """The VTIMEZONE of `key` from the tz database, serialised."""
     from icalendar import Timezone
 
     zone = _tzinfo(key)
@@ -194,17 +192,18 @@ def _vtimezone(key: str, first_year: int) -> bytes:
     return Timezone.from_tzinfo(zone, key, first_date=dt.date(first_year, 1, 1)).to_ical()
 
 
-def _add_timezones(calendar, zones: set[str], main) -> None:
-    """A VTIMEZONE for each zone used, before the events (RFC 5545 3.6.5), covering the
-    tz database from the series' start (or 1970) to 2038; later dates are read by the
-    TZID's IANA name, as every reader of this file does."""
-    from icalendar import Calendar
-
+def _with_timezones(ics: bytes, zones: set[str], main) -> bytes:
+    """`ics` with a VTIMEZONE for each zone used, before the events (RFC 5545 3.6.5),
+    covering the tz database from the series' start (or 1970) to 2038; later dates are
+    read by the TZID's IANA name, as every reader of this file does.  Spliced in as
+    bytes serialised once per zone: parsing and writing them again for every event was
+    two thirds of the conversion's time.  The split is safe: the calendar's own
+    properties come first, and no value holds a bare line break to fake the BEGIN."""
     start = main.decoded("dtstart")
     first_year = min(1970, max(1900, start.year))
-    for position, key in enumerate(sorted(zones - {"UTC"})):
-        component = Calendar.from_ical(_vtimezone(key, first_year))
-        calendar.subcomponents.insert(position, component)
+    timezones = b"".join(_vtimezone(key, first_year) for key in sorted(zones - {"UTC"}))
+    head, begin, events = ics.partition(b"BEGIN:VEVENT\r\n")
+    return head + timezones + begin + events
 
 
 # times ---------------------------------------------------------------------------------
