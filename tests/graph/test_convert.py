@@ -361,6 +361,46 @@ def test_zones_windows_and_iana(zone, expected):
     assert [str(z["tzid"]) for z in calendar.walk("VTIMEZONE")] == [expected]
 
 
+def test_a_flight_ends_in_another_zone():
+    flight = dict(
+        BRUNCH,
+        originalEndTimeZone="Eastern Standard Time",
+        end={"dateTime": "2017-04-16T00:30:00.0000000", "timeZone": "UTC"},
+    )
+    ics = event_to_ics(flight)
+    calendar = parse(ics)
+    (event,) = events(calendar)
+    assert event["dtend"].params["TZID"] == "America/New_York"
+    assert event.decoded("dtend") == dt.datetime(
+        2017, 4, 15, 20, 30, tzinfo=ZoneInfo("America/New_York")
+    )
+    assert [str(z["tzid"]) for z in calendar.walk("VTIMEZONE")] == [
+        "America/Los_Angeles",
+        "America/New_York",
+    ]
+    # the zones come before the event, after the calendar's own properties
+    assert ics.index(b"PRODID") < ics.index(b"BEGIN:VTIMEZONE") < ics.index(b"BEGIN:VEVENT")
+
+
+def test_every_windows_zone_of_the_cldr_table_is_a_defined_zone():
+    """A Windows name that no longer led to a tz database zone (a table or tzdata
+    update) would turn that zone's events into floating time.  (icalendar writes a
+    zone it knows to be UTC all year, as Atlantic/Reykjavik, as UTC: the same instants.)"""
+    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
+    for windows, iana in WINDOWS_TO_OLSON.items():
+        event = dict(BRUNCH, start={"dateTime": "2017-04-15T10:00:00", "timeZone": windows})
+        event.update(end=None, originalStartTimeZone=windows)
+        calendar = Calendar.from_ical(event_to_ics(event))
+        (vevent,) = calendar.walk("VEVENT")
+        start = vevent.decoded("dtstart")
+        assert start.tzinfo is not None, windows
+        assert start.utcoffset() == ZoneInfo(iana).utcoffset(dt.datetime(2017, 4, 15, 10)), windows
+        if "TZID" in vevent["dtstart"].params:
+            assert vevent["dtstart"].params["TZID"] == iana
+            assert [str(z["tzid"]) for z in calendar.walk("VTIMEZONE")] == [iana]
+
+
 def test_an_unknown_zone_is_floating_time_or_utc():
     custom = dict(
         BRUNCH,
