@@ -600,9 +600,12 @@ def _pattern_rule(pattern: dict) -> dict:
     read: Graph fills the others with zeros ("month": 0) or defaults ("index": "first").
 
     Outlook puts a monthly or yearly occurrence on day 29-31 on the last day of a month
-    that is shorter; RRULE skips such months, so these become BYMONTHDAY=28,...,N with
-    BYSETPOS=-1.  A relative pattern with several days (Outlook's "first weekday") is
-    the index-th of those days in the month: BYDAY=MO,...,FR;BYSETPOS=n."""
+    that is shorter (CDO's RecurrencePattern.DayOfMonth: 31 is "the last day of every
+    month", 29 February is the 28th in other years); RRULE skips such months, so day 31
+    is BYMONTHDAY=-1 (as Exchange itself exports it, MS-OXCICAL 2.1.3.2.2.3) and days 29
+    and 30 are BYMONTHDAY=28,...,N with BYSETPOS=-1.  A relative pattern with several
+    days (Outlook's "first weekday") is the index-th of those days in the month:
+    BYDAY=MO,...,FR;BYSETPOS=n."""
     kind = str(pattern.get("type") or "").lower()
     rule: dict[str, Any] = {}
     interval = pattern.get("interval", 1)
@@ -625,7 +628,9 @@ def _pattern_rule(pattern: dict) -> dict:
         if kind == "absoluteyearly":
             rule["BYMONTH"] = [_number(pattern, "month", 1, 12)]
         day = _number(pattern, "dayOfMonth", 1, 31)
-        if day > 28:
+        if day == 31:
+            rule["BYMONTHDAY"] = [-1]
+        elif day > 28:
             rule["BYMONTHDAY"] = list(range(28, day + 1))
             rule["BYSETPOS"] = [-1]
         else:

@@ -506,6 +506,14 @@ PATTERNS = [
         {"type": "endDate", "startDate": "2017-09-01", "endDate": "2018-06-30"},
     ),
     (
+        {"type": "absoluteMonthly", "interval": 1, "dayOfMonth": 30},
+        {"type": "numbered", "startDate": "2017-12-01", "numberOfOccurrences": 16},
+    ),
+    (
+        {"type": "absoluteYearly", "interval": 2, "dayOfMonth": 31, "month": 12},
+        {"type": "noEnd", "startDate": "2017-12-01"},
+    ),
+    (
         {"type": "absoluteMonthly", "interval": 3, "dayOfMonth": 15},
         {"type": "noEnd", "startDate": "2017-09-15", "endDate": "0001-01-01"},
     ),
