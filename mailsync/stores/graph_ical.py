@@ -103,12 +103,17 @@ def event_to_ics(
     occurrences, as dates or as Graph's cancelledOccurrences strings
     ("OID.<master id>.2026-12-09"; the master's own cancelledOccurrences count too).
     A ValueError names the field that cannot be converted."""
+    try:
+        return _event_to_ics(master, list(exceptions), list(cancelled))
+    except OverflowError:  # a date at the ends of datetime's range, moved to another zone
+        raise ValueError("a date of the event is out of range (before year 2 or after 9998)")
+
+
+def _event_to_ics(master: dict, exceptions: list[dict], cancelled: list[str | dt.date]) -> bytes:
     from icalendar import Calendar
 
     if not isinstance(master, dict):
         raise ValueError(f"an event is a JSON object, not {type(master).__name__}")
-    exceptions = list(exceptions)
-    cancelled = list(cancelled)
     if len(exceptions) > MAX_EXCEPTIONS:
         raise ValueError(f"{len(exceptions)} exceptions to one series are more than a real one has")
     uid = _uid(master)
@@ -284,7 +289,7 @@ def _text(value: object) -> str:
     return plain(value).strip()
 
 
-def _cal_address(person: object, what: str):
+def _cal_address(person: object):
     """A Graph recipient or attendee ({"emailAddress": {"name", "address"}}) as a
     vCalAddress with CN, or None when it has no address (iCalendar names people by
     URI)."""
@@ -328,11 +333,11 @@ def _vevent(event: dict, uid: str, zone_hint: object, zones: set[str]):
         vevent.add("description", description)
     if location := _location(event):
         vevent.add("location", location)
-    organizer = _cal_address(event.get("organizer"), "organizer")
+    organizer = _cal_address(event.get("organizer"))
     if organizer is not None:
         vevent.add("organizer", organizer)
     for attendee in _list(event.get("attendees"))[:MAX_ATTENDEES]:
-        address = _cal_address(attendee, "attendee")
+        address = _cal_address(attendee)
         if address is None:
             continue
         kind = str(attendee.get("type") or "").lower()

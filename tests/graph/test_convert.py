@@ -743,6 +743,32 @@ REFUSED = [  # (what, event, exceptions, cancelled): each a ValueError
     ("a range type forever", _series(type_="forever"), [], []),
     ("an end date that is none", _series(endDate="soon"), [], []),
     ("recurrence not an object", dict(BRUNCH, recurrence="weekly"), [], []),
+    (
+        "year 1 in Tokyo, nothing else to stamp it with",
+        {
+            "id": "x",
+            "start": {"dateTime": "0001-01-01T00:00:00", "timeZone": "Tokyo Standard Time"},
+        },
+        [],
+        [],
+    ),
+    (
+        "an exception at the end of time",
+        dict(
+            LUNCH_SERIES,
+            originalStartTimeZone="Tokyo Standard Time",
+            recurrence=dict(
+                LUNCH_SERIES["recurrence"],
+                range={
+                    "type": "noEnd",
+                    "startDate": "2017-09-04",
+                    "recurrenceTimeZone": "Tokyo Standard Time",
+                },
+            ),
+        ),
+        [dict(BRUNCH, originalStart="9999-12-31T23:00:00Z")],
+        [],
+    ),  # fmt: skip
     ("an exception without originalStart", LUNCH_SERIES, [dict(BRUNCH, type="exception")], []),
     ("an exception that is a list", LUNCH_SERIES, [[1, 2]], []),
     (
