@@ -892,6 +892,76 @@ def test_any_json_gives_a_valid_calendar_or_a_value_error(base, changes):
     parse(ics)
 
 
+ZONES = st.sampled_from(
+    ["UTC", "Pacific Standard Time", "Tokyo Standard Time", "Europe/Berlin", "Nowhere", None, ""]
+)
+WHEN = st.builds(
+    lambda when, zone: {"dateTime": when.isoformat(), "timeZone": zone},
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)),
+    ZONES,
+)
+# mostly plausible values, so that most examples get past the checks to the writing
+NUMBER = (
+    st.integers(min_value=1, max_value=40) | st.integers(min_value=1, max_value=31) | st.integers()
+)
+DAY = st.sampled_from(WEEKDAYS * 5 + ["Funday", 3])
+PATTERN = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["daily", "weekly", "absoluteMonthly", "relativeMonthly",
+                                 "absoluteYearly", "relativeYearly"] * 3 + ["hourly"]),
+        "interval": NUMBER,
+        "daysOfWeek": st.lists(DAY, min_size=1, max_size=8),
+        "dayOfMonth": NUMBER,
+        "month": NUMBER,
+        "index": st.sampled_from(["first", "second", "third", "fourth", "last"] * 2 + ["fifth"]),
+        "firstDayOfWeek": DAY,
+    }
+)  # fmt: skip
+RANGE = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["endDate", "noEnd", "numbered"] * 3 + ["never"]),
+        "startDate": st.dates().map(str),
+        "endDate": st.dates().map(str),
+        "numberOfOccurrences": NUMBER,
+        "recurrenceTimeZone": ZONES,
+    }
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    start=WHEN,
+    end=WHEN,
+    all_day=st.booleans(),
+    original_zone=ZONES,
+    pattern=PATTERN,
+    bounds=RANGE,
+    original_start=st.datetimes(
+        min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)
+    ),
+    cancelled=st.lists(st.dates(), max_size=3),
+)
+def test_any_series_gives_a_valid_calendar_or_a_value_error(
+    start, end, all_day, original_zone, pattern, bounds, original_start, cancelled
+):
+    """Graph's shapes with any values in them: the dates, zones and numbers a hostile or
+    broken server could send."""
+    master = dict(
+        LUNCH_SERIES,
+        start=start,
+        end=end,
+        isAllDay=all_day,
+        originalStartTimeZone=original_zone,
+        recurrence={"pattern": pattern, "range": bounds},
+    )
+    exception = dict(BRUNCH, start=end, end=start, originalStart=original_start.isoformat() + "Z")
+    try:
+        ics = event_to_ics(master, [exception], cancelled)
+    except ValueError:
+        return
+    parse(ics)
+
+
 @settings(max_examples=150, deadline=None)
 @given(changes=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6))
 def test_any_json_gives_a_valid_vcard_or_a_value_error(changes):
