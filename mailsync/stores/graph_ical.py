@@ -378,7 +378,8 @@ def _vevent(event: dict, uid: str, zone_hint: object, zones: set[str]):
     ):
         alarm = Alarm()
         alarm.add("action", "DISPLAY")
-        alarm.add("description", summary or "Reminder")
+        # what a reminder pops up: the start of the summary is enough
+        alarm.add("description", summary[:200] or "Reminder")
         alarm.add("trigger", dt.timedelta(minutes=-minutes))
         vevent.add_component(alarm)
     return vevent

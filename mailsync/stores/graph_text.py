@@ -14,21 +14,23 @@ from html.parser import HTMLParser
 # than TAB and the line break (which the formats escape as \n).
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Longest text kept in one value.  A 1 MB event body is plausible (pasted mail threads);
-# beyond this a field is a hostile server's, and is cut rather than written.
+# beyond this a field is a hostile server's, and is cut rather than written.  (icalendar
+# folds about a megabyte a second: a value this long costs seconds, not minutes.)
 MAX_TEXT = 4 * 1024 * 1024
 
 
-def plain(value: object, limit: int = MAX_TEXT) -> str:
+def plain(value: object, limit: int | None = None) -> str:
     """`value` as a string fit for a text value: None and non-strings become "" (what a
     missing or mistyped field means), CRLF and CR become LF, controls and lone
-    surrogates (which cannot be UTF-8) are dropped, and it is cut to `limit`
-    characters."""
+    surrogates (which cannot be UTF-8) are dropped, and it is cut to `limit` (or
+    MAX_TEXT) characters."""
     if not isinstance(value, str):
         return ""
-    text = value.replace("\r\n", "\n").replace("\r", "\n")
+    text = value[: 2 * (limit or MAX_TEXT)]  # what is cleaned is bounded too
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROLS.sub("", text)
     text = text.encode("utf-8", "ignore").decode("utf-8")  # lone surrogates
-    return text[:limit]
+    return text[: limit or MAX_TEXT]
 
 
 # Elements whose text is not content, and those that end a line or a paragraph.
