@@ -535,6 +535,19 @@ class _Series:
         except (ValueError, OverflowError):
             return None
 
+    def falls_on(self, day: dt.date) -> bool:
+        """Whether an (all-day) occurrence of the series is on `day`."""
+        from dateutil.rrule import rrulestr
+        from icalendar import vRecur
+
+        start = _naive(self.start)
+        midnight = dt.datetime.combine(day, dt.time())
+        try:
+            rule = rrulestr(vRecur(self.rrule).to_ical().decode(), dtstart=start)
+            return day == start.date() or rule.after(midnight, inc=True) == midnight
+        except (ValueError, OverflowError):
+            return False
+
     def occurrence_start(self, day: dt.date) -> dt.date:
         """The start of the occurrence on `day` in the series' zone."""
         if self.all_day:
@@ -553,8 +566,14 @@ class _Series:
             raise ValueError("an exception has no originalStart")
         start = self.start
         if self.all_day:
+            # The day an all-day occurrence was on: originalStart is its midnight, in
+            # the series' zone or in UTC (the documentation does not say); of the two
+            # dates, the one that is an occurrence of the series.
             zone = _tzinfo(_zone_key(self.zone_hint) or "UTC")
-            return original.astimezone(zone).date()
+            in_zone, in_utc = original.astimezone(zone).date(), original.date()
+            if in_zone != in_utc and not self.falls_on(in_zone) and self.falls_on(in_utc):
+                return in_utc
+            return in_zone
         if start.tzinfo is None:
             return original.replace(tzinfo=None)
         return original.astimezone(start.tzinfo)

@@ -679,6 +679,18 @@ def test_an_all_day_series_with_an_exception():
         end={"dateTime": "2019-07-21T00:00:00.0000000", "timeZone": "UTC"},
     )
     ics = event_to_ics(birthday, [party], [dt.date(2018, 7, 22)])
+    # the same occurrence named by its midnight in UTC: the same RECURRENCE-ID
+    at_utc_midnight = dict(party, originalStart="2019-07-22T00:00:00Z")
+    assert event_to_ics(birthday, [at_utc_midnight], [dt.date(2018, 7, 22)]) == ics
+    # and west of UTC, where the zone's date of UTC midnight is the day before
+    west = dict(birthday, originalStartTimeZone="Pacific Standard Time")
+    west["recurrence"] = dict(
+        birthday["recurrence"],
+        range=dict(birthday["recurrence"]["range"], recurrenceTimeZone="Pacific Standard Time"),
+    )
+    for original in ("2019-07-22T00:00:00Z", "2019-07-22T07:00:00Z"):
+        (_, exception) = events(parse(event_to_ics(west, [dict(party, originalStart=original)])))
+        assert exception.decoded("recurrence-id") == dt.date(2019, 7, 22)
     (main, _) = events(parse(ics))
     assert dict(main["rrule"]) == {"FREQ": ["YEARLY"], "BYMONTH": [7], "BYMONTHDAY": [22]}
     assert b"EXDATE;VALUE=DATE:20180722" in ics and b"RECURRENCE-ID;VALUE=DATE:20190722" in ics
