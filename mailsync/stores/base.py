@@ -209,10 +209,12 @@ class Store(ABC):
     #: MAX_FOLDER_DEPTH), one sentence each.  The engine reports each one as an error
     #: of the run (exit 1) on a side the run copies from, elsewhere as a warning.
     problems: Sequence[str] = ()
-    #: (waits, seconds) this store has waited so far because its server asked it to
-    #: (throttling): the engine reports each folder's share.  Stores that never wait
-    #: keep (0, 0.0).
-    throttled: tuple[int, float] = (0, 0.0)
+
+    @property
+    def throttled(self) -> tuple[int, float]:
+        """(waits, seconds) this store has waited so far because its server asked it to
+        (throttling): the engine reports each folder's share."""
+        return (0, 0.0)
 
     @abstractmethod
     def list_folders(self) -> list[str]:

@@ -499,23 +499,22 @@ class IMAPConnection:
             except _Throttled as throttled:
                 self._wait_throttled(where, operation, throttled, scope)
                 probe = True  # (a BYE may have followed the answer)
-            except _NotConnected as error:
+            except _NotConnected:
                 fresh_logins += 1
                 self._drop()
                 if fresh_logins > RECONNECT_ATTEMPTS:
                     raise ConnectError(
-                        f'{where}: the server said "{_NOT_CONNECTED.pattern}" after each '
-                        f"of {fresh_logins} logins ({_clean(error)}); Microsoft 365 says so "
-                        "when IMAP is disabled for the mailbox, the mailbox is being moved, "
-                        "or too many sessions are open: check that IMAP is enabled for it, "
-                        "close other mail clients, and rerun later"
+                        f'{where}: the server said "{_NOT_CONNECTED.pattern}." after each '
+                        f"of {fresh_logins} logins; Microsoft 365 says so when IMAP is "
+                        "disabled for the mailbox, the mailbox is being moved, or too many "
+                        "sessions are open: check that IMAP is enabled for it, close other "
+                        "mail clients, and rerun later"
                     )
                 delay = RECONNECT_BACKOFF * 2 ** (fresh_logins - 1)
                 log.warning(
-                    "%s: the server says the session is not connected (%s) during %s; "
+                    "%s: the server says the session is not connected (during %s); "
                     "logging in again in %g s",
                     where,
-                    _clean(error),
                     operation,
                     delay,
                 )
