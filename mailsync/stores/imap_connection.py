@@ -14,14 +14,12 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
   before login), UID sets are checked against what the folder holds before they are
   expanded, and body batches against what RFC822.SIZE announced; server text in errors
   and warnings has every password masked;
-* a server that asks to be left alone is waited out and asked again, in call(), the one
-  retry path: Microsoft 365's "Request is throttled. Suggested Backoff Time: N
-  milliseconds" (NO or BAD, to any command, an APPEND's instead of its continuation,
-  maybe with a BYE) is waited for as suggested (at least THROTTLE_FLOOR, at most
-  THROTTLE_CAP seconds a wait, at most ``throttle_wait`` seconds a connection and run:
-  then ThrottledFolder or StoreError); "User is authenticated but not connected." is a
-  fresh login (RECONNECT_ATTEMPTS, then ConnectError), ``* BYE Session invalidated -
-  AccessTokenExpired`` a fresh login with fresh credentials;
+* a server that says "not now" is waited out and asked again in call(), the one retry
+  path (what the answers mean, and the time waited, are imap_patience.py's): Microsoft
+  365's throttling (NO or BAD to any command, an APPEND's instead of its continuation,
+  maybe with a BYE) as it suggests, within the connection's throttle_wait; "User is
+  authenticated but not connected." with a few fresh logins; ``* BYE Session
+  invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
   there), LOGIN arguments and the password itself masked.
 """
@@ -33,14 +31,11 @@ import logging
 import re
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mailsync.errors import (
     AuthError,
-    ConfigError,
     ConnectError,
     FolderError,
     MailsyncError,
@@ -52,6 +47,16 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_patience import (
+    SESSION_INVALIDATED,
+    NotConnected,
+    Patience,
+    Throttled,
+    append_limit,
+    check_answer,
+    size_refusal,
+    too_big,
+)
 from mailsync.stores.imap_wire import (
     MAX_UID,
     _client_class,
@@ -95,85 +100,6 @@ APPEND_TRY_LATER = frozenset(
     }
 )
 _NETWORK_ERRORS = (OSError, EOFError)
-
-# Microsoft 365 (Exchange Online): what its IMAP servers say when they will not serve now.
-# Throttled: "NO (or BAD) Request is throttled. Suggested Backoff Time: 299609
-# milliseconds", maybe followed by "* BYE Connection closed. 14" (imapsync#198,
-# email-oauth2-proxy#191).  The command was not carried out: it is sent again once the
-# time has passed.
-_THROTTLED = re.compile(r"Request is throttled\.?\s*Suggested Backoff Time:\s*(\d+)\s*milli", re.I)
-THROTTLE_WAIT = 600.0  # default throttle_wait: seconds one connection waits out in a run
-THROTTLE_FLOOR = 1.0  # a wait is at least this long (a suggested 0 ms is no invitation)
-THROTTLE_CAP = 300.0  # and at most this; then the server is asked again (it says what is left)
-# "BAD User is authenticated but not connected." after a successful login: the session is
-# of no use (too many sessions of the mailbox, a mailbox being moved; email-oauth2-proxy#74,
-# node-imap#523), a fresh login usually works.  The command was not carried out.
-_NOT_CONNECTED = re.compile(r"User is authenticated but not connected", re.I)
-RECONNECT_ATTEMPTS = 3  # fresh logins for such a session before giving up (ConnectError)
-RECONNECT_BACKOFF = 2.0  # seconds before the first of them, doubled for each next one
-# "* BYE Session invalidated - AccessTokenExpired" (aioimaplib#83): the token the session
-# logged in with expired; a fresh login with a fresh token works.
-_SESSION_INVALIDATED = re.compile(r"Session invalidated|AccessTokenExpired", re.I)
-# Exchange's BAD to an APPEND of a message over its size limit (imapsync's FAQ.Office365).
-_EXCHANGE_TOO_BIG = re.compile(r"Command Argument Error\. 11\b")
-# A refusal about the message's size ([TOOBIG] of RFC 5530, Exchange's "Maximum size of
-# appendable message has been exceeded.")
-_ABOUT_SIZE = re.compile(r"\[TOOBIG\]|\bsize\b|too (big|large)", re.I)
-
-
-class ThrottledFolder(FolderError):
-    """The server kept throttling an operation in a folder beyond throttle_wait: the
-    folder fails (not just one message), the state is consistent, a rerun goes on."""
-
-
-class _Throttled(Exception):
-    """The server asked to wait `seconds` before the command is sent again."""
-
-    def __init__(self, seconds: float, text: str):
-        super().__init__(text)
-        self.seconds = seconds
-
-
-class _NotConnected(Exception):
-    """The session is logged in but of no use ("authenticated but not connected")."""
-
-
-def _check_answer(text: str) -> None:
-    """_Throttled or _NotConnected if a server's refusal (`text`) says to wait or to log
-    in again rather than that the command failed."""
-    throttled = _THROTTLED.search(text)
-    if throttled:
-        raise _Throttled(int(throttled.group(1)) / 1000, text)
-    if _NOT_CONNECTED.search(text):
-        raise _NotConnected(text)
-
-
-@dataclass
-class Patience:
-    """How long a connection waits when the server asks it to (throttling): each wait
-    is what the server suggests, at least `floor` and at most `cap` seconds, and all
-    waits of the connection in one run together at most `budget` seconds.  `sleep` is
-    injectable (tests).  `waits` and `waited` count what was waited (reports)."""
-
-    budget: float = THROTTLE_WAIT
-    floor: float = THROTTLE_FLOOR
-    cap: float = THROTTLE_CAP
-    sleep: Callable[[float], None] = time.sleep
-    waits: int = 0
-    waited: float = 0.0
-
-    def allows(self, suggested: float) -> float | None:
-        """How long to wait when the server suggests `suggested` seconds; None if that
-        would go beyond the budget (then nothing is waited)."""
-        delay = min(max(suggested, self.floor), self.cap)
-        return None if self.waited + delay > self.budget else delay
-
-    def wait(self, delay: float) -> None:
-        self.sleep(delay)
-        self.waits += 1
-        self.waited += delay
-
-
 _TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
 
 
@@ -303,17 +229,8 @@ class IMAPConnection:
         #: The folder the connection has selected (None: none, or dropped since).
         self.selected: IMAPFolder | None = None
         self.reconnects = 0
-        budget = self.endpoint.options.pop("throttle_wait", THROTTLE_WAIT)
-        try:
-            budget = float(budget)
-        except (TypeError, ValueError):
-            budget = -1.0
-        if not budget >= 0:  # (NaN too)
-            raise ConfigError(
-                f"store {self.url}: throttle_wait must be a number of seconds (0 or more)"
-            )
-        #: Waiting out throttling (module constants read now: tests shorten them).
-        self.patience = Patience(budget, THROTTLE_FLOOR, THROTTLE_CAP)
+        # Waiting out throttling (imap_patience.py).
+        self.patience = Patience.from_option(self.endpoint.options.pop("throttle_wait", None))
         self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS
         self._warned_invalid: set[str] = set()  # folders whose invalid UIDs were reported
 
@@ -420,16 +337,8 @@ class IMAPConnection:
             )
         client.plain_login(user, password)
 
-    def append_limit(self) -> int | None | bool:
-        """The largest message the server takes (RFC 7889 ``APPENDLIMIT=N``), True when
-        its folders have limits of their own (bare ``APPENDLIMIT``: STATUS tells), None
-        when it announces none."""
-        self.client  # noqa: B018  (connects)
-        for capability in self.capabilities:
-            name, _, value = capability.partition("=")
-            if name == "APPENDLIMIT":
-                return int(value) if value.isdigit() else True
-        return None
+    def append_limit(self) -> int | bool | None:
+        return append_limit(self.capabilities if self.client else set())  # (connects)
 
     def has(self, capability: str) -> bool:
         self.client  # noqa: B018  (connects)
@@ -461,15 +370,12 @@ class IMAPConnection:
         """Run one IMAP operation, in `folder` (selected first if the connection has
         another one selected, or none since it was dropped).  A dropped connection is
         reconnected and, with `retry` (operations safe to repeat), the operation run again
-        once.  A server that said the command was not carried out and when to come back
-        (throttling) is waited out and asked again, within the connection's Patience
-        (then ThrottledFolder with a folder, else StoreError); a session that is "not
-        connected" is a fresh login and the operation again, RECONNECT_ATTEMPTS times
-        (then ConnectError); after the BYE of an expired token, the fresh login takes
-        fresh credentials.  Other server refusals and unreadable responses become
-        FolderError (with a folder) or StoreError; a lost connection, or a server too
-        slow to wait for, ConnectError.  _Oversized passes through (the connection
-        dropped)."""
+        once.  A server that says "not now" is waited out (imap_patience.py: throttling
+        within the connection's Patience, then ThrottledFolder or StoreError; "not
+        connected" sessions, then ConnectError; a login with fresh credentials after
+        the BYE of an expired token).  Other server refusals and unreadable responses
+        become FolderError (with a folder) or StoreError; a lost connection, or a server
+        too slow to wait for, ConnectError.  _Oversized passes through (dropped)."""
         from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
 
         scope = FolderError if folder is not None else StoreError
@@ -489,40 +395,30 @@ class IMAPConnection:
                 except IMAPClientAbortError:
                     raise
                 except IMAPClientError as error:
-                    _check_answer(_clean(error))
+                    check_answer(_clean(error))
                     raise
             except MailsyncError:
                 raise
             except _Oversized:
                 self._drop()
                 raise
-            except _Throttled as throttled:
-                self._wait_throttled(where, operation, throttled, scope)
+            except Throttled as throttled:
+                try:
+                    self.patience.wait_out(throttled, where, operation, folder is not None)
+                except MailsyncError:
+                    self._drop()  # (whatever the server says next: start afresh)
+                    raise
                 probe = True  # (a BYE may have followed the answer)
-            except _NotConnected:
+            except NotConnected:
                 fresh_logins += 1
                 self._drop()
-                if fresh_logins > RECONNECT_ATTEMPTS:
-                    raise ConnectError(
-                        f'{where}: the server said "{_NOT_CONNECTED.pattern}." after each '
-                        f"of {fresh_logins} logins; Microsoft 365 says so when IMAP is "
-                        "disabled for the mailbox, the mailbox is being moved, or too many "
-                        "sessions are open: check that IMAP is enabled for it, close other "
-                        "mail clients, and rerun later"
-                    )
-                delay = RECONNECT_BACKOFF * 2 ** (fresh_logins - 1)
-                log.warning(
-                    "%s: the server says the session is not connected (during %s); "
-                    "logging in again in %g s",
-                    where,
-                    operation,
-                    delay,
-                )
-                self.patience.sleep(delay)
+                self.patience.before_login(where, operation, fresh_logins)
                 self.reconnect()
             except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
-                bye = self._bye()
-                text = _clean(error)
+                imap = self._client._imap if self._client else None
+                byes = imap.untagged_responses.get("BYE") if imap else None
+                text, bye = _clean(error), _text(byes[-1]) if byes else ""
+                text += f" ({bye})" if bye and bye not in text else ""
                 if probe:  # the session ended after a throttled answer: nothing is lost
                     log.info("%s: the server closed the session (%s); reconnecting", where, text)
                     probe = False
@@ -530,9 +426,10 @@ class IMAPConnection:
                     continue
                 lost += 1
                 lost_what = "gave up" if isinstance(error, TooSlow) else "connection lost"
-                if _SESSION_INVALIDATED.search(bye or text):
+                if SESSION_INVALIDATED.search(text):  # its credentials expired: ask afresh
                     lost_what = "the server ended the session"
-                    self._forget_credentials()  # it will not take them again
+                    self._password = None
+                    _forget_password(self.endpoint)
                 if not retry or lost > 1:
                     self._drop()
                     raise ConnectError(f"{where}: {lost_what} during {operation} ({text})")
@@ -548,43 +445,6 @@ class IMAPConnection:
                 )
             except IMAPClientError as error:
                 raise scope(f"{where}: the server refused {operation}: {_clean(error)}")
-
-    def _wait_throttled(
-        self, where: str, operation: str, throttled: _Throttled, scope: type[MailsyncError]
-    ) -> None:
-        """Wait as the server asked (logged, -v), or give up (ThrottledFolder with a folder,
-        else StoreError) when that would go beyond throttle_wait."""
-        patience = self.patience
-        delay = patience.allows(throttled.seconds)
-        if delay is None:
-            self._drop()  # (whatever the server says next: the next operation starts afresh)
-            text = (
-                f"{where}: the server kept throttling {operation} (it asks for "
-                f"{throttled.seconds:g} s more; {patience.waited:g} s waited this run, "
-                f"throttle_wait is {patience.budget:g} s); gave up. The state is consistent: "
-                "rerun later, or raise throttle_wait"
-            )
-            raise (ThrottledFolder if scope is FolderError else StoreError)(text)
-        log.info(
-            "%s: the server is throttling %s (it asks for %g s); waiting %g s",
-            where,
-            operation,
-            throttled.seconds,
-            delay,
-        )
-        patience.wait(delay)
-
-    def _bye(self) -> str | None:
-        """The text of the BYE the server sent before the connection ended, if any."""
-        imap = getattr(self._client, "_imap", None)
-        byes = imap.untagged_responses.get("BYE") if imap is not None else None
-        return _text(byes[-1]) if byes else None
-
-    def _forget_credentials(self) -> None:
-        """The server ended the session because its credentials expired: the next login
-        asks their source again (a token_command prints a fresh token)."""
-        self._password = None
-        _forget_password(self.endpoint)
 
     def _invoke(self, operation: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self, "_op_" + operation, None)
@@ -620,7 +480,7 @@ class IMAPConnection:
         typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
-            _check_answer(text)  # (throttled: not this message's fault)
+            check_answer(text)  # (throttled: not this message's fault)
             if message_level:
                 raise MessageError(f"the server refused to send it ({text})")
             raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
@@ -716,12 +576,7 @@ class IMAPConnection:
         BAD for one over its size limit)."""
         from imapclient.datetime_util import datetime_to_INTERNALDATE
 
-        if limit is not None and len(wire) > limit:
-            reason = (
-                f"the message is {len(wire)} bytes, over the server's limit of {limit} "
-                "bytes (APPENDLIMIT); not sent"
-            )
-            raise RefusedError(f"APPEND refused: {reason}", reason)
+        too_big(len(wire), limit)
         client = self.client
         imap = client._imap
         mailbox = client._normalise_folder(server_name)
@@ -729,24 +584,18 @@ class IMAPConnection:
         imap.literal = wire
         try:
             typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
-        except imaplib.IMAP4.abort:
-            raise
-        except imaplib.IMAP4.error as error:  # a BAD
-            text = _clean(error)
-            _check_answer(text)
-            if _EXCHANGE_TOO_BIG.search(text):
-                reason = f"{text} (Exchange's answer to a message over its size limit: "
-                reason += f"this one is {len(wire)} bytes)"
-                raise RefusedError(f"APPEND refused: {reason}", reason)
-            raise
+        except imaplib.IMAP4.error as error:  # a BAD (throttled: call() sees to it)
+            reason = size_refusal("BAD", _clean(error), len(wire))
+            if reason is None or isinstance(error, imaplib.IMAP4.abort):
+                raise
+            raise RefusedError(f"APPEND refused: {reason}", reason)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
-            _check_answer(text)
+            check_answer(text)
             code = re.match(r"\[([A-Za-z0-9.-]+)", text)
             if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
                 reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
-                if _ABOUT_SIZE.search(text):  # (the user wants to know by how much)
-                    reason += f" (the message is {len(wire)} bytes)"
+                reason = size_refusal("NO", reason, len(wire)) or reason
                 raise RefusedError(f"APPEND refused: {reason}", reason)
             raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")

@@ -54,7 +54,8 @@ from mailsync.message import (
     tolerant_fingerprint,
 )
 from mailsync.stores.base import Folder
-from mailsync.stores.imap_connection import ThrottledFolder, _text, _uid_ranges
+from mailsync.stores.imap_connection import _text, _uid_ranges
+from mailsync.stores.imap_patience import ThrottledFolder
 from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
 
 if TYPE_CHECKING:
@@ -542,15 +543,9 @@ class IMAPFolder(Folder):
         keep = sorted(f for f in flags if self.persists(f))
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         try:
+            limit = self._append_limit()
             response = self.store.call(
-                "append",
-                self.server_name,
-                wire,
-                keep,
-                when,
-                self._append_limit(),
-                retry=False,
-                folder=self,
+                "append", self.server_name, wire, keep, when, limit, retry=False, folder=self
             )
         except ThrottledFolder:
             raise  # the folder's, not this message's

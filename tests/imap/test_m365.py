@@ -18,7 +18,7 @@ import pytest
 from fakem365 import FakeM365, Throttle
 from imaptools import maildir_bodies, message, run, write_local
 
-import mailsync.stores.imap_connection as imap_connection
+import mailsync.stores.imap_patience as imap_patience
 
 TOKEN = "eyJ0eXAiOiJKV1Qi.fake.token"
 
@@ -26,8 +26,8 @@ TOKEN = "eyJ0eXAiOiJKV1Qi.fake.token"
 @pytest.fixture(autouse=True)
 def quick(monkeypatch):
     """Waits as short as the fake's backoffs (milliseconds), not a second at least."""
-    monkeypatch.setattr(imap_connection, "THROTTLE_FLOOR", 0.0)
-    monkeypatch.setattr(imap_connection, "RECONNECT_BACKOFF", 0.01)
+    monkeypatch.setattr(imap_patience, "THROTTLE_FLOOR", 0.0)
+    monkeypatch.setattr(imap_patience, "RECONNECT_BACKOFF", 0.01)
 
 
 def wire(body: bytes) -> bytes:
@@ -140,7 +140,7 @@ def test_a_push_through_throttled_appends_puts_every_message_there_once(mailenv,
 def test_a_wait_beyond_the_cap_is_cut_and_the_server_asked_again(mailenv, monkeypatch):
     """THROTTLE_CAP bounds one wait: after it the command is sent again, and the server
     says what is left (the waits add up to its backoff)."""
-    monkeypatch.setattr(imap_connection, "THROTTLE_CAP", 0.05)
+    monkeypatch.setattr(imap_patience, "THROTTLE_CAP", 0.05)
     rule = Throttle("UID FETCH", backoff_ms=180)
     local = mailenv / "local"
     with server({"INBOX": INBOX}, throttles=[rule]) as fake:
@@ -205,7 +205,7 @@ def test_always_not_connected_is_exit_3_after_a_few_logins(mailenv):
         result = pull(fake, local)
         logins = len(fake.logins)
     assert result.exit_code == 3, result.output
-    assert logins == imap_connection.RECONNECT_ATTEMPTS + 1
+    assert logins == imap_patience.RECONNECT_ATTEMPTS + 1
     (line,) = [x for x in result.stderr.splitlines() if "error" in x.lower() or "mailsync:" in x][
         -1:
     ]
