@@ -298,3 +298,71 @@ def test_an_expired_token_mid_run_logs_in_again_with_a_fresh_one(mailenv, tmp_pa
     assert logins[-1] == "token-2" and set(logins) == {"token-1", "token-2"}
     assert "the server ended the session" in result.stderr
     assert "token-1" not in result.output and "token-2" not in result.output
+
+
+class PerFolderLimits(FakeM365):
+    """A server with a limit per folder (RFC 7889: a bare APPENDLIMIT in CAPABILITY, each
+    folder's in STATUS; NIL for none), which Exchange Online does not do."""
+
+    limits = {"INBOX": 1500, "Archive": None}
+
+    def _caps(self, session) -> str:
+        return super()._caps(session) + (" APPENDLIMIT" if session["auth"] else "")
+
+    def _cmd_status(self, send, tag, session, args, action):
+        if [str(a).upper() for a in args[1]] != ["APPENDLIMIT"]:
+            return super()._cmd_status(send, tag, session, args, action)
+        box = self._box(args[0])
+        limit = self.limits.get(box.name)
+        send(f'* STATUS "{box.name}" (APPENDLIMIT {"NIL" if limit is None else limit})\r\n')
+        send(f"{tag} OK STATUS completed.\r\n")
+
+
+def test_a_folder_limit_from_status_refuses_before_sending(mailenv):
+    local = mailenv / "local"
+    for folder in ("INBOX", "Archive"):
+        for body in (message(1), BIG):
+            write_local(local, folder, body)
+    with PerFolderLimits({"Archive": []}, allow_login=True) as fake:
+        result = push(fake, local)
+        appends = [c.split(" ")[1] for c in fake.commands() if c.startswith("APPEND")]
+        statuses = [c for c in fake.commands() if c.endswith("(APPENDLIMIT)")]
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.stderr.splitlines() if "the big one" in x]
+    assert line.startswith("mailsync: INBOX: the remote side refuses local message")
+    assert "over the server's limit of 1500 bytes (APPENDLIMIT); not sent" in line
+    assert sorted(appends) == ['"Archive"', '"Archive"', '"INBOX"']  # the big one: Archive only
+    assert len(statuses) == 2  # once per folder
+    assert on_server(fake)["Archive"] == Counter([message(1), BIG])
+
+
+def test_an_expired_token_during_an_append_sends_that_message_once(mailenv, tmp_path):
+    """The BYE of an expired token instead of an APPEND's answer: whether the message
+    arrived is not known, so it is not sent again in that run (exit 1); the next run
+    finds it or sends it, and every message is there once."""
+    token_file = tmp_path / "token"
+    token_file.write_text("token-1\n")
+    local = mailenv / "local"
+    for body in INBOX:
+        write_local(local, "INBOX", body)
+    appends = []
+
+    def expire_on_the_third_append(fake, connection, command, args):
+        if command == "APPEND":
+            appends.append(connection)
+            if len(appends) == 3:
+                fake.tokens.add("token-2")
+                token_file.write_text("token-2\n")
+                fake.expire_token("token-1")
+        return None
+
+    query = f"tls=none&password_command=cat%20{token_file}"
+    with FakeM365(allow_login=True, tokens=("token-1",), fault=expire_on_the_third_append) as fake:
+        url = fake.url(query=query)
+        first = run("push", "--jobs", "1", f"maildir:{local}", url)
+        assert first.exit_code == 1, first.output
+        assert "the connection dropped while appending; the next run finds" in first.stderr
+        assert len(fake.mailboxes["INBOX"].messages) == 5  # the others went on
+        second = run("push", "--jobs", "1", f"maildir:{local}", url)
+        assert second.exit_code == 0, second.output
+        assert on_server(fake) == {"INBOX": Counter(INBOX)}
