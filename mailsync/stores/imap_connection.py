@@ -55,6 +55,7 @@ from mailsync.stores.imap_patience import (
     append_limit,
     check_answer,
     size_refusal,
+    throttled_in,
     too_big,
 )
 from mailsync.stores.imap_wire import (
@@ -236,8 +237,11 @@ class IMAPConnection:
 
     @property
     def client(self) -> IMAPClient:
-        if self._client is None:
-            self._client = self._connect()
+        while self._client is None:
+            try:
+                self._client = self._connect()
+            except Throttled as throttled:  # a command right after the login: a new one
+                self.patience.wait_out(throttled, self.endpoint.display, "connect", False)
         return self._client
 
     def _connect(self) -> IMAPClient:
@@ -316,6 +320,9 @@ class IMAPConnection:
             )
         except Exception as error:
             _shutdown(client)
+            throttled = throttled_in(_clean(error))  # (Microsoft 365 throttles any command)
+            if throttled is not None:
+                raise throttled from None
             raise ConnectError(f"{ep.display}: {_clean(error)}")
         log.debug("connected to %s: %s", ep.display, " ".join(sorted(self.capabilities)))
         return client

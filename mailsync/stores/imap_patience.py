@@ -61,12 +61,18 @@ class NotConnected(Exception):
     """The session is logged in but of no use ("authenticated but not connected")."""
 
 
+def throttled_in(text: str) -> Throttled | None:
+    """Throttled (to raise) if a server's refusal (`text`) says to come back later."""
+    throttled = _THROTTLED.search(text)
+    return Throttled(int(throttled.group(1)) / 1000, text) if throttled else None
+
+
 def check_answer(text: str) -> None:
     """Throttled or NotConnected if a server's refusal (`text`) says to wait or to log in
     again rather than that the command failed."""
-    throttled = _THROTTLED.search(text)
-    if throttled:
-        raise Throttled(int(throttled.group(1)) / 1000, text)
+    throttled = throttled_in(text)
+    if throttled is not None:
+        raise throttled
     if _NOT_CONNECTED.search(text):
         raise NotConnected(text)
 

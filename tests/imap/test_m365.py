@@ -101,6 +101,24 @@ def test_a_pull_through_throttling_windows_gets_every_message_once(mailenv, stat
     assert all(not f["errors"] for f in reports.values())
 
 
+@pytest.mark.parametrize("bye", [False, True])
+def test_windows_on_every_command_right_after_the_login_too(mailenv, bye):
+    """Exchange throttles any command: the first one after the login (mailsync's
+    CAPABILITY), and later a window on all of them (NOOP included)."""
+    rules = [
+        Throttle("*", backoff_ms=100, status="BAD", bye=bye),
+        Throttle("*", skip=7, backoff_ms=100, bye=bye),
+    ]
+    local = mailenv / "local"
+    with server({"INBOX": INBOX, "Archive": ARCHIVE}, throttles=rules) as fake:
+        result = pull(fake, local)
+        commands = fake.commands()
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(local) == {"INBOX": Counter(INBOX), "Archive": Counter(ARCHIVE)}
+    assert [(rule.answered, rule.early) for rule in rules] == [(1, 0)] * 2
+    assert commands[2] == "CAPABILITY"  # (CAPABILITY, LOGIN, CAPABILITY: throttled)
+
+
 def test_the_summary_says_a_folder_was_throttled(mailenv):
     local = mailenv / "local"
     with server({"INBOX": INBOX}, throttles=[Throttle("UID FETCH", backoff_ms=50)]) as fake:
