@@ -250,7 +250,7 @@ class Syncer:
             for store, (waits, waited) in zip(stores.values(), before, strict=True):
                 now_waits, now_waited = store.throttled
                 folder_report.throttled += now_waits - waits
-                folder_report.throttled_seconds += now_waited - waited
+                folder_report.throttled_seconds += round(now_waited - waited, 3)
         return folder_report
 
     @staticmethod
