@@ -542,8 +542,8 @@ class IMAPFolder(Folder):
         wire = to_crlf(data)
         keep = sorted(f for f in flags if self.persists(f))
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
+        limit = self._append_limit()
         try:
-            limit = self._append_limit()
             response = self.store.call(
                 "append", self.server_name, wire, keep, when, limit, retry=False, folder=self
             )
