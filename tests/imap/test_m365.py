@@ -19,6 +19,7 @@ from fakem365 import FakeM365, Throttle
 from imaptools import maildir_bodies, message, run, write_local
 
 import mailsync.stores.imap_patience as imap_patience
+from mailsync.config import STORE_OPTIONS
 
 TOKEN = "eyJ0eXAiOiJKV1Qi.fake.token"
 
@@ -283,11 +284,28 @@ def test_a_message_over_the_size_limit_is_refused_named_and_not_retried(mailenv,
 # -- an access token that expires mid-run ----------------------------------------------------
 
 
-def test_an_expired_token_mid_run_logs_in_again_with_a_fresh_one(mailenv, tmp_path):
+# Until the IMAP store takes a token_command (branch i12-login), the token is the password
+# of the fake's LOGIN knob; after that, the same run logs in with XOAUTH2 as Exchange wants.
+TOKEN_LOGIN = "token_command" in STORE_OPTIONS["imaps"]
+
+
+@pytest.mark.parametrize(
+    "login",
+    [
+        "password_command",
+        pytest.param(
+            "token_command",
+            marks=pytest.mark.skipif(
+                not TOKEN_LOGIN, reason="the IMAP store takes no token_command yet (i12-login)"
+            ),
+        ),
+    ],
+)
+def test_an_expired_token_mid_run_logs_in_again_with_a_fresh_one(mailenv, tmp_path, login):
     """``* BYE Session invalidated - AccessTokenExpired``: the credentials are asked for
-    again (here a password_command printing the current token; with OAuth2, the
-    token_command or the refresh) and the run goes on.  With the fake's LOGIN knob
-    until mailsync's XOAUTH2 login is wired (branch i12-login)."""
+    again (a token_command printing the current token, or, before mailsync's IMAP store
+    speaks XOAUTH2, a password_command doing so for the fake's LOGIN knob) and the run
+    goes on."""
     token_file = tmp_path / "token"
     token_file.write_text("token-1\n")
     local = mailenv / "local"
@@ -304,11 +322,11 @@ def test_an_expired_token_mid_run_logs_in_again_with_a_fresh_one(mailenv, tmp_pa
 
     with FakeM365(
         {"INBOX": [wire(b) for b in INBOX], "Archive": [wire(b) for b in ARCHIVE]},
-        allow_login=True,
+        allow_login=login == "password_command",
         tokens=("token-1",),
         fault=expire_on_the_third_fetch,
     ) as fake:
-        query = f"tls=none&password_command=cat%20{token_file}"
+        query = f"tls=none&{login}=cat%20{token_file}"
         result = run("pull", "--jobs", "1", fake.url(query=query), f"maildir:{local}")
         logins = [token for _, _, token in fake.logins]
     assert result.exit_code == 0, result.output
