@@ -218,6 +218,12 @@ class Store(ABC):
     #: of the run (exit 1) on a side the run copies from, elsewhere as a warning.
     problems: Sequence[str] = ()
 
+    @property
+    def throttled(self) -> tuple[int, float]:
+        """(waits, seconds) this store has waited so far because its server asked it to
+        (throttling): the engine reports each folder's share."""
+        return (0, 0.0)
+
     @abstractmethod
     def list_folders(self) -> list[str]:
         """Names of every folder, "/"-separated, "INBOX" for the inbox."""

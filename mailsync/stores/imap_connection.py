@@ -14,6 +14,12 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
   before login), UID sets are checked against what the folder holds before they are
   expanded, and body batches against what RFC822.SIZE announced; server text in errors
   and warnings has every password masked;
+* a server that says "not now" is waited out and asked again in call(), the one retry
+  path (what the answers mean, and the time waited, are imap_patience.py's): Microsoft
+  365's throttling (NO or BAD to any command, an APPEND's instead of its continuation,
+  maybe with a BYE) as it suggests, within the connection's throttle_wait; "User is
+  authenticated but not connected." with a few fresh logins; ``* BYE Session
+  invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
   there), LOGIN arguments and the password itself masked.
 """
@@ -41,6 +47,17 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_patience import (
+    SESSION_INVALIDATED,
+    NotConnected,
+    Patience,
+    Throttled,
+    append_limit,
+    check_answer,
+    size_refusal,
+    throttled_in,
+    too_big,
+)
 from mailsync.stores.imap_wire import (
     MAX_UID,
     _client_class,
@@ -213,13 +230,18 @@ class IMAPConnection:
         #: The folder the connection has selected (None: none, or dropped since).
         self.selected: IMAPFolder | None = None
         self.reconnects = 0
+        # Waiting out throttling (imap_patience.py).
+        self.patience = Patience.from_option(self.endpoint.options.pop("throttle_wait", None))
         self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS
         self._warned_invalid: set[str] = set()  # folders whose invalid UIDs were reported
 
     @property
     def client(self) -> IMAPClient:
-        if self._client is None:
-            self._client = self._connect()
+        while self._client is None:
+            try:
+                self._client = self._connect()
+            except Throttled as throttled:  # a command right after the login: a new one
+                self.patience.wait_out(throttled, self.endpoint.display, "connect", False)
         return self._client
 
     def _connect(self) -> IMAPClient:
@@ -298,6 +320,9 @@ class IMAPConnection:
             )
         except Exception as error:
             _shutdown(client)
+            throttled = throttled_in(_clean(error))  # (Microsoft 365 throttles any command)
+            if throttled is not None:
+                raise throttled from None
             raise ConnectError(f"{ep.display}: {_clean(error)}")
         log.debug("connected to %s: %s", ep.display, " ".join(sorted(self.capabilities)))
         return client
@@ -319,6 +344,9 @@ class IMAPConnection:
             )
         client.plain_login(user, password)
 
+    def append_limit(self) -> int | bool | None:
+        return append_limit(self.capabilities if self.client else set())  # (connects)
+
     def has(self, capability: str) -> bool:
         self.client  # noqa: B018  (connects)
         return capability in self.capabilities
@@ -333,6 +361,11 @@ class IMAPConnection:
         self.reconnects += 1
         self.client  # noqa: B018
 
+    @property
+    def throttled(self) -> tuple[int, float]:
+        """(waits, seconds) this connection waited out throttling so far (Store)."""
+        return self.patience.waits, self.patience.waited
+
     def call(
         self,
         operation: str,
@@ -344,30 +377,71 @@ class IMAPConnection:
         """Run one IMAP operation, in `folder` (selected first if the connection has
         another one selected, or none since it was dropped).  A dropped connection is
         reconnected and, with `retry` (operations safe to repeat), the operation run again
-        once.  Server refusals and unreadable responses become FolderError (with a
-        folder) or StoreError; a lost connection, or a server too slow to wait for,
-        ConnectError.  _Oversized passes through (the connection dropped)."""
+        once.  A server that says "not now" is waited out (imap_patience.py: throttling
+        within the connection's Patience, then ThrottledFolder or StoreError; "not
+        connected" sessions, then ConnectError; a login with fresh credentials after
+        the BYE of an expired token).  Other server refusals and unreadable responses
+        become FolderError (with a folder) or StoreError; a lost connection, or a server
+        too slow to wait for, ConnectError.  _Oversized passes through (dropped)."""
         from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
 
         scope = FolderError if folder is not None else StoreError
         where = f"{self.endpoint.display}" + (f" {folder.name}" if folder is not None else "")
-        for attempt in (1, 2):
+        lost = 0  # connections lost during this operation
+        fresh_logins = 0  # sessions "not connected"
+        probe = False  # after a throttled answer: is the session still there (NOOP)?
+        while True:
             try:
-                if folder is not None and self.selected is not folder:
-                    folder.select()
-                return self._invoke(operation, *args, **kw)
+                try:
+                    if probe:
+                        self._invoke("noop")
+                        probe = False
+                    if folder is not None and self.selected is not folder:
+                        folder.select()
+                    return self._invoke(operation, *args, **kw)
+                except IMAPClientAbortError:
+                    raise
+                except IMAPClientError as error:
+                    check_answer(_clean(error))
+                    raise
             except MailsyncError:
                 raise
             except _Oversized:
                 self._drop()
                 raise
+            except Throttled as throttled:
+                try:
+                    self.patience.wait_out(throttled, where, operation, folder is not None)
+                except MailsyncError:
+                    self._drop()  # (whatever the server says next: start afresh)
+                    raise
+                probe = True  # (a BYE may have followed the answer)
+            except NotConnected:
+                fresh_logins += 1
+                self._drop()
+                self.patience.before_login(where, operation, fresh_logins)
+                self.reconnect()
             except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
-                lost = "gave up" if isinstance(error, TooSlow) else "connection lost"
-                if not retry or attempt == 2:
+                imap = self._client._imap if self._client else None
+                byes = imap.untagged_responses.get("BYE") if imap else None
+                text, bye = _clean(error), _text(byes[-1]) if byes else ""
+                text += f" ({bye})" if bye and bye not in text else ""
+                if probe:  # the session ended after a throttled answer: nothing is lost
+                    log.info("%s: the server closed the session (%s); reconnecting", where, text)
+                    probe = False
+                    self.reconnect()
+                    continue
+                lost += 1
+                lost_what = "gave up" if isinstance(error, TooSlow) else "connection lost"
+                if SESSION_INVALIDATED.search(text):  # its credentials expired: ask afresh
+                    lost_what = "the server ended the session"
+                    self._password = None
+                    _forget_password(self.endpoint)
+                if not retry or lost > 1:
                     self._drop()
-                    raise ConnectError(f"{where}: {lost} during {operation} ({_clean(error)})")
+                    raise ConnectError(f"{where}: {lost_what} during {operation} ({text})")
                 log.warning(
-                    "%s: %s during %s (%s); reconnecting", where, lost, operation, _clean(error)
+                    "%s: %s during %s (%s); reconnecting", where, lost_what, operation, text
                 )
                 self.reconnect()
             except (ProtocolError, _Malformed, ValueError, IndexError, RecursionError) as error:
@@ -378,7 +452,6 @@ class IMAPConnection:
                 )
             except IMAPClientError as error:
                 raise scope(f"{where}: the server refused {operation}: {_clean(error)}")
-        raise AssertionError("unreachable")
 
     def _invoke(self, operation: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self, "_op_" + operation, None)
@@ -414,6 +487,7 @@ class IMAPConnection:
         typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
+            check_answer(text)  # (throttled: not this message's fault)
             if message_level:
                 raise MessageError(f"the server refused to send it ({text})")
             raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
@@ -496,22 +570,39 @@ class IMAPConnection:
         return uids
 
     def _op_append(
-        self, server_name: str, wire: bytes, flags: list[str], when: dt.datetime | None
+        self,
+        server_name: str,
+        wire: bytes,
+        flags: list[str],
+        when: dt.datetime | None,
+        limit: int | None = None,
     ) -> str:
-        """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs)."""
+        """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs).
+        A message over `limit` (APPENDLIMIT, RFC 7889) is not sent: RefusedError, as
+        is one the server refuses for good (a NO without a "try later" code, Exchange's
+        BAD for one over its size limit)."""
         from imapclient.datetime_util import datetime_to_INTERNALDATE
 
+        too_big(len(wire), limit)
         client = self.client
         imap = client._imap
         mailbox = client._normalise_folder(server_name)
         date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
         imap.literal = wire
-        typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+        try:
+            typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+        except imaplib.IMAP4.error as error:  # a BAD (throttled: call() sees to it)
+            reason = size_refusal("BAD", _clean(error), len(wire))
+            if reason is None or isinstance(error, imaplib.IMAP4.abort):
+                raise
+            raise RefusedError(f"APPEND refused: {reason}", reason)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
+            check_answer(text)
             code = re.match(r"\[([A-Za-z0-9.-]+)", text)
             if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
                 reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
+                reason = size_refusal("NO", reason, len(wire)) or reason
                 raise RefusedError(f"APPEND refused: {reason}", reason)
             raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")
