@@ -20,6 +20,8 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import imaplib
 import logging
 import re
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailsync.errors import (
     AuthError,
+    ConfigError,
     ConnectError,
     FolderError,
     MailsyncError,
@@ -41,11 +44,19 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.sasl import SaslConversation, choose_mechanism
 from mailsync.stores.imap_wire import (
     MAX_UID,
     _client_class,
     _Malformed,
     _Oversized,
+)
+from mailsync.tokens import (
+    SASL_AUTH,
+    TokenRejected,
+    TokenSource,
+    login_with_token,
+    store_token_source,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +69,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync")
 protocol_log = logging.getLogger("mailsync.imap")
 
+#: What ``auth`` may say: "password" (LOGIN), an OAuth2 mechanism, or "auto" (OAuth2 when
+#: the store has a token source, else the password).
+AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
 # Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
 # "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
@@ -188,6 +202,22 @@ def _route_protocol_log() -> None:
         logger.setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
+class _SaslAnswers:
+    """imaplib's literal for AUTHENTICATE: a bound method (imaplib tells a callable
+    literal from bytes by that), which answers each continuation (base64) with the
+    conversation's response (base64)."""
+
+    def __init__(self, conversation: SaslConversation):
+        self.conversation = conversation
+
+    def answer(self, challenge: bytes) -> bytes:
+        try:
+            decoded = base64.b64decode(challenge or b"")
+        except (binascii.Error, ValueError):
+            decoded = challenge
+        return base64.b64encode(self.conversation(decoded))
+
+
 def _shutdown(client: IMAPClient | None) -> None:
     if client is None:
         return
@@ -204,9 +234,19 @@ class IMAPConnection:
     """A connection to the account at an imap:// or imaps:// URL, made on first use
     (`client`) and again after a drop.  Operations go through call()."""
 
-    def __init__(self, url: str, options: dict | None = None):
+    def __init__(self, url: str, options: dict | None = None, name: str | None = None):
         self.endpoint: Endpoint = parse_endpoint(url, options)
         self.url = self.endpoint.display
+        #: The store's name: its [store.NAME] (``mailsync login NAME``), else its URL.
+        self.name = name or self.url
+        self.auth = str(self.endpoint.options.pop("auth", "auto")).lower()
+        if self.auth not in AUTH_METHODS:
+            raise ConfigError(f"store {self.url}: auth must be one of {', '.join(AUTH_METHODS)}")
+        #: Where OAuth2 access tokens come from (token_command, oauth2 = ...), or None: a
+        #: password login.
+        self.tokens: TokenSource | None = store_token_source(
+            self.name, self.endpoint, self.auth, "imap"
+        )
         self._client: IMAPClient | None = None
         self._password: str | None = None
         self.capabilities: set[str] = set()
@@ -248,11 +288,14 @@ class IMAPConnection:
                     )
                 if not client.has_capability("STARTTLS"):
                     raise ConnectError(
-                        f"{ep.display} does not offer STARTTLS; refusing to send the password "
-                        "in clear (use imaps://, or tls=none if you really mean it)"
+                        f"{ep.display} does not offer STARTTLS; refusing to send the "
+                        f"{'OAuth2 token' if self.tokens else 'password'} in clear (use "
+                        "imaps://, or tls=none if you really mean it)"
                     )
                 client.starttls(context)
-            if client._imap.state == "NONAUTH":
+            if client._imap.state == "NONAUTH" and self.tokens is not None:
+                self._token_login(client, self.tokens)
+            elif client._imap.state == "NONAUTH":
                 if self._password is None:
                     self._password = _password_for(ep)
                 try:
@@ -318,6 +361,54 @@ class IMAPConnection:
                 "PLAIN can carry, and the server does not offer it"
             )
         client.plain_login(user, password)
+
+    def _token_login(self, client: IMAPClient, tokens: TokenSource) -> None:
+        """AUTHENTICATE with an OAuth2 token (XOAUTH2 or OAUTHBEARER: `auth`, or with
+        "auto" the one the server offers), through imaplib rather than imapclient's
+        oauth2_login so that the server's error challenge is read: a refused token is
+        renewed once (tokens.login_with_token), a second refusal is AuthError.  The
+        initial response goes with the command where the server offers SASL-IR (RFC
+        4959), saving a round trip.  Never called on a connection in clear unless
+        tls=none was asked for (_connect refuses a server without STARTTLS first)."""
+        ep = self.endpoint
+        offered = {_text(c).upper() for c in client.capabilities()}
+        mechanisms = [c[len("AUTH=") :] for c in offered if c.startswith("AUTH=")]
+        mechanism = choose_mechanism(mechanisms, self.auth if self.auth in SASL_AUTH else "auto")
+        if mechanism is None:
+            wanted = self.auth.upper() if self.auth in SASL_AUTH else "XOAUTH2 or OAUTHBEARER"
+            raise AuthError(
+                f"{ep.display}: the server does not offer {wanted} (AUTH=); it cannot take "
+                "an OAuth2 token" + ("" if self.auth == "auto" else '; try auth = "auto"')
+            )
+        imap = client._imap
+        initial_response = "SASL-IR" in offered
+
+        def attempt(token: str) -> None:
+            conversation = SaslConversation(mechanism, ep.user, token, ep.host, ep.port)
+            imap.literal = _SaslAnswers(conversation).answer
+            try:
+                if initial_response:
+                    conversation.challenges = 1  # the initial response went with the command
+                    tag = imap._command("AUTHENTICATE", mechanism, conversation.initial_base64)
+                else:
+                    tag = imap._command("AUTHENTICATE", mechanism)
+                typ, data = imap._command_complete("AUTHENTICATE", tag)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as error:  # BAD
+                raise TokenRejected(_clean(error), conversation.error)
+            finally:
+                imap.literal = None
+            if typ != "OK":
+                raise TokenRejected(_clean(data[-1] if data else typ), conversation.error)
+            imap.state = "AUTH"
+            client._cached_capabilities = None  # (what imapclient keeps from before login)
+
+        login_with_token(tokens, attempt, ep.display)
+        log.debug("%s: logged in with an OAuth2 token (%s)", ep.display, mechanism)
+
+    def password_endpoint(self) -> Endpoint | None:
+        return None if self.tokens is not None else self.endpoint
 
     def has(self, capability: str) -> bool:
         self.client  # noqa: B018  (connects)
