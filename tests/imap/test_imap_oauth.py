@@ -1,0 +1,81 @@
+"""OAuth2 logins against the scripted Microsoft 365 (fakem365.py): it offers XOAUTH2 only
+(with SASL-IR), answers a refused token with a bare NO, and ends a session whose token
+expired with ``* BYE Session invalidated - AccessTokenExpired``.  mailsync runs as a user
+runs it, with a token_command and auth = "auto"."""
+
+from __future__ import annotations
+
+from fakem365 import FakeM365
+from imaptools import run
+
+
+def mail(n: int) -> bytes:
+    return (
+        f"From: a@example.org\r\nSubject: {n}\r\nMessage-ID: <{n}@x>\r\n\r\nbody {n}\r\n".encode()
+    )
+
+
+def numbered_tokens(tmp_path) -> str:
+    """A token_command printing tok-1, tok-2, ... on its successive runs (URL-encoded,
+    for the store URL's query)."""
+    script = tmp_path / "token.sh"
+    count = tmp_path / "count"
+    script.write_text(
+        f"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; echo tok-$n\n"
+    )
+    return f"sh%20{script}"
+
+
+def local_bodies(root) -> list[bytes]:
+    return sorted(p.read_bytes() for p in (root / "INBOX").glob("*/*") if p.is_file())
+
+
+def test_a_pull_with_token_command_and_auth_auto_logs_in_with_xoauth2(mailenv, tmp_path):
+    with FakeM365({"INBOX": [mail(1), mail(2)]}, tokens={"tok-1"}) as server:
+        url = server.url("imap", f"tls=none&token_command={numbered_tokens(tmp_path)}")
+        assert "alice@corp.example@" in url  # the user has an @; the host is after the last
+        result = run("-vv", "pull", url, tmp_path / "Mail")
+        assert result.exit_code == 0, result.output
+        assert [(user, token) for _, user, token in server.logins] == [(server.user, "tok-1")]
+        # XOAUTH2 (all Exchange offers), the initial response with the command (SASL-IR).
+        logins = [line for line in server.commands() if line.startswith("AUTHENTICATE")]
+        assert logins and all(
+            line.split()[1] == "XOAUTH2" and len(line.split()) == 3 for line in logins
+        )
+        assert "LOGIN" not in " ".join(server.commands())
+    assert len(local_bodies(tmp_path / "Mail")) == 2
+    assert "tok-1" not in result.output
+
+
+def test_a_refused_token_is_exit_3_after_one_more_token(mailenv, tmp_path):
+    with FakeM365({"INBOX": [mail(1)]}, tokens={"tok-9"}) as server:
+        url = server.url("imap", f"tls=none&token_command={numbered_tokens(tmp_path)}")
+        result = run("pull", url, tmp_path / "Mail")
+        assert result.exit_code == 3, result.output
+        assert "refused a fresh OAuth2 token" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert server.logins == []
+        assert len([c for c in server.commands() if c.startswith("AUTHENTICATE")]) == 2
+    assert (tmp_path / "count").read_text().strip() == "2"  # one token, one renewal
+
+
+def test_a_session_ended_for_an_expired_token_reconnects_with_a_new_one(mailenv, tmp_path):
+    """Exchange ends a session whose token expired at its next command; the reconnect
+    logs in with a new token (token_command runs again) and the run completes."""
+    expired = []
+
+    def expire_at_select(server, number, command, args):
+        if command in ("SELECT", "EXAMINE") and not expired:
+            expired.append(number)
+            server.expire_token("tok-1")
+        return None
+
+    with FakeM365(
+        {"INBOX": [mail(1), mail(2)]}, tokens={"tok-1", "tok-2"}, fault=expire_at_select
+    ) as server:
+        url = server.url("imap", f"tls=none&token_command={numbered_tokens(tmp_path)}")
+        result = run("pull", "--jobs", "1", url, tmp_path / "Mail")
+        assert result.exit_code == 0, result.output
+        assert expired
+        assert [token for _, _, token in server.logins] == ["tok-1", "tok-2"]
+    assert len(local_bodies(tmp_path / "Mail")) == 2
