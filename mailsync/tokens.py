@@ -576,12 +576,13 @@ def token_source(
                 '"microsoft" or "custom"'
             )
         return None
-    texts = {}
+    texts: dict[str, str] = {}
+    lists: dict[str, list[str]] = {}  # scope and client_secret_command, given as lists
     for key, value in values.items():
         if key in ("scope", "client_secret_command") and isinstance(value, list):
             if not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key} must be a string or a list of strings")
-            texts[key] = value
+            lists[key] = value
         elif isinstance(value, str):
             texts[key] = value
         else:
@@ -609,9 +610,9 @@ def token_source(
         )
     if grant == oauth.AUTHORIZATION_CODE and not provider.authorize_url:
         raise ConfigError(f"{where}: grant = authorization_code needs authorize_url")
-    if "client_secret" in texts and "client_secret_command" in texts:
+    if "client_secret" in texts and "client_secret_command" in {*texts, *lists}:
         raise ConfigError(f"{where}: give client_secret or client_secret_command, not both")
-    scope = texts.get("scope")
+    scope = lists["scope"] if "scope" in lists else texts.get("scope")
     if scope is None:
         scopes = provider.app_scopes if grant == oauth.CLIENT_CREDENTIALS else provider.scopes
         if provider.name == "microsoft" and grant != oauth.CLIENT_CREDENTIALS and protocol:
@@ -634,7 +635,8 @@ def token_source(
         scopes=scopes,
         grant=grant,
         client_secret=texts.get("client_secret"),
-        client_secret_command=texts.get("client_secret_command"),
+        client_secret_command=lists.get("client_secret_command")
+        or texts.get("client_secret_command"),
         cafile=cafile,
         timeout=timeout,
     )
@@ -711,11 +713,12 @@ def login(
 
         tokens = oauth.device_login(client, show_code, sleep=sleep)
     else:
-        options = {}
-        if open_browser is not None:
-            options["open_browser"] = open_browser
         tokens = oauth.browser_login(
-            client, show, no_browser=no_browser, timeout=browser_timeout, **options
+            client,
+            show,
+            no_browser=no_browser,
+            timeout=browser_timeout,
+            open_browser=open_browser or oauth._default_open_browser,
         )
     if not tokens.refresh_token:
         raise AuthError(
