@@ -79,3 +79,22 @@ def test_a_session_ended_for_an_expired_token_reconnects_with_a_new_one(mailenv,
         assert expired
         assert [token for _, _, token in server.logins] == ["tok-1", "tok-2"]
     assert len(local_bodies(tmp_path / "Mail")) == 2
+
+
+class WithoutSaslIR(FakeM365):
+    """Exchange as an older server would be: no SASL-IR, so AUTHENTICATE XOAUTH2 alone,
+    the server's empty challenge ("+ "), then the initial response."""
+
+    def _caps(self, session) -> str:
+        return super()._caps(session).replace(" SASL-IR", "")
+
+
+def test_without_sasl_ir_the_initial_response_follows_the_empty_challenge(mailenv, tmp_path):
+    with WithoutSaslIR({"INBOX": [mail(1)]}, tokens={"tok-1"}) as server:
+        url = server.url("imap", f"tls=none&token_command={numbered_tokens(tmp_path)}")
+        result = run("pull", url, tmp_path / "Mail")
+        assert result.exit_code == 0, result.output
+        logins = [line.split() for line in server.commands() if line.startswith("AUTHENTICATE")]
+        assert logins == [["AUTHENTICATE", "XOAUTH2"]]
+        assert [token for _, _, token in server.logins] == ["tok-1"]
+    assert len(local_bodies(tmp_path / "Mail")) == 1

@@ -487,3 +487,19 @@ def test_the_well_known_urls_with_an_at_in_the_user_are_enough(mailenv, url, pro
     client = store.tokens.client
     assert client.provider.name == provider and list(client.scopes) == scopes
     assert client.user == store.endpoint.user
+
+
+def test_a_pop3_token_too_long_for_the_auth_line_follows_the_empty_challenge(
+    dovecot_oauth2_server, dovecot_oauth2_user, oauth_server, mailenv
+):
+    """RFC 5034 allows 255 octets for AUTH with its initial response; Microsoft's tokens
+    are longer, so the response goes on its own line after the server's "+ "."""
+    server, user = dovecot_oauth2_server, dovecot_oauth2_user
+    long_token = "x" * 400
+    config = write_config(mailenv, server, user, "pop3s", token_command=f"echo {long_token}")
+    before = len(introspected(oauth_server))
+    result = run(config, "-vv", "pull", STORE)
+    assert result.exit_code == 3, result.stderr
+    assert "pop3: > AUTH OAUTHBEARER\n" in result.stderr  # the mechanism alone
+    assert long_token not in result.stdout + result.stderr
+    assert introspected(oauth_server)[before:] == [long_token] * 2  # Dovecot read it whole
