@@ -98,3 +98,45 @@ def test_without_sasl_ir_the_initial_response_follows_the_empty_challenge(mailen
         assert logins == [["AUTHENTICATE", "XOAUTH2"]]
         assert [token for _, _, token in server.logins] == ["tok-1"]
     assert len(local_bodies(tmp_path / "Mail")) == 1
+
+
+def test_gmail_takes_oauthbearer_with_auth_auto_and_xoauth2_when_asked(mailenv, tmp_path):
+    """FakeGmail offers both mechanisms: auto picks OAUTHBEARER (the standard), auth =
+    xoauth2 insists on XOAUTH2; either way the password is never asked for."""
+    from fakegmail import FakeGmail
+
+    with FakeGmail(tokens={"tok-1", "tok-2"}) as gmail:
+        gmail.deliver(mail(1))
+        command = numbered_tokens(tmp_path)
+        auto = run(
+            "pull",
+            "--folders",
+            "INBOX",
+            gmail.url("imap", f"tls=none&token_command={command}"),
+            tmp_path / "A",
+        )
+        assert auto.exit_code == 0, auto.output
+        url = gmail.url("imap", f"tls=none&auth=xoauth2&token_command={command}")
+        chosen = run("pull", "--folders", "INBOX", url, tmp_path / "B")
+        assert chosen.exit_code == 0, chosen.output
+        assert [(mechanism, secret) for _, mechanism, _, secret in gmail.logins] == [
+            ("OAUTHBEARER", "tok-1"),
+            ("XOAUTH2", "tok-2"),
+        ]
+    assert len(local_bodies(tmp_path / "A")) == len(local_bodies(tmp_path / "B")) == 1
+
+
+def test_gmail_refusing_a_token_with_its_error_challenge_is_exit_3_without_a_hang(
+    mailenv, tmp_path
+):
+    from fakegmail import FakeGmail
+
+    with FakeGmail(tokens={"tok-9"}) as gmail:
+        url = gmail.url("imap", f"tls=none&auth=xoauth2&token_command={numbered_tokens(tmp_path)}")
+        result = run("pull", url, tmp_path / "Mail")
+        assert result.exit_code == 3, result.output
+        assert (
+            "(status 401, scope https://mail.google.com/)" in result.stderr
+        )  # the challenge, read
+        assert gmail.logins == []
+    assert (tmp_path / "count").read_text().strip() == "2"
