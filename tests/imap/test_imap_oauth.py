@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fakem365 import FakeM365
 from imaptools import run
+from servers.oauth import oauth_server as oauth_server_fixture  # noqa: F401  (a fixture)
 
 
 def mail(n: int) -> bytes:
@@ -140,3 +141,67 @@ def test_gmail_refusing_a_token_with_its_error_challenge_is_exit_3_without_a_han
         )  # the challenge, read
         assert gmail.logins == []
     assert (tmp_path / "count").read_text().strip() == "2"
+
+
+def test_a_reconnect_in_a_long_run_refreshes_the_expired_token_and_saves_the_rotation(
+    mailenv,
+    tmp_path,
+    oauth_server_fixture,  # noqa: F811  (the fixture imported above)
+):
+    """A saved sign-in (oauth2 = "custom", the tests' authorization server) whose access
+    token Exchange ends mid-run: the session gets AccessTokenExpired, the reconnect offers
+    the token it holds, gets a bare NO, refreshes once, logs in again, and the rotated
+    refresh token is saved."""
+    from mailsync.tokens import TokenStore
+
+    oauth_server = oauth_server_fixture
+    client = oauth_server.add_client()
+    access, refresh = oauth_server.issue("alice@corp.example", client)
+    token_dir = mailenv / "state" / "mailsync" / "tokens"
+    TokenStore("m365", str(token_dir), keyring=None).save(
+        {
+            "client_id": client.client_id,
+            "token_url": oauth_server.token_url,
+            "scope": "mail",
+            "refresh_token": refresh,
+            "access_token": access,
+            "expires_at": oauth_server.grants[access].expires_at,
+        }
+    )
+
+    class LiveTokens(set):
+        """What the authorization server says is live (and Exchange has not ended)."""
+
+        def __contains__(self, token):
+            return oauth_server.valid(token) is not None and not set.__contains__(self, token)
+
+    ended = []
+
+    def end_token_at_select(server, number, command, args):
+        if command in ("SELECT", "EXAMINE") and not ended:
+            ended.append(number)
+            oauth_server.expire(access)
+            server.expired_tokens.add(access)
+        return None
+
+    with FakeM365({"INBOX": [mail(1), mail(2)]}, fault=end_token_at_select) as server:
+        server.tokens = LiveTokens()
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[store.m365]\nurl = "{server.url("imap", "")}"\ntls = "none"\n'
+            f'oauth2 = "custom"\nclient_id = "{client.client_id}"\n'
+            f'token_url = "{oauth_server.token_url}"\nscope = "mail"\n'
+            f'device_url = "{oauth_server.device_url}"\n'
+            f'[store.backup]\nurl = "maildir:{tmp_path / "Mail"}"\n'
+            '[channel.m365]\nremote = "m365"\nlocal = "backup"\ndirection = "pull"\n'
+        )
+        result = run("--config", config, "pull", "--jobs", "1", "m365")
+        assert result.exit_code == 0, result.output
+        assert ended
+        tokens = [token for _, _, token in server.logins]
+    assert tokens[0] == access and len(tokens) == 2 and tokens[1] != access
+    assert len(oauth_server.grants_of("refresh_token")) >= 1
+    saved = TokenStore("m365", str(token_dir), keyring=None).load()
+    assert saved["access_token"] == tokens[1]
+    assert saved["refresh_token"] != refresh and oauth_server.valid(refresh) is None
+    assert len(local_bodies(tmp_path / "Mail")) == 2
