@@ -503,3 +503,17 @@ def test_a_pop3_token_too_long_for_the_auth_line_follows_the_empty_challenge(
     assert "pop3: > AUTH OAUTHBEARER\n" in result.stderr  # the mechanism alone
     assert long_token not in result.stdout + result.stderr
     assert introspected(oauth_server)[before:] == [long_token] * 2  # Dovecot read it whole
+
+
+def test_a_pop3_server_without_stls_gets_no_token(mailenv, tmp_path):
+    from fakepop import FakePOP3
+
+    marker = tmp_path / "ran"
+    command = f"sh%20-c%20'touch%20{marker};%20echo%20secret-token'"
+    with FakePOP3([message(1)]) as server:  # no STLS offered
+        url = f"pop3://alice@{server.host}:{server.port}?token_command={command}"
+        result = CliRunner().invoke(cli, ["pull", url, str(tmp_path / "Mail")], env={})
+        assert result.exit_code == 3, result.output
+        assert "does not offer STLS; refusing to send the OAuth2 token" in result.stderr
+        assert not any(c.upper().startswith("AUTH") for c in server.commands)
+    assert not marker.exists()
