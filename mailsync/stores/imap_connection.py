@@ -5,9 +5,12 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 
 * connect with TLS (implicit on imaps://, STARTTLS required on imap://) verifying the
   certificate and host name; a server without STARTTLS, or greeting PREAUTH before TLS,
-  is refused before the password is sent; ``tls=none`` only on request.  Every socket
-  operation has the endpoint's timeout; a dropped connection is reconnected (and the
-  folder selected again) once per operation; a refused login is final (AuthError);
+  is refused before the password or token is sent; ``tls=none`` only on request.  Every
+  socket operation has the endpoint's timeout; a dropped connection is reconnected (and
+  the folder selected again) once per operation; a refused login is final (AuthError);
+* the login is LOGIN with the password, or with a token source (tokens.py: token_command,
+  oauth2 = ...) AUTHENTICATE XOAUTH2 or OAUTHBEARER with an access token, a refused
+  token renewed once (_token_login); every reconnect asks the source for a valid token;
 * a hostile server stays bounded from the first byte read (imap_wire.py): every line
   and literal has a deadline that grows with the bytes that arrive (net.Pace), lines,
   literals and the untagged responses to one command have size limits (small ones
@@ -15,7 +18,7 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
   expanded, and body batches against what RFC822.SIZE announced; server text in errors
   and warnings has every password masked;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
-  there), LOGIN arguments and the password itself masked.
+  there), LOGIN and AUTHENTICATE arguments and the password or token itself masked.
 """
 
 from __future__ import annotations
