@@ -517,3 +517,11 @@ def test_a_pop3_server_without_stls_gets_no_token(mailenv, tmp_path):
         assert "does not offer STLS; refusing to send the OAuth2 token" in result.stderr
         assert not any(c.upper().startswith("AUTH") for c in server.commands)
     assert not marker.exists()
+
+
+def test_a_client_secret_in_a_url_is_refused_and_not_shown(mailenv, tmp_path):
+    url = "imaps://alice@imap.example.com?oauth2=google&client_id=x&client_secret=GOCSPX-s3cr3t"
+    result = CliRunner().invoke(cli, ["pull", "--json", url, str(tmp_path / "Mail")], env={})
+    assert result.exit_code == 2
+    assert "holds client_secret" in result.stderr
+    assert "GOCSPX-s3cr3t" not in result.stdout + result.stderr
