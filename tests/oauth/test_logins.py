@@ -525,3 +525,17 @@ def test_a_client_secret_in_a_url_is_refused_and_not_shown(mailenv, tmp_path):
     assert result.exit_code == 2
     assert "holds client_secret" in result.stderr
     assert "GOCSPX-s3cr3t" not in result.stdout + result.stderr
+
+
+def test_a_denied_device_login_is_exit_3_and_saves_nothing(
+    dovecot_oauth2_server, dovecot_oauth2_user, oauth_server, mailenv, token_dir
+):
+    server, user = dovecot_oauth2_server, dovecot_oauth2_user
+    client = oauth_server.add_client()
+    config = write_config(mailenv, server, user, "pop3s", **custom(oauth_server, client))
+    proc = login_process(config)
+    oauth_server.deny_device(read_until(proc, r"enter the code (\S+)").group(1))
+    status, out, err = finish(proc)
+    assert status == 3
+    assert len(err.strip().splitlines()) == 1 and err.startswith("mailsync: error: ")
+    assert not (Path(token_dir) / f"{STORE}.json").exists()
