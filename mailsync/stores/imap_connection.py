@@ -10,7 +10,7 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
   the folder selected again) once per operation; a refused login is final (AuthError);
 * the login is LOGIN with the password, or with a token source (tokens.py: token_command,
   oauth2 = ...) AUTHENTICATE XOAUTH2 or OAUTHBEARER with an access token, a refused
-  token renewed once (_token_login); every reconnect asks the source for a valid token;
+  token renewed once (imap_oauth.py); every reconnect asks the source for a valid token;
 * a hostile server stays bounded from the first byte read (imap_wire.py): every line
   and literal has a deadline that grows with the bytes that arrive (net.Pace), lines,
   literals and the untagged responses to one command have size limits (small ones
@@ -23,8 +23,6 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import imaplib
 import logging
 import re
@@ -47,20 +45,14 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
-from mailsync.sasl import SaslConversation, choose_mechanism
+from mailsync.stores.imap_oauth import token_login
 from mailsync.stores.imap_wire import (
     MAX_UID,
     _client_class,
     _Malformed,
     _Oversized,
 )
-from mailsync.tokens import (
-    SASL_AUTH,
-    TokenRejected,
-    TokenSource,
-    login_with_token,
-    store_token_source,
-)
+from mailsync.tokens import SASL_AUTH, TokenSource, store_token_source
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -205,22 +197,6 @@ def _route_protocol_log() -> None:
         logger.setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
-class _SaslAnswers:
-    """imaplib's literal for AUTHENTICATE: a bound method (imaplib tells a callable
-    literal from bytes by that), which answers each continuation (base64) with the
-    conversation's response (base64)."""
-
-    def __init__(self, conversation: SaslConversation):
-        self.conversation = conversation
-
-    def answer(self, challenge: bytes) -> bytes:
-        try:
-            decoded = base64.b64decode(challenge or b"")
-        except (binascii.Error, ValueError):
-            decoded = challenge
-        return base64.b64encode(self.conversation(decoded))
-
-
 def _shutdown(client: IMAPClient | None) -> None:
     if client is None:
         return
@@ -297,7 +273,7 @@ class IMAPConnection:
                     )
                 client.starttls(context)
             if client._imap.state == "NONAUTH" and self.tokens is not None:
-                self._token_login(client, self.tokens)
+                token_login(client, ep, self.auth, self.tokens)
             elif client._imap.state == "NONAUTH":
                 if self._password is None:
                     self._password = _password_for(ep)
@@ -364,51 +340,6 @@ class IMAPConnection:
                 "PLAIN can carry, and the server does not offer it"
             )
         client.plain_login(user, password)
-
-    def _token_login(self, client: IMAPClient, tokens: TokenSource) -> None:
-        """AUTHENTICATE with an OAuth2 token (XOAUTH2 or OAUTHBEARER: `auth`, or with
-        "auto" the one the server offers), through imaplib rather than imapclient's
-        oauth2_login so that the server's error challenge is read: a refused token is
-        renewed once (tokens.login_with_token), a second refusal is AuthError.  The
-        initial response goes with the command where the server offers SASL-IR (RFC
-        4959), saving a round trip.  Never called on a connection in clear unless
-        tls=none was asked for (_connect refuses a server without STARTTLS first)."""
-        ep = self.endpoint
-        offered = {_text(c).upper() for c in client.capabilities()}
-        mechanisms = [c[len("AUTH=") :] for c in offered if c.startswith("AUTH=")]
-        mechanism = choose_mechanism(mechanisms, self.auth if self.auth in SASL_AUTH else "auto")
-        if mechanism is None:
-            wanted = self.auth.upper() if self.auth in SASL_AUTH else "XOAUTH2 or OAUTHBEARER"
-            raise AuthError(
-                f"{ep.display}: the server does not offer {wanted} (AUTH=); it cannot take "
-                "an OAuth2 token" + ("" if self.auth == "auto" else '; try auth = "auto"')
-            )
-        imap = client._imap
-        initial_response = "SASL-IR" in offered
-
-        def attempt(token: str) -> None:
-            conversation = SaslConversation(mechanism, ep.user, token, ep.host, ep.port)
-            imap.literal = _SaslAnswers(conversation).answer
-            try:
-                if initial_response:
-                    conversation.challenges = 1  # the initial response went with the command
-                    tag = imap._command("AUTHENTICATE", mechanism, conversation.initial_base64)
-                else:
-                    tag = imap._command("AUTHENTICATE", mechanism)
-                typ, data = imap._command_complete("AUTHENTICATE", tag)
-            except imaplib.IMAP4.abort:
-                raise
-            except imaplib.IMAP4.error as error:  # BAD
-                raise TokenRejected(_clean(error), conversation.error)
-            finally:
-                imap.literal = None
-            if typ != "OK":
-                raise TokenRejected(_clean(data[-1] if data else typ), conversation.error)
-            imap.state = "AUTH"
-            client._cached_capabilities = None  # (what imapclient keeps from before login)
-
-        login_with_token(tokens, attempt, ep.display)
-        log.debug("%s: logged in with an OAuth2 token (%s)", ep.display, mechanism)
 
     def password_endpoint(self) -> Endpoint | None:
         return None if self.tokens is not None else self.endpoint
