@@ -246,6 +246,10 @@ def test_token_command_logs_in_and_login_has_nothing_to_do(
     assert result.exit_code == 0, result.stderr
     assert introspected(oauth_server)[-1] == access
     assert len(local_messages(mailenv / "Mail")) == 1
+    listing = run(config, "list", STORE)  # the other commands that connect log in too
+    assert listing.exit_code == 0 and listing.stdout.startswith("INBOX\t1\t"), listing.stderr
+    verified = run(config, "verify", STORE)
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
 
 
 # -- refresh, rotation, refusals -------------------------------------------------------------
