@@ -5,9 +5,12 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 
 * connect with TLS (implicit on imaps://, STARTTLS required on imap://) verifying the
   certificate and host name; a server without STARTTLS, or greeting PREAUTH before TLS,
-  is refused before the password is sent; ``tls=none`` only on request.  Every socket
-  operation has the endpoint's timeout; a dropped connection is reconnected (and the
-  folder selected again) once per operation; a refused login is final (AuthError);
+  is refused before the password or token is sent; ``tls=none`` only on request.  Every
+  socket operation has the endpoint's timeout; a dropped connection is reconnected (and
+  the folder selected again) once per operation; a refused login is final (AuthError);
+* the login is LOGIN with the password, or with a token source (tokens.py: token_command,
+  oauth2 = ...) AUTHENTICATE XOAUTH2 or OAUTHBEARER with an access token, a refused
+  token renewed once (imap_oauth.py); every reconnect asks the source for a valid token;
 * a hostile server stays bounded from the first byte read (imap_wire.py): every line
   and literal has a deadline that grows with the bytes that arrive (net.Pace), lines,
   literals and the untagged responses to one command have size limits (small ones
@@ -21,7 +24,7 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
   authenticated but not connected." with a few fresh logins; ``* BYE Session
   invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
-  there), LOGIN arguments and the password itself masked.
+  there), LOGIN and AUTHENTICATE arguments and the password or token itself masked.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailsync.errors import (
     AuthError,
+    ConfigError,
     ConnectError,
     FolderError,
     MailsyncError,
@@ -47,6 +51,7 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_oauth import token_login
 from mailsync.stores.imap_patience import (
     SESSION_INVALIDATED,
     NotConnected,
@@ -64,6 +69,7 @@ from mailsync.stores.imap_wire import (
     _Malformed,
     _Oversized,
 )
+from mailsync.tokens import SASL_AUTH, TokenSource, store_token_source
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -75,6 +81,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync")
 protocol_log = logging.getLogger("mailsync.imap")
 
+#: What ``auth`` may say: "password" (LOGIN), an OAuth2 mechanism, or "auto" (OAuth2 when
+#: the store has a token source, else the password).
+AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
 # Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
 # "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
@@ -221,9 +230,19 @@ class IMAPConnection:
     """A connection to the account at an imap:// or imaps:// URL, made on first use
     (`client`) and again after a drop.  Operations go through call()."""
 
-    def __init__(self, url: str, options: dict | None = None):
+    def __init__(self, url: str, options: dict | None = None, name: str | None = None):
         self.endpoint: Endpoint = parse_endpoint(url, options)
         self.url = self.endpoint.display
+        #: The store's name: its [store.NAME] (``mailsync login NAME``), else its URL.
+        self.name = name or self.url
+        self.auth = str(self.endpoint.options.pop("auth", "auto")).lower()
+        if self.auth not in AUTH_METHODS:
+            raise ConfigError(f"store {self.url}: auth must be one of {', '.join(AUTH_METHODS)}")
+        #: Where OAuth2 access tokens come from (token_command, oauth2 = ...), or None: a
+        #: password login.
+        self.tokens: TokenSource | None = store_token_source(
+            self.name, self.endpoint, self.auth, "imap"
+        )
         self._client: IMAPClient | None = None
         self._password: str | None = None
         self.capabilities: set[str] = set()
@@ -270,11 +289,14 @@ class IMAPConnection:
                     )
                 if not client.has_capability("STARTTLS"):
                     raise ConnectError(
-                        f"{ep.display} does not offer STARTTLS; refusing to send the password "
-                        "in clear (use imaps://, or tls=none if you really mean it)"
+                        f"{ep.display} does not offer STARTTLS; refusing to send the "
+                        f"{'OAuth2 token' if self.tokens else 'password'} in clear (use "
+                        "imaps://, or tls=none if you really mean it)"
                     )
                 client.starttls(context)
-            if client._imap.state == "NONAUTH":
+            if client._imap.state == "NONAUTH" and self.tokens is not None:
+                token_login(client, ep, self.auth, self.tokens)
+            elif client._imap.state == "NONAUTH":
                 if self._password is None:
                     self._password = _password_for(ep)
                 try:
@@ -346,6 +368,9 @@ class IMAPConnection:
 
     def append_limit(self) -> int | bool | None:
         return append_limit(self.capabilities if self.client else set())  # (connects)
+
+    def password_endpoint(self) -> Endpoint | None:
+        return None if self.tokens is not None else self.endpoint
 
     def has(self, capability: str) -> bool:
         self.client  # noqa: B018  (connects)
