@@ -54,9 +54,9 @@ from mailsync.message import (
     tolerant_fingerprint,
 )
 from mailsync.stores.base import Folder
-from mailsync.stores.imap_connection import _text, _uid_ranges
+from mailsync.stores.imap_connection import _text
 from mailsync.stores.imap_patience import ThrottledFolder
-from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
+from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized, _uid_ranges
 
 if TYPE_CHECKING:
     from mailsync.stores.imap import IMAPStore
