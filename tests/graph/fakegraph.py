@@ -111,7 +111,10 @@ api/message-delta.md, api/event-delta.md, api/contact-delta.md)
   masters (GET ``events/{seriesMasterId}`` gives the master with its recurrence;
   ``calendars/{id}/events`` lists singles and masters).  Times come back in UTC unless
   ``Prefer: outlook.timezone="Zone"`` (event.md); ``originalStartTimeZone`` /
-  ``originalEndTimeZone`` keep the zone the event was made in.
+  ``originalEndTimeZone`` keep the zone the event was made in.  All-day events are not
+  converted: they come back as midnight to midnight in the zone they were made in, and a
+  window catches them by that zone's midnights (Microsoft Q&A 1382503 and 970643; the
+  UTC default is event.md's "start ... By default, the start time is in UTC").
 
 Calendars and contacts
 ----------------------
@@ -1036,8 +1039,6 @@ class FakeGraph:
         if day is not None:
             shift = datetime.combine(day, s.time()) - s
             s, e = s + shift, e + shift
-        if data.get("isAllDay"):
-            return s.replace(tzinfo=UTC), e.replace(tzinfo=UTC)
         end_zone = _zone(data["end"].get("timeZone") or data["start"]["timeZone"])
         return s.replace(tzinfo=zone).astimezone(UTC), e.replace(tzinfo=end_zone).astimezone(UTC)
 
@@ -1133,12 +1134,14 @@ class FakeGraph:
         out_zone = _zone(tz)
         for name in ("start", "end"):
             local = _parse_local(data[name]["dateTime"])
+            zone_name = data[name].get("timeZone") or original_zone
             if data.get("isAllDay"):
-                value = local
-            else:
-                zone = _zone(data[name].get("timeZone") or original_zone)
-                value = local.replace(tzinfo=zone).astimezone(out_zone).replace(tzinfo=None)
-            data[name] = {"dateTime": _fmt_local(value), "timeZone": tz}
+                # All-day events are not converted: midnight to midnight in the zone they were
+                # made in, whatever outlook.timezone asks (Microsoft Q&A 1382503).
+                data[name] = {"dateTime": _fmt_local(local), "timeZone": zone_name}
+                continue
+            value = local.replace(tzinfo=_zone(zone_name)).astimezone(out_zone)
+            data[name] = {"dateTime": _fmt_local(value.replace(tzinfo=None)), "timeZone": tz}
         event_id = ev.id if day is None else self._occurrence_id(ev, day)
         out = {
             "@odata.type": "#microsoft.graph.event",
@@ -1171,11 +1174,7 @@ class FakeGraph:
             out["seriesMasterId"] = ev.id
             out["recurrence"] = None
             start_local = datetime.combine(day, _parse_local(ev.data["start"]["dateTime"]).time())
-            out["originalStart"] = _iso(
-                start_local.replace(tzinfo=_zone(original_zone))
-                if not ev.data.get("isAllDay")
-                else start_local.replace(tzinfo=UTC)
-            )
+            out["originalStart"] = _iso(start_local.replace(tzinfo=_zone(original_zone)))
         return out
 
     def _contact_json(self, c: _Contact) -> dict:

@@ -768,3 +768,32 @@ def test_request_log_and_error_shape(fake_graph):
         200,
     )
     assert last.prefer == "odata.maxpagesize=3"
+
+
+def test_all_day_events_stay_in_the_zone_they_were_made_in(fake_graph):
+    pacific = Graph(fake_graph, prefer='outlook.timezone="Pacific Standard Time"')
+    tokyo = "Tokyo Standard Time"
+    allday = fake_graph.add_event(
+        None,
+        {
+            "subject": "Tenno",
+            "isAllDay": True,
+            "start": {"dateTime": "2026-12-23T00:00:00.0000000", "timeZone": tokyo},
+            "end": {"dateTime": "2026-12-24T00:00:00.0000000", "timeZone": tokyo},
+        },
+    )
+    timed = fake_graph.add_event(
+        None,
+        {"subject": "Call", "start": berlin("2026-12-23", "18"), "end": berlin("2026-12-23", "19")},
+    )
+    got = {e["id"]: e for e in pacific.round(f"/me/calendarView/delta?{WINDOW}")[0]}
+    assert got[allday]["start"] == {"dateTime": "2026-12-23T00:00:00.0000000", "timeZone": tokyo}
+    assert got[timed]["start"] == {
+        "dateTime": "2026-12-23T09:00:00.0000000",
+        "timeZone": "Pacific Standard Time",
+    }
+    # Tokyo's 23 December ends at 15:00 UTC.
+    before = "startDateTime=2026-12-23T14:00:00Z&endDateTime=2026-12-23T15:00:00Z"
+    after = "startDateTime=2026-12-23T15:00:00Z&endDateTime=2026-12-23T16:00:00Z"
+    assert [e["id"] for e in pacific.round(f"/me/calendarView/delta?{before}")[0]] == [allday]
+    assert pacific.round(f"/me/calendarView/delta?{after}")[0] == []
