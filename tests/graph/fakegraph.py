@@ -128,31 +128,52 @@ numbered ranges.  An occurrence is ``type: occurrence`` with ``seriesMasterId`` 
 ``originalStart``; ``modify_occurrence`` makes it an ``exception``; ``cancel_occurrence``
 removes it from the view.
 
+Folder hierarchy and batching
+-----------------------------
+``GET mailFolders/delta`` (mailfolder-delta.md) follows the same rules over every folder below
+msgfolderroot (hidden ones included, as isHidden says what they are): new, renamed and moved
+folders in full, deleted ones as ``@removed``.  ``POST /v1.0/$batch`` (json-batching.md): see
+``FakeGraph._batch``.
+
 Test API
 --------
-``FakeGraph(user="alice@example.org", *, ssl_context=None, max_page_size=1000)``;
-``start()``/``stop()`` or ``with``.  ``url`` (``http://127.0.0.1:PORT``), ``base`` (``url +
-"/v1.0"``), ``user``, ``user_id``.  Tokens: ``add_token(token=None, *, lifetime=3600, app=False)
--> token``, ``expire_token(token)``.  Mail: ``folder_id(path)`` (well-known name then display
-names: ``"inbox/Sub"``), ``add_folder(parent_path, name, hidden=False) -> id``,
+Server: ``FakeGraph(user="alice@example.org", *, ssl_context=None, max_page_size=1000)``;
+``start()``/``stop()`` or ``with``; ``url`` (``http://127.0.0.1:PORT``), ``base`` (``url`` +
+``/v1.0``), ``user``, ``user_id``.  The fixtures (conftest.py) add ``token`` (a delegated
+token) and, over HTTPS, ``cafile``.
+
+Tokens: ``add_token(token=None, *, lifetime=3600, app=False) -> token`` (``app``: a
+client-credentials token), ``expire_token(token)``.
+
+Mail (``path``: a well-known name then display names, ``"inbox/Sub"``; ``key``: either id of
+a message): ``folder_id(path)``, ``add_folder(parent_path, name, hidden=False) -> id``,
 ``rename_folder(path, name)``, ``delete_folder(path)``, ``add_message(folder_path, mime, *,
 is_read=False, flag="notFlagged", categories=(), received=None, is_draft=False,
-last_verb=None) -> immutable id``, ``update_message(key, **changes)`` (is_read, flag,
-categories, last_verb), ``move_message(key, folder_path)``, ``delete_message(key, hard=False)``,
+last_verb=None) -> immutable id`` (delivers as mail flow does: not a draft),
+``update_message(key, *, is_read, flag, categories, last_verb)``, ``move_message(key,
+folder_path) -> new id``, ``delete_message(key, hard=False)`` (soft: to Recoverable Items),
 ``message(key) -> dict`` (immutable_id, id, folder_id, mime, is_read, flag, categories,
-is_draft, change_key, extended), ``messages(folder_path) -> [dict]``; ``key`` is either id.
-Calendars: ``calendar_id(name=None)``, ``add_calendar(name) -> id``, ``add_event(calendar,
-event) -> id``, ``update_event(id, **fields)``, ``delete_event(id)``, ``modify_occurrence(
-master_id, date, **fields) -> id``, ``cancel_occurrence(master_id, date)``, ``instances(
-master_id, start, end) -> [dict]``.  Contacts: ``contact_folder_id(name=None)``,
-``add_contact_folder(name, parent=None) -> id``, ``add_contact(folder, contact) -> id``,
-``update_contact(id, **fields)``, ``delete_contact(id)``.  Faults: ``throttle(n=1, *,
-status=429, retry_after=1, match=None, method=None)`` (the next n authenticated requests whose
-path contains ``match``), ``hold()``/``release()`` (authenticated requests wait before being
-served; ``in_flight`` counts them), ``invalidate_delta_tokens(code="syncStateNotFound")``,
-``delta_token_limit``, ``removed_reason``, ``concurrency_limit`` (4).  Records: ``requests``
-(``Request(method, path, query, status, prefer)``, every request, in arrival order),
-``value_downloads`` (Counter by immutable id), ``sent_delta_pages``.
+is_draft, change_key, extended), ``messages(folder_path) -> [dict]``.
+
+Calendars (``calendar``: an id, a name or None for the default one): ``calendar_id(name=None)``,
+``add_calendar(name) -> id``, ``add_event(calendar, event_json) -> id``, ``update_event(id,
+**fields)``, ``delete_event(id)``, ``modify_occurrence(master_id, date, **fields) -> id``,
+``cancel_occurrence(master_id, date)``, ``instances(master_id, start, end) -> [event_json]``.
+
+Contacts: ``contact_folder_id(name=None)``, ``add_contact_folder(name, parent=None) -> id``,
+``add_contact(folder, contact_json) -> id``, ``update_contact(id, **fields)``,
+``delete_contact(id)``.
+
+Faults: ``throttle(n=1, *, status=429, retry_after=1, match=None, method=None)`` (the next n
+authenticated requests, or $batch steps, whose path contains ``match``); ``hold(match=None)`` /
+``release()`` (authenticated requests, or those whose path contains ``match``, wait before
+being served, counted in ``in_flight``); ``invalidate_delta_tokens(code="syncStateNotFound")``;
+attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"),
+``concurrency_limit`` (4), ``max_page_size``.
+
+Records: ``requests`` (``Request(method, path, query, status, prefer, batch)`` for every
+request and every $batch step, logged before the answer is sent), ``value_downloads``
+(Counter of successful ``$value`` downloads by immutable id), ``sent_delta_pages``.
 """
 
 from __future__ import annotations
@@ -228,6 +249,7 @@ class Request(NamedTuple):
     query: dict
     status: int
     prefer: str
+    batch: bool = False  # a step of a $batch request (the $batch POST is logged too)
 
 
 class GraphError(Exception):
@@ -446,6 +468,7 @@ class _MailFolder:
     parent_id: str | None
     well_known: str | None = None
     hidden: bool = False
+    version: int = 0  # bumped by a rename or a move: what mailFolders/delta compares
 
 
 @dataclass
@@ -556,6 +579,7 @@ class FakeGraph:
         self._lock = threading.RLock()
         self._gate = threading.Event()
         self._gate.set()
+        self._hold_match: str | None = None
         self._tokens: dict[str, tuple[float, bool]] = {}
         self._throttles: list[_Throttle] = []
         self._epoch = 0
@@ -685,8 +709,10 @@ class FakeGraph:
         with self._lock:
             self._throttles.append(_Throttle(n, status, retry_after, match, method))
 
-    def hold(self) -> None:
-        """Authenticated requests wait (counted in ``in_flight``) until ``release()``."""
+    def hold(self, match: str | None = None) -> None:
+        """Authenticated requests (whose path contains ``match``, if given) wait, counted in
+        ``in_flight``, until ``release()``."""
+        self._hold_match = match
         self._gate.clear()
 
     def release(self) -> None:
@@ -728,7 +754,8 @@ class FakeGraph:
 
     def rename_folder(self, path: str, name: str) -> None:
         with self._lock:
-            self._mail_path(path).name = name
+            folder = self._mail_path(path)
+            folder.name, folder.version = name, folder.version + 1
 
     def delete_folder(self, path: str) -> None:
         with self._lock:
@@ -1307,7 +1334,8 @@ class FakeGraph:
                 raise GraphError(
                     throttle.status, code, text, {"Retry-After": str(throttle.retry_after)}
                 )
-            self._gate.wait()
+            if self._hold_match is None or self._hold_match in split.path:
+                self._gate.wait()
             content_type = h.headers.get("Content-Type") or ""
             ctx = _Ctx(method, split.path, query, prefer, body, content_type, app)
             with self._lock:
@@ -1335,6 +1363,8 @@ class FakeGraph:
         if not segs or segs[0] != "v1.0":
             raise GraphError(400, "BadRequest", f"Invalid version: {segs[0] if segs else ''}")
         segs = segs[1:]
+        if segs == ["$batch"] and ctx.method == "POST" and not ctx.in_batch:
+            return self._encode(self._batch(ctx))
         if segs and segs[0].lower() == "me":
             if ctx.app:
                 raise GraphError(
@@ -1364,7 +1394,11 @@ class FakeGraph:
             and names[2] == "childfolders"
         ):
             segs, names = [segs[0], *segs[3:]], [names[0], *names[3:]]
-        result = self._dispatch(ctx, segs, names)
+        return self._encode(self._dispatch(ctx, segs, names))
+
+    @staticmethod
+    def _encode(result: tuple) -> tuple[int, bytes, dict]:
+        """(status, JSON object or bytes[, headers]) -> (status, bytes, headers)."""
         status, payload = result[0], result[1]
         headers = result[2] if len(result) > 2 else {}
         if isinstance(payload, (dict, list)):
@@ -1374,6 +1408,8 @@ class FakeGraph:
     def _dispatch(self, ctx: _Ctx, segs: list[str], names: list[str]) -> tuple:
         m = ctx.method
         n = len(names)
+        if names == ["mailfolders", "delta"] and m == "GET":
+            return self._delta(ctx, "mailFolders", self._well_known["msgfolderroot"])
         if names[:1] == ["mailfolders"]:
             if n == 1:
                 root = self._well_known["msgfolderroot"]
@@ -1400,6 +1436,7 @@ class FakeGraph:
                                 "A folder with the specified name already exists.",
                             )
                         folder.name = data["displayName"]
+                        folder.version += 1
                     return 200, self._folder_json(folder)
                 if m == "DELETE":
                     self._remove_folder(folder)
@@ -1430,6 +1467,7 @@ class FakeGraph:
                         409, "ErrorFolderExists", "A folder with the specified name already exists."
                     )
                 folder.parent_id = dest.id
+                folder.version += 1
                 return 201, self._folder_json(folder)
             if n >= 3 and names[2] == "messages":
                 if n == 3:
@@ -1720,12 +1758,118 @@ class FakeGraph:
             return 200, self._contact_json(contact)
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segs[-1]}'.")
 
+    # ---------------------------------------------------------------- $batch
+
+    def _batch(self, ctx: _Ctx) -> tuple:
+        """JSON batching (concepts/json-batching.md): at most 20 steps with unique ids (else
+        400); ``dependsOn`` runs steps in order and fails the dependants of a failed step with
+        424; each step is checked against the throttling rules on its own (429 in its
+        response).  Graph "dispatches up to four individual requests from a batch to the
+        Outlook service simultaneously" (Microsoft Q&A 1660054): steps of a batch without
+        dependsOn occupy up to four mailbox slots at a time, so a batch sent while other
+        requests are in flight gets 429 MailboxConcurrency for the steps over the limit.
+        A non-JSON response body (``$value``) is base64 (standard alphabet) in the step's
+        ``body``, as OData JSON batching carries binary bodies (fake's choice of alphabet: a
+        client should accept both)."""
+        steps = ctx.json().get("requests")
+        if not isinstance(steps, list) or not steps or not all(isinstance(r, dict) for r in steps):
+            raise GraphError(400, "BadRequest", "Invalid batch payload format.")
+        if len(steps) > 20:
+            raise GraphError(
+                400, "BadRequest", "Number of batch request steps exceeds the maximum of 20."
+            )
+        ids = [str(r.get("id", "")) for r in steps]
+        if "" in ids or len({i.lower() for i in ids}) != len(ids):
+            raise GraphError(400, "BadRequest", "Batch request ids must be present and unique.")
+        sequential = any(r.get("dependsOn") for r in steps)
+        width = 1 if sequential else 4
+        statuses: dict[str, int] = {}
+        responses = []
+        self.in_flight -= 1  # the $batch POST itself is not a request to the mailbox
+        try:
+            for first in range(0, len(steps), width):
+                group = steps[first : first + width]
+                base = self.in_flight
+                self.in_flight += len(group)
+                try:
+                    for position, step in enumerate(group):
+                        over = base + position + 1 > self.concurrency_limit
+                        responses.append(self._batch_step(ctx, step, over, statuses))
+                finally:
+                    self.in_flight -= len(group)
+        finally:
+            self.in_flight += 1
+        return 200, {"responses": responses}
+
+    def _batch_step(self, ctx: _Ctx, step: dict, over: bool, statuses: dict) -> dict:
+        step_id = str(step["id"])
+        method = str(step.get("method") or "").upper()
+        url = str(step.get("url") or "")
+        headers = {str(k).lower(): str(v) for k, v in (step.get("headers") or {}).items()}
+        split = urlsplit(url if url.startswith("/") else "/" + url)
+        path = "/v1.0" + split.path
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        try:
+            if split.scheme or split.netloc:
+                raise GraphError(400, "BadRequest", "A batch step's url must be relative.")
+            if any(statuses.get(str(d), 424) >= 400 for d in step.get("dependsOn") or []):
+                raise GraphError(424, "FailedDependency", "A request this one depends on failed.")
+            if over:
+                raise GraphError(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": "1"},
+                )
+            throttle = self._take_throttle(method, path)
+            if throttle is not None:
+                code = "ApplicationThrottled" if throttle.status == 429 else "serviceNotAvailable"
+                raise GraphError(
+                    throttle.status, code, "Throttled.", {"Retry-After": str(throttle.retry_after)}
+                )
+            body = step.get("body")
+            if body is not None and "content-type" not in headers:
+                raise GraphError(400, "BadRequest", "A step with a body needs a Content-Type.")
+            raw = (
+                b""
+                if body is None
+                else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+            )
+            sub = _Ctx(
+                method,
+                path,
+                query,
+                headers.get("prefer", ""),
+                raw,
+                headers.get("content-type", ""),
+                ctx.app,
+                in_batch=True,
+            )
+            status, payload, out_headers = self._route(sub)
+        except GraphError as err:
+            status = err.status
+            payload = self._error_body(err.code, err.message, str(uuid.uuid4()), step_id)
+            out_headers = {"Content-Type": "application/json", **err.headers}
+        statuses[step_id] = status
+        self.requests.append(Request(method, path, query, status, headers.get("prefer", ""), True))
+        response: dict = {"id": step_id, "status": status, "headers": out_headers}
+        if payload:
+            if out_headers.get("Content-Type", "").startswith("application/json"):
+                response["body"] = json.loads(payload)
+            else:
+                response["body"] = base64.b64encode(payload).decode()
+        return response
+
     # ---------------------------------------------------------------- delta
 
     def _current(self, kind: str, collection: str, ctx: _Ctx, params: dict) -> dict:
         """key -> (client id, changeKey, rendered object) of what the collection holds now."""
         out: dict = {}
-        if kind == "messages":
+        if kind == "mailFolders":
+            for folder_id in self._subtree(collection)[1:]:
+                folder = self._mail_folders[folder_id]
+                out[folder_id] = (folder_id, str(folder.version), self._folder_json(folder))
+        elif kind == "messages":
             select, expand = params.get("select"), params.get("expand")
             for msg in self._messages.values():
                 if msg.folder_id == collection:
@@ -1911,6 +2055,7 @@ class _Ctx:
     content_type: str
     app: bool
     owner: str = "me"
+    in_batch: bool = False
 
     def json(self) -> dict:
         try:

@@ -797,3 +797,92 @@ def test_all_day_events_stay_in_the_zone_they_were_made_in(fake_graph):
     after = "startDateTime=2026-12-23T15:00:00Z&endDateTime=2026-12-23T16:00:00Z"
     assert [e["id"] for e in pacific.round(f"/me/calendarView/delta?{before}")[0]] == [allday]
     assert pacific.round(f"/me/calendarView/delta?{after}")[0] == []
+
+
+def test_mail_folder_delta_reports_new_renamed_moved_and_deleted_folders(fake_graph):
+    graph = Graph(fake_graph)
+    work = fake_graph.add_folder("inbox", "Work")
+    items, delta_link, _ = graph.round("/me/mailFolders/delta")
+    names = {f["displayName"]: f for f in items}
+    assert names["Work"]["parentFolderId"] == fake_graph.folder_id("inbox")
+    assert {"Inbox", "Archive", "Deleted Items"} <= set(names)
+    assert "Deletions" not in names and "Top of Information Store" not in names
+    fake_graph.rename_folder("inbox/Work", "Job")
+    old = fake_graph.add_folder("archive", "Old")
+    items, delta_link, _ = graph.round(delta_link)
+    assert {f["id"]: f["displayName"] for f in items} == {work: "Job", old: "Old"}
+    fake_graph.delete_folder("archive/Old")
+    graph.ok("post", f"/me/mailFolders/{work}/move", json={"destinationId": "archive"})
+    items, _, _ = graph.round(delta_link)
+    assert {f["id"]: "@removed" in f for f in items} == {work: False, old: True}
+
+
+def test_batch_runs_steps_and_base64s_mime(fake_graph):
+    graph = Graph(fake_graph)
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    steps = [
+        {"id": str(n), "method": "GET", "url": f"/me/messages/{k}/$value"}
+        for n, k in enumerate(keys)
+    ]
+    steps.append(
+        {
+            "id": "flag",
+            "method": "PATCH",
+            "url": f"/me/messages/{keys[0]}",
+            "headers": {"Content-Type": "application/json"},
+            "body": {"isRead": True},
+        }
+    )
+    steps.append(
+        {"id": "folder", "method": "GET", "url": "me/mailFolders/inbox?$select=displayName"}
+    )
+    answer = graph.ok("post", "/$batch", json={"requests": steps})
+    by_id = {r["id"]: r for r in answer["responses"]}
+    for n, key in enumerate(keys):
+        assert by_id[str(n)]["status"] == 200
+        assert base64.b64decode(by_id[str(n)]["body"]) == mime(n)
+        assert fake_graph.value_downloads[key] == 1
+    assert by_id["flag"]["status"] == 200 and fake_graph.message(keys[0])["is_read"] is True
+    assert by_id["folder"]["body"]["displayName"] == "Inbox"
+    assert sum(1 for r in fake_graph.requests if r.batch) == 5
+    too_many = [{"id": str(n), "method": "GET", "url": "/me/mailFolders/inbox"} for n in range(21)]
+    assert graph.post("/$batch", json={"requests": too_many}).status_code == 400
+    twice = [{"id": "a", "method": "GET", "url": "/me/mailFolders"}] * 2
+    assert graph.post("/$batch", json={"requests": twice}).status_code == 400
+
+
+def test_batch_steps_over_four_at_once_or_after_a_failure_do_not_run(fake_graph):
+    graph = Graph(fake_graph)
+    key = fake_graph.add_message("inbox", MIME)
+    five = [{"id": str(n), "method": "GET", "url": f"/me/messages/{key}/$value"} for n in range(5)]
+    statuses = sorted(
+        r["status"] for r in graph.ok("post", "/$batch", json={"requests": five})["responses"]
+    )
+    assert statuses == [200] * 5  # four at a time, in two rounds
+    fake_graph.hold(match="/mailFolders/inbox")
+    holder = threading.Thread(target=lambda: Graph(fake_graph).get("/me/mailFolders/inbox"))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while fake_graph.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_graph.in_flight == 1
+        four = five[:4]
+        answer = graph.ok("post", "/$batch", json={"requests": four})["responses"]
+        statuses = sorted(r["status"] for r in answer)
+        assert statuses == [200, 200, 200, 429]
+        [throttled] = [r for r in answer if r["status"] == 429]
+        assert throttled["headers"]["Retry-After"] == "1"
+        assert throttled["body"]["error"]["code"] == "ApplicationThrottled"
+    finally:
+        fake_graph.release()
+        holder.join()
+    chain = [
+        {"id": "1", "method": "GET", "url": "/me/messages/AAMkAGnothing/$value"},
+        {"id": "2", "dependsOn": ["1"], "method": "GET", "url": f"/me/messages/{key}/$value"},
+    ]
+    by_id = {
+        r["id"]: r["status"]
+        for r in graph.ok("post", "/$batch", json={"requests": chain})["responses"]
+    }
+    assert by_id == {"1": 400, "2": 424}
