@@ -118,15 +118,17 @@ api/message-delta.md, api/event-delta.md, api/contact-delta.md)
 
 Calendars and contacts
 ----------------------
-``GET calendars``, ``calendar``, ``calendars/{id}``; ``contactFolders`` (children of the
-default Contacts folder, contactfolder-list.md), ``contactFolders/{id}``, ``.../childFolders``,
-``.../contacts``, ``contacts`` (default folder), ``contacts/{id}``.  Events and contacts are
-given by the test as Graph JSON and returned with the server's id, changeKey, @odata.etag,
-createdDateTime and lastModifiedDateTime.  Recurrence (patternedrecurrence.md): daily, weekly,
-absoluteMonthly, relativeMonthly, absoluteYearly, relativeYearly patterns; endDate, noEnd and
-numbered ranges.  An occurrence is ``type: occurrence`` with ``seriesMasterId`` and
-``originalStart``; ``modify_occurrence`` makes it an ``exception``; ``cancel_occurrence``
-removes it from the view.
+``GET calendars``, ``calendar``, ``calendars/{id}``, ``calendars/{id}/events`` (single events
+and series masters), ``events/{id}`` (an occurrence id works too), ``events/{id}/instances`` and
+``calendarView`` (both with ``startDateTime``/``endDateTime``, paged); ``contactFolders``
+(children of the default Contacts folder, contactfolder-list.md), ``contactFolders/{id}``,
+``.../childFolders``, ``.../contacts``, ``contacts`` (default folder), ``contacts/{id}``. Events
+and contacts are given by the test as Graph JSON and returned with the server's id, changeKey,
+@odata.etag, createdDateTime and lastModifiedDateTime. Recurrence (patternedrecurrence.md):
+daily, weekly, absoluteMonthly, relativeMonthly, absoluteYearly, relativeYearly patterns;
+endDate, noEnd and numbered ranges. An occurrence is ``type: occurrence`` with
+``seriesMasterId`` and ``originalStart``; ``modify_occurrence`` makes it an ``exception``;
+``cancel_occurrence`` removes it from the view.
 
 Folder hierarchy and batching
 -----------------------------
@@ -589,7 +591,7 @@ class FakeGraph:
         self._well_known: dict[str, str] = {}
         self._messages: dict[str, _Message] = {}  # by immutable id
         self._message_ids: dict[str, str] = {}  # current regular id -> immutable id
-        self._retired_ids: set[str] = set()
+        self._evicted_tokens: dict[str, str] = {}  # token -> the initial delta URL
         self._calendars: dict[str, _Calendar] = {}
         self._events: dict[str, _Event] = {}
         self._contact_folders: dict[str, _ContactFolder] = {}
@@ -1010,7 +1012,6 @@ class FakeGraph:
             return
         # A regular id names an item in a folder: a move makes a new one (outlook-immutable-id.md).
         del self._message_ids[message.id]
-        self._retired_ids.add(message.id)
         message.id = self._new_id("AAMkAG")
         self._message_ids[message.id] = message.immutable_id
         message.folder_id = folder_id
@@ -1019,7 +1020,6 @@ class FakeGraph:
     def _purge(self, message: _Message) -> None:
         del self._messages[message.immutable_id]
         del self._message_ids[message.id]
-        self._retired_ids.add(message.id)
 
     def _copy(self, message: _Message, folder_id: str) -> _Message:
         new = self._new_message(
@@ -1502,6 +1502,11 @@ class FakeGraph:
             return self._delta(ctx, "events", cal.id)
         if names[:1] == ["events"] and n == 2 and m == "GET":
             return 200, self._get_event(ctx, segs[1])
+        if names[:1] == ["events"] and n == 3 and names[2] == "instances" and m == "GET":
+            return 200, self._event_instances(ctx, segs[1])
+        if names == ["calendarview"] and m == "GET":
+            cal = next(c for c in self._calendars.values() if c.is_default)
+            return 200, self._calendar_view(ctx, cal)
         if names[:1] == ["contactfolders"] and m == "GET":
             if n == 1:
                 return 200, self._list_contact_folders(ctx, self._default_contacts)
@@ -1699,7 +1704,40 @@ class FakeGraph:
             )
         if len(names) == 2 and names[0] == "events":
             return 200, self._get_event(ctx, segs[1])
+        if len(names) == 3 and names[0] == "events" and names[2] == "instances":
+            return 200, self._event_instances(ctx, segs[1])
+        if names == ["calendarview"]:
+            return 200, self._calendar_view(ctx, cal)
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segs[-1]}'.")
+
+    def _window(self, ctx: _Ctx) -> tuple[datetime, datetime]:
+        start = ctx.query.get("startDateTime") or ctx.query.get("startdatetime")
+        end = ctx.query.get("endDateTime") or ctx.query.get("enddatetime")
+        return _parse_window(start, "startDateTime"), _parse_window(end, "endDateTime")
+
+    def _calendar_view(self, ctx: _Ctx, cal: _Calendar) -> dict:
+        """``calendarView?startDateTime&endDateTime`` (calendar-list-calendarview.md): the
+        instances in the window, as calendarView/delta gives them, paged."""
+        start, end = self._window(ctx)
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        found = self._current("events", cal.id, ctx, params)
+        return self._paged(ctx, [obj for _, _, obj in found.values()])
+
+    def _event_instances(self, ctx: _Ctx, master_id: str) -> dict:
+        """``events/{id}/instances?startDateTime&endDateTime`` (event-list-instances.md): the
+        occurrences and exceptions of a series in the window; cancelled ones are absent, which
+        is how a client learns them."""
+        ev = self._events.get(master_id)
+        if ev is None or not ev.data.get("recurrence"):
+            raise GraphError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
+        start, end = self._window(ctx)
+        found = [
+            self._event_json(e, day, fields, key, ctx.timezone)
+            for e, day, fields, key in self._instances(ev, start, end)
+        ]
+        return self._paged(ctx, found)
 
     def _get_event(self, ctx: _Ctx, key: str) -> dict:
         ev = self._events.get(key)
@@ -1903,6 +1941,14 @@ class FakeGraph:
         if skiptoken or deltatoken:
             token = skiptoken or deltatoken
             state = self._delta_tokens.get(token)
+            if token in self._evicted_tokens:
+                raise GraphError(
+                    410,
+                    "syncStateNotFound",
+                    "The sync state generation is not found. The delta token is expired "
+                    "and data must be synchronized again.",
+                    {"Location": self._evicted_tokens[token]},
+                )
             if (
                 state is None
                 or state.kind != kind
@@ -1997,7 +2043,8 @@ class FakeGraph:
         self._delta_tokens[token] = state
         if self.delta_token_limit is not None:
             while len(self._delta_tokens) > self.delta_token_limit:
-                del self._delta_tokens[next(iter(self._delta_tokens))]
+                oldest = next(iter(self._delta_tokens))
+                self._evicted_tokens[oldest] = self._delta_tokens.pop(oldest).initial_url
         return token
 
     def _delta_page(self, ctx: _Ctx, state: _DeltaState) -> tuple:

@@ -116,7 +116,12 @@ def test_application_tokens_use_users_paths_not_me(fake_graph):
     app = Graph(fake_graph, fake_graph.add_token(app=True))
     response = app.get("/me/mailFolders")
     assert response.status_code == 400 and error(response) == "BadRequest"
-    for who in (fake_graph.user, fake_graph.user.upper(), fake_graph.user_id):
+    for who in (
+        fake_graph.user,
+        fake_graph.user.upper(),
+        fake_graph.user_id,
+        "alice%40example.org",
+    ):
         assert app.get(f"/users/{who}/mailFolders/inbox").status_code == 200
     response = app.get("/users/mallory@example.org/mailFolders")
     assert response.status_code == 404 and error(response) == "ErrorInvalidUser"
@@ -469,7 +474,9 @@ def test_old_delta_tokens_fall_out_of_the_token_cache(fake_graph):
     _, oldest, _ = graph.round("/me/mailFolders/inbox/messages/delta")
     graph.round("/me/mailFolders/archive/messages/delta")
     graph.round("/me/mailFolders/drafts/messages/delta")
-    assert graph.get(oldest).status_code in (400, 410)
+    gone = graph.get(oldest)
+    assert gone.status_code == 410 and error(gone) == "syncStateNotFound"
+    assert gone.headers["Location"] == fake_graph.base + "/me/mailFolders/inbox/messages/delta"
 
 
 def test_change_type_created_reports_only_new_messages(fake_graph):
@@ -644,6 +651,16 @@ def test_calendar_view_delta_expands_series_in_the_window(fake_graph):
     assert changed[allday]["subject"] == "Christmas Eve"
     assert set(changed) == {exception, allday}
     assert graph.round(delta_link)[0] == []
+    # The series' instances: a client learns cancelled occurrences by their absence.
+    plain = Graph(fake_graph)
+    listed = plain.ok("get", f"/me/events/{master}/instances?{WINDOW}")["value"]
+    assert [(i["id"], i["type"]) for i in listed] == [
+        (occurrences[0]["id"], "occurrence"),
+        (exception, "exception"),
+        (occurrences[3]["id"], "occurrence"),
+    ]
+    view = plain.ok("get", f"/me/calendar/calendarView?{WINDOW}")["value"]
+    assert {i["id"] for i in view} == {i["id"] for i in listed} | {allday}
 
 
 def test_calendar_view_delta_needs_a_window_and_refuses_select(fake_graph):
