@@ -7,29 +7,31 @@ fake makes a choice and says so ("fake's choice"): a store must not depend on th
 
 Wire protocol
 -------------
-* HTTP/1.1 (keep-alive), plain or HTTPS (``ssl_context``), JSON bodies with
-  ``Content-Type: application/json``.  Resources live under ``/v1.0/me/...`` and
-  ``/v1.0/users/{id | userPrincipalName}/...``; the user principal name compares
-  case-insensitively, an unknown user is 404 ``ErrorInvalidUser``.  Path segment names are
-  case-insensitive (the docs write both ``mailFolders`` and ``mailfolders``), ids are not; the
-  OData key form ``mailFolders('ID')`` is accepted (Graph's own nextLinks use it).
-  Nested folders may be addressed as ``mailFolders/A/childFolders/B/...``.
+* HTTP/1.1 (keep-alive), plain or HTTPS (``ssl_context``), JSON bodies with ``Content-Type:
+  application/json``. Resources live under ``/v1.0/me/...`` and ``/v1.0/users/{id |
+  userPrincipalName}/...``; the user principal name compares case-insensitively, an unknown user
+  is 404 ``ErrorInvalidUser``. Path segment names are case-insensitive (the docs write both
+  ``mailFolders`` and ``mailfolders``), ids are not; the OData key form ``mailFolders('ID')`` is
+  accepted (Graph's own nextLinks use it). Nested folders may be addressed as
+  ``mailFolders/A/childFolders/B/...``.
 * Errors (concepts/errors.md): ``{"error": {"code", "message", "innerError": {"date",
-  "request-id", "client-request-id"}}}`` with the HTTP status.  Every response carries
+  "request-id", "client-request-id"}}}`` with the HTTP status. Every response carries
   ``request-id`` and echoes ``client-request-id``.
-* Auth: ``Authorization: Bearer TOKEN`` with tokens the test issues (``add_token``).  A missing,
+* Auth: ``Authorization: Bearer TOKEN`` with tokens the test issues (``add_token``). A missing,
   unknown or expired token is 401 ``InvalidAuthenticationToken`` ("Access token is empty." /
   "Access token has expired or is not yet valid." / "IDX14100: JWT is not well formed...") with
   ``WWW-Authenticate: Bearer realm="", authorization_uri="https://login.microsoftonline.com/
   common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"`` as Graph sends
-  it.  ``/me`` with an application (client-credentials) token is 400 BadRequest "/me request is
+  it. ``/me`` with an application (client-credentials) token is 400 BadRequest "/me request is
   only valid with delegated authentication flow." (Graph's answer).
-* Throttling (concepts/throttling-limits.md, "Outlook service limits": 4 concurrent requests
-  per app and mailbox; answers 429 with ``Retry-After``; errors.md: 503 may carry
-  ``Retry-After``): a fifth request in flight to the mailbox is 429 ``ApplicationThrottled``
-  "Application is over its MailboxConcurrency limit." with ``Retry-After: 1``.  ``throttle()``
-  makes chosen requests answer 429 (``ApplicationThrottled``, "... RequestRate limit.") or 503
-  (``serviceNotAvailable``) with ``Retry-After``.  Auth is checked before throttling.
+* Throttling (concepts/throttling-limits.md, "Outlook service limits", per app ID and mailbox:
+  10,000 requests per 10 minutes, 4 concurrent requests, 150 MB uploaded per 5 minutes;
+  concepts/throttling.md: 429 with ``Retry-After``; errors.md: 503 may carry ``Retry-After``;
+  the body seen from Outlook, Microsoft Q&A 2143058 and 1660054): a fifth request in flight to
+  the mailbox is 429 ``ApplicationThrottled`` "Application is over its MailboxConcurrency
+  limit." with ``Retry-After: 1``. ``throttle()`` makes chosen requests answer 429
+  (``ApplicationThrottled``, "... RequestRate limit.") or 503 (``serviceNotAvailable``) with
+  ``Retry-After``. Auth is checked before throttling.
 
 Mail (resources/mailfolder.md, resources/message.md)
 ----------------------------------------------------
@@ -39,82 +41,84 @@ Mail (resources/mailfolder.md, resources/message.md)
   ``junkemail``, ``outbox``, ``archive``, ``conversationhistory``, ``msgfolderroot``,
   ``recoverableitemsdeletions``; names compare case-insensitively).
   ``recoverableitemsdeletions`` (where DELETE puts messages) is outside msgfolderroot and never
-  listed.  ``GET mailFolders`` lists the children of msgfolderroot, ``childFolders`` the
-  children of a folder; hidden folders (``isHidden``) only with ``includeHiddenFolders=true``
-  (mailfolder-list.md).  Lists are paged: 10 a page unless ``$top`` (at most 1000, fake's
-  choice) with ``@odata.nextLink`` (``$skip``), as Graph does for collections
-  (concepts/paging.md).  Folder JSON: id, displayName, parentFolderId, childFolderCount,
-  unreadItemCount, totalItemCount, sizeInBytes, isHidden.  ``POST mailFolders`` /
-  ``childFolders`` (``displayName``, ``isHidden``) create (201; a sibling with the same name,
-  case-insensitively, is 409 ``ErrorFolderExists``), ``PATCH`` renames (``displayName``),
-  ``DELETE`` removes the folder and its subtree (fake's choice: Graph's page does not say
-  where it goes), ``POST .../move`` (``destinationId``) moves it.  Folder ids never change.
+  listed. ``GET mailFolders`` lists the children of msgfolderroot, ``childFolders`` the children
+  of a folder; hidden folders (``isHidden``) only with ``includeHiddenFolders=true``
+  (mailfolder-list.md). Lists are paged: 10 a page unless ``$top`` (at most 1000, fake's choice)
+  with ``@odata.nextLink`` (``$skip``), as Graph does for collections (concepts/paging.md).
+  Folder JSON: id, displayName, parentFolderId, childFolderCount, unreadItemCount,
+  totalItemCount, sizeInBytes, isHidden. ``POST mailFolders`` / ``childFolders``
+  (``displayName``, ``isHidden``) create (201; a sibling with the same name, case-insensitively,
+  is 409 ``ErrorFolderExists``), ``PATCH`` renames (``displayName``), ``DELETE`` removes the
+  folder and its subtree (fake's choice: Graph's page does not say where it goes), ``POST
+  .../move`` (``destinationId``) moves it. Folder ids never change.
 * Messages: the MIME is stored as given; ``GET .../messages/{id}/$value`` returns it byte for
   byte (message-get.md, "Get MIME content"; Content-Type ``text/plain``, fake's choice) and
-  counts the download in ``value_downloads``.  JSON: id, @odata.etag (``W/"changeKey"``),
+  counts the download in ``value_downloads``. JSON: id, @odata.etag (``W/"changeKey"``),
   changeKey, createdDateTime, lastModifiedDateTime, receivedDateTime, sentDateTime,
   hasAttachments, internetMessageId, subject, bodyPreview, importance, parentFolderId,
   conversationId, isRead, isDraft, body, sender, from, toRecipients, ccRecipients,
   bccRecipients, replyTo, flag {flagStatus}, categories, inferenceClassification; ``$select``
-  (id and @odata.etag always) and ``$expand=singleValueExtendedProperties($filter=id eq
-  'Integer 0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings).
+  (id and @odata.etag always) and ``$expand=singleValueExtendedProperties($filter=id eq 'Integer
+  0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings).
 * Ids: by default a message's id changes when it moves to another folder; with ``Prefer:
   IdType="ImmutableId"`` (outlook-immutable-id.md) responses carry an id that never changes.
-  Both kinds of id are accepted in URLs whatever the header.  An id this server could not
-  have made is 400 ``ErrorInvalidIdMalformed``; a well-formed id of nothing is 404
+  Both kinds of id are accepted in URLs whatever the header. An id this server could not have
+  made is 400 ``ErrorInvalidIdMalformed``; a well-formed id of nothing is 404
   ``ErrorItemNotFound`` (an old id of a moved message included).
 * ``PATCH`` a message: isRead, categories, flag {flagStatus notFlagged/flagged/complete},
   importance, inferenceClassification, singleValueExtendedProperties ([{id, value}], added or
-  replaced); subject/body only on drafts.  Anything else is 400 ``ErrorInvalidProperty``
-  (fake's choice).  Every change gives a new changeKey and shows in delta.
-* ``DELETE`` a message moves it to Recoverable Items\\Deletions (message-delete.md: items "in
-  the recoverable items deletions folder" are what DELETE leaves behind; Outlook's "deleted
-  items" folder is only reached by ``move`` with ``destinationId: deleteditems``);
-  ``POST .../permanentDelete`` (message-permanentdelete.md) removes it from everything a
-  client can see (Purges is not modelled).  ``POST .../move`` and ``.../copy``
+  replaced); subject/body only on drafts. Anything else is 400 ``ErrorInvalidProperty`` (fake's
+  choice). Every change gives a new changeKey and shows in delta.
+* ``DELETE`` a message moves it to Recoverable Items\\Deletions, out of every listed folder
+  (fake's reading: message-delete.md does not say, docs issue
+  microsoftgraph/microsoft-graph-docs-contrib#285 "Specify delete action" asks; Microsoft's own
+  SDK feedback, msgraph-sdk-powershell#3265, says deleted messages "can be recovered from
+  recoverable items"). Deleted Items is reached by ``move`` with ``destinationId:
+  deleteditems``; ``POST .../permanentDelete`` (message-permanentdelete.md) removes it from
+  everything a client can see (Purges is not modelled). ``POST .../move`` and ``.../copy``
   (``destinationId``: id or well-known name) answer 201 with the moved/new message.
 * ``POST .../messages`` with ``Content-Type: text/plain`` and a base64 MIME body creates a
   *draft* (isDraft true) in Drafts, or in the folder of ``mailFolders/{id}/messages``
   (user-post-messages.md, "Create a message in MIME format"); bad base64 is 400
-  ``ErrorMimeContentInvalidBase64String`` "Invalid base64 string for MIME content.".  A JSON
-  body (subject, body, recipients) creates a draft with a minimal MIME.  There is no way to
-  create a non-draft message through Graph's documented API; ``add_message`` (test API) does.
+  ``ErrorMimeContentInvalidBase64String`` "Invalid base64 string for MIME content.". A JSON body
+  (subject, body, recipients) creates a draft with a minimal MIME. There is no way to create a
+  non-draft message through Graph's documented API; ``add_message`` (test API) does.
 
 Delta (concepts/delta-query-overview.md, delta-query-messages.md, delta-query-events.md,
 api/message-delta.md, api/event-delta.md, api/contact-delta.md)
 ----------------------------------------------------------------------------------------
 * ``GET mailFolders/{id}/messages/delta``, ``calendars/{id}/calendarView/delta?startDateTime=
   &endDateTime=`` (also ``calendarView/delta`` and ``calendar/calendarView/delta`` for the
-  default calendar), ``contactFolders/{id}/contacts/delta`` and ``contacts/delta`` (the
-  default folder).  A round is pages linked by ``@odata.nextLink`` (``$skiptoken``) ending
-  with an ``@odata.deltaLink`` (``$deltatoken``); the query options of the first request
-  (``$select``, ``$expand``, ``changeType``, the window) are encoded in the tokens and not
-  repeated.  Page size: ``Prefer: odata.maxpagesize=N`` (answered with ``Preference-Applied``),
-  default 10, at most ``max_page_size``.  Tokens are opaque random strings naming server-side
-  state ("internal delta token cache", delta-query-overview.md, Token duration).
+  default calendar), ``contactFolders/{id}/contacts/delta`` and ``contacts/delta`` (the default
+  folder). A round is pages linked by ``@odata.nextLink`` (``$skiptoken``) ending with an
+  ``@odata.deltaLink`` (``$deltatoken``); the query options of the first request (``$select``,
+  ``$expand``, ``changeType``, the window) are encoded in the tokens and not repeated. Page
+  size: ``Prefer: odata.maxpagesize=N`` (answered with ``Preference-Applied``), default 10, at
+  most ``max_page_size``. Tokens are opaque random strings naming server-side state ("internal
+  delta token cache", delta-query-overview.md, Token duration).
 * A round reports the difference between what the client was sent at the end of the previous
   round (id -> changeKey) and the collection now: new or changed items in full, items gone
-  (deleted, moved out, out of the window, cancelled occurrences) as ``{"@odata.type",
-  "id", "@removed": {"reason": "deleted"}}`` with the id the client knew.  The reason is
+  (deleted, moved out, out of the window, cancelled occurrences) as ``{"@odata.type", "id",
+  "@removed": {"reason": "deleted"}}`` with the id the client knew. The reason is
   ``removed_reason`` ("deleted" as in the Outlook examples; "changed" is documented for
-  directory objects).  The first round lists what exists, never removals.  Each round is a
+  directory objects). The first round lists what exists, never removals. Each round is a
   snapshot taken at its first page: pages are exact, and a round can be resumed from any
-  nextLink (a client killed between pages).  ``changeType=created|updated|deleted`` filters
+  nextLink (a client killed between pages). ``changeType=created|updated|deleted`` filters
   message rounds (delta-query-messages.md).
-* A void token (``invalidate_delta_tokens()``, or evicted beyond ``delta_token_limit``) is
-  410 Gone with ``{"error": {"code": "syncStateNotFound"}}`` (or ``resyncRequired``, the two
-  codes errors.md gives for expired delta tokens) and a ``Location`` header with the initial
-  delta URL ("Synchronization reset", delta-query-overview.md).  A string that is not a token
-  of this server is 400 ``BadRequest`` (fake's choice).
-* calendarView delta (delta-query-events.md): ``$select`` is not supported (400); the view
-  holds single instances, occurrences and exceptions of series in the window, never series
-  masters (GET ``events/{seriesMasterId}`` gives the master with its recurrence;
-  ``calendars/{id}/events`` lists singles and masters).  Times come back in UTC unless
-  ``Prefer: outlook.timezone="Zone"`` (event.md); ``originalStartTimeZone`` /
-  ``originalEndTimeZone`` keep the zone the event was made in.  All-day events are not
-  converted: they come back as midnight to midnight in the zone they were made in, and a
-  window catches them by that zone's midnights (Microsoft Q&A 1382503 and 970643; the
-  UTC default is event.md's "start ... By default, the start time is in UTC").
+* A void token (``invalidate_delta_tokens()``, or evicted beyond ``delta_token_limit``) is 410
+  Gone with ``{"error": {"code": "syncStateNotFound"}}`` (or ``resyncRequired``, the two codes
+  errors.md gives for expired delta tokens) and a ``Location`` header with the initial delta URL
+  ("Synchronization reset", delta-query-overview.md). A string that is not a token of this
+  server is 400 ``BadRequest`` (fake's choice).
+* calendarView delta (delta-query-events.md): ``$select`` is not supported (400); the view holds
+  single instances, occurrences and exceptions of series in the window, never series masters
+  (GET ``events/{seriesMasterId}`` gives the master with its recurrence;
+  ``calendars/{id}/events`` lists singles and masters). Times come back in UTC unless ``Prefer:
+  outlook.timezone="Zone"`` (event.md); ``originalStartTimeZone`` / ``originalEndTimeZone`` keep
+  the zone the event was made in. All-day events are not converted: they come back as midnight
+  to midnight in the zone they were made in, and a window catches them by that zone's midnights
+  (Microsoft Q&A 1382503 and 970643; the UTC default is event.md's "start ... By default, the
+  start time is in UTC").
 
 Calendars and contacts
 ----------------------
