@@ -23,7 +23,8 @@ Wire protocol
   ``WWW-Authenticate: Bearer realm="", authorization_uri="https://login.microsoftonline.com/
   common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"`` as Graph sends
   it. ``/me`` with an application (client-credentials) token is 400 BadRequest "/me request is
-  only valid with delegated authentication flow." (Graph's answer).
+  only valid with delegated authentication flow." (Graph's answer). A valid token of another
+  user is 403 ``ErrorAccessDenied`` "Access is denied. Check credentials and try again."
 * Throttling (concepts/throttling-limits.md, "Outlook service limits", per app ID and mailbox:
   10,000 requests per 10 minutes, 4 concurrent requests, 150 MB uploaded per 5 minutes;
   concepts/throttling.md: 429 with ``Retry-After``; errors.md: 503 may carry ``Retry-After``;
@@ -148,8 +149,11 @@ Server: ``FakeGraph(user="alice@example.org", *, ssl_context=None, max_page_size
 ``/v1.0``), ``user``, ``user_id``.  The fixtures (conftest.py) add ``token`` (a delegated
 token) and, over HTTPS, ``cafile``.
 
-Tokens: ``add_token(token=None, *, lifetime=3600, app=False) -> token`` (``app``: a
-client-credentials token), ``expire_token(token)``.
+Tokens: ``add_token(token=None, *, lifetime=3600, app=False, user=None) -> token`` (``app``: a
+client-credentials token; ``user``: whose, the mailbox's by default), ``expire_token(token)``,
+``trust(oauth_server)``: also accept the access tokens of tests/servers/oauth.py's server
+(valid while it says so; client-credentials tokens, which come without a refresh token, are
+application tokens), so that tests can log in with ``mailsync login`` and then use Graph.
 
 Mail (``path``: a well-known name then display names, ``"inbox/Sub"``; ``key``: either id of
 a message): ``folder_id(path)``, ``add_folder(parent_path, name, hidden=False) -> id``,
@@ -586,7 +590,8 @@ class FakeGraph:
         self._gate = threading.Event()
         self._gate.set()
         self._hold_match: str | None = None
-        self._tokens: dict[str, tuple[float, bool]] = {}
+        self._tokens: dict[str, tuple[float, bool, str]] = {}
+        self._oauth = None
         self._throttles: list[_Throttle] = []
         self._epoch = 0
         self._void_code = "syncStateNotFound"
@@ -687,21 +692,33 @@ class FakeGraph:
     # ---------------------------------------------------------------- test API: auth, faults
 
     def add_token(
-        self, token: str | None = None, *, lifetime: float = 3600, app: bool = False
+        self,
+        token: str | None = None,
+        *,
+        lifetime: float = 3600,
+        app: bool = False,
+        user: str | None = None,
     ) -> str:
         """Issue an access token valid for ``lifetime`` seconds; ``app``: an application
-        (client credentials) token, which cannot use /me."""
-        token = token or "eyJ0eXAiOiJKV1Qi." + secrets.token_urlsafe(
-            24
-        ) + "." + secrets.token_urlsafe(8)
+        (client credentials) token, which cannot use /me; ``user``: whose token it is (the
+        mailbox's user by default; another user's token gets 403 ErrorAccessDenied)."""
+        token = token or ".".join(
+            ("eyJ0eXAiOiJKV1Qi", secrets.token_urlsafe(24), secrets.token_urlsafe(8))
+        )
         with self._lock:
-            self._tokens[token] = (time.time() + lifetime, app)
+            self._tokens[token] = (time.time() + lifetime, app, user or self.user)
         return token
 
     def expire_token(self, token: str) -> None:
         with self._lock:
-            _, app = self._tokens[token]
-            self._tokens[token] = (0.0, app)
+            _, app, user = self._tokens[token]
+            self._tokens[token] = (0.0, app, user)
+
+    def trust(self, oauth) -> None:
+        """Also accept the access tokens of ``oauth`` (tests/servers/oauth.py's OAuthServer):
+        a token is valid while ``oauth`` says so; it is the token of its grant's user, an
+        application token when it came without a refresh token (client credentials)."""
+        self._oauth = oauth
 
     def throttle(
         self,
@@ -1238,22 +1255,27 @@ class FakeGraph:
 
     # ---------------------------------------------------------------- HTTP
 
-    def _check_auth(self, header: str | None) -> tuple[str | None, bool]:
-        """(None, app) for a valid token, else (error message, False)."""
+    def _check_auth(self, header: str | None) -> tuple[str | None, bool, str]:
+        """(None, app, user) for a valid token, else (error message, False, "")."""
         if not header or not header.startswith("Bearer ") or not header[7:].strip():
-            return "Access token is empty.", False
+            return "Access token is empty.", False, ""
         token = header[7:].strip()
         with self._lock:
             found = None
             for known, entry in self._tokens.items():
                 if hmac.compare_digest(known.encode(), token.encode()):
                     found = entry
+        if found is None and self._oauth is not None:
+            grant = self._oauth.grants.get(token)
+            if grant is not None and grant.kind == "access":
+                expiry = 0.0 if grant.revoked else grant.expires_at
+                found = (expiry, grant.parent is None, grant.user or "")
         if found is None:
-            return "IDX14100: JWT is not well formed, there are no dots (.).", False
-        expiry, app = found
+            return "IDX14100: JWT is not well formed, there are no dots (.).", False, ""
+        expiry, app, user = found
         if time.time() >= expiry:
-            return "Access token has expired or is not yet valid.", False
-        return None, app
+            return "Access token has expired or is not yet valid.", False, ""
+        return None, app, user
 
     def _error_body(self, code: str, message: str, request_id: str, client_id: str) -> bytes:
         inner = {
@@ -1304,7 +1326,7 @@ class FakeGraph:
             )
             return
         body = h.rfile.read(int(length)) if length and length.isdigit() else b""
-        problem, app = self._check_auth(h.headers.get("Authorization"))
+        problem, app, token_user = self._check_auth(h.headers.get("Authorization"))
         if problem is not None:
             challenge = (
                 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/'
@@ -1341,7 +1363,7 @@ class FakeGraph:
             if self._hold_match is None or self._hold_match in split.path:
                 self._gate.wait()
             content_type = h.headers.get("Content-Type") or ""
-            ctx = _Ctx(method, split.path, query, prefer, body, content_type, app)
+            ctx = _Ctx(method, split.path, query, prefer, body, content_type, app, token_user)
             with self._lock:
                 result = self._route(ctx)
         except GraphError as err:
@@ -1388,6 +1410,10 @@ class FakeGraph:
                 400,
                 "BadRequest",
                 f"Resource not found for the segment '{segs[0] if segs else ''}'.",
+            )
+        if ctx.user.casefold() != self.user.casefold():
+            raise GraphError(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
             )
         ctx.owner = owner
         names = [s.lower() for s in segs]
@@ -1885,6 +1911,7 @@ class FakeGraph:
                 raw,
                 headers.get("content-type", ""),
                 ctx.app,
+                ctx.user,
                 in_batch=True,
             )
             status, payload, out_headers = self._route(sub)
@@ -2105,6 +2132,7 @@ class _Ctx:
     body: bytes
     content_type: str
     app: bool
+    user: str
     owner: str = "me"
     in_batch: bool = False
 

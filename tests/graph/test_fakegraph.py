@@ -903,3 +903,31 @@ def test_batch_steps_over_four_at_once_or_after_a_failure_do_not_run(fake_graph)
         for r in graph.ok("post", "/$batch", json={"requests": chain})["responses"]
     }
     assert by_id == {"1": 400, "2": 424}
+
+
+def test_tokens_of_the_tests_oauth_server_once_trusted(fake_graph, oauth_server):
+    client = oauth_server.add_client()
+    access, _ = oauth_server.issue(fake_graph.user, client)
+    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 401
+    fake_graph.trust(oauth_server)
+    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 200
+    oauth_server.expire(access)
+    expired = Graph(fake_graph, access).get("/me/mailFolders/inbox")
+    assert expired.status_code == 401
+    assert expired.json()["error"]["message"] == "Access token has expired or is not yet valid."
+    bobs, _ = oauth_server.issue("bob@example.org", client)
+    denied = Graph(fake_graph, bobs).get(f"/users/{fake_graph.user}/mailFolders/inbox")
+    assert denied.status_code == 403 and error(denied) == "ErrorAccessDenied"
+    daemon = oauth_server.add_client(secret="s3cret", app_user=fake_graph.user)
+    answer = requests.post(
+        oauth_server.token_url,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": daemon.client_id,
+            "client_secret": "s3cret",
+            "scope": "https://graph.microsoft.com/.default",
+        },
+    )
+    app = Graph(fake_graph, answer.json()["access_token"])
+    assert app.get("/me/mailFolders/inbox").status_code == 400
+    assert app.get(f"/users/{fake_graph.user}/mailFolders/inbox").status_code == 200
