@@ -2006,6 +2006,13 @@ class FakeGraph:
                     params["select"] = ctx.select()
                 if ctx.expand():
                     params["expand"] = ctx.expand()
+                if ctx.query.get("$top"):
+                    # delta-query-messages.md: delta supports $top (a page size, kept in the
+                    # tokens like the other options).
+                    try:
+                        params["top"] = int(ctx.query["$top"])
+                    except ValueError as exc:
+                        raise GraphError(400, "BadRequest", "Invalid $top.") from exc
                 change_type = ctx.query.get("changeType")
                 if change_type is not None:
                     if change_type not in ("created", "updated", "deleted"):
@@ -2079,7 +2086,8 @@ class FakeGraph:
         return token
 
     def _delta_page(self, ctx: _Ctx, state: _DeltaState) -> tuple:
-        size = max(1, min(ctx.max_page_size() or DEFAULT_PAGE_SIZE, self.max_page_size))
+        wanted = ctx.max_page_size() or state.params.get("top") or DEFAULT_PAGE_SIZE
+        size = max(1, min(wanted, self.max_page_size))
         page, rest = state.pending[:size], state.pending[size:]
         body: dict = {"@odata.context": f"{self.base}/$metadata#Collection({state.kind[:-1]})"}
         if rest:

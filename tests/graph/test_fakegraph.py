@@ -370,6 +370,9 @@ def test_delta_pages_follow_maxpagesize_and_end_with_a_delta_link(fake_graph):
         fake_graph.add_message("inbox", mime(n))
     page = default.ok("get", "/me/mailFolders/inbox/messages/delta")
     assert len(page["value"]) == 10  # Graph's default page
+    top = default.ok("get", "/me/mailFolders/inbox/messages/delta?$top=4")
+    assert len(top["value"]) == 4
+    assert len(default.ok("get", top["@odata.nextLink"])["value"]) == 4
 
 
 def test_delta_cycle_reports_adds_updates_deletes_and_moves(fake_graph):
