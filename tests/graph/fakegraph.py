@@ -2127,7 +2127,15 @@ class FakeGraph:
 
     @staticmethod
     def _link(initial_url: str, name: str, token: str) -> str:
+        """A nextLink/deltaLink in the OData key form Graph's own links use
+        (``mailfolders('ID')/messages/delta?$skiptoken=...``, delta-query-messages.md): a
+        client must follow links as given, not rebuild them."""
         base = initial_url.split("?", 1)[0]
+        base = re.sub(
+            r"/(mailFolders|calendars|contactFolders)/([^/]+)/",
+            lambda m: f"/{m.group(1).lower()}('{m.group(2)}')/",
+            base,
+        )
         return f"{base}?{name}={token}"
 
 
