@@ -52,6 +52,9 @@ Mail (resources/mailfolder.md, resources/message.md)
   is 409 ``ErrorFolderExists``), ``PATCH`` renames (``displayName``), ``DELETE`` removes the
   folder and its subtree (fake's choice: Graph's page does not say where it goes), ``POST
   .../move`` (``destinationId``) moves it. Folder ids never change.
+* Message lists (``mailFolders/{id}/messages``) come newest first, paged like folder lists;
+  ``$filter``, ``$orderby``, ``$search`` and ``$count`` are ignored by the fake (a store should
+  not need them).
 * Messages: the MIME is stored as given; ``GET .../messages/{id}/$value`` returns it byte for
   byte (message-get.md, "Get MIME content"; Content-Type ``text/plain``, fake's choice) and
   counts the download in ``value_downloads``. JSON: id, @odata.etag (``W/"changeKey"``),
