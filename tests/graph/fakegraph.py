@@ -181,7 +181,9 @@ Faults: ``throttle(n=1, *, status=429, retry_after=1, match=None, method=None)``
 authenticated requests, or $batch steps, whose path contains ``match``); ``hold(match=None)`` /
 ``release()`` (authenticated requests, or those whose path contains ``match``, wait before
 being served, counted in ``in_flight``); ``invalidate_delta_tokens(code="syncStateNotFound")``;
-attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"),
+attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"), ``replays`` (False:
+when set, an incremental round also repeats what the previous round gave in full, as
+delta-query-overview.md, "Replays", warns may happen),
 ``concurrency_limit`` (4), ``max_page_size``.
 
 Records: ``requests`` (``Request(method, path, query, status, prefer, batch)`` for every
@@ -208,7 +210,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
@@ -554,6 +556,7 @@ class _DeltaState:
     initial_url: str
     pending: list = field(default_factory=list)
     final: bool = True
+    reported: list = field(default_factory=list)  # keys the round gave in full (for replays)
 
 
 @dataclass
@@ -581,6 +584,7 @@ class FakeGraph:
         self.max_page_size = max_page_size
         self.concurrency_limit = 4
         self.removed_reason = "deleted"
+        self.replays = False
         self.delta_token_limit: int | None = None
         self.requests: list[Request] = []
         self.value_downloads: Counter = Counter()
@@ -2002,7 +2006,9 @@ class FakeGraph:
             if skiptoken:
                 return self._delta_page(ctx, state)
             params, sent, initial_url = state.params, state.sent, state.initial_url
+            previous: _DeltaState | None = state
         else:
+            previous = None
             params = {}
             if kind == "messages":
                 if ctx.select():
@@ -2041,6 +2047,7 @@ class FakeGraph:
         current = self._current(kind, collection, ctx, params)
         changes: list = []
         change_type = params.get("changeType")
+        replay = list(previous.reported) if self.replays and previous is not None else []
         if sent is not None:
             for key, (client_id, _) in sent.items():
                 if key not in current and change_type in (None, "deleted"):
@@ -2061,6 +2068,9 @@ class FakeGraph:
                 "updated",
             ):
                 changes.append(obj)
+            elif key in replay:
+                # delta-query-overview.md, "Replays": a change may show again in a later round.
+                changes.append(obj)
         new_sent = {
             key: (client_id, change_key) for key, (client_id, change_key, _) in current.items()
         }
@@ -2074,8 +2084,18 @@ class FakeGraph:
                     if (key in sent) == (change_type == "updated"):
                         merged[key] = value
             new_sent = merged
+        shown = {id(change) for change in changes}
+        reported = [key for key, (_, _, obj) in current.items() if id(obj) in shown]
         state = _DeltaState(
-            kind, collection, params, new_sent, self._epoch, initial_url, changes, final=False
+            kind,
+            collection,
+            params,
+            new_sent,
+            self._epoch,
+            initial_url,
+            changes,
+            final=False,
+            reported=reported,
         )
         return self._delta_page(ctx, state)
 
@@ -2094,30 +2114,12 @@ class FakeGraph:
         page, rest = state.pending[:size], state.pending[size:]
         body: dict = {"@odata.context": f"{self.base}/$metadata#Collection({state.kind[:-1]})"}
         if rest:
-            nxt = _DeltaState(
-                state.kind,
-                state.collection,
-                state.params,
-                state.sent,
-                state.epoch,
-                state.initial_url,
-                rest,
-                final=False,
-            )
+            nxt = replace(state, pending=rest, final=False)
             body["@odata.nextLink"] = self._link(
                 state.initial_url, "$skiptoken", self._store_token(nxt)
             )
         else:
-            done = _DeltaState(
-                state.kind,
-                state.collection,
-                state.params,
-                state.sent,
-                state.epoch,
-                state.initial_url,
-                [],
-                final=True,
-            )
+            done = replace(state, pending=[], final=True)
             body["@odata.deltaLink"] = self._link(
                 state.initial_url, "$deltatoken", self._store_token(done)
             )

@@ -936,3 +936,23 @@ def test_tokens_of_the_tests_oauth_server_once_trusted(fake_graph, oauth_server)
     app = Graph(fake_graph, answer.json()["access_token"])
     assert app.get("/me/mailFolders/inbox").status_code == 400
     assert app.get(f"/users/{fake_graph.user}/mailFolders/inbox").status_code == 200
+
+
+def test_replays_and_the_removed_reason_are_knobs(fake_graph):
+    graph = Graph(fake_graph)
+    first, second = (fake_graph.add_message("inbox", mime(n)) for n in range(2))
+    second_id = fake_graph.message(second)["id"]
+    _, delta_link, _ = graph.round("/me/mailFolders/inbox/messages/delta")
+    fake_graph.update_message(first, is_read=True)
+    [changed], delta_link, _ = graph.round(delta_link)
+    fake_graph.replays = True
+    fake_graph.removed_reason = "changed"
+    fake_graph.delete_message(second)
+    items, delta_link, _ = graph.round(delta_link)
+    assert {i["id"]: i.get("@removed") for i in items} == {
+        changed["id"]: None,  # reported again although unchanged: a replay
+        second_id: {"reason": "changed"},
+    }
+    pages = fake_graph.sent_delta_pages
+    graph.round(delta_link)
+    assert fake_graph.sent_delta_pages == pages + 1
