@@ -178,7 +178,9 @@ Contacts: ``contact_folder_id(name=None)``, ``add_contact_folder(name, parent=No
 ``delete_contact(id)``.
 
 Faults: ``throttle(n=1, *, status=429, retry_after=1, match=None, method=None)`` (the next n
-authenticated requests, or $batch steps, whose path contains ``match``); ``hold(match=None)`` /
+authenticated requests, or $batch steps, whose path contains ``match``); ``fail(n=1, *,
+status, code, message=..., match=None, method=None)`` (the same with any error, without
+Retry-After); ``hold(match=None)`` /
 ``release()`` (authenticated requests, or those whose path contains ``match``, wait before
 being served, counted in ``in_flight``); ``invalidate_delta_tokens(code="syncStateNotFound")``;
 attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"), ``replays`` (False:
@@ -561,11 +563,25 @@ class _DeltaState:
 
 @dataclass
 class _Throttle:
+    """Chosen requests answer an error instead of being served."""
+
     remaining: int
     status: int
-    retry_after: int
+    retry_after: int | None
     match: str | None
     method: str | None
+    code: str = ""
+    message: str = ""
+
+    def error(self) -> GraphError:
+        if self.code:
+            code, text = self.code, self.message
+        elif self.status == 429:
+            code, text = "ApplicationThrottled", "Application is over its RequestRate limit."
+        else:
+            code, text = "serviceNotAvailable", "The service is temporarily unavailable."
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return GraphError(self.status, code, text, headers)
 
 
 class FakeGraph:
@@ -738,6 +754,22 @@ class FakeGraph:
     ) -> None:
         with self._lock:
             self._throttles.append(_Throttle(n, status, retry_after, match, method))
+
+    def fail(
+        self,
+        n: int = 1,
+        *,
+        status: int,
+        code: str,
+        message: str = "Injected by the test.",
+        match: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """The next n authenticated requests (or $batch steps) whose path contains ``match``
+        answer ``status`` with the error ``code`` (no Retry-After): faults real servers
+        produce at random, e.g. 500 generalException or 404 ErrorItemNotFound."""
+        with self._lock:
+            self._throttles.append(_Throttle(n, status, None, match, method, code, message))
 
     def hold(self, match: str | None = None) -> None:
         """Authenticated requests (whose path contains ``match``, if given) wait, counted in
@@ -1357,16 +1389,7 @@ class FakeGraph:
                 )
             throttle = self._take_throttle(method, split.path)
             if throttle is not None:
-                if throttle.status == 429:
-                    code, text = (
-                        "ApplicationThrottled",
-                        "Application is over its RequestRate limit.",
-                    )
-                else:
-                    code, text = "serviceNotAvailable", "The service is temporarily unavailable."
-                raise GraphError(
-                    throttle.status, code, text, {"Retry-After": str(throttle.retry_after)}
-                )
+                raise throttle.error()
             if self._hold_match is None or self._hold_match in split.path:
                 self._gate.wait()
             content_type = h.headers.get("Content-Type") or ""
@@ -1898,10 +1921,7 @@ class FakeGraph:
                 )
             throttle = self._take_throttle(method, path)
             if throttle is not None:
-                code = "ApplicationThrottled" if throttle.status == 429 else "serviceNotAvailable"
-                raise GraphError(
-                    throttle.status, code, "Throttled.", {"Retry-After": str(throttle.retry_after)}
-                )
+                raise throttle.error()
             body = step.get("body")
             if body is not None and "content-type" not in headers:
                 raise GraphError(400, "BadRequest", "A step with a body needs a Content-Type.")

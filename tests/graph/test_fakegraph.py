@@ -956,3 +956,13 @@ def test_replays_and_the_removed_reason_are_knobs(fake_graph):
     pages = fake_graph.sent_delta_pages
     graph.round(delta_link)
     assert fake_graph.sent_delta_pages == pages + 1
+
+
+def test_chosen_requests_fail_with_any_error(fake_graph):
+    graph = Graph(fake_graph)
+    key = fake_graph.add_message("inbox", MIME)
+    fake_graph.fail(1, status=500, code="generalException", match="/$value", method="GET")
+    broken = graph.get(f"/me/messages/{key}/$value")
+    assert broken.status_code == 500 and error(broken) == "generalException"
+    assert "Retry-After" not in broken.headers
+    assert graph.get(f"/me/messages/{key}/$value").content == MIME
