@@ -63,7 +63,9 @@ Mail (resources/mailfolder.md, resources/message.md)
   conversationId, isRead, isDraft, body, sender, from, toRecipients, ccRecipients,
   bccRecipients, replyTo, flag {flagStatus}, categories, inferenceClassification; ``$select``
   (id and @odata.etag always) and ``$expand=singleValueExtendedProperties($filter=id eq 'Integer
-  0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings).
+  0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings). ``Prefer:
+  outlook.body-content-type="text"`` gives message and event bodies as text (HTML tags stripped:
+  an approximation of Outlook's conversion).
 * Ids: by default a message's id changes when it moves to another folder; with ``Prefer:
   IdType="ImmutableId"`` (outlook-immutable-id.md) responses carry an id that never changes.
   Both kinds of id are accepted in URLs whatever the header. An id this server could not have
@@ -202,6 +204,7 @@ import copy
 import email.parser
 import email.policy
 import hmac
+import html
 import json
 import re
 import secrets
@@ -376,6 +379,17 @@ def _mime_summary(mime: bytes) -> dict:
     except Exception:
         pass
     return out
+
+
+def _as_text(body: dict | None) -> dict:
+    """An itemBody as ``Prefer: outlook.body-content-type="text"`` gives it: HTML bodies lose
+    their tags (a plain approximation of Outlook's conversion)."""
+    body = body or {"contentType": "text", "content": ""}
+    if str(body.get("contentType", "")).lower() != "html":
+        return {"contentType": "text", "content": body.get("content") or ""}
+    text = re.sub(r"<(br|/p|/div)\b[^>]*>", "\n", body.get("content") or "", flags=re.I)
+    text = re.sub(r"<[^>]*>", "", text)
+    return {"contentType": "text", "content": html.unescape(text).strip()}
 
 
 def _minimal_mime(data: dict) -> bytes:
@@ -1174,7 +1188,7 @@ class FakeGraph:
             "isRead": m.is_read,
             "isDraft": m.is_draft,
             "inferenceClassification": m.inference,
-            "body": summary["body"],
+            "body": _as_text(summary["body"]) if ctx.text_body else summary["body"],
             "sender": summary["from"],
             "from": summary["from"],
             "toRecipients": summary["toRecipients"],
@@ -1205,7 +1219,9 @@ class FakeGraph:
                 full["singleValueExtendedProperties"] = props
         return full
 
-    def _event_json(self, ev: _Event, day: date | None, fields: dict, key: str, tz: str) -> dict:
+    def _event_json(
+        self, ev: _Event, day: date | None, fields: dict, key: str, tz: str, text_body=False
+    ) -> dict:
         data = {**copy.deepcopy(ev.data), **copy.deepcopy(fields)}
         master = ev.data.get("recurrence") and day is None
         if day is not None:
@@ -1254,6 +1270,8 @@ class FakeGraph:
             "type": "singleInstance",
         }
         out.update(data)
+        if text_body:
+            out["body"] = _as_text(out["body"])
         if master:
             out["type"] = "seriesMaster"
         elif day is not None:
@@ -1760,7 +1778,11 @@ class FakeGraph:
         if names == ["events"]:
             evs = [e for e in self._events.values() if e.calendar_id == cal.id]
             return 200, self._paged(
-                ctx, [self._event_json(e, None, {}, e.change_key, ctx.timezone) for e in evs]
+                ctx,
+                [
+                    self._event_json(e, None, {}, e.change_key, ctx.timezone, ctx.text_body)
+                    for e in evs
+                ],
             )
         if len(names) == 2 and names[0] == "events":
             return 200, self._get_event(ctx, segs[1])
@@ -1794,7 +1816,7 @@ class FakeGraph:
             )
         start, end = self._window(ctx)
         found = [
-            self._event_json(e, day, fields, key, ctx.timezone)
+            self._event_json(e, day, fields, key, ctx.timezone, ctx.text_body)
             for e, day, fields, key in self._instances(ev, start, end)
         ]
         return self._paged(ctx, found)
@@ -1802,12 +1824,14 @@ class FakeGraph:
     def _get_event(self, ctx: _Ctx, key: str) -> dict:
         ev = self._events.get(key)
         if ev is not None:
-            return self._event_json(ev, None, {}, ev.change_key, ctx.timezone)
+            return self._event_json(ev, None, {}, ev.change_key, ctx.timezone, ctx.text_body)
         for ev in self._events.values():
             for day, occ_id in ev.occurrence_ids.items():
                 if occ_id == key and day not in ev.cancelled:
                     _, fields, change_key = ev.exceptions.get(day, (None, {}, ev.change_key))
-                    return self._event_json(ev, day, fields, change_key, ctx.timezone)
+                    return self._event_json(
+                        ev, day, fields, change_key, ctx.timezone, ctx.text_body
+                    )
         raise GraphError(
             404, "ErrorItemNotFound", "The specified object was not found in the store."
         )
@@ -1988,7 +2012,7 @@ class FakeGraph:
                 )[0]
             )
             for ev, day, fields, key in found:
-                obj = self._event_json(ev, day, fields, key, ctx.timezone)
+                obj = self._event_json(ev, day, fields, key, ctx.timezone, ctx.text_body)
                 out[obj["id"]] = (obj["id"], key, obj)
         return out
 
@@ -2196,6 +2220,11 @@ class _Ctx:
     @property
     def immutable(self) -> bool:
         return (self._prefer("IdType") or "").lower() == "immutableid"
+
+    @property
+    def text_body(self) -> bool:
+        """``Prefer: outlook.body-content-type="text"`` (message-get.md, event-get.md)."""
+        return (self._prefer("outlook.body-content-type") or "").lower() == "text"
 
     @property
     def timezone(self) -> str:

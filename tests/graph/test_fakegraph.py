@@ -966,3 +966,29 @@ def test_chosen_requests_fail_with_any_error(fake_graph):
     assert broken.status_code == 500 and error(broken) == "generalException"
     assert "Retry-After" not in broken.headers
     assert graph.get(f"/me/messages/{key}/$value").content == MIME
+
+
+def test_bodies_as_text_on_request(fake_graph):
+    text = Graph(fake_graph, prefer='outlook.body-content-type="text"')
+    html_mime = MIME.replace(b"text/plain", b"text/html").replace(
+        b"Gr\xc3\xbc\xc3\x9fe, trailing space \r\n", b"<p>Hi &amp; bye</p>\r\n"
+    )
+    key = fake_graph.add_message("inbox", html_mime)
+    assert Graph(fake_graph).ok("get", f"/me/messages/{key}")["body"]["contentType"] == "html"
+    body = text.ok("get", f"/me/messages/{key}")["body"]
+    assert body["contentType"] == "text" and body["content"].startswith("Hi & bye")
+    assert "<p>" not in body["content"]
+    event = fake_graph.add_event(
+        None,
+        {
+            "subject": "Party",
+            "body": {"contentType": "html", "content": "<div>Bring<br>cake</div>"},
+            "start": berlin("2026-12-12", "20"),
+            "end": berlin("2026-12-12", "23"),
+        },
+    )
+    assert text.ok("get", f"/me/events/{event}")["body"] == {
+        "contentType": "text",
+        "content": "Bring\ncake",
+    }
+    assert text.get(f"/me/messages/{key}/$value").content == html_mime
