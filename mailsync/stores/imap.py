@@ -45,6 +45,12 @@ class IMAPStore(IMAPConnection, Store):
         self._listed = False
         self.special_use: dict[str, str] = {}
 
+    @property
+    def gmail(self) -> bool:
+        """Whether the server is Gmail's (it announces X-GM-EXT-1): a label is a folder, so
+        one message may be in several folders, known in each by its X-GM-MSGID."""
+        return self.has("X-GM-EXT-1")
+
     # folders --------------------------------------------------------------------------
     def _namespaces(self) -> None:
         """The personal namespace's prefix and delimiter, and the other namespaces'

@@ -161,6 +161,7 @@ class LazyInfo(Info):
         setattr_ = object.__setattr__  # Info is frozen
         setattr_(self, "flags", flags)
         setattr_(self, "size", size)
+        setattr_(self, "account_id", None)
         setattr_(self, "_folder", folder)
         setattr_(self, "_key", key)
 
