@@ -11,6 +11,15 @@ message is appended.  Copies go in batches each made durable (Folder.flush) and 
 recorded in one transaction; to a destination that normalises, each batch's source
 keys are journaled first, in a transaction of their own.
 
+A message that is in several folders of its account at once (Gmail: a label is a
+folder), known in each by the same Info.account_id (X-GM-MSGID), is downloaded once: when
+the state records a local copy of it in any folder of the channel (made durable and
+recorded by this run or an earlier one), a copy from the remote side takes its bytes from
+that local copy (Folder.append_copy: a hard link on Maildir), provided they are still
+what was recorded (their fingerprint); else, as for any message, from the remote side.
+Two folders synced at once (--jobs) may both download a message neither has a local
+copy of yet; each folder still gets it once.
+
 A message the destination refuses for good (errors.RefusedError) is named, recorded
 (never as copied) and not offered again unless asked (--retry-refused).
 """
@@ -18,11 +27,12 @@ A message the destination refuses for good (errors.RefusedError) is named, recor
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
-from mailsync.errors import MessageError, RefusedError
+from mailsync.errors import MailsyncError, MessageError, RefusedError
 from mailsync.message import (
     RECENT,
     Body,
@@ -95,6 +105,9 @@ class Copier:
         self.sent_before: set[str] = set()
         self.order = list(self.by_key)
         self.journaled_to = 0  # order[:journaled_to] is in the journal
+        # Source key -> the local copy its bytes were read from (Folder.append_copy).
+        self.origin_of: dict[str, tuple[Folder, str]] = {}
+        self.origin_folders: dict[str, Folder] = {}  # local folders opened for that
 
     def run(self) -> None:
         """Copy (or link) each message, committing every batch."""
@@ -103,8 +116,13 @@ class Copier:
         bar = fs.options.progress(len(self.by_key), f"{fs.fstate.name_a} -> {SIDE_NAMES[dst]}")
         if self.journal:
             self.sent_before = fs.state.pending_keys(fs.fstate.id, src)
+        origins = self._local_origins()
+        if origins:  # (the journal follows self.order: the bodies come in this order)
+            self.order = [k for k in self.order if k in origins] + [
+                k for k in self.order if k not in origins
+            ]
         try:
-            items = self.source.fetch_many(self.order)
+            items = self._bodies(origins) if origins else self.source.fetch_many(self.order)
             position = {key: n for n, key in enumerate(self.order)}
             while True:
                 data = None  # let the last body go before the next is fetched (50 MB mail)
@@ -125,6 +143,76 @@ class Copier:
             self._commit()
         finally:
             bar.close()
+            for folder in self.origin_folders.values():
+                if folder is not self.target:
+                    folder.close()
+
+    def _local_origins(self) -> dict[str, list[tuple[str, str, str | None]]]:
+        """Source key -> the local copies the state records of the same message (by its
+        Info.account_id) in any folder of the channel: (local folder, key, fingerprint).
+        Only for copies from the remote side, whose listing has account ids (Gmail)."""
+        if self.src != "a":
+            return {}
+        listing = self.fs.listings["a"]
+        ids = {}
+        for key in self.order:
+            info = listing.get(key)
+            if info is not None and info.account_id:
+                ids[key] = info.account_id
+        if not ids:
+            return {}
+        copies = self.fs.state.local_copies(ids.values())
+        return {key: copies[account_id] for key, account_id in ids.items() if account_id in copies}
+
+    def _bodies(
+        self, origins: dict[str, list[tuple[str, str, str | None]]]
+    ) -> Iterator[tuple[str, Body | MessageError]]:
+        """fetch_many() of self.order, the messages with a local copy (first in the
+        order) read from it, falling back to the source one by one."""
+        remote = []
+        for key in self.order:
+            if key not in origins:
+                remote.append(key)
+                continue
+            data = self._local_body(key, origins[key])
+            if data is None:
+                yield from self.source.fetch_many([key])
+            else:
+                yield key, data
+        yield from self.source.fetch_many(remote)
+
+    def _local_body(self, key: str, copies: list[tuple[str, str, str | None]]) -> Body | None:
+        """The bytes of the first local copy of source message `key` that can be read and
+        is still what was copied (its fingerprint as recorded, a size the source's
+        listing allows), remembered in origin_of; None if there is none."""
+        listed = self.fs.listings[self.src].get(key)
+        for name, local_key, digest in copies:
+            try:
+                folder = self._origin_folder(name)
+                data = folder.fetch(local_key)
+            except MailsyncError as error:
+                log.debug("%s: local copy %s %s unusable: %s", self.fs.name, name, local_key, error)
+                continue
+            if digest is None or fingerprint(data) != digest:
+                continue
+            if listed is not None and listed.size and listed.size not in stored_sizes(data):
+                continue
+            self.origin_of[key] = (folder, local_key)
+            log.debug("%s: %s read from its local copy in %s", self.fs.name, key, name)
+            return data
+        return None
+
+    def _origin_folder(self, name: str) -> Folder:
+        """Local folder `name`, opened once per copier (the destination itself if it is
+        that folder)."""
+        folder = self.origin_folders.get(name)
+        if folder is None:
+            if name == self.fs.local:
+                folder = self.target
+            else:
+                folder = self.fs.stores[self.dst].open_folder(name)
+            self.origin_folders[name] = folder
+        return folder
 
     def _copy(self, copy: Copy, key: str, data: Body, position: int) -> bool:
         """One message: linked to its copy on the destination, or appended; then pending
@@ -146,6 +234,7 @@ class Copier:
             log.error("%s", error)
             return False
         flags = copy.flags - {RECENT}  # (see append_flags)
+        origin = self.origin_of.pop(key, None)  # the local copy `data` was read from
         if match is not None:
             dst_key, pair = match
             if pair is not None and pair.id is not None:
@@ -171,10 +260,12 @@ class Copier:
             # Sources that do not know when a message arrived (POP3): its headers.
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
+            given = append_flags(flags, key, self.source, target, listing)
             try:
-                dst_key = target.append(
-                    data, append_flags(flags, key, self.source, target, listing), arrival
-                )
+                if origin is not None:
+                    dst_key = target.append_copy(data, given, arrival, *origin)
+                else:
+                    dst_key = target.append(data, given, arrival)
             except RefusedError as error:
                 self._refused(key, digest, data, error)
                 return False
@@ -194,6 +285,9 @@ class Copier:
         pair.set_key(src, key)
         pair.set_key(dst, dst_key)
         pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
+        listed = fs.listings["a"].get(pair.key_a or "")
+        if listed is not None and listed.account_id:
+            pair.account_id_a = listed.account_id
         if key in fs.refused[src]:
             self.accepted.append(key)
         paired[src].add(key)

@@ -481,23 +481,25 @@ class State:
             ),
         )
 
-    def local_copies(self, account_ids: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    def local_copies(
+        self, account_ids: Iterable[str]
+    ) -> dict[str, list[tuple[str, str, str | None]]]:
         """Account id (Pair.account_id_a) -> the local copies the state records of that
-        message, in any folder of the channel: (local folder name, local key), each
-        recorded only once durable on the local side."""
+        message, in any folder of the channel: (local folder name, local key, the
+        fingerprint of what was copied), each recorded only once durable locally."""
         ids = sorted(set(account_ids))
-        out: dict[str, list[tuple[str, str]]] = {}
+        out: dict[str, list[tuple[str, str, str | None]]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = self.db.execute(
-                "SELECT pairs.account_id_a, folders.name_b, pairs.key_b FROM pairs "
+                "SELECT pairs.account_id_a, folders.name_b, pairs.key_b, pairs.hash FROM pairs "
                 "JOIN folders ON folders.id = pairs.folder_id "
                 f"WHERE pairs.account_id_a IN ({','.join('?' * len(chunk))}) "
                 "AND pairs.key_b IS NOT NULL ORDER BY pairs.id",
                 chunk,
             )
-            for account_id, name_b, key_b in rows:
-                out.setdefault(account_id, []).append((name_b, key_b))
+            for account_id, name_b, key_b, digest in rows:
+                out.setdefault(account_id, []).append((name_b, key_b, digest))
         return out
 
     def delete_pair(self, pair: Pair) -> None:

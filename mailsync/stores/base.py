@@ -106,6 +106,17 @@ class Folder(ABC):
     def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         """Store a new message with these flags and arrival date; return its key."""
 
+    def append_copy(
+        self, data: Body, flags: frozenset[str], arrival: float, origin: Folder, origin_key: str
+    ) -> str:
+        """append() of a message whose identical copy is message `origin_key` of `origin`
+        (a folder of the same store, maybe this one; `data` are its bytes), without
+        writing the bytes again where the store can: Maildir links the file (a hard
+        link on the same file system).  The new message is a message of its own: its
+        flags are `flags`, and a change of one copy's flags leaves the other's alone.
+        Buffered and made durable by flush() as append().  Default: append()."""
+        return self.append(data, flags, arrival)
+
     @abstractmethod
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         """Add and remove flags.  Flags the folder does not persist are ignored."""

@@ -342,7 +342,7 @@ def test_an_earlier_state_is_brought_up_to_date_and_keeps_its_rows(
     with State(state_path) as state:
         assert state.folder("INBOX", "INBOX").ident_a == "AAMkAD-inbox-2"
         assert any(pair.version_a == "v" for pair in state.pairs(inbox.id))
-        assert state.local_copies(["77"]) == {"77": [("INBOX", "m11")]}
+        assert state.local_copies(["77"]) == {"77": [("INBOX", "m11", "h")]}
         assert "1700000000:12" in state.refused_keys(inbox.id, "a")
         assert "1700000000:13" in state.pending_keys(inbox.id, "a")
         assert (move, "Older", "Newer") in state.moves()
