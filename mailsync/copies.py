@@ -27,6 +27,7 @@ A message the destination refuses for good (errors.RefusedError) is named, recor
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ from mailsync.message import (
 )
 from mailsync.planner import Copy, Plan
 from mailsync.policy import SIDE_NAMES, other
+from mailsync.report import NullProgress
 from mailsync.state import Pair
 from mailsync.stores.base import Folder
 
@@ -57,6 +59,44 @@ log = logging.getLogger("mailsync")
 
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
+
+#: A local copy the state records of a message: (local folder, key, fingerprint).
+LocalCopy = tuple[str, str, str | None]
+
+
+class Downloads:
+    """The messages (by Info.account_id) each copier of a run is downloading now, shared
+    by the folders a run syncs at once (--jobs): a copier leaves a message another has
+    claimed for last, and waits until that one has recorded its copy (or given up),
+    then copies the local copy.  A copier waits only after releasing all its claims, so
+    no two wait for each other."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._owners: dict[str, object] = {}  # account id -> the copier downloading it
+
+    def claim(self, owner: object, account_ids: set[str]) -> set[str]:
+        """Claim these for `owner`; returns those another owner holds."""
+        with self._changed:
+            taken = {i for i in account_ids if self._owners.get(i, owner) is not owner}
+            for account_id in account_ids - taken:
+                self._owners[account_id] = owner
+            return taken
+
+    def release(self, owner: object, account_ids: set[str | None] | None) -> None:
+        """Release these claims of `owner` (None: all of them)."""
+        with self._changed:
+            mine = {i for i, o in self._owners.items() if o is owner}
+            for account_id in mine if account_ids is None else mine.intersection(account_ids):
+                del self._owners[account_id]
+            if mine:
+                self._changed.notify_all()
+
+    def wait_for(self, account_ids: set[str | None]) -> None:
+        """Until no copier holds a claim on any of these."""
+        with self._changed:
+            self._changed.wait_for(lambda: not account_ids & self._owners.keys())
+
 
 #: A destination message a copy may turn out to be: its key, and its pair if the state
 #: knows it (a tombstone, a message that vanished and came back), else None.
@@ -110,62 +150,90 @@ class Copier:
         self.origin_folders: dict[str, Folder] = {}  # local folders opened for that
 
     def run(self) -> None:
-        """Copy (or link) each message, committing every batch."""
+        """Copy (or link) each message, committing every batch.  Messages another copier
+        of this run is downloading now (Downloads) come last, once it is done, from its
+        local copy."""
         fs, src, dst = self.fs, self.src, self.dst
-        report = fs.report
         bar = fs.options.progress(len(self.by_key), f"{fs.fstate.name_a} -> {SIDE_NAMES[dst]}")
         if self.journal:
             self.sent_before = fs.state.pending_keys(fs.fstate.id, src)
-        origins = self._local_origins()
-        if origins:  # (the journal follows self.order: the bodies come in this order)
-            self.order = [k for k in self.order if k in origins] + [
-                k for k in self.order if k not in origins
-            ]
+        downloads = fs.options.downloads
         try:
-            items = self._bodies(origins) if origins else self.source.fetch_many(self.order)
-            position = {key: n for n, key in enumerate(self.order)}
-            while True:
-                data = None  # let the last body go before the next is fetched (50 MB mail)
-                try:
-                    key, data = next(items)
-                except StopIteration:
-                    break
-                copy = self.by_key[key]
-                bar.update(1)
-                if isinstance(data, MessageError):
-                    report.errors.append(str(data))
-                    log.error("%s", data)
-                    continue
-                if not self._copy(copy, key, data, position[key]):
-                    continue
-                if len(self.pending) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
-                    self._commit()
+            origins = self._local_origins(list(self.by_key))
+            later = self._claim(origins)
+            self._pass([k for k in self.by_key if k not in later], origins, bar)
             self._commit()
+            downloads.release(self, None)
+            if later:
+                downloads.wait_for({self._account_id(key) for key in later})
+                self._pass(later, self._local_origins(later), bar)
+                self._commit()
         finally:
+            downloads.release(self, None)
             bar.close()
             for folder in self.origin_folders.values():
                 if folder is not self.target:
                     folder.close()
 
-    def _local_origins(self) -> dict[str, list[tuple[str, str, str | None]]]:
-        """Source key -> the local copies the state records of the same message (by its
-        Info.account_id) in any folder of the channel: (local folder, key, fingerprint).
-        Only for copies from the remote side, whose listing has account ids (Gmail)."""
+    def _pass(
+        self, keys: list[str], origins: dict[str, list[LocalCopy]], bar: NullProgress
+    ) -> None:
+        """Copy these source keys: those with a local copy first (read from it), then
+        the others (fetched from the source in one pipelined stream)."""
+        report = self.fs.report
+        self.order = [k for k in keys if k in origins] + [k for k in keys if k not in origins]
+        self.journaled_to = 0  # (the journal follows self.order: the bodies come in it)
+        items = self._bodies(origins) if origins else self.source.fetch_many(self.order)
+        position = {key: n for n, key in enumerate(self.order)}
+        while True:
+            data = None  # let the last body go before the next is fetched (50 MB mail)
+            try:
+                key, data = next(items)
+            except StopIteration:
+                break
+            copy = self.by_key[key]
+            bar.update(1)
+            if isinstance(data, MessageError):
+                report.errors.append(str(data))
+                log.error("%s", data)
+                continue
+            if not self._copy(copy, key, data, position[key]):
+                continue
+            if len(self.pending) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
+                self._commit()
+
+    def _account_id(self, key: str) -> str | None:
+        """The source message's Info.account_id (copies from the remote side only)."""
         if self.src != "a":
-            return {}
-        listing = self.fs.listings["a"]
-        ids = {}
-        for key in self.order:
-            info = listing.get(key)
-            if info is not None and info.account_id:
-                ids[key] = info.account_id
+            return None
+        info = self.fs.listings["a"].get(key)
+        return info.account_id if info is not None else None
+
+    def _claim(self, origins: dict[str, list[LocalCopy]]) -> list[str]:
+        """Claim the downloads of the messages with an account id and no local copy;
+        returns those another copier has claimed (to be copied last)."""
+        wanted = {}
+        for key in self.by_key:
+            account_id = self._account_id(key)
+            if account_id and key not in origins:
+                wanted[key] = account_id
+        if not wanted:
+            return []
+        taken = self.fs.options.downloads.claim(self, set(wanted.values()))
+        return [key for key, account_id in wanted.items() if account_id in taken]
+
+    def _local_origins(self, keys: list[str]) -> dict[str, list[LocalCopy]]:
+        """Source key -> the local copies the state records of the same message (by its
+        Info.account_id) in any folder of the channel.  Only for copies from the remote
+        side, whose listing has account ids (Gmail)."""
+        ids = {key: account_id for key in keys if (account_id := self._account_id(key))}
         if not ids:
             return {}
         copies = self.fs.state.local_copies(ids.values())
         return {key: copies[account_id] for key, account_id in ids.items() if account_id in copies}
 
     def _bodies(
-        self, origins: dict[str, list[tuple[str, str, str | None]]]
+        self, origins: dict[str, list[LocalCopy]]
     ) -> Iterator[tuple[str, Body | MessageError]]:
         """fetch_many() of self.order, the messages with a local copy (first in the
         order) read from it, falling back to the source one by one."""
@@ -181,7 +249,7 @@ class Copier:
                 yield key, data
         yield from self.source.fetch_many(remote)
 
-    def _local_body(self, key: str, copies: list[tuple[str, str, str | None]]) -> Body | None:
+    def _local_body(self, key: str, copies: list[LocalCopy]) -> Body | None:
         """The bytes of the first local copy of source message `key` that can be read and
         is still what was copied (its fingerprint as recorded, a size the source's
         listing allows), remembered in origin_of; None if there is none."""
@@ -339,6 +407,7 @@ class Copier:
             state.forget_pending(folder_id, self.src, copied_from)
         state.commit()
         step("commit")
+        fs.options.downloads.release(self, {p.account_id_a for p in self.pending})
         self.pending, self.pending_bytes = [], 0
 
     def _refused(self, key: str, digest: str, data: Body, error: RefusedError) -> None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mailsync.copies import BATCH_MESSAGES, copy_all
+from mailsync.copies import BATCH_MESSAGES, Downloads, copy_all
 from mailsync.crashhook import step
 from mailsync.errors import MessageError
 from mailsync.message import Info
@@ -50,6 +50,8 @@ class SyncOptions:
     retry_refused: bool = False
     clock: Callable[[], float] = time.time  # "now": arrival dates, pairs' ages, retention
     progress: ProgressFactory = no_progress
+    # The downloads under way, shared by the folders synced at once (copies.py).
+    downloads: Downloads = field(default_factory=Downloads, compare=False)
 
     @property
     def signature(self) -> str:
