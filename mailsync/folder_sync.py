@@ -124,6 +124,8 @@ class FolderSync:
         """Sync the pair; `existing`: each side's folder names.  Errors of a message go
         into the report; a FolderError (or worse) is the caller's to report."""
         fstate = self.fstate
+        if self.options.dry_run and self.local != self.name:
+            self.report.notes.append(f"local folder {self.local}")
         if self.ident and fstate.ident_a != self.ident and not self.options.dry_run:
             fstate.ident_a = self.ident
             self.state.begin()
@@ -143,6 +145,8 @@ class FolderSync:
         kind = self.kind if side == "b" else "mail"
         name = self.local if side == "b" else self.name
         report, store = self.report, self.stores[side]
+        # (A local folder named otherwise than its remote folder: Gmail's Sent, Archive.)
+        as_ = f" as {name}" if side == "b" and name != self.name else ""
         if name in existing[side]:
             return store.open_folder(name)
         dry_run = self.options.dry_run
@@ -153,7 +157,7 @@ class FolderSync:
                 report.errors.append(error)
                 log.error("%s", error)
             else:
-                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side")
+                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side{as_}")
         if not self.policy.writes(side) or dry_run:
             return None  # read as empty
         fstate = self.fstate
@@ -171,7 +175,7 @@ class FolderSync:
                 f"re-created on the {SIDE_NAMES[side]} side; copying its messages again"
             )
         else:
-            report.notes.append(f"created on the {SIDE_NAMES[side]} side")
+            report.notes.append(f"created on the {SIDE_NAMES[side]} side{as_}")
         return folder
 
     def list_side(self, side: str, pairs: list[Pair]) -> tuple[dict[str, Info], Cursor]:

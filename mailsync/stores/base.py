@@ -254,6 +254,19 @@ class Store(ABC):
         names, so nothing is copied twice after an upgrade."""
         return {}
 
+    def local_names(self) -> dict[str, str]:
+        """Folder name -> the name its local folder should have where that is another
+        (Gmail: its special folders by their SPECIAL-USE attribute, ``[Gmail]/Sent Mail``
+        -> ``Sent``), as of the last list_folders().  The engine takes it for folders
+        its state does not know under another local name (folders.map_folders)."""
+        return {}
+
+    def redundant_folders(self) -> dict[str, str]:
+        """Folder name -> why a job leaves it out unless its folder patterns name it
+        exactly (Gmail's Important and Starred: views of what the other folders and the
+        flags already hold), as of the last list_folders()."""
+        return {}
+
     #: Whether rename_folder() works here.  The engine then moves a local folder when
     #: its remote folder was renamed; where it cannot, the old local name stays.
     can_rename: bool = False
