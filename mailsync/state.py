@@ -502,6 +502,15 @@ class State:
                 out.setdefault(account_id, []).append((name_b, key_b, digest))
         return out
 
+    def lacks_account_ids(self, folder_id: int) -> bool:
+        """Whether a pair of the folder with both keys has no account_id_a."""
+        row = self.db.execute(
+            "SELECT 1 FROM pairs WHERE folder_id = ? AND key_a IS NOT NULL "
+            "AND key_b IS NOT NULL AND account_id_a IS NULL LIMIT 1",
+            (folder_id,),
+        ).fetchone()
+        return row is not None
+
     def delete_pair(self, pair: Pair) -> None:
         self.db.execute("DELETE FROM pairs WHERE id = ?", (pair.id,))
 

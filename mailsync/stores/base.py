@@ -93,6 +93,10 @@ class Folder(ABC):
     #: (EWS SyncFolderItems), so that a keep-pull from it applies and commits one page at
     #: a time and an interruption costs at most a page.
     paged: bool = False
+    #: True if list() gives each message its Info.account_id (Gmail: X-GM-MSGID).  The
+    #: engine then lists the folder in full (no cursor) while the state has pairs of it
+    #: without one (copied by a mailsync before account ids), to learn them.
+    account_ids: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:

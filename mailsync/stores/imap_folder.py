@@ -160,6 +160,10 @@ class IMAPFolder(Folder):
             self._unannounced = False
         return info
 
+    @property
+    def account_ids(self) -> bool:  # type: ignore[override]  # (Folder: an attribute; see base)
+        return self.store.gmail
+
     def _check_validity(self, value) -> None:
         """Keys are only good under one UIDVALIDITY: a change in mid-run (seen on a
         reconnect, or between STATUS and SELECT) stops the folder."""

@@ -148,6 +148,24 @@ def test_a_rerun_downloads_nothing_and_a_new_label_downloads_nothing(gmail, mail
         assert bodies(root)[folder][lf(new.body)] == 1
 
 
+def test_messages_copied_before_account_ids_were_recorded_serve_new_labels(gmail, mailenv):
+    """A state whose pairs have no X-GM-MSGID (a pull of an earlier mailsync) learns them
+    from the next listing: a new label of an old message then downloads nothing."""
+    messages = three_labels(gmail)
+    root = mailenv / "Mail"
+    pull(gmail, f"maildir:{root}", "--folders", "INBOX")
+    (path,) = (mailenv / "state" / "mailsync").glob("*.db")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE pairs SET account_id_a = NULL")
+    db.execute("DELETE FROM meta WHERE name LIKE 'account-ids:%'")
+    db.commit()
+    db.close()
+    pull(gmail, f"maildir:{root}", "--folders", "INBOX")
+    pull(gmail, f"maildir:{root}", "--folders", "INBOX", "--folders", "Work")
+    assert gmail.body_downloads == Counter({m.msgid: 1 for m in messages})
+    assert bodies(root)["Work"] == bodies(root)["INBOX"]
+
+
 def test_an_mbox_destination_gets_each_message_once_from_one_download(gmail, mailenv):
     messages = three_labels(gmail)
     root = mailenv / "mbox"
