@@ -92,10 +92,11 @@ class Downloads:
             if mine:
                 self._changed.notify_all()
 
-    def wait_for(self, account_ids: set[str | None]) -> None:
-        """Until no copier holds a claim on any of these."""
+    def wait_for_any(self, account_ids: set[str | None]) -> set[str | None]:
+        """Until some of these are claimed by no copier; returns those."""
         with self._changed:
-            self._changed.wait_for(lambda: not account_ids & self._owners.keys())
+            self._changed.wait_for(lambda: bool(account_ids - self._owners.keys()))
+            return account_ids - self._owners.keys()
 
 
 #: A destination message a copy may turn out to be: its key, and its pair if the state
@@ -164,9 +165,11 @@ class Copier:
             self._pass([k for k in self.by_key if k not in later], origins, bar)
             self._commit()
             downloads.release(self, None)
-            if later:
-                downloads.wait_for({self._account_id(key) for key in later})
-                self._pass(later, self._local_origins(later), bar)
+            while later:  # as their downloads are recorded, a batch at a time
+                ready = downloads.wait_for_any({self._account_id(key) for key in later})
+                now = [key for key in later if self._account_id(key) in ready]
+                later = [key for key in later if key not in now]
+                self._pass(now, self._local_origins(now), bar)
                 self._commit()
         finally:
             downloads.release(self, None)
