@@ -374,7 +374,6 @@ def job_folder_map(job: Job, remote: Store, directory: str) -> FolderMap:
             rows = state.folders()
     renamed = any(row.name_b != row.name_a for row in rows)
     former = remote.former_names() if renamed else {}
-    remote.list_folders()  # (local_names() and redundant_folders() are of a listing)
     return map_folders(
         job.folder_map,
         job.patterns,

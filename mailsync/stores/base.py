@@ -261,14 +261,15 @@ class Store(ABC):
     def local_names(self) -> dict[str, str]:
         """Folder name -> the name its local folder should have where that is another
         (Gmail: its special folders by their SPECIAL-USE attribute, ``[Gmail]/Sent Mail``
-        -> ``Sent``), as of the last list_folders().  The engine takes it for folders
-        its state does not know under another local name (folders.map_folders)."""
+        -> ``Sent``), as of the last list_folders() (made first if there was none).  The
+        engine takes it for folders its state does not know under another local name
+        (folders.map_folders)."""
         return {}
 
     def redundant_folders(self) -> dict[str, str]:
         """Folder name -> why a job leaves it out unless its folder patterns name it
         exactly (Gmail's Important and Starred: views of what the other folders and the
-        flags already hold), as of the last list_folders()."""
+        flags already hold), as of the last list_folders() (as local_names())."""
         return {}
 
     #: Whether rename_folder() works here.  The engine then moves a local folder when

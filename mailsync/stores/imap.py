@@ -184,8 +184,10 @@ class IMAPStore(IMAPConnection, Store):
     def local_names(self) -> dict[str, str]:
         """Gmail's special folders -> Sent, Trash, Drafts, Junk, Archive (GMAIL_LOCAL_NAMES),
         except where another folder of the account has that name already."""
-        if not self._listed or not self.gmail:
+        if not self.gmail:
             return {}
+        if not self._listed:
+            self.list_folders()
         out = {}
         for name, attributes in self._attributes.items():
             for attribute, local in GMAIL_LOCAL_NAMES.items():
@@ -195,8 +197,10 @@ class IMAPStore(IMAPConnection, Store):
         return {name: local for name, local in out.items() if taken.count(local) == 1}
 
     def redundant_folders(self) -> dict[str, str]:
-        if not self._listed or not self.gmail:
+        if not self.gmail:
             return {}
+        if not self._listed:
+            self.list_folders()
         return {
             name: why
             for name, attributes in self._attributes.items()
