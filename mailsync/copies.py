@@ -351,7 +351,13 @@ class Copier:
             pair = copy.pair or self._new_pair(copy, digest)
             report.copied(src)
             log.info(
-                "%s: copied %s %s to %s %s", name, SIDE_NAMES[src], key, SIDE_NAMES[dst], dst_key
+                "%s: copied %s %s to %s %s%s",
+                name,
+                SIDE_NAMES[src],
+                key,
+                SIDE_NAMES[dst],
+                dst_key,
+                f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
             )
         pair.set_key(src, key)
         pair.set_key(dst, dst_key)

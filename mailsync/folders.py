@@ -6,7 +6,11 @@ A job's folders are chosen by its patterns (--folders, a channel's ``folders``: 
 remote folder's local folder has the same name, except where the channel maps it, or
 where the state keeps another local name for it: a remote folder renamed (by its folder
 id, or by the name an older mailsync gave it) whose local folder could not follow
-(renames.py says when it moves and when it stays).
+(renames.py says when it moves and when it stays), or where the remote store gives it
+another local name (Store.local_names: Gmail's special folders, by SPECIAL-USE, become
+Sent, Trash, Drafts, Junk, Archive) and the state knows it under no other.  Folders the
+remote store calls redundant (Store.redundant_folders: Gmail's Important and Starred)
+are covered only when a pattern is their name.
 
 map_folders() is the one place that says this.  The sync (sync.py, after following the
 renames of this run) and verify (on the state as the last sync left it) both ask it, so
