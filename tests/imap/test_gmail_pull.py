@@ -123,6 +123,15 @@ def test_each_message_is_downloaded_once_however_many_labels_it_has(gmail, maile
         assert flags == {frozenset({"\\Seen", "\\Flagged"})}
 
 
+def test_x_gm_msgid_comes_with_the_flags_in_one_fetch(gmail, mailenv):
+    three_labels(gmail)
+    pull(gmail, f"maildir:{mailenv / 'Mail'}")
+    fetches = [c for c in gmail.commands() if "FETCH" in c.upper()]
+    listings = [c for c in fetches if "FLAGS" in c.upper()]
+    assert listings and all("X-GM-MSGID" in c.upper() for c in listings)
+    assert not [c for c in fetches if "X-GM-MSGID" in c.upper() and c not in listings]
+
+
 def test_a_rerun_downloads_nothing_and_a_new_label_downloads_nothing(gmail, mailenv):
     messages = three_labels(gmail)
     root = mailenv / "Mail"
