@@ -17,8 +17,9 @@ the state records a local copy of it in any folder of the channel (made durable 
 recorded by this run or an earlier one), a copy from the remote side takes its bytes from
 that local copy (Folder.append_copy: a hard link on Maildir), provided they are still
 what was recorded (their fingerprint); else, as for any message, from the remote side.
-Two folders synced at once (--jobs) may both download a message neither has a local
-copy of yet; each folder still gets it once.
+Folders synced at once (--jobs) take turns on a message both need (Downloads): one
+downloads it, the other copies the local copy once it is recorded; a message is
+downloaded again only where that failed.  Each folder gets it once in any case.
 
 A message the destination refuses for good (errors.RefusedError) is named, recorded
 (never as copied) and not offered again unless asked (--retry-refused).
