@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 
 from mailsync.errors import ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
@@ -193,8 +194,8 @@ class IMAPStore(IMAPConnection, Store):
             for attribute, local in GMAIL_LOCAL_NAMES.items():
                 if attribute in attributes and local not in self._names and name != "INBOX":
                     out[name] = local
-        taken = [local for local in out.values()]
-        return {name: local for name, local in out.items() if taken.count(local) == 1}
+        taken = Counter(out.values())  # (two folders of one kind: neither gets the name)
+        return {name: local for name, local in out.items() if taken[local] == 1}
 
     def redundant_folders(self) -> dict[str, str]:
         if not self.gmail:

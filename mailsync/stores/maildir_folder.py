@@ -398,16 +398,7 @@ class MaildirFolder(Folder):
         tmp_dir = os.path.join(self.path, "tmp") if self._have_tmp else self._tmp_dir()
         # Before the message is queued: its letters must be in dovecot-keywords, durably,
         # before the writer thread renames it into place.
-        letters = "".join(sorted(set(flags_info(flags)) | self.keywords.letters_of(flags, True)))
-        key = unique_name(len(data))
-        # new/ is for what no mail reader has seen (\Recent, which the engine passes on
-        # from a source Maildir's new/, and for every message from sources that cannot
-        # tell); a message with flags, or without \Recent, was seen: cur/, with an empty
-        # info if need be, so mutt shows old unread mail as old, not as new.
-        if letters or RECENT not in flags:
-            sub, filename = "cur", key + INFO_SEP + letters
-        else:
-            sub, filename = "new", key
+        key, sub, filename = self._new_name(flags, len(data))
         self._dirty.add(os.path.join(self.path, sub))
         self._where[key] = (sub, filename)
         # The write, fsync and rename run on a small pool of threads: fsyncs issued
@@ -424,6 +415,19 @@ class MaildirFolder(Folder):
             self._wait(next(iter(self._pending)))
         return key
 
+    def _new_name(self, flags: frozenset[str], size: int) -> tuple[str, str, str]:
+        """(key, new/ or cur/, file name) of a message to be added with these flags, the
+        letters of its keywords made durable in dovecot-keywords first."""
+        letters = "".join(sorted(set(flags_info(flags)) | self.keywords.letters_of(flags, True)))
+        key = unique_name(size)
+        # new/ is for what no mail reader has seen (\Recent, which the engine passes on
+        # from a source Maildir's new/, and for every message from sources that cannot
+        # tell); a message with flags, or without \Recent, was seen: cur/, with an empty
+        # info if need be, so mutt shows old unread mail as old, not as new.
+        if letters or RECENT not in flags:
+            return key, "cur", key + INFO_SEP + letters
+        return key, "new", key
+
     def append_copy(
         self, data: Body, flags: frozenset[str], arrival: float, origin: Folder, origin_key: str
     ) -> str:
@@ -438,12 +442,7 @@ class MaildirFolder(Folder):
         where = origin._on_file(origin_key, lambda sub, name: os.path.join(origin.path, sub, name))
         if where is _GONE:
             return self.append(data, flags, arrival)
-        letters = "".join(sorted(set(flags_info(flags)) | self.keywords.letters_of(flags, True)))
-        key = unique_name(len(to_lf(data)))
-        if letters or RECENT not in flags:
-            sub, filename = "cur", key + INFO_SEP + letters
-        else:
-            sub, filename = "new", key
+        key, sub, filename = self._new_name(flags, len(to_lf(data)))
         try:
             os.link(where, os.path.join(self.path, sub, filename))
         except OSError as error:  # EXDEV, EPERM, EMLINK, ENOENT (renamed meanwhile): copy
