@@ -200,7 +200,8 @@ def test_a_changed_local_copy_is_not_copied_the_message_is_downloaded(gmail, mai
     assert bodies(root)["Archive"] == Counter([lf(message.body)])
 
 
-def test_a_message_removed_from_one_label_goes_from_that_folder_only(gmail, mailenv):
+@pytest.mark.parametrize("command", [("pull", "--mirror"), ("sync",)])
+def test_a_message_removed_from_one_label_goes_from_that_folder_only(gmail, mailenv, command):
     messages = three_labels(gmail)
     root = mailenv / "Mail"
     pull(gmail, f"maildir:{root}")
@@ -209,12 +210,34 @@ def test_a_message_removed_from_one_label_goes_from_that_folder_only(gmail, mail
     client.remove_gmail_labels([gmail.uid("Work", messages[1].msgid)], ["Work"])
     client.logout()
     assert gmail.uid("Work", messages[1].msgid) is None
-    pull(gmail, f"maildir:{root}", "--mirror")
+    result = run(*command, gmail.url(), f"maildir:{root}", password=gmail.password)
+    assert result.exit_code == 0, result.output
     found = bodies(root)
     assert lf(messages[1].body) not in found["Work"]
     for folder in ("INBOX", "Later", "Archive"):
         assert found[folder][lf(messages[1].body)] == 1, folder
     assert sum(found["Work"].values()) == len(messages) - 1
+    assert gmail.body_downloads == Counter({m.msgid: 1 for m in messages})
+
+
+def test_a_label_taken_away_and_given_back_leaves_one_copy(gmail, mailenv):
+    """Gmail gives a message a new UID in a folder it comes back to: a pull that keeps
+    deletions still has its old copy there, which the message is linked to again."""
+    messages = three_labels(gmail)
+    root = mailenv / "Mail"
+    pull(gmail, f"maildir:{root}")
+    client = imap(gmail)
+    client.select_folder("INBOX")
+    uid = gmail.uid("INBOX", messages[1].msgid)
+    client.remove_gmail_labels([uid], ["Work"])
+    client.logout()
+    pull(gmail, f"maildir:{root}")
+    client = imap(gmail)
+    client.select_folder("INBOX")
+    client.add_gmail_labels([uid], ["Work"])
+    client.logout()
+    pull(gmail, f"maildir:{root}")
+    assert bodies(root)["Work"] == Counter(lf(m.body) for m in messages)
     assert gmail.body_downloads == Counter({m.msgid: 1 for m in messages})
 
 
