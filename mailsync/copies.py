@@ -351,6 +351,7 @@ class Copier:
                 fs.arrived.add(dst_key)
             pair = copy.pair or self._new_pair(copy, digest)
             report.copied(src)
+            report.from_local_copies += origin is not None
             log.info(
                 "%s: copied %s %s to %s %s%s",
                 name,

@@ -88,8 +88,11 @@ def test_each_message_is_downloaded_once_however_many_labels_it_has(gmail, maile
     folders synced at once), the other copies hard links of the first, with their flags."""
     messages = three_labels(gmail)
     root = mailenv / "Mail"
-    pull(gmail, f"maildir:{root}", "--jobs", jobs)
+    result = pull(gmail, f"maildir:{root}", "--jobs", jobs, "--json")
     assert gmail.body_downloads == Counter({m.msgid: 1 for m in messages})
+    reported = json.loads(result.output)["channels"][0]["folders"]
+    assert sum(f["copied_a_to_b"] for f in reported) == 4 * len(messages)
+    assert sum(f["from_local_copies"] for f in reported) == 3 * len(messages)
     expected = Counter(lf(m.body) for m in messages)
     found = bodies(root)
     for folder in ("INBOX", "Work", "Later", "Archive"):
