@@ -150,6 +150,10 @@ class Copier:
         # Source key -> the local copy its bytes were read from (Folder.append_copy).
         self.origin_of: dict[str, tuple[Folder, str]] = {}
         self.origin_folders: dict[str, Folder] = {}  # local folders opened for that
+        # Local folders that failed as a whole (cannot be opened, locked by another
+        # worker's batch: mbox): not asked again by this copier, whose messages then
+        # come from other local copies or from the source.
+        self.unusable_origins: set[str] = set()
 
     def run(self) -> None:
         """Copy (or link) each message, committing every batch.  Messages another copier
@@ -259,11 +263,15 @@ class Copier:
         listing allows), remembered in origin_of; None if there is none."""
         listed = self.fs.listings[self.src].get(key)
         for name, local_key, digest in copies:
+            if name in self.unusable_origins:
+                continue
             try:
                 folder = self._origin_folder(name)
                 data = folder.fetch(local_key)
-            except MailsyncError as error:
+            except (MailsyncError, OSError) as error:  # (then from elsewhere: never fatal)
                 log.debug("%s: local copy %s %s unusable: %s", self.fs.name, name, local_key, error)
+                if not isinstance(error, MessageError):
+                    self.unusable_origins.add(name)
                 continue
             if digest is None or fingerprint(data) != digest:
                 continue
