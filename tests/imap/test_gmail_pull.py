@@ -60,6 +60,16 @@ def inodes(root: Path) -> dict[str, dict[bytes, int]]:
     }
 
 
+def file_of(root: Path, folder: str, body: bytes) -> Path:
+    """The one file of local folder `folder` that holds `body`."""
+    (path,) = [p for p in maildir_files(root)[folder] if p.read_bytes() == body]
+    return path
+
+
+# The local folders of a message labelled INBOX, Work and Later (All Mail: Archive).
+FOLDERS = ("INBOX", "Work", "Later", "Archive")
+
+
 @pytest.fixture
 def gmail(mailenv):
     with FakeGmail(labels=("Work", "Later")) as server:
@@ -95,35 +105,23 @@ def test_each_message_is_downloaded_once_however_many_labels_it_has(gmail, maile
     assert sum(f["from_local_copies"] for f in reported) == 3 * len(messages)
     expected = Counter(lf(m.body) for m in messages)
     found = bodies(root)
-    for folder in ("INBOX", "Work", "Later", "Archive"):
+    for folder in FOLDERS:
         assert found[folder] == expected, folder
     # one file on disk per message, linked into every folder
-    links = inodes(root)
     for m in messages:
-        assert (
-            len({links[folder][lf(m.body)] for folder in ("INBOX", "Work", "Later", "Archive")})
-            == 1
-        )
-        assert (
-            os.stat(
-                next(p for p in maildir_files(root)["Work"] if p.read_bytes() == lf(m.body))
-            ).st_nlink
-            == 4
-        )
+        files = [file_of(root, folder, lf(m.body)) for folder in FOLDERS]
+        assert len({f.stat().st_ino for f in files}) == 1
+        assert files[0].stat().st_nlink == len(FOLDERS)
     # flags are each copy's own: the starred one is flagged and read everywhere, and a
     # mail reader changing one copy's flags leaves the others alone
     first = lf(messages[0].body)
-    for folder in ("INBOX", "Work", "Later", "Archive"):
-        flags = {file_flags(p) for p in maildir_files(root)[folder] if p.read_bytes() == first}
-        assert flags == {frozenset({"\\Seen", "\\Flagged"})}
-    work_copy = next(p for p in maildir_files(root)["Work"] if p.read_bytes() == first)
+    for folder in FOLDERS:
+        assert file_flags(file_of(root, folder, first)) == {"\\Seen", "\\Flagged"}
+    work_copy = file_of(root, "Work", first)
     work_copy.rename(work_copy.with_name(work_copy.name.replace(":2,FS", ":2,S")))
-    assert {file_flags(p) for p in maildir_files(root)["Work"] if p.read_bytes() == first} == {
-        frozenset({"\\Seen"})
-    }
+    assert file_flags(file_of(root, "Work", first)) == {"\\Seen"}
     for folder in ("INBOX", "Later", "Archive"):
-        flags = {file_flags(p) for p in maildir_files(root)[folder] if p.read_bytes() == first}
-        assert flags == {frozenset({"\\Seen", "\\Flagged"})}
+        assert file_flags(file_of(root, folder, first)) == {"\\Seen", "\\Flagged"}
 
 
 def test_x_gm_msgid_comes_with_the_flags_in_one_fetch(gmail, mailenv):
@@ -183,7 +181,7 @@ def test_an_mbox_destination_gets_each_message_once_from_one_download(gmail, mai
     root = mailenv / "mbox"
     pull(gmail, f"mbox:{root}")
     assert gmail.body_downloads == Counter({m.msgid: 1 for m in messages})
-    for folder in ("INBOX", "Work", "Later", "Archive"):
+    for folder in FOLDERS:
         box = mailbox.mbox(str(root / folder), create=False)
         subjects = sorted(str(message["Subject"]) for message in box)
         assert subjects == sorted(f"message {n}" for n in range(len(messages))), folder
@@ -259,7 +257,7 @@ def test_special_folders_map_by_their_attributes_in_a_localized_account(mailenv)
         rows = {row["folder"]: row for row in json.loads(listed.output)["folders"]}
         assert rows["[Google Mail]/Gesendet"]["local"] == "Sent"
         assert rows["[Google Mail]/Alle Nachrichten"]["local"] == "Archive"
-        assert "left out" not in rows["INBOX"] and "local" not in rows["INBOX"]
+        assert "left_out" not in rows["INBOX"] and "local" not in rows["INBOX"]
         assert "left_out" in rows["[Google Mail]/Wichtig"]
         root = mailenv / "Mail"
         dry = run("pull", "--dry-run", gmail.url(), f"maildir:{root}", password=gmail.password)
@@ -320,7 +318,7 @@ def test_without_hard_links_the_local_copy_is_copied(gmail, mailenv, monkeypatch
     assert gmail.body_downloads == Counter({m.msgid: 1 for m in messages})
     links = inodes(root)
     for m in messages:
-        assert len({links[f][lf(m.body)] for f in ("INBOX", "Work", "Later", "Archive")}) == 4
+        assert len({links[f][lf(m.body)] for f in FOLDERS}) == len(FOLDERS)
 
 
 # -- crashes -------------------------------------------------------------------------------
