@@ -47,6 +47,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from mailsync import oauth
 from mailsync.errors import AuthError, ConfigError, ConnectError
@@ -585,7 +586,7 @@ def token_source(
                 '"microsoft" or "custom"'
             )
         return None
-    texts = {}
+    texts: dict[str, Any] = {}  # (a string; scope and client_secret_command: or a list)
     for key, value in values.items():
         if key in ("scope", "client_secret_command") and isinstance(value, list):
             if not all(isinstance(v, str) for v in value):
@@ -690,7 +691,7 @@ def login(
 
         tokens = oauth.device_login(client, show_code, sleep=sleep)
     else:
-        options = {}
+        options: dict[str, Any] = {}
         if open_browser is not None:
             options["open_browser"] = open_browser
         tokens = oauth.browser_login(
