@@ -82,6 +82,16 @@ def _timestamp(value) -> float:
     return time.time()
 
 
+def _gmail_message_id(value) -> str | None:
+    """X-GM-MSGID as Info.account_id: an unsigned 64-bit number [Gmail's IMAP extensions];
+    anything else (a hostile or broken server) is no id, and the message is downloaded."""
+    if isinstance(value, bytes) and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**64:
+        return str(value)
+    return None
+
+
 def valid_keyword(flag: str) -> bool:
     """Whether `flag` can be sent as an IMAP keyword (an atom, ASCII, no specials)."""
     return (
@@ -153,6 +163,10 @@ class IMAPFolder(Folder):
             self.store.call("noop", folder=self)
             self._unannounced = False
         return info
+
+    @property
+    def account_ids(self) -> bool:  # type: ignore[override]  # (Folder: an attribute; see base)
+        return self.store.gmail
 
     def _check_validity(self, value) -> None:
         """Keys are only good under one UIDVALIDITY: a change in mid-run (seen on a
@@ -301,6 +315,8 @@ class IMAPFolder(Folder):
         self, uid_set: str, modifiers: builtins.list[str] | None = None
     ) -> dict[str, Info]:
         items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
+        if self.store.gmail:
+            items.append("X-GM-MSGID")  # the same message in every label: Info.account_id
         response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
         listing = {}
         for uid, data in response.items():
@@ -313,7 +329,10 @@ class IMAPFolder(Folder):
             if not isinstance(flags, tuple | list):
                 flags = ()
             listing[str(uid)] = Info(
-                normalise_flags(flags), size, _timestamp(data.get(b"INTERNALDATE"))
+                normalise_flags(flags),
+                size,
+                _timestamp(data.get(b"INTERNALDATE")),
+                _gmail_message_id(data.get(b"X-GM-MSGID")),
             )
         return listing
 
