@@ -171,6 +171,8 @@ class Copier:
             # Sources that do not know when a message arrived (POP3): its headers.
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
+            if fs.options.pace is not None:  # --max-rate: the one place every copy passes
+                fs.options.pace(len(data))
             try:
                 dst_key = target.append(
                     data, append_flags(flags, key, self.source, target, listing), arrival

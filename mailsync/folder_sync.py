@@ -59,6 +59,9 @@ class SyncOptions:
     retry_refused: bool = False
     clock: Callable[[], float] = time.time  # "now": arrival dates, pairs' ages, retention
     progress: ProgressFactory = no_progress
+    # Called with each message's size before it is appended (ratelimit.RateLimit: the
+    # account's --max-rate); None: no pacing.
+    pace: Callable[[int], None] | None = None
 
     @property
     def signature(self) -> str:
@@ -191,6 +194,7 @@ class FolderSync:
             return self._list_folder(side, folder, pairs)
         finally:
             self.report.skipped += len(folder.skipped)
+            self.report.skipped_why.extend(folder.skipped)
             for note in folder.skipped:
                 log.warning("%s: %s", self.fstate.name_a, note)
             report_problems(self.policy, side, folder.problems, self.report.errors)

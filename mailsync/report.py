@@ -29,6 +29,7 @@ class FolderReport:
     deleted_b: int = 0
     linked: int = 0  # unrecorded copies found again by content
     skipped: int = 0
+    skipped_why: list[str] = field(default_factory=list)  # the source's notes, one a skip
     errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
