@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsync import config as configmod
-from mailsync.channel import Job, is_network, migrate_job
+from mailsync.channel import Job, is_network, migrate_job, resolve_store
 from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError
 from mailsync.migrate import MigrateOptions, migrate
 from mailsync.state import state_file_name
@@ -135,6 +135,9 @@ def _job(fields: Mapping[str, str], config: configmod.Config) -> Job:
             if fields.get(f"{side}_{option}")
         }
         options[side] = given
+        url = resolve_store(config, fields[side])[0]
+        if given and not is_network(url):
+            raise ConfigError(f"{side} {mask_url(url)} is local: it takes no password command")
     job = migrate_job(
         config, fields["source"], fields["dest"], (), options["source"], options["dest"]
     )
@@ -142,17 +145,12 @@ def _job(fields: Mapping[str, str], config: configmod.Config) -> Job:
         ("source", job.url_a, job.options_a),
         ("dest", job.url_b, job.options_b),
     ):
-        if is_network(url):
-            if not any(
-                store_options.get(option)
-                for option in ("password_command", *configmod.TOKEN_OPTIONS)
-            ):
-                raise ConfigError(
-                    f"{side} {mask_url(url)} needs a {side}_password_command or "
-                    f"{side}_token_command (passwords never go in the file)"
-                )
-        elif options[side]:
-            raise ConfigError(f"{side} {mask_url(url)} is local: it takes no password command")
+        signs_in = ("password_command", *configmod.TOKEN_OPTIONS)
+        if is_network(url) and not any(store_options.get(option) for option in signs_in):
+            raise ConfigError(
+                f"{side} {mask_url(url)} needs a {side}_password_command or "
+                f"{side}_token_command (passwords never go in the file)"
+            )
     return job
 
 

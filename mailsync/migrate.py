@@ -14,13 +14,16 @@ Nothing here prints; cli.py formats a Migration, and batch.py runs many.
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
-from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError
+from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError, StoreError
 from mailsync.ratelimit import RateLimit
 from mailsync.report import FolderReport, ProgressFactory, Report
 from mailsync.stores import mask_url
@@ -165,6 +168,41 @@ def migrate(
     options = options or MigrateOptions()
     if job.direction != "pull" or job.delete != "keep":
         raise ConfigError(f"{job.label}: a migration copies one way and deletes nothing in DEST")
+    if options.dry_run:
+        # The engine records folders in the state even on a dry run (and creates the
+        # file); a dry migration works on a snapshot of it instead, so it writes nothing.
+        with tempfile.TemporaryDirectory(prefix="mailsync-dry-run-") as scratch:
+            snapshot_state(job, directory, scratch)
+            return _migrate(job, scratch, options, progress, show_error)
+    return _migrate(job, directory, options, progress, show_error)
+
+
+def snapshot_state(job: Job, directory: str, scratch: str) -> None:
+    """A consistent copy of the job's state file (if it has one) into `scratch`."""
+    path = channelmod.state_path(directory, job)
+    if not os.path.exists(path):
+        return
+    try:
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            copy = sqlite3.connect(channelmod.state_path(scratch, job))
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read the state {path} for a dry run: {error}")
+
+
+def _migrate(
+    job: Job,
+    directory: str,
+    options: MigrateOptions,
+    progress: ProgressFactory | None,
+    show_error: Callable[[str], None] | None,
+) -> Migration:
     pace = options.rate_limit()
     run_options = RunOptions(
         dry_run=options.dry_run, retry_refused=options.retry_refused, jobs=options.jobs, pace=pace
