@@ -310,15 +310,15 @@ def source_only(job: Job, directory: str) -> Verification:
 
 def delete_verified(job: Job, verification: Verification, migration: Migration) -> None:
     """--delete-source: delete in SOURCE each message the check found in DEST (by
-    content, after the copy's batches were made durable), folder by folder; a folder
-    with any error in this migration is left alone.  An error deleting stops there
-    (what was deleted is counted; a rerun deletes the rest)."""
+    content, after the copy's batches were made durable), folder by folder; a message
+    the check did not find (refused by DEST, failed, unreadable) stays.  An error
+    deleting stops there (what was deleted is counted; a rerun deletes the rest)."""
     by_name = {f.folder: f for f in migration.folders}
     try:
         with job.open_a(read_only=False) as source:
             for check in verification.folders:
                 folder_migration = by_name[check.folder]
-                if not check.present or folder_migration.errors or check.error:
+                if not check.present or check.error:
                     continue
                 folder = source.open_folder(check.folder)
                 try:
