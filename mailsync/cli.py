@@ -1,7 +1,7 @@
 """The command line: parses, calls the library (channel.py, migrate.py, batch.py), prints
-the result.  No more.  Over 700 lines, because it is every command's Click layer (the one
-place that knows Click, as STYLE.md wants); each command is a few lines around one
-library call plus its printing, and splitting them would spread Click over modules."""
+the result.  No more.  It is over 700 lines, because it is every command's Click layer
+(the one place that knows Click, as STYLE.md wants); each command is a few lines around
+one library call plus its printing, and splitting them would spread Click over modules."""
 
 from __future__ import annotations
 
