@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
@@ -30,6 +31,9 @@ from mailsync.stores import mask_url
 from mailsync.verify import FolderCheck, Verification
 
 log = logging.getLogger("mailsync")
+
+#: Store options by which a source deletes what was fetched (POP3's retention rule).
+RETENTION_OPTIONS = {"delete", "delete_after_days"}
 
 
 @dataclass
@@ -168,6 +172,13 @@ def migrate(
     options = options or MigrateOptions()
     if job.direction != "pull" or job.delete != "keep":
         raise ConfigError(f"{job.label}: a migration copies one way and deletes nothing in DEST")
+    retention = RETENTION_OPTIONS & (set(job.options_a) | set(parse_qs(urlsplit(job.url_a).query)))
+    if retention:
+        raise ConfigError(
+            f"{mask_url(job.url_a)}: {', '.join(sorted(retention))} would delete in SOURCE, "
+            "which a migration never does; remove it (--delete-source deletes what the "
+            "check found in DEST)"
+        )
     if options.dry_run:
         # The engine records folders in the state even on a dry run (and creates the
         # file); a dry migration works on a snapshot of it instead, so it writes nothing.

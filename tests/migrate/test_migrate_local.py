@@ -413,3 +413,11 @@ def test_max_rate_on_the_command_line_reaches_the_copies(mailenv, monkeypatch):
                  mailenv / "src", mailenv / "dst")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(calls) == sorted((len(message(n)), [1024.0, 3.0]) for n in range(2))
+
+
+def test_a_pop3_source_that_deletes_after_download_is_refused(mailenv):
+    url = "pop3s://bob@127.0.0.1:1?delete=after-download&password_command=true"
+    result = run("migrate", url, mailenv / "dst")
+    assert result.exit_code == 2, result.output
+    assert "delete would delete in SOURCE, which a migration never does" in result.output
+    assert not (mailenv / "dst").exists()
