@@ -395,7 +395,7 @@ def migrate(obj, stores, **options):
     if migration.complete or (migration.dry_run and migration.exit_code == EXIT_OK):
         if not obj.quiet:
             click.echo(migration.verdict)
-    else:
+    elif migration.checked or not migration.errors:  # (else show_error said why)
         _error(migration.verdict)
     sys.exit(migration.exit_code)
 

@@ -421,3 +421,15 @@ def test_a_pop3_source_that_deletes_after_download_is_refused(mailenv):
     assert result.exit_code == 2, result.output
     assert "delete would delete in SOURCE, which a migration never does" in result.output
     assert not (mailenv / "dst").exists()
+
+
+def test_a_dest_that_cannot_be_reached_exits_3_with_one_line(mailenv):
+    seed_maildir(mailenv / "src", {"INBOX": 1})
+    result = run(
+        "migrate", "--json", mailenv / "src", "imaps://bob@127.0.0.1:1?password_command=true"
+    )
+    assert result.exit_code == 3, result.output
+    assert result.stderr.count("mailsync: error:") == 1
+    assert "cannot connect to 127.0.0.1:1" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["complete"] is False and report["verdict"].startswith("not checked")
