@@ -196,7 +196,9 @@ def snapshot_state(job: Job, directory: str, scratch: str) -> None:
     try:
         source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            copy = sqlite3.connect(channelmod.state_path(scratch, job))
+            target = channelmod.state_path(scratch, job)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))  # private, as State's
+            copy = sqlite3.connect(target)
             try:
                 source.backup(copy)
             finally:
@@ -240,11 +242,11 @@ def _migrate(
         verification = channelmod.verify(job, directory)
     except MailsyncError as error:
         if options.dry_run:  # DEST not there yet (a dry run creates nothing): all missing
-            migration.checked = True
+            migration.checked, migration.exit_code = True, code
             _add_folders(migration, report, source_only(job, directory))
             return migration
         migration.errors.append(f"the check after the copy failed: {error}")
-        migration.exit_code = max(code, error.exit_code)
+        migration.exit_code = channelmod.combine([code, error.exit_code])
         _add_folders(migration, report, Verification())
         return migration
     migration.checked = True
