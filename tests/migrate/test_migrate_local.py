@@ -433,3 +433,21 @@ def test_a_dest_that_cannot_be_reached_exits_3_with_one_line(mailenv):
     assert "cannot connect to 127.0.0.1:1" in result.stderr
     report = json.loads(result.stdout)
     assert report["complete"] is False and report["verdict"].startswith("not checked")
+
+
+def test_shard_n_alone_takes_k_from_job_completion_index(mailenv, monkeypatch):
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)  # (a CI inside Kubernetes)
+    rows = []
+    for i in range(4):
+        seed_maildir(mailenv / f"src{i}", {"INBOX": 1}, first=i)
+        rows.append(f"{mailenv / f'src{i}'},{mailenv / f'dst{i}'},,")
+    accounts = write_accounts(mailenv / "accounts.csv", rows)
+    result = run(
+        "migrate", "--accounts", accounts, "--shard", "2", "--json",
+        env={"JOB_COMPLETION_INDEX": "1"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [row["line"] for row in json.loads(result.stdout)["accounts"]] == [3, 5]
+    assert [i for i in range(4) if (mailenv / f"dst{i}").exists()] == [1, 3]
+    unset = run("migrate", "--accounts", accounts, "--shard", "2")
+    assert unset.exit_code == 2 and "set JOB_COMPLETION_INDEX" in unset.output
