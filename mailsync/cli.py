@@ -370,7 +370,8 @@ def migrate(obj, stores, **options):
     for option in ("shard",):
         if options[option]:
             raise click.UsageError(f"--{option} goes with --accounts")
-    job = channelmod.migrate_job(obj.config, *stores, options["folder_patterns"])
+    source, dest = stores
+    job = channelmod.migrate_job(obj.config, source, dest, options["folder_patterns"])
     try:
         migration = migratemod.migrate(
             job,
