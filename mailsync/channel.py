@@ -83,6 +83,8 @@ class RunOptions:
     force_delete: bool = False
     retry_refused: bool = False
     jobs: int | None = None  # folders at once; None: DEFAULT_NETWORK_JOBS with a network store
+    # Called with each message's size before it is copied (ratelimit.RateLimit).
+    pace: Callable[[int], None] | None = None
 
 
 def state_dir(config: configmod.Config) -> str:
@@ -148,6 +150,26 @@ def verify_job(config: configmod.Config, args: Sequence[str], patterns: Sequence
     if len(args) == 2:
         return _two_stores_job(config, "pull", args, patterns, False)
     raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
+
+
+def migrate_job(
+    config: configmod.Config,
+    source: str,
+    dest: str,
+    patterns: Sequence[str] = (),
+    options_a: dict[str, Any] | None = None,
+    options_b: dict[str, Any] | None = None,
+) -> Job:
+    """The job `mailsync migrate SOURCE DEST` runs: the job pull runs for the same two
+    stores (config store names or URLs), so it shares pull's and verify's state file and
+    folder mapping; SOURCE is opened read-only and nothing is deleted in DEST.
+    `options_a`, `options_b`: store options given per account (batch.py's
+    password_command, token_command), over the config's.  ConfigError as jobs_for."""
+    job = _two_stores_job(config, "pull", [source, dest], patterns, False)
+    job.options_a.update(options_a or {})
+    job.options_b.update(options_b or {})
+    check_jobs([job])
+    return job
 
 
 def _channel_job(
@@ -313,6 +335,7 @@ def run(
                 folder_map=job.folder_map,
                 clock=clock(),
                 retry_refused=options.retry_refused,
+                pace=options.pace,
             )
             try:
                 report = syncer.run()

@@ -341,6 +341,8 @@ class Copier:
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
             given = append_flags(flags, key, self.source, target, listing)
+            if fs.options.pace is not None:  # --max-rate: the one place every copy passes
+                fs.options.pace(len(data))
             try:
                 if origin is not None:
                     dst_key = target.append_copy(data, given, arrival, *origin)

@@ -61,6 +61,9 @@ class SyncOptions:
     progress: ProgressFactory = no_progress
     # The downloads under way, shared by the folders synced at once (copies.py).
     downloads: Downloads = field(default_factory=Downloads, compare=False)
+    # Called with each message's size before it is appended (ratelimit.RateLimit: the
+    # account's --max-rate); None: no pacing.
+    pace: Callable[[int], None] | None = None
 
     @property
     def signature(self) -> str:
@@ -211,6 +214,7 @@ class FolderSync:
             return self._list_folder(side, folder, pairs)
         finally:
             self.report.skipped += len(folder.skipped)
+            self.report.skipped_why.extend(folder.skipped)
             for note in folder.skipped:
                 log.warning("%s: %s", self.fstate.name_a, note)
             report_problems(self.policy, side, folder.problems, self.report.errors)

@@ -32,6 +32,7 @@ class FolderReport:
     # downloaded (copies.py).
     from_local_copies: int = 0
     skipped: int = 0
+    skipped_why: list[str] = field(default_factory=list)  # the source's notes, one a skip
     errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

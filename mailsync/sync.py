@@ -53,11 +53,14 @@ class Syncer:
         folder_map: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         retry_refused: bool = False,
+        pace: Callable[[int], None] | None = None,
     ):
         self.stores = {"a": store_a, "b": store_b}  # the main thread's
         self.state = state
         self.policy = policy
-        self.options = SyncOptions(policy, dry_run, retry_refused, clock, progress or no_progress)
+        self.options = SyncOptions(
+            policy, dry_run, retry_refused, clock, progress or no_progress, pace
+        )
         # Remote folder name -> local name, for the folders it names (a channel's
         # folder = "POP/provider" maps INBOX); with a map, only its folders are synced.
         self.selection = FolderMap(dict(folder_map or {}), tuple(patterns or ["*"]))

@@ -31,6 +31,7 @@ class FolderCheck:
     folder: str  # the source folder
     dest_folder: str
     messages: int = 0  # in the source folder
+    bytes: int = 0  # their sizes as the source lists them
     on_destination: bool = True
     missing: list[dict[str, str | None]] = field(
         default_factory=list
@@ -38,6 +39,9 @@ class FolderCheck:
     normalised: int = 0  # there only as the destination normalised them (not exact)
     unreadable: int = 0  # source messages that could not be read, so not checked
     error: str | None = None  # the folder could not be checked at all
+    #: Source keys whose content was found in the destination (exactly or normalised):
+    #: what `mailsync migrate --delete-source` may delete.  Not in as_dict().
+    present: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +65,11 @@ class Verification:
         """For JSON: each folder's check with its count of missing messages (and the
         messages as missing_messages), the total missing, the warnings."""
         folders = [
-            {**vars(f), "missing": len(f.missing), "missing_messages": f.missing}
+            {
+                **{k: v for k, v in vars(f).items() if k != "present"},
+                "missing": len(f.missing),
+                "missing_messages": f.missing,
+            }
             for f in self.folders
         ]
         return {"folders": folders, "missing": self.missing, "warnings": self.warnings}
@@ -89,8 +97,10 @@ def verify(source: Store, dest: Store, mapping: FolderMap) -> Verification:
 def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
     src = source.open_folder(check.folder)
     try:
-        keys = list(src.list())
+        listing = src.list()
+        keys = list(listing)
         check.messages = len(keys)
+        check.bytes = sum(info.size for info in listing.values())
         dst = dest.open_folder(check.dest_folder) if check.on_destination else None
         try:
             tolerant = dst is not None and dst.normalises
@@ -119,11 +129,13 @@ def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
                 continue
             exact, loose = prints[key]
             if short[exact] <= 0:
+                check.present.append(key)
                 continue
             short[exact] -= 1
             if loose is not None and spare[loose] > 0:
                 spare[loose] -= 1
                 check.normalised += 1
+                check.present.append(key)
             else:
                 check.missing.append({"folder": check.folder, "key": key, **_summary(src, key)})
     finally:
