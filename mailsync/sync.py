@@ -59,7 +59,12 @@ class Syncer:
         self.state = state
         self.policy = policy
         self.options = SyncOptions(
-            policy, dry_run, retry_refused, clock, progress or no_progress, pace
+            policy,
+            dry_run,
+            retry_refused,
+            clock,
+            progress or no_progress,
+            pace=pace,
         )
         # Remote folder name -> local name, for the folders it names (a channel's
         # folder = "POP/provider" maps INBOX); with a map, only its folders are synced.
