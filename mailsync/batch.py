@@ -310,3 +310,29 @@ def exit_code(rows: list[dict[str, Any]]) -> int:
     if code == EXIT_OK and any(row["result"] not in ("complete", "dry run") for row in rows):
         return EXIT_PARTIAL
     return code
+
+
+ACCOUNT_COLUMNS = ("folders", "messages", "copied", "adopted", "skipped", "failed")
+
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The summary table of run_accounts()'s rows, for people: a header, a row each."""
+    header = ["account", *ACCOUNT_COLUMNS, "result"]
+    table = [
+        [
+            f"line {row['line']}: {row['source']} -> {row['dest']}",
+            *(str(row[name]) for name in ACCOUNT_COLUMNS),
+            row["result"] + (f": {row['error']}" if row["error"] else ""),
+        ]
+        for row in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + "  " + cells[-1]
+        for cells in [header, *table]
+    ]
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    complete = sum(row["result"] in ("complete", "dry run") for row in rows)
+    return f"{complete} of {len(rows)} accounts complete"

@@ -25,8 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
 from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError, StoreError
+from mailsync.message import summary_line
 from mailsync.ratelimit import RateLimit
-from mailsync.report import FolderReport, ProgressFactory, Report
+from mailsync.report import FolderReport, ProgressFactory, Report, size_text
 from mailsync.stores import mask_url
 from mailsync.verify import FolderCheck, Verification
 
@@ -134,6 +135,29 @@ class Migration:
         else:
             why = self.errors[0] if self.errors else "the run had errors"
         return f"incomplete: {why}; rerun mailsync migrate to copy what is missing"
+
+    def lines(self) -> list[str]:
+        """The report for people: a line per folder, with its skipped and (unless a dry
+        run) missing messages below it; the verdict is not among them."""
+        out = []
+        for f in self.folders:
+            where = f.folder if f.dest_folder == f.folder else f"{f.folder} -> {f.dest_folder}"
+            done = (
+                f"would copy {f.planned}"
+                if f.planned is not None
+                else f"copied {f.copied}, adopted {f.adopted}"
+            )
+            line = (
+                f"{where}: {f.messages} messages ({size_text(f.bytes)}), {done}, "
+                f"skipped {f.skipped}, failed {f.failed}, missing {f.missing}"
+            )
+            if f.deleted_from_source:
+                line += f", deleted from SOURCE {f.deleted_from_source}"
+            out.append(line)
+            out.extend(f"  skipped: {why}" for why in f.skipped_why)
+            if not self.dry_run:
+                out.extend(f"  missing: {summary_line(m)}" for m in f.missing_messages)
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {

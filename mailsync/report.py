@@ -163,3 +163,12 @@ def describe(action: Copy | SetFlags | Delete | Tombstone | Forget) -> str:
     if isinstance(action, Delete):
         return f"delete {SIDE_NAMES[action.side]} {action.key}"
     return type(action).__name__.lower()
+
+
+def size_text(n: float) -> str:
+    """A byte count for people: 512 B, 4.0 KB, 1.5 MB, 2.3 GB (units of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
