@@ -63,6 +63,9 @@ class Job:
     # The sides' [store.NAME] names (None: a URL): a store's OAuth2 sign-in is kept by name.
     store_a: str | None = None
     store_b: str | None = None
+    # migrate: a message gone from the written side since it was copied is copied again
+    # (Policy.refill); pull keeps it away.
+    refill: bool = False
 
     def open_a(self, read_only: bool = False) -> Store:
         return open_store(self.url_a, self.options_a, read_only=read_only, name=self.store_a)
@@ -166,6 +169,7 @@ def migrate_job(
     `options_a`, `options_b`: store options given per account (batch.py's
     password_command, token_command), over the config's.  ConfigError as jobs_for."""
     job = _two_stores_job(config, "pull", [source, dest], patterns, False)
+    job.refill = True  # DEST holds every SOURCE message, one deleted there since included
     job.options_a.update(options_a or {})
     job.options_b.update(options_b or {})
     check_jobs([job])
@@ -292,7 +296,7 @@ def run(
         "folders": [],
         "errors": [],
     }
-    policy = Policy(job.direction, job.delete, options.force_delete)
+    policy = Policy(job.direction, job.delete, options.force_delete, job.refill)
     code = EXIT_OK
     stores: list[Store] = []
     try:

@@ -69,7 +69,8 @@ class SyncOptions:
     def signature(self) -> str:
         """What a clean run of a folder is recorded under: a later run under another
         policy must plan again."""
-        return f"{self.policy.direction}/{self.policy.delete}"
+        refill = "/refill" if self.policy.refill else ""
+        return f"{self.policy.direction}/{self.policy.delete}{refill}"
 
     @property
     def replans(self) -> bool:

@@ -204,6 +204,12 @@ def plan(
         present_key = pair.key(present)
         assert present_info is not None and present_key is not None
         gone = other(present)
+        if policy.refill and policy.writes(gone) and not policy.writes(present):
+            now = effective_flags(
+                present_info.flags, pair.flags, persists[present], exclusive[present]
+            )
+            result.copies.append(Copy(present, present_key, now, present_info.arrival, pair))
+            continue
         if pair.key(gone) is None:
             # An earlier deletion on `gone` that was kept; a later --mirror propagates it.
             if policy.propagates_to(present):

@@ -28,6 +28,10 @@ class Policy:
     direction: str = "both"  # pull: a -> b, push: b -> a, both
     delete: str = "keep"  # keep | propagate
     force_delete: bool = False
+    # One-way runs that must leave the written side holding every message of the other
+    # (migrate): a message gone from the written side since it was copied is copied again,
+    # where otherwise the pair's tombstone would keep it away.
+    refill: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

@@ -451,3 +451,22 @@ def test_shard_n_alone_takes_k_from_job_completion_index(mailenv, monkeypatch):
     assert [i for i in range(4) if (mailenv / f"dst{i}").exists()] == [1, 3]
     unset = run("migrate", "--accounts", accounts, "--shard", "2")
     assert unset.exit_code == 2 and "set JOB_COMPLETION_INDEX" in unset.output
+
+
+def test_a_message_deleted_in_dest_is_copied_again_by_migrate_not_by_pull(mailenv):
+    """DEST must hold every SOURCE message: one deleted there since the last migrate is
+    copied again (its pair's tombstone does not keep it away, as it does for a pull)."""
+    src, dst = mailenv / "src", mailenv / "dst"
+    seed_maildir(src, {"INBOX": 3})
+    assert run("migrate", src, dst).exit_code == 0
+    victim = next(p for p in maildir_files(dst)["INBOX"] if p.read_bytes() == message(1))
+    victim.unlink()
+    pulled = run("pull", src, dst)  # pull keeps a deletion on the local side
+    assert pulled.exit_code == 0, pulled.output
+    assert message(1) not in maildir_bodies(dst)["INBOX"]
+    result = run("migrate", src, dst)
+    assert result.exit_code == 0, result.output
+    assert "copied 1, adopted 0" in result.output
+    assert maildir_bodies(dst)["INBOX"] == Counter(message(n) for n in range(3))
+    again = run("migrate", src, dst)
+    assert again.exit_code == 0 and "copied 0, adopted 0" in again.output, again.output

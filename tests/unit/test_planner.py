@@ -632,3 +632,22 @@ def test_copies_of_messages_refused_before_are_held_back(direction):
         expected_copies[direction] + expected_held[direction]
     )
     assert again.withheld == []
+
+
+def test_refill_copies_again_what_the_written_side_lost_and_only_one_way():
+    gone_now = Pair(1, "a1", "b1", fs(SEEN), "d")  # b1 deleted since it was copied
+    tombstone = Pair(2, "a2", None, fs(), "e")  # deleted by an earlier keep-pull
+    listing_a = {"a1": info(SEEN), "a2": info()}
+    refill = plan(listing_a, {}, [gone_now, tombstone], Policy("pull", refill=True))
+    assert sorted((c.key, c.pair is not None) for c in refill.copies) == [
+        ("a1", True),
+        ("a2", True),
+    ]
+    assert not refill.deletes
+    keep = plan(listing_a, {}, [Pair(1, "a1", "b1", fs(SEEN), "d"), tombstone], Policy("pull"))
+    assert not keep.copies
+    # Two-way runs are not refilled: a deletion there is the user's.
+    both = plan(
+        {"a1": info(SEEN)}, {}, [Pair(1, "a1", "b1", fs(SEEN), "d")], Policy("both", refill=True)
+    )
+    assert not both.copies
