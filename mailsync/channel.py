@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from mailsync.errors import (
     ConfigError,
     FolderError,
     MailsyncError,
+    StoreError,
 )
 from mailsync.folders import FolderMap, map_folders
 from mailsync.policy import Policy
@@ -285,6 +288,48 @@ def run(
     error line that stopped the job or closing a store (default: logged).  ConfigError,
     KeyboardInterrupt (the state is consistent) and the state's own errors propagate."""
     options = options or RunOptions()
+    if options.dry_run:
+        # The engine records folders in the state as it goes (and a State creates its
+        # file): a dry run works on a snapshot of the state, so it writes nothing.
+        with tempfile.TemporaryDirectory(prefix="mailsync-dry-run-") as scratch:
+            snapshot_state(job, directory, scratch)
+            return _run(job, command, scratch, options, progress, show_report, show_error)
+    return _run(job, command, directory, options, progress, show_report, show_error)
+
+
+def snapshot_state(job: Job, directory: str, scratch: str) -> None:
+    """A consistent copy of the job's state file (if it has one) into `scratch`."""
+    path = state_path(directory, job)
+    if not os.path.exists(path):
+        return
+    try:
+        # No -wal file: nobody is writing it, and reading it as immutable leaves no -shm
+        # or -wal behind; otherwise a read-only connection, which shares the writer's.
+        quiet = not os.path.exists(path + "-wal")
+        source = sqlite3.connect(f"file:{path}?{'immutable=1' if quiet else 'mode=ro'}", uri=True)
+        try:
+            target = state_path(scratch, job)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))  # private, as State's
+            copy = sqlite3.connect(target)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read the state {path} for a dry run: {error}") from None
+
+
+def _run(
+    job: Job,
+    command: str,
+    directory: str,
+    options: RunOptions,
+    progress: ProgressFactory | None,
+    show_report: Callable[[Job, Report], None] | None,
+    show_error: Callable[[str], None] | None,
+) -> tuple[dict[str, Any], int]:
     show_error = show_error or (lambda message: log.error("%s", message))
     started = time.time()  # (the wall clock, as State.record_run stamps the end)
     result: dict[str, Any] = {

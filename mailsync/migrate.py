@@ -14,8 +14,6 @@ Nothing here prints; cli.py formats a Migration, and batch.py runs many.
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
-from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError, StoreError
+from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError
 from mailsync.message import summary_line
 from mailsync.ratelimit import RateLimit
 from mailsync.report import FolderReport, ProgressFactory, Report, size_text
@@ -204,33 +202,12 @@ def migrate(
             "check found in DEST)"
         )
     if options.dry_run:
-        # The engine records folders in the state even on a dry run (and creates the
-        # file); a dry migration works on a snapshot of it instead, so it writes nothing.
+        # A dry migration works on a snapshot of the state (as channel.run does), also
+        # for the check after it, so it writes nothing.
         with tempfile.TemporaryDirectory(prefix="mailsync-dry-run-") as scratch:
-            snapshot_state(job, directory, scratch)
+            channelmod.snapshot_state(job, directory, scratch)
             return _migrate(job, scratch, options, progress, show_error)
     return _migrate(job, directory, options, progress, show_error)
-
-
-def snapshot_state(job: Job, directory: str, scratch: str) -> None:
-    """A consistent copy of the job's state file (if it has one) into `scratch`."""
-    path = channelmod.state_path(directory, job)
-    if not os.path.exists(path):
-        return
-    try:
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            target = channelmod.state_path(scratch, job)
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))  # private, as State's
-            copy = sqlite3.connect(target)
-            try:
-                source.backup(copy)
-            finally:
-                copy.close()
-        finally:
-            source.close()
-    except sqlite3.Error as error:
-        raise StoreError(f"cannot read the state {path} for a dry run: {error}")
 
 
 def _migrate(

@@ -116,9 +116,17 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(env):
     assert result.exit_code == 0
     assert "would copy 4 to local" in result.output
     assert not (env / "dst").exists()
-    assert not (env / "state").exists() or not any((env / "state").rglob("*.db-wal"))
+    assert not (env / "state").exists(), "a dry run wrote a state"
     real = run("pull", str(env / "src"), str(env / "dst"))
     assert "copied 4 to local" in real.output
+    # With a state: a dry run reads it and leaves every byte of it (and its folder rows).
+    make_maildir(env / "src", {"INBOX": 1, "New": 1}, tag=" more")
+    before = {p: p.read_bytes() for p in (env / "state").rglob("*") if p.is_file()}
+    again = run("pull", "--dry-run", str(env / "src"), str(env / "dst"))
+    assert again.exit_code == 0, again.output
+    assert "would copy 1 to local" in again.output
+    after = {p: p.read_bytes() for p in (env / "state").rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_push_copies_towards_dest_and_shares_state_with_pull(env):
