@@ -33,8 +33,8 @@ STORE_OPTIONS = {
     "maildir": {"layout"},
     "mbox": set(),
     "memory": set(),
-    "imap": NETWORK_OPTIONS,
-    "imaps": NETWORK_OPTIONS,
+    "imap": NETWORK_OPTIONS | {"gmail_labels"},
+    "imaps": NETWORK_OPTIONS | {"gmail_labels"},
     "pop3": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
     "pop3s": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
     "ews": NETWORK_OPTIONS

@@ -19,12 +19,23 @@ from mailsync.errors import ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 from mailsync.stores.imap_connection import IMAPConnection, _text
 from mailsync.stores.imap_folder import IMAPFolder
+from mailsync.stores.imap_gmail import GMAIL_CAPABILITY, gmail_labels_mode
 
 __all__ = ["IMAPStore", "IMAPFolder"]
 
 log = logging.getLogger("mailsync")
 
-SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+# (\Important: Gmail's, as its LIST shows it; imap_gmail.py needs to know that folder.)
+SPECIAL_USE = (
+    "\\All",
+    "\\Archive",
+    "\\Drafts",
+    "\\Flagged",
+    "\\Important",
+    "\\Junk",
+    "\\Sent",
+    "\\Trash",
+)
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 _OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 objectid
 
@@ -44,6 +55,9 @@ class IMAPStore(IMAPConnection, Store):
         self._outside: dict[str, str] = {}  # former names of folders in other namespaces
         self._listed = False
         self.special_use: dict[str, str] = {}
+        #: gmail_labels: "folders" or "keywords" (imap_gmail.py); only Gmail heeds it.
+        self.gmail_labels = gmail_labels_mode(self.endpoint.options, self.url)
+        self._all_mail: IMAPFolder | None = None  # gmail_all_mail()
 
     # folders --------------------------------------------------------------------------
     def _namespaces(self) -> None:
@@ -155,7 +169,50 @@ class IMAPStore(IMAPConnection, Store):
             self._delimiter = max(set(delimiters), key=delimiters.count)
         self._names, self.special_use, self._listed = names, special, True
         self._former, self._outside = former, outside
-        return sorted(names)
+        return self._gmail_keyword_folders(sorted(names))
+
+    def is_gmail(self) -> bool:
+        """Whether the server is Gmail (announces X-GM-EXT-1: labels, X-GM-MSGID)."""
+        return self.has(GMAIL_CAPABILITY)
+
+    def gmail_all_mail(self) -> IMAPFolder | None:
+        """Gmail's All Mail (the folder with the \\All attribute) as a folder of this
+        store, or None where there is none (not Gmail, or hidden from IMAP)."""
+        if not self._listed:
+            self.list_folders()
+        name = next((n for n, use in self.special_use.items() if use == "\\All"), None)
+        if name is None or not self.is_gmail():
+            return None
+        if self._all_mail is None or self._all_mail.name != name:
+            self._all_mail = IMAPFolder(self, name, self._names[name])
+        return self._all_mail
+
+    def labels_as_keywords(self) -> bool:
+        """Whether this store lists Gmail's labels as keywords (gmail_labels = "keywords"
+        on a Gmail server): then its folders are All Mail, Spam and Trash."""
+        return self.gmail_labels == "keywords" and self.is_gmail()
+
+    def _gmail_keyword_folders(self, names: list[str]) -> list[str]:
+        """With labels as keywords, the folders a sync sees: All Mail (every message not
+        in Spam or Trash, its labels as keywords), Spam and Trash.  The others stay known
+        (a folder pushed to the store is still found or created)."""
+        if self.gmail_labels != "keywords":
+            return names
+        if not self.is_gmail():
+            log.warning(
+                "%s: gmail_labels = keywords has no effect: the server is not Gmail "
+                "(no X-GM-EXT-1)",
+                self.url,
+            )
+            return names
+        kept = [n for n in names if self.special_use.get(n) in ("\\All", "\\Junk", "\\Trash")]
+        if not any(self.special_use.get(n) == "\\All" for n in kept):
+            raise StoreError(
+                f"{self.url}: gmail_labels = keywords needs [Gmail]/All Mail, which this "
+                "account hides from IMAP; tick 'Show in IMAP' for All Mail in Gmail's "
+                "settings (Labels), or use gmail_labels = folders"
+            )
+        return kept
 
     def folder_ids(self) -> dict[str, str]:
         """MAILBOXID (RFC 8474) of each folder, which a RENAME keeps, where the server

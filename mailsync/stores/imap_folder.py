@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from mailsync.crashhook import step
 from mailsync.errors import (
     ConnectError,
     FolderError,
@@ -53,6 +54,7 @@ from mailsync.message import (
 )
 from mailsync.stores.base import Folder
 from mailsync.stores.imap_connection import _text, _uid_ranges
+from mailsync.stores.imap_gmail import file_existing, keyword_label, listed_flags, split_labels
 from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
 
 if TYPE_CHECKING:
@@ -111,6 +113,11 @@ class IMAPFolder(Folder):
         self._uids_assigned: set[int] = set()
         self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
         self._unannounced = False  # appended to since the server last told what it holds
+        #: Gmail's All Mail with gmail_labels = "keywords": labels are keywords here
+        #: (imap_gmail.py), listed with X-GM-LABELS and changed with STORE X-GM-LABELS.
+        self.labels_as_keywords = (
+            store.labels_as_keywords() and store.special_use.get(name) == "\\All"
+        )
 
     def __repr__(self) -> str:
         return f"IMAPFolder({self.store.url!r}, {self.name!r})"
@@ -198,6 +205,8 @@ class IMAPFolder(Folder):
             if flag not in SYSTEM_FLAGS:
                 return False
             return self.read_only or self._permanent is None or flag in self._permanent
+        if self.labels_as_keywords and keyword_label(flag) is not None:
+            return True  # a label: Gmail keeps any
         if not valid_keyword(flag):
             return False
         if self.read_only:
@@ -213,6 +222,8 @@ class IMAPFolder(Folder):
         HIGHESTMODSEQ as when the cursor was taken.  Needs CONDSTORE."""
         if "highestmodseq" not in cursor or not self.store.has("CONDSTORE"):
             return False
+        if bool(cursor.get("x-gm-labels")) != self.labels_as_keywords:
+            return False  # gmail_labels changed: the flags mean something else now
         status = self._status()
         self._status_now = status
         now = {
@@ -247,6 +258,8 @@ class IMAPFolder(Folder):
         special = self.store.special_use.get(self.name)
         if special:
             self._cursor["special_use"] = special
+        if self.labels_as_keywords:
+            self._cursor["x-gm-labels"] = True
 
     def _fresh_select(self) -> dict:
         """SELECT now, even if selected: the cursor must describe the folder as of now."""
@@ -271,6 +284,7 @@ class IMAPFolder(Folder):
             modseq is None
             or "HIGHESTMODSEQ" not in info
             or cursor.get("uidvalidity") != info.get("UIDVALIDITY")
+            or bool(cursor.get("x-gm-labels")) != self.labels_as_keywords
         ):
             return self._list_all(info)
         self._take_cursor()
@@ -297,6 +311,8 @@ class IMAPFolder(Folder):
         self, uid_set: str, modifiers: builtins.list[str] | None = None
     ) -> dict[str, Info]:
         items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
+        if self.labels_as_keywords:
+            items.append("X-GM-LABELS")
         response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
         listing = {}
         for uid, data in response.items():
@@ -308,9 +324,10 @@ class IMAPFolder(Folder):
             flags = data.get(b"FLAGS") or ()
             if not isinstance(flags, tuple | list):
                 flags = ()
-            listing[str(uid)] = Info(
-                normalise_flags(flags), size, _timestamp(data.get(b"INTERNALDATE"))
-            )
+            flagset = normalise_flags(flags)
+            if self.labels_as_keywords:
+                flagset = listed_flags(flagset, data.get(b"X-GM-LABELS"), self.name)
+            listing[str(uid)] = Info(flagset, size, _timestamp(data.get(b"INTERNALDATE")))
         return listing
 
     # bodies ---------------------------------------------------------------------------
@@ -536,7 +553,14 @@ class IMAPFolder(Folder):
         if not uidplus and self._high_uid is None:
             self._high_uid = self._highest_uid()
         wire = to_crlf(data)
+        labels: builtins.list[str] = []
+        if self.labels_as_keywords:
+            flags, labels = split_labels(flags)
         keep = sorted(f for f in flags if self.persists(f))
+        if not self.labels_as_keywords and self.store.is_gmail():
+            filed = file_existing(self, data, wire, keep)
+            if filed is not None:
+                return filed
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         try:
             response = self.store.call(
@@ -562,6 +586,11 @@ class IMAPFolder(Folder):
             self._high_uid = max(self._high_uid or 0, uid)
         self._sizes[uid] = len(wire)
         self._uids_assigned.add(uid)
+        if labels:  # Gmail: one upload, then its labels (a rerun after a crash here
+            # finds the message by content and adds what is missing: copies.py)
+            step("gmail append")
+            self._select_appended()
+            self._store_labels("add_gmail_labels", str(uid), labels)
         return str(uid)
 
     def _highest_uid(self) -> int:
@@ -634,6 +663,11 @@ class IMAPFolder(Folder):
         self._select_appended()
         try:
             for (add, remove), uids in flag_ops.items():
+                add_labels: builtins.list[str] = []
+                remove_labels: builtins.list[str] = []
+                if self.labels_as_keywords:
+                    add, add_labels = split_labels(add)
+                    remove, remove_labels = split_labels(remove)
                 for start in range(0, len(uids), STORE_BATCH):
                     chunk = _uid_ranges(uids[start : start + STORE_BATCH])
                     if add:
@@ -642,12 +676,20 @@ class IMAPFolder(Folder):
                         self.store.call(
                             "remove_flags", chunk, sorted(remove), silent=True, folder=self
                         )
+                    self._store_labels("add_gmail_labels", chunk, add_labels)
+                    self._store_labels("remove_gmail_labels", chunk, remove_labels)
             for start in range(0, len(deletions), STORE_BATCH):
                 self._expunge(deletions[start : start + STORE_BATCH])
         except (ConnectError, FolderError):
             raise
         except MailsyncError as error:
             raise FolderError(f"{self.name}: the server refused a change: {error}")
+
+    def _store_labels(self, operation: str, uid_set: str, labels: builtins.list[str]) -> None:
+        """UID STORE +/-X-GM-LABELS.SILENT (`operation`: add_gmail_labels or
+        remove_gmail_labels) of these labels, if any."""
+        if labels:
+            self.store.call(operation, uid_set, labels, silent=True, folder=self)
 
     def _expunge(self, uids: builtins.list[int]) -> None:
         """\\Deleted, then UID EXPUNGE of exactly these UIDs.  Without UIDPLUS a plain

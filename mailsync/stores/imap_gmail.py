@@ -1,0 +1,243 @@
+"""Gmail's labels (X-GM-EXT-1): labels as keywords, and pushing a message once.
+
+Gmail keeps a message once, with a set of labels; its IMAP folders are views of the
+labels (INBOX shows ``\\Inbox``, the folder ``Work`` the label ``Work``), ``[Gmail]/All
+Mail`` shows every message but those in Spam and Trash.
+
+``gmail_labels = "keywords"`` (a store option, ``?gmail_labels=keywords`` in the URL)
+backs such an account up as one copy of each message: the store lists only All Mail,
+Spam and Trash, and a message of All Mail carries its labels as keywords (fetched with
+X-GM-LABELS, changed with ``UID STORE +/-X-GM-LABELS``).  The default, ``"folders"``,
+lists every label as a folder.
+
+The keyword of a label, label_keyword() (and back, keyword_label()), is exact both ways:
+
+* the system labels ``\\Inbox \\Important \\Sent \\Draft \\Trash \\Spam`` are ``$Inbox
+  $Important $Sent $Draft $Trash $Spam``; ``\\Starred`` is no keyword (it is the
+  ``\\Flagged`` flag);
+* a user label is its name with every character that cannot be in an IMAP keyword
+  (RFC 3501 atom-specials: space, controls, ``( ) { % * " \\ ]``; 8-bit), and ``[`` and
+  ``=`` (the escape), written as ``=XX`` per UTF-8 byte (upper-case hex, as in
+  quoted-printable), and a ``$`` at its start as ``=24``: ``Work`` is ``Work``, ``My
+  Label/Sub ü`` is ``My=20Label/Sub=20=C3=BC``, ``$x`` is ``=24x``;
+* so a keyword is a label if it is one of the six above or does not start with ``$``
+  (or ``\\``) and is the encoding of its own decoding; other keywords (``$Forwarded``,
+  ``$Junk``, ``$label1``) are the message's IMAP keywords on Gmail too.  Keywords on
+  Gmail's side that read as labels (a ``NonJunk`` set by Thunderbird) are left out of
+  the listing, with a debug line: they would come back as labels.
+
+Pushing to Gmail in folders mode (restore, migration) uploads a message once: before it
+APPENDs a message with a Message-ID to a folder that is a label (INBOX, a user label,
+Sent, Drafts, Important), the folder looks for it in All Mail (``X-GM-RAW
+rfc822msgid:``, then the same RFC822.SIZE or message.tolerant_fingerprint()), and if it
+is there adds the label (``UID STORE +X-GM-LABELS``) and finds the message's UID in the
+folder by its X-GM-MSGID, instead of a second upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from mailsync.crashhook import step
+from mailsync.errors import ConfigError, MessageError
+from mailsync.message import Body, header_value, tolerant_fingerprint
+
+if TYPE_CHECKING:
+    from mailsync.stores.imap_folder import IMAPFolder
+
+log = logging.getLogger("mailsync")
+
+GMAIL_LABELS_MODES = ("folders", "keywords")
+GMAIL_CAPABILITY = "X-GM-EXT-1"
+
+#: System labels -> their keywords.  \Starred is the \Flagged flag, not a keyword.
+SYSTEM_LABEL_KEYWORDS = {
+    "\\Inbox": "$Inbox",
+    "\\Important": "$Important",
+    "\\Sent": "$Sent",
+    "\\Draft": "$Draft",
+    "\\Trash": "$Trash",
+    "\\Spam": "$Spam",
+}
+_KEYWORD_LABELS = {keyword.lower(): label for label, keyword in SYSTEM_LABEL_KEYWORDS.items()}
+STARRED = "\\Starred"
+#: The label a system folder's messages have, by its SPECIAL-USE attribute (INBOX has
+#: \Inbox); other special folders (All Mail, Spam, Trash, Starred) are no plain label.
+SPECIAL_FOLDER_LABELS = {"\\Sent": "\\Sent", "\\Drafts": "\\Draft", "\\Important": "\\Important"}
+#: Printable ASCII that needs no escape in a keyword: no atom-special (RFC 3501), no
+#: "=" (the escape), no "[" (some servers treat it as resp-special).
+_PLAIN = re.compile(r"[!#$&'+,\-./0-9:;<>?@A-Z^_`a-z|}~]")
+_ESCAPE = re.compile(r"=([0-9A-F]{2})")
+
+
+def gmail_labels_mode(options: dict, where: str) -> str:
+    """The store's gmail_labels option (taken out of `options`): "folders" (the default)
+    or "keywords"; ConfigError for anything else."""
+    mode = str(options.pop("gmail_labels", "folders") or "folders").lower()
+    if mode not in GMAIL_LABELS_MODES:
+        raise ConfigError(
+            f"store {where}: gmail_labels must be one of {', '.join(GMAIL_LABELS_MODES)}"
+        )
+    return mode
+
+
+def label_keyword(label: str) -> str | None:
+    """The keyword of a Gmail label (as X-GM-LABELS names it, decoded), or None for
+    \\Starred (the \\Flagged flag)."""
+    if label.startswith("\\"):
+        lowered = label.lower()
+        for system, keyword in SYSTEM_LABEL_KEYWORDS.items():
+            if system.lower() == lowered:
+                return keyword
+        if label.lower() == STARRED.lower():
+            return None
+        # An unknown system label (Gmail may add some): kept, as an escaped name.
+    out = []
+    for index, char in enumerate(label):
+        if _PLAIN.fullmatch(char) and not (index == 0 and char == "$"):
+            out.append(char)
+        else:
+            out.extend(f"={byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def keyword_label(keyword: str) -> str | None:
+    """The Gmail label a keyword stands for (label_keyword() reversed), or None if it is
+    a plain keyword or a flag."""
+    system = _KEYWORD_LABELS.get(keyword.lower())
+    if system is not None:
+        return system
+    if not keyword or keyword.startswith(("$", "\\")):
+        return None
+    try:
+        label = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), keyword)
+        label = label.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return None
+    return label if label and label_keyword(label) == keyword else None
+
+
+def folder_label(name: str, server_name: str, special_use: str | None) -> str | None:
+    """The label that puts a message into this Gmail folder: \\Inbox for INBOX, the
+    system label of Sent, Drafts, Important, a user label's own name; None for All Mail,
+    Spam, Trash, Starred and any other folder of Gmail's own (under ``[Gmail]/``), where
+    adding a label is not the same as filing a message."""
+    if name == "INBOX":
+        return "\\Inbox"
+    if special_use is not None:
+        return SPECIAL_FOLDER_LABELS.get(special_use)
+    if server_name.startswith(("[Gmail]/", "[Google Mail]/")):
+        return None
+    return server_name
+
+
+def split_labels(flags: Iterable[str]) -> tuple[frozenset[str], list[str]]:
+    """Flags (keywords-mode names) -> (the flags that are not labels, the labels)."""
+    plain, labels = set(), []
+    for flag in flags:
+        label = keyword_label(flag)
+        if label is None:
+            plain.add(flag)
+        else:
+            labels.append(label)
+    return frozenset(plain), sorted(labels)
+
+
+def listed_flags(flags: frozenset[str], labels: object, where: str) -> frozenset[str]:
+    """A message's flags in keywords mode: its FLAGS (without keywords that would read
+    as labels) and the keywords of its X-GM-LABELS (as fetched: atoms, quoted strings or
+    numbers, in modified UTF-7)."""
+    from imapclient.imap_utf7 import decode
+
+    out = set()
+    for flag in flags:
+        if keyword_label(flag) is None:
+            out.add(flag)
+        else:
+            log.debug("%s: leaving out keyword %r: it would read as a label", where, flag)
+    for raw in labels if isinstance(labels, tuple | list) else ():
+        if isinstance(raw, int):
+            raw = str(raw).encode()
+        if not isinstance(raw, bytes | str):
+            continue
+        try:
+            label = decode(raw) if isinstance(raw, bytes) else raw
+        except (ValueError, UnicodeError):
+            label = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        keyword = label_keyword(label)
+        if keyword is not None:
+            out.add(keyword)
+    return frozenset(out)
+
+
+def message_id_term(data: Body) -> str | None:
+    """The message's Message-ID without its angle brackets, if it can go into a Gmail
+    search as it is (printable ASCII, no space, quote or backslash); else None."""
+    value = header_value(data, "Message-ID")
+    match = re.fullmatch(r"\s*<([\x21-\x7e]+)>\s*", value or "")
+    if match is None or re.search(r'["\\<>]', match.group(1)):
+        return None
+    return match.group(1)
+
+
+def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str]) -> str | None:
+    """Pushing to Gmail in folders mode: if the account holds this message already (in
+    All Mail: same Message-ID, and the same size or message.tolerant_fingerprint()),
+    give it the label of `folder` instead of uploading it again, add `flags`, and return
+    its UID in `folder`.  None (nothing done): the folder is no label folder, the message
+    has no usable Message-ID, or the account does not hold it; the caller APPENDs."""
+    store = folder.store
+    label = folder_label(folder.name, folder.server_name, store.special_use.get(folder.name))
+    term = message_id_term(data)
+    all_mail = store.gmail_all_mail()
+    if label is None or term is None or all_mail is None or all_mail is folder:
+        return None
+    uids = store.call("uids", f'X-GM-RAW "rfc822msgid:{term}"', folder=all_mail)
+    found = _same_message(all_mail, sorted(uids)[:MAX_CANDIDATES], data, wire)
+    if found is None:
+        return None
+    uid, msgid = found
+    store.call("add_gmail_labels", str(uid), [label], silent=True, folder=all_mail)
+    step("gmail label")
+    log.debug("%s: message %s was in the account: labelled %r", folder.name, msgid, label)
+    folder.select()
+    store.call("noop", folder=folder)  # hear about it in this folder
+    here = store.call("uids", f"X-GM-MSGID {msgid}", folder=folder)
+    if not here:
+        raise MessageError(
+            f"{folder.name}: gave message {msgid} the label {label!r} but the folder does not "
+            "show it; rerun"
+        )
+    if flags:
+        store.call("add_flags", str(max(here)), flags, silent=True, folder=folder)
+    return str(max(here))
+
+
+MAX_CANDIDATES = 20  # messages of one Message-ID compared with one that is pushed
+
+
+def _same_message(
+    all_mail: IMAPFolder, uids: list[int], data: Body, wire: bytes
+) -> tuple[int, int] | None:
+    """(UID in All Mail, X-GM-MSGID) of the first of `uids` that is `data`: the same
+    RFC822.SIZE as its wire form, else (bodies fetched) the same tolerant_fingerprint."""
+    if not uids:
+        return None
+    store = all_mail.store
+    meta = store.call(
+        "fetch", ",".join(map(str, uids)), ["UID", "RFC822.SIZE", "X-GM-MSGID"], folder=all_mail
+    )
+    msgids = {uid: m.get(b"X-GM-MSGID") for uid, m in meta.items()}
+    for uid in uids:
+        if meta.get(uid, {}).get(b"RFC822.SIZE") == len(wire) and isinstance(msgids.get(uid), int):
+            return uid, msgids[uid]
+    wanted = tolerant_fingerprint(data)
+    for key, body in all_mail.fetch_many([str(u) for u in uids if u in meta]):
+        if not isinstance(body, MessageError) and tolerant_fingerprint(body) == wanted:
+            msgid = msgids.get(int(key))
+            if isinstance(msgid, int):
+                return int(key), msgid
+    return None
