@@ -26,6 +26,7 @@ folders there are and their names, the store's (imap.py).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -54,7 +55,13 @@ from mailsync.message import (
 )
 from mailsync.stores.base import Folder
 from mailsync.stores.imap_connection import _text, _uid_ranges
-from mailsync.stores.imap_gmail import file_existing, keyword_label, listed_flags, split_labels
+from mailsync.stores.imap_gmail import (
+    file_existing,
+    keyword_label,
+    listed_flags,
+    push_lock,
+    split_labels,
+)
 from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
 
 if TYPE_CHECKING:
@@ -557,10 +564,29 @@ class IMAPFolder(Folder):
         if self.labels_as_keywords:
             flags, labels = split_labels(flags)
         keep = sorted(f for f in flags if self.persists(f))
-        if not self.labels_as_keywords and self.store.is_gmail():
-            filed = file_existing(self, data, wire, keep)
+        # Pushing to Gmail's label folders: a message the account holds already gets
+        # this folder's label instead of a second upload (imap_gmail.py); the lock makes
+        # parallel workers' look-up and upload of one message take turns.
+        gmail_push = not self.labels_as_keywords and self.store.is_gmail()
+        with push_lock(self.store.url) if gmail_push else contextlib.nullcontext():
+            filed = file_existing(self, data, wire, keep) if gmail_push else None
             if filed is not None:
-                return filed
+                self._uids_assigned.add(filed)
+                return str(filed)
+            uid = self._send(info, data, wire, keep, arrival)
+        self._sizes[uid] = len(wire)
+        self._uids_assigned.add(uid)
+        if labels:  # Gmail: one upload, then its labels (a rerun after a crash here
+            # finds the message by content and adds what is missing: copies.py)
+            step("gmail append")
+            self._select_appended()
+            self._store_labels("add_gmail_labels", str(uid), labels)
+        return str(uid)
+
+    def _send(
+        self, info: dict, data: Body, wire: bytes, keep: builtins.list[str], arrival: float
+    ) -> int:
+        """APPEND `wire` with these flags and arrival date; its new UID."""
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         try:
             response = self.store.call(
@@ -584,14 +610,7 @@ class IMAPFolder(Folder):
         else:
             uid = self._find_appended(data)
             self._high_uid = max(self._high_uid or 0, uid)
-        self._sizes[uid] = len(wire)
-        self._uids_assigned.add(uid)
-        if labels:  # Gmail: one upload, then its labels (a rerun after a crash here
-            # finds the message by content and adds what is missing: copies.py)
-            step("gmail append")
-            self._select_appended()
-            self._store_labels("add_gmail_labels", str(uid), labels)
-        return str(uid)
+        return uid
 
     def _highest_uid(self) -> int:
         """The highest UID now in the folder (0 if empty)."""

@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
-from mailsync.errors import ConfigError, MessageError
+from mailsync.errors import ConfigError, FolderError, MessageError
 from mailsync.message import Body, header_value, tolerant_fingerprint
 
 if TYPE_CHECKING:
@@ -183,7 +184,18 @@ def message_id_term(data: Body) -> str | None:
     return match.group(1)
 
 
-def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str]) -> str | None:
+_push_locks: dict[str, threading.Lock] = {}
+_push_locks_guard = threading.Lock()
+
+
+def push_lock(account: str) -> threading.Lock:
+    """The lock that the look-up and upload of a message to this Gmail account hold, so
+    that parallel workers (--jobs) pushing one message into two folders upload it once."""
+    with _push_locks_guard:
+        return _push_locks.setdefault(account, threading.Lock())
+
+
+def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str]) -> int | None:
     """Pushing to Gmail in folders mode: if the account holds this message already (in
     All Mail: same Message-ID, and the same size or message.tolerant_fingerprint()),
     give it the label of `folder` instead of uploading it again, add `flags`, and return
@@ -195,8 +207,14 @@ def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str])
     all_mail = store.gmail_all_mail()
     if label is None or term is None or all_mail is None or all_mail is folder:
         return None
-    uids = store.call("uids", f'X-GM-RAW "rfc822msgid:{term}"', folder=all_mail)
-    found = _same_message(all_mail, sorted(uids)[:MAX_CANDIDATES], data, wire)
+    try:
+        uids = store.call("uids", f'X-GM-RAW "rfc822msgid:{term}"', folder=all_mail)
+        found = _same_message(all_mail, sorted(uids)[:MAX_CANDIDATES], data, wire)
+    except FolderError as error:  # (a lost connection is the store's: ConnectError)
+        log.warning(
+            "%s: cannot look for %s in All Mail, uploading it: %s", folder.name, term, error
+        )
+        return None
     if found is None:
         return None
     uid, msgid = found
@@ -213,7 +231,7 @@ def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str])
         )
     if flags:
         store.call("add_flags", str(max(here)), flags, silent=True, folder=folder)
-    return str(max(here))
+    return max(here)
 
 
 MAX_CANDIDATES = 20  # messages of one Message-ID compared with one that is pushed
