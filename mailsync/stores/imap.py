@@ -19,7 +19,7 @@ from mailsync.errors import ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 from mailsync.stores.imap_connection import IMAPConnection, _text
 from mailsync.stores.imap_folder import IMAPFolder
-from mailsync.stores.imap_gmail import GMAIL_CAPABILITY, gmail_labels_mode
+from mailsync.stores.imap_gmail import gmail_labels_mode
 
 __all__ = ["IMAPStore", "IMAPFolder"]
 
@@ -58,6 +58,12 @@ class IMAPStore(IMAPConnection, Store):
         #: gmail_labels: "folders" or "keywords" (imap_gmail.py); only Gmail heeds it.
         self.gmail_labels = gmail_labels_mode(self.endpoint.options, self.url)
         self._all_mail: IMAPFolder | None = None  # gmail_all_mail()
+
+    @property
+    def gmail(self) -> bool:
+        """Whether the server is Gmail's (it announces X-GM-EXT-1): a label is a folder, so
+        one message may be in several folders, known in each by its X-GM-MSGID."""
+        return self.has("X-GM-EXT-1")
 
     # folders --------------------------------------------------------------------------
     def _namespaces(self) -> None:
@@ -171,17 +177,13 @@ class IMAPStore(IMAPConnection, Store):
         self._former, self._outside = former, outside
         return self._gmail_keyword_folders(sorted(names))
 
-    def is_gmail(self) -> bool:
-        """Whether the server is Gmail (announces X-GM-EXT-1: labels, X-GM-MSGID)."""
-        return self.has(GMAIL_CAPABILITY)
-
     def gmail_all_mail(self) -> IMAPFolder | None:
         """Gmail's All Mail (the folder with the \\All attribute) as a folder of this
         store, or None where there is none (not Gmail, or hidden from IMAP)."""
         if not self._listed:
             self.list_folders()
         name = next((n for n, use in self.special_use.items() if use == "\\All"), None)
-        if name is None or not self.is_gmail():
+        if name is None or not self.gmail:
             return None
         if self._all_mail is None or self._all_mail.name != name:
             self._all_mail = IMAPFolder(self, name, self._names[name])
@@ -190,7 +192,7 @@ class IMAPStore(IMAPConnection, Store):
     def labels_as_keywords(self) -> bool:
         """Whether this store lists Gmail's labels as keywords (gmail_labels = "keywords"
         on a Gmail server): then its folders are All Mail, Spam and Trash."""
-        return self.gmail_labels == "keywords" and self.is_gmail()
+        return self.gmail_labels == "keywords" and self.gmail
 
     def _gmail_keyword_folders(self, names: list[str]) -> list[str]:
         """With labels as keywords, the folders a sync sees: All Mail (every message not
@@ -198,7 +200,7 @@ class IMAPStore(IMAPConnection, Store):
         (a folder pushed to the store is still found or created)."""
         if self.gmail_labels != "keywords":
             return names
-        if not self.is_gmail():
+        if not self.gmail:
             log.warning(
                 "%s: gmail_labels = keywords has no effect: the server is not Gmail "
                 "(no X-GM-EXT-1)",

@@ -567,7 +567,7 @@ class IMAPFolder(Folder):
         # Pushing to Gmail's label folders: a message the account holds already gets
         # this folder's label instead of a second upload (imap_gmail.py); the lock makes
         # parallel workers' look-up and upload of one message take turns.
-        gmail_push = not self.labels_as_keywords and self.store.is_gmail()
+        gmail_push = not self.labels_as_keywords and self.store.gmail
         with push_lock(self.store.url) if gmail_push else contextlib.nullcontext():
             filed = file_existing(self, data, wire, keep) if gmail_push else None
             if filed is not None:

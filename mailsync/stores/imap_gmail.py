@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync")
 
 GMAIL_LABELS_MODES = ("folders", "keywords")
-GMAIL_CAPABILITY = "X-GM-EXT-1"
 
 #: System labels -> their keywords.  \Starred is the \Flagged flag, not a keyword.
 SYSTEM_LABEL_KEYWORDS = {
