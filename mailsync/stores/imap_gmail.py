@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
-from mailsync.errors import ConfigError, FolderError, MessageError
+from mailsync.errors import ConfigError, FolderError, MessageError, RefusedError
 from mailsync.message import Body, header_value, tolerant_fingerprint
 
 if TYPE_CHECKING:
@@ -150,27 +150,35 @@ def listed_flags(flags: frozenset[str], labels: object, where: str) -> frozenset
     """A message's flags in keywords mode: its FLAGS (without keywords that would read
     as labels) and the keywords of its X-GM-LABELS (as fetched: atoms, quoted strings or
     numbers, in modified UTF-7)."""
-    from imapclient.imap_utf7 import decode
-
     out = set()
     for flag in flags:
         if keyword_label(flag) is None:
             out.add(flag)
         else:
             log.debug("%s: leaving out keyword %r: it would read as a label", where, flag)
+    for label in decode_labels(labels):
+        keyword = label_keyword(label)
+        if keyword is not None:
+            out.add(keyword)
+    return frozenset(out)
+
+
+def decode_labels(labels: object) -> list[str]:
+    """X-GM-LABELS as fetched (atoms, quoted strings or numbers, in modified UTF-7) ->
+    the label names."""
+    from imapclient.imap_utf7 import decode
+
+    out = []
     for raw in labels if isinstance(labels, tuple | list) else ():
         if isinstance(raw, int):
             raw = str(raw).encode()
         if not isinstance(raw, bytes | str):
             continue
         try:
-            label = decode(raw) if isinstance(raw, bytes) else raw
+            out.append(decode(raw) if isinstance(raw, bytes) else raw)
         except (ValueError, UnicodeError):
-            label = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        keyword = label_keyword(label)
-        if keyword is not None:
-            out.add(keyword)
-    return frozenset(out)
+            out.append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+    return out
 
 
 def message_id_term(data: Body) -> str | None:
@@ -216,7 +224,15 @@ def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str])
         return None
     if found is None:
         return None
-    uid, msgid = found
+    uid, msgid, labels = found
+    if label.lower() in labels:
+        # In the folder already, and the engine did not match it by content to this
+        # copy: it is another local copy's (Gmail keeps one copy per account).
+        raise RefusedError(
+            f"{folder.name}: Gmail holds this message once, and in this folder already as "
+            "the copy of another local message",
+            "Gmail keeps one copy of a message (same Message-ID) per account",
+        )
     store.call("add_gmail_labels", str(uid), [label], silent=True, folder=all_mail)
     step("gmail label")
     log.debug("%s: message %s was in the account: labelled %r", folder.name, msgid, label)
@@ -238,23 +254,26 @@ MAX_CANDIDATES = 20  # messages of one Message-ID compared with one that is push
 
 def _same_message(
     all_mail: IMAPFolder, uids: list[int], data: Body, wire: bytes
-) -> tuple[int, int] | None:
-    """(UID in All Mail, X-GM-MSGID) of the first of `uids` that is `data`: the same
-    RFC822.SIZE as its wire form, else (bodies fetched) the same tolerant_fingerprint."""
+) -> tuple[int, int, set[str]] | None:
+    """(UID in All Mail, X-GM-MSGID, its labels in lower case) of the first of `uids`
+    that is `data`: the same RFC822.SIZE as its wire form, else (bodies fetched) the
+    same tolerant_fingerprint."""
     if not uids:
         return None
     store = all_mail.store
-    meta = store.call(
-        "fetch", ",".join(map(str, uids)), ["UID", "RFC822.SIZE", "X-GM-MSGID"], folder=all_mail
-    )
-    msgids = {uid: m.get(b"X-GM-MSGID") for uid, m in meta.items()}
+    items = ["UID", "RFC822.SIZE", "X-GM-MSGID", "X-GM-LABELS"]
+    meta = store.call("fetch", ",".join(map(str, uids)), items, folder=all_mail)
+    known = {}
+    for uid, record in meta.items():
+        msgid = record.get(b"X-GM-MSGID")
+        if isinstance(msgid, int):
+            labels = {label.lower() for label in decode_labels(record.get(b"X-GM-LABELS"))}
+            known[uid] = (uid, msgid, labels)
     for uid in uids:
-        if meta.get(uid, {}).get(b"RFC822.SIZE") == len(wire) and isinstance(msgids.get(uid), int):
-            return uid, msgids[uid]
+        if uid in known and meta[uid].get(b"RFC822.SIZE") == len(wire):
+            return known[uid]
     wanted = tolerant_fingerprint(data)
-    for key, body in all_mail.fetch_many([str(u) for u in uids if u in meta]):
+    for key, body in all_mail.fetch_many([str(u) for u in uids if u in known]):
         if not isinstance(body, MessageError) and tolerant_fingerprint(body) == wanted:
-            msgid = msgids.get(int(key))
-            if isinstance(msgid, int):
-                return int(key), msgid
+            return known[int(key)]
     return None

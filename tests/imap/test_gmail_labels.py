@@ -5,6 +5,8 @@ when the push is killed at any step (mailsync/stores/imap_gmail.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,16 @@ def appends(gmail: FakeGmail) -> list[str]:
 def writes(gmail: FakeGmail) -> list[str]:
     """The commands that change the account: APPEND and (UID) STORE."""
     return [c for c in gmail.commands() if c.upper().startswith(("APPEND", "STORE", "UID STORE"))]
+
+
+def sqlite_keys(state: Path) -> list[str]:
+    """The remote keys of every pair in the state files under XDG_STATE_HOME `state`."""
+    keys = []
+    for db in (state / "mailsync").glob("*.db"):
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            rows = con.execute("SELECT folder_id, key_a FROM pairs WHERE key_a IS NOT NULL")
+            keys += [f"{folder}/{key}" for folder, key in rows]
+    return keys
 
 
 def by_message_id(gmail: FakeGmail) -> dict[str, list]:
@@ -310,3 +322,26 @@ def test_a_keywords_restore_killed_between_append_and_labels_finishes_the_labels
             assert len(appends(new)) == len(wanted), f"step {crash_at}"
     else:
         pytest.fail("the restore never finished without reaching a crash step")
+
+
+def test_a_second_local_copy_in_one_folder_is_refused_not_paired_twice(tmp_path):
+    """Gmail keeps one copy of a message per account: a local folder holding a message
+    twice cannot be pushed as it is.  The second copy is refused (named, exit 1, not
+    offered again), never paired with the first copy's message at Gmail (a later
+    deletion of one local copy would then delete the other's)."""
+    root, state = tmp_path / "m", tmp_path / "state"
+    write_local(root, "INBOX", mail(1).replace(b"\r\n", b"\n"), "S")
+    write_local(root, "INBOX", mail(1).replace(b"\r\n", b"\n"), "S")
+    write_local(root, "INBOX", mail(2).replace(b"\r\n", b"\n"))
+    with FakeGmail() as gmail:
+        args = ("push", root, gmail.url(), "--jobs", "1")
+        done = run_process(*args, password=gmail.password, state=state)
+        assert done.returncode == 1, done.stderr
+        assert "Gmail keeps one copy" in done.stderr
+        assert sorted(by_message_id(gmail)) == ["<m1@example.org>", "<m2@example.org>"]
+        assert len(appends(gmail)) == 2
+        again = run_process(*args, password=gmail.password, state=state)
+        assert again.returncode == 0, again.stderr
+        assert "refused for good" in again.stderr
+        keys = sqlite_keys(state)
+        assert len(keys) == len(set(keys)) == 2  # each Gmail message paired once
