@@ -698,6 +698,13 @@ class IMAPFolder(Folder):
                     self._store_labels("add_gmail_labels", chunk, add_labels)
                     self._store_labels("remove_gmail_labels", chunk, remove_labels)
             for start in range(0, len(deletions), STORE_BATCH):
+                if self.labels_as_keywords:
+                    # An expunge from All Mail deletes nothing at Gmail (by default it
+                    # archives): a message deleted here goes to Gmail's Trash, as a
+                    # deletion in Gmail's own interface does (and leaves All Mail).
+                    chunk = _uid_ranges(deletions[start : start + STORE_BATCH])
+                    self._store_labels("add_gmail_labels", chunk, ["\\Trash"])
+                    continue
                 self._expunge(deletions[start : start + STORE_BATCH])
         except (ConnectError, FolderError):
             raise

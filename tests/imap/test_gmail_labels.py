@@ -345,3 +345,26 @@ def test_a_second_local_copy_in_one_folder_is_refused_not_paired_twice(tmp_path)
         assert "refused for good" in again.stderr
         keys = sqlite_keys(state)
         assert len(keys) == len(set(keys)) == 2  # each Gmail message paired once
+
+
+def test_a_message_deleted_locally_in_keywords_mode_goes_to_gmails_trash(tmp_path):
+    """An EXPUNGE in All Mail deletes nothing at Gmail (it archives, by default): a local
+    deletion becomes the \\Trash label, so the message leaves All Mail for good and the
+    next run does not bring it back."""
+    state, root = tmp_path / "state", tmp_path / "m"
+    with FakeGmail() as gmail:
+        gone = gmail.deliver(mail(1), labels=(INBOX, "Work"))
+        gmail.deliver(mail(2), labels=(INBOX,))
+        mailsync(state, "sync", keywords_url(gmail), root, gmail=gmail)
+        archive = the_archive(local_messages(root))
+        folder = open_store(f"maildir:{root}").open_folder(archive)
+        key = next(k for k in folder.list() if b"<m1@" in folder.fetch(k))
+        folder.delete(key)
+        folder.close()
+        mailsync(state, "sync", keywords_url(gmail), root, gmail=gmail)
+        assert gmail.labels_of(gone.msgid) == {"\\Trash"}
+        mailsync(state, "sync", keywords_url(gmail), root, gmail=gmail)
+        local = local_messages(root)
+        assert list(local[archive]) == ["<m2@example.org>"]
+        assert [list(local[n]) for n in local if "Trash" in n] == [["<m1@example.org>"]]
+        assert len(gmail.messages) == 2
