@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 
-from mailsync.errors import ConnectError, FolderError, StoreError
+from mailsync.errors import ConfigError, ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 from mailsync.stores.imap_connection import IMAPConnection, _text
 from mailsync.stores.imap_folder import IMAPFolder
@@ -209,7 +209,7 @@ class IMAPStore(IMAPConnection, Store):
             return names
         kept = [n for n in names if self.special_use.get(n) in ("\\All", "\\Junk", "\\Trash")]
         if not any(self.special_use.get(n) == "\\All" for n in kept):
-            raise StoreError(
+            raise ConfigError(
                 f"{self.url}: gmail_labels = keywords needs [Gmail]/All Mail, which this "
                 "account hides from IMAP; tick 'Show in IMAP' for All Mail in Gmail's "
                 "settings (Labels), or use gmail_labels = folders"

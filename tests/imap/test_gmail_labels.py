@@ -368,3 +368,28 @@ def test_a_message_deleted_locally_in_keywords_mode_goes_to_gmails_trash(tmp_pat
         assert list(local[archive]) == ["<m2@example.org>"]
         assert [list(local[n]) for n in local if "Trash" in n] == [["<m1@example.org>"]]
         assert len(gmail.messages) == 2
+
+
+def test_gmail_labels_takes_folders_or_keywords_and_needs_all_mail(tmp_path):
+    with FakeGmail(show_all_mail=False) as gmail:
+        bad = run(
+            "--state-dir",
+            tmp_path / "s",
+            "pull",
+            gmail.url(query="tls=none&gmail_labels=labels"),
+            tmp_path / "m",
+            password=gmail.password,
+        )
+        assert bad.exit_code == 2
+        assert "gmail_labels must be one of folders, keywords" in bad.output
+        hidden = run(
+            "--state-dir",
+            tmp_path / "s",
+            "pull",
+            keywords_url(gmail),
+            tmp_path / "m",
+            password=gmail.password,
+        )
+        assert hidden.exit_code == 2, hidden.output
+        assert "'Show in IMAP' for All Mail" in hidden.output
+        assert not (tmp_path / "m").exists() or not list((tmp_path / "m").rglob("cur"))
