@@ -61,6 +61,7 @@ from mailsync.stores.imap_gmail import (
     listed_flags,
     push_lock,
     split_labels,
+    store_labels,
 )
 from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
 
@@ -580,7 +581,7 @@ class IMAPFolder(Folder):
             # finds the message by content and adds what is missing: copies.py)
             step("gmail append")
             self._select_appended()
-            self._store_labels("add_gmail_labels", str(uid), labels)
+            store_labels(self, "+", str(uid), labels)
         return str(uid)
 
     def _send(
@@ -695,27 +696,21 @@ class IMAPFolder(Folder):
                         self.store.call(
                             "remove_flags", chunk, sorted(remove), silent=True, folder=self
                         )
-                    self._store_labels("add_gmail_labels", chunk, add_labels)
-                    self._store_labels("remove_gmail_labels", chunk, remove_labels)
+                    store_labels(self, "+", chunk, add_labels)
+                    store_labels(self, "-", chunk, remove_labels)
             for start in range(0, len(deletions), STORE_BATCH):
                 if self.labels_as_keywords:
                     # An expunge from All Mail deletes nothing at Gmail (by default it
                     # archives): a message deleted here goes to Gmail's Trash, as a
                     # deletion in Gmail's own interface does (and leaves All Mail).
                     chunk = _uid_ranges(deletions[start : start + STORE_BATCH])
-                    self._store_labels("add_gmail_labels", chunk, ["\\Trash"])
+                    store_labels(self, "+", chunk, ["\\Trash"])
                     continue
                 self._expunge(deletions[start : start + STORE_BATCH])
         except (ConnectError, FolderError):
             raise
         except MailsyncError as error:
             raise FolderError(f"{self.name}: the server refused a change: {error}")
-
-    def _store_labels(self, operation: str, uid_set: str, labels: builtins.list[str]) -> None:
-        """UID STORE +/-X-GM-LABELS.SILENT (`operation`: add_gmail_labels or
-        remove_gmail_labels) of these labels, if any."""
-        if labels:
-            self.store.call(operation, uid_set, labels, silent=True, folder=self)
 
     def _expunge(self, uids: builtins.list[int]) -> None:
         """\\Deleted, then UID EXPUNGE of exactly these UIDs.  Without UIDPLUS a plain

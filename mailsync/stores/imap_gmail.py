@@ -181,6 +181,38 @@ def decode_labels(labels: object) -> list[str]:
     return out
 
 
+def label_list(labels: Iterable[str]) -> str:
+    """A parenthesised list of labels for STORE X-GM-LABELS: system labels as the atoms
+    Gmail itself writes (``\\Inbox``), the others as quoted strings in modified UTF-7."""
+    from imapclient.imap_utf7 import encode
+
+    parts = []
+    for label in labels:
+        if re.fullmatch(r"\\[A-Za-z]+", label):
+            parts.append(label)
+        else:
+            text = encode(label).decode("ascii")
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "(" + " ".join(parts) + ")"
+
+
+def store_labels(folder: IMAPFolder, change: str, uid_set: str, labels: Iterable[str]) -> None:
+    """UID STORE uid_set +X-GM-LABELS.SILENT (labels) (`change` "+"), or - to remove
+    them, in `folder`; nothing if there are no labels."""
+    labels = sorted(labels)
+    if labels:
+        operation = f"{change}X-GM-LABELS.SILENT"
+        folder.store.call(
+            "_command_and_check",
+            "store",
+            uid_set,
+            operation,
+            label_list(labels),
+            uid=True,
+            folder=folder,
+        )
+
+
 def message_id_term(data: Body) -> str | None:
     """The message's Message-ID without its angle brackets, if it can go into a Gmail
     search as it is (printable ASCII, no space, quote or backslash); else None."""
@@ -233,7 +265,7 @@ def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str])
             "the copy of another local message",
             "Gmail keeps one copy of a message (same Message-ID) per account",
         )
-    store.call("add_gmail_labels", str(uid), [label], silent=True, folder=all_mail)
+    store_labels(all_mail, "+", str(uid), [label])
     step("gmail label")
     log.debug("%s: message %s was in the account: labelled %r", folder.name, msgid, label)
     folder.select()

@@ -222,6 +222,8 @@ def test_restoring_a_keywords_backup_into_an_empty_gmail_recreates_the_labels(tm
             assert gmail_labels(new, msg.msgid) == labels, message_id
             assert msg.flags == flags, message_id
         assert len(appends(new)) == len(wanted)  # one upload each, the labels by STORE
+        label_stores = [c for c in new.commands() if "+X-GM-LABELS" in c.upper()]
+        assert label_stores and all('"\\' not in c for c in label_stores)  # \Inbox: an atom
         assert all("[Gmail]/All Mail" in line for line in appends(new))
 
 
