@@ -19,7 +19,7 @@ from mailsync.errors import ConfigError, ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 from mailsync.stores.imap_connection import IMAPConnection, _text
 from mailsync.stores.imap_folder import IMAPFolder
-from mailsync.stores.imap_gmail import gmail_labels_mode
+from mailsync.stores.imap_gmail import GmailFolder, GmailLabelsFolder, gmail_labels_mode
 
 __all__ = ["IMAPStore", "IMAPFolder"]
 
@@ -380,7 +380,16 @@ class IMAPStore(IMAPConnection, Store):
             except StoreError as error:
                 log.debug("%s: cannot subscribe to %s: %s", self.url, name, error)
             self._names[name] = server_name
-        return IMAPFolder(self, name, self._names[name])
+        return self._folder_class(name)(self, name, self._names[name])
+
+    def _folder_class(self, name: str) -> type[IMAPFolder]:
+        """IMAPFolder, or at Gmail (imap_gmail.py) GmailFolder, and GmailLabelsFolder for
+        All Mail when labels are keywords."""
+        if not self.gmail:
+            return IMAPFolder
+        if self.labels_as_keywords() and self.special_use.get(name) == "\\All":
+            return GmailLabelsFolder
+        return GmailFolder
 
 
 def _has_prefix(server_name: str, prefix: str) -> bool:

@@ -26,7 +26,6 @@ folders there are and their names, the store's (imap.py).
 from __future__ import annotations
 
 import builtins
-import contextlib
 import datetime as dt
 import logging
 import re
@@ -34,7 +33,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from mailsync.crashhook import step
 from mailsync.errors import (
     ConnectError,
     FolderError,
@@ -55,14 +53,6 @@ from mailsync.message import (
 )
 from mailsync.stores.base import Folder
 from mailsync.stores.imap_connection import _text, _uid_ranges
-from mailsync.stores.imap_gmail import (
-    file_existing,
-    keyword_label,
-    listed_flags,
-    push_lock,
-    split_labels,
-    store_labels,
-)
 from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
 
 if TYPE_CHECKING:
@@ -103,6 +93,10 @@ class IMAPFolder(Folder):
     #: Servers rewrite what they store (Cyrus: 8-bit header bytes as "X"; Courier: lone
     #: CRs dropped, a final CRLF added; Dovecot: NUL as 0x80), tests/servers/ measures.
     normalises = True
+    #: Gmail's All Mail with labels as keywords (imap_gmail.GmailLabelsFolder): its
+    #: cursor says so, as its flags mean something else than in folders mode.
+    labels_as_keywords = False
+    META_ITEMS: tuple[str, ...] = ()  # what a listing fetches besides FLAGS, size, date
 
     def __init__(self, store: IMAPStore, name: str, server_name: str):
         self.store = store
@@ -121,11 +115,6 @@ class IMAPFolder(Folder):
         self._uids_assigned: set[int] = set()
         self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
         self._unannounced = False  # appended to since the server last told what it holds
-        #: Gmail's All Mail with gmail_labels = "keywords": labels are keywords here
-        #: (imap_gmail.py), listed with X-GM-LABELS and changed with STORE X-GM-LABELS.
-        self.labels_as_keywords = (
-            store.labels_as_keywords() and store.special_use.get(name) == "\\All"
-        )
 
     def __repr__(self) -> str:
         return f"IMAPFolder({self.store.url!r}, {self.name!r})"
@@ -213,8 +202,6 @@ class IMAPFolder(Folder):
             if flag not in SYSTEM_FLAGS:
                 return False
             return self.read_only or self._permanent is None or flag in self._permanent
-        if self.labels_as_keywords and keyword_label(flag) is not None:
-            return True  # a label: Gmail keeps any
         if not valid_keyword(flag):
             return False
         if self.read_only:
@@ -318,9 +305,7 @@ class IMAPFolder(Folder):
     def _fetch_meta(
         self, uid_set: str, modifiers: builtins.list[str] | None = None
     ) -> dict[str, Info]:
-        items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
-        if self.labels_as_keywords:
-            items.append("X-GM-LABELS")
+        items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", *self.META_ITEMS]
         response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
         listing = {}
         for uid, data in response.items():
@@ -332,11 +317,14 @@ class IMAPFolder(Folder):
             flags = data.get(b"FLAGS") or ()
             if not isinstance(flags, tuple | list):
                 flags = ()
-            flagset = normalise_flags(flags)
-            if self.labels_as_keywords:
-                flagset = listed_flags(flagset, data.get(b"X-GM-LABELS"), self.name)
-            listing[str(uid)] = Info(flagset, size, _timestamp(data.get(b"INTERNALDATE")))
+            listing[str(uid)] = Info(
+                self._listed_flags(flags, data), size, _timestamp(data.get(b"INTERNALDATE"))
+            )
         return listing
+
+    def _listed_flags(self, flags: tuple | builtins.list, data: dict) -> frozenset[str]:
+        """A listed message's flags, from its FLAGS (and what else META_ITEMS fetched)."""
+        return normalise_flags(flags)
 
     # bodies ---------------------------------------------------------------------------
     def fetch(self, key: str) -> Body:
@@ -561,33 +549,7 @@ class IMAPFolder(Folder):
         if not uidplus and self._high_uid is None:
             self._high_uid = self._highest_uid()
         wire = to_crlf(data)
-        labels: builtins.list[str] = []
-        if self.labels_as_keywords:
-            flags, labels = split_labels(flags)
         keep = sorted(f for f in flags if self.persists(f))
-        # Pushing to Gmail's label folders: a message the account holds already gets
-        # this folder's label instead of a second upload (imap_gmail.py); the lock makes
-        # parallel workers' look-up and upload of one message take turns.
-        gmail_push = not self.labels_as_keywords and self.store.gmail
-        with push_lock(self.store.url) if gmail_push else contextlib.nullcontext():
-            filed = file_existing(self, data, wire, keep) if gmail_push else None
-            if filed is not None:
-                self._uids_assigned.add(filed)
-                return str(filed)
-            uid = self._send(info, data, wire, keep, arrival)
-        self._sizes[uid] = len(wire)
-        self._uids_assigned.add(uid)
-        if labels:  # Gmail: one upload, then its labels (a rerun after a crash here
-            # finds the message by content and adds what is missing: copies.py)
-            step("gmail append")
-            self._select_appended()
-            store_labels(self, "+", str(uid), labels)
-        return str(uid)
-
-    def _send(
-        self, info: dict, data: Body, wire: bytes, keep: builtins.list[str], arrival: float
-    ) -> int:
-        """APPEND `wire` with these flags and arrival date; its new UID."""
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         try:
             response = self.store.call(
@@ -611,7 +573,9 @@ class IMAPFolder(Folder):
         else:
             uid = self._find_appended(data)
             self._high_uid = max(self._high_uid or 0, uid)
-        return uid
+        self._sizes[uid] = len(wire)
+        self._uids_assigned.add(uid)
+        return str(uid)
 
     def _highest_uid(self) -> int:
         """The highest UID now in the folder (0 if empty)."""
@@ -683,11 +647,6 @@ class IMAPFolder(Folder):
         self._select_appended()
         try:
             for (add, remove), uids in flag_ops.items():
-                add_labels: builtins.list[str] = []
-                remove_labels: builtins.list[str] = []
-                if self.labels_as_keywords:
-                    add, add_labels = split_labels(add)
-                    remove, remove_labels = split_labels(remove)
                 for start in range(0, len(uids), STORE_BATCH):
                     chunk = _uid_ranges(uids[start : start + STORE_BATCH])
                     if add:
@@ -696,16 +655,7 @@ class IMAPFolder(Folder):
                         self.store.call(
                             "remove_flags", chunk, sorted(remove), silent=True, folder=self
                         )
-                    store_labels(self, "+", chunk, add_labels)
-                    store_labels(self, "-", chunk, remove_labels)
             for start in range(0, len(deletions), STORE_BATCH):
-                if self.labels_as_keywords:
-                    # An expunge from All Mail deletes nothing at Gmail (by default it
-                    # archives): a message deleted here goes to Gmail's Trash, as a
-                    # deletion in Gmail's own interface does (and leaves All Mail).
-                    chunk = _uid_ranges(deletions[start : start + STORE_BATCH])
-                    store_labels(self, "+", chunk, ["\\Trash"])
-                    continue
                 self._expunge(deletions[start : start + STORE_BATCH])
         except (ConnectError, FolderError):
             raise

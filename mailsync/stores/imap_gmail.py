@@ -6,9 +6,10 @@ Mail`` shows every message but those in Spam and Trash.
 
 ``gmail_labels = "keywords"`` (a store option, ``?gmail_labels=keywords`` in the URL)
 backs such an account up as one copy of each message: the store lists only All Mail,
-Spam and Trash, and a message of All Mail carries its labels as keywords (fetched with
-X-GM-LABELS, changed with ``UID STORE +/-X-GM-LABELS``).  The default, ``"folders"``,
-lists every label as a folder.
+Spam and Trash, and a message of All Mail (GmailLabelsFolder) carries its labels as
+keywords (fetched with X-GM-LABELS, changed with ``UID STORE +/-X-GM-LABELS``; a
+deletion is the ``\\Trash`` label, as an EXPUNGE from All Mail only archives).  The
+default, ``"folders"``, lists every label as a folder (GmailFolder).
 
 The keyword of a label, label_keyword() (and back, keyword_label()), is exact both ways:
 
@@ -31,23 +32,34 @@ APPENDs a message with a Message-ID to a folder that is a label (INBOX, a user l
 Sent, Drafts, Important), the folder looks for it in All Mail (``X-GM-RAW
 rfc822msgid:``, then the same RFC822.SIZE or message.tolerant_fingerprint()), and if it
 is there adds the label (``UID STORE +X-GM-LABELS``) and finds the message's UID in the
-folder by its X-GM-MSGID, instead of a second upload.
+folder by its X-GM-MSGID, instead of a second upload.  A message the folder holds
+already (another local copy's: Gmail keeps one copy per account) is refused.
+
+IMAPStore.open_folder() gives a Gmail folder one of the two classes at the end of this
+module; IMAPFolder itself knows of Gmail only the hooks they use (META_ITEMS,
+_listed_flags, labels_as_keywords in its cursor).
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
-from mailsync.errors import ConfigError, FolderError, MessageError, RefusedError
-from mailsync.message import Body, header_value, tolerant_fingerprint
-
-if TYPE_CHECKING:
-    from mailsync.stores.imap_folder import IMAPFolder
+from mailsync.errors import (
+    ConfigError,
+    ConnectError,
+    FolderError,
+    MailsyncError,
+    MessageError,
+    RefusedError,
+)
+from mailsync.message import Body, header_value, normalise_flags, to_crlf, tolerant_fingerprint
+from mailsync.stores.imap_connection import _uid_ranges
+from mailsync.stores.imap_folder import STORE_BATCH, IMAPFolder
 
 log = logging.getLogger("mailsync")
 
@@ -309,3 +321,79 @@ def _same_message(
         if not isinstance(body, MessageError) and tolerant_fingerprint(body) == wanted:
             return known[int(key)]
     return None
+
+
+class GmailFolder(IMAPFolder):
+    """A folder of Gmail in folders mode.  A message pushed into a label's folder that
+    the account holds already gets the label instead of a second upload
+    (file_existing()); parallel workers take turns to look it up and upload it
+    (push_lock()), so that one message pushed into two folders at once is uploaded once."""
+
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
+        self._writable()
+        with push_lock(self.store.url):
+            self.flush()
+            self.select()  # (PERMANENTFLAGS: which flags it keeps)
+            keep = sorted(f for f in flags if self.persists(f))
+            filed = file_existing(self, data, to_crlf(data), keep)
+            if filed is not None:
+                self._uids_assigned.add(filed)
+                return str(filed)
+            return super().append(data, flags, arrival)
+
+
+class GmailLabelsFolder(IMAPFolder):
+    """Gmail's All Mail with gmail_labels = "keywords": each message's labels are keywords
+    (label_keyword()), listed with X-GM-LABELS, changed with UID STORE +/-X-GM-LABELS,
+    given to an appended message right after its APPEND; a deletion is the \\Trash label."""
+
+    labels_as_keywords = True
+    META_ITEMS = ("X-GM-LABELS",)
+
+    def _listed_flags(self, flags: tuple | builtins.list, data: dict) -> frozenset[str]:
+        return listed_flags(normalise_flags(flags), data.get(b"X-GM-LABELS"), self.name)
+
+    def persists(self, flag: str) -> bool:
+        return keyword_label(flag) is not None or super().persists(flag)
+
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
+        plain, labels = split_labels(flags)
+        key = super().append(data, plain, arrival)
+        if labels:  # a run killed before they are set finds the message by its content
+            # and adds the labels missing (copies.py: "match or append")
+            step("gmail append")
+            self._select_appended()
+            store_labels(self, "+", key, labels)
+        return key
+
+    def flush(self) -> None:
+        """Flag changes and deletions as IMAPFolder's, then the label changes."""
+        label_ops = []
+        for (add, remove), uids in builtins.list(self._flag_ops.items()):
+            plain_add, add_labels = split_labels(add)
+            plain_remove, remove_labels = split_labels(remove)
+            if add_labels or remove_labels:
+                del self._flag_ops[(add, remove)]
+                if plain_add or plain_remove:
+                    self._flag_ops.setdefault((plain_add, plain_remove), []).extend(uids)
+                label_ops.append((add_labels, remove_labels, uids))
+        super().flush()
+        if not label_ops:
+            return
+        self._select_appended()
+        try:
+            for add_labels, remove_labels, uids in label_ops:
+                for start in range(0, len(uids), STORE_BATCH):
+                    chunk = _uid_ranges(uids[start : start + STORE_BATCH])
+                    store_labels(self, "+", chunk, add_labels)
+                    store_labels(self, "-", chunk, remove_labels)
+        except (ConnectError, FolderError):
+            raise
+        except MailsyncError as error:
+            raise FolderError(f"{self.name}: the server refused a change of labels: {error}")
+
+    def _expunge(self, uids: builtins.list[int]) -> None:
+        """An EXPUNGE from All Mail deletes nothing at Gmail (by default it archives): a
+        message deleted here goes to Gmail's Trash, as a deletion in Gmail's own
+        interface does, and so leaves All Mail."""
+        store_labels(self, "+", _uid_ranges(uids), ["\\Trash"])
