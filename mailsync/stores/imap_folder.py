@@ -93,9 +93,6 @@ class IMAPFolder(Folder):
     #: Servers rewrite what they store (Cyrus: 8-bit header bytes as "X"; Courier: lone
     #: CRs dropped, a final CRLF added; Dovecot: NUL as 0x80), tests/servers/ measures.
     normalises = True
-    #: Gmail's All Mail with labels as keywords (imap_gmail.GmailLabelsFolder): its
-    #: cursor says so, as its flags mean something else than in folders mode.
-    labels_as_keywords = False
     META_ITEMS: tuple[str, ...] = ()  # what a listing fetches besides FLAGS, size, date
 
     def __init__(self, store: IMAPStore, name: str, server_name: str):
@@ -217,8 +214,6 @@ class IMAPFolder(Folder):
         HIGHESTMODSEQ as when the cursor was taken.  Needs CONDSTORE."""
         if "highestmodseq" not in cursor or not self.store.has("CONDSTORE"):
             return False
-        if bool(cursor.get("x-gm-labels")) != self.labels_as_keywords:
-            return False  # gmail_labels changed: the flags mean something else now
         status = self._status()
         self._status_now = status
         now = {
@@ -253,8 +248,6 @@ class IMAPFolder(Folder):
         special = self.store.special_use.get(self.name)
         if special:
             self._cursor["special_use"] = special
-        if self.labels_as_keywords:
-            self._cursor["x-gm-labels"] = True
 
     def _fresh_select(self) -> dict:
         """SELECT now, even if selected: the cursor must describe the folder as of now."""
@@ -279,7 +272,6 @@ class IMAPFolder(Folder):
             modseq is None
             or "HIGHESTMODSEQ" not in info
             or cursor.get("uidvalidity") != info.get("UIDVALIDITY")
-            or bool(cursor.get("x-gm-labels")) != self.labels_as_keywords
         ):
             return self._list_all(info)
         self._take_cursor()

@@ -36,8 +36,8 @@ folder by its X-GM-MSGID, instead of a second upload.  A message the folder hold
 already (another local copy's: Gmail keeps one copy per account) is refused.
 
 IMAPStore.open_folder() gives a Gmail folder one of the two classes at the end of this
-module; IMAPFolder itself knows of Gmail only the hooks they use (META_ITEMS,
-_listed_flags, labels_as_keywords in its cursor).
+module; IMAPFolder itself knows of Gmail only the two hooks they use (META_ITEMS,
+_listed_flags).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import builtins
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from mailsync.crashhook import step
 from mailsync.errors import (
@@ -57,7 +57,15 @@ from mailsync.errors import (
     MessageError,
     RefusedError,
 )
-from mailsync.message import Body, header_value, normalise_flags, to_crlf, tolerant_fingerprint
+from mailsync.message import (
+    Body,
+    Info,
+    header_value,
+    normalise_flags,
+    to_crlf,
+    tolerant_fingerprint,
+)
+from mailsync.stores.base import Cursor
 from mailsync.stores.imap_connection import _uid_ranges
 from mailsync.stores.imap_folder import STORE_BATCH, IMAPFolder
 
@@ -323,7 +331,29 @@ def _same_message(
     return None
 
 
-class GmailFolder(IMAPFolder):
+class _GmailFolder(IMAPFolder):
+    """What both kinds of Gmail folder share: a cursor says which kind took it, as the
+    flags of All Mail mean something else with labels as keywords (a cursor of the other
+    kind: the folder is listed in full)."""
+
+    labels_as_keywords = False
+
+    def _take_cursor(self) -> None:
+        super()._take_cursor()
+        if self.labels_as_keywords:
+            self._cursor["x-gm-labels"] = True
+
+    def _same_kind(self, cursor: Cursor) -> bool:
+        return bool(cursor.get("x-gm-labels")) == self.labels_as_keywords
+
+    def unchanged(self, cursor: Cursor) -> bool:
+        return self._same_kind(cursor) and super().unchanged(cursor)
+
+    def list_since(self, cursor: Cursor, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+        return super().list_since(cursor if self._same_kind(cursor) else {}, known)
+
+
+class GmailFolder(_GmailFolder):
     """A folder of Gmail in folders mode.  A message pushed into a label's folder that
     the account holds already gets the label instead of a second upload
     (file_existing()); parallel workers take turns to look it up and upload it
@@ -342,7 +372,7 @@ class GmailFolder(IMAPFolder):
             return super().append(data, flags, arrival)
 
 
-class GmailLabelsFolder(IMAPFolder):
+class GmailLabelsFolder(_GmailFolder):
     """Gmail's All Mail with gmail_labels = "keywords": each message's labels are keywords
     (label_keyword()), listed with X-GM-LABELS, changed with UID STORE +/-X-GM-LABELS,
     given to an appended message right after its APPEND; a deletion is the \\Trash label."""

@@ -395,3 +395,19 @@ def test_gmail_labels_takes_folders_or_keywords_and_needs_all_mail(tmp_path):
         assert hidden.exit_code == 2, hidden.output
         assert "'Show in IMAP' for All Mail" in hidden.output
         assert not (tmp_path / "m").exists() or not list((tmp_path / "m").rglob("cur"))
+
+
+def test_switching_an_existing_backup_to_keywords_mode_brings_the_labels(tmp_path):
+    """A folders-mode backup switched to keywords: All Mail is listed again in full (its
+    cursor was taken in the other mode), though nothing changed at Gmail."""
+    state, root = tmp_path / "state", tmp_path / "m"
+    with FakeGmail() as gmail:
+        msg = gmail.deliver(mail(1), labels=(INBOX, "Work", "My Label/Sub ü"))
+        mailsync(state, "pull", gmail.url(), root, gmail=gmail)
+        before, downloads = local_messages(root), gmail.body_downloads[msg.msgid]
+        mailsync(state, "pull", keywords_url(gmail), root, gmail=gmail)
+        local = local_messages(root)
+        archive = next(n for n in local if "All Mail" in n or n == "Archive")
+        assert labels_from(before[archive]["<m1@example.org>"]) == set()
+        assert labels_from(local[archive]["<m1@example.org>"]) == gmail_labels(gmail, msg.msgid)
+        assert gmail.body_downloads[msg.msgid] == downloads  # nothing downloaded again
