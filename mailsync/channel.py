@@ -60,6 +60,15 @@ class Job:
     delete: str
     patterns: list[str]
     folder_map: dict[str, str] | None = None  # remote name -> local name (channel folder)
+    # The sides' [store.NAME] names (None: a URL): a store's OAuth2 sign-in is kept by name.
+    store_a: str | None = None
+    store_b: str | None = None
+
+    def open_a(self, read_only: bool = False) -> Store:
+        return open_store(self.url_a, self.options_a, read_only=read_only, name=self.store_a)
+
+    def open_b(self, read_only: bool = False) -> Store:
+        return open_store(self.url_b, self.options_b, read_only=read_only, name=self.store_b)
 
     @property
     def label(self) -> str:
@@ -95,6 +104,11 @@ def resolve_store(config: configmod.Config, ref: str) -> tuple[str, dict[str, An
         store = config.stores[ref]
         return store.url, dict(store.options)
     return ref, {}
+
+
+def _name_of(store: configmod.StoreConfig) -> str | None:
+    """A channel side's [store.NAME], or None when the channel names a URL."""
+    return store.name if store.name != store.url else None
 
 
 # jobs -----------------------------------------------------------------------------------
@@ -151,6 +165,8 @@ def _channel_job(
         delete_policy(direction, channel.delete, mirror),
         list(patterns) or channel.folders,
         {"INBOX": channel.folder} if channel.folder else None,
+        _name_of(channel.remote),
+        _name_of(channel.local),
     )
 
 
@@ -161,11 +177,13 @@ def _two_stores_job(
     patterns: Sequence[str],
     mirror: bool,
 ) -> Job:
-    first, second = (resolve_store(config, arg) for arg in args)
+    first, second = (
+        (*resolve_store(config, arg), arg if arg in config.stores else None) for arg in args
+    )
     if command == "push":  # push SOURCE DEST: DEST is the remote side
-        (url_a, opt_a), (url_b, opt_b) = second, first
+        (url_a, opt_a, name_a), (url_b, opt_b, name_b) = second, first
     else:
-        (url_a, opt_a), (url_b, opt_b) = first, second
+        (url_a, opt_a, name_a), (url_b, opt_b, name_b) = first, second
     direction = {"pull": "pull", "push": "push"}.get(command, "both")
     return Job(
         None,
@@ -176,6 +194,9 @@ def _two_stores_job(
         direction,
         delete_policy(direction, None, mirror),
         list(patterns) or ["*"],
+        None,
+        name_a,
+        name_b,
     )
 
 
@@ -196,9 +217,7 @@ def check_jobs(jobs: list[Job]) -> None:
             raise ConfigError(f"{job.label}: " + "; ".join(problems))
     # Opening a store only reads its URL and options; nothing connects yet.
     endpoints = [
-        open_store(url, options).password_endpoint()
-        for job in jobs
-        for url, options in ((job.url_a, job.options_a), (job.url_b, job.options_b))
+        store.password_endpoint() for job in jobs for store in (job.open_a(), job.open_b())
     ]
     if any(endpoints):
         from mailsync.net import check_environment_password  # (ssl: only with network stores)
@@ -256,9 +275,9 @@ def run(
     stores: list[Store] = []
     try:
         # The stores first: a URL that cannot be read leaves no state file behind.
-        store_a = open_store(job.url_a, job.options_a, read_only=not policy.writes("a"))
+        store_a = job.open_a(read_only=not policy.writes("a"))
         stores.append(store_a)
-        store_b = open_store(job.url_b, job.options_b, read_only=not policy.writes("b"))
+        store_b = job.open_b(read_only=not policy.writes("b"))
         stores.append(store_b)
         with State(state_path(directory, job)) as state:
             meta = {
@@ -277,8 +296,8 @@ def run(
 
             def open_stores() -> tuple[Store, Store]:
                 return (
-                    open_store(job.url_a, job.options_a, read_only=not policy.writes("a")),
-                    open_store(job.url_b, job.options_b, read_only=not policy.writes("b")),
+                    job.open_a(read_only=not policy.writes("a")),
+                    job.open_b(read_only=not policy.writes("b")),
                 )
 
             syncer = Syncer(
@@ -357,8 +376,8 @@ def verify(job: Job, directory: str) -> Verification:
     """Is every message of the job's remote side (SOURCE) on its local side (DEST)?  Both
     opened read-only; folders paired as the sync pairs them (job_folder_map)."""
     with (
-        open_store(job.url_a, job.options_a, read_only=True) as source,
-        open_store(job.url_b, job.options_b, read_only=True) as dest,
+        job.open_a(read_only=True) as source,
+        job.open_b(read_only=True) as dest,
     ):
         return verify_stores(source, dest, job_folder_map(job, source, directory))
 
@@ -396,7 +415,8 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
     size, and whatever looks like mail but could not be listed."""
     url, options = resolve_store(config, ref)
     listing = StoreListing(mask_url(url))
-    with open_store(url, options, read_only=True) as opened:
+    name = ref if ref in config.stores else None
+    with open_store(url, options, read_only=True, name=name) as opened:
         names = opened.list_folders()
         listing.errors.extend(opened.problems)
         for name in names:
@@ -458,3 +478,31 @@ def status(
         except MailsyncError as error:  # this file only (a newer mailsync's, unreadable)
             out.append({"channel": channel, "state": path, "error": str(error)})
     return out
+
+
+# mailsync login ---------------------------------------------------------------------------
+def login(
+    config: configmod.Config,
+    ref: str,
+    show: Callable[[str], None],
+    *,
+    no_browser: bool = False,
+    open_browser: Callable[[str], bool] | None = None,
+) -> str:
+    """What ``mailsync login STORE`` does for a store (a config store name or a URL) that
+    logs in with OAuth2: sign in with its grant (tokens.login: device code, the browser,
+    or for client credentials a check that a token can be had), `show` getting what
+    the user must see; returns one line saying what was done.  ConfigError (exit 2)
+    for a store that has no OAuth2 settings; AuthError/ConnectError (exit 3) as the
+    sign-in fails."""
+    from mailsync import tokens
+
+    url, options = resolve_store(config, ref)
+    store = open_store(url, options, read_only=True, name=ref if ref in config.stores else None)
+    source = getattr(store, "tokens", None)
+    if not isinstance(source, tokens.TokenSource):
+        raise ConfigError(
+            f"store {ref} has no OAuth2 settings (token_command, or oauth2 with client_id); "
+            "there is nothing to sign in to"
+        )
+    return tokens.login(source, show, no_browser=no_browser, open_browser=open_browser)

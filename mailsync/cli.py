@@ -484,6 +484,35 @@ def verify(obj, args, folder_patterns, as_json):
     sys.exit(code)
 
 
+@cli.command(epilog=EXIT_CODES)
+@output_options
+@click.argument("store")
+@click.option(
+    "--no-browser",
+    is_flag=True,
+    help="Print the sign-in URL to open by hand instead of opening a browser "
+    "(browser sign-in, e.g. Google).",
+)
+@click.pass_obj
+def login(obj, store, no_browser):
+    """Sign STORE in to OAuth2 once, so that later runs log in unattended.
+
+    For a store with oauth2 = "microsoft" (or "custom" with device_url): prints a URL
+    and a code to enter there, from any device, and waits.  For oauth2 = "google" (or
+    grant = "authorization_code"): opens the browser, or with --no-browser prints the
+    URL to open on this machine, and catches the redirect on 127.0.0.1.  The refresh
+    token is kept in the system keyring or in $XDG_STATE_HOME/mailsync/tokens/STORE.json
+    (mode 0600).  For grant = "client_credentials" it only checks that a token can be
+    had; a store with token_command needs no login.
+    """
+
+    def show(text: str) -> None:
+        click.echo(text)
+
+    click.echo(channelmod.login(obj.config, store, show, no_browser=no_browser))
+    sys.exit(EXIT_OK)
+
+
 def main() -> None:
     os.umask(0o077)  # every file mailsync creates is private, whatever the caller's umask
     cli(prog_name="mailsync")

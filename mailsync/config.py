@@ -29,14 +29,32 @@ from mailsync.stores import split_url
 
 # Options a [store.NAME] table may carry, by URL scheme.
 NETWORK_OPTIONS = {"user", "password_command", "tls", "cafile", "timeout"}
+#: How an IMAP or POP3 store gets OAuth2 tokens (read by tokens.token_source; here so that
+#: reading the config needs neither it nor ssl).
+TOKEN_OPTIONS = (
+    "token_command",
+    "oauth2",
+    "client_id",
+    "client_secret",
+    "client_secret_command",
+    "tenant",
+    "scope",
+    "grant",
+    "token_url",
+    "device_url",
+    "authorize_url",
+    "oauth2_cafile",
+)
+OAUTH_STORE_OPTIONS = NETWORK_OPTIONS | {"auth", *TOKEN_OPTIONS}
+POP_OPTIONS = OAUTH_STORE_OPTIONS | {"delete", "delete_after_days", "max_size"}
 STORE_OPTIONS = {
     "maildir": {"layout"},
     "mbox": set(),
     "memory": set(),
-    "imap": NETWORK_OPTIONS | {"gmail_labels"},
-    "imaps": NETWORK_OPTIONS | {"gmail_labels"},
-    "pop3": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
-    "pop3s": NETWORK_OPTIONS | {"delete", "delete_after_days", "max_size", "auth"},
+    "imap": OAUTH_STORE_OPTIONS | {"throttle_wait", "gmail_labels"},
+    "imaps": OAUTH_STORE_OPTIONS | {"throttle_wait", "gmail_labels"},
+    "pop3": POP_OPTIONS,
+    "pop3s": POP_OPTIONS,
     "ews": NETWORK_OPTIONS
     | {
         "auth",
@@ -145,6 +163,18 @@ def load(path: str | None) -> Config:
     return parse(data, raw.decode("utf-8"), path)
 
 
+def _token_problem(name: str, scheme: str, options: dict) -> str | None:
+    """What is wrong with a store's OAuth2 settings (tokens.token_source's ConfigError),
+    or None; nothing is read or run."""
+    from mailsync import tokens
+
+    try:
+        tokens.token_source(name, "user", dict(options), keyring=None, protocol=scheme.rstrip("s"))
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
 def parse(data: dict, text: str = "", path: str = "config") -> Config:
     where = _line_finder(text)
     problems: list[str] = []
@@ -187,6 +217,13 @@ def parse(data: dict, text: str = "", path: str = "config") -> Config:
                     f"unknown key {key!r} for a {scheme} store (allowed: url, {choices})",
                 )
         options = {k: v for k, v in table.items() if k != "url"}
+        if scheme in ("imap", "imaps", "pop3", "pop3s") and any(
+            k in options for k in TOKEN_OPTIONS
+        ):
+            oauth_problem = _token_problem(name, scheme, options)
+            if oauth_problem:
+                key = next((k for k in TOKEN_OPTIONS if k in options), "")
+                problem(section, key, oauth_problem)
         if scheme == "maildir" and options.get("layout", "verbatim") not in (
             "verbatim",
             "maildir++",

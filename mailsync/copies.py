@@ -35,7 +35,7 @@ from mailsync.message import (
     summary_line,
     tolerant_fingerprint,
 )
-from mailsync.planner import Copy, Plan
+from mailsync.planner import Copy, Plan, flag_changes
 from mailsync.policy import SIDE_NAMES, other
 from mailsync.state import Pair
 from mailsync.stores.base import Folder
@@ -277,8 +277,7 @@ class Copier:
         """Adopt an existing destination message; the source's flags win."""
         listing, target = self.fs.listings[self.dst], self.target
         now = listing[dst_key].flags if dst_key in listing else frozenset()
-        add = frozenset(f for f in flags - now if target.persists(f))
-        remove = frozenset(f for f in now - flags if target.persists(f))
+        add, remove = flag_changes(now, flags, target.persists, target.exclusive_flags)
         if add or remove:
             target.set_flags(dst_key, add, remove)
             self.fs.written.add(self.dst)

@@ -29,7 +29,16 @@ from mailsync.crashhook import step
 from mailsync.errors import MessageError
 from mailsync.message import Info
 from mailsync.paged import Relist, is_paged, sync_pages
-from mailsync.planner import Delete, Forget, Persists, Plan, SetFlags, Tombstone, plan
+from mailsync.planner import (
+    Delete,
+    Forget,
+    Groups,
+    Persists,
+    Plan,
+    SetFlags,
+    Tombstone,
+    plan,
+)
 from mailsync.policy import SIDE_NAMES, Policy, Retention, other
 from mailsync.rematch import rematch
 from mailsync.report import FolderReport, ProgressFactory, describe, no_progress, report_problems
@@ -304,9 +313,11 @@ class FolderSync:
         refused (they stay refused on later runs: planner.py)."""
         folders, state, report = self.folders, self.state, self.report
         persists: dict[str, Persists] = {}
+        exclusive: dict[str, Groups] = {}
         for side in ("a", "b"):
             folder = folders[side]
             persists[side] = folder.persists if folder is not None else (lambda f: True)
+            exclusive[side] = folder.exclusive_flags if folder is not None else frozenset()
         refusal_key = f"refused:{self.fstate.id}"
         refused_before = frozenset((state.get_meta(refusal_key) or "").split(",")) - {""}
         the_plan = plan(
@@ -318,6 +329,8 @@ class FolderSync:
             persists["b"],
             refused_before,
             None if self.options.retry_refused else self.refused,
+            exclusive["a"],
+            exclusive["b"],
         )
         report.withheld = len(the_plan.withheld)
         if not self.options.dry_run:

@@ -97,6 +97,11 @@ def parse_endpoint(url: str, options: dict | None = None) -> Endpoint:
     for item in filter(None, parts.query.split("&")):
         key, _, value = item.partition("=")
         query[unquote(key)] = unquote(value)
+    if "client_secret" in query:  # (a URL is shown in reports, logs and the state)
+        raise ConfigError(
+            f"store URL {shown.split('?', 1)[0]!r} holds client_secret, which would be shown "
+            "wherever the URL is; give client_secret_command in the query or the config instead"
+        )
     merged = {**query, **options}
     tls = merged.pop("tls", None)
     if tls is None:

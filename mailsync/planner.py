@@ -39,6 +39,8 @@ from mailsync.policy import SIDE_NAMES, Policy, other
 from mailsync.state import Pair
 
 Persists = Callable[[str], bool]
+#: Folder.exclusive_flags: groups of flags of which a side keeps one at most.
+Groups = frozenset[frozenset[str]]
 
 
 @dataclass
@@ -107,13 +109,36 @@ def _all(flag: str) -> bool:
 
 
 def effective_flags(
-    listed: frozenset[str], synced: frozenset[str], persists: Persists
+    listed: frozenset[str],
+    synced: frozenset[str],
+    persists: Persists,
+    exclusive: Groups = frozenset(),
 ) -> frozenset[str]:
     """A side's flags as far as it can tell: what it keeps itself, and for the flags it
-    cannot keep (keywords in Maildir, everything in mbox) what was last synced."""
-    return frozenset(f for f in listed if persists(f)) | frozenset(
+    cannot keep (keywords in Maildir, everything in mbox) what was last synced.  Of a
+    group it keeps one flag of at most (`exclusive`, Folder.exclusive_flags), the flags
+    last synced count as still there while the listing shows any flag of the group."""
+    flags = frozenset(f for f in listed if persists(f)) | frozenset(
         f for f in synced if not persists(f)
     )
+    for group in exclusive:
+        if flags & group:
+            flags |= synced & group
+    return flags
+
+
+def flag_changes(
+    now: frozenset[str], target: frozenset[str], persists: Persists, exclusive: Groups
+) -> tuple[frozenset[str], frozenset[str]]:
+    """-> (add, remove) that take a side from `now` to `target`, in the flags it keeps.
+    A change touching a group of `exclusive` adds every flag of the group that is to stay,
+    so that the side keeps one of those (Folder.exclusive_flags)."""
+    add = frozenset(f for f in target - now if persists(f))
+    remove = frozenset(f for f in now - target if persists(f))
+    for group in exclusive:
+        if (add | remove) & group:
+            add |= target & group
+    return add, remove
 
 
 def merge_flags(
@@ -139,10 +164,13 @@ def plan(
     persists_b: Persists = _all,
     refused_before: frozenset[str] = frozenset(),
     refused: Mapping[str, AbstractSet[str]] | None = None,
+    exclusive_a: Groups = frozenset(),
+    exclusive_b: Groups = frozenset(),
 ) -> Plan:
     result = Plan()
     listings = {"a": listing_a, "b": listing_b}
     persists = {"a": persists_a, "b": persists_b}
+    exclusive = {"a": exclusive_a, "b": exclusive_b}
     known: dict[str, set[str]] = {"a": set(), "b": set()}
 
     for pair in pairs:
@@ -155,14 +183,12 @@ def plan(
         info_a, info_b = info["a"], info["b"]
 
         if info_a is not None and info_b is not None:
-            fa = effective_flags(info_a.flags, pair.flags, persists_a)
-            fb = effective_flags(info_b.flags, pair.flags, persists_b)
+            fa = effective_flags(info_a.flags, pair.flags, persists_a, exclusive_a)
+            fb = effective_flags(info_b.flags, pair.flags, persists_b, exclusive_b)
             target_a, target_b, record = merge_flags(pair.flags, fa, fb, policy.direction)
             changes: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
             for side, now, target in (("a", fa, target_a), ("b", fb, target_b)):
-                keep = persists[side]
-                add = frozenset(f for f in target - now if keep(f))
-                remove = frozenset(f for f in now - target if keep(f))
+                add, remove = flag_changes(now, target, persists[side], exclusive[side])
                 if (add or remove) and policy.writes(side):
                     changes[side] = (add, remove)
             if changes or record != pair.flags:
@@ -184,7 +210,9 @@ def plan(
                 result.deletes.append(Delete(present, present_key, pair))
             continue
         if policy.propagates_to(present):
-            now = effective_flags(present_info.flags, pair.flags, persists[present])
+            now = effective_flags(
+                present_info.flags, pair.flags, persists[present], exclusive[present]
+            )
             # \Deleted alone is no change worth saving: it is a deletion under way (our
             # own UID STORE before an interrupted EXPUNGE, or a mail client's).
             if policy.direction == "both" and now - {DELETED} != pair.flags - {DELETED}:

@@ -36,6 +36,9 @@ class FolderReport:
     # Messages the destination refused for good during this run: summary, key, reason.
     refused_messages: list[dict[str, str | None]] = field(default_factory=list)
     withheld: int = 0  # copies not offered: refused on an earlier run
+    # The server asked to wait (throttling): how many times, and the seconds waited.
+    throttled: int = 0
+    throttled_seconds: float = 0.0
 
     def summary(self) -> str:
         if self.planned is not None:
@@ -61,6 +64,8 @@ class FolderReport:
             parts.append(f"held back {self.withheld} (refused before)")
         if self.refused:
             parts.append("deletions refused")
+        if self.throttled:
+            parts.append(f"throttled {self.throttled}x, waited {self.throttled_seconds:.1f} s")
         return f"{self.folder}: " + ", ".join(parts)
 
     def copied(self, src: str) -> None:

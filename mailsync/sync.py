@@ -234,27 +234,41 @@ class Syncer:
             folder_report = FolderReport(name)
             folder_report.errors.append(self.renames.blocked[name])
             return folder_report
+        before = [store.throttled for store in stores.values()]
+        folder_report = FolderReport(name)
         try:
-            return self._sync_folder(name, existing, stores, state)
+            folder_report = self._sync_folder(name, existing, stores, state)
         except (FolderError, MessageError) as error:
-            text = str(error)
+            folder_report.errors.append(self._failed(name, error))
         except (MailsyncError, sqlite3.Error):
             raise
         except Exception as error:
             state.rollback()  # an error in the middle of a transaction: not half of it
-            if isinstance(error, OSError):
-                where = f" ({error.filename})" if error.filename else ""
-                text = f"{name}: {error.strerror or error}{where}"
-            else:
-                log.debug("%s: unexpected error", name, exc_info=True)
-                text = (
-                    f"{name}: unexpected {type(error).__name__}: {error}; the other folders "
-                    "go on; run with -vv for details and please report it"
-                )
-        log.error("%s", text)
-        folder_report = FolderReport(name)
-        folder_report.errors.append(text)
+            folder_report.errors.append(self._failed(name, error))
+        finally:
+            # The folder's share of its stores' waits (a store serves one folder at a time).
+            for store, (waits, waited) in zip(stores.values(), before, strict=True):
+                now_waits, now_waited = store.throttled
+                folder_report.throttled += now_waits - waits
+                folder_report.throttled_seconds += round(now_waited - waited, 3)
         return folder_report
+
+    @staticmethod
+    def _failed(name: str, error: Exception) -> str:
+        """The line that says why folder `name` failed (logged)."""
+        if isinstance(error, FolderError | MessageError):
+            text = str(error)
+        elif isinstance(error, OSError):
+            where = f" ({error.filename})" if error.filename else ""
+            text = f"{name}: {error.strerror or error}{where}"
+        else:
+            log.debug("%s: unexpected error", name, exc_info=error)
+            text = (
+                f"{name}: unexpected {type(error).__name__}: {error}; the other folders "
+                "go on; run with -vv for details and please report it"
+            )
+        log.error("%s", text)
+        return text
 
     def _run_parallel(self, names: list[str], existing: dict[str, set[str]]) -> list[FolderReport]:
         """Each worker thread opens its own stores (open_stores) and state handle on its

@@ -49,8 +49,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from mailsync import oauth
+from mailsync.config import TOKEN_OPTIONS
 from mailsync.errors import AuthError, ConfigError, ConnectError
-from mailsync.net import secret_from_command
+from mailsync.net import Endpoint, secret_from_command
 from mailsync.oauth import OAuthClient, Tokens, register_secret
 from mailsync.sasl import SaslError
 
@@ -64,20 +65,7 @@ _DIR_MODE = 0o700
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 #: The options token_source() takes from a store's options (config table or URL query).
-OPTIONS = (
-    "token_command",
-    "oauth2",
-    "client_id",
-    "client_secret",
-    "client_secret_command",
-    "tenant",
-    "scope",
-    "grant",
-    "token_url",
-    "device_url",
-    "authorize_url",
-    "oauth2_cafile",
-)
+OPTIONS = TOKEN_OPTIONS
 
 
 def default_token_dir() -> str:
@@ -561,10 +549,13 @@ def token_source(
     directory: str | None = None,
     keyring=TokenStore._DEFAULT,
     timeout: float = oauth.DEFAULT_HTTP_TIMEOUT,
+    protocol: str | None = None,
 ) -> TokenSource | None:
     """The token source a store's options ask for, or None when they name none; the
     options in OPTIONS are taken out of `options` (the store complains about what is
     left).  `store` is the store's name (``mailsync login STORE``), `user` the mailbox.
+    `protocol` ("imap", "pop3"; None: both) narrows Microsoft's default scope to the
+    one protocol the store speaks (an app registration may hold only that permission).
     ConfigError (exit 2) for an incomplete or contradictory set of options."""
     where = f"store {store}"
     command = options.pop("token_command", None)
@@ -585,12 +576,13 @@ def token_source(
                 '"microsoft" or "custom"'
             )
         return None
-    texts = {}
+    texts: dict[str, str] = {}
+    lists: dict[str, list[str]] = {}  # scope and client_secret_command, given as lists
     for key, value in values.items():
         if key in ("scope", "client_secret_command") and isinstance(value, list):
             if not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {key} must be a string or a list of strings")
-            texts[key] = value
+            lists[key] = value
         elif isinstance(value, str):
             texts[key] = value
         else:
@@ -618,11 +610,14 @@ def token_source(
         )
     if grant == oauth.AUTHORIZATION_CODE and not provider.authorize_url:
         raise ConfigError(f"{where}: grant = authorization_code needs authorize_url")
-    if "client_secret" in texts and "client_secret_command" in texts:
+    if "client_secret" in texts and "client_secret_command" in {*texts, *lists}:
         raise ConfigError(f"{where}: give client_secret or client_secret_command, not both")
-    scope = texts.get("scope")
+    scope = lists["scope"] if "scope" in lists else texts.get("scope")
     if scope is None:
         scopes = provider.app_scopes if grant == oauth.CLIENT_CREDENTIALS else provider.scopes
+        if provider.name == "microsoft" and grant != oauth.CLIENT_CREDENTIALS and protocol:
+            wanted = {"imap": oauth.MICROSOFT_IMAP_SCOPE, "pop3": oauth.MICROSOFT_POP_SCOPE}
+            scopes = (wanted[protocol], oauth.OFFLINE_ACCESS)
     else:
         scopes = tuple(scope if isinstance(scope, list) else scope.split())
     if not scopes and provider.name == "custom" and grant != oauth.CLIENT_CREDENTIALS:
@@ -640,7 +635,8 @@ def token_source(
         scopes=scopes,
         grant=grant,
         client_secret=texts.get("client_secret"),
-        client_secret_command=texts.get("client_secret_command"),
+        client_secret_command=lists.get("client_secret_command")
+        or texts.get("client_secret_command"),
         cafile=cafile,
         timeout=timeout,
     )
@@ -652,6 +648,33 @@ def token_source(
             )
         return ClientCredentialTokens(client)
     return RefreshTokens(client, TokenStore(store, directory, keyring))
+
+
+# -- IMAP and POP3 stores ---------------------------------------------------------------------
+
+#: The ``auth`` values of IMAP and POP3 stores that log in with an OAuth2 token (SASL).
+SASL_AUTH = ("xoauth2", "oauthbearer")
+
+
+def store_token_source(
+    store: str, endpoint: Endpoint, auth: str, protocol: str
+) -> TokenSource | None:
+    """The token source of an IMAP or POP3 store (its options in OPTIONS taken out of
+    ``endpoint.options``), checked against the store's `auth`: "xoauth2" and
+    "oauthbearer" need a token source; a password method ("password", and POP3's
+    "plain", "apop", "user") excludes one; "auto" takes either.  ConfigError (exit 2)."""
+    source = token_source(store, endpoint.user, endpoint.options, protocol=protocol)
+    if source is None and auth in SASL_AUTH:
+        raise ConfigError(
+            f'store {store}: auth = "{auth}" needs token_command or oauth2 settings '
+            "(see mailsync.conf(5), OAUTH2)"
+        )
+    if source is not None and auth not in ("auto", *SASL_AUTH):
+        raise ConfigError(
+            f'store {store}: auth = "{auth}" logs in with a password, but the store has '
+            'token_command or oauth2 settings; remove one, or set auth = "auto"'
+        )
+    return source
 
 
 # -- mailsync login STORE ---------------------------------------------------------------------
@@ -690,11 +713,12 @@ def login(
 
         tokens = oauth.device_login(client, show_code, sleep=sleep)
     else:
-        options = {}
-        if open_browser is not None:
-            options["open_browser"] = open_browser
         tokens = oauth.browser_login(
-            client, show, no_browser=no_browser, timeout=browser_timeout, **options
+            client,
+            show,
+            no_browser=no_browser,
+            timeout=browser_timeout,
+            open_browser=open_browser or oauth._default_open_browser,
         )
     if not tokens.refresh_token:
         raise AuthError(

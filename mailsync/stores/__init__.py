@@ -118,7 +118,12 @@ def _lower_host(url: str) -> str:
     return f"{head}@{host.lower()}"
 
 
-def open_store(url: str, options: dict | None = None, read_only: bool = False) -> Store:
+def open_store(
+    url: str, options: dict | None = None, read_only: bool = False, name: str | None = None
+) -> Store:
+    """The store at `url` with `options` (the config's table; they win over the URL's
+    query).  `name` is its [store.NAME] when it has one: network stores that keep a
+    sign-in (OAuth2) keep it under that name (``mailsync login NAME``)."""
     scheme, path, url_options = split_url(url)
     opts = {**url_options, **(options or {})}
     if scheme == "maildir":
@@ -139,11 +144,11 @@ def open_store(url: str, options: dict | None = None, read_only: bool = False) -
     if scheme in ("imap", "imaps"):
         from mailsync.stores.imap import IMAPStore
 
-        return IMAPStore(url, opts, read_only=read_only)
+        return IMAPStore(url, opts, read_only=read_only, name=name)
     if scheme in ("pop3", "pop3s"):
         from mailsync.stores.pop3 import POP3Store
 
-        return POP3Store(url, opts, read_only=read_only)
+        return POP3Store(url, opts, read_only=read_only, name=name)
     if scheme == "ews":
         from mailsync.stores.ews import EWSStore
 

@@ -93,6 +93,14 @@ class Folder(ABC):
     #: (EWS SyncFolderItems), so that a keep-pull from it applies and commits one page at
     #: a time and an interruption costs at most a page.
     paged: bool = False
+    #: Groups of flags of which the folder keeps one at most, each group a frozenset: a
+    #: message given several keeps one of them (EWS keeps \Answered and $Forwarded in
+    #: one property, the last verb).  persists() is true for each; list() shows the one
+    #: kept.  While a message's listing shows any flag of a group, the engine takes the
+    #: group's other flags it last synced as still there (planner.effective_flags), and
+    #: a flag change that touches a group names in `add` every flag of the group that is
+    #: to stay, so that the folder keeps one of those.
+    exclusive_flags: frozenset[frozenset[str]] = frozenset()
 
     @abstractmethod
     def list(self) -> dict[str, Info]:
@@ -209,6 +217,12 @@ class Store(ABC):
     #: MAX_FOLDER_DEPTH), one sentence each.  The engine reports each one as an error
     #: of the run (exit 1) on a side the run copies from, elsewhere as a warning.
     problems: Sequence[str] = ()
+
+    @property
+    def throttled(self) -> tuple[int, float]:
+        """(waits, seconds) this store has waited so far because its server asked it to
+        (throttling): the engine reports each folder's share."""
+        return (0, 0.0)
 
     @abstractmethod
     def list_folders(self) -> list[str]:

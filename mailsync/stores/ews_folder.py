@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError, StoreError
-from mailsync.message import DELETED, DRAFT, SEEN, Body, Info, to_lf
+from mailsync.message import ANSWERED, DELETED, DRAFT, FORWARDED, SEEN, Body, Info, to_lf
 from mailsync.stores.base import Folder
 from mailsync.stores.ews_items import (
     LIST_FIELDS,
@@ -51,6 +51,9 @@ class EWSFolder(Folder):
     # encodings, added headers).  Copies to it are journaled and matched tolerantly.
     normalises = True
     paged = True  # pages(): SyncFolderItems, one page at a time
+    # \Answered and $Forwarded are one property, the last verb (PR_LAST_VERB_EXECUTED):
+    # a message keeps one of the two (\Answered where both are to stay: set_flag_fields).
+    exclusive_flags = frozenset({frozenset({ANSWERED, FORWARDED})})
 
     def __init__(self, store: EWSStore, name: str, folder, kind: str = "mail"):
         self.store = store

@@ -253,7 +253,8 @@ def set_flag_fields(message, add: frozenset[str], remove: frozenset[str], catego
         message.ms_flag_status = FLAG_STATUS_FLAGGED if FLAGGED in add else None
         fields.append("ms_flag_status")
     if {ANSWERED, FORWARDED} & (add | remove):
-        # One property holds both: the last verb.  Removing one clears it.
+        # One property holds both: the last verb.  The engine names in `add` each of the
+        # two that is to stay (Folder.exclusive_flags); with neither there, none is left.
         if ANSWERED in add:
             message.ms_last_verb = VERB_REPLY
         elif FORWARDED in add:

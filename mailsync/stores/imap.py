@@ -41,8 +41,14 @@ _OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 objectid
 
 
 class IMAPStore(IMAPConnection, Store):
-    def __init__(self, url: str, options: dict | None = None, read_only: bool = False):
-        super().__init__(url, options)
+    def __init__(
+        self,
+        url: str,
+        options: dict | None = None,
+        read_only: bool = False,
+        name: str | None = None,
+    ):
+        super().__init__(url, options, name)
         self.read_only = read_only
         self._delimiter = "/"
         self._names: dict[str, str] = {}  # our name -> server name (decoded)

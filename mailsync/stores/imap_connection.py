@@ -5,17 +5,26 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 
 * connect with TLS (implicit on imaps://, STARTTLS required on imap://) verifying the
   certificate and host name; a server without STARTTLS, or greeting PREAUTH before TLS,
-  is refused before the password is sent; ``tls=none`` only on request.  Every socket
-  operation has the endpoint's timeout; a dropped connection is reconnected (and the
-  folder selected again) once per operation; a refused login is final (AuthError);
+  is refused before the password or token is sent; ``tls=none`` only on request.  Every
+  socket operation has the endpoint's timeout; a dropped connection is reconnected (and
+  the folder selected again) once per operation; a refused login is final (AuthError);
+* the login is LOGIN with the password, or with a token source (tokens.py: token_command,
+  oauth2 = ...) AUTHENTICATE XOAUTH2 or OAUTHBEARER with an access token, a refused
+  token renewed once (imap_oauth.py); every reconnect asks the source for a valid token;
 * a hostile server stays bounded from the first byte read (imap_wire.py): every line
   and literal has a deadline that grows with the bytes that arrive (net.Pace), lines,
   literals and the untagged responses to one command have size limits (small ones
   before login), UID sets are checked against what the folder holds before they are
   expanded, and body batches against what RFC822.SIZE announced; server text in errors
   and warnings has every password masked;
+* a server that says "not now" is waited out and asked again in call(), the one retry
+  path (what the answers mean, and the time waited, are imap_patience.py's): Microsoft
+  365's throttling (NO or BAD to any command, an APPEND's instead of its continuation,
+  maybe with a BYE) as it suggests, within the connection's throttle_wait; "User is
+  authenticated but not connected." with a few fresh logins; ``* BYE Session
+  invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
-  there), LOGIN arguments and the password itself masked.
+  there), LOGIN and AUTHENTICATE arguments and the password or token itself masked.
 """
 
 from __future__ import annotations
@@ -25,11 +34,11 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mailsync.errors import (
     AuthError,
+    ConfigError,
     ConnectError,
     FolderError,
     MailsyncError,
@@ -41,12 +50,26 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_oauth import token_login
+from mailsync.stores.imap_patience import (
+    SESSION_INVALIDATED,
+    NotConnected,
+    Patience,
+    Throttled,
+    append_limit,
+    check_answer,
+    size_refusal,
+    throttled_in,
+    too_big,
+)
 from mailsync.stores.imap_wire import (
     MAX_UID,
     _client_class,
     _Malformed,
     _Oversized,
+    _parse_uid_set,
 )
+from mailsync.tokens import SASL_AUTH, TokenSource, store_token_source
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -58,6 +81,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync")
 protocol_log = logging.getLogger("mailsync.imap")
 
+#: What ``auth`` may say: "password" (LOGIN), an OAuth2 mechanism, or "auto" (OAuth2 when
+#: the store has a token source, else the password).
+AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
 # Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
 # "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
@@ -88,49 +114,6 @@ _TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def _uid_ranges(uids: Iterable[int]) -> str:
-    """[1,2,3,7] -> '1:3,7' (short commands for long lists)."""
-    out, run = [], None
-    for uid in sorted(set(uids)):
-        if run and uid == run[1] + 1:
-            run[1] = uid
-        else:
-            if run:
-                out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
-            run = [uid, uid]
-    if run:
-        out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
-    return ",".join(out)
-
-
-_UID_RANGE = re.compile(r"(-?\d+)(?::(-?\d+))?")
-
-
-def _parse_uid_set(text: str, most: int) -> tuple[list[int], list[str]]:
-    """'1:3,7' -> ([1, 2, 3, 7], []) (ESEARCH ALL results); the second list holds the
-    parts that are not valid UIDs (0, -1, beyond 32 bits), left out.  The ranges are
-    counted before any is expanded: _Malformed if they hold more than `most` UIDs."""
-    ranges: list[tuple[int, int]] = []
-    invalid: list[str] = []
-    count = 0
-    for part in filter(None, text.split(",")):
-        match = _UID_RANGE.fullmatch(part)
-        if not match:
-            raise _Malformed(f"{part[:40]!r} in a UID set")
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        low, high = min(low, high), max(low, high)
-        if low < 1 or high > MAX_UID:
-            invalid.append(part)
-            continue
-        count += high - low + 1
-        if count > most:
-            raise _Malformed(
-                f"the server sent a UID set of over {most} UIDs for a folder that holds fewer"
-            )
-        ranges.append((low, high))
-    return [uid for low, high in ranges for uid in range(low, high + 1)], invalid
 
 
 def _text(value: object) -> str:
@@ -204,22 +187,37 @@ class IMAPConnection:
     """A connection to the account at an imap:// or imaps:// URL, made on first use
     (`client`) and again after a drop.  Operations go through call()."""
 
-    def __init__(self, url: str, options: dict | None = None):
+    def __init__(self, url: str, options: dict | None = None, name: str | None = None):
         self.endpoint: Endpoint = parse_endpoint(url, options)
         self.url = self.endpoint.display
+        #: The store's name: its [store.NAME] (``mailsync login NAME``), else its URL.
+        self.name = name or self.url
+        self.auth = str(self.endpoint.options.pop("auth", "auto")).lower()
+        if self.auth not in AUTH_METHODS:
+            raise ConfigError(f"store {self.url}: auth must be one of {', '.join(AUTH_METHODS)}")
+        #: Where OAuth2 access tokens come from (token_command, oauth2 = ...), or None: a
+        #: password login.
+        self.tokens: TokenSource | None = store_token_source(
+            self.name, self.endpoint, self.auth, "imap"
+        )
         self._client: IMAPClient | None = None
         self._password: str | None = None
         self.capabilities: set[str] = set()
         #: The folder the connection has selected (None: none, or dropped since).
         self.selected: IMAPFolder | None = None
         self.reconnects = 0
+        # Waiting out throttling (imap_patience.py).
+        self.patience = Patience.from_option(self.endpoint.options.pop("throttle_wait", None))
         self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS
         self._warned_invalid: set[str] = set()  # folders whose invalid UIDs were reported
 
     @property
     def client(self) -> IMAPClient:
-        if self._client is None:
-            self._client = self._connect()
+        while self._client is None:
+            try:
+                self._client = self._connect()
+            except Throttled as throttled:  # a command right after the login: a new one
+                self.patience.wait_out(throttled, self.endpoint.display, "connect", False)
         return self._client
 
     def _connect(self) -> IMAPClient:
@@ -248,11 +246,14 @@ class IMAPConnection:
                     )
                 if not client.has_capability("STARTTLS"):
                     raise ConnectError(
-                        f"{ep.display} does not offer STARTTLS; refusing to send the password "
-                        "in clear (use imaps://, or tls=none if you really mean it)"
+                        f"{ep.display} does not offer STARTTLS; refusing to send the "
+                        f"{'OAuth2 token' if self.tokens else 'password'} in clear (use "
+                        "imaps://, or tls=none if you really mean it)"
                     )
                 client.starttls(context)
-            if client._imap.state == "NONAUTH":
+            if client._imap.state == "NONAUTH" and self.tokens is not None:
+                token_login(client, ep, self.auth, self.tokens)
+            elif client._imap.state == "NONAUTH":
                 if self._password is None:
                     self._password = _password_for(ep)
                 try:
@@ -298,6 +299,9 @@ class IMAPConnection:
             )
         except Exception as error:
             _shutdown(client)
+            throttled = throttled_in(_clean(error))  # (Microsoft 365 throttles any command)
+            if throttled is not None:
+                raise throttled from None
             raise ConnectError(f"{ep.display}: {_clean(error)}")
         log.debug("connected to %s: %s", ep.display, " ".join(sorted(self.capabilities)))
         return client
@@ -319,6 +323,12 @@ class IMAPConnection:
             )
         client.plain_login(user, password)
 
+    def append_limit(self) -> int | bool | None:
+        return append_limit(self.capabilities if self.client else set())  # (connects)
+
+    def password_endpoint(self) -> Endpoint | None:
+        return None if self.tokens is not None else self.endpoint
+
     def has(self, capability: str) -> bool:
         self.client  # noqa: B018  (connects)
         return capability in self.capabilities
@@ -333,6 +343,11 @@ class IMAPConnection:
         self.reconnects += 1
         self.client  # noqa: B018
 
+    @property
+    def throttled(self) -> tuple[int, float]:
+        """(waits, seconds) this connection waited out throttling so far (Store)."""
+        return self.patience.waits, self.patience.waited
+
     def call(
         self,
         operation: str,
@@ -344,30 +359,71 @@ class IMAPConnection:
         """Run one IMAP operation, in `folder` (selected first if the connection has
         another one selected, or none since it was dropped).  A dropped connection is
         reconnected and, with `retry` (operations safe to repeat), the operation run again
-        once.  Server refusals and unreadable responses become FolderError (with a
-        folder) or StoreError; a lost connection, or a server too slow to wait for,
-        ConnectError.  _Oversized passes through (the connection dropped)."""
+        once.  A server that says "not now" is waited out (imap_patience.py: throttling
+        within the connection's Patience, then ThrottledFolder or StoreError; "not
+        connected" sessions, then ConnectError; a login with fresh credentials after
+        the BYE of an expired token).  Other server refusals and unreadable responses
+        become FolderError (with a folder) or StoreError; a lost connection, or a server
+        too slow to wait for, ConnectError.  _Oversized passes through (dropped)."""
         from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, ProtocolError
 
         scope = FolderError if folder is not None else StoreError
         where = f"{self.endpoint.display}" + (f" {folder.name}" if folder is not None else "")
-        for attempt in (1, 2):
+        lost = 0  # connections lost during this operation
+        fresh_logins = 0  # sessions "not connected"
+        probe = False  # after a throttled answer: is the session still there (NOOP)?
+        while True:
             try:
-                if folder is not None and self.selected is not folder:
-                    folder.select()
-                return self._invoke(operation, *args, **kw)
+                try:
+                    if probe:
+                        self._invoke("noop")
+                        probe = False
+                    if folder is not None and self.selected is not folder:
+                        folder.select()
+                    return self._invoke(operation, *args, **kw)
+                except IMAPClientAbortError:
+                    raise
+                except IMAPClientError as error:
+                    check_answer(_clean(error))
+                    raise
             except MailsyncError:
                 raise
             except _Oversized:
                 self._drop()
                 raise
+            except Throttled as throttled:
+                try:
+                    self.patience.wait_out(throttled, where, operation, folder is not None)
+                except MailsyncError:
+                    self._drop()  # (whatever the server says next: start afresh)
+                    raise
+                probe = True  # (a BYE may have followed the answer)
+            except NotConnected:
+                fresh_logins += 1
+                self._drop()
+                self.patience.before_login(where, operation, fresh_logins)
+                self.reconnect()
             except (IMAPClientAbortError, *_NETWORK_ERRORS) as error:
-                lost = "gave up" if isinstance(error, TooSlow) else "connection lost"
-                if not retry or attempt == 2:
+                imap = self._client._imap if self._client else None
+                byes = imap.untagged_responses.get("BYE") if imap else None
+                text, bye = _clean(error), _text(byes[-1]) if byes else ""
+                text += f" ({bye})" if bye and bye not in text else ""
+                if probe:  # the session ended after a throttled answer: nothing is lost
+                    log.info("%s: the server closed the session (%s); reconnecting", where, text)
+                    probe = False
+                    self.reconnect()
+                    continue
+                lost += 1
+                lost_what = "gave up" if isinstance(error, TooSlow) else "connection lost"
+                if SESSION_INVALIDATED.search(text):  # its credentials expired: ask afresh
+                    lost_what = "the server ended the session"
+                    self._password = None
+                    _forget_password(self.endpoint)
+                if not retry or lost > 1:
                     self._drop()
-                    raise ConnectError(f"{where}: {lost} during {operation} ({_clean(error)})")
+                    raise ConnectError(f"{where}: {lost_what} during {operation} ({text})")
                 log.warning(
-                    "%s: %s during %s (%s); reconnecting", where, lost, operation, _clean(error)
+                    "%s: %s during %s (%s); reconnecting", where, lost_what, operation, text
                 )
                 self.reconnect()
             except (ProtocolError, _Malformed, ValueError, IndexError, RecursionError) as error:
@@ -378,7 +434,6 @@ class IMAPConnection:
                 )
             except IMAPClientError as error:
                 raise scope(f"{where}: the server refused {operation}: {_clean(error)}")
-        raise AssertionError("unreachable")
 
     def _invoke(self, operation: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self, "_op_" + operation, None)
@@ -414,6 +469,7 @@ class IMAPConnection:
         typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
+            check_answer(text)  # (throttled: not this message's fault)
             if message_level:
                 raise MessageError(f"the server refused to send it ({text})")
             raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
@@ -496,22 +552,39 @@ class IMAPConnection:
         return uids
 
     def _op_append(
-        self, server_name: str, wire: bytes, flags: list[str], when: dt.datetime | None
+        self,
+        server_name: str,
+        wire: bytes,
+        flags: list[str],
+        when: dt.datetime | None,
+        limit: int | None = None,
     ) -> str:
-        """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs)."""
+        """APPEND with the bytes as they are (imaplib's own append rewrites lone CRs).
+        A message over `limit` (APPENDLIMIT, RFC 7889) is not sent: RefusedError, as
+        is one the server refuses for good (a NO without a "try later" code, Exchange's
+        BAD for one over its size limit)."""
         from imapclient.datetime_util import datetime_to_INTERNALDATE
 
+        too_big(len(wire), limit)
         client = self.client
         imap = client._imap
         mailbox = client._normalise_folder(server_name)
         date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
         imap.literal = wire
-        typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+        try:
+            typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+        except imaplib.IMAP4.error as error:  # a BAD (throttled: call() sees to it)
+            reason = size_refusal("BAD", _clean(error), len(wire))
+            if reason is None or isinstance(error, imaplib.IMAP4.abort):
+                raise
+            raise RefusedError(f"APPEND refused: {reason}", reason)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
+            check_answer(text)
             code = re.match(r"\[([A-Za-z0-9.-]+)", text)
             if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
                 reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
+                reason = size_refusal("NO", reason, len(wire)) or reason
                 raise RefusedError(f"APPEND refused: {reason}", reason)
             raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")

@@ -12,15 +12,21 @@ mid-run (FolderError: the next run re-matches).  What it does on the wire:
   CRLF -> LF into one bytearray as it arrives, so a 50 MB message costs about 50 MB (not
   the literal plus its LF copy); such a body is handed on as that bytearray;
 * APPEND with flags and INTERNALDATE and the message bytes exactly as given (CRLF line
-  ends, lone CRs untouched); APPENDUID when offered, otherwise the new UID is found among
-  the UIDs above the old highest one, by content if need be (no header is injected); a
-  NOOP before the new UIDs are used, as a server need not announce them (Courier);
+  ends, lone CRs untouched), never of a message over the server's or the folder's
+  APPENDLIMIT (RFC 7889: refused for good, RefusedError, without sending it);
+  APPENDUID when offered, otherwise the new UID is found among the UIDs above the old
+  highest one, by content if need be (no header is injected); a NOOP before the new
+  UIDs are used, as a server need not announce them (Courier);
 * flag changes with UID STORE in batches; deletions with \\Deleted plus UID EXPUNGE of
   exactly those UIDs (without UIDPLUS, EXPUNGE only if no other message is \\Deleted,
   otherwise the folder fails untouched).
 
 The connection (reconnects, limits, raw operations) is imap_connection.py's; which
-folders there are and their names, the store's (imap.py).
+folders there are and their names, the store's (imap.py); Gmail's folders are subclasses
+(imap_gmail.py) that fetch more with a listing (META_ITEMS, _listed_flags).  The module
+is over 700 lines, because listing, bodies, APPEND and flag changes share one folder's
+selection state (sizes seen, UIDs assigned, what the server announced); the body
+reading in pieces (_fetch_large) is what could go first if it grows.
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ from mailsync.message import (
     tolerant_fingerprint,
 )
 from mailsync.stores.base import Folder
-from mailsync.stores.imap_connection import _text, _uid_ranges
-from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized
+from mailsync.stores.imap_connection import _text
+from mailsync.stores.imap_patience import ThrottledFolder
+from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized, _uid_ranges
 
 if TYPE_CHECKING:
     from mailsync.stores.imap import IMAPStore
@@ -112,6 +119,7 @@ class IMAPFolder(Folder):
         self._uids_assigned: set[int] = set()
         self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
         self._unannounced = False  # appended to since the server last told what it holds
+        self._limit: tuple[int | None] | None = None  # (APPENDLIMIT,) once asked
 
     def __repr__(self) -> str:
         return f"IMAPFolder({self.store.url!r}, {self.name!r})"
@@ -543,10 +551,13 @@ class IMAPFolder(Folder):
         wire = to_crlf(data)
         keep = sorted(f for f in flags if self.persists(f))
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
+        limit = self._append_limit()
         try:
             response = self.store.call(
-                "append", self.server_name, wire, keep, when, retry=False, folder=self
+                "append", self.server_name, wire, keep, when, limit, retry=False, folder=self
             )
+        except ThrottledFolder:
+            raise  # the folder's, not this message's
         except ConnectError:
             raise MessageError(
                 f"{self.name}: the connection dropped while appending; the next run finds "
@@ -568,6 +579,25 @@ class IMAPFolder(Folder):
         self._sizes[uid] = len(wire)
         self._uids_assigned.add(uid)
         return str(uid)
+
+    def _append_limit(self) -> int | None:
+        """The largest message this folder takes (RFC 7889): the server's APPENDLIMIT=N,
+        or this folder's STATUS APPENDLIMIT where the server announces limits per folder
+        (NIL, or no answer: none known)."""
+        if self._limit is None:
+            limit = self.store.append_limit()
+            if limit is True:
+                try:
+                    status = self.store.call("folder_status", self.server_name, ["APPENDLIMIT"])
+                except ConnectError:
+                    raise
+                except StoreError as error:
+                    log.debug("%s: no APPENDLIMIT: %s", self.name, error)
+                    status = {}
+                value = {_text(k).upper(): v for k, v in status.items()}.get("APPENDLIMIT")
+                limit = value if isinstance(value, int) and not isinstance(value, bool) else None
+            self._limit = (limit,)
+        return self._limit[0]
 
     def _highest_uid(self) -> int:
         """The highest UID now in the folder (0 if empty)."""

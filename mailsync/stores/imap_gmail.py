@@ -66,8 +66,8 @@ from mailsync.message import (
     tolerant_fingerprint,
 )
 from mailsync.stores.base import Cursor
-from mailsync.stores.imap_connection import _uid_ranges
 from mailsync.stores.imap_folder import STORE_BATCH, IMAPFolder
+from mailsync.stores.imap_wire import _uid_ranges
 
 log = logging.getLogger("mailsync")
 

@@ -4,7 +4,8 @@ hang a run nor fill its memory.  Every line and literal has a deadline that grow
 the bytes that arrive (net.Pace); lines, literals and the untagged responses to one
 command have size limits, small ones before login.  Breaking a limit is _Malformed (the
 connection is dropped); a literal beyond the budget a command set is _Oversized (the
-caller asks again in bounded pieces).  imap_connection.py builds on this.
+caller asks again in bounded pieces).  UID sets are written and read here too, a set the
+server sends counted before it is expanded.  imap_connection.py builds on this.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import functools
 import imaplib
 import io
+import re
 import socket
 import ssl
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailsync.net import Pace
@@ -200,3 +203,49 @@ def _client_class() -> type[IMAPClient]:
             return _GuardedIMAP4(self.host, self.port, self._timeout.read, context)
 
     return GuardedClient
+
+
+# -- UID sets ---------------------------------------------------------------------------
+
+
+def _uid_ranges(uids: Iterable[int]) -> str:
+    """[1,2,3,7] -> '1:3,7' (short commands for long lists)."""
+    out, run = [], None
+    for uid in sorted(set(uids)):
+        if run and uid == run[1] + 1:
+            run[1] = uid
+        else:
+            if run:
+                out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
+            run = [uid, uid]
+    if run:
+        out.append(f"{run[0]}:{run[1]}" if run[1] > run[0] else str(run[0]))
+    return ",".join(out)
+
+
+_UID_RANGE = re.compile(r"(-?\d+)(?::(-?\d+))?")
+
+
+def _parse_uid_set(text: str, most: int) -> tuple[list[int], list[str]]:
+    """'1:3,7' -> ([1, 2, 3, 7], []) (ESEARCH ALL results); the second list holds the
+    parts that are not valid UIDs (0, -1, beyond 32 bits), left out.  The ranges are
+    counted before any is expanded: _Malformed if they hold more than `most` UIDs."""
+    ranges: list[tuple[int, int]] = []
+    invalid: list[str] = []
+    count = 0
+    for part in filter(None, text.split(",")):
+        match = _UID_RANGE.fullmatch(part)
+        if not match:
+            raise _Malformed(f"{part[:40]!r} in a UID set")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        low, high = min(low, high), max(low, high)
+        if low < 1 or high > MAX_UID:
+            invalid.append(part)
+            continue
+        count += high - low + 1
+        if count > most:
+            raise _Malformed(
+                f"the server sent a UID set of over {most} UIDs for a folder that holds fewer"
+            )
+        ranges.append((low, high))
+    return [uid for low, high in ranges for uid in range(low, high + 1)], invalid

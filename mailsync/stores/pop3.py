@@ -55,10 +55,13 @@ from mailsync.stores.pop3_session import (
     _ServerError,
     _Session,
 )
+from mailsync.tokens import SASL_AUTH, TokenSource, store_token_source
 
 log = logging.getLogger("mailsync")
 
-AUTH_METHODS = ("auto", "plain", "apop", "user")
+#: "password": the best password login the server offers (as "auto" without a token
+#: source); "xoauth2", "oauthbearer": SASL with an OAuth2 token (RFC 5034, RFC 7628).
+AUTH_METHODS = ("auto", "password", "plain", "apop", "user", *SASL_AUTH)
 DELETE_MODES = ("keep", "after-download")
 # Pipelined RETRs outstanding at once (at most _Session.depth of them): their LIST sizes
 # together.
@@ -97,14 +100,24 @@ def _digest_ascii(keys: list[bytes]) -> str:
 
 
 class POP3Store(Store):
-    def __init__(self, url: str, options: dict | None = None, read_only: bool = False):
+    def __init__(
+        self,
+        url: str,
+        options: dict | None = None,
+        read_only: bool = False,
+        name: str | None = None,
+    ):
         self.endpoint = parse_endpoint(url, options)
         self.url = self.endpoint.display
+        #: The store's name: its [store.NAME] (``mailsync login NAME``), else its URL.
+        self.name = name or self.url
         self.read_only = read_only
         opts = self.endpoint.options
         auth = str(opts.pop("auth", "auto")).lower()
         if auth not in AUTH_METHODS:
             raise ConfigError(f"store {self.url}: auth must be one of {', '.join(AUTH_METHODS)}")
+        #: Where OAuth2 access tokens come from, or None: a password login.
+        self.tokens: TokenSource | None = store_token_source(self.name, self.endpoint, auth, "pop3")
         delete = str(opts.pop("delete", "keep")).lower()
         if delete not in DELETE_MODES:
             raise ConfigError(
@@ -134,6 +147,9 @@ class POP3Store(Store):
             else None
         )
         self._folder: POP3Folder | None = None
+
+    def password_endpoint(self):
+        return None if self.tokens is not None else self.endpoint
 
     def list_folders(self) -> list[str]:
         return ["INBOX"]
@@ -220,9 +236,10 @@ class POP3Folder(Folder):
     def session(self) -> _Session:
         if self._session is None:
             ep = self.store.endpoint
-            session = _Session(ep, self.store.auth, self.where)
+            tokens = self.store.tokens
+            session = _Session(ep, self.store.auth, self.where, tokens)
             try:
-                session.open(password_for(ep))
+                session.open(None if tokens is not None else password_for(ep))
             except BaseException as error:
                 session.close(quit=False)
                 if isinstance(error, _ServerError):

@@ -2,8 +2,9 @@
 a socket, a read buffer, commands and responses, bounded against a hostile server.
 
 TLS is implicit on pop3s:// and STLS is required on pop3:// (refused before the
-password is sent when the server does not offer it); the login is SASL PLAIN, APOP or
-USER/PASS (auth=, or the best the server offers).  Every status line and multi-line
+password or token is sent when the server does not offer it); the login is SASL PLAIN,
+APOP or USER/PASS (auth=, or the best the server offers), or with an OAuth2 token source
+SASL XOAUTH2 or OAUTHBEARER (RFC 7628).  Every status line and multi-line
 response is read under a deadline that grows with the bytes that arrive, and has a size
 limit; the protocol goes to the mailsync.pop3 logger with -vv, passwords masked.  What
 the commands mean for a maildrop (listings, RETR pipelining, DELE and QUIT) is pop3.py's.
@@ -16,9 +17,12 @@ import hashlib
 import logging
 import re
 import socket
+from collections.abc import Callable
 
 from mailsync.errors import AuthError, ConnectError
 from mailsync.net import Endpoint, Pace, forget_password, mask_secrets
+from mailsync.sasl import SaslConversation, choose_mechanism
+from mailsync.tokens import SASL_AUTH, TokenRejected, TokenSource, login_with_token
 
 log = logging.getLogger("mailsync")
 protocol_log = logging.getLogger("mailsync.pop3")
@@ -29,6 +33,7 @@ MAX_LISTING = 1_000_000  # messages in a LIST or UIDL listing
 MAX_LISTING_LINE = 80  # "NUMBER UIDL" (RFC 1939: a UIDL is at most 70 characters)
 INFLIGHT_MESSAGES = 64  # pipelined RETRs outstanding at once
 RECV_BYTES = 256 * 1024
+MAX_AUTH_LINE = 255  # an AUTH command with its initial response, CRLF included (RFC 5034)
 _TIMESTAMP = re.compile(rb"<[^<>\s]+>")
 _LISTING_LINE = re.compile(rb"^([0-9]+)[ \t]+([^ \t\r\n]+)[^\r\n]*\r\n", re.M)
 
@@ -64,10 +69,11 @@ def _unstuff(data: bytes) -> bytes:
 class _Session:
     """One POP3 session: a socket, a read buffer, commands and responses."""
 
-    def __init__(self, ep: Endpoint, auth: str, where: str):
+    def __init__(self, ep: Endpoint, auth: str, where: str, tokens: TokenSource | None = None):
         self.ep = ep
         self.auth = auth
         self.where = where
+        self.tokens = tokens  # OAuth2 access tokens (then open() takes no password)
         self.sock: socket.socket | None = None
         self._buf = bytearray()
         self._pos = 0
@@ -80,7 +86,7 @@ class _Session:
         self.timestamp: bytes | None = None
 
     # connection ---------------------------------------------------------------------
-    def open(self, password: str) -> None:
+    def open(self, password: str | None) -> None:
         ep = self.ep
         sock = socket.create_connection((ep.host, ep.port), timeout=ep.timeout)
         self.sock = sock
@@ -92,9 +98,10 @@ class _Session:
         self._capa()
         if ep.tls == "starttls":
             if "STLS" not in self.capabilities:
+                secret = "OAuth2 token" if self.tokens is not None else "password"
                 raise ConnectError(
-                    f"{self.where} does not offer STLS; refusing to send the password in clear "
-                    "(use pop3s://, or tls=none if you really mean it)"
+                    f"{self.where} does not offer STLS; refusing to send the {secret} in "
+                    "clear (use pop3s://, or tls=none if you really mean it)"
                 )
             self.command("STLS")
             if self._pos != len(self._buf):
@@ -103,7 +110,11 @@ class _Session:
             self._buf.clear()
             self._pos = 0
             self._capa()  # what the server offers may change once the session is private
-        self._login(password)
+        if self.tokens is not None:
+            login_with_token(self.tokens, self._token_attempt(), self.where)
+        else:
+            assert password is not None  # (POP3Folder.session: a password without tokens)
+            self._login(password)
         if self.capabilities:
             self._capa()  # and again once logged in (RFC 2449)
 
@@ -122,10 +133,62 @@ class _Session:
                     sasl.update(words[1:])
         self.capabilities, self.sasl = capabilities, sasl
 
+    def _token_attempt(self) -> Callable[[str], None]:
+        """One SASL exchange with an OAuth2 token, for tokens.login_with_token: ``AUTH
+        MECHANISM INITIAL-RESPONSE`` (RFC 5034), or where that line would pass the 255
+        octets RFC 5034 section 4 allows (Microsoft's tokens do), AUTH alone and the
+        response after the server's empty challenge.  An error challenge is acknowledged
+        so that the server ends the exchange with -ERR; -ERR is TokenRejected, except for
+        the response codes that say "not now" (ConnectError)."""
+        ep = self.ep
+        mechanism = choose_mechanism(self.sasl, self.auth if self.auth in SASL_AUTH else "auto")
+        if mechanism is None:
+            wanted = self.auth.upper() if self.auth in SASL_AUTH else "XOAUTH2 or OAUTHBEARER"
+            raise AuthError(
+                f"{self.where}: the server does not offer {wanted} (CAPA SASL); it cannot take "
+                "an OAuth2 token" + ("" if self.auth == "auto" else '; try auth = "auto"')
+            )
+
+        def attempt(token: str) -> None:
+            conversation = SaslConversation(mechanism, ep.user, token, ep.host, ep.port)
+            command = f"AUTH {mechanism} {conversation.initial_base64}"
+            if len(command) + 2 <= MAX_AUTH_LINE:
+                self._send(command, secret=True)
+                line = self._readline()
+            else:
+                self._send(f"AUTH {mechanism}")
+                line = self._readline()
+                if line.startswith(b"+"):
+                    self._send(conversation.initial_base64, secret=True)
+                    line = self._readline()
+            if line.startswith(b"+ ") or line == b"+":  # the error challenge
+                answer = conversation.acknowledge(line[2:])
+                self._send(base64.b64encode(answer).decode("ascii"), secret=True)
+                line = self._readline()
+            try:
+                self._check(line)
+            except _ServerError as error:
+                self._refused_for_now(str(error))
+                raise TokenRejected(str(error), conversation.error)
+            log.debug("%s: logged in with an OAuth2 token (%s)", self.where, mechanism)
+
+        return attempt
+
+    def _refused_for_now(self, text: str) -> None:
+        """ConnectError for a refused login whose response code says "not now" rather
+        than "wrong credentials" (RFC 2449 IN-USE, RFC 3206 SYS/TEMP, LOGIN-DELAY)."""
+        if "[IN-USE]" in text.upper():
+            raise ConnectError(
+                f"{self.where}: the mailbox is in use by another POP3 session ({text}); "
+                "rerun when it has ended"
+            )
+        if "[SYS/TEMP]" in text.upper() or "[LOGIN-DELAY]" in text.upper():
+            raise ConnectError(f"{self.where}: the server refused the login for now ({text})")
+
     def _login(self, password: str) -> None:
         ep = self.ep
         method = self.auth
-        if method == "auto":
+        if method in ("auto", "password"):
             if self.timestamp and ep.tls == "none":
                 method = "apop"  # the password never crosses the wire in clear
             elif "PLAIN" in self.sasl:
@@ -155,13 +218,7 @@ class _Session:
                 self.command(f"PASS {password}", secret=True)
         except _ServerError as error:
             text = str(error)
-            if "[IN-USE]" in text.upper():
-                raise ConnectError(
-                    f"{self.where}: the mailbox is in use by another POP3 session ({text}); "
-                    "rerun when it has ended"
-                )
-            if "[SYS/TEMP]" in text.upper() or "[LOGIN-DELAY]" in text.upper():
-                raise ConnectError(f"{self.where}: the server refused the login for now ({text})")
+            self._refused_for_now(text)
             forget_password(ep)
             raise AuthError(
                 f"{self.where}: login failed ({text or 'no reason given'}); check the user "

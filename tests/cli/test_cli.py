@@ -282,7 +282,7 @@ def test_second_run_of_a_channel_exits_at_once(env):
 def test_connection_failure_exits_3(env, monkeypatch):
     import mailsync.channel as channelmod
 
-    def refuse(url, options=None, read_only=False):
+    def refuse(url, options=None, read_only=False, name=None):
         raise ConnectError("cannot connect to mail.example.com:993: connection refused")
 
     monkeypatch.setattr(channelmod, "open_store", refuse)
@@ -414,7 +414,7 @@ def test_password_command_is_used_and_never_printed(env, monkeypatch):
 
     seen = {}
 
-    def fake_open_store(url, options=None, read_only=False):
+    def fake_open_store(url, options=None, read_only=False, name=None):
         endpoint = net.parse_endpoint(url, options)
         seen["password"] = net.get_password(endpoint)
         raise ConnectError(f"cannot connect to {endpoint.host}: refused")

@@ -191,6 +191,36 @@ def test_keywords_and_answered_reach_exchange(fake, ews, mailenv):
     assert item["last_verb"] == 102
 
 
+def test_answered_and_forwarded_both_stay_though_exchange_keeps_one(fake, ews, mailenv):
+    """Exchange keeps \\Answered and $Forwarded in one property (the last verb): a message
+    forwarded on the server and replied to locally keeps both flags locally run after run
+    (the server shows the reply), and one taken away locally is taken away on the server."""
+    fake.add_item("inbox", mime(1), last_verb=104)
+    root = mailenv / "mail"
+    url = ews(fake)
+    assert run("sync", url, root, password=PASSWORD).exit_code == 0
+    (path,) = maildir_files(root)["INBOX"]
+    assert file_flags(path) == {"$Forwarded"}
+    letters = path.name.rpartition(":2,")[2]
+    set_flags(path, "".join(sorted(letters + "R")))
+    for _ in range(2):
+        result = run("sync", url, root, password=PASSWORD)
+        assert result.exit_code == 0, result.output
+        (path,) = maildir_files(root)["INBOX"]
+        assert file_flags(path) == {"\\Answered", "$Forwarded"}
+        (item,) = fake.items("inbox")
+        assert item["last_verb"] == 102
+    # The reply taken away locally: the server keeps the forward.
+    letters = path.name.rpartition(":2,")[2]
+    set_flags(path, letters.replace("R", ""))
+    for _ in range(2):
+        assert run("sync", url, root, password=PASSWORD).exit_code == 0
+        (path,) = maildir_files(root)["INBOX"]
+        assert file_flags(path) == {"$Forwarded"}
+        (item,) = fake.items("inbox")
+        assert item["last_verb"] == 104
+
+
 def test_folder_renamed_on_the_server_moves_its_local_folder(fake, ews, mailenv):
     """A parent renamed with its children (each its own folder id and state): the local
     folders move along, keep their mail and files, and nothing is downloaded again."""

@@ -33,6 +33,11 @@ reported to answer where it matters (sources in [brackets], listed at the end):
   AccessTokenExpired`` at its next command, and a hang-up [aioimaplib#83]
   (``expire_token``).
 
+A test knob that is no behaviour of Exchange Online: ``allow_login=True`` makes ``LOGIN
+user TOKEN`` log in as ``AUTHENTICATE XOAUTH2`` with that token would (a valid token as
+the password; throttling, "not connected" and ``expire_token`` apply alike), for tests of
+the other behaviour by a client whose OAuth2 login is not wired yet.
+
 Also NAMESPACE, ID, UNSELECT, IDLE, UID COPY/MOVE; the rest is fakeimap.py's (folders as
 ``FakeMailbox``es, ``fault`` hooks, ``log``/``commands()``).  ``logins`` lists
 (connection, user, token) of each successful login.
@@ -132,6 +137,7 @@ class FakeM365(FakeIMAPServer):
         max_message_size: int = 35 * 1024 * 1024,
         too_big: str = TOO_BIG,
         announce_appendlimit: bool = False,
+        allow_login: bool = False,
         fault=None,
         tls_context=None,
     ):
@@ -152,6 +158,7 @@ class FakeM365(FakeIMAPServer):
         self.max_message_size = max_message_size
         self.too_big = too_big
         self.announce_appendlimit = announce_appendlimit
+        self.allow_login = allow_login  # a test knob: LOGIN user TOKEN (module docstring)
         self.user_fault = fault
         self.logins: list[tuple[int, str, str]] = []  # (connection, user, token)
         self._token_of: dict[int, str] = {}  # connection -> the token it logged in with
@@ -273,17 +280,21 @@ class FakeM365(FakeIMAPServer):
                 if not valid:
                     send(f"{tag} NO AUTHENTICATE failed.\r\n")
                     return
-                number = session["n"]
-                session["auth"] = True
-                self._token_of[number] = token
-                self.logins.append((number, user, token))
-                crowded = self.max_sessions is not None and len(self._open) >= self.max_sessions
-                if len(self.logins) <= self.not_connected or crowded:
-                    self._stranded[number] = 0
-                self._open.add(number)
+                self._logged_in(session, user, token)
             send(f"{tag} OK AUTHENTICATE completed.\r\n")
 
         return act
+
+    def _logged_in(self, session, user: str, token: str) -> None:
+        """Bookkeeping of a successful login (under the lock)."""
+        number = session["n"]
+        session["auth"] = True
+        self._token_of[number] = token
+        self.logins.append((number, user, token))
+        crowded = self.max_sessions is not None and len(self._open) >= self.max_sessions
+        if len(self.logins) <= self.not_connected or crowded:
+            self._stranded[number] = 0
+        self._open.add(number)
 
     def _idle(self, args):
         def act(send, tag, session):
@@ -296,7 +307,13 @@ class FakeM365(FakeIMAPServer):
         return act
 
     def _cmd_login(self, send, tag, session, args, action):
-        send(f"{tag} NO LOGIN failed.\r\n")  # Exchange Online: basic authentication is off
+        user, token = (args + ["", ""])[:2]
+        valid = self.allow_login and str(user).lower() == self.user.lower()
+        if not valid or token not in self.tokens:
+            send(f"{tag} NO LOGIN failed.\r\n")  # Exchange Online: basic authentication is off
+            return
+        self._logged_in(session, str(user), str(token))  # the test knob (module docstring)
+        send(f"{tag} OK LOGIN completed.\r\n")
 
     def _cmd_namespace(self, send, tag, session, args, action):
         send(f'* NAMESPACE (("" "/")) NIL NIL\r\n{tag} OK NAMESPACE completed.\r\n')

@@ -105,6 +105,25 @@ def test_only_xoauth2_logs_in():
         assert server.logins == [(5, server.user, TOKEN)]  # the fifth connection
 
 
+def test_the_allow_login_knob_takes_a_token_as_the_password():
+    """A test knob, not Exchange Online: LOGIN with a valid token logs in as XOAUTH2
+    would, and what Exchange does to sessions applies to it alike."""
+    with FakeM365({"INBOX": [mail(1)]}, allow_login=True, not_connected=1) as server:
+        with pytest.raises(LoginError, match="LOGIN failed"):
+            IMAPClient(server.host, port=server.port, ssl=False).login(server.user, "password")
+        stranded = IMAPClient(server.host, port=server.port, ssl=False)
+        stranded.login(server.user, TOKEN)
+        with pytest.raises(IMAPClientError, match="authenticated but not connected"):
+            stranded.select_folder("INBOX")
+        imap = IMAPClient(server.host, port=server.port, ssl=False)
+        imap.login(server.user, TOKEN)
+        assert imap.select_folder("INBOX")[b"EXISTS"] == 1
+        server.expire_token(TOKEN)
+        with pytest.raises(IMAPClientError, match="AccessTokenExpired"):
+            imap.select_folder("INBOX")
+        assert [login[2] for login in server.logins] == [TOKEN, TOKEN]
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_implicit_tls(tmp_path):
     context, cafile = make_tls_context(tmp_path)

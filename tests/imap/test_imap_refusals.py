@@ -99,8 +99,10 @@ def test_a_refused_message_is_named_recorded_and_not_offered_again(mailenv, code
         assert (
             f"INBOX: the remote side refuses local message {key} (Mon, 4 Mar 2019 05:06:07 "
             '+0000, from a@example.org, "the bad one", <2.the-bad-one@example.org>): '
-            f"{f'[{code}] ' if code else ''}Message refused by the test server; recorded, "
-            "later runs will not offer it again (--retry-refused does)"
+            f"{f'[{code}] ' if code else ''}Message refused by the test server"
+            # A refusal about the size says the message's size.
+            f"{f' (the message is {len(BAD) + BAD.count(10)} bytes)' if code == 'TOOBIG' else ''}"
+            "; recorded, later runs will not offer it again (--retry-refused does)"
         ) in first.stderr
         (folder,) = json.loads(first.stdout)["channels"][0]["folders"]
         (refused,) = folder["refused_messages"]

@@ -16,8 +16,9 @@ from mailsync.errors import FolderError
 from mailsync.message import fingerprint, header_digest
 from mailsync.stores import imap_connection, imap_folder, imap_wire
 from mailsync.stores.imap import IMAPStore
-from mailsync.stores.imap_connection import _parse_uid_set, _uid_ranges, redact
+from mailsync.stores.imap_connection import redact
 from mailsync.stores.imap_folder import valid_keyword
+from mailsync.stores.imap_wire import _parse_uid_set, _uid_ranges
 
 
 def test_uid_sets():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailsync.folders import select_folders
-from mailsync.message import FLAGGED, SEEN, STANDARD_FLAGS, Info
+from mailsync.message import FLAGGED, FORWARDED, SEEN, STANDARD_FLAGS, Info
 from mailsync.planner import (
     Copy,
     Delete,
@@ -15,6 +15,7 @@ from mailsync.planner import (
     SetFlags,
     Tombstone,
     effective_flags,
+    flag_changes,
     merge_flags,
     plan,
 )
@@ -345,6 +346,50 @@ def test_effective_flags_takes_unkept_flags_from_the_state():
     synced = fs(FLAGGED, WORK)
     assert effective_flags(listed, synced, standard_only) == fs(SEEN, WORK)
     assert effective_flags(listed, synced, lambda f: True) == fs(SEEN)
+
+
+VERBS = frozenset({frozenset({ANSWERED, FORWARDED})})  # EWS's last verb
+
+
+def all_flags(flag: str) -> bool:
+    return True
+
+
+def test_effective_flags_of_a_group_kept_one_at_most():
+    both = fs(ANSWERED, FORWARDED)
+    assert effective_flags(fs(ANSWERED), both, all_flags, VERBS) == both
+    assert effective_flags(fs(FORWARDED), both | fs(SEEN), all_flags, VERBS) == both
+    assert effective_flags(fs(SEEN), both, all_flags, VERBS) == fs(SEEN)  # neither shown
+    assert effective_flags(fs(ANSWERED), fs(FORWARDED), all_flags, VERBS) == both
+    assert effective_flags(fs(ANSWERED), both, all_flags) == fs(ANSWERED)  # no group
+
+
+def test_flag_changes_name_the_flags_of_a_group_that_stay():
+    both = fs(ANSWERED, FORWARDED)
+    assert flag_changes(both, fs(ANSWERED), all_flags, VERBS) == (fs(ANSWERED), fs(FORWARDED))
+    assert flag_changes(both, fs(), all_flags, VERBS) == (fs(), both)
+    assert flag_changes(fs(FORWARDED), both, all_flags, VERBS) == (both, fs())
+    assert flag_changes(both, both | fs(SEEN), all_flags, VERBS) == (fs(SEEN), fs())
+    assert flag_changes(both, fs(ANSWERED), all_flags, frozenset()) == (fs(), fs(FORWARDED))
+
+
+def test_a_forward_the_server_cannot_show_beside_a_reply_is_not_taken_away():
+    both = fs(ANSWERED, FORWARDED)
+    result = plan(
+        {"a1": Info(fs(ANSWERED), 10, 1.0)},
+        {"b1": Info(both, 10, 1.0)},
+        [Pair(1, "a1", "b1", both, "d")],
+        Policy("both"),
+        exclusive_a=VERBS,
+    )
+    assert not result.flags
+    without = plan(
+        {"a1": Info(fs(ANSWERED), 10, 1.0)},
+        {"b1": Info(both, 10, 1.0)},
+        [Pair(1, "a1", "b1", both, "d")],
+        Policy("both"),
+    )
+    assert [s.changes for s in without.flags] == [{"b": (fs(), fs(FORWARDED))}]
 
 
 def plan_unkept(flags_a, flags_b, synced, direction="both"):
