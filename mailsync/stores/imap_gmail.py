@@ -276,7 +276,7 @@ def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str])
         return None
     if found is None:
         return None
-    uid, msgid, labels = found
+    uid, msgid, labels, has_flags = found
     if label.lower() in labels:
         # In the folder already, and the engine did not match it by content to this
         # copy: it is another local copy's (Gmail keeps one copy per account).
@@ -287,17 +287,17 @@ def file_existing(folder: IMAPFolder, data: Body, wire: bytes, flags: list[str])
         )
     store_labels(all_mail, "+", str(uid), [label])
     step("gmail label")
+    missing = sorted(set(flags) - has_flags)  # (a message's flags are shared by its folders)
+    if missing:
+        store.call("add_flags", str(uid), missing, silent=True, folder=all_mail)
     log.debug("%s: message %s was in the account: labelled %r", folder.name, msgid, label)
-    folder.select()
-    store.call("noop", folder=folder)  # hear about it in this folder
+    folder.select()  # (a new SELECT: it shows the message that just entered the folder)
     here = store.call("uids", f"X-GM-MSGID {msgid}", folder=folder)
     if not here:
         raise MessageError(
             f"{folder.name}: gave message {msgid} the label {label!r} but the folder does not "
             "show it; rerun"
         )
-    if flags:
-        store.call("add_flags", str(max(here)), flags, silent=True, folder=folder)
     return max(here)
 
 
@@ -306,21 +306,23 @@ MAX_CANDIDATES = 20  # messages of one Message-ID compared with one that is push
 
 def _same_message(
     all_mail: IMAPFolder, uids: list[int], data: Body, wire: bytes
-) -> tuple[int, int, set[str]] | None:
-    """(UID in All Mail, X-GM-MSGID, its labels in lower case) of the first of `uids`
-    that is `data`: the same RFC822.SIZE as its wire form, else (bodies fetched) the
-    same tolerant_fingerprint."""
+) -> tuple[int, int, set[str], frozenset[str]] | None:
+    """(UID in All Mail, X-GM-MSGID, its labels in lower case, its flags) of the first
+    of `uids` that is `data`: the same RFC822.SIZE as its wire form, else (bodies
+    fetched) the same tolerant_fingerprint."""
     if not uids:
         return None
     store = all_mail.store
-    items = ["UID", "RFC822.SIZE", "X-GM-MSGID", "X-GM-LABELS"]
+    items = ["UID", "FLAGS", "RFC822.SIZE", "X-GM-MSGID", "X-GM-LABELS"]
     meta = store.call("fetch", ",".join(map(str, uids)), items, folder=all_mail)
     known = {}
     for uid, record in meta.items():
         msgid = record.get(b"X-GM-MSGID")
         if isinstance(msgid, int):
             labels = {label.lower() for label in decode_labels(record.get(b"X-GM-LABELS"))}
-            known[uid] = (uid, msgid, labels)
+            flags = record.get(b"FLAGS")
+            flags = normalise_flags(flags if isinstance(flags, tuple | list) else ())
+            known[uid] = (uid, msgid, labels, flags)
     for uid in uids:
         if uid in known and meta[uid].get(b"RFC822.SIZE") == len(wire):
             return known[uid]
