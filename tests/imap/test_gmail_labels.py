@@ -236,11 +236,11 @@ def test_restoring_a_keywords_backup_into_an_empty_gmail_recreates_the_labels(tm
 
 def folders_tree(root: Path) -> None:
     """A local tree (as a folders-mode backup or another server has it): message 1 in
-    three folders, message 2 in two, message 3 in one."""
+    three folders, message 2 in two (flagged in the second), message 3 in one."""
     for folder in ("INBOX", "Work", "Projects/2024"):
         write_local(root, folder, mail(1).replace(b"\r\n", b"\n"), "S")
-    for folder in ("INBOX", "Work"):
-        write_local(root, folder, mail(2).replace(b"\r\n", b"\n"))
+    write_local(root, "INBOX", mail(2).replace(b"\r\n", b"\n"))
+    write_local(root, "Work", mail(2).replace(b"\r\n", b"\n"), "F")  # flagged there only
     write_local(root, "Projects/2024", mail(3).replace(b"\r\n", b"\n"), "F")
 
 
@@ -259,6 +259,7 @@ def assert_pushed(gmail: FakeGmail) -> None:
         assert gmail.labels_of(pushed[message_id][0].msgid) - {STARRED} == labels, message_id
     assert SEEN in pushed["<m1@example.org>"][0].flags
     assert FLAGGED in pushed["<m3@example.org>"][0].flags
+    assert FLAGGED in pushed["<m2@example.org>"][0].flags  # (flags are per message at Gmail)
 
 
 def assert_nothing_left_to_do(gmail: FakeGmail, state: Path, root: Path) -> None:
