@@ -1,3 +1,5 @@
+"""`python -m mailsync`: the command line (mailsync.cli)."""
+
 from mailsync.cli import main
 
 main()

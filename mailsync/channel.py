@@ -393,7 +393,14 @@ def job_folder_map(job: Job, remote: Store, directory: str) -> FolderMap:
             rows = state.folders()
     renamed = any(row.name_b != row.name_a for row in rows)
     former = remote.former_names() if renamed else {}
-    return map_folders(job.folder_map, job.patterns, rows, former)
+    return map_folders(
+        job.folder_map,
+        job.patterns,
+        rows,
+        former,
+        given=remote.local_names(),
+        redundant=remote.redundant_folders(),
+    )
 
 
 # list and status -------------------------------------------------------------------------
@@ -419,6 +426,9 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
     with open_store(url, options, read_only=True, name=name) as opened:
         names = opened.list_folders()
         listing.errors.extend(opened.problems)
+        # Where a job would put a folder otherwise than under its own name, or leave it
+        # out unless asked (Gmail): folders.map_folders.
+        local_names, redundant = opened.local_names(), opened.redundant_folders()
         for name in names:
             try:
                 folder = opened.open_folder(name)
@@ -428,13 +438,16 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
             except FolderError as error:
                 listing.errors.append(str(error))
                 continue
-            listing.folders.append(
-                {
-                    "folder": name,
-                    "messages": len(messages),
-                    "bytes": sum(info.size for info in messages.values()),
-                }
-            )
+            row: dict[str, Any] = {
+                "folder": name,
+                "messages": len(messages),
+                "bytes": sum(info.size for info in messages.values()),
+            }
+            if name in local_names:
+                row["local"] = local_names[name]
+            if name in redundant:
+                row["left_out"] = redundant[name]
+            listing.folders.append(row)
     return listing
 
 

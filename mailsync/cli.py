@@ -355,6 +355,10 @@ def _finish(options: dict, command: str, results: list, code: int) -> None:
 def list_(obj, store, as_json):
     """List a store's folders with message counts and sizes.
 
+    A folder that a sync puts under another local name shows it (Gmail's special
+    folders: ``-> Sent``), and one it leaves out unless named in --folders says so
+    (Gmail's Important and Starred).
+
     Whatever looks like mail but cannot be listed (an unreadable folder, an mbox file
     with text before its first From_ line, a tree nested too deep) is named on stderr
     and makes the exit code 1.
@@ -368,7 +372,12 @@ def list_(obj, store, as_json):
     for error in errors:
         _error(error)
     for row in rows:
-        click.echo(f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}")
+        line = f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}"
+        if "local" in row:
+            line += f"\t-> {row['local']}"
+        if "left_out" in row:
+            line += f"\tleft out unless named: {row['left_out']}"
+        click.echo(line)
     total = sum(r["messages"] for r in rows)
     if not obj.quiet:
         click.echo(

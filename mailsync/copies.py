@@ -11,6 +11,16 @@ message is appended.  Copies go in batches each made durable (Folder.flush) and 
 recorded in one transaction; to a destination that normalises, each batch's source
 keys are journaled first, in a transaction of their own.
 
+A message that is in several folders of its account at once (Gmail: a label is a
+folder), known in each by the same Info.account_id (X-GM-MSGID), is downloaded once: when
+the state records a local copy of it in any folder of the channel (made durable and
+recorded by this run or an earlier one), a copy from the remote side takes its bytes from
+that local copy (Folder.append_copy: a hard link on Maildir), provided they are still
+what was recorded (their fingerprint); else, as for any message, from the remote side.
+Folders synced at once (--jobs) take turns on a message both need (Downloads): one
+downloads it, the other copies the local copy once it is recorded; a message is
+downloaded again only where that failed.  Each folder gets it once in any case.
+
 A message the destination refuses for good (errors.RefusedError) is named, recorded
 (never as copied) and not offered again unless asked (--retry-refused).
 """
@@ -18,11 +28,13 @@ A message the destination refuses for good (errors.RefusedError) is named, recor
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
-from mailsync.errors import MessageError, RefusedError
+from mailsync.errors import MailsyncError, MessageError, RefusedError
 from mailsync.message import (
     RECENT,
     Body,
@@ -37,6 +49,7 @@ from mailsync.message import (
 )
 from mailsync.planner import Copy, Plan, flag_changes
 from mailsync.policy import SIDE_NAMES, other
+from mailsync.report import NullProgress
 from mailsync.state import Pair
 from mailsync.stores.base import Folder
 
@@ -47,6 +60,45 @@ log = logging.getLogger("mailsync")
 
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
+
+#: A local copy the state records of a message: (local folder, key, fingerprint).
+LocalCopy = tuple[str, str, str | None]
+
+
+class Downloads:
+    """The messages (by Info.account_id) each copier of a run is downloading now, shared
+    by the folders a run syncs at once (--jobs): a copier leaves a message another has
+    claimed for last, and waits until that one has recorded its copy (or given up),
+    then copies the local copy.  A copier waits only after releasing all its claims, so
+    no two wait for each other."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._owners: dict[str, object] = {}  # account id -> the copier downloading it
+
+    def claim(self, owner: object, account_ids: set[str]) -> set[str]:
+        """Claim these for `owner`; returns those another owner holds."""
+        with self._changed:
+            taken = {i for i in account_ids if self._owners.get(i, owner) is not owner}
+            for account_id in account_ids - taken:
+                self._owners[account_id] = owner
+            return taken
+
+    def release(self, owner: object, account_ids: set[str | None] | None) -> None:
+        """Release these claims of `owner` (None: all of them)."""
+        with self._changed:
+            mine = {i for i, o in self._owners.items() if o is owner}
+            for account_id in mine if account_ids is None else mine.intersection(account_ids):
+                del self._owners[account_id]
+            if mine:
+                self._changed.notify_all()
+
+    def wait_for_any(self, account_ids: set[str | None]) -> set[str | None]:
+        """Until some of these are claimed by no copier; returns those."""
+        with self._changed:
+            self._changed.wait_for(lambda: bool(account_ids - self._owners.keys()))
+            return account_ids - self._owners.keys()
+
 
 #: A destination message a copy may turn out to be: its key, and its pair if the state
 #: knows it (a tombstone, a message that vanished and came back), else None.
@@ -95,36 +147,152 @@ class Copier:
         self.sent_before: set[str] = set()
         self.order = list(self.by_key)
         self.journaled_to = 0  # order[:journaled_to] is in the journal
+        # Source key -> the local copy its bytes were read from (Folder.append_copy).
+        self.origin_of: dict[str, tuple[Folder, str]] = {}
+        self.origin_folders: dict[str, Folder] = {}  # local folders opened for that
+        # Local folders that failed as a whole (cannot be opened, locked by another
+        # worker's batch: mbox): not asked again by this copier, whose messages then
+        # come from other local copies or from the source.
+        self.unusable_origins: set[str] = set()
 
     def run(self) -> None:
-        """Copy (or link) each message, committing every batch."""
+        """Copy (or link) each message, committing every batch.  Messages another copier
+        of this run is downloading now (Downloads) come last, once it is done, from its
+        local copy."""
         fs, src, dst = self.fs, self.src, self.dst
-        report = fs.report
         bar = fs.options.progress(len(self.by_key), f"{fs.fstate.name_a} -> {SIDE_NAMES[dst]}")
         if self.journal:
             self.sent_before = fs.state.pending_keys(fs.fstate.id, src)
+        downloads = fs.options.downloads
         try:
-            items = self.source.fetch_many(self.order)
-            position = {key: n for n, key in enumerate(self.order)}
-            while True:
-                data = None  # let the last body go before the next is fetched (50 MB mail)
-                try:
-                    key, data = next(items)
-                except StopIteration:
-                    break
-                copy = self.by_key[key]
-                bar.update(1)
-                if isinstance(data, MessageError):
-                    report.errors.append(str(data))
-                    log.error("%s", data)
-                    continue
-                if not self._copy(copy, key, data, position[key]):
-                    continue
-                if len(self.pending) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
-                    self._commit()
+            origins = self._local_origins(list(self.by_key))
+            later = self._claim(origins)
+            self._pass([k for k in self.by_key if k not in later], origins, bar)
             self._commit()
+            downloads.release(self, None)
+            while later:  # as their downloads are recorded, a batch at a time
+                ready = downloads.wait_for_any({self._account_id(key) for key in later})
+                now = [key for key in later if self._account_id(key) in ready]
+                later = [key for key in later if key not in now]
+                self._pass(now, self._local_origins(now), bar)
+                self._commit()
         finally:
+            downloads.release(self, None)
             bar.close()
+            for folder in self.origin_folders.values():
+                if folder is not self.target:
+                    folder.close()
+
+    def _pass(
+        self, keys: list[str], origins: dict[str, list[LocalCopy]], bar: NullProgress
+    ) -> None:
+        """Copy these source keys: those with a local copy first (read from it), then
+        the others (fetched from the source in one pipelined stream)."""
+        report = self.fs.report
+        self.order = [k for k in keys if k in origins] + [k for k in keys if k not in origins]
+        self.journaled_to = 0  # (the journal follows self.order: the bodies come in it)
+        items = self._bodies(origins) if origins else self.source.fetch_many(self.order)
+        position = {key: n for n, key in enumerate(self.order)}
+        while True:
+            data = None  # let the last body go before the next is fetched (50 MB mail)
+            try:
+                key, data = next(items)
+            except StopIteration:
+                break
+            copy = self.by_key[key]
+            bar.update(1)
+            if isinstance(data, MessageError):
+                report.errors.append(str(data))
+                log.error("%s", data)
+                continue
+            if not self._copy(copy, key, data, position[key]):
+                continue
+            if len(self.pending) >= BATCH_MESSAGES or self.pending_bytes >= BATCH_BYTES:
+                self._commit()
+
+    def _account_id(self, key: str) -> str | None:
+        """The source message's Info.account_id (copies from the remote side only)."""
+        if self.src != "a":
+            return None
+        info = self.fs.listings["a"].get(key)
+        return info.account_id if info is not None else None
+
+    def _claim(self, origins: dict[str, list[LocalCopy]]) -> list[str]:
+        """Claim the downloads of the messages with an account id and no local copy;
+        returns those another copier has claimed (to be copied last)."""
+        wanted = {}
+        for key in self.by_key:
+            account_id = self._account_id(key)
+            if account_id and key not in origins:
+                wanted[key] = account_id
+        if not wanted:
+            return []
+        taken = self.fs.options.downloads.claim(self, set(wanted.values()))
+        return [key for key, account_id in wanted.items() if account_id in taken]
+
+    def _local_origins(self, keys: list[str]) -> dict[str, list[LocalCopy]]:
+        """Source key -> the local copies the state records of the same message (by its
+        Info.account_id) in any folder of the channel.  Only for copies from the remote
+        side, whose listing has account ids (Gmail)."""
+        ids = {key: account_id for key in keys if (account_id := self._account_id(key))}
+        if not ids:
+            return {}
+        copies = self.fs.state.local_copies(ids.values())
+        return {key: copies[account_id] for key, account_id in ids.items() if account_id in copies}
+
+    def _bodies(
+        self, origins: dict[str, list[LocalCopy]]
+    ) -> Iterator[tuple[str, Body | MessageError]]:
+        """fetch_many() of self.order, the messages with a local copy (first in the
+        order) read from it, falling back to the source one by one."""
+        remote = []
+        for key in self.order:
+            if key not in origins:
+                remote.append(key)
+                continue
+            data = self._local_body(key, origins[key])
+            if data is None:
+                yield from self.source.fetch_many([key])
+            else:
+                yield key, data
+        yield from self.source.fetch_many(remote)
+
+    def _local_body(self, key: str, copies: list[LocalCopy]) -> Body | None:
+        """The bytes of the first local copy of source message `key` that can be read and
+        is still what was copied (its fingerprint as recorded, a size the source's
+        listing allows), remembered in origin_of; None if there is none."""
+        listed = self.fs.listings[self.src].get(key)
+        for name, local_key, digest in copies:
+            if name in self.unusable_origins:
+                continue
+            try:
+                folder = self._origin_folder(name)
+                data = folder.fetch(local_key)
+            except (MailsyncError, OSError) as error:  # (then from elsewhere: never fatal)
+                log.debug("%s: local copy %s %s unusable: %s", self.fs.name, name, local_key, error)
+                if not isinstance(error, MessageError):
+                    self.unusable_origins.add(name)
+                continue
+            if digest is None or fingerprint(data) != digest:
+                continue
+            if listed is not None and listed.size and listed.size not in stored_sizes(data):
+                continue
+            self.origin_of[key] = (folder, local_key)
+            log.debug("%s: %s read from its local copy in %s", self.fs.name, key, name)
+            return data
+        return None
+
+    def _origin_folder(self, name: str) -> Folder:
+        """Local folder `name`, opened once per copier (the destination itself if it is
+        that folder)."""
+        folder = self.origin_folders.get(name)
+        if folder is None:
+            if name == self.fs.local:
+                folder = self.target
+            else:
+                folder = self.fs.stores[self.dst].open_folder(name)
+            self.origin_folders[name] = folder
+        return folder
 
     def _copy(self, copy: Copy, key: str, data: Body, position: int) -> bool:
         """One message: linked to its copy on the destination, or appended; then pending
@@ -146,6 +314,7 @@ class Copier:
             log.error("%s", error)
             return False
         flags = copy.flags - {RECENT}  # (see append_flags)
+        origin = self.origin_of.pop(key, None)  # the local copy `data` was read from
         if match is not None:
             dst_key, pair = match
             if pair is not None and pair.id is not None:
@@ -171,10 +340,12 @@ class Copier:
             # Sources that do not know when a message arrived (POP3): its headers.
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
+            given = append_flags(flags, key, self.source, target, listing)
             try:
-                dst_key = target.append(
-                    data, append_flags(flags, key, self.source, target, listing), arrival
-                )
+                if origin is not None:
+                    dst_key = target.append_copy(data, given, arrival, *origin)
+                else:
+                    dst_key = target.append(data, given, arrival)
             except RefusedError as error:
                 self._refused(key, digest, data, error)
                 return False
@@ -188,12 +359,22 @@ class Copier:
                 fs.arrived.add(dst_key)
             pair = copy.pair or self._new_pair(copy, digest)
             report.copied(src)
+            report.from_local_copies += origin is not None
             log.info(
-                "%s: copied %s %s to %s %s", name, SIDE_NAMES[src], key, SIDE_NAMES[dst], dst_key
+                "%s: copied %s %s to %s %s%s",
+                name,
+                SIDE_NAMES[src],
+                key,
+                SIDE_NAMES[dst],
+                dst_key,
+                f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
             )
         pair.set_key(src, key)
         pair.set_key(dst, dst_key)
         pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
+        listed = fs.listings["a"].get(pair.key_a or "")
+        if listed is not None and listed.account_id:
+            pair.account_id_a = listed.account_id
         if key in fs.refused[src]:
             self.accepted.append(key)
         paired[src].add(key)
@@ -245,6 +426,7 @@ class Copier:
             state.forget_pending(folder_id, self.src, copied_from)
         state.commit()
         step("commit")
+        fs.options.downloads.release(self, {p.account_id_a for p in self.pending})
         self.pending, self.pending_bytes = [], 0
 
     def _refused(self, key: str, digest: str, data: Body, error: RefusedError) -> None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mailsync.copies import BATCH_MESSAGES, copy_all
+from mailsync.copies import BATCH_MESSAGES, Downloads, copy_all
 from mailsync.crashhook import step
 from mailsync.errors import MessageError
 from mailsync.message import Info
@@ -59,6 +59,8 @@ class SyncOptions:
     retry_refused: bool = False
     clock: Callable[[], float] = time.time  # "now": arrival dates, pairs' ages, retention
     progress: ProgressFactory = no_progress
+    # The downloads under way, shared by the folders synced at once (copies.py).
+    downloads: Downloads = field(default_factory=Downloads, compare=False)
 
     @property
     def signature(self) -> str:
@@ -82,12 +84,25 @@ def unchanged_since_clean_run(
         return False
     if state.get_meta(f"clean:{fstate.id}") != options.signature:
         return False
+    if account_ids_to_learn(state, fstate, folders["a"]):
+        return False
     for side in ("a", "b"):
         folder = folders[side]
         cursor = fstate.cursor(side)
         if folder is None or not cursor or not folder.unchanged(cursor):
             return False
     return True
+
+
+def account_ids_to_learn(state: State, fstate: FolderState, remote: Folder | None) -> bool:
+    """Whether the remote folder's listing gives account ids (Folder.account_ids) that
+    the state lacks for some of its pairs: it is then listed in full (FolderSync)."""
+    return (
+        remote is not None
+        and remote.account_ids
+        and not state.get_meta(f"account-ids:{fstate.id}")
+        and state.lacks_account_ids(fstate.id)
+    )
 
 
 class FolderSync:
@@ -126,11 +141,14 @@ class FolderSync:
         self.relinked: set[int] = set()
         self.written: set[str] = set()  # sides this run changed
         self.arrived: set[str] = set()  # local keys this run copied in
+        self.listed_in_full = False  # the remote folder was listed without a cursor
 
     def run(self, existing: dict[str, set[str]]) -> FolderReport:
         """Sync the pair; `existing`: each side's folder names.  Errors of a message go
         into the report; a FolderError (or worse) is the caller's to report."""
         fstate = self.fstate
+        if self.options.dry_run and self.local != self.name:
+            self.report.notes.append(f"local folder {self.local}")
         if self.ident and fstate.ident_a != self.ident and not self.options.dry_run:
             fstate.ident_a = self.ident
             self.state.begin()
@@ -150,6 +168,8 @@ class FolderSync:
         kind = self.kind if side == "b" else "mail"
         name = self.local if side == "b" else self.name
         report, store = self.report, self.stores[side]
+        # (A local folder named otherwise than its remote folder: Gmail's Sent, Archive.)
+        as_ = f" as {name}" if side == "b" and name != self.name else ""
         if name in existing[side]:
             return store.open_folder(name)
         dry_run = self.options.dry_run
@@ -160,7 +180,7 @@ class FolderSync:
                 report.errors.append(error)
                 log.error("%s", error)
             else:
-                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side")
+                report.notes.append(f"would be created on the {SIDE_NAMES[side]} side{as_}")
         if not self.policy.writes(side) or dry_run:
             return None  # read as empty
         fstate = self.fstate
@@ -178,7 +198,7 @@ class FolderSync:
                 f"re-created on the {SIDE_NAMES[side]} side; copying its messages again"
             )
         else:
-            report.notes.append(f"created on the {SIDE_NAMES[side]} side")
+            report.notes.append(f"created on the {SIDE_NAMES[side]} side{as_}")
         return folder
 
     def list_side(self, side: str, pairs: list[Pair]) -> tuple[dict[str, Info], Cursor]:
@@ -199,6 +219,8 @@ class FolderSync:
         self, side: str, folder: Folder, pairs: list[Pair]
     ) -> tuple[dict[str, Info], Cursor]:
         cursor = self.fstate.cursor(side)
+        if side == "a" and account_ids_to_learn(self.state, self.fstate, folder):
+            cursor = {}  # a listing in full, to learn them
         if cursor and folder.unchanged(cursor):
             listing = {
                 key: Info(p.flags, 0, 0.0) for p in pairs if (key := p.key(side)) is not None
@@ -210,6 +232,7 @@ class FolderSync:
             listing = folder.list_since(cursor, known)
         else:
             listing = folder.list()
+            self.listed_in_full = self.listed_in_full or side == "a"
         return listing, folder.cursor()
 
     # the whole folder at once -----------------------------------------------------
@@ -239,6 +262,7 @@ class FolderSync:
             listings[side], cursors[side] = self.list_side(side, pairs)
         self._check_validities()
         self.pairs = pairs = state.pairs(fstate.id)
+        self._learn_account_ids()
         if folders["a"] is not None:
             folders["a"].recall_versions(
                 {p.key_a: p.version_a for p in pairs if p.key_a and p.version_a}
@@ -280,6 +304,31 @@ class FolderSync:
                 state.set_meta(f"clean:{fstate.id}", signature)
                 state.commit()
         return report
+
+    def _learn_account_ids(self) -> None:
+        """Record the account ids (Info.account_id: Gmail's X-GM-MSGID) the listing gives
+        for messages whose pairs have none (copied by a mailsync before account ids, or
+        linked by content), so that their local copies serve the other folders too."""
+        if self.options.dry_run:
+            return
+        listing = self.listings["a"]
+        learnt = []
+        for pair in self.pairs:
+            info = listing.get(pair.key_a) if pair.key_a is not None else None
+            if info is not None and info.account_id and pair.account_id_a != info.account_id:
+                pair.account_id_a = info.account_id
+                learnt.append(pair)
+        remote = self.folders["a"]
+        in_full = self.listed_in_full and remote is not None and remote.account_ids
+        if learnt or in_full:
+            self.state.begin()
+            for pair in learnt:
+                self.state.update_pair(pair)
+            if in_full:
+                # Learnt what a listing can teach: a message it gave no id (a broken
+                # server) is no reason to list the folder in full again.
+                self.state.set_meta(f"account-ids:{self.fstate.id}", "1")
+            self.state.commit()
 
     def _check_validities(self) -> None:
         """A side whose validity changed is re-matched (its keys are void); then the

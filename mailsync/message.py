@@ -42,6 +42,10 @@ class Info:
     flags: frozenset[str]
     size: int  # bytes as the store counts them (IMAP: RFC822.SIZE, local: LF form)
     arrival: float  # arrival date, seconds since the epoch (IMAP INTERNALDATE, Maildir mtime)
+    #: The message's id across every folder of its account, where one message can be in
+    #: several folders at once (Gmail's X-GM-MSGID: a label is a folder); None elsewhere.
+    #: The engine downloads such a message once and copies it locally (copies.py).
+    account_id: str | None = None
 
 
 @overload

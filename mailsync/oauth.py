@@ -7,10 +7,10 @@ What is where
 * ``OAuthClient``: the user's own app registration (client_id, optional secret) at one
   provider, the scopes asked for and the grant used; ``post_form()`` is its only way to
   the network (urllib, TLS verified, a timeout, a bounded answer).
-* Grants (RFC 6749 and extensions), each returning ``Tokens``:
-  ``device_login()`` (RFC 8628), ``browser_login()`` (authorization code with PKCE,
-  RFC 7636, caught on a loopback redirect, RFC 8252), ``refresh()`` (RFC 6749 section 6),
-  ``client_credentials()`` (RFC 6749 section 4.4).
+* Grants (RFC 6749 and extensions), each returning ``Tokens``: ``refresh()`` (RFC 6749
+  section 6) and ``client_credentials()`` (RFC 6749 section 4.4) here; the two that need
+  the user, ``device_login()`` (RFC 8628) and ``browser_login()`` (authorization code with
+  PKCE, RFC 7636, on a loopback redirect, RFC 8252), in oauth_login.py.
 
 The SASL side (XOAUTH2, OAUTHBEARER) is mailsync/sasl.py; where tokens are kept, and
 which token a connection uses, mailsync/tokens.py.
@@ -47,17 +47,13 @@ first line of) the ``error_description`` the provider sent, with secrets masked.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import re
-import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from mailsync.errors import AuthError, ConfigError, ConnectError
 from mailsync.net import SECRETS, mask_secrets, secret_from_command
@@ -80,11 +76,6 @@ DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 s
 MAX_RESPONSE_BYTES = 1 << 20  # a token endpoint's answer (a real one is a few KiB)
 MAX_TOKEN_LENGTH = 16 * 1024  # an access or refresh token (Microsoft's JWTs are ~2-4 KiB)
 DEFAULT_HTTP_TIMEOUT = 30.0
-DEVICE_INTERVAL = 5  # RFC 8628 section 3.2: the poll interval when none is given
-MIN_POLL_INTERVAL = 1  # never poll faster than this, whatever the server says
-SLOW_DOWN_STEP = 5  # RFC 8628 section 3.5: slow_down adds 5 seconds to the interval
-MAX_DEVICE_WAIT = 30 * 60  # a device code is waited for at most this long
-BROWSER_TIMEOUT = 300.0  # the loopback redirect is waited for this long
 DEFAULT_EXPIRES_IN = 3600  # an access token without expires_in: RFC 6749 leaves it open
 # A token goes into a SASL message framed by \x01 and into a protocol line: printable
 # ASCII without spaces only (RFC 6750's b64token is narrower still).
@@ -97,7 +88,7 @@ def register_secret(value: str | None) -> None:
         SECRETS.add(value)
 
 
-def _one_line(text: object, limit: int = 200) -> str:
+def one_line(text: object, limit: int = 200) -> str:
     """Server text for an error message: secrets masked, its first line only (Microsoft's
     descriptions go on with a trace id and a timestamp), at most `limit` characters."""
     line = mask_secrets(str(text)).replace("\r", "\n").split("\n", 1)[0]
@@ -354,11 +345,11 @@ def post_form(
         reason = error.reason
         text = getattr(reason, "verify_message", None) or getattr(reason, "strerror", None)
         raise ConnectError(
-            f"cannot reach {where}: {_one_line(text or reason)}; check the URL, the network "
+            f"cannot reach {where}: {one_line(text or reason)}; check the URL, the network "
             "and the CA (cafile)"
         ) from None
     except (TimeoutError, OSError, http.client.HTTPException) as error:
-        raise ConnectError(f"{where} did not answer properly ({_one_line(error)})") from None
+        raise ConnectError(f"{where} did not answer properly ({one_line(error)})") from None
     if status >= 500:
         raise ConnectError(f"{where} failed with HTTP {status}; try again later")
     try:
@@ -438,7 +429,7 @@ def parse_token_response(answer: dict, where: str, now: float | None = None) -> 
     register_secret(access)
     token_type = answer.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise ConnectError(f"{where} sent a token of type {_one_line(token_type, 40)}, not Bearer")
+        raise ConnectError(f"{where} sent a token of type {one_line(token_type, 40)}, not Bearer")
     refresh_token = answer.get("refresh_token")
     if refresh_token is not None:
         refresh_token = _check_token(refresh_token, "refresh token", where)
@@ -459,13 +450,13 @@ def parse_token_response(answer: dict, where: str, now: float | None = None) -> 
     )
 
 
-def _token_error(client: OAuthClient, status: int, answer: dict, during: str) -> AuthError:
+def token_error(client: OAuthClient, status: int, answer: dict, during: str) -> AuthError:
     """The AuthError (exit 3) for a refused token request, saying what to do."""
     code = answer.get("error")
     code = code if isinstance(code, str) and code else f"HTTP {status}"
-    code = _one_line(code, 60)
+    code = one_line(code, 60)
     description = answer.get("error_description")
-    said = f"{code}: {_one_line(description)}" if description else code
+    said = f"{code}: {one_line(description)}" if description else code
     store = client.store
     if code == "invalid_grant" and during == "refresh":
         text = (
@@ -489,14 +480,14 @@ def _token_error(client: OAuthClient, status: int, answer: dict, during: str) ->
     return TokenError(text, code)
 
 
-def _request_tokens(
+def request_tokens(
     client: OAuthClient, fields: dict[str, str], during: str, now: float | None = None
 ) -> Tokens:
     status, answer = client.post(
         client.provider.token_url, client._authenticated(fields), "the token endpoint"
     )
     if status != 200 or "error" in answer:
-        raise _token_error(client, status, answer, during)
+        raise token_error(client, status, answer, during)
     return parse_token_response(answer, "the token endpoint", now)
 
 
@@ -510,7 +501,7 @@ def refresh(client: OAuthClient, refresh_token: str, now: float | None = None) -
     fields = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     if client.provider.scope_on_refresh and client.scopes:
         fields["scope"] = client.scope
-    return _request_tokens(client, fields, "refresh", now)
+    return request_tokens(client, fields, "refresh", now)
 
 
 def client_credentials(client: OAuthClient, now: float | None = None) -> Tokens:
@@ -525,303 +516,4 @@ def client_credentials(client: OAuthClient, now: float | None = None) -> Tokens:
     fields = {"grant_type": "client_credentials"}
     if client.scopes:
         fields["scope"] = client.scope
-    return _request_tokens(client, fields, "client credentials request", now)
-
-
-# -- device authorization grant (RFC 8628) --------------------------------------------------
-
-
-@dataclass
-class DeviceAuthorization:
-    """What the user needs to approve a device code (RFC 8628 section 3.2): open
-    `verification_uri` and enter `user_code` (or open `verification_uri_complete`).
-    `message` is the provider's own sentence, when it sent one (Microsoft does)."""
-
-    verification_uri: str
-    user_code: str
-    expires_in: float
-    interval: float
-    verification_uri_complete: str | None = None
-    message: str | None = None
-
-    def instructions(self) -> str:
-        text = f"To sign in, open {self.verification_uri} and enter the code {self.user_code}"
-        if self.verification_uri_complete:
-            text += f" (or open {self.verification_uri_complete})"
-        return text
-
-
-def _printable(value: object, what: str, limit: int = 2000) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
-        raise ConnectError(f"the device authorization endpoint sent an unusable {what}")
-    return value
-
-
-def device_login(
-    client: OAuthClient,
-    show: Callable[[DeviceAuthorization], None],
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> Tokens:
-    """Sign in with the device authorization grant (RFC 8628): ask the device endpoint
-    for a code, hand it to `show` (which prints where to enter it), then poll the token
-    endpoint every `interval` seconds (sleeping with `sleep`) until the user approved
-    it: authorization_pending waits, slow_down adds 5 seconds to the interval for good,
-    expired_token, access_denied (Microsoft: authorization_declined) and the code's
-    expiry end it with an AuthError.  Returns the granted Tokens (with a refresh token
-    where offline access was granted)."""
-    url = client.provider.device_url
-    if not url:
-        raise ConfigError(
-            f"store {client.store}: the {client.provider.name} provider has no device "
-            "authorization endpoint; use grant = authorization_code (or set device_url)"
-        )
-    # RFC 8628 section 3.1: the client authenticates here as at the token endpoint.
-    fields = client._authenticated({"scope": client.scope} if client.scopes else {})
-    status, answer = client.post(url, fields, "the device authorization endpoint")
-    if status != 200 or "error" in answer:
-        raise _token_error(client, status, answer, "device authorization request")
-    device_code = _printable(answer.get("device_code"), "device code", MAX_TOKEN_LENGTH)
-    register_secret(device_code)
-    # Google calls it verification_url (an earlier draft of RFC 8628).
-    uri = answer.get("verification_uri") or answer.get("verification_url")
-    complete = answer.get("verification_uri_complete")
-    try:
-        expires_in = min(float(answer.get("expires_in", 600)), MAX_DEVICE_WAIT)
-    except (TypeError, ValueError):
-        expires_in = 600.0
-    try:
-        interval = max(float(answer.get("interval", DEVICE_INTERVAL)), MIN_POLL_INTERVAL)
-    except (TypeError, ValueError):
-        interval = DEVICE_INTERVAL
-    message = answer.get("message")
-    authorization = DeviceAuthorization(
-        verification_uri=_printable(uri, "verification URI"),
-        user_code=_printable(answer.get("user_code"), "user code", 100),
-        expires_in=expires_in,
-        interval=interval,
-        verification_uri_complete=_printable(complete, "verification URI") if complete else None,
-        message=message if isinstance(message, str) and message.isprintable() else None,
-    )
-    show(authorization)
-    deadline = clock() + expires_in
-    poll = client._authenticated({"grant_type": DEVICE_GRANT_TYPE, "device_code": device_code})
-    while True:
-        left = deadline - clock()
-        if left <= 0:
-            break
-        sleep(min(interval, left))
-        status, answer = client.post(client.provider.token_url, poll, "the token endpoint")
-        if status == 200 and "error" not in answer:
-            return parse_token_response(answer, "the token endpoint")
-        error = answer.get("error")
-        if error == "authorization_pending":
-            continue
-        if error == "slow_down":
-            interval += SLOW_DOWN_STEP
-            continue
-        if error == "expired_token":
-            break
-        if error in ("access_denied", "authorization_declined"):
-            raise AuthError(
-                f"store {client.store}: the sign-in was declined; run `mailsync login "
-                f"{client.store}` again and approve it"
-            )
-        raise _token_error(client, status, answer, "device code sign-in")
-    raise AuthError(
-        f"store {client.store}: the code {authorization.user_code} expired before the "
-        f"sign-in was approved; run `mailsync login {client.store}` again"
-    )
-
-
-# -- authorization code with PKCE on a loopback redirect (RFC 7636, RFC 8252) -------------
-
-
-def pkce_pair() -> tuple[str, str]:
-    """(code_verifier, S256 code_challenge) as RFC 7636 section 4.1-4.2 define them: 64
-    random bytes in base64url (86 characters, within 43-128), and the base64url SHA-256
-    of it without padding."""
-    verifier = secrets.token_urlsafe(64)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode("ascii")
-
-
-_PAGE = (
-    "<!doctype html><meta charset=utf-8><title>mailsync</title>"
-    "<p>{}</p><p>You can close this window.</p>"
-)
-
-
-@dataclass
-class _Redirect:
-    """What the loopback listener caught: the query of the redirect with our state."""
-
-    code: str | None = None
-    error: str | None = None
-    description: str | None = None
-
-
-def _catch_redirect(sock, state: str, timeout: float, clock) -> _Redirect:
-    """Serve the loopback redirect on the listening `sock` until a request to "/" comes
-    with our `state` (RFC 6749 section 10.12: any other is ignored, so another local
-    process cannot feed us its code or end the wait), or `timeout` passes."""
-
-    deadline = clock() + timeout
-    while True:
-        left = deadline - clock()
-        if left <= 0:
-            raise TimeoutError
-        sock.settimeout(left)
-        connection, _ = sock.accept()  # TimeoutError when nobody came in time
-        with connection:
-            connection.settimeout(min(10.0, max(left, 0.1)))
-            try:
-                head = _read_request_head(connection)
-            except OSError:
-                continue
-            caught = _parse_redirect(head, state)
-            if caught is None:
-                _answer(connection, 404, "Not the sign-in redirect mailsync waits for.")
-                continue
-            if caught.code:
-                _answer(connection, 200, "mailsync is signed in.")
-            else:
-                _answer(connection, 200, "The sign-in did not complete; see mailsync.")
-            return caught
-
-
-def _read_request_head(connection) -> bytes:
-    head = b""
-    while b"\r\n\r\n" not in head and b"\n\n" not in head:
-        chunk = connection.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-        if len(head) > 16 * 1024:
-            break
-    return head
-
-
-def _parse_redirect(head: bytes, state: str) -> _Redirect | None:
-    line = head.split(b"\n", 1)[0].decode("latin-1").strip()
-    parts = line.split()
-    if len(parts) != 3 or parts[0] != "GET":
-        return None
-    target = urlsplit(parts[1])
-    if target.path != "/":
-        return None
-    query = parse_qs(target.query)
-    got_state = query.get("state", [""])[0]
-    if not secrets.compare_digest(got_state.encode(), state.encode()):
-        return None
-    code = query.get("code", [None])[0]
-    if code:
-        register_secret(code)
-        return _Redirect(code=code)
-    return _Redirect(
-        error=query.get("error", ["no code"])[0],
-        description=query.get("error_description", [None])[0],
-    )
-
-
-def _answer(connection, status: int, text: str) -> None:
-    body = _PAGE.format(text).encode()
-    reason = {200: "OK", 404: "Not Found"}[status]
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
-    )
-    try:
-        connection.sendall(head.encode() + body)
-    except OSError:
-        pass
-
-
-def authorization_url(client: OAuthClient, redirect_uri: str, state: str, challenge: str) -> str:
-    """The authorization request (RFC 6749 section 4.1.1 with RFC 7636's S256 challenge);
-    the user's mailbox goes along as login_hint (Google and Microsoft preselect it)."""
-    if not client.provider.authorize_url:
-        raise ConfigError(
-            f"store {client.store}: the {client.provider.name} provider has no authorization "
-            "endpoint; set authorize_url, or use grant = device_code"
-        )
-    params = [
-        ("response_type", "code"),
-        ("client_id", client.client_id),
-        ("redirect_uri", redirect_uri),
-        ("scope", client.scope),
-        ("state", state),
-        ("code_challenge", challenge),
-        ("code_challenge_method", "S256"),
-        ("login_hint", client.user),
-        *client.provider.authorize_params,
-    ]
-    separator = "&" if "?" in client.provider.authorize_url else "?"
-    return client.provider.authorize_url + separator + urlencode(params, quote_via=quote)
-
-
-def _default_open_browser(url: str) -> bool:
-    import webbrowser
-
-    try:
-        return webbrowser.open(url)
-    except Exception:  # no usable browser: the URL is printed instead
-        return False
-
-
-def browser_login(
-    client: OAuthClient,
-    show: Callable[[str], None],
-    *,
-    no_browser: bool = False,
-    open_browser: Callable[[str], bool] = _default_open_browser,
-    timeout: float = BROWSER_TIMEOUT,
-    clock: Callable[[], float] = time.monotonic,
-) -> Tokens:
-    """Sign in with the authorization code grant and PKCE (RFC 7636, S256) on a loopback
-    redirect (RFC 8252 section 7.3): listen on 127.0.0.1 on a port the system picks,
-    open the authorization URL in the browser (`open_browser`, ``webbrowser.open``;
-    not with `no_browser`, or when no browser opens, then `show` gets a sentence with
-    the URL to open by hand; `show` is also told when the browser was opened), wait up
-    to `timeout` seconds for the redirect carrying our `state`, and trade its code (with
-    the verifier) for tokens.  A refused or abandoned sign-in is AuthError (exit 3)."""
-    import socket
-
-    verifier, challenge = pkce_pair()
-    register_secret(verifier)
-    state = secrets.token_urlsafe(24)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        redirect_uri = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-        url = authorization_url(client, redirect_uri, state, challenge)
-        if not no_browser and open_browser(url):
-            show(f"Opened a browser to sign in; if it did not show up, open {url}")
-        else:
-            show(f"To sign in, open this URL in a browser on this machine: {url}")
-        try:
-            caught = _catch_redirect(listener, state, timeout, clock)
-        except TimeoutError:
-            raise AuthError(
-                f"store {client.store}: no sign-in arrived within {timeout:g} s; run "
-                f"`mailsync login {client.store}` again"
-            ) from None
-    finally:
-        listener.close()
-    if not caught.code:
-        said = _one_line(caught.error, 60)
-        if caught.description:
-            said += f": {_one_line(caught.description)}"
-        raise AuthError(
-            f"store {client.store}: the sign-in did not complete ({said}); run "
-            f"`mailsync login {client.store}` again"
-        )
-    fields = {
-        "grant_type": "authorization_code",
-        "code": caught.code,
-        "redirect_uri": redirect_uri,
-        "code_verifier": verifier,
-    }
-    return _request_tokens(client, fields, "authorization code exchange")
+    return request_tokens(client, fields, "client credentials request", now)

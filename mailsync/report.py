@@ -28,6 +28,9 @@ class FolderReport:
     deleted_a: int = 0
     deleted_b: int = 0
     linked: int = 0  # unrecorded copies found again by content
+    # Of copied_a_to_b: made from a local copy of the same message (Gmail's labels), not
+    # downloaded (copies.py).
+    from_local_copies: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -58,6 +61,8 @@ class FolderReport:
                 f"skipped {self.skipped}",
                 f"errors {len(self.errors)}",
             ]
+        if self.from_local_copies:
+            parts.append(f"{self.from_local_copies} copied from local copies, not downloaded")
         if self.linked:
             parts.append(f"re-linked {self.linked}")
         if self.withheld:

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailsync")
 
+# The columns of a pairs row that Pair takes, in its order (Pair(*row) after the flags).
+_PAIR_COLUMNS = "id, key_a, key_b, flags, hash, ident, added, version_a, account_id_a"
+
 
 @dataclass
 class Pair:
@@ -74,6 +77,9 @@ class Pair:
     added: float | None = field(default=None, compare=False)
     # The remote message's own version when the pair was last written (EWS ChangeKey).
     version_a: str | None = field(default=None, compare=False)
+    # The remote message's id across its account's folders (Info.account_id: Gmail's
+    # X-GM-MSGID), so that another folder's copy of it is found (State.local_copies).
+    account_id_a: str | None = field(default=None, compare=False)
 
     def key(self, side: str) -> str | None:
         return self.key_a if side == "a" else self.key_b
@@ -415,11 +421,10 @@ class State:
     # pairs ------------------------------------------------------------------------
     def pairs(self, folder_id: int) -> list[Pair]:
         rows = self.db.execute(
-            "SELECT id, key_a, key_b, flags, hash, ident, added, version_a FROM pairs "
-            "WHERE folder_id = ?",
+            f"SELECT {_PAIR_COLUMNS} FROM pairs WHERE folder_id = ?",
             (folder_id,),
         )
-        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+        return [Pair(r[0], r[1], r[2], parse_flags(r[3]), *r[4:]) for r in rows]
 
     def pairs_for(self, folder_id: int, keys_a: list[str]) -> list[Pair]:
         """The pairs of these side-a keys (a page of changes), without loading them all."""
@@ -427,11 +432,11 @@ class State:
         for start in range(0, len(keys_a), 500):
             chunk = keys_a[start : start + 500]
             rows = self.db.execute(
-                "SELECT id, key_a, key_b, flags, hash, ident, added, version_a FROM pairs "
+                f"SELECT {_PAIR_COLUMNS} FROM pairs "
                 f"WHERE folder_id = ? AND key_a IN ({','.join('?' * len(chunk))})",
                 (folder_id, *chunk),
             )
-            out += [Pair(r[0], r[1], r[2], parse_flags(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+            out += [Pair(r[0], r[1], r[2], parse_flags(r[3]), *r[4:]) for r in rows]
         return out
 
     def count_pairs(self, folder_id: int) -> tuple[int, int]:
@@ -444,8 +449,8 @@ class State:
         if pair.added is None:
             pair.added = time.time()
         cursor = self.db.execute(
-            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident, added, version_a) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pairs (folder_id, key_a, key_b, flags, hash, ident, added, version_a, "
+            "account_id_a) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 folder_id,
                 pair.key_a,
@@ -455,14 +460,15 @@ class State:
                 pair.ident,
                 pair.added,
                 pair.version_a,
+                pair.account_id_a,
             ),
         )
         pair.id = cursor.lastrowid
 
     def update_pair(self, pair: Pair) -> None:
         self.db.execute(
-            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ?, ident = ?, version_a = ? "
-            "WHERE id = ?",
+            "UPDATE pairs SET key_a = ?, key_b = ?, flags = ?, hash = ?, ident = ?, version_a = ?, "
+            "account_id_a = ? WHERE id = ?",
             (
                 pair.key_a,
                 pair.key_b,
@@ -470,9 +476,40 @@ class State:
                 pair.hash,
                 pair.ident,
                 pair.version_a,
+                pair.account_id_a,
                 pair.id,
             ),
         )
+
+    def local_copies(
+        self, account_ids: Iterable[str]
+    ) -> dict[str, list[tuple[str, str, str | None]]]:
+        """Account id (Pair.account_id_a) -> the local copies the state records of that
+        message, in any folder of the channel: (local folder name, local key, the
+        fingerprint of what was copied), each recorded only once durable locally."""
+        ids = sorted(set(account_ids))
+        out: dict[str, list[tuple[str, str, str | None]]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                "SELECT pairs.account_id_a, folders.name_b, pairs.key_b, pairs.hash FROM pairs "
+                "JOIN folders ON folders.id = pairs.folder_id "
+                f"WHERE pairs.account_id_a IN ({','.join('?' * len(chunk))}) "
+                "AND pairs.key_b IS NOT NULL ORDER BY pairs.id",
+                chunk,
+            )
+            for account_id, name_b, key_b, digest in rows:
+                out.setdefault(account_id, []).append((name_b, key_b, digest))
+        return out
+
+    def lacks_account_ids(self, folder_id: int) -> bool:
+        """Whether a pair of the folder with both keys has no account_id_a."""
+        row = self.db.execute(
+            "SELECT 1 FROM pairs WHERE folder_id = ? AND key_a IS NOT NULL "
+            "AND key_b IS NOT NULL AND account_id_a IS NULL LIMIT 1",
+            (folder_id,),
+        ).fetchone()
+        return row is not None
 
     def delete_pair(self, pair: Pair) -> None:
         self.db.execute("DELETE FROM pairs WHERE id = ?", (pair.id,))

@@ -29,7 +29,7 @@ from mailsync.errors import ConfigError, StoreError
 log = logging.getLogger("mailsync")
 
 # The version of the layout below: the version of every state file this mailsync writes.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # The layout of a new state file (version SCHEMA_VERSION).  Older files get the same
 # tables and columns through MIGRATIONS (tests/unit/test_state_versions.py compares them).
@@ -56,9 +56,11 @@ CREATE TABLE pairs (
     hash TEXT,
     ident TEXT,
     added REAL,
-    version_a TEXT
+    version_a TEXT,
+    account_id_a TEXT
 );
 CREATE INDEX pairs_folder ON pairs (folder_id);
+CREATE INDEX pairs_account_id_a ON pairs (account_id_a) WHERE account_id_a IS NOT NULL;
 CREATE TABLE folder_moves (
     id INTEGER PRIMARY KEY,
     old_b TEXT NOT NULL,
@@ -190,6 +192,16 @@ def _add_folder_moves_table(db: sqlite3.Connection) -> None:
     old_b TEXT NOT NULL,
     new_b TEXT NOT NULL
 )"""
+    )
+
+
+@_step(9)
+def _add_pair_account_id_a(db: sqlite3.Connection) -> None:
+    """The remote message's id across its account's folders (Gmail's X-GM-MSGID), so that
+    a message with several labels is downloaded once (copies.py)."""
+    db.execute("ALTER TABLE pairs ADD COLUMN account_id_a TEXT")
+    db.execute(
+        "CREATE INDEX pairs_account_id_a ON pairs (account_id_a) WHERE account_id_a IS NOT NULL"
     )
 
 

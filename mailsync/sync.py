@@ -88,6 +88,8 @@ class Syncer:
             renames.rows,
             renames.former,
             renames.renamed,
+            self.stores["a"].local_names(),
+            self.stores["a"].redundant_folders(),
         )
         names = self._choose(existing, report)
         if self.jobs > 1 and len(names) > 1:
@@ -130,6 +132,8 @@ class Syncer:
                 name in known or name in existing["a"] or mapping.local_name(name) in existing["b"]
             ),
         )
+        for name, why in sorted(mapping.left_out(candidates).items()):
+            log.info("%s: left out (%s); name it in --folders to sync it", name, why)
         if not mapping.channel_map:
             if not candidates:
                 where = " or ".join(self.stores[side].describe() for side in read_from)

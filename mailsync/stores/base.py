@@ -101,6 +101,10 @@ class Folder(ABC):
     #: a flag change that touches a group names in `add` every flag of the group that is
     #: to stay, so that the folder keeps one of those.
     exclusive_flags: frozenset[frozenset[str]] = frozenset()
+    #: True if list() gives each message its Info.account_id (Gmail: X-GM-MSGID).  The
+    #: engine then lists the folder in full (no cursor) while the state has pairs of it
+    #: without one (copied by a mailsync before account ids), to learn them.
+    account_ids: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:
@@ -113,6 +117,17 @@ class Folder(ABC):
     @abstractmethod
     def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         """Store a new message with these flags and arrival date; return its key."""
+
+    def append_copy(
+        self, data: Body, flags: frozenset[str], arrival: float, origin: Folder, origin_key: str
+    ) -> str:
+        """append() of a message whose identical copy is message `origin_key` of `origin`
+        (a folder of the same store, maybe this one; `data` are its bytes), without
+        writing the bytes again where the store can: Maildir links the file (a hard
+        link on the same file system).  The new message is a message of its own: its
+        flags are `flags`, and a change of one copy's flags leaves the other's alone.
+        Buffered and made durable by flush() as append().  Default: append()."""
+        return self.append(data, flags, arrival)
 
     @abstractmethod
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
@@ -255,6 +270,20 @@ class Store(ABC):
         where that differs (IMAP folders under a personal namespace prefix: ``Sent``
         was ``INBOX/Sent``).  The engine moves state and local folders to the new
         names, so nothing is copied twice after an upgrade."""
+        return {}
+
+    def local_names(self) -> dict[str, str]:
+        """Folder name -> the name its local folder should have where that is another
+        (Gmail: its special folders by their SPECIAL-USE attribute, ``[Gmail]/Sent Mail``
+        -> ``Sent``), as of the last list_folders() (made first if there was none).  The
+        engine takes it for folders its state does not know under another local name
+        (folders.map_folders)."""
+        return {}
+
+    def redundant_folders(self) -> dict[str, str]:
+        """Folder name -> why a job leaves it out unless its folder patterns name it
+        exactly (Gmail's Important and Starred: views of what the other folders and the
+        flags already hold), as of the last list_folders() (as local_names())."""
         return {}
 
     #: Whether rename_folder() works here.  The engine then moves a local folder when

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 
 from mailsync.errors import ConfigError, ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
@@ -25,6 +26,20 @@ __all__ = ["IMAPStore", "IMAPFolder"]
 
 log = logging.getLogger("mailsync")
 
+#: Gmail's special folders (RFC 6154 attributes, lower case) -> their local folders: by
+#: attribute, as localized accounts name them otherwise (``[Google Mail]/Gesendet``).
+GMAIL_LOCAL_NAMES = {
+    "\\sent": "Sent",
+    "\\trash": "Trash",
+    "\\drafts": "Drafts",
+    "\\junk": "Junk",
+    "\\all": "Archive",
+}
+#: Gmail's folders that show again what other folders and flags hold, left out unless asked.
+GMAIL_REDUNDANT = {
+    "\\important": "Gmail's Important folder: its messages are in All Mail (Archive)",
+    "\\flagged": "Gmail's Starred folder: its messages are in All Mail (Archive), flagged",
+}
 # (\Important: Gmail's, as its LIST shows it; imap_gmail.py needs to know that folder.)
 SPECIAL_USE = (
     "\\All",
@@ -64,6 +79,7 @@ class IMAPStore(IMAPConnection, Store):
         #: gmail_labels: "folders" or "keywords" (imap_gmail.py); only Gmail heeds it.
         self.gmail_labels = gmail_labels_mode(self.endpoint.options, self.url)
         self._all_mail: IMAPFolder | None = None  # gmail_all_mail()
+        self._attributes: dict[str, set[str]] = {}  # our name -> LIST attributes, lower case
 
     @property
     def gmail(self) -> bool:
@@ -121,6 +137,7 @@ class IMAPStore(IMAPConnection, Store):
         former: dict[str, str] = {}
         outside: dict[str, str] = {}
         special: dict[str, str] = {}
+        listed_attributes: dict[str, set[str]] = {}
         delimiters: list[str] = []
         for flags, delimiter, raw in self.call("list"):
             attributes = {_text(f).lower() for f in flags or ()}
@@ -169,6 +186,7 @@ class IMAPStore(IMAPConnection, Store):
                 )
                 continue
             names[name] = server_name
+            listed_attributes[name] = attributes
             old = self._map_name(server_name, server_name, delimiter, quiet=True)
             if old is not None and old != name:
                 former[name] = old
@@ -181,6 +199,7 @@ class IMAPStore(IMAPConnection, Store):
             self._delimiter = max(set(delimiters), key=delimiters.count)
         self._names, self.special_use, self._listed = names, special, True
         self._former, self._outside = former, outside
+        self._attributes = listed_attributes
         return self._gmail_keyword_folders(sorted(names))
 
     def gmail_all_mail(self) -> IMAPFolder | None:
@@ -221,6 +240,33 @@ class IMAPStore(IMAPConnection, Store):
                 "settings (Labels), or use gmail_labels = folders"
             )
         return kept
+
+    def local_names(self) -> dict[str, str]:
+        """Gmail's special folders -> Sent, Trash, Drafts, Junk, Archive (GMAIL_LOCAL_NAMES),
+        except where another folder of the account has that name already."""
+        if not self.gmail:
+            return {}
+        if not self._listed:
+            self.list_folders()
+        out = {}
+        for name, attributes in self._attributes.items():
+            for attribute, local in GMAIL_LOCAL_NAMES.items():
+                if attribute in attributes and local not in self._names and name != "INBOX":
+                    out[name] = local
+        taken = Counter(out.values())  # (two folders of one kind: neither gets the name)
+        return {name: local for name, local in out.items() if taken[local] == 1}
+
+    def redundant_folders(self) -> dict[str, str]:
+        if not self.gmail:
+            return {}
+        if not self._listed:
+            self.list_folders()
+        return {
+            name: why
+            for name, attributes in self._attributes.items()
+            for attribute, why in GMAIL_REDUNDANT.items()
+            if attribute in attributes
+        }
 
     def folder_ids(self) -> dict[str, str]:
         """MAILBOXID (RFC 8474) of each folder, which a RENAME keeps, where the server
@@ -271,6 +317,7 @@ class IMAPStore(IMAPConnection, Store):
     def adopt_listing(self, other: Store) -> None:
         if isinstance(other, IMAPStore) and other._listed and not self._listed:
             self._names, self.special_use = dict(other._names), dict(other.special_use)
+            self._attributes = dict(other._attributes)
             self._delimiter, self._listed = other._delimiter, True
             self._prefix, self._prefix_delimiter = other._prefix, other._prefix_delimiter
             self._other_prefixes = other._other_prefixes

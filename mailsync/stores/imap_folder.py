@@ -21,12 +21,10 @@ mid-run (FolderError: the next run re-matches).  What it does on the wire:
   exactly those UIDs (without UIDPLUS, EXPUNGE only if no other message is \\Deleted,
   otherwise the folder fails untouched).
 
-The connection (reconnects, limits, raw operations) is imap_connection.py's; which
-folders there are and their names, the store's (imap.py); Gmail's folders are subclasses
-(imap_gmail.py) that fetch more with a listing (META_ITEMS, _listed_flags).  The module
-is over 700 lines, because listing, bodies, APPEND and flag changes share one folder's
-selection state (sizes seen, UIDs assigned, what the server announced); the body
-reading in pieces (_fetch_large) is what could go first if it grows.
+The connection (reconnects, limits, raw operations) is imap_connection.py's; reading
+bodies off the wire, imap_bodies.py's; which folders there are and their names, the
+store's (imap.py); Gmail's folders are subclasses (imap_gmail.py) that fetch more with a
+listing (META_ITEMS, _listed_flags).
 """
 
 from __future__ import annotations
@@ -54,13 +52,13 @@ from mailsync.message import (
     header_digest,
     normalise_flags,
     to_crlf,
-    to_lf,
     tolerant_fingerprint,
 )
+from mailsync.stores import imap_bodies
 from mailsync.stores.base import Folder
 from mailsync.stores.imap_connection import _text
 from mailsync.stores.imap_patience import ThrottledFolder
-from mailsync.stores.imap_wire import MAX_LITERAL, MAX_UID, _Oversized, _uid_ranges
+from mailsync.stores.imap_wire import MAX_UID, _uid_ranges
 
 if TYPE_CHECKING:
     from mailsync.stores.imap import IMAPStore
@@ -69,9 +67,6 @@ log = logging.getLogger("mailsync")
 
 FETCH_BATCH_BYTES = 3 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE (x --jobs in RAM)
 FETCH_BATCH_MAX = 500  # messages per UID FETCH
-FETCH_LARGE_BYTES = 4 * 1024 * 1024  # bodies above this (RFC822.SIZE) are fetched in pieces
-FETCH_PIECE_BYTES = 4 * 1024 * 1024  # one BODY.PEEK[]<offset.length> of such a body
-PRESIZE_FACTOR = 16  # RFC822.SIZE sizes a big body's buffer up to this x its first piece
 META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
 STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
 SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
@@ -84,6 +79,16 @@ def _timestamp(value) -> float:
     if isinstance(value, dt.datetime):
         return value.timestamp()
     return time.time()
+
+
+def _gmail_message_id(value) -> str | None:
+    """X-GM-MSGID as Info.account_id: an unsigned 64-bit number [Gmail's IMAP extensions];
+    anything else (a hostile or broken server) is no id, and the message is downloaded."""
+    if isinstance(value, bytes) and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**64:
+        return str(value)
+    return None
 
 
 def valid_keyword(flag: str) -> bool:
@@ -158,6 +163,10 @@ class IMAPFolder(Folder):
             self.store.call("noop", folder=self)
             self._unannounced = False
         return info
+
+    @property
+    def account_ids(self) -> bool:  # type: ignore[override]  # (Folder: an attribute; see base)
+        return self.store.gmail
 
     def _check_validity(self, value) -> None:
         """Keys are only good under one UIDVALIDITY: a change in mid-run (seen on a
@@ -306,6 +315,8 @@ class IMAPFolder(Folder):
         self, uid_set: str, modifiers: builtins.list[str] | None = None
     ) -> dict[str, Info]:
         items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", *self.META_ITEMS]
+        if self.store.gmail:
+            items.append("X-GM-MSGID")  # the same message in every label: Info.account_id
         response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
         listing = {}
         for uid, data in response.items():
@@ -318,7 +329,10 @@ class IMAPFolder(Folder):
             if not isinstance(flags, tuple | list):
                 flags = ()
             listing[str(uid)] = Info(
-                self._listed_flags(flags, data), size, _timestamp(data.get(b"INTERNALDATE"))
+                self._listed_flags(flags, data),
+                size,
+                _timestamp(data.get(b"INTERNALDATE")),
+                _gmail_message_id(data.get(b"X-GM-MSGID")),
             )
         return listing
 
@@ -334,7 +348,8 @@ class IMAPFolder(Folder):
         self, keys: Iterable[str]
     ) -> Iterator[tuple[str, bytes | bytearray | MessageError]]:
         """Bodies (LF) in the order given, batched by RFC822.SIZE.  A body above
-        FETCH_LARGE_BYTES is fetched alone, in pieces, and comes as a bytearray."""
+        FETCH_LARGE_BYTES (imap_bodies.py) is fetched alone, in pieces, and comes as a
+        bytearray."""
         keys = list(keys)
         self._select_appended()
         uids: list[int | None] = []
@@ -356,161 +371,26 @@ class IMAPFolder(Folder):
         for key, uid in zip(keys, uids, strict=True):
             if uid is None:
                 if batch:  # in the order given (base.py)
-                    yield from self._fetch_bodies(batch)
+                    yield from imap_bodies.fetch_batch(self, batch)
                     batch, batch_bytes = [], 0
                 yield key, MessageError(f"{self.name}: {key!r} is not an IMAP UID")
                 continue
             size = self._sizes.get(uid, 0)
-            if size > FETCH_LARGE_BYTES:
+            if size > imap_bodies.FETCH_LARGE_BYTES:
                 if batch:
-                    yield from self._fetch_bodies(batch)
+                    yield from imap_bodies.fetch_batch(self, batch)
                     batch, batch_bytes = [], 0
                 # The bytearray is referenced by the yielded tuple only: once the caller
                 # drops it, it is gone (this frame keeps no copy while suspended).
-                yield key, self._fetch_large(uid)
+                yield key, imap_bodies.fetch_large(self, uid)
                 continue
             if batch and (batch_bytes + size > FETCH_BATCH_BYTES or len(batch) >= FETCH_BATCH_MAX):
-                yield from self._fetch_bodies(batch)
+                yield from imap_bodies.fetch_batch(self, batch)
                 batch, batch_bytes = [], 0
             batch.append(uid)
             batch_bytes += size
         if batch:
-            yield from self._fetch_bodies(batch)
-
-    def _fetch_bodies(self, uids: builtins.list[int]):
-        """Bodies of a batch in one UID FETCH, whose literals may hold twice what
-        RFC822.SIZE announced for the batch (FETCH_LARGE_BYTES for a message without
-        one) and 1 MiB more: room for servers whose sizes are estimates (Exchange).  A
-        server that sends more (RFC822.SIZE understated, by mistake or on purpose) is cut
-        off before the excess is read, and the batch is fetched again one message at a
-        time in pieces (_fetch_large): memory follows the bytes that arrive, not what the
-        server claims."""
-        announced = sum(self._sizes.get(uid, FETCH_LARGE_BYTES) for uid in uids)
-        budget = 2 * announced + (1 << 20)
-        try:
-            response = self.store.call(
-                "fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=self, literal_budget=budget
-            )
-        except _Oversized as error:
-            log.warning(
-                "%s: the server sent a body of %s bytes in a batch of %d messages it said "
-                "hold %d bytes together (RFC822.SIZE); fetching them one at a time, in pieces",
-                self.name,
-                error,
-                len(uids),
-                announced,
-            )
-            for uid in uids:
-                yield str(uid), self._fetch_large(uid)
-            return
-        for uid in uids:
-            data = response.get(uid, {}).get(b"BODY[]")
-            if isinstance(data, bytes):
-                yield str(uid), to_lf(data)
-            elif uid in response or data is not None:
-                yield str(uid), MessageError(f"{self.name}: the server sent no body for UID {uid}")
-            else:
-                yield (
-                    str(uid),
-                    MessageError(f"{self.name}: message UID {uid} is gone from the server"),
-                )
-
-    def _fetch_large(self, uid: int) -> bytearray | MessageError:
-        """One big body in pieces of FETCH_PIECE_BYTES (``UID FETCH uid (RFC822.SIZE
-        BODY.PEEK[]<offset.length>)``), each turned CRLF -> LF straight into one bytearray.
-        At most the buffer plus one piece and its LF copy are alive, never the whole
-        literal next to a whole LF copy; a piece longer than asked for is refused before
-        it is read.
-
-        RFC822.SIZE is the server's word: it sizes the buffer (one block, filled in place:
-        allocating it piece by piece costs glibc's heap a third more memory) only as far
-        as the first piece proves, PRESIZE_FACTOR times the bytes that arrived in it; a
-        body longer than that grows the buffer as it arrives.  So 1 GB announced for a
-        small message costs nothing, and for a 4 MB one at most 64 MB.
-
-        The result equals to_lf() of the whole body.  CRs ending a piece are not taken
-        from it: the next piece starts at the first of them, so a CRLF split by a piece
-        boundary is seen whole, and no piece ever starts right after a CR (Dovecot 2.3
-        then drops the byte after a lone CR, serves a short body and renames its own file
-        as broken).  The end is the first short piece (never RFC822.SIZE: some servers
-        report it inexactly).  A message that vanishes, or whose RFC822.SIZE changes, in
-        mid-read is this message's MessageError; a lost connection is retried once per
-        piece."""
-        where = f"{self.name}: message UID {uid}"
-        buf: bytearray | None = None  # sized once the first piece has arrived
-        end = 0  # bytes of buf filled so far
-        offset = 0  # wire bytes taken so far
-        length = FETCH_PIECE_BYTES
-        announced: int | None = None
-        while True:
-            items = ["RFC822.SIZE", f"BODY.PEEK[]<{offset}.{length}>"]
-            try:
-                response = self.store.call(
-                    "fetch", str(uid), items, folder=self, message_level=True, literal_budget=length
-                )
-            except MessageError as error:
-                return MessageError(f"{where}: {error}")
-            except _Oversized as error:
-                return MessageError(
-                    f"{where}: the server sent {error} bytes where at most {length} were asked for"
-                )
-            record = response.pop(uid, None)
-            del response
-            if record is None:
-                if offset:
-                    return MessageError(f"{where} vanished from the server while being read")
-                return MessageError(f"{where} is gone from the server")
-            piece = record.pop(f"BODY[]<{offset}>".encode(), None)
-            reported = record.get(b"RFC822.SIZE")
-            del record
-            if isinstance(reported, int):
-                if announced is None:
-                    announced = reported
-                elif reported != announced:
-                    if not reported:  # Dovecot, after another client expunged it
-                        return MessageError(f"{where} vanished from the server while being read")
-                    return MessageError(
-                        f"{where} changed size while being read ({announced} -> {reported} "
-                        "bytes); rerun"
-                    )
-            if not isinstance(piece, bytes):
-                return MessageError(f"{self.name}: the server sent no body for UID {uid}")
-            if len(piece) > length:
-                return MessageError(
-                    f"{where}: the server sent {len(piece)} bytes where at most {length} "
-                    "were asked for"
-                )
-            last = len(piece) < length
-            take = len(piece)
-            if not last:
-                while take and piece[take - 1] == 13:  # trailing CRs: the next piece's
-                    take -= 1
-                if not take:  # nothing but CRs: ask for more at once, not after a CR
-                    del piece
-                    length *= 2
-                    if length > MAX_LITERAL:
-                        return MessageError(f"{where}: over {MAX_LITERAL} CRs in a row; refusing")
-                    continue
-                length = FETCH_PIECE_BYTES
-            offset += take
-            if offset > MAX_LITERAL:
-                return MessageError(f"{where} is larger than {MAX_LITERAL} bytes; refusing")
-            held = len(piece) - take  # the CRs left for the next piece
-            lf = piece.replace(b"\r\n", b"\n") if b"\r\n" in piece else piece
-            del piece
-            n = len(lf) - held  # replace() leaves the trailing CRs (no LF after them) alone
-            if buf is None:
-                proven = PRESIZE_FACTOR * offset
-                buf = bytearray(n if last else min(max(announced or 0, n), proven))
-            buf[end : end + n] = memoryview(lf)[:n]  # grows buf past what was presized
-            end += n
-            del lf
-            if last:
-                break
-        if announced is not None and announced != offset:
-            log.debug("%s: RFC822.SIZE says %d bytes, the body had %d", where, announced, offset)
-        del buf[end:]  # the CRs that went (a small shrink keeps the block: no copy)
-        return buf
+            yield from imap_bodies.fetch_batch(self, batch)
 
     def fingerprints(self, keys: Iterable[str]) -> dict[str, str]:
         """Content hashes, fetched in byte-bounded batches (not one round trip each)."""
@@ -630,7 +510,7 @@ class IMAPFolder(Folder):
         # The exact bytes first; then as the server may have stored them (normalises).
         digest, stored = fingerprint(data), tolerant_fingerprint(data)
         rewritten = None
-        for uid, body in self._fetch_bodies(sorted(candidates)):
+        for uid, body in imap_bodies.fetch_batch(self, sorted(candidates)):
             if isinstance(body, MessageError):
                 continue
             if fingerprint(body) == digest:

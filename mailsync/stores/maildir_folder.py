@@ -16,6 +16,7 @@ Where folders are in a tree, and which names they have, is the store's (maildir.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import socket
@@ -45,6 +46,8 @@ from mailsync.stores.maildir_keywords import KEYWORDS_FILE, DovecotKeywords, fil
 
 if TYPE_CHECKING:
     from mailsync.stores.maildir import MaildirStore
+
+log = logging.getLogger("mailsync")
 
 FLAG_LETTERS = {DRAFT: "D", FLAGGED: "F", FORWARDED: "P", ANSWERED: "R", SEEN: "S", DELETED: "T"}
 LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
@@ -161,6 +164,7 @@ class LazyInfo(Info):
         setattr_ = object.__setattr__  # Info is frozen
         setattr_(self, "flags", flags)
         setattr_(self, "size", size)
+        setattr_(self, "account_id", None)
         setattr_(self, "_folder", folder)
         setattr_(self, "_key", key)
 
@@ -394,16 +398,7 @@ class MaildirFolder(Folder):
         tmp_dir = os.path.join(self.path, "tmp") if self._have_tmp else self._tmp_dir()
         # Before the message is queued: its letters must be in dovecot-keywords, durably,
         # before the writer thread renames it into place.
-        letters = "".join(sorted(set(flags_info(flags)) | self.keywords.letters_of(flags, True)))
-        key = unique_name(len(data))
-        # new/ is for what no mail reader has seen (\Recent, which the engine passes on
-        # from a source Maildir's new/, and for every message from sources that cannot
-        # tell); a message with flags, or without \Recent, was seen: cur/, with an empty
-        # info if need be, so mutt shows old unread mail as old, not as new.
-        if letters or RECENT not in flags:
-            sub, filename = "cur", key + INFO_SEP + letters
-        else:
-            sub, filename = "new", key
+        key, sub, filename = self._new_name(flags, len(data))
         self._dirty.add(os.path.join(self.path, sub))
         self._where[key] = (sub, filename)
         # The write, fsync and rename run on a small pool of threads: fsyncs issued
@@ -418,6 +413,43 @@ class MaildirFolder(Folder):
             len(self._pending) >= _MAX_PENDING or self._pending_bytes > _MAX_PENDING_BYTES
         ):
             self._wait(next(iter(self._pending)))
+        return key
+
+    def _new_name(self, flags: frozenset[str], size: int) -> tuple[str, str, str]:
+        """(key, new/ or cur/, file name) of a message to be added with these flags, the
+        letters of its keywords made durable in dovecot-keywords first."""
+        letters = "".join(sorted(set(flags_info(flags)) | self.keywords.letters_of(flags, True)))
+        key = unique_name(size)
+        # new/ is for what no mail reader has seen (\Recent, which the engine passes on
+        # from a source Maildir's new/, and for every message from sources that cannot
+        # tell); a message with flags, or without \Recent, was seen: cur/, with an empty
+        # info if need be, so mutt shows old unread mail as old, not as new.
+        if letters or RECENT not in flags:
+            return key, "cur", key + INFO_SEP + letters
+        return key, "new", key
+
+    def append_copy(
+        self, data: Body, flags: frozenset[str], arrival: float, origin: Folder, origin_key: str
+    ) -> str:
+        """A hard link to the origin's file (durable already: the engine records a copy
+        only after its flush), under a new name with its own flags, in new/ or cur/ as
+        append() would file it.  A link is made whole at once, so it needs no tmp/; only
+        the directory is fsynced (flush).  Where no link can be made (another file
+        system, a file system without hard links, the origin's file gone), append()."""
+        if not isinstance(origin, MaildirFolder):
+            return self.append(data, flags, arrival)
+        self._writable()
+        where = origin._on_file(origin_key, lambda sub, name: os.path.join(origin.path, sub, name))
+        if where is _GONE:
+            return self.append(data, flags, arrival)
+        key, sub, filename = self._new_name(flags, len(to_lf(data)))
+        try:
+            os.link(where, os.path.join(self.path, sub, filename))
+        except OSError as error:  # EXDEV, EPERM, EMLINK, ENOENT (renamed meanwhile): copy
+            log.debug("%s: no hard link to %s (%s); copying", self.name, where, error)
+            return self.append(data, flags, arrival)
+        self._dirty.add(os.path.join(self.path, sub))
+        self._where[key] = (sub, filename)
         return key
 
     def _wait(self, key: str) -> None:

@@ -20,7 +20,7 @@ from imaptools import CommandSpy, connect, maildir_files
 from mailsync import net as netmod
 from mailsync.errors import MessageError
 from mailsync.message import to_lf
-from mailsync.stores import imap_folder
+from mailsync.stores import imap_bodies
 from mailsync.stores.imap import IMAPFolder, IMAPStore
 
 MIB = 1024 * 1024
@@ -124,8 +124,8 @@ def test_pieces_equal_to_lf_of_the_whole_body(dovecot_server, monkeypatch):
     wire = server_wire(dovecot_server, user)
     assert [wire[uid] for uid in sorted(wire)] == [small, *bodies, small]  # Dovecot keeps CRs
 
-    monkeypatch.setattr(imap_folder, "FETCH_LARGE_BYTES", 500)
-    monkeypatch.setattr(imap_folder, "FETCH_PIECE_BYTES", PIECE)
+    monkeypatch.setattr(imap_bodies, "FETCH_LARGE_BYTES", 500)
+    monkeypatch.setattr(imap_bodies, "FETCH_PIECE_BYTES", PIECE)
     spy = CommandSpy(monkeypatch)
     with store_for(dovecot_server, user) as store:
         folder = store.open_folder("INBOX")
@@ -176,8 +176,8 @@ def fake_server(monkeypatch, wire: dict[int, bytes], sizes: dict[int, int] | Non
 def test_pieces_equal_to_lf_whatever_the_crs_and_boundaries(piece, monkeypatch):
     """Random bodies of CR, LF and letters (CR CR LF, runs of CRs longer than a piece,
     CRs at the end) cut at every possible place: the same as to_lf() of the whole."""
-    monkeypatch.setattr(imap_folder, "FETCH_LARGE_BYTES", 0)
-    monkeypatch.setattr(imap_folder, "FETCH_PIECE_BYTES", piece)
+    monkeypatch.setattr(imap_bodies, "FETCH_LARGE_BYTES", 0)
+    monkeypatch.setattr(imap_bodies, "FETCH_PIECE_BYTES", piece)
     rng = random.Random(piece)
     wire = {
         uid: bytes(rng.choice(b"\r\r\na") for _ in range(rng.randrange(1, 40)))
@@ -196,8 +196,8 @@ def test_pieces_equal_to_lf_whatever_the_crs_and_boundaries(piece, monkeypatch):
 
 def test_a_size_far_off_the_listing_still_gives_the_whole_body(monkeypatch):
     """RFC822.SIZE sizes nothing (some servers report it inexactly)."""
-    monkeypatch.setattr(imap_folder, "FETCH_LARGE_BYTES", 10)
-    monkeypatch.setattr(imap_folder, "FETCH_PIECE_BYTES", 16)
+    monkeypatch.setattr(imap_bodies, "FETCH_LARGE_BYTES", 10)
+    monkeypatch.setattr(imap_bodies, "FETCH_PIECE_BYTES", 16)
     body = b"Subject: x\r\n\r\n" + b"line\r\n" * 50
     folder, _ = fake_server(monkeypatch, {1: body, 2: body}, sizes={1: 11, 2: 10_000})
     got = dict(folder.fetch_many(["1", "2"]))
@@ -209,8 +209,8 @@ def test_a_message_vanishing_in_mid_read_fails_alone(dovecot_server, monkeypatch
     bodies = [boundary_body(PIECE * 20, n, []) for n in range(3)]
     for body in bodies:
         append_raw(dovecot_server, user, body)
-    monkeypatch.setattr(imap_folder, "FETCH_LARGE_BYTES", 500)
-    monkeypatch.setattr(imap_folder, "FETCH_PIECE_BYTES", PIECE)
+    monkeypatch.setattr(imap_bodies, "FETCH_LARGE_BYTES", 500)
+    monkeypatch.setattr(imap_bodies, "FETCH_PIECE_BYTES", PIECE)
     with store_for(dovecot_server, user) as store:
         folder = store.open_folder("INBOX")
         keys = sorted(folder.list(), key=int)
@@ -237,8 +237,8 @@ def test_a_message_vanishing_in_mid_read_fails_alone(dovecot_server, monkeypatch
 def test_a_size_change_in_mid_read_fails_that_message(dovecot_server, monkeypatch):
     user = dovecot_server.add_user()
     append_raw(dovecot_server, user, boundary_body(PIECE * 20, 5, []))
-    monkeypatch.setattr(imap_folder, "FETCH_LARGE_BYTES", 500)
-    monkeypatch.setattr(imap_folder, "FETCH_PIECE_BYTES", PIECE)
+    monkeypatch.setattr(imap_bodies, "FETCH_LARGE_BYTES", 500)
+    monkeypatch.setattr(imap_bodies, "FETCH_PIECE_BYTES", PIECE)
     with store_for(dovecot_server, user) as store:
         folder = store.open_folder("INBOX")
         (key,) = folder.list()
@@ -269,7 +269,7 @@ def big_wire() -> tuple[bytes, int, list[int]]:
     ending a piece, one starting a piece, two ending one, one just after a boundary, and
     a straddling CRLF again.  Returns the bytes, the number of lone CRs and where the
     first seven pieces start."""
-    piece = imap_folder.FETCH_PIECE_BYTES
+    piece = imap_bodies.FETCH_PIECE_BYTES
     wire = bytearray(header("fifty megabytes")) + base64_lines(50 * MIB, 50)
     start, lone, starts = 0, 0, [0]
     for marks, at, held in [
@@ -349,8 +349,8 @@ def test_pull_of_a_50_mib_message_is_exact_and_stays_under_100_mib(
         assert folder.fetch(key) == expected
     offsets = [offset for _, offset, _ in piece_requests(spy)]
     assert offsets[: len(starts)] == starts
-    assert starts[1] == imap_folder.FETCH_PIECE_BYTES - 1  # the straddling CRLF's CR
-    assert len(offsets) >= len(expected) // imap_folder.FETCH_PIECE_BYTES
+    assert starts[1] == imap_bodies.FETCH_PIECE_BYTES - 1  # the straddling CRLF's CR
+    assert len(offsets) >= len(expected) // imap_bodies.FETCH_PIECE_BYTES
 
     dest = mailenv / "mail"
     code, rss_kib, output = pull_process(dovecot_server, user, dest, mailenv / "state")
@@ -377,8 +377,8 @@ def test_pull_of_a_50_mib_message_is_exact_and_stays_under_100_mib(
 def test_the_threshold_is_strictly_above(extra, dovecot_server, monkeypatch):
     """Up to FETCH_LARGE_BYTES the batched path (bytes), above it pieces (bytearray)."""
     user = dovecot_server.add_user()
-    monkeypatch.setattr(imap_folder, "FETCH_LARGE_BYTES", 4000)
-    monkeypatch.setattr(imap_folder, "FETCH_PIECE_BYTES", 1000)
+    monkeypatch.setattr(imap_bodies, "FETCH_LARGE_BYTES", 4000)
+    monkeypatch.setattr(imap_bodies, "FETCH_PIECE_BYTES", 1000)
     body = boundary_body(4000 + extra, 9, [(1999, b"\r\n"), (3000, b"\r")])
     append_raw(dovecot_server, user, body)
     with store_for(dovecot_server, user) as store:

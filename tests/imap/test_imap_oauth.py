@@ -152,7 +152,7 @@ def test_a_reconnect_in_a_long_run_refreshes_the_expired_token_and_saves_the_rot
     token Exchange ends mid-run: the session gets AccessTokenExpired, the reconnect offers
     the token it holds, gets a bare NO, refreshes once, logs in again, and the rotated
     refresh token is saved."""
-    from mailsync.tokens import TokenStore
+    from mailsync.token_store import TokenStore
 
     oauth_server = oauth_server_fixture
     client = oauth_server.add_client()

@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from imaptools import CommandSpy, Msg, connect, message, seed, when
+from imaptools import CommandSpy, Msg, connect, message, run, seed, when
 
 from mailsync import net as netmod
 from mailsync.errors import FolderError
@@ -252,3 +252,19 @@ def test_redaction_keeps_capabilities_readable():
     line = "< b'* CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS AUTH=PLAIN'"
     assert redact(line) == line
     assert redact("> b'AB12 AUTHENTICATE PLAIN'") == "> b'AB12 AUTHENTICATE ****"
+
+
+def test_an_unknown_option_is_refused_before_anything_connects(tmp_path):
+    """A misspelt option (token_comand) must not quietly fall back to a password login:
+    exit 2 naming it, as POP3 and EWS stores do; the port is never dialled."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0)
+        port = listener.getsockname()[1]
+        url = f"imap://alice@127.0.0.1:{port}?tls=none&token_comand=oama%20access&colour=blue"
+        result = run("pull", url, tmp_path / "mail", password="pw")
+        assert result.exit_code == 2, result.output
+        assert "unknown option(s) colour, token_comand" in result.output
+        with pytest.raises(BlockingIOError):
+            listener.accept()

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from mailsync import oauth
+from mailsync import oauth, oauth_login
 from mailsync.errors import EXIT_CONNECT, AuthError, ConfigError, ConnectError
 from mailsync.net import SECRETS
 from mailsync.oauth import OAuthClient
@@ -54,10 +54,10 @@ class DeviceUser:
 
     def __init__(self, server, user: str = "alice", action: str = "approve", after: int = 1):
         self.server, self.user, self.action, self.after = server, user, action, after
-        self.shown: list[oauth.DeviceAuthorization] = []
+        self.shown: list[oauth_login.DeviceAuthorization] = []
         self.sleeps: list[float] = []
 
-    def show(self, authorization: oauth.DeviceAuthorization) -> None:
+    def show(self, authorization: oauth_login.DeviceAuthorization) -> None:
         self.shown.append(authorization)
 
     def sleep(self, seconds: float) -> None:
@@ -82,7 +82,7 @@ def test_device_login_shows_the_code_polls_and_returns_tokens_for_the_approving_
     client = custom_client(oauth_server, registered)
     person = DeviceUser(oauth_server, after=2)  # approves during the second wait
 
-    tokens = oauth.device_login(client, person.show, sleep=person.sleep)
+    tokens = oauth_login.device_login(client, person.show, sleep=person.sleep)
 
     shown = person.shown[0]
     assert shown.verification_uri == oauth_server.base_url + "/device/verify"
@@ -102,7 +102,7 @@ def test_device_login_slows_down_by_five_seconds_for_good_on_each_slow_down(oaut
     client = custom_client(oauth_server, registered)
     person = DeviceUser(oauth_server, after=1)
 
-    oauth.device_login(client, person.show, sleep=person.sleep)
+    oauth_login.device_login(client, person.show, sleep=person.sleep)
 
     # slow_down, slow_down, then the approved code: 2, 2+5, 2+5+5
     assert person.sleeps == [2, 7, 12]
@@ -111,8 +111,10 @@ def test_device_login_slows_down_by_five_seconds_for_good_on_each_slow_down(oaut
 def test_device_login_never_polls_faster_than_once_a_second(oauth_server):
     registered = oauth_server.add_client(interval=0)
     person = DeviceUser(oauth_server)
-    oauth.device_login(custom_client(oauth_server, registered), person.show, sleep=person.sleep)
-    assert person.sleeps == [oauth.MIN_POLL_INTERVAL]
+    oauth_login.device_login(
+        custom_client(oauth_server, registered), person.show, sleep=person.sleep
+    )
+    assert person.sleeps == [oauth_login.MIN_POLL_INTERVAL]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +127,9 @@ def test_device_login_declined_or_expired_is_an_auth_error_saying_to_log_in_agai
     registered = oauth_server.add_client()
     person = DeviceUser(oauth_server, action=action)
     with pytest.raises(AuthError) as caught:
-        oauth.device_login(custom_client(oauth_server, registered), person.show, sleep=person.sleep)
+        oauth_login.device_login(
+            custom_client(oauth_server, registered), person.show, sleep=person.sleep
+        )
     assert words in str(caught.value)
     assert "mailsync login work" in str(caught.value)
     assert caught.value.exit_code == EXIT_CONNECT
@@ -141,7 +145,7 @@ def test_device_login_gives_up_when_the_code_expires_unapproved(oauth_server):
         now[0] += seconds
 
     with pytest.raises(AuthError, match="expired before the sign-in"):
-        oauth.device_login(
+        oauth_login.device_login(
             custom_client(oauth_server, registered),
             lambda a: None,
             sleep=sleep,
@@ -155,7 +159,7 @@ def test_device_login_without_a_device_endpoint_is_a_config_error(oauth_server):
     client = custom_client(oauth_server, registered)
     client.provider = oauth.provider("google")
     with pytest.raises(ConfigError, match="no device authorization endpoint"):
-        oauth.device_login(client, lambda a: None)
+        oauth_login.device_login(client, lambda a: None)
 
 
 # -- authorization code with PKCE, loopback redirect ------------------------------------------
@@ -169,7 +173,7 @@ def test_browser_login_catches_the_redirect_and_trades_the_code_with_the_pkce_ve
     browser = oauth_server.browser("bob")
     said = []
 
-    tokens = oauth.browser_login(client, said.append, open_browser=browser, timeout=30)
+    tokens = oauth_login.browser_login(client, said.append, open_browser=browser, timeout=30)
 
     assert oauth_server.valid(tokens.access_token).user == "bob"
     assert tokens.refresh_token
@@ -210,7 +214,9 @@ def test_browser_login_ignores_a_redirect_with_another_state(oauth_server):
         threading.Thread(target=forge_then_sign_in, args=(url,), daemon=True).start()
         return True
 
-    tokens = oauth.browser_login(client, lambda text: None, open_browser=open_browser, timeout=30)
+    tokens = oauth_login.browser_login(
+        client, lambda text: None, open_browser=open_browser, timeout=30
+    )
 
     assert forged == [404]
     assert oauth_server.valid(tokens.access_token).user == "bob"
@@ -231,7 +237,7 @@ def test_browser_login_with_no_browser_prints_the_url_instead(oauth_server):
     def must_not_open(url):
         raise AssertionError("no_browser opened a browser")
 
-    tokens = oauth.browser_login(
+    tokens = oauth_login.browser_login(
         client, show, no_browser=True, open_browser=must_not_open, timeout=30
     )
     assert said[0].startswith("To sign in, open this URL in a browser on this machine: http")
@@ -242,7 +248,7 @@ def test_browser_login_declined_is_an_auth_error_with_the_providers_reason(oauth
     registered = oauth_server.add_client()
     client = custom_client(oauth_server, registered, grant=oauth.AUTHORIZATION_CODE)
     with pytest.raises(AuthError) as caught:
-        oauth.browser_login(
+        oauth_login.browser_login(
             client, lambda t: None, open_browser=oauth_server.browser("bob", consent=False)
         )
     assert str(caught.value) == (
@@ -259,11 +265,13 @@ def test_browser_login_gives_up_after_its_timeout(oauth_server):
     registered = oauth_server.add_client()
     client = custom_client(oauth_server, registered, grant=oauth.AUTHORIZATION_CODE)
     with pytest.raises(AuthError, match="no sign-in arrived within 0.2 s"):
-        oauth.browser_login(client, lambda t: None, open_browser=lambda url: True, timeout=0.2)
+        oauth_login.browser_login(
+            client, lambda t: None, open_browser=lambda url: True, timeout=0.2
+        )
 
 
 def test_pkce_pair_follows_rfc_7636():
-    verifier, challenge = oauth.pkce_pair()
+    verifier, challenge = oauth_login.pkce_pair()
     assert 43 <= len(verifier) <= 128
     assert set(verifier) <= set(
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"

@@ -124,7 +124,7 @@ def saved(token_dir: str) -> dict:
 def sign_in(oauth_server, client, user, token_dir: str) -> tuple[str, str]:
     """Save a sign-in of `user` as `mailsync login` would have (tokens issued by the
     server as if the user had approved): (access token, refresh token)."""
-    from mailsync.tokens import TokenStore
+    from mailsync.token_store import TokenStore
 
     access, refresh = oauth_server.issue(user.name, client)
     TokenStore(STORE, token_dir, keyring=None).save(

@@ -10,7 +10,7 @@ import poplib
 
 import pytest
 
-from mailsync import oauth, sasl
+from mailsync import oauth, oauth_login, sasl
 from mailsync.errors import AuthError
 from mailsync.net import SECRETS, mask_secrets
 from mailsync.sasl import SaslConversation, parse_sasl_error
@@ -205,8 +205,8 @@ def test_dovecot_accepts_a_token_from_each_login_flow(
     def approve(seconds):
         oauth_server.approve_device(shown[0].user_code, name)
 
-    device = oauth.device_login(client, shown.append, sleep=approve)
-    browser = oauth.browser_login(
+    device = oauth_login.device_login(client, shown.append, sleep=approve)
+    browser = oauth_login.browser_login(
         client, lambda t: None, open_browser=oauth_server.browser(name), timeout=30
     )
     refreshed = oauth.refresh(client, browser.refresh_token)

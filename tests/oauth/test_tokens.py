@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from mailsync import oauth, tokens
+from mailsync import oauth, token_store, tokens
 from mailsync.errors import EXIT_CONNECT, EXIT_USAGE, AuthError, ConfigError, ConnectError
 from mailsync.sasl import SaslConversation
 from mailsync.tokens import (
@@ -457,7 +457,7 @@ def test_a_kill_9_in_the_middle_of_a_save_leaves_the_old_file(token_dir, tmp_pat
     child = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from mailsync.tokens import TokenStore
+        from mailsync.token_store import TokenStore
         real_fsync = os.fsync
         def fsync(fd):
             real_fsync(fd)
@@ -573,9 +573,9 @@ def test_only_recommended_keyring_backends_are_used():
         def priority(self):
             raise RuntimeError("no D-Bus")
 
-    assert tokens.usable_keyring(MemoryKeyring())
-    assert not tokens.usable_keyring(PlainText())
-    assert not tokens.usable_keyring(Broken())
+    assert token_store.usable_keyring(MemoryKeyring())
+    assert not token_store.usable_keyring(PlainText())
+    assert not token_store.usable_keyring(Broken())
 
 
 # -- between processes --------------------------------------------------------------------------
@@ -610,7 +610,7 @@ def test_a_second_process_waits_for_the_refresh_of_the_first(oauth_server, token
         )
         assert process.stdout.readline() == "waiting\n"
         fresh = oauth.refresh(source.client, stale["refresh_token"])
-        store.save(tokens.tokens_record(source.client, fresh, fresh.refresh_token))
+        store.save(token_store.tokens_record(source.client, fresh, fresh.refresh_token))
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert out.strip() == fresh.access_token

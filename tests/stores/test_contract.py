@@ -836,6 +836,36 @@ def test_deleting_one_of_identical_copies(kind, env):
 
 
 @contract()
+def test_append_copy_makes_a_message_of_its_own(kind, env):
+    """append_copy() of a message in another folder (what a Gmail pull does for a message
+    in several labels): the same bytes as append() would keep, under its own key with its
+    own flags; changing or deleting either copy leaves the other as it was."""
+    store = env.open()
+    origin = env.folder(store, "INBOX", create=True)
+    data = msg("in two folders")
+    first = origin.append(data, frozenset({SEEN}), ARRIVAL)
+    origin.flush()
+    target = env.folder(store, "Work", create=True)
+    second = target.append_copy(origin.fetch(first), frozenset({FLAGGED}), ARRIVAL, origin, first)
+    target.flush()
+    same(target.fetch(second), kind.fetched(data))
+
+    def kept(folder: Folder, *flags: str) -> frozenset[str]:
+        return frozenset(f for f in flags if folder.persists(f))
+
+    assert flags_of(target, second) == kept(target, FLAGGED)
+    assert flags_of(origin, first) == kept(origin, SEEN)
+    target.set_flags(second, frozenset({ANSWERED}), frozenset())
+    assert flags_of(target, second) == kept(target, FLAGGED, ANSWERED)
+    assert flags_of(origin, first) == kept(origin, SEEN)
+    origin.delete(first)
+    origin.flush()
+    again = env.folder(env.open(), "Work")
+    assert set(again.list()) == {second}
+    same(again.fetch(second), kind.fetched(data))
+
+
+@contract()
 def test_deleting_a_missing_key(kind, env):
     """base.py only says delete returns the removed key.  Deleting a key that is
     already gone must not be a crash: it returns a key or raises MessageError, and

@@ -79,6 +79,7 @@ ROWS: dict[str, list[dict]] = {
             "ident": "i1",
             "added": 1764000000.0,
             "version_a": "ck1",
+            "account_id_a": "1650000000000000001",
         },
         # deleted on b and kept on a: a tombstone
         {
@@ -319,6 +320,7 @@ def test_an_earlier_state_is_brought_up_to_date_and_keeps_its_rows(
         assert pairs[1].ident == ("i1" if version >= 2 else None)
         assert pairs[1].added == (1764000000.0 if version >= 3 else None)
         assert pairs[1].version_a == ("ck1" if version >= 5 else None)
+        assert pairs[1].account_id_a == ("1650000000000000001" if version >= 9 else None)
         assert state.count_pairs(inbox.id) == (2, 2)
         assert state.last_run()["report"]["errors"] == ["Archive/2024: gone"]
         assert state.overview()["remote"] == "imaps://alice@mail.example.org"
@@ -330,7 +332,7 @@ def test_an_earlier_state_is_brought_up_to_date_and_keeps_its_rows(
         inbox.ident_a = "AAMkAD-inbox-2"
         state.save_folder(inbox)
         state.add_pair(
-            inbox.id, Pair(None, "1700000000:11", "m11", frozenset(), "h", "i", None, "v")
+            inbox.id, Pair(None, "1700000000:11", "m11", frozenset(), "h", "i", None, "v", "77")
         )
         state.record_refusal(inbox.id, "a", "1700000000:12", "h12", {"subject": "x"}, "no")
         state.record_pending(inbox.id, "a", ["1700000000:13"])
@@ -340,6 +342,7 @@ def test_an_earlier_state_is_brought_up_to_date_and_keeps_its_rows(
     with State(state_path) as state:
         assert state.folder("INBOX", "INBOX").ident_a == "AAMkAD-inbox-2"
         assert any(pair.version_a == "v" for pair in state.pairs(inbox.id))
+        assert state.local_copies(["77"]) == {"77": [("INBOX", "m11", "h")]}
         assert "1700000000:12" in state.refused_keys(inbox.id, "a")
         assert "1700000000:13" in state.pending_keys(inbox.id, "a")
         assert (move, "Older", "Newer") in state.moves()
