@@ -51,8 +51,8 @@ STORE_OPTIONS = {
     "maildir": {"layout"},
     "mbox": set(),
     "memory": set(),
-    "imap": OAUTH_STORE_OPTIONS | {"throttle_wait"},
-    "imaps": OAUTH_STORE_OPTIONS | {"throttle_wait"},
+    "imap": OAUTH_STORE_OPTIONS | {"throttle_wait", "gmail_labels"},
+    "imaps": OAUTH_STORE_OPTIONS | {"throttle_wait", "gmail_labels"},
     "pop3": POP_OPTIONS,
     "pop3s": POP_OPTIONS,
     "ews": NETWORK_OPTIONS

@@ -16,10 +16,11 @@ import logging
 import re
 from collections import Counter
 
-from mailsync.errors import ConnectError, FolderError, StoreError
+from mailsync.errors import ConfigError, ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 from mailsync.stores.imap_connection import IMAPConnection, _text
 from mailsync.stores.imap_folder import IMAPFolder
+from mailsync.stores.imap_gmail import GmailFolder, GmailLabelsFolder, gmail_labels_mode
 
 __all__ = ["IMAPStore", "IMAPFolder"]
 
@@ -39,7 +40,17 @@ GMAIL_REDUNDANT = {
     "\\important": "Gmail's Important folder: its messages are in All Mail (Archive)",
     "\\flagged": "Gmail's Starred folder: its messages are in All Mail (Archive), flagged",
 }
-SPECIAL_USE = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+# (\Important: Gmail's, as its LIST shows it; imap_gmail.py needs to know that folder.)
+SPECIAL_USE = (
+    "\\All",
+    "\\Archive",
+    "\\Drafts",
+    "\\Flagged",
+    "\\Important",
+    "\\Junk",
+    "\\Sent",
+    "\\Trash",
+)
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 _OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # RFC 8474 objectid
 
@@ -65,6 +76,9 @@ class IMAPStore(IMAPConnection, Store):
         self._outside: dict[str, str] = {}  # former names of folders in other namespaces
         self._listed = False
         self.special_use: dict[str, str] = {}
+        #: gmail_labels: "folders" or "keywords" (imap_gmail.py); only Gmail heeds it.
+        self.gmail_labels = gmail_labels_mode(self.endpoint.options, self.url)
+        self._all_mail: IMAPFolder | None = None  # gmail_all_mail()
         self._attributes: dict[str, set[str]] = {}  # our name -> LIST attributes, lower case
 
     @property
@@ -186,7 +200,46 @@ class IMAPStore(IMAPConnection, Store):
         self._names, self.special_use, self._listed = names, special, True
         self._former, self._outside = former, outside
         self._attributes = listed_attributes
-        return sorted(names)
+        return self._gmail_keyword_folders(sorted(names))
+
+    def gmail_all_mail(self) -> IMAPFolder | None:
+        """Gmail's All Mail (the folder with the \\All attribute) as a folder of this
+        store, or None where there is none (not Gmail, or hidden from IMAP)."""
+        if not self._listed:
+            self.list_folders()
+        name = next((n for n, use in self.special_use.items() if use == "\\All"), None)
+        if name is None or not self.gmail:
+            return None
+        if self._all_mail is None or self._all_mail.name != name:
+            self._all_mail = IMAPFolder(self, name, self._names[name])
+        return self._all_mail
+
+    def labels_as_keywords(self) -> bool:
+        """Whether this store lists Gmail's labels as keywords (gmail_labels = "keywords"
+        on a Gmail server): then its folders are All Mail, Spam and Trash."""
+        return self.gmail_labels == "keywords" and self.gmail
+
+    def _gmail_keyword_folders(self, names: list[str]) -> list[str]:
+        """With labels as keywords, the folders a sync sees: All Mail (every message not
+        in Spam or Trash, its labels as keywords), Spam and Trash.  The others stay known
+        (a folder pushed to the store is still found or created)."""
+        if self.gmail_labels != "keywords":
+            return names
+        if not self.gmail:
+            log.warning(
+                "%s: gmail_labels = keywords has no effect: the server is not Gmail "
+                "(no X-GM-EXT-1)",
+                self.url,
+            )
+            return names
+        kept = [n for n in names if self.special_use.get(n) in ("\\All", "\\Junk", "\\Trash")]
+        if not any(self.special_use.get(n) == "\\All" for n in kept):
+            raise ConfigError(
+                f"{self.url}: gmail_labels = keywords needs [Gmail]/All Mail, which this "
+                "account hides from IMAP; tick 'Show in IMAP' for All Mail in Gmail's "
+                "settings (Labels), or use gmail_labels = folders"
+            )
+        return kept
 
     def local_names(self) -> dict[str, str]:
         """Gmail's special folders -> Sent, Trash, Drafts, Junk, Archive (GMAIL_LOCAL_NAMES),
@@ -380,7 +433,16 @@ class IMAPStore(IMAPConnection, Store):
             except StoreError as error:
                 log.debug("%s: cannot subscribe to %s: %s", self.url, name, error)
             self._names[name] = server_name
-        return IMAPFolder(self, name, self._names[name])
+        return self._folder_class(name)(self, name, self._names[name])
+
+    def _folder_class(self, name: str) -> type[IMAPFolder]:
+        """IMAPFolder, or at Gmail (imap_gmail.py) GmailFolder, and GmailLabelsFolder for
+        All Mail when labels are keywords."""
+        if not self.gmail:
+            return IMAPFolder
+        if self.labels_as_keywords() and self.special_use.get(name) == "\\All":
+            return GmailLabelsFolder
+        return GmailFolder
 
 
 def _has_prefix(server_name: str, prefix: str) -> bool:

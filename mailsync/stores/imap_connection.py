@@ -208,7 +208,8 @@ class IMAPConnection:
         self.reconnects = 0
         # Waiting out throttling (imap_patience.py).
         self.patience = Patience.from_option(self.endpoint.options.pop("throttle_wait", None))
-        unknown = set(self.endpoint.options) - {"password_command"}  # (net.get_password's)
+        # (password_command: net.get_password's; gmail_labels: the store's, imap.py)
+        unknown = set(self.endpoint.options) - {"password_command", "gmail_labels"}
         if unknown:  # a misspelt token_command must not fall back to a password login
             raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(unknown))}")
         self._status_cache: dict[bytes, dict] = {}  # raw name -> STATUS from LIST-STATUS

@@ -23,7 +23,8 @@ mid-run (FolderError: the next run re-matches).  What it does on the wire:
 
 The connection (reconnects, limits, raw operations) is imap_connection.py's; reading
 bodies off the wire, imap_bodies.py's; which folders there are and their names, the
-store's (imap.py).
+store's (imap.py); Gmail's folders are subclasses (imap_gmail.py) that fetch more with a
+listing (META_ITEMS, _listed_flags).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class IMAPFolder(Folder):
     #: Servers rewrite what they store (Cyrus: 8-bit header bytes as "X"; Courier: lone
     #: CRs dropped, a final CRLF added; Dovecot: NUL as 0x80), tests/servers/ measures.
     normalises = True
+    META_ITEMS: tuple[str, ...] = ()  # what a listing fetches besides FLAGS, size, date
 
     def __init__(self, store: IMAPStore, name: str, server_name: str):
         self.store = store
@@ -312,7 +314,7 @@ class IMAPFolder(Folder):
     def _fetch_meta(
         self, uid_set: str, modifiers: builtins.list[str] | None = None
     ) -> dict[str, Info]:
-        items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]
+        items = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", *self.META_ITEMS]
         if self.store.gmail:
             items.append("X-GM-MSGID")  # the same message in every label: Info.account_id
         response = self.store.call("fetch", uid_set, items, modifiers, folder=self)
@@ -327,12 +329,16 @@ class IMAPFolder(Folder):
             if not isinstance(flags, tuple | list):
                 flags = ()
             listing[str(uid)] = Info(
-                normalise_flags(flags),
+                self._listed_flags(flags, data),
                 size,
                 _timestamp(data.get(b"INTERNALDATE")),
                 _gmail_message_id(data.get(b"X-GM-MSGID")),
             )
         return listing
+
+    def _listed_flags(self, flags: tuple | builtins.list, data: dict) -> frozenset[str]:
+        """A listed message's flags, from its FLAGS (and what else META_ITEMS fetched)."""
+        return normalise_flags(flags)
 
     # bodies ---------------------------------------------------------------------------
     def fetch(self, key: str) -> Body:
