@@ -20,7 +20,12 @@ from mailsync.errors import ConfigError, ConnectError, FolderError, StoreError
 from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 from mailsync.stores.imap_connection import IMAPConnection, _text
 from mailsync.stores.imap_folder import IMAPFolder
-from mailsync.stores.imap_gmail import GmailFolder, GmailLabelsFolder, gmail_labels_mode
+from mailsync.stores.imap_gmail import (
+    GmailAllMailFolder,
+    GmailFolder,
+    GmailLabelsFolder,
+    gmail_labels_mode,
+)
 
 __all__ = ["IMAPStore", "IMAPFolder"]
 
@@ -436,12 +441,12 @@ class IMAPStore(IMAPConnection, Store):
         return self._folder_class(name)(self, name, self._names[name])
 
     def _folder_class(self, name: str) -> type[IMAPFolder]:
-        """IMAPFolder, or at Gmail (imap_gmail.py) GmailFolder, and GmailLabelsFolder for
-        All Mail when labels are keywords."""
+        """IMAPFolder, or at Gmail (imap_gmail.py) GmailFolder, and for All Mail
+        GmailAllMailFolder (GmailLabelsFolder when labels are keywords)."""
         if not self.gmail:
             return IMAPFolder
-        if self.labels_as_keywords() and self.special_use.get(name) == "\\All":
-            return GmailLabelsFolder
+        if self.special_use.get(name) == "\\All":
+            return GmailLabelsFolder if self.labels_as_keywords() else GmailAllMailFolder
         return GmailFolder
 
 

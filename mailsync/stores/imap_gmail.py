@@ -374,6 +374,21 @@ class GmailFolder(_GmailFolder):
             return super().append(data, flags, arrival)
 
 
+def trash(folder: IMAPFolder, uids: builtins.list[int]) -> None:
+    """Delete messages of All Mail: an EXPUNGE there deletes nothing at Gmail (by
+    default it archives, and the message is listed again on the next run), so they get
+    the \\Trash label, as a deletion in Gmail's own interface does, and leave All Mail."""
+    store_labels(folder, "+", _uid_ranges(uids), ["\\Trash"])
+
+
+class GmailAllMailFolder(GmailFolder):
+    """All Mail in folders mode (the local Archive): a message deleted here goes to
+    Gmail's Trash (trash())."""
+
+    def _expunge(self, uids: builtins.list[int]) -> None:
+        trash(self, uids)
+
+
 class GmailLabelsFolder(_GmailFolder):
     """Gmail's All Mail with gmail_labels = "keywords": each message's labels are keywords
     (label_keyword()), listed with X-GM-LABELS, changed with UID STORE +/-X-GM-LABELS,
@@ -425,7 +440,4 @@ class GmailLabelsFolder(_GmailFolder):
             raise FolderError(f"{self.name}: the server refused a change of labels: {error}")
 
     def _expunge(self, uids: builtins.list[int]) -> None:
-        """An EXPUNGE from All Mail deletes nothing at Gmail (by default it archives): a
-        message deleted here goes to Gmail's Trash, as a deletion in Gmail's own
-        interface does, and so leaves All Mail."""
-        store_labels(self, "+", _uid_ranges(uids), ["\\Trash"])
+        trash(self, uids)

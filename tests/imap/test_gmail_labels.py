@@ -377,6 +377,32 @@ def test_a_message_deleted_locally_in_keywords_mode_goes_to_gmails_trash(tmp_pat
         assert len(gmail.messages) == 2
 
 
+def test_a_message_deleted_locally_from_all_mail_in_folders_mode_goes_to_trash(tmp_path):
+    """The same in folders mode: deleted from the local Archive (All Mail), a message gets
+    the \\Trash label (an EXPUNGE would only archive it, and the next run would copy it
+    back into Archive); a deletion in a label's folder only takes that label away."""
+    state, root = tmp_path / "state", tmp_path / "m"
+    with FakeGmail() as gmail:
+        gone = gmail.deliver(mail(1), labels=("Work",))
+        kept = gmail.deliver(mail(2), labels=(INBOX, "Work"))
+        gmail.deliver(mail(3), labels=("Work",))  # (so Work is not emptied: a safety stop)
+        url = gmail.url(query="tls=none")
+        mailsync(state, "sync", url, root, gmail=gmail)
+        for name, wanted in (("Archive", b"<m1@"), ("Work", b"<m2@")):
+            folder = open_store(f"maildir:{root}").open_folder(name)
+            folder.delete(next(k for k in folder.list() if wanted in folder.fetch(k)))
+            folder.close()
+        mailsync(state, "sync", url, root, gmail=gmail)
+        assert gmail.labels_of(gone.msgid) == {"\\Trash"}
+        assert gmail.labels_of(kept.msgid) == {"\\Inbox"}
+        mailsync(state, "sync", url, root, gmail=gmail)
+        local = local_messages(root)
+        assert sorted(local["Archive"]) == ["<m2@example.org>", "<m3@example.org>"]
+        assert list(local["Trash"]) == ["<m1@example.org>"]
+        assert list(local["Work"]) == ["<m3@example.org>"]
+        assert len(gmail.messages) == 3
+
+
 def test_gmail_labels_takes_folders_or_keywords_and_needs_all_mail(tmp_path):
     with FakeGmail(show_all_mail=False) as gmail:
         bad = run(
