@@ -167,6 +167,10 @@ class Copier:
         try:
             origins = self._local_origins(list(self.by_key))
             later = self._claim(origins)
+            # Another copier may have recorded a copy of one of ours, and let go of its
+            # claim, between the look-up and the claim: looked up again, now it shows.
+            claimed = [k for k in self.by_key if k not in origins and k not in later]
+            origins.update(self._local_origins(claimed))
             self._pass([k for k in self.by_key if k not in later], origins, bar)
             self._commit()
             downloads.release(self, None)
