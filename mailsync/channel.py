@@ -31,6 +31,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
 )
+from mailsync.folder_names import NameRules, parse_map, store_pairs
 from mailsync.folders import FolderMap, map_folders
 from mailsync.policy import Policy
 from mailsync.report import ProgressFactory, Report
@@ -63,6 +64,8 @@ class Job:
     # The sides' [store.NAME] names (None: a URL): a store's OAuth2 sign-in is kept by name.
     store_a: str | None = None
     store_b: str | None = None
+    # SOURCE folder name -> DEST folder name rules (--map, a channel's rename).
+    name_rules: NameRules = field(default_factory=NameRules)
 
     def open_a(self, read_only: bool = False) -> Store:
         return open_store(self.url_a, self.options_a, read_only=read_only, name=self.store_a)
@@ -118,14 +121,18 @@ def jobs_for(
     args: Sequence[str],
     patterns: Sequence[str] = (),
     mirror: bool = False,
+    name_map: Sequence[str] = (),
 ) -> list[Job]:
     """The jobs of `command` (pull, push, sync) for `args`: channel names, or two stores
     (config store names or URLs; for push SOURCE DEST, DEST is the remote side).
-    `patterns` (--folders) replace the channels' folders; `mirror` propagates deletions.
-    ConfigError if the arguments name neither, or a job may not run (check_jobs)."""
+    `patterns` (--folders) replace the channels' folders; `mirror` propagates deletions;
+    `name_map` (--map OLD=NEW) pairs SOURCE folders with DEST folders of other names
+    before a channel's rename rules.  ConfigError if the arguments name neither, or a
+    job may not run (check_jobs)."""
     channels = config.channels
+    exact = parse_map(name_map)
     if all(arg in channels for arg in args):
-        jobs = [_channel_job(config, arg, command, patterns, mirror) for arg in args]
+        jobs = [_channel_job(config, arg, command, patterns, mirror, exact) for arg in args]
         check_jobs(jobs)
         return jobs
     if len(args) != 2:
@@ -134,24 +141,35 @@ def jobs_for(
             f"no channel named {', '.join(unknown)} in the config; give channel names or "
             f"exactly two stores (SOURCE DEST)"
         )
-    jobs = [_two_stores_job(config, command, args, patterns, mirror)]
+    jobs = [_two_stores_job(config, command, args, patterns, mirror, exact)]
     check_jobs(jobs)
     return jobs
 
 
-def verify_job(config: configmod.Config, args: Sequence[str], patterns: Sequence[str]) -> Job:
+def verify_job(
+    config: configmod.Config,
+    args: Sequence[str],
+    patterns: Sequence[str],
+    name_map: Sequence[str] = (),
+) -> Job:
     """The job verify checks: a channel (its remote side is SOURCE, its local side DEST)
     or two stores SOURCE DEST.  It is the job `pull` would run for the same arguments,
     so verify reads the state and folder mapping the sync made."""
+    exact = parse_map(name_map)
     if len(args) == 1 and args[0] in config.channels:
-        return _channel_job(config, args[0], "pull", patterns, False)
+        return _channel_job(config, args[0], "pull", patterns, False, exact)
     if len(args) == 2:
-        return _two_stores_job(config, "pull", args, patterns, False)
+        return _two_stores_job(config, "pull", args, patterns, False, exact)
     raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
 
 
 def _channel_job(
-    config: configmod.Config, name: str, command: str, patterns: Sequence[str], mirror: bool
+    config: configmod.Config,
+    name: str,
+    command: str,
+    patterns: Sequence[str],
+    mirror: bool,
+    exact: tuple[tuple[str, str], ...] = (),
 ) -> Job:
     channel = config.channels[name]
     direction = {"pull": "pull", "push": "push"}.get(command, channel.direction)
@@ -167,6 +185,7 @@ def _channel_job(
         {"INBOX": channel.folder} if channel.folder else None,
         _name_of(channel.remote),
         _name_of(channel.local),
+        NameRules(exact, channel.rename),
     )
 
 
@@ -176,6 +195,7 @@ def _two_stores_job(
     args: Sequence[str],
     patterns: Sequence[str],
     mirror: bool,
+    exact: tuple[tuple[str, str], ...] = (),
 ) -> Job:
     first, second = (
         (*resolve_store(config, arg), arg if arg in config.stores else None) for arg in args
@@ -197,6 +217,7 @@ def _two_stores_job(
         None,
         name_a,
         name_b,
+        NameRules(exact),
     )
 
 
@@ -313,6 +334,7 @@ def run(
                 folder_map=job.folder_map,
                 clock=clock(),
                 retry_refused=options.retry_refused,
+                name_rules=job.name_rules,
             )
             try:
                 report = syncer.run()
@@ -379,10 +401,10 @@ def verify(job: Job, directory: str) -> Verification:
         job.open_a(read_only=True) as source,
         job.open_b(read_only=True) as dest,
     ):
-        return verify_stores(source, dest, job_folder_map(job, source, directory))
+        return verify_stores(source, dest, job_folder_map(job, source, dest, directory))
 
 
-def job_folder_map(job: Job, remote: Store, directory: str) -> FolderMap:
+def job_folder_map(job: Job, remote: Store, local: Store, directory: str) -> FolderMap:
     """The job's folder mapping as its last sync left it (folders.map_folders on the
     state's folders, read without taking the channel's lock); without a state, the
     channel map and patterns alone."""
@@ -393,12 +415,16 @@ def job_folder_map(job: Job, remote: Store, directory: str) -> FolderMap:
             rows = state.folders()
     renamed = any(row.name_b != row.name_a for row in rows)
     former = remote.former_names() if renamed else {}
+    given = remote.local_names()
+    names = {"a": remote.list_folders(), "b": local.list_folders()}
+    pairs = store_pairs(remote, local, names, rows, job.name_rules, job.direction)
+    given.update((name, other) for name, (other, _) in pairs.items())
     return map_folders(
         job.folder_map,
         job.patterns,
         rows,
         former,
-        given=remote.local_names(),
+        given=given,
         redundant=remote.redundant_folders(),
     )
 

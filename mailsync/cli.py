@@ -186,6 +186,14 @@ def sync_options(func):
             "later patterns win.",
         ),
         click.option(
+            "--map",
+            "name_map",
+            multiple=True,
+            metavar="OLD=NEW",
+            help="Copy SOURCE folder OLD to DEST folder NEW (mailsync names, '/' between "
+            "levels); repeatable; before a channel's rename rules.",
+        ),
+        click.option(
             "--mirror",
             is_flag=True,
             help="Propagate deletions to the destination (pull keeps them by default).",
@@ -284,6 +292,9 @@ def _print_report(obj: Context, job: Job, report: Report, options: dict) -> None
     if options.get("as_json") or obj.quiet:
         return
     prefix = f"{job.name}: " if job.name else ""
+    for pair in report.folder_names:  # (a pairing kept from an earlier run: --dry-run)
+        if options.get("dry_run") or pair["why"] != "paired on an earlier run":
+            click.echo(f"{prefix}{pair['remote']} -> {pair['local']} ({pair['why']})")
     for folder in report.folders:
         click.echo(prefix + folder.summary())
         for note in folder.notes:
@@ -308,6 +319,7 @@ def _run_sync(obj: Context, command: str, args, options) -> None:
         args,
         options.get("folder_patterns") or (),
         bool(options.get("mirror")),
+        options.get("name_map") or (),
     )
     run_options = RunOptions(
         dry_run=bool(options.get("dry_run")),
@@ -449,9 +461,16 @@ def _status_line(entry: dict) -> str:
     metavar="PATTERN",
     help="Only folders matching this glob; '!PATTERN' excludes.",
 )
+@click.option(
+    "--map",
+    "name_map",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="SOURCE folder OLD is DEST folder NEW, as given to the sync.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-def verify(obj, args, folder_patterns, as_json):
+def verify(obj, args, folder_patterns, name_map, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
@@ -461,7 +480,7 @@ def verify(obj, args, folder_patterns, as_json):
     sync pairs them.  Exit 1 when a message or a folder is missing on DEST, or could
     not be read.
     """
-    job = channelmod.verify_job(obj.config, args, folder_patterns)
+    job = channelmod.verify_job(obj.config, args, folder_patterns, name_map)
     result = channelmod.verify(job, obj.state_dir)
     code = EXIT_OK if result.ok else EXIT_PARTIAL
     for warning in result.warnings:

@@ -100,6 +100,8 @@ class Report:
     folders: list[FolderReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # store-level
     warnings: list[str] = field(default_factory=list)  # channel-level, e.g. unmatched patterns
+    # Folders paired under other names (folder_names): {"remote", "local", "why"}.
+    folder_names: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
@@ -116,6 +118,7 @@ class Report:
             "folders": [dict(vars(f)) for f in self.folders],
             "errors": self.errors,
             "warnings": self.warnings,
+            "folder_names": self.folder_names,
         }
 
 
