@@ -1,0 +1,140 @@
+"""Folder names between two IMAP servers (folder_names.py), on two private Dovecots: the
+plain one (``/`` delimiter, no prefix) and the prefixed one (``INBOX.`` prefix, ``.``
+delimiter, Sent/Trash/Drafts/Junk/Archive marked by SPECIAL-USE) -- as an Exchange or
+Cyrus account meets a Dovecot one: --map and rename rules, the table of usual names
+against SPECIAL-USE, a name DEST cannot hold escaped, each shown by --dry-run; a rerun
+copies nothing; verify pairs the folders alike."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from imaptools import connect, message, run, seed, server_bodies
+
+
+def imaps(server, user) -> str:
+    return f"{server.url('imaps', user)}?cafile={server.cafile}"
+
+
+def on_server(server, user) -> dict[str, Counter]:
+    return {name: bodies for name, bodies in server_bodies(server, user).items() if bodies}
+
+
+def lf(n: int, subject: str) -> bytes:
+    return message(n, subject)
+
+
+def seed_bodies(server, user, folders: dict[str, list[bytes]]) -> None:
+    """Server folders (server names) with these LF bodies."""
+    seed(server, user, {name: [] for name in folders})
+    with connect(server, user) as client:
+        for folder, bodies in folders.items():
+            for data in bodies:
+                client.append(folder, data.replace(b"\n", b"\r\n"))
+
+
+class Accounts:
+    """A SOURCE user on the plain Dovecot and a DEST user on the prefixed one."""
+
+    def __init__(self, source_server, dest_server, mailenv, tmp_path):
+        self.source, self.dest = source_server, dest_server
+        self.alice = source_server.add_user()
+        self.bob = dest_server.add_user(special_use=True)
+        password_file = tmp_path / "alice-pw"
+        password_file.write_text(f"{self.alice.password}\n")
+        self.src_url = f"{imaps(source_server, self.alice)}&password_command=cat%20{password_file}"
+        self.dst_url = f"{imaps(dest_server, self.bob)}&password_command=echo%20{self.bob.password}"
+
+    def mailsync(self, command: str, *args: str):
+        return run(
+            command, *args, self.src_url, self.dst_url, env={"MAILSYNC_PASSWORD_COMMAND": ""}
+        )
+
+
+def copied(result) -> int:
+    data = json.loads(result.stdout)
+    return sum(f["copied_a_to_b"] for c in data["channels"] for f in c["folders"])
+
+
+def test_folders_meet_by_rule_special_use_usual_name_and_escape(
+    dovecot_server, dovecot_prefixed_server, mailenv, tmp_path
+):
+    accounts = Accounts(dovecot_server, dovecot_prefixed_server, mailenv, tmp_path)
+    source = {
+        "INBOX": [lf(1, "inbox")],
+        "Sent Items": [lf(2, "sent"), lf(3, "sent too")],
+        "Deleted Items": [lf(4, "deleted")],
+        "Old/Projects": [lf(5, "project")],
+        "v1.2": [lf(6, "dotted")],
+        "Plain": [lf(7, "plain")],
+    }
+    seed_bodies(accounts.source, accounts.alice, source)
+    before = on_server(accounts.dest, accounts.bob)
+
+    dry = accounts.mailsync("pull", "--dry-run", "--map", "Old/Projects=Work/Projects")
+    assert dry.exit_code == 0, dry.output
+    lines = dry.stdout.splitlines()
+    assert "Old/Projects -> Work/Projects (--map Old/Projects=Work/Projects)" in lines
+    assert "Sent Items -> Sent (a usual name of \\Sent here, SPECIAL-USE \\Sent on DEST)" in lines
+    assert (
+        "Deleted Items -> Trash (a usual name of \\Trash here, SPECIAL-USE \\Trash on DEST)"
+        in lines
+    )
+    assert "v1.2 -> v1%2E2 (escaped: '.' cannot be in a level on DEST)" in lines
+    assert not any(line.startswith("Plain ->") for line in lines)
+    assert on_server(accounts.dest, accounts.bob) == before  # (nothing written)
+
+    first = accounts.mailsync("pull", "--json", "--map", "Old/Projects=Work/Projects")
+    assert first.exit_code == 0, first.output
+    assert copied(first) == 7
+    assert on_server(accounts.dest, accounts.bob) == {
+        "INBOX": Counter([lf(1, "inbox")]),
+        "INBOX.Sent": Counter([lf(2, "sent"), lf(3, "sent too")]),
+        "INBOX.Trash": Counter([lf(4, "deleted")]),
+        "INBOX.Work.Projects": Counter([lf(5, "project")]),
+        "INBOX.v1%2E2": Counter([lf(6, "dotted")]),
+        "INBOX.Plain": Counter([lf(7, "plain")]),
+    }
+    report = json.loads(first.stdout)["channels"][0]["folder_names"]
+    assert {(p["remote"], p["local"]) for p in report} == {
+        ("Old/Projects", "Work/Projects"),
+        ("Sent Items", "Sent"),
+        ("Deleted Items", "Trash"),
+        ("v1.2", "v1%2E2"),
+    }
+
+    # The next run maps the same way without being told again (--map left out: the
+    # state keeps the pairing), also after a folder of the source's name appeared on
+    # DEST, and copies nothing.
+    seed(accounts.dest, accounts.bob, {"INBOX.Sent Items": [], "INBOX.Old.Projects": []})
+    again = accounts.mailsync("pull", "--json")
+    assert again.exit_code == 0, again.output
+    assert copied(again) == 0
+    assert json.loads(again.stdout)["channels"][0]["warnings"] == []
+
+    # verify pairs the folders as the sync did: every message is there.
+    verified = accounts.mailsync("verify", "--json")
+    assert verified.exit_code == 0, verified.output
+
+    # A message removed from DEST's Sent is missing from Sent Items' copy.
+    with connect(accounts.dest, accounts.bob) as client:
+        client.select_folder("INBOX.Sent")
+        client.delete_messages(client.search(["ALL"])[:1])
+        client.expunge()
+    missing = accounts.mailsync("verify", "--json")
+    assert missing.exit_code == 1, missing.output
+    assert "Sent Items" in missing.stdout
+
+
+def test_a_bad_rule_is_exit_2_before_anything_is_copied(
+    dovecot_server, dovecot_prefixed_server, mailenv, tmp_path
+):
+    accounts = Accounts(dovecot_server, dovecot_prefixed_server, mailenv, tmp_path)
+    seed(accounts.source, accounts.alice, {"A": [], "B": []})
+    bad = accounts.mailsync("pull", "--map", "A=C", "--map", "B=C")
+    assert bad.exit_code == 2, bad.output
+    assert "map both 'A' and 'B' to 'C'" in bad.output
+    malformed = accounts.mailsync("pull", "--map", "A")
+    assert malformed.exit_code == 2 and "OLD=NEW" in malformed.output
+    assert on_server(accounts.dest, accounts.bob) == {}
