@@ -317,6 +317,7 @@ class Copier:
         origin = self.origin_of.pop(key, None)  # the local copy `data` was read from
         if match is not None:
             dst_key, pair = match
+            recorded = pair is not None  # (the state knew the destination message)
             if pair is not None and pair.id is not None:
                 fs.relinked.add(pair.id)
             self._link(flags, dst_key)
@@ -325,6 +326,8 @@ class Copier:
             pair = pair or copy.pair or self._new_pair(copy, digest)
             paired[dst].add(dst_key)
             report.linked += 1
+            if not recorded and key not in self.sent_before:
+                report.adopted += 1  # (see FolderReport.adopted)
             log.info(
                 "%s: linked %s %s to %s %s (%s)",
                 name,

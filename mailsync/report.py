@@ -28,6 +28,13 @@ class FolderReport:
     deleted_a: int = 0
     deleted_b: int = 0
     linked: int = 0  # unrecorded copies found again by content
+    # Of linked: destination messages the state did not know and that no earlier run can
+    # have sent as far as the journal of copies under way tells (a destination that
+    # normalises keeps one: IMAP, mbox, Exchange): mail the destination had of its own,
+    # from an earlier migration by another tool or arrived meanwhile, adopted with the
+    # source's flags instead of copied again.  Into a Maildir, which keeps no journal, a
+    # copy a killed run made and did not record counts here too.
+    adopted: int = 0
     # Of copied_a_to_b: made from a local copy of the same message (Gmail's labels), not
     # downloaded (copies.py).
     from_local_copies: int = 0
@@ -63,8 +70,10 @@ class FolderReport:
             ]
         if self.from_local_copies:
             parts.append(f"{self.from_local_copies} copied from local copies, not downloaded")
-        if self.linked:
-            parts.append(f"re-linked {self.linked}")
+        if self.adopted:
+            parts.append(f"adopted {self.adopted} already there")
+        if self.linked - self.adopted:
+            parts.append(f"re-linked {self.linked - self.adopted}")
         if self.withheld:
             parts.append(f"held back {self.withheld} (refused before)")
         if self.refused:

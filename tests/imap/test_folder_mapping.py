@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from imaptools import connect, message, run, seed, server_bodies
+from imaptools import Msg, connect, message, run, run_process, seed, server_bodies
+from imaptools import server_messages as imap_messages
+
+from mailsync.message import STANDARD_FLAGS
 
 
 def imaps(server, user) -> str:
@@ -27,11 +30,7 @@ def lf(n: int, subject: str) -> bytes:
 
 def seed_bodies(server, user, folders: dict[str, list[bytes]]) -> None:
     """Server folders (server names) with these LF bodies."""
-    seed(server, user, {name: [] for name in folders})
-    with connect(server, user) as client:
-        for folder, bodies in folders.items():
-            for data in bodies:
-                client.append(folder, data.replace(b"\n", b"\r\n"))
+    seed(server, user, {name: [Msg(body) for body in bodies] for name, bodies in folders.items()})
 
 
 class Accounts:
@@ -138,3 +137,75 @@ def test_a_bad_rule_is_exit_2_before_anything_is_copied(
     malformed = accounts.mailsync("pull", "--map", "A")
     assert malformed.exit_code == 2 and "OLD=NEW" in malformed.output
     assert on_server(accounts.dest, accounts.bob) == {}
+
+
+def server_messages(server, user, folder: str) -> Counter:
+    """(LF body, standard flags) of each message of a server folder."""
+    with connect(server, user) as client:
+        messages = imap_messages(client, folder)
+    return Counter((m.body, m.flags & STANDARD_FLAGS) for m in messages.values())
+
+
+def test_mail_already_in_dest_is_adopted_not_copied_again(
+    dovecot_server, dovecot_prefixed_server, mailenv, tmp_path
+):
+    """DEST holds three of SOURCE's five messages (an earlier migration by another tool,
+    with other flags) and one of its own: the pull copies two, adopts three with
+    SOURCE's flags, and leaves DEST's own message alone; SOURCE's Sent Items meets
+    DEST's Sent, also prefilled."""
+    accounts = Accounts(dovecot_server, dovecot_prefixed_server, mailenv, tmp_path)
+    inbox = [Msg(lf(n, f"inbox {n}"), frozenset({"\\Seen"} if n % 2 else ())) for n in range(5)]
+    sent = [Msg(lf(10, "sent"), frozenset({"\\Seen", "\\Answered"}))]
+    seed(accounts.source, accounts.alice, {"INBOX": inbox, "Sent Items": sent})
+    own = Msg(lf(99, "DEST's own"), frozenset({"\\Flagged"}))
+    earlier = [Msg(m.body, frozenset({"\\Flagged"})) for m in inbox[:3]]
+    seed(accounts.dest, accounts.bob, {"INBOX": [*earlier, own]})
+    seed(accounts.dest, accounts.bob, {"INBOX.Sent": [Msg(sent[0].body)]})
+
+    result = accounts.mailsync("pull", "--json")
+    assert result.exit_code == 0, result.output
+    folders = {f["folder"]: f for c in json.loads(result.stdout)["channels"] for f in c["folders"]}
+    assert (folders["INBOX"]["copied_a_to_b"], folders["INBOX"]["adopted"]) == (2, 3)
+    assert (folders["Sent Items"]["copied_a_to_b"], folders["Sent Items"]["adopted"]) == (0, 1)
+    assert server_messages(accounts.dest, accounts.bob, "INBOX") == Counter(
+        [(m.body, m.flags) for m in inbox] + [(own.body, own.flags)]
+    )
+    assert server_messages(accounts.dest, accounts.bob, "INBOX.Sent") == Counter(
+        [(sent[0].body, sent[0].flags)]
+    )
+    plain = accounts.mailsync("pull")
+    assert plain.exit_code == 0 and "adopted" not in plain.output  # (nothing left to adopt)
+    assert accounts.mailsync("verify").exit_code == 0
+
+
+def test_adoption_after_a_kill_at_every_step(
+    dovecot_server, dovecot_prefixed_server, mailenv, tmp_path
+):
+    """A prefilled DEST, and the pull killed (as kill -9) at each step in turn, then run
+    again: every SOURCE message is in DEST exactly once, DEST's own message too (the
+    messages DEST had before are never copied again, whatever step the kill hit)."""
+    step = 1
+    while True:
+        accounts = Accounts(dovecot_server, dovecot_prefixed_server, mailenv, tmp_path)
+        inbox = [Msg(lf(n, f"inbox {n}")) for n in range(4)]
+        seed(accounts.source, accounts.alice, {"INBOX": inbox})
+        own = Msg(lf(99, "DEST's own"))
+        seed(accounts.dest, accounts.bob, {"INBOX": [inbox[0], inbox[2], own]})
+        state = tmp_path / f"state{step}"
+        crashed = run_process(
+            "pull", accounts.src_url, accounts.dst_url, password="", state=state, crash_at=step,
+            env={"MAILSYNC_PASSWORD": "", "MAILSYNC_PASSWORD_COMMAND": ""},
+        )  # fmt: skip
+        rerun = run_process(
+            "pull", "--json", accounts.src_url, accounts.dst_url, password="", state=state,
+            env={"MAILSYNC_PASSWORD": "", "MAILSYNC_PASSWORD_COMMAND": ""},
+        )  # fmt: skip
+        assert rerun.returncode == 0, rerun.stderr
+        assert server_messages(accounts.dest, accounts.bob, "INBOX") == Counter(
+            (m.body, frozenset()) for m in [*inbox, own]
+        ), f"after a crash at step {step}"
+        if crashed.returncode == 0:
+            break
+        assert crashed.returncode == 137, crashed.stderr
+        step += 1
+    assert step > 2
