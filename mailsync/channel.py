@@ -33,7 +33,7 @@ from mailsync.errors import (
 )
 from mailsync.folder_names import NameRules, parse_map, store_pairs
 from mailsync.folders import FolderMap, map_folders
-from mailsync.policy import Policy
+from mailsync.policy import Policy, Selection
 from mailsync.report import ProgressFactory, Report
 from mailsync.state import State, default_state_dir, private_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
@@ -86,6 +86,8 @@ class RunOptions:
     force_delete: bool = False
     retry_refused: bool = False
     jobs: int | None = None  # folders at once; None: DEFAULT_NETWORK_JOBS with a network store
+    # Which never-copied messages are copied (--since, --before, --max-size).
+    selection: Selection = field(default_factory=Selection)
 
 
 def state_dir(config: configmod.Config) -> str:
@@ -335,6 +337,7 @@ def run(
                 clock=clock(),
                 retry_refused=options.retry_refused,
                 name_rules=job.name_rules,
+                selection=options.selection,
             )
             try:
                 report = syncer.run()

@@ -21,6 +21,7 @@ from mailsync.errors import (
     MailsyncError,
 )
 from mailsync.message import summary_line
+from mailsync.policy import Selection, parse_date, parse_size
 from mailsync.report import Report
 
 log = logging.getLogger("mailsync")
@@ -168,6 +169,20 @@ def output_options(func):
     )(func)
 
 
+def _date_option(ctx, param, value):
+    try:
+        return None if value is None else parse_date(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error))
+
+
+def _size_option(ctx, param, value):
+    try:
+        return None if value is None else parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error))
+
+
 def sync_options(func):
     options = [
         click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
@@ -212,6 +227,25 @@ def sync_options(func):
             is_flag=True,
             help="Allow deletions the safety check refused (more than half a folder, "
             "or a folder that became empty).",
+        ),
+        click.option(
+            "--since",
+            metavar="DATE",
+            callback=_date_option,
+            help="Copy only messages that arrived on or after DATE (YYYY-MM-DD, UTC; by "
+            "IMAP INTERNALDATE, a file's mtime); others are left out, not deleted.",
+        ),
+        click.option(
+            "--before",
+            metavar="DATE",
+            callback=_date_option,
+            help="Copy only messages that arrived before DATE (as --since).",
+        ),
+        click.option(
+            "--max-size",
+            metavar="SIZE",
+            callback=_size_option,
+            help="Copy only messages of at most SIZE (bytes, or 500K, 25M, 1G).",
         ),
         click.option(
             "--retry-refused",
@@ -326,6 +360,7 @@ def _run_sync(obj: Context, command: str, args, options) -> None:
         force_delete=bool(options.get("force_delete")),
         retry_refused=bool(options.get("retry_refused")),
         jobs=options.get("jobs"),
+        selection=Selection(options.get("since"), options.get("before"), options.get("max_size")),
     )
 
     def show_report(job: Job, report: Report) -> None:

@@ -46,6 +46,10 @@ class FolderReport:
     # Messages the destination refused for good during this run: summary, key, reason.
     refused_messages: list[dict[str, str | None]] = field(default_factory=list)
     withheld: int = 0  # copies not offered: refused on an earlier run
+    # New messages --since, --before or --max-size left out: reason -> how many, and each
+    # one (side, key, reason, size, arrival); record_left_out().
+    left_out: dict[str, int] = field(default_factory=dict)
+    left_out_messages: list[dict[str, Any]] = field(default_factory=list)
     # The server asked to wait (throttling): how many times, and the seconds waited.
     throttled: int = 0
     throttled_seconds: float = 0.0
@@ -76,6 +80,7 @@ class FolderReport:
             parts.append(f"re-linked {self.linked - self.adopted}")
         if self.withheld:
             parts.append(f"held back {self.withheld} (refused before)")
+        parts.extend(f"left out {n} {why}" for why, n in sorted(self.left_out.items()))
         if self.refused:
             parts.append("deletions refused")
         if self.throttled:
@@ -160,6 +165,16 @@ def report_problems(policy: Policy, side: str, problems: Iterable[str], errors: 
             log.error("%s", problem)
         else:
             log.warning("%s", problem)
+
+
+def record_left_out(report: FolderReport, left_out: Iterable[tuple[Copy, str]]) -> None:
+    """The plan's messages left out by the run's selection, into the folder's report."""
+    for copy, why in left_out:
+        report.left_out[why] = report.left_out.get(why, 0) + 1
+        report.left_out_messages.append(
+            {"side": copy.src, "key": copy.key, "reason": why, "arrival": copy.arrival}
+        )
+        log.debug("%s: left out %s %s: %s", report.folder, SIDE_NAMES[copy.src], copy.key, why)
 
 
 def describe(action: Copy | SetFlags | Delete | Tombstone | Forget) -> str:

@@ -23,7 +23,7 @@ from mailsync.errors import FolderError, MailsyncError, MessageError
 from mailsync.folder_names import NameRules, store_pairs
 from mailsync.folder_sync import FolderSync, SyncOptions, unchanged_since_clean_run
 from mailsync.folders import FolderMap, map_folders
-from mailsync.policy import SIDE_NAMES, Policy, other
+from mailsync.policy import SIDE_NAMES, Policy, Selection, other
 from mailsync.renames import Renames, follow_renames
 from mailsync.report import FolderReport, ProgressFactory, Report, no_progress, report_problems
 from mailsync.state import FolderState, State
@@ -55,11 +55,14 @@ class Syncer:
         clock: Callable[[], float] = time.time,
         retry_refused: bool = False,
         name_rules: NameRules | None = None,
+        selection: Selection | None = None,
     ):
         self.stores = {"a": store_a, "b": store_b}  # the main thread's
         self.state = state
         self.policy = policy
-        self.options = SyncOptions(policy, dry_run, retry_refused, clock, progress or no_progress)
+        self.options = SyncOptions(
+            policy, dry_run, retry_refused, clock, progress or no_progress, selection or Selection()
+        )
         # Remote folder name -> local name, for the folders it names (a channel's
         # folder = "POP/provider" maps INBOX); with a map, only its folders are synced.
         self.selection = FolderMap(dict(folder_map or {}), tuple(patterns or ["*"]))
