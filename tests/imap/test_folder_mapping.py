@@ -14,6 +14,7 @@ from imaptools import Msg, connect, message, run, run_process, seed, server_bodi
 from imaptools import server_messages as imap_messages
 
 from mailsync.message import STANDARD_FLAGS
+from mailsync.stores.imap import IMAPFolder
 
 
 def imaps(server, user) -> str:
@@ -209,3 +210,47 @@ def test_adoption_after_a_kill_at_every_step(
         assert crashed.returncode == 137, crashed.stderr
         step += 1
     assert step > 2
+
+
+def test_adoption_reads_headers_not_bodies_of_dest(
+    dovecot_server, dovecot_prefixed_server, mailenv, tmp_path, monkeypatch
+):
+    """DEST already holds every SOURCE message (another tool migrated them): they are
+    adopted by header and size (BODY.PEEK[HEADER]), no DEST body is downloaded.  With
+    one more SOURCE message, which matches no header, the DEST messages not adopted are
+    read once to be sure it is not among them (a server may have rewritten its copy)."""
+    accounts = Accounts(dovecot_server, dovecot_prefixed_server, mailenv, tmp_path)
+    inbox = [Msg(lf(n, f"inbox {n}")) for n in range(6)]
+    seed(accounts.source, accounts.alice, {"INBOX": inbox})
+    own = Msg(lf(99, "DEST's own"))
+    seed(accounts.dest, accounts.bob, {"INBOX": [*inbox, own]})
+    dest_port = f":{dovecot_prefixed_server.ports['imaps']}"
+    read_in_dest: list[list[str]] = []  # the keys of each fetch_many of DEST's bodies
+    original = IMAPFolder.fetch_many
+
+    def fetch_many(self, keys):
+        keys = list(keys)
+        if dest_port in self.store.url:
+            read_in_dest.append(keys)
+        return original(self, keys)
+
+    monkeypatch.setattr(IMAPFolder, "fetch_many", fetch_many)
+    first = accounts.mailsync("pull", "--json")
+    assert first.exit_code == 0, first.output
+    folder = json.loads(first.stdout)["channels"][0]["folders"][0]
+    assert (folder["copied_a_to_b"], folder["adopted"]) == (0, 6)
+    assert read_in_dest == []
+
+    # Another account, whose SOURCE has one message more, copied after the others.
+    accounts = Accounts(dovecot_server, dovecot_prefixed_server, mailenv, tmp_path)
+    new = Msg(lf(7, "new"))
+    seed(accounts.source, accounts.alice, {"INBOX": [*inbox, new]})
+    seed(accounts.dest, accounts.bob, {"INBOX": [*inbox, own]})
+    second = accounts.mailsync("pull", "--json")
+    assert second.exit_code == 0, second.output
+    folder = json.loads(second.stdout)["channels"][0]["folders"][0]
+    assert (folder["copied_a_to_b"], folder["adopted"]) == (1, 6)
+    assert [len(keys) for keys in read_in_dest] == [1]  # (DEST's own message, once)
+    assert server_messages(accounts.dest, accounts.bob, "INBOX") == Counter(
+        (m.body, frozenset()) for m in [*inbox, own, new]
+    )
