@@ -31,7 +31,7 @@ from mailsync.errors import (
     FolderError,
     MailsyncError,
 )
-from mailsync.folder_names import NameRules, parse_map, store_pairs
+from mailsync.folder_names import NameRules, folder_role, parse_map, store_pairs
 from mailsync.folders import FolderMap, map_folders
 from mailsync.policy import Policy, Selection
 from mailsync.report import ProgressFactory, Report
@@ -458,6 +458,8 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
         # Where a job would put a folder otherwise than under its own name, or leave it
         # out unless asked (Gmail): folders.map_folders.
         local_names, redundant = opened.local_names(), opened.redundant_folders()
+        # What folder_names pairs a folder by, with another store's (SPECIAL-USE, name).
+        special = opened.special_folders()
         for name in names:
             try:
                 folder = opened.open_folder(name)
@@ -474,6 +476,9 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
             }
             if name in local_names:
                 row["local"] = local_names[name]
+            role = folder_role(name, special.get(name))
+            if role is not None:
+                row["role"], row["role_by"] = role
             if name in redundant:
                 row["left_out"] = redundant[name]
             listing.folders.append(row)

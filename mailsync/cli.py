@@ -404,7 +404,9 @@ def list_(obj, store, as_json):
 
     A folder that a sync puts under another local name shows it (Gmail's special
     folders: ``-> Sent``), and one it leaves out unless named in --folders says so
-    (Gmail's Important and Starred).
+    (Gmail's Important and Starred).  A special folder shows its role and how it is
+    known (``\\Sent by its SPECIAL-USE``, ``\\Sent by its name``): another store's folder
+    of that role is its folder in a sync or migrate between them.
 
     Whatever looks like mail but cannot be listed (an unreadable folder, an mbox file
     with text before its first From_ line, a tree nested too deep) is named on stderr
@@ -422,6 +424,8 @@ def list_(obj, store, as_json):
         line = f"{row['folder']}\t{row['messages']}\t{_size(row['bytes'])}"
         if "local" in row:
             line += f"\t-> {row['local']}"
+        if "role" in row:
+            line += f"\t{row['role']} by its {row['role_by']}"
         if "left_out" in row:
             line += f"\tleft out unless named: {row['left_out']}"
         click.echo(line)

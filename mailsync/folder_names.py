@@ -152,6 +152,17 @@ def role_by_name(name: str) -> str | None:
     return _ROLE_OF_NAME.get(_fold(name))
 
 
+def folder_role(name: str, attribute: str | None) -> tuple[str, str] | None:
+    """(role, how it is known: "SPECIAL-USE" or "name") of a folder with this name and
+    SPECIAL-USE attribute: by the attribute (one of ROLES), else by the name
+    (COMMON_NAMES); None if neither."""
+    marked = next((a for a in ROLES if (attribute or "").lower() == a.lower()), None)
+    if marked:
+        return marked, "SPECIAL-USE"
+    role = role_by_name(name)
+    return (role, "name") if role is not None else None
+
+
 # explicit rules -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NameRules:
@@ -292,13 +303,13 @@ def pair_names(
     def roles_of(side: Side) -> dict[str, tuple[str, str]]:
         found: dict[str, tuple[str, str]] = {}
         for name in side.names:
-            attribute = next(
-                (a for a in ROLES if side.special.get(name, "").lower() == a.lower()), None
-            )
-            if attribute:
-                found[name] = (attribute, f"SPECIAL-USE {attribute}")
-            elif (role := role_by_name(name)) is not None:
-                found[name] = (role, f"a usual name of {role}")
+            role = folder_role(name, side.special.get(name))
+            if role is not None:
+                kind, by = role
+                found[name] = (
+                    kind,
+                    f"SPECIAL-USE {kind}" if by != "name" else f"a usual name of {kind}",
+                )
         return found
 
     dest_roles = roles_of(dest)

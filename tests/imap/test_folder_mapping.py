@@ -72,6 +72,13 @@ def test_folders_meet_by_rule_special_use_usual_name_and_escape(
     seed_bodies(accounts.source, accounts.alice, source)
     before = on_server(accounts.dest, accounts.bob)
 
+    env = {"MAILSYNC_PASSWORD_COMMAND": ""}
+    listed = run("list", accounts.src_url, env=env)
+    assert "\\Sent by its name" in next(x for x in listed.stdout.splitlines() if "Sent Items" in x)
+    listed = run("list", accounts.dst_url, env=env)
+    sent = next(x for x in listed.stdout.splitlines() if x.startswith("Sent\t"))
+    assert sent.endswith("\t\\Sent by its SPECIAL-USE")
+
     dry = accounts.mailsync("pull", "--dry-run", "--map", "Old/Projects=Work/Projects")
     assert dry.exit_code == 0, dry.output
     lines = dry.stdout.splitlines()
