@@ -362,6 +362,9 @@ def _run_sync(obj: Context, command: str, args, options) -> None:
         jobs=options.get("jobs"),
         selection=Selection(options.get("since"), options.get("before"), options.get("max_size")),
     )
+    since, before = run_options.selection.since, run_options.selection.before
+    if since is not None and before is not None and since >= before:
+        raise click.UsageError("--since must be earlier than --before: nothing would be copied")
 
     def show_report(job: Job, report: Report) -> None:
         _print_report(obj, job, report, options)

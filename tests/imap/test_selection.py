@@ -112,6 +112,8 @@ def test_dates_and_bad_values():
             parse(bad)
     result = run("pull", "--max-size", "lots", "a", "b")
     assert result.exit_code == 2 and "'lots' is not a size" in result.output
+    result = run("pull", "--since", "2021-01-01", "--before", "2020-01-01", "a", "b")
+    assert result.exit_code == 2 and "--since must be earlier than --before" in result.output
 
 
 def test_a_selection_with_nothing_set_leaves_nothing_out():
