@@ -395,6 +395,17 @@ def job_pairs(
         if pair[0] not in taken
     }
     pairs.update((s, (d, "paired on an earlier run")) for s, d in kept.items())
+    owner: dict[str, str] = {}
+    for name in source.names:  # (a folder since made under a kept pairing's name)
+        target = pairs.get(name, (name, ""))[0]
+        if target in owner:
+            first, second = sorted((owner[target], name))
+            raise ConfigError(
+                f"folders {first!r} and {second!r} would both go to {target!r} on DEST "
+                f"(an earlier run paired one of them with it); give the other its own "
+                f"folder with --map"
+            )
+        owner[target] = name
     if source_is_remote:
         return pairs
     return {dest_name: (name, why) for name, (dest_name, why) in pairs.items()}

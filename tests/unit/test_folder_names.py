@@ -166,3 +166,16 @@ def test_push_pairs_from_the_local_side():
     local = Side(["INBOX", "Sent Items", "v1.0"], {})
     pairs = job_pairs(remote, local, NameRules(), {}, source_is_remote=False)
     assert targets(pairs) == {"Sent": "Sent Items", "v1%2E0": "v1.0"}
+
+
+def test_a_folder_made_since_under_a_kept_pairings_name_is_refused():
+    # Sent Items went to Sent; now SOURCE has a Sent of its own: it would share it.
+    remote = Side(["INBOX", "Sent", "Sent Items"], {})
+    local = Side(["INBOX", "Sent"], {})
+    with pytest.raises(ConfigError, match="'Sent' and 'Sent Items' would both go to 'Sent'"):
+        job_pairs(remote, local, NameRules(), {"Sent Items": "Sent"})
+    rules = NameRules(parse_map(["Sent=Sent (new)"]))
+    assert targets(job_pairs(remote, local, rules, {"Sent Items": "Sent"})) == {
+        "Sent": "Sent (new)",
+        "Sent Items": "Sent",
+    }
