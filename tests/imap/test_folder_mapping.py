@@ -261,3 +261,36 @@ def test_adoption_reads_headers_not_bodies_of_dest(
     assert server_messages(accounts.dest, accounts.bob, "INBOX") == Counter(
         (m.body, frozenset()) for m in [*inbox, own, new]
     )
+
+
+def test_from_the_prefixed_server_to_localized_names(
+    dovecot_server, dovecot_prefixed_server, mailenv, tmp_path
+):
+    """The other way: SOURCE on the prefixed Dovecot (INBOX.Sent marked \\Sent,
+    INBOX.Lists.Dev nested with '.'), DEST on the plain one with German folders of its
+    own and no marks: Sent meets Gesendet by SPECIAL-USE here and the name there,
+    INBOX.Lists.Dev becomes Lists/Dev, and verify agrees."""
+    alice = dovecot_prefixed_server.add_user(special_use=True)
+    bob = dovecot_server.add_user()
+    password_file = tmp_path / "alice-pw"
+    password_file.write_text(f"{alice.password}\n")
+    src = f"{imaps(dovecot_prefixed_server, alice)}&password_command=cat%20{password_file}"
+    dst = f"{imaps(dovecot_server, bob)}&password_command=echo%20{bob.password}"
+    seed_bodies(
+        dovecot_prefixed_server,
+        alice,
+        {"INBOX.Sent": [lf(1, "sent")], "INBOX.Lists.Dev": [lf(2, "dev")], "INBOX": [lf(3, "in")]},
+    )
+    seed_bodies(dovecot_server, bob, {"Gesendet": [], "Papierkorb": []})
+    env = {"MAILSYNC_PASSWORD_COMMAND": ""}
+    result = run("pull", src, dst, env=env)
+    assert result.exit_code == 0, result.output
+    assert "Sent -> Gesendet (SPECIAL-USE \\Sent here, a usual name of \\Sent on DEST)" in (
+        result.stdout.splitlines()
+    )
+    assert on_server(dovecot_server, bob) == {
+        "INBOX": Counter([lf(3, "in")]),
+        "Gesendet": Counter([lf(1, "sent")]),
+        "Lists/Dev": Counter([lf(2, "dev")]),
+    }
+    assert run("verify", src, dst, env=env).exit_code == 0
