@@ -297,10 +297,12 @@ class FolderSync:
                 assert written is not None  # (this run wrote to it)
                 cursors[side] = written.cursor_after_writes()
             # A message --since, --before or --max-size left out must be seen again by a
-            # run without them: the cursors stay where they were (its listing, no
-            # download, tells it apart again).
-            if not the_plan.left_out:
-                fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
+            # run without them: the cursor of its side stays where it was (its listing,
+            # no download, tells it apart again).
+            held = {copy.src for copy, _ in the_plan.left_out}
+            for side in ("a", "b"):
+                if side not in held:
+                    fstate.set_cursor(side, cursors[side])
             self.copies_settled()
         clean = not report.errors and not report.refused
         signature = options.signature if clean else ""
