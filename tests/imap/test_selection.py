@@ -6,6 +6,8 @@ and copied by a later run without the filter."""
 from __future__ import annotations
 
 import json
+import mailbox
+from collections import Counter
 
 import pytest
 from imaptools import (
@@ -21,6 +23,7 @@ from imaptools import (
 )
 
 from mailsync.policy import Selection, parse_date, parse_size
+from mailsync.stores import open_store
 
 BIG = message(9, "big", extra=b"x" * 4000 + b"\n")
 OLD = message(1, "old")
@@ -121,3 +124,24 @@ def test_a_selection_with_nothing_set_leaves_nothing_out():
     assert Selection().reason(10**9, 1.0) is None
     # A store that does not know arrival dates (POP3: 0) is not filtered by date.
     assert Selection(since=parse_date("2020-01-01")).reason(10, 0.0) is None
+
+
+def test_two_way_sync_leaves_out_both_ways_and_deletes_nothing(mailenv):
+    """A two-way sync with --max-size: each side's big message stays where it is (not
+    copied, not deleted), the small ones cross; twice, so a rerun does not change it."""
+    big = b"From: a@example.org\nSubject: big\n\n" + b"y" * 5000 + b"\n"
+    for side, small in (("a", [OLD, NEW]), ("b", [LATE])):
+        (mailenv / side).mkdir()
+        inbox = mailbox.Maildir(str(mailenv / side / "INBOX"), create=True)
+        for data in [*small, big + side.encode() + b"\n"]:
+            inbox.add(data)
+    urls = [f"maildir:{mailenv / side}" for side in ("a", "b")]
+    for _ in range(2):
+        result = run("sync", "--json", "--max-size", "4K", *urls)
+        assert result.exit_code == 0, result.output
+        assert folder_report(result)["left_out"] == {"over --max-size": 2}
+    for side, url in zip(("a", "b"), urls, strict=True):
+        with open_store(url, read_only=True) as store:
+            folder = store.open_folder("INBOX")
+            inbox = Counter(folder.fetch(key) for key in folder.list())
+        assert inbox == Counter([OLD, NEW, LATE, big + side.encode() + b"\n"])
