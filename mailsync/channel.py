@@ -409,18 +409,20 @@ def verify(job: Job, directory: str) -> Verification:
 
 def job_folder_map(job: Job, remote: Store, local: Store, directory: str) -> FolderMap:
     """The job's folder mapping as its last sync left it (folders.map_folders on the
-    state's folders, read without taking the channel's lock); without a state, the
-    channel map and patterns alone."""
+    state's folders, read without taking the channel's lock, and folder_names'
+    pairs); without a state, the channel map, patterns and name rules alone."""
     path = state_path(directory, job)
     rows = []
+    names = {"a": remote.list_folders(), "b": local.list_folders()}
     if os.path.exists(path):
         with State(path, lock=False, create=False) as state:
             rows = state.folders()
+            pairs = store_pairs(remote, local, names, rows, job.name_rules, job.direction, state)
+    else:
+        pairs = store_pairs(remote, local, names, rows, job.name_rules, job.direction, None)
     renamed = any(row.name_b != row.name_a for row in rows)
     former = remote.former_names() if renamed else {}
     given = remote.local_names()
-    names = {"a": remote.list_folders(), "b": local.list_folders()}
-    pairs = store_pairs(remote, local, names, rows, job.name_rules, job.direction)
     given.update((name, other) for name, (other, _) in pairs.items())
     return map_folders(
         job.folder_map,

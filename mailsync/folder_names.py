@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from mailsync.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mailsync.state import FolderState
+    from mailsync.state import FolderState, State
     from mailsync.stores.base import Store
 
 #: The SPECIAL-USE attributes (RFC 6154) folders are paired by.  \Flagged is left out: a
@@ -418,11 +418,17 @@ def store_pairs(
     rows: Iterable[FolderState],
     rules: NameRules,
     direction: str,
+    state: State | None,
 ) -> dict[str, tuple[str, str]]:
     """job_pairs for two stores: `names`, each side's ("a": remote, "b": local) folder
-    names as listed; `rows`, the state's folders; `direction` the job's (push: SOURCE
-    is the local side).  What sync.py and verify (channel.job_folder_map) both call."""
-    known = {row.name_a: row.name_b for row in rows if row.name_a != row.name_b}
+    names as listed; `rows`, the state's folders (`state`'s: a row that holds no
+    message, as a dry run leaves, pairs nothing); `direction` the job's (push: SOURCE is
+    the local side).  What sync.py and verify (channel.job_folder_map) both call."""
+    known = {
+        row.name_a: row.name_b
+        for row in rows
+        if row.name_a != row.name_b and state is not None and not state.holds_nothing(row.id)
+    }
     return job_pairs(
         Side(sorted(names["a"]), remote.special_folders(), remote.reserved_in_names()),
         Side(sorted(names["b"]), local.special_folders(), local.reserved_in_names()),

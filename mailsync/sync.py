@@ -98,6 +98,7 @@ class Syncer:
             renames.rows,
             self.name_rules,
             self.policy.direction,
+            self.state,
         )
         given = self.stores["a"].local_names()
         given.update((name, local) for name, (local, _) in self.name_pairs.items())

@@ -70,3 +70,13 @@ rename = [["^Old/(.*", "New/\\\\1"]]
     result = run("pull", "move")
     assert result.exit_code == 2
     assert f"{path}:4: [channel.move]: rename rule 1 '^Old/(.*': missing )" in result.output
+
+
+def test_a_dry_run_with_map_pairs_nothing_for_later_runs(mailenv):
+    make_maildir(mailenv / "src", {"INBOX": 1, "Projects": 1})
+    src, dst = mailenv / "src", mailenv / "dst"
+    dry = run("pull", "--dry-run", "--map", "Projects=Work/Projects", src, dst)
+    assert dry.exit_code == 0 and "Projects -> Work/Projects" in dry.output
+    result = run("pull", src, dst)
+    assert result.exit_code == 0, result.output
+    assert sorted(bodies(f"maildir:{dst}")) == ["INBOX", "Projects"]
