@@ -34,8 +34,9 @@ from mailsync.errors import (
     MailsyncError,
     StoreError,
 )
+from mailsync.folder_names import NameRules, folder_role, parse_map, store_pairs
 from mailsync.folders import FolderMap, map_folders
-from mailsync.policy import Policy
+from mailsync.policy import Policy, Selection
 from mailsync.report import ProgressFactory, Report
 from mailsync.state import State, default_state_dir, private_dir, state_file_name
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
@@ -69,6 +70,8 @@ class Job:
     # migrate: a message gone from the written side since it was copied is copied again
     # (Policy.refill); pull keeps it away.
     refill: bool = False
+    # SOURCE folder name -> DEST folder name rules (--map, a channel's rename).
+    name_rules: NameRules = field(default_factory=NameRules)
 
     def open_a(self, read_only: bool = False) -> Store:
         return open_store(self.url_a, self.options_a, read_only=read_only, name=self.store_a)
@@ -91,6 +94,8 @@ class RunOptions:
     jobs: int | None = None  # folders at once; None: DEFAULT_NETWORK_JOBS with a network store
     # Called with each message's size before it is copied (ratelimit.RateLimit).
     pace: Callable[[int], None] | None = None
+    # Which never-copied messages are copied (--since, --before, --max-size).
+    selection: Selection = field(default_factory=Selection)
 
 
 def state_dir(config: configmod.Config) -> str:
@@ -126,14 +131,18 @@ def jobs_for(
     args: Sequence[str],
     patterns: Sequence[str] = (),
     mirror: bool = False,
+    name_map: Sequence[str] = (),
 ) -> list[Job]:
     """The jobs of `command` (pull, push, sync) for `args`: channel names, or two stores
     (config store names or URLs; for push SOURCE DEST, DEST is the remote side).
-    `patterns` (--folders) replace the channels' folders; `mirror` propagates deletions.
-    ConfigError if the arguments name neither, or a job may not run (check_jobs)."""
+    `patterns` (--folders) replace the channels' folders; `mirror` propagates deletions;
+    `name_map` (--map OLD=NEW) pairs SOURCE folders with DEST folders of other names
+    before a channel's rename rules.  ConfigError if the arguments name neither, or a
+    job may not run (check_jobs)."""
     channels = config.channels
+    exact = parse_map(name_map)
     if all(arg in channels for arg in args):
-        jobs = [_channel_job(config, arg, command, patterns, mirror) for arg in args]
+        jobs = [_channel_job(config, arg, command, patterns, mirror, exact) for arg in args]
         check_jobs(jobs)
         return jobs
     if len(args) != 2:
@@ -142,19 +151,25 @@ def jobs_for(
             f"no channel named {', '.join(unknown)} in the config; give channel names or "
             f"exactly two stores (SOURCE DEST)"
         )
-    jobs = [_two_stores_job(config, command, args, patterns, mirror)]
+    jobs = [_two_stores_job(config, command, args, patterns, mirror, exact)]
     check_jobs(jobs)
     return jobs
 
 
-def verify_job(config: configmod.Config, args: Sequence[str], patterns: Sequence[str]) -> Job:
+def verify_job(
+    config: configmod.Config,
+    args: Sequence[str],
+    patterns: Sequence[str],
+    name_map: Sequence[str] = (),
+) -> Job:
     """The job verify checks: a channel (its remote side is SOURCE, its local side DEST)
     or two stores SOURCE DEST.  It is the job `pull` would run for the same arguments,
     so verify reads the state and folder mapping the sync made."""
+    exact = parse_map(name_map)
     if len(args) == 1 and args[0] in config.channels:
-        return _channel_job(config, args[0], "pull", patterns, False)
+        return _channel_job(config, args[0], "pull", patterns, False, exact)
     if len(args) == 2:
-        return _two_stores_job(config, "pull", args, patterns, False)
+        return _two_stores_job(config, "pull", args, patterns, False, exact)
     raise ConfigError("verify takes a channel name or two stores (SOURCE DEST)")
 
 
@@ -165,13 +180,15 @@ def migrate_job(
     patterns: Sequence[str] = (),
     options_a: dict[str, Any] | None = None,
     options_b: dict[str, Any] | None = None,
+    name_map: Sequence[str] = (),
 ) -> Job:
     """The job `mailsync migrate SOURCE DEST` runs: the job pull runs for the same two
     stores (config store names or URLs), so it shares pull's and verify's state file and
     folder mapping; SOURCE is opened read-only and nothing is deleted in DEST.
     `options_a`, `options_b`: store options given per account (batch.py's
-    password_command, token_command), over the config's.  ConfigError as jobs_for."""
-    job = _two_stores_job(config, "pull", [source, dest], patterns, False)
+    password_command, token_command), over the config's; `name_map` as for jobs_for.
+    ConfigError as jobs_for."""
+    job = _two_stores_job(config, "pull", [source, dest], patterns, False, parse_map(name_map))
     job.refill = True  # DEST holds every SOURCE message, one deleted there since included
     job.options_a.update(options_a or {})
     job.options_b.update(options_b or {})
@@ -180,7 +197,12 @@ def migrate_job(
 
 
 def _channel_job(
-    config: configmod.Config, name: str, command: str, patterns: Sequence[str], mirror: bool
+    config: configmod.Config,
+    name: str,
+    command: str,
+    patterns: Sequence[str],
+    mirror: bool,
+    exact: tuple[tuple[str, str], ...] = (),
 ) -> Job:
     channel = config.channels[name]
     direction = {"pull": "pull", "push": "push"}.get(command, channel.direction)
@@ -196,6 +218,7 @@ def _channel_job(
         {"INBOX": channel.folder} if channel.folder else None,
         _name_of(channel.remote),
         _name_of(channel.local),
+        name_rules=NameRules(exact, channel.rename),
     )
 
 
@@ -205,6 +228,7 @@ def _two_stores_job(
     args: Sequence[str],
     patterns: Sequence[str],
     mirror: bool,
+    exact: tuple[tuple[str, str], ...] = (),
 ) -> Job:
     first, second = (
         (*resolve_store(config, arg), arg if arg in config.stores else None) for arg in args
@@ -226,6 +250,7 @@ def _two_stores_job(
         None,
         name_a,
         name_b,
+        name_rules=NameRules(exact),
     )
 
 
@@ -385,6 +410,8 @@ def _run(
                 clock=clock(),
                 retry_refused=options.retry_refused,
                 pace=options.pace,
+                name_rules=job.name_rules,
+                selection=options.selection,
             )
             try:
                 report = syncer.run()
@@ -444,33 +471,42 @@ def combine(codes: Iterable[int]) -> int:
 
 
 # verify ----------------------------------------------------------------------------------
-def verify(job: Job, directory: str) -> Verification:
-    """Is every message of the job's remote side (SOURCE) on its local side (DEST)?  Both
-    opened read-only; folders paired as the sync pairs them (job_folder_map)."""
+def verify(job: Job, directory: str, selection: Selection | None = None) -> Verification:
+    """Is every message of the job's remote side (SOURCE) that `selection` selects on its
+    local side (DEST)?  Both opened read-only; folders paired as the sync pairs them
+    (job_folder_map)."""
     with (
         job.open_a(read_only=True) as source,
         job.open_b(read_only=True) as dest,
     ):
-        return verify_stores(source, dest, job_folder_map(job, source, directory))
+        mapping = job_folder_map(job, source, dest, directory)
+        return verify_stores(source, dest, mapping, selection or Selection())
 
 
-def job_folder_map(job: Job, remote: Store, directory: str) -> FolderMap:
+def job_folder_map(job: Job, remote: Store, local: Store | None, directory: str) -> FolderMap:
     """The job's folder mapping as its last sync left it (folders.map_folders on the
-    state's folders, read without taking the channel's lock); without a state, the
-    channel map and patterns alone."""
+    state's folders, read without taking the channel's lock, and folder_names'
+    pairs); without a state, the channel map, patterns and name rules alone.  No
+    `local` store: one that does not exist yet (a dry run into a new DEST)."""
     path = state_path(directory, job)
     rows = []
+    names = {"a": remote.list_folders(), "b": local.list_folders() if local is not None else []}
     if os.path.exists(path):
         with State(path, lock=False, create=False) as state:
             rows = state.folders()
+            pairs = store_pairs(remote, local, names, rows, job.name_rules, job.direction, state)
+    else:
+        pairs = store_pairs(remote, local, names, rows, job.name_rules, job.direction, None)
     renamed = any(row.name_b != row.name_a for row in rows)
     former = remote.former_names() if renamed else {}
+    given = remote.local_names()
+    given.update((name, other) for name, (other, _) in pairs.items())
     return map_folders(
         job.folder_map,
         job.patterns,
         rows,
         former,
-        given=remote.local_names(),
+        given=given,
         redundant=remote.redundant_folders(),
     )
 
@@ -501,6 +537,8 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
         # Where a job would put a folder otherwise than under its own name, or leave it
         # out unless asked (Gmail): folders.map_folders.
         local_names, redundant = opened.local_names(), opened.redundant_folders()
+        # What folder_names pairs a folder by, with another store's (SPECIAL-USE, name).
+        special = opened.special_folders()
         for name in names:
             try:
                 folder = opened.open_folder(name)
@@ -517,6 +555,9 @@ def list_store(config: configmod.Config, ref: str) -> StoreListing:
             }
             if name in local_names:
                 row["local"] = local_names[name]
+            role = folder_role(name, special.get(name))
+            if role is not None:
+                row["role"], row["role_by"] = role
             if name in redundant:
                 row["left_out"] = redundant[name]
             listing.folders.append(row)

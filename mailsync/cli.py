@@ -29,6 +29,7 @@ from mailsync.errors import (
 )
 from mailsync.message import summary_line
 from mailsync.migrate import MigrateOptions
+from mailsync.policy import Selection, parse_date, parse_size
 from mailsync.ratelimit import parse_bytes_rate
 from mailsync.report import Report, size_text
 
@@ -177,6 +178,20 @@ def output_options(func):
     )(func)
 
 
+def _date_option(ctx, param, value):
+    try:
+        return None if value is None else parse_date(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error))
+
+
+def _size_option(ctx, param, value):
+    try:
+        return None if value is None else parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error))
+
+
 #: The options of every command that copies mail (pull, push, sync, migrate).
 COPY_OPTIONS = [
     click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
@@ -202,6 +217,33 @@ COPY_OPTIONS = [
         metavar="N",
         help=f"Sync N folders at once over N connections (default {DEFAULT_NETWORK_JOBS} "
         f"with a network store, 1 between local stores; at most {MAX_JOBS}).",
+    ),
+    click.option(
+        "--map",
+        "name_map",
+        multiple=True,
+        metavar="OLD=NEW",
+        help="Copy SOURCE folder OLD to DEST folder NEW (mailsync names, '/' between "
+        "levels); repeatable; before a channel's rename rules.",
+    ),
+    click.option(
+        "--since",
+        metavar="DATE",
+        callback=_date_option,
+        help="Copy only messages that arrived on or after DATE (YYYY-MM-DD, UTC; by "
+        "IMAP INTERNALDATE, a file's mtime); others are left out, not deleted.",
+    ),
+    click.option(
+        "--before",
+        metavar="DATE",
+        callback=_date_option,
+        help="Copy only messages that arrived before DATE (as --since).",
+    ),
+    click.option(
+        "--max-size",
+        metavar="SIZE",
+        callback=_size_option,
+        help="Copy only messages of at most SIZE (bytes, or 500K, 25M, 1G).",
     ),
     click.option(
         "--retry-refused",
@@ -361,6 +403,7 @@ def migrate(obj, stores, **options):
         jobs=options["jobs"],
         max_rate=options["max_rate"],
         max_messages_per_second=options["max_messages_per_second"],
+        selection=_selection(options),
     )
     if options["accounts_file"]:
         if stores:
@@ -372,7 +415,9 @@ def migrate(obj, stores, **options):
         if options[option]:
             raise click.UsageError(f"--{option} goes with --accounts")
     source, dest = stores
-    job = channelmod.migrate_job(obj.config, source, dest, options["folder_patterns"])
+    job = channelmod.migrate_job(
+        obj.config, source, dest, options["folder_patterns"], name_map=options["name_map"]
+    )
     try:
         migration = migratemod.migrate(
             job,
@@ -456,6 +501,9 @@ def _print_report(obj: Context, job: Job, report: Report, options: dict) -> None
     if options.get("as_json") or obj.quiet:
         return
     prefix = f"{job.name}: " if job.name else ""
+    for pair in report.folder_names:  # (a pairing kept from an earlier run: --dry-run)
+        if options.get("dry_run") or pair["why"] != "paired on an earlier run":
+            click.echo(f"{prefix}{pair['remote']} -> {pair['local']} ({pair['why']})")
     for folder in report.folders:
         click.echo(prefix + folder.summary())
         for note in folder.notes:
@@ -473,6 +521,14 @@ def _error(message: str) -> None:
     click.echo(f"mailsync: error: {message}", err=True)
 
 
+def _selection(options: dict) -> Selection:
+    """--since, --before, --max-size."""
+    since, before = options.get("since"), options.get("before")
+    if since is not None and before is not None and since >= before:
+        raise click.UsageError("--since must be earlier than --before: nothing would be copied")
+    return Selection(since, before, options.get("max_size"))
+
+
 def _run_sync(obj: Context, command: str, args, options) -> None:
     jobs = channelmod.jobs_for(
         obj.config,
@@ -480,12 +536,14 @@ def _run_sync(obj: Context, command: str, args, options) -> None:
         args,
         options.get("folder_patterns") or (),
         bool(options.get("mirror")),
+        options.get("name_map") or (),
     )
     run_options = RunOptions(
         dry_run=bool(options.get("dry_run")),
         force_delete=bool(options.get("force_delete")),
         retry_refused=bool(options.get("retry_refused")),
         jobs=options.get("jobs"),
+        selection=_selection(options),
     )
 
     def show_report(job: Job, report: Report) -> None:
@@ -529,7 +587,9 @@ def list_(obj, store, as_json):
 
     A folder that a sync puts under another local name shows it (Gmail's special
     folders: ``-> Sent``), and one it leaves out unless named in --folders says so
-    (Gmail's Important and Starred).
+    (Gmail's Important and Starred).  A special folder shows its role and how it is
+    known (``\\Sent by its SPECIAL-USE``, ``\\Sent by its name``): another store's folder
+    of that role is its folder in a sync or migrate between them.
 
     Whatever looks like mail but cannot be listed (an unreadable folder, an mbox file
     with text before its first From_ line, a tree nested too deep) is named on stderr
@@ -547,6 +607,8 @@ def list_(obj, store, as_json):
         line = f"{row['folder']}\t{row['messages']}\t{size_text(row['bytes'])}"
         if "local" in row:
             line += f"\t-> {row['local']}"
+        if "role" in row:
+            line += f"\t{row['role']} by its {row['role_by']}"
         if "left_out" in row:
             line += f"\tleft out unless named: {row['left_out']}"
         click.echo(line)
@@ -613,9 +675,16 @@ def _status_line(entry: dict) -> str:
     metavar="PATTERN",
     help="Only folders matching this glob; '!PATTERN' excludes.",
 )
+@click.option(
+    "--map",
+    "name_map",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="SOURCE folder OLD is DEST folder NEW, as given to the sync.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-def verify(obj, args, folder_patterns, as_json):
+def verify(obj, args, folder_patterns, name_map, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
     For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
@@ -625,7 +694,7 @@ def verify(obj, args, folder_patterns, as_json):
     sync pairs them.  Exit 1 when a message or a folder is missing on DEST, or could
     not be read.
     """
-    job = channelmod.verify_job(obj.config, args, folder_patterns)
+    job = channelmod.verify_job(obj.config, args, folder_patterns, name_map)
     result = channelmod.verify(job, obj.state_dir)
     code = EXIT_OK if result.ok else EXIT_PARTIAL
     for warning in result.warnings:

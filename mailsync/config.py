@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from mailsync.errors import ConfigError
+from mailsync.folder_names import compile_rename
 from mailsync.policy import DELETE_POLICIES, DIRECTIONS
 from mailsync.stores import split_url
 
@@ -68,7 +69,7 @@ STORE_OPTIONS = {
         "token_command",
     },
 }
-CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder"}
+CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder", "rename"}
 GENERAL_KEYS = {"state_dir"}
 
 
@@ -88,6 +89,8 @@ class ChannelConfig:
     delete: str | None = None  # None: the command's default
     folders: list[str] = field(default_factory=lambda: ["*"])
     folder: str | None = None  # the local folder the remote INBOX goes to (POP3)
+    # rename = [["regex", "replacement"], ...]: SOURCE folder names -> DEST (folder_names).
+    rename: tuple[tuple[re.Pattern[str], str], ...] = ()
 
 
 POP_SCHEMES = ("pop3", "pop3s")
@@ -281,11 +284,17 @@ def parse(data: dict, text: str = "", path: str = "config") -> Config:
         ):
             problem(section, "folder", 'folder must be a local folder name, e.g. "POP/provider"')
             folder = None
+        rename: tuple[tuple[re.Pattern[str], str], ...] = ()
+        if "rename" in table:
+            try:
+                rename = compile_rename(table["rename"], f"[{section}]")
+            except ConfigError as error:
+                problem(section, "rename", str(error))
         if len(sides) == 2:
             for text in pop_problems(sides["remote"].url, sides["local"].url, direction, delete):
                 problem(section, "remote", text)
             config.channels[name] = ChannelConfig(
-                name, sides["remote"], sides["local"], direction, delete, folders, folder
+                name, sides["remote"], sides["local"], direction, delete, folders, folder, rename
             )
 
     if problems:

@@ -28,8 +28,9 @@ A message the destination refuses for good (errors.RefusedError) is named, recor
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -321,6 +322,7 @@ class Copier:
         origin = self.origin_of.pop(key, None)  # the local copy `data` was read from
         if match is not None:
             dst_key, pair = match
+            recorded = pair is not None  # (the state knew the destination message)
             if pair is not None and pair.id is not None:
                 fs.relinked.add(pair.id)
             self._link(flags, dst_key)
@@ -329,6 +331,8 @@ class Copier:
             pair = pair or copy.pair or self._new_pair(copy, digest)
             paired[dst].add(dst_key)
             report.linked += 1
+            if not recorded and key not in self.sent_before:
+                report.adopted += 1  # (see FolderReport.adopted)
             log.info(
                 "%s: linked %s %s to %s %s (%s)",
                 name,
@@ -498,18 +502,38 @@ class Matches:
     loose: dict[str, list[Candidate]] = field(default_factory=dict)
     headers: dict[str, list[Candidate]] = field(default_factory=dict)
     unreadable: set[int] = field(default_factory=set)  # sizes of unreadable unknown ones
+    # Unknown destination messages by message.header_digest() (header block and size),
+    # where the folder tells it without bodies (Folder.header_digests: IMAP); their
+    # bodies are read (read_unread) only when a copy finds none of them.
+    by_header: dict[str, list[Candidate]] = field(default_factory=dict)
+    unread: list[str] = field(default_factory=list)
+    read_unread: Callable[[list[str]], None] | None = None
 
     def find(
         self, data: Body, digest: str, sent_before: bool, used: set[str]
     ) -> tuple[Candidate | None, str]:
         """(destination key, pair or None) for a source message whose fingerprint is
         `digest`, taken out of the lists, and how it was found; (None, "") if none is
-        left.  Exact content first, then as the destination stores it; by headers only
-        for a message an earlier run may have sent (`sent_before`), never for mail the
-        destination had of its own."""
+        left.  Exact content first (a message known before whose source is gone), then
+        an unknown destination message of the same header block (with a Message-ID)
+        and size, whose body need not be read; then, all bodies read, exact content,
+        then as the destination stores it; by headers only for a message an earlier
+        run may have sent (`sent_before`), never for mail the destination had of its
+        own."""
         match = _unused(self.exact.get(digest), used)
         if match is not None:
             return match, "same content"
+        if self.by_header and _MESSAGE_ID.search(_header_block(data)):
+            match = _unused(self.by_header.get(header_digest(data)), used)
+            if match is not None:
+                return match, "same header (Message-ID) and size"
+        if self.unread and self.read_unread is not None:
+            # (Read once: this copy, or one before it, is not among the cheap matches.)
+            unread, self.unread = [k for k in self.unread if k not in used], []
+            self.read_unread(unread)
+            match = _unused(self.exact.get(digest), used)
+            if match is not None:
+                return match, "same content"
         if self.loose:
             match = _unused(self.loose.get(tolerant_fingerprint(data)), used)
             if match is not None:
@@ -522,14 +546,25 @@ class Matches:
         return None, ""
 
 
+_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*<")
+
+
+def _header_block(data: Body) -> bytes:
+    end = data.find(b"\n\n")
+    return bytes(data[: end if end >= 0 else len(data)])
+
+
 def match_index(fs: FolderSync, src: str, paired_now: set[str], by_headers: bool) -> Matches:
     """What a copy from `src` may turn out to be on the other side of `fs`: by content
-    hash, unknown messages (an interrupted copy, a first sync of two full folders) and
-    known ones whose source message is gone (a tombstone, or a message that vanished and
-    came back); for a destination that normalises, the unknown ones by
-    message.tolerant_fingerprint() (a copy it stored changed), and, with `by_headers`
-    (an earlier run may have sent copies it did not record), by
-    message.header_identity(); and the sizes of unknown ones that cannot be read.
+    hash, unknown messages (an interrupted copy, a first sync of two full folders, mail
+    the destination had before: adopted) and known ones whose source message is gone (a
+    tombstone, or a message that vanished and came back); for a destination that
+    normalises, the unknown ones by message.tolerant_fingerprint() (a copy it stored
+    changed), and, with `by_headers` (an earlier run may have sent copies it did not
+    record), by message.header_identity(); and the sizes of unknown ones that cannot
+    be read.  Where the destination gives header digests without bodies (IMAP), the
+    unknown ones are first indexed by them, and their bodies are read only when a copy
+    finds none of them by its header and size (Matches.find).
     `paired_now`: destination keys this run paired already."""
     dst = other(src)
     target, listings = fs.folders[dst], fs.listings
@@ -546,17 +581,27 @@ def match_index(fs: FolderSync, src: str, paired_now: set[str], by_headers: bool
         if gone and key in listings[dst] and pair.hash:
             matches.exact.setdefault(pair.hash, []).append((key, pair))
     unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
-    for key, data in target.fetch_many(unknown) if unknown else ():  # one read each
-        if isinstance(data, MessageError):
-            matches.unreadable.add(listings[dst][key].size)
-            continue
-        matches.exact.setdefault(fingerprint(data), []).append((key, None))
-        if target.normalises:
-            matches.loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
-            identity = header_identity(data) if by_headers else None
-            if identity is not None:
-                matches.headers.setdefault(identity, []).append((key, None))
-        del data  # not kept alive while the next (maybe 50 MB) body is read
+
+    def read(keys: list[str]) -> None:
+        for key, data in target.fetch_many(keys) if keys else ():  # one read each
+            if isinstance(data, MessageError):
+                matches.unreadable.add(listings[dst][key].size)
+                continue
+            matches.exact.setdefault(fingerprint(data), []).append((key, None))
+            if target.normalises:
+                matches.loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
+                identity = header_identity(data) if by_headers else None
+                if identity is not None:
+                    matches.headers.setdefault(identity, []).append((key, None))
+            del data  # not kept alive while the next (maybe 50 MB) body is read
+
+    digests = target.header_digests(unknown) if unknown else None
+    if digests is None:
+        read(unknown)
+    else:
+        for key, ident in digests.items():
+            matches.by_header.setdefault(ident, []).append((key, None))
+        matches.unread, matches.read_unread = unknown, read
     return matches
 
 

@@ -39,9 +39,16 @@ from mailsync.planner import (
     Tombstone,
     plan,
 )
-from mailsync.policy import SIDE_NAMES, Policy, Retention, other
+from mailsync.policy import SIDE_NAMES, Policy, Retention, Selection, other
 from mailsync.rematch import rematch
-from mailsync.report import FolderReport, ProgressFactory, describe, no_progress, report_problems
+from mailsync.report import (
+    FolderReport,
+    ProgressFactory,
+    describe,
+    no_progress,
+    record_left_out,
+    report_problems,
+)
 from mailsync.retention import expire, expired_keys
 from mailsync.state import FolderState, Pair, State
 from mailsync.stores.base import Cursor, Folder, Store
@@ -59,6 +66,8 @@ class SyncOptions:
     retry_refused: bool = False
     clock: Callable[[], float] = time.time  # "now": arrival dates, pairs' ages, retention
     progress: ProgressFactory = no_progress
+    # Which never-copied messages are copied (--since, --before, --max-size).
+    selection: Selection = field(default_factory=Selection)
     # The downloads under way, shared by the folders synced at once (copies.py).
     downloads: Downloads = field(default_factory=Downloads, compare=False)
     # Called with each message's size before it is appended (ratelimit.RateLimit: the
@@ -292,7 +301,13 @@ class FolderSync:
                 written = folders[side]
                 assert written is not None  # (this run wrote to it)
                 cursors[side] = written.cursor_after_writes()
-            fstate.cursor_a, fstate.cursor_b = cursors["a"], cursors["b"]
+            # A message --since, --before or --max-size left out must be seen again by a
+            # run without them: the cursor of its side stays where it was (its listing,
+            # no download, tells it apart again).
+            held = {copy.src for copy, _ in the_plan.left_out}
+            for side in ("a", "b"):
+                if side not in held:
+                    fstate.set_cursor(side, cursors[side])
             self.copies_settled()
         clean = not report.errors and not report.refused
         signature = options.signature if clean else ""
@@ -385,8 +400,10 @@ class FolderSync:
             None if self.options.retry_refused else self.refused,
             exclusive["a"],
             exclusive["b"],
+            self.options.selection,
         )
         report.withheld = len(the_plan.withheld)
+        record_left_out(report, the_plan.left_out)
         if not self.options.dry_run:
             refused_now = ",".join(sorted({d.side for d in the_plan.refused_deletes}))
             if refused_now or refused_before:

@@ -24,6 +24,7 @@ from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
 from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError
 from mailsync.message import summary_line
+from mailsync.policy import Selection
 from mailsync.ratelimit import RateLimit
 from mailsync.report import FolderReport, ProgressFactory, Report, size_text
 from mailsync.stores import mask_url
@@ -45,6 +46,8 @@ class MigrateOptions:
     jobs: int | None = None  # folders at once (as pull's --jobs)
     max_rate: float | None = None  # bytes per second
     max_messages_per_second: float | None = None
+    # Which SOURCE messages are migrated, and checked (--since, --before, --max-size).
+    selection: Selection = field(default_factory=Selection)
 
     def rate_limit(self) -> RateLimit | None:
         """The account's pacing, or None without limits (a new one per account)."""
@@ -219,7 +222,11 @@ def _migrate(
 ) -> Migration:
     pace = options.rate_limit()
     run_options = RunOptions(
-        dry_run=options.dry_run, retry_refused=options.retry_refused, jobs=options.jobs, pace=pace
+        dry_run=options.dry_run,
+        retry_refused=options.retry_refused,
+        jobs=options.jobs,
+        pace=pace,
+        selection=options.selection,
     )
     reports: list[Report] = []
     result, code = channelmod.run(
@@ -240,11 +247,11 @@ def _migrate(
     report = reports[0]
     migration.warnings.extend(report.warnings)
     try:
-        verification = channelmod.verify(job, directory)
+        verification = channelmod.verify(job, directory, options.selection)
     except MailsyncError as error:
         if options.dry_run:  # DEST not there yet (a dry run creates nothing): all missing
             migration.checked, migration.exit_code = True, code
-            _add_folders(migration, report, source_only(job, directory))
+            _add_folders(migration, report, source_only(job, directory, options.selection))
             return migration
         migration.errors.append(f"the check after the copy failed: {error}")
         migration.exit_code = channelmod.combine([code, error.exit_code])
@@ -275,8 +282,10 @@ def _folder(name: str, ran: FolderReport | None, check: FolderCheck | None) -> F
     if ran is not None:
         out.copied = ran.copied_a_to_b
         out.adopted = ran.linked
-        out.skipped = ran.skipped + ran.withheld
+        left_out = sum(ran.left_out.values())  # --since, --before, --max-size
+        out.skipped = ran.skipped + ran.withheld + left_out
         out.skipped_why = list(ran.skipped_why)
+        out.skipped_why.extend(f"{n} {why}" for why, n in sorted(ran.left_out.items()))
         if ran.withheld:
             out.skipped_why.append(
                 f"{ran.withheld} refused by DEST on an earlier run (--retry-refused offers "
@@ -301,18 +310,22 @@ def _folder(name: str, ran: FolderReport | None, check: FolderCheck | None) -> F
     return out
 
 
-def source_only(job: Job, directory: str) -> Verification:
+def source_only(job: Job, directory: str, selection: Selection) -> Verification:
     """What the check finds when DEST has nothing: every selected SOURCE message missing
     (counted, not named).  For a dry run against a DEST that does not exist yet."""
     verification = Verification()
     with job.open_a(read_only=True) as source:
-        mapping = channelmod.job_folder_map(job, source, directory)
+        mapping = channelmod.job_folder_map(job, source, None, directory)
         names = source.list_folders()
         for name in mapping.choose(names, set(names).__contains__):
             check = FolderCheck(name, mapping.local_name(name), on_destination=False)
             folder = source.open_folder(name)
             try:
-                listing = folder.list()
+                listing = {
+                    key: info
+                    for key, info in folder.list().items()
+                    if selection.reason(info.size, info.arrival) is None
+                }
             finally:
                 folder.close()
             check.messages = len(listing)

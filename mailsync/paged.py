@@ -16,7 +16,7 @@ from mailsync.copies import copy_all
 from mailsync.crashhook import step
 from mailsync.message import Info
 from mailsync.planner import plan
-from mailsync.report import FolderReport
+from mailsync.report import FolderReport, record_left_out
 
 if TYPE_CHECKING:  # (folder_sync imports this module)
     from mailsync.folder_sync import FolderSync
@@ -77,8 +77,10 @@ def sync_pages(fs: FolderSync) -> FolderReport:
             folder_b.persists,
             frozenset(),
             None if options.retry_refused else {"a": refused_a},
+            selection=options.selection,
         )
         report.withheld += len(the_plan.withheld)
+        record_left_out(report, the_plan.left_out)
         fs.listings = {"a": listing_a, "b": listing_b}
         copy_all(fs, the_plan)
         for pair in state.pairs_for(fstate.id, list(page)):
@@ -90,7 +92,9 @@ def sync_pages(fs: FolderSync) -> FolderReport:
                 if pair.key_b is not None:
                     listing_b[pair.key_b] = Info(pair.flags, 0, 0.0)
         fs.set_flags(the_plan.flags)
-        advancing = advancing and not report.errors
+        # (A message the selection left out must be listed again by a run without it:
+        # the cursor stops before its page, as after an error.)
+        advancing = advancing and not report.errors and not the_plan.left_out
         state.begin()
         keys_a = {id(action): action.pair.key_a for action in the_plan.bookkeeping}
         for action in fs.bookkeeping(the_plan):  # (a tombstone clears key_a)

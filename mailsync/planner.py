@@ -14,7 +14,9 @@ present on neither          forget the pair
 
 Messages no pair knows are copied to the other side when the direction allows, except
 those the other side refused for good before (``refused``: side -> keys on that side,
-from the state): they are held back in ``withheld`` instead.
+from the state): they are held back in ``withheld`` instead, and those the run's
+``selection`` leaves out (--since, --before, --max-size, by the listing's arrival date
+and size: nothing is downloaded to decide), which go to ``left_out`` with the reason.
 
 Flags merge per flag: a change on one side wins over no change on the other; both
 sides changing the same flag always agree, so there is no conflict to resolve.  One-way
@@ -35,7 +37,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from mailsync.message import DELETED, Info
-from mailsync.policy import SIDE_NAMES, Policy, other
+from mailsync.policy import SIDE_NAMES, Policy, Selection, other
 from mailsync.state import Pair
 
 Persists = Callable[[str], bool]
@@ -89,6 +91,8 @@ class Plan:
     refused_deletes: list[Delete] = field(default_factory=list)
     # Copies not offered because the destination refused the message before.
     withheld: list[Copy] = field(default_factory=list)
+    # New messages the run's Selection leaves out (--since, --before, --max-size), and why.
+    left_out: list[tuple[Copy, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (self.copies or self.flags or self.deletes or self.bookkeeping)
@@ -166,6 +170,7 @@ def plan(
     refused: Mapping[str, AbstractSet[str]] | None = None,
     exclusive_a: Groups = frozenset(),
     exclusive_b: Groups = frozenset(),
+    selection: Selection | None = None,
 ) -> Plan:
     result = Plan()
     listings = {"a": listing_a, "b": listing_b}
@@ -234,7 +239,12 @@ def plan(
             continue
         for key, listed in listings[src].items():
             if key not in known[src]:
-                result.copies.append(Copy(src, key, listed.flags, listed.arrival))
+                copy = Copy(src, key, listed.flags, listed.arrival)
+                why = selection.reason(listed.size, listed.arrival) if selection else None
+                if why is None:
+                    result.copies.append(copy)
+                else:
+                    result.left_out.append((copy, why))
 
     if refused:
         offered: list[Copy] = []

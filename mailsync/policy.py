@@ -59,3 +59,60 @@ class Retention:
         if self.after_download:
             return "after download"
         return f"{self.after_days:g} days after download"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages a run copies that were never copied (--since, --before, --max-size):
+    arrival dates in seconds since the epoch (IMAP INTERNALDATE, a Maildir file's mtime,
+    Exchange's DateTimeReceived), sizes in bytes as the source lists them.  A message it
+    leaves out is neither copied nor deleted anywhere; one already copied stays synced.
+    A store that does not know when a message arrived (POP3: arrival 0) is not filtered
+    by date."""
+
+    since: float | None = None  # arrived at or after
+    before: float | None = None  # arrived before
+    max_size: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.since is not None or self.before is not None or self.max_size is not None
+
+    def reason(self, size: int, arrival: float) -> str | None:
+        """Why a message of this size and arrival date is left out; None: it is not."""
+        if self.max_size is not None and size > self.max_size:
+            return "over --max-size"
+        if arrival > 0:
+            if self.since is not None and arrival < self.since:
+                return "older than --since"
+            if self.before is not None and arrival >= self.before:
+                return "not older than --before"
+        return None
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``--max-size`` values: bytes, or with K, M, G (powers of 1024; a trailing B or
+    iB is allowed: 10M, 10MB, 10MiB).  ValueError with the reason if it is none."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise ValueError(f"{text!r} is not a size (bytes, or e.g. 500K, 25M, 1G)")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+def parse_date(text: str) -> float:
+    """``--since`` / ``--before`` values: an ISO 8601 date (YYYY-MM-DD: midnight UTC) or
+    date and time (with a UTC offset, else UTC) -> seconds since the epoch.  ValueError
+    with the reason if it is none."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM[+HH:MM])")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

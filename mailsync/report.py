@@ -28,6 +28,13 @@ class FolderReport:
     deleted_a: int = 0
     deleted_b: int = 0
     linked: int = 0  # unrecorded copies found again by content
+    # Of linked: destination messages the state did not know and that no earlier run can
+    # have sent as far as the journal of copies under way tells (a destination that
+    # normalises keeps one: IMAP, mbox, Exchange): mail the destination had of its own,
+    # from an earlier migration by another tool or arrived meanwhile, adopted with the
+    # source's flags instead of copied again.  Into a Maildir, which keeps no journal, a
+    # copy a killed run made and did not record counts here too.
+    adopted: int = 0
     # Of copied_a_to_b: made from a local copy of the same message (Gmail's labels), not
     # downloaded (copies.py).
     from_local_copies: int = 0
@@ -40,6 +47,10 @@ class FolderReport:
     # Messages the destination refused for good during this run: summary, key, reason.
     refused_messages: list[dict[str, str | None]] = field(default_factory=list)
     withheld: int = 0  # copies not offered: refused on an earlier run
+    # New messages --since, --before or --max-size left out: reason -> how many, and each
+    # one (side, key, reason, size, arrival); record_left_out().
+    left_out: dict[str, int] = field(default_factory=dict)
+    left_out_messages: list[dict[str, Any]] = field(default_factory=list)
     # The server asked to wait (throttling): how many times, and the seconds waited.
     throttled: int = 0
     throttled_seconds: float = 0.0
@@ -64,10 +75,13 @@ class FolderReport:
             ]
         if self.from_local_copies:
             parts.append(f"{self.from_local_copies} copied from local copies, not downloaded")
-        if self.linked:
-            parts.append(f"re-linked {self.linked}")
+        if self.adopted:
+            parts.append(f"adopted {self.adopted} already there")
+        if self.linked - self.adopted:
+            parts.append(f"re-linked {self.linked - self.adopted}")
         if self.withheld:
             parts.append(f"held back {self.withheld} (refused before)")
+        parts.extend(f"left out {n} {why}" for why, n in sorted(self.left_out.items()))
         if self.refused:
             parts.append("deletions refused")
         if self.throttled:
@@ -101,6 +115,8 @@ class Report:
     folders: list[FolderReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # store-level
     warnings: list[str] = field(default_factory=list)  # channel-level, e.g. unmatched patterns
+    # Folders paired under other names (folder_names): {"remote", "local", "why"}.
+    folder_names: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
@@ -117,6 +133,7 @@ class Report:
             "folders": [dict(vars(f)) for f in self.folders],
             "errors": self.errors,
             "warnings": self.warnings,
+            "folder_names": self.folder_names,
         }
 
 
@@ -149,6 +166,16 @@ def report_problems(policy: Policy, side: str, problems: Iterable[str], errors: 
             log.error("%s", problem)
         else:
             log.warning("%s", problem)
+
+
+def record_left_out(report: FolderReport, left_out: Iterable[tuple[Copy, str]]) -> None:
+    """The plan's messages left out by the run's selection, into the folder's report."""
+    for copy, why in left_out:
+        report.left_out[why] = report.left_out.get(why, 0) + 1
+        report.left_out_messages.append(
+            {"side": copy.src, "key": copy.key, "reason": why, "arrival": copy.arrival}
+        )
+        log.debug("%s: left out %s %s: %s", report.folder, SIDE_NAMES[copy.src], copy.key, why)
 
 
 def describe(action: Copy | SetFlags | Delete | Tombstone | Forget) -> str:

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from mailsync.errors import FolderError, MailsyncError, MessageError
+from mailsync.folder_names import NameRules, store_pairs
 from mailsync.folder_sync import FolderSync, SyncOptions, unchanged_since_clean_run
 from mailsync.folders import FolderMap, map_folders
-from mailsync.policy import SIDE_NAMES, Policy, other
+from mailsync.policy import SIDE_NAMES, Policy, Selection, other
 from mailsync.renames import Renames, follow_renames
 from mailsync.report import FolderReport, ProgressFactory, Report, no_progress, report_problems
 from mailsync.state import FolderState, State
@@ -54,6 +55,8 @@ class Syncer:
         clock: Callable[[], float] = time.time,
         retry_refused: bool = False,
         pace: Callable[[int], None] | None = None,
+        name_rules: NameRules | None = None,
+        selection: Selection | None = None,
     ):
         self.stores = {"a": store_a, "b": store_b}  # the main thread's
         self.state = state
@@ -64,6 +67,7 @@ class Syncer:
             retry_refused,
             clock,
             progress or no_progress,
+            selection=selection or Selection(),
             pace=pace,
         )
         # Remote folder name -> local name, for the folders it names (a channel's
@@ -75,6 +79,10 @@ class Syncer:
         self.renames = Renames([], {})
         self.mapping = self.selection
         self.kinds: dict[str, str] = {}
+        # Explicit folder name rules (--map, a channel's rename) and, set by run(), the
+        # folders paired under other names (folder_names.store_pairs): remote -> (local, why).
+        self.name_rules = name_rules or NameRules()
+        self.name_pairs: dict[str, tuple[str, str]] = {}
 
     def run(self) -> Report:
         """Sync every folder the job covers; store-level errors (StoreError, ...) stop
@@ -90,16 +98,35 @@ class Syncer:
         self.renames = renames = follow_renames(
             self.state, self.stores, self.selection, existing, self.options.dry_run
         )
+        self.name_pairs = store_pairs(
+            self.stores["a"],
+            self.stores["b"],
+            existing,
+            renames.rows,
+            self.name_rules,
+            self.policy.direction,
+            self.state,
+        )
+        given = self.stores["a"].local_names()
+        given.update((name, local) for name, (local, _) in self.name_pairs.items())
         self.mapping = map_folders(
             self.selection.channel_map,
             self.selection.patterns,
             renames.rows,
             renames.former,
             renames.renamed,
-            self.stores["a"].local_names(),
+            given,
             self.stores["a"].redundant_folders(),
         )
         names = self._choose(existing, report)
+        for name in names:
+            if (
+                name in self.name_pairs
+                and self.mapping.local_name(name) == self.name_pairs[name][0]
+            ):
+                local, why = self.name_pairs[name]
+                report.folder_names.append({"remote": name, "local": local, "why": why})
+                log.info("%s: its local folder is %s (%s)", name, local, why)
         if self.jobs > 1 and len(names) > 1:
             # Folders unchanged on both sides are told apart here, on the connections
             # already open (one LIST-STATUS answers for every IMAP folder): a rerun with

@@ -23,6 +23,7 @@ from typing import Any
 from mailsync.errors import FolderError, MessageError
 from mailsync.folders import FolderMap
 from mailsync.message import fingerprint, summary, tolerant_fingerprint
+from mailsync.policy import Selection
 from mailsync.stores.base import Folder, Store
 
 
@@ -75,9 +76,12 @@ class Verification:
         return {"folders": folders, "missing": self.missing, "warnings": self.warnings}
 
 
-def verify(source: Store, dest: Store, mapping: FolderMap) -> Verification:
+def verify(
+    source: Store, dest: Store, mapping: FolderMap, selection: Selection | None = None
+) -> Verification:
     """Check every folder of `source` that `mapping` covers against the destination
-    folder it pairs it with in `dest` (both stores opened read-only)."""
+    folder it pairs it with in `dest` (both stores opened read-only): each message of it
+    that `selection` selects (--since, --before, --max-size: what a run would copy)."""
     result = Verification()
     names = source.list_folders()
     selected = mapping.choose(names, set(names).__contains__)
@@ -87,17 +91,21 @@ def verify(source: Store, dest: Store, mapping: FolderMap) -> Verification:
         check = FolderCheck(name, mapping.local_name(name))
         check.on_destination = check.dest_folder in dest_names
         try:
-            _check_folder(source, dest, check)
+            _check_folder(source, dest, check, selection or Selection())
         except FolderError as error:
             check.error = str(error)
         result.folders.append(check)
     return result
 
 
-def _check_folder(source: Store, dest: Store, check: FolderCheck) -> None:
+def _check_folder(source: Store, dest: Store, check: FolderCheck, selection: Selection) -> None:
     src = source.open_folder(check.folder)
     try:
-        listing = src.list()
+        listing = {
+            key: info
+            for key, info in src.list().items()
+            if selection.reason(info.size, info.arrival) is None
+        }
         keys = list(listing)
         check.messages = len(keys)
         check.bytes = sum(info.size for info in listing.values())

@@ -280,6 +280,18 @@ class Store(ABC):
         (folders.map_folders)."""
         return {}
 
+    def special_folders(self) -> dict[str, str]:
+        """Folder name -> its SPECIAL-USE attribute (RFC 6154: ``\\Sent``, ``\\Trash``,
+        ...), where the store marks folders so, as of the last list_folders() (as
+        local_names()).  folder_names.pair_names pairs folders of one role by it."""
+        return {}
+
+    def reserved_in_names(self) -> str:
+        """The characters one level of a folder name cannot hold here, '/' aside (an
+        IMAP server's hierarchy delimiter where it is another: ``.``); '' where any
+        can.  folder_names escapes them in the names of folders copied here."""
+        return ""
+
     def redundant_folders(self) -> dict[str, str]:
         """Folder name -> why a job leaves it out unless its folder patterns name it
         exactly (Gmail's Important and Starred: views of what the other folders and the

@@ -273,6 +273,16 @@ class IMAPStore(IMAPConnection, Store):
             if attribute in attributes
         }
 
+    def special_folders(self) -> dict[str, str]:
+        if not self._listed:
+            self.list_folders()
+        return dict(self.special_use)
+
+    def reserved_in_names(self) -> str:
+        if not self._listed:
+            self.list_folders()
+        return "" if self._delimiter == "/" else self._delimiter
+
     def folder_ids(self) -> dict[str, str]:
         """MAILBOXID (RFC 8474) of each folder, which a RENAME keeps, where the server
         offers OBJECTID: one ``LIST "" "*" RETURN (STATUS (MAILBOXID))`` with

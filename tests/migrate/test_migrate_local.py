@@ -470,3 +470,28 @@ def test_a_message_deleted_in_dest_is_copied_again_by_migrate_not_by_pull(mailen
     assert maildir_bodies(dst)["INBOX"] == Counter(message(n) for n in range(3))
     again = run("migrate", src, dst)
     assert again.exit_code == 0 and "copied 0, adopted 0" in again.output, again.output
+
+
+def test_migrate_takes_map_and_the_selection_and_checks_only_what_it_selects(mailenv):
+    """--map renames a folder on the way, --max-size leaves a message out: the migration
+    is complete (exit 0) without it, names it as left out, and the check does not call
+    it missing; without --max-size a rerun copies it."""
+    src, dst = mailenv / "src", mailenv / "dst"
+    seed_maildir(src, {"INBOX": 2, "Old": 1})
+    big = message(9) + b"x" * 5000 + b"\n"
+    write_local(src, "INBOX", big, mtime=1.6e9)
+    result = run("migrate", "--map", "Old=New", "--max-size", "2K", src, dst)
+    assert result.exit_code == 0, result.output
+    assert "complete: every selected SOURCE message (3 in 2 folders) is in DEST" in result.output
+    assert "Old -> New: 1 messages" in result.output
+    assert "INBOX: 2 messages" in result.output and "skipped 1," in result.output
+    assert "  skipped: 1 over --max-size" in result.output
+    assert maildir_bodies(dst)["New"] == Counter([message(2)])
+    assert big not in maildir_bodies(dst)["INBOX"]
+    check = run("verify", "--map", "Old=New", src, dst)
+    assert check.exit_code == 1, check.output  # (verify checks every message)
+    rest = run("migrate", src, dst)  # the pairing Old -> New is kept by the state
+    assert rest.exit_code == 0, rest.output
+    assert "Old -> New: 1 messages" in rest.output
+    assert big in maildir_bodies(dst)["INBOX"]
+    assert "New" in maildir_bodies(dst) and "Old" not in maildir_bodies(dst)
