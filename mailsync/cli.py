@@ -1,8 +1,9 @@
 """The command line: parses, calls the library (channel.py, migrate.py, batch.py), prints
 the result.  No more: it runs no SQL, opens no state, and its text for people comes from
-the library where it is more than a line (Migration.lines(), batch.table_lines()).  It is
-long (every command's Click layer: options, help, exit codes) because it is the one place
-that knows Click, as STYLE.md wants; each command is a few lines around one library call."""
+the library where it is more than a line (Migration.lines(), batch.table_lines()).  Each
+command is a few lines around one library call; the options several commands share, and
+the exit code texts, are cli_options.py's (with this module, the only code that knows
+Click)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,19 @@ import click
 from mailsync import __version__
 from mailsync import batch as batchmod
 from mailsync import channel as channelmod
-from mailsync import config as configmod
 from mailsync import migrate as migratemod
 from mailsync.batch import MAX_PARALLEL, SHARD_INDEX_VARIABLE
-from mailsync.channel import DEFAULT_NETWORK_JOBS, MAX_JOBS, Job, RunOptions
+from mailsync.channel import Job, RunOptions
+from mailsync.cli_options import (
+    EXIT_CODES,
+    MIGRATE_EXIT_CODES,
+    Context,
+    copy_options,
+    output_options,
+    rate_option,
+    setup_logging,
+    sync_options,
+)
 from mailsync.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -29,57 +39,10 @@ from mailsync.errors import (
 )
 from mailsync.message import summary_line
 from mailsync.migrate import MigrateOptions
-from mailsync.policy import Selection, parse_date, parse_size
-from mailsync.ratelimit import parse_bytes_rate
+from mailsync.policy import Selection
 from mailsync.report import Report, size_text
 
 log = logging.getLogger("mailsync")
-
-EXIT_CODES = """\b
-Exit codes:
-  0    everything synced
-  1    some messages or folders failed; a rerun may help
-  2    usage or configuration error
-  3    connection, TLS or authentication failure
-  4    refused for safety: a mass deletion (see --force-delete)
-  130  interrupted; the state is consistent, rerun to continue"""
-
-
-class Context:
-    def __init__(self, config_path, state_dir, verbose, quiet):
-        self.config_path = config_path
-        self.state_dir_option = state_dir
-        self.verbose = verbose
-        self.quiet = quiet
-        self._config = None
-
-    @property
-    def config(self) -> configmod.Config:
-        if self._config is None:
-            self._config = configmod.load(self.config_path)
-        return self._config
-
-    @property
-    def state_dir(self) -> str:
-        return self.state_dir_option or channelmod.state_dir(self.config)
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING
-    if quiet:
-        level = logging.ERROR
-    elif verbose >= 2:
-        level = logging.DEBUG
-    elif verbose == 1:
-        level = logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("mailsync: %(message)s"))
-    root = logging.getLogger("mailsync")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # -vv also shows the IMAP protocol: mailsync.stores.imap routes imapclient's log into
-    # the "mailsync" logger, with credentials masked.
 
 
 class MailsyncGroup(click.Group):
@@ -140,146 +103,10 @@ def cli(ctx, config_path, state_dir, verbose, quiet, password_command):
     or the name of a [store.NAME] in the config file; a channel is a [channel.NAME]
     pairing a remote store with a local one.
     """
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
     if password_command:
         os.environ["MAILSYNC_PASSWORD_COMMAND"] = password_command  # read by mailsync.net
     ctx.obj = Context(config_path, state_dir, verbose, quiet)
-
-
-def _more_verbose(ctx, param, value) -> None:
-    """-v/-q given after the command mean what they mean before it (mailsync pull -q)."""
-    if not value or ctx.resilient_parsing:
-        return
-    obj = ctx.find_object(Context)
-    if param.name == "verbose":
-        obj.verbose += value
-    else:
-        obj.quiet = True
-    _setup_logging(obj.verbose, obj.quiet)
-
-
-def output_options(func):
-    """-v and -q for every command, as for mailsync itself."""
-    func = click.option(
-        "-q",
-        "--quiet",
-        is_flag=True,
-        expose_value=False,
-        callback=_more_verbose,
-        help="Print errors only (also before the command).",
-    )(func)
-    return click.option(
-        "-v",
-        "--verbose",
-        count=True,
-        expose_value=False,
-        callback=_more_verbose,
-        help="Show each action; -vv shows debug output (also before the command).",
-    )(func)
-
-
-def _date_option(ctx, param, value):
-    try:
-        return None if value is None else parse_date(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error))
-
-
-def _size_option(ctx, param, value):
-    try:
-        return None if value is None else parse_size(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error))
-
-
-#: The options of every command that copies mail (pull, push, sync, migrate).
-COPY_OPTIONS = [
-    click.option("--dry-run", is_flag=True, help="Print the plan; change nothing."),
-    click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout."),
-    click.option(
-        "--progress/--no-progress",
-        default=None,
-        help="Progress bars on stderr (default: when stderr is a terminal).",
-    ),
-    click.option(
-        "--folders",
-        "folder_patterns",
-        multiple=True,
-        metavar="PATTERN",
-        help="Only folders matching this glob; '!PATTERN' excludes; repeatable, "
-        "later patterns win.",
-    ),
-    click.option(
-        "--jobs",
-        "-j",
-        type=click.IntRange(1, MAX_JOBS),
-        default=None,
-        metavar="N",
-        help=f"Sync N folders at once over N connections (default {DEFAULT_NETWORK_JOBS} "
-        f"with a network store, 1 between local stores; at most {MAX_JOBS}).",
-    ),
-    click.option(
-        "--map",
-        "name_map",
-        multiple=True,
-        metavar="OLD=NEW",
-        help="Copy SOURCE folder OLD to DEST folder NEW (mailsync names, '/' between "
-        "levels); repeatable; before a channel's rename rules.",
-    ),
-    click.option(
-        "--since",
-        metavar="DATE",
-        callback=_date_option,
-        help="Copy only messages that arrived on or after DATE (YYYY-MM-DD, UTC; by "
-        "IMAP INTERNALDATE, a file's mtime); others are left out, not deleted.",
-    ),
-    click.option(
-        "--before",
-        metavar="DATE",
-        callback=_date_option,
-        help="Copy only messages that arrived before DATE (as --since).",
-    ),
-    click.option(
-        "--max-size",
-        metavar="SIZE",
-        callback=_size_option,
-        help="Copy only messages of at most SIZE (bytes, or 500K, 25M, 1G).",
-    ),
-    click.option(
-        "--retry-refused",
-        is_flag=True,
-        help="Offer again the messages the destination refused for good on earlier "
-        "runs (too big, malformed; mailsync status lists them).",
-    ),
-]
-#: And those of the commands that may delete in the destination (pull, push, sync).
-DELETE_OPTIONS = [
-    click.option(
-        "--mirror",
-        is_flag=True,
-        help="Propagate deletions to the destination (pull keeps them by default).",
-    ),
-    click.option(
-        "--force-delete",
-        is_flag=True,
-        help="Allow deletions the safety check refused (more than half a folder, "
-        "or a folder that became empty).",
-    ),
-]
-
-
-def _with_options(options, func):
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def copy_options(func):
-    return _with_options(COPY_OPTIONS, func)
-
-
-def sync_options(func):
-    return _with_options(COPY_OPTIONS + DELETE_OPTIONS, func)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -324,24 +151,6 @@ def sync(obj, args, **options):
     _run_sync(obj, "sync", args, options)
 
 
-MIGRATE_EXIT_CODES = """\b
-Exit codes:
-  0    complete: every selected SOURCE message is in DEST (every account's, with --accounts)
-  1    incomplete: messages missing or failed (or an account is); a rerun continues
-  2    usage or configuration error (a bad accounts file: nothing ran)
-  3    connection, TLS or authentication failure
-  130  interrupted; the state is consistent, rerun to continue"""
-
-
-def _rate(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_bytes_rate(value)
-    except MailsyncError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 @cli.command(epilog=MIGRATE_EXIT_CODES)
 @output_options
 @click.argument("stores", nargs=-1, metavar="SOURCE DEST")
@@ -376,7 +185,7 @@ def _rate(ctx, param, value):
 )
 @click.option(
     "--max-rate",
-    callback=_rate,
+    callback=rate_option,
     metavar="BYTES/s",
     help="Copy at most this many bytes a second per account (e.g. 500k, 2M).",
 )
