@@ -26,9 +26,9 @@ __all__ = [
 ]
 
 LOCAL_SCHEMES = ("maildir", "mbox", "memory")
-NETWORK_SCHEMES = ("imap", "imaps", "pop3", "pop3s", "ews")
+NETWORK_SCHEMES = ("imap", "imaps", "pop3", "pop3s", "ews", "graph")
 # What an unknown store type's error offers (memory: is for tests only).
-USER_SCHEMES = ("maildir", "mbox", "imaps", "imap", "pop3s", "pop3", "ews")
+USER_SCHEMES = ("maildir", "mbox", "imaps", "imap", "pop3s", "pop3", "ews", "graph")
 # Something that starts like a URL: a scheme (RFC 3986: a letter, then letters, digits,
 # '+', '-', '.') and a colon.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -148,6 +148,10 @@ def open_store(url: str, options: dict | None = None, read_only: bool = False) -
         from mailsync.stores.ews import EWSStore
 
         return EWSStore(url, opts, read_only=read_only)
+    if scheme == "graph":
+        from mailsync.stores.graph import GraphStore
+
+        return GraphStore(url, opts, read_only=read_only)
     raise ConfigError(f"store URL {mask_url(url)!r}: the {scheme}: scheme is not supported yet")
 
 

@@ -1,0 +1,491 @@
+"""Microsoft Graph store: one Exchange Online mailbox through Microsoft Graph (v1.0), the
+way the EWS store (ews.py) reaches it through EWS: its URL options, the login (OAuth2
+tokens from mailsync.tokens), HTTP with throttling waited out, the folder hierarchy,
+creating folders.  A folder's messages are graph_folder.py's.
+
+URLs: ``graph://USER@graph.microsoft.com``.  USER is the mailbox's address, written as
+it is (``graph://alice@corp.example@graph.microsoft.com``: the host follows the last
+``@``) or percent-encoded (``alice%40corp.example``); requests go to
+``/v1.0/users/USER/...``, which serves a delegated login of that user as well as an
+application with access to the mailbox.  HTTPS with certificates checked (``cafile=``
+trusts a private CA for this store only; ``tls=none``, plain HTTP, is for tests).
+
+Options: the OAuth2 ones of mailsync.tokens (``token_command``, or ``oauth2 =
+"microsoft"`` with ``client_id``, ``tenant``, and for an application ``grant =
+"client_credentials"`` with ``client_secret_command``); the scope defaults to Graph's:
+``https://graph.microsoft.com/.default`` for client credentials, ``Mail.ReadWrite
+Calendars.Read Contacts.Read offline_access`` for a user's sign-in.  ``hard_delete``
+(deletions skip Deleted Items), ``items`` (only ``mail`` so far), ``timeout``.
+
+HTTP: plain ``requests`` (no SDK), one Session, at most MAX_CONCURRENT requests in
+flight (Graph's limit per app and mailbox: 4), JSON answers read up to MAX_JSON bytes
+and message bodies up to MAX_MESSAGE, so a hostile server cannot exhaust memory.  A 401
+renews the token once, then AuthError (exit 3).  429 and 503 with Retry-After are
+waited out (each wait at most MAX_ONE_WAIT, MAX_WAIT in all, each one reported); then
+the request fails (the folder, exit 1) with the state as the last committed page left it.
+
+Folders are the mail folders below the message folder root (mailFolders and their
+childFolders, hidden ones included when they hold messages): the well-known ones by
+name (inbox, sentitems, deleteditems, drafts, junkemail, archive -> INBOX, Sent, Trash,
+Drafts, Junk, Archive), the others by display-name path.  ``folder_ids`` gives each
+name's folder id, so the engine follows a folder renamed on the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from mailsync import tokens
+from mailsync.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    FolderError,
+    StoreError,
+)
+from mailsync.net import Endpoint, parse_endpoint
+from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
+
+if TYPE_CHECKING:  # (graph_folder imports this module)
+    from mailsync.stores.graph_folder import GraphFolder
+
+__all__ = ["GraphStore", "GraphError", "TooLarge"]
+
+log = logging.getLogger("mailsync")
+
+#: Graph's scopes when the options name none (tokens.token_source's default is IMAP's).
+APP_SCOPE = "https://graph.microsoft.com/.default"
+DELEGATED_SCOPES = "Mail.ReadWrite Calendars.Read Contacts.Read offline_access"
+# Well-known folder name -> local name (mailfolder.md, "Use well-known folder names").
+WELL_KNOWN = {
+    "inbox": "INBOX",
+    "sentitems": "Sent",
+    "deleteditems": "Trash",
+    "drafts": "Drafts",
+    "junkemail": "Junk",
+    "archive": "Archive",
+}
+MAX_CONCURRENT = 4  # Outlook service limit: 4 concurrent requests per app and mailbox
+MAX_JSON = 32 * 1024 * 1024  # bytes of one JSON answer (a page, a folder list)
+MAX_MESSAGE = 200 * 1024 * 1024  # bytes of one message (Exchange Online allows 150 MB)
+MAX_ONE_WAIT = 120.0  # seconds: a longer Retry-After is waited this long, then tried
+MAX_WAIT = 300.0  # seconds of throttling waited out per request before giving up
+DEFAULT_RETRY_AFTER = 5.0  # a 429/503 without a usable Retry-After
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+_TRUE = ("1", "true", "yes")
+
+
+class TooLarge(StoreError):
+    """An answer longer than the limit its request allows."""
+
+
+class GraphError(StoreError):
+    """Graph answered an error: `status` (HTTP), `code` (its error.code)."""
+
+    def __init__(self, text: str, status: int, code: str):
+        super().__init__(text)
+        self.status = status
+        self.code = code
+
+
+def _error_code(body: bytes) -> tuple[str, str]:
+    """(code, message) of a Graph error body {"error": {"code", "message"}}, as far as
+    it is one."""
+    try:
+        error = json.loads(body.decode("utf-8", "replace")).get("error") or {}
+        code, message = str(error.get("code") or ""), str(error.get("message") or "")
+    except (ValueError, AttributeError):
+        return "", ""
+    return code[:100], " ".join(message.split())[:300]
+
+
+class GraphStore(Store):
+    def __init__(
+        self,
+        url: str,
+        options: dict | None = None,
+        read_only: bool = False,
+        name: str | None = None,
+    ):
+        self.endpoint: Endpoint = parse_endpoint(url, options)
+        ep = self.endpoint
+        self.url = ep.display
+        self.read_only = read_only
+        opts = ep.options
+        items = opts.pop("items", ["mail"])
+        if isinstance(items, str):
+            items = [i.strip() for i in items.split(",") if i.strip()]
+        if items != ["mail"]:
+            # Calendars and contacts come with the conversions of issue 13 (graph_ical,
+            # graph_vcard); until then say so rather than back up less than asked.
+            raise ConfigError(
+                f'store {self.url}: items = ["mail"] is all the Graph store backs up so far; '
+                "use an ews:// store for calendars and contacts"
+            )
+        self.items = items
+        self.hard_delete = str(opts.pop("hard_delete", "false")).lower() in _TRUE
+        opts.pop("password_command", None)  # (a generic network option: no use here)
+        if opts.get("oauth2") and "scope" not in opts:
+            client_credentials = opts.get("grant") == "client_credentials"
+            opts["scope"] = APP_SCOPE if client_credentials else DELEGATED_SCOPES
+        self.tokens = tokens.token_source(
+            name or f"graph-{ep.user}", ep.user, opts, timeout=ep.timeout
+        )
+        if opts:
+            raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(opts))}")
+        if self.tokens is None:
+            raise ConfigError(
+                f"store {self.url}: Graph needs OAuth2: give token_command, or "
+                'oauth2 = "microsoft" with client_id (see mailsync.conf(5), OAUTH2)'
+            )
+        if ep.tls == "starttls":
+            ep.tls = "implicit"  # graph:// is HTTPS unless tls=none
+        scheme = "http" if ep.tls == "none" else "https"
+        port = "" if (scheme, ep.port) in (("https", 443), ("http", 80)) else f":{ep.port}"
+        self.base = f"{scheme}://{ep.host}{port}/v1.0/users/{quote(ep.user, safe='@')}"
+        self._origin = f"{scheme}://{ep.host}{port}/"
+        self._session: Any = None
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._token_lock = threading.Lock()
+        self._token: str | None = None
+        self._folders: dict[str, str] | None = None  # name -> folder id
+        self._well_known_ids: dict[str, str] = {}  # folder id -> well-known name
+
+    def password_endpoint(self) -> Endpoint | None:
+        return None  # OAuth2 only
+
+    # HTTP -----------------------------------------------------------------------------
+    @property
+    def session(self):
+        if self._session is None:
+            import requests
+
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=1, pool_maxsize=MAX_CONCURRENT, max_retries=0
+            )
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.verify = self.endpoint.cafile or True
+            session.trust_env = False  # no proxies or netrc credentials from the environment
+            session.headers["User-Agent"] = "mailsync"
+            self._session = session
+        return self._session
+
+    def _current_token(self, rejected: str | None = None) -> str:
+        assert self.tokens is not None
+        with self._token_lock:
+            if rejected is None:
+                if self._token is None:
+                    self._token = self.tokens.token()
+            elif self._token == rejected:
+                self._token = self.tokens.renew(rejected)
+            return self._token
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        where: str = "",
+        params: dict | None = None,
+        body: Any = None,
+        headers: dict | None = None,
+        limit: int = MAX_JSON,
+    ) -> tuple[int, bytes]:
+        """Send a request (`url` relative to the mailbox, or a link Graph gave) and return
+        (status, body) of a 2xx answer, the body read up to `limit` bytes.  401 renews the
+        token once, then AuthError; 429/503 are waited out (bounded); other errors are
+        GraphError (StoreError) naming `what`; transport errors ConnectError."""
+        where = where or self.url
+        if not url.startswith(("http://", "https://")):
+            url = f"{self.base}/{url}"
+        elif not url.startswith(self._origin):
+            # A link from an answer (nextLink, deltaLink) must stay on this server: the
+            # token goes with it.
+            raise StoreError(f"{where}: the server sent a link to another host; refusing it")
+        waited = 0.0
+        renewed = False
+        token = self._current_token()
+        while True:
+            status, content, retry_after = self._send(
+                method, url, where, what, params, body, headers, token, limit
+            )
+            if 200 <= status < 300:
+                return status, content
+            code, message = _error_code(content)
+            if status == 401:
+                if renewed:
+                    raise AuthError(
+                        f"{where}: Graph refused a fresh OAuth2 token ({code or 'HTTP 401'}: "
+                        f"{message or 'no reason given'}); check the token's account and scope "
+                        "(Mail.ReadWrite)"
+                    )
+                log.info("%s: Graph refused the access token; renewing it", where)
+                token = self._current_token(rejected=token)
+                renewed = True
+                continue
+            if status in (429, 503):
+                delay = min(
+                    retry_after if retry_after is not None else DEFAULT_RETRY_AFTER, MAX_ONE_WAIT
+                )
+                if waited + delay > MAX_WAIT:
+                    raise GraphError(
+                        f"{where}: Graph kept throttling {what} (HTTP {status}, {waited:g} s "
+                        "waited); gave up. The state is consistent: rerun later",
+                        status,
+                        code,
+                    )
+                log.warning(
+                    "%s: Graph is busy (HTTP %d, throttling%s); waiting %g s",
+                    where,
+                    status,
+                    f": {code}" if code else "",
+                    delay,
+                )
+                time.sleep(delay)
+                waited += delay
+                continue
+            raise GraphError(
+                f"{where}: Graph refused {what} (HTTP {status}"
+                + (f", {code}: {message}" if code else "")
+                + ")",
+                status,
+                code,
+            )
+
+    def _send(self, method, url, where, what, params, body, headers, token, limit):
+        """One request: (status, body up to `limit`, Retry-After seconds or None)."""
+        import requests
+
+        ep = self.endpoint
+        all_headers = {
+            "Authorization": f"Bearer {token}",
+            # Immutable ids: a message keeps its id when it moves (outlook-immutable-id.md).
+            "Prefer": 'IdType="ImmutableId"',
+            **(headers or {}),
+        }
+        kwargs: dict[str, Any] = {"params": params, "headers": all_headers}
+        if isinstance(body, (bytes, str)):
+            kwargs["data"] = body
+        elif body is not None:
+            kwargs["json"] = body
+        with self._slots:
+            try:
+                response = self.session.request(
+                    method, url, timeout=ep.timeout, stream=True, allow_redirects=False, **kwargs
+                )
+                try:
+                    content = _read_limited(response, limit, where, what)
+                finally:
+                    response.close()
+            except requests.exceptions.SSLError as error:
+                raise ConnectError(
+                    f"{where}: TLS with {ep.host} failed ({_one_line(error)}); for a private CA "
+                    "give cafile=PATH"
+                )
+            except requests.exceptions.Timeout:
+                raise ConnectError(f"{where}: {what}: no answer within {ep.timeout:g} s")
+            except requests.exceptions.RequestException as error:
+                raise ConnectError(
+                    f"{where}: cannot reach {ep.host}:{ep.port} ({_one_line(error)}); check the "
+                    "host name and the network"
+                )
+        retry_after = None
+        value = response.headers.get("Retry-After")
+        if value is not None:
+            try:
+                retry_after = max(0.0, float(value))
+            except ValueError:
+                retry_after = None
+        return response.status_code, content, retry_after
+
+    def get_json(self, url: str, *, what: str, where: str = "", **kwargs) -> dict:
+        _status, content = self.request("GET", url, what=what, where=where, **kwargs)
+        return _json(content, where or self.url, what)
+
+    def collection(self, url: str, *, what: str, params: dict | None = None) -> Iterator[dict]:
+        """Every entity of a paged collection (value + @odata.nextLink)."""
+        page = self.get_json(url, what=what, params=params)
+        while True:
+            values = page.get("value")
+            if not isinstance(values, list):
+                raise StoreError(f"{self.url}: Graph's answer to {what} has no list of values")
+            for value in values:
+                if isinstance(value, dict):
+                    yield value
+            link = page.get("@odata.nextLink")
+            if not link:
+                return
+            page = self.get_json(str(link), what=what)
+
+    # folders --------------------------------------------------------------------------
+    def _hierarchy(self) -> dict[str, str]:
+        if self._folders is not None:
+            return self._folders
+        for well_known, name in WELL_KNOWN.items():
+            try:
+                folder = self.get_json(
+                    f"mailFolders/{well_known}", what="mailFolders", params={"$select": "id"}
+                )
+            except GraphError as error:
+                if error.status != 404:
+                    raise
+                log.debug("%s: no %s folder", self.url, well_known)
+                continue
+            if isinstance(folder.get("id"), str):
+                self._well_known_ids[folder["id"]] = name
+        folders: dict[str, str] = {}
+        select = "id,displayName,parentFolderId,childFolderCount,totalItemCount,isHidden"
+        params = {"includeHiddenFolders": "true", "$top": "100", "$select": select}
+        # (parent's local name or None at the top, the collection's URL, depth)
+        todo: list[tuple[str | None, str, int]] = [(None, "mailFolders", 1)]
+        while todo:
+            parent, url, depth = todo.pop()
+            for entry in self.collection(url, what="mailFolders", params=params):
+                folder_id, display = entry.get("id"), entry.get("displayName")
+                if not isinstance(folder_id, str) or not isinstance(display, str):
+                    continue
+                name = self._well_known_ids.get(folder_id)
+                if name is None:
+                    if (
+                        not display
+                        or "/" in display
+                        or display in (".", "..")
+                        or _BAD_NAME.search(display)
+                    ):
+                        log.warning(
+                            "%s: folder %r has a name mailsync cannot map to a local folder "
+                            "('/', '.', '..' or control characters in it); skipped",
+                            self.url,
+                            display,
+                        )
+                        continue
+                    name = display if parent is None else f"{parent}/{display}"
+                if depth > MAX_FOLDER_DEPTH:
+                    self.problems = [
+                        *self.problems,
+                        f"{self.url}: folder {name} is nested deeper than {MAX_FOLDER_DEPTH} "
+                        "levels; not synced",
+                    ]
+                    continue
+                # Hidden folders are system folders unless they hold mail (or folders that do).
+                hidden = entry.get("isHidden") is True
+                if name in folders:
+                    log.warning("%s: two folders are named %r; skipped the second", self.url, name)
+                    continue
+                if not hidden or (entry.get("totalItemCount") or 0) > 0:
+                    folders[name] = folder_id
+                if (entry.get("childFolderCount") or 0) > 0:
+                    todo.append(
+                        (name, f"mailFolders/{quote(folder_id, safe='')}/childFolders", depth + 1)
+                    )
+        self._folders = folders
+        return folders
+
+    def list_folders(self) -> list[str]:
+        return sorted(self._hierarchy())
+
+    def folder_ids(self) -> dict[str, str]:
+        return dict(self._hierarchy())
+
+    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> GraphFolder:
+        from mailsync.stores.graph_folder import GraphFolder
+
+        folders = self._hierarchy()
+        if name not in folders:
+            if not create:
+                raise FolderError(f"{self.url}: no folder {name!r}")
+            problem = self.creation_problem(name, kind)
+            if problem:
+                raise FolderError(f"{self.url}: cannot create {name}: {problem}")
+            self._create_folder(name)
+        folder_id = folders[name]
+        return GraphFolder(self, name, folder_id, self._well_known_ids.get(folder_id))
+
+    def creation_problem(self, name: str, kind: str = "mail") -> str | None:
+        if kind != "mail":
+            return f"mailsync does not create {kind} folders"
+        if self.read_only:
+            return "the store is read-only"
+        parts = name.split("/")
+        if len(parts) > MAX_FOLDER_DEPTH or any(
+            not part or part in (".", "..") or _BAD_NAME.search(part) for part in parts
+        ):
+            return f"no folder can be named {name!r} here"
+        return None
+
+    def _create_folder(self, name: str) -> str:
+        folders = self._hierarchy()
+        parent_name, _, leaf = name.rpartition("/")
+        if parent_name:
+            parent_id = folders.get(parent_name) or self._create_folder(parent_name)
+            url = f"mailFolders/{quote(parent_id, safe='')}/childFolders"
+        else:
+            url = "mailFolders"
+        try:
+            _status, content = self.request(
+                "POST",
+                url,
+                what="creating a folder",
+                where=f"{self.url} {name}",
+                body={"displayName": leaf},
+            )
+        except GraphError as error:
+            if error.code == "ErrorFolderExists":
+                raise FolderError(
+                    f"{self.url} {name}: the server has a folder of this name already (Sent "
+                    "Items, Deleted Items and Junk Email are mailsync's Sent, Trash and Junk); "
+                    "rename the folder"
+                )
+            raise FolderError(str(error))
+        created = _json(content, self.url, "creating a folder")
+        folder_id = created.get("id")
+        if not isinstance(folder_id, str):
+            raise FolderError(f"{self.url} {name}: Graph created the folder but gave no id")
+        folders[name] = folder_id
+        return folder_id
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+
+def _read_limited(response, limit: int, where: str, what: str) -> bytes:
+    """The body of `response`, refusing one longer than `limit` bytes (read in chunks,
+    never whole, so a hostile length costs at most `limit`)."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(
+            f"{where}: Graph's answer to {what} is {int(declared)} bytes, over the limit of {limit}"
+        )
+    chunks = bytearray()
+    for chunk in response.iter_content(chunk_size=1 << 16):
+        chunks += chunk
+        if len(chunks) > limit:
+            raise TooLarge(f"{where}: Graph's answer to {what} is over the limit of {limit} bytes")
+    return bytes(chunks)
+
+
+def _json(content: bytes, where: str, what: str) -> dict:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        raise StoreError(f"{where}: Graph's answer to {what} is not JSON")
+    if not isinstance(data, dict):
+        raise StoreError(f"{where}: Graph's answer to {what} is not a JSON object")
+    return data
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(error).__name__
