@@ -152,7 +152,7 @@ class GraphStore(Store):
         self.base = f"{scheme}://{ep.host}{port}/v1.0/users/{quote(ep.user, safe='@')}"
         self._origin = f"{scheme}://{ep.host}{port}/"
         self._session: Any = None
-        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._slots = _mailbox_slots(f"{ep.host.lower()}:{ep.port}/{ep.user.lower()}")
         self._token_lock = threading.Lock()
         self._token: str | None = None
         self._folders: dict[str, str] | None = None  # name -> folder id
@@ -458,6 +458,21 @@ class GraphStore(Store):
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _mailbox_slots(mailbox: str) -> threading.BoundedSemaphore:
+    """The slots of requests in flight to one mailbox, shared by every store of it in
+    this process: parallel workers each open their own store, and Graph's limit is per
+    app and mailbox."""
+    with _SLOTS_LOCK:
+        slots = _SLOTS.get(mailbox)
+        if slots is None:
+            slots = _SLOTS[mailbox] = threading.BoundedSemaphore(MAX_CONCURRENT)
+        return slots
 
 
 def _read_limited(response, limit: int, where: str, what: str) -> bytes:

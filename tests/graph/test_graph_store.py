@@ -12,7 +12,7 @@ import sqlite3
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from fakegraph import FakeGraph
@@ -118,3 +118,130 @@ def test_user_written_percent_encoded_is_the_same_mailbox(fake_graph, graph, mai
     result = pull(url, mailenv / "mail")
     assert result.exit_code == 0, result.output
     assert maildir_bodies(mailenv / "mail")["INBOX"] == Counter([to_lf(mime(1))])
+
+
+def test_rerun_downloads_nothing_and_sees_changes(fake_graph, graph, mailenv):
+    fake = fake_graph
+    ids = [fake.add_message("inbox", mime(n)) for n in range(5)]
+    fake.add_folder("inbox", "Old")
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert pull(url, root).exit_code == 0
+    assert value_fetches(fake) == 5
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 5  # nothing downloaded again
+    fake.update_message(ids[0], is_read=True)
+    fake.update_message(ids[1], flag="flagged", categories=["todo"])
+    fake.delete_message(ids[2])  # DELETE: to Recoverable Items, out of sight
+    fake.move_message(ids[3], "inbox/Old")
+    fake.add_message("inbox", mime(10))
+    result = pull(url, root, "--mirror")
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 5 + 2  # the new one, and the moved one in its new folder
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    assert set(files) == {to_lf(mime(n)) for n in (0, 1, 4, 10)}
+    assert file_flags(files[to_lf(mime(0))]) == {"\\Seen"}
+    assert file_flags(files[to_lf(mime(1))]) == {"\\Flagged"}
+    assert "todo" in (root / "INBOX" / "dovecot-keywords").read_text().split()
+    assert maildir_bodies(root)["INBOX/Old"] == Counter([to_lf(mime(3))])
+    # The rename of a folder on the server is followed by its id: nothing downloaded.
+    fake.rename_folder("inbox/Old", "Older")
+    result = pull(url, root, "--mirror")
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 7
+    bodies = maildir_bodies(root)
+    assert bodies["INBOX/Older"] == Counter([to_lf(mime(3))]) and "INBOX/Old" not in bodies
+
+
+def test_delta_comes_in_pages_of_the_size_asked_for(fake_graph, graph, mailenv, monkeypatch):
+    from mailsync.stores import graph_folder
+
+    monkeypatch.setattr(graph_folder, "PAGE_SIZE", 3)
+    for n in range(10):
+        fake_graph.add_message("inbox", mime(n))
+    root = mailenv / "mail"
+    assert pull(graph(fake_graph), root).exit_code == 0
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(10))
+    inbox = fake_graph.folder_id("inbox")
+    pages = [
+        r
+        for r in fake_graph.requests
+        if "delta" in r.path and inbox in unquote(r.path) + str(r.query)
+    ]
+    assert len(pages) == 4, fake_graph.requests
+    assert all("odata.maxpagesize=3" in (r.prefer or "") for r in pages)
+
+
+def test_void_delta_link_is_a_full_listing_without_downloads(fake_graph, graph, mailenv):
+    for n in range(5):
+        fake_graph.add_message("inbox", mime(n))
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert pull(url, root).exit_code == 0
+    for code in ("syncStateNotFound", "resyncRequired"):
+        fake_graph.invalidate_delta_tokens(code)
+        fake_graph.add_message("inbox", mime(5 if code == "syncStateNotFound" else 6))
+        result = pull(url, root)
+        assert result.exit_code == 0, result.output
+        assert "no longer knows the last delta link" in result.output
+    assert value_fetches(fake_graph) == 7
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(7))
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_is_waited_out_and_reported(fake_graph, graph, mailenv, status):
+    fake_graph.add_message("inbox", mime(1))
+    url = graph(fake_graph)
+    root = mailenv / "mail"
+    assert pull(url, root).exit_code == 0
+    fake_graph.add_message("inbox", mime(2))
+    fake_graph.throttle(2, status=status, retry_after=1, match="delta")
+    fake_graph.throttle(1, status=status, retry_after=1, match="$value")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(f"Graph is busy (HTTP {status}") == 3
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert sum(1 for r in fake_graph.requests if r.status == status) == 3
+
+
+def test_throttling_that_never_ends_gives_up_cleanly(fake_graph, graph, mailenv, monkeypatch):
+    fake_graph.add_message("inbox", mime(1))
+    fake_graph.add_message("sentitems", mime(2))
+    url = graph(fake_graph)
+    root = mailenv / "mail"
+    monkeypatch.setattr(graphmod, "MAX_WAIT", 2.0)
+    fake_graph.throttle(1000, retry_after=1, match="$value")
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output  # a rerun helps; the state is consistent
+    assert "kept throttling" in result.output and "gave up" in result.output
+    assert not maildir_bodies(root).get("INBOX")
+    fake_graph.throttle(0)
+    fake_graph._throttles.clear()
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    assert maildir_bodies(root)["Sent"] == Counter([to_lf(mime(2))])
+
+
+def test_expired_token_is_renewed_once_and_a_refused_one_is_exit_3(fake_graph, graph, mailenv):
+    fake_graph.add_message("inbox", mime(1))
+    url = graph(fake_graph)
+    root = mailenv / "mail"
+    # The token the command prints expires; the command prints a fresh one when run again.
+    fake_graph.expire_token(fake_graph.token)
+    fresh = fake_graph.add_token()
+    (mailenv / "token").write_text(f"{fresh}\n")
+    assert pull(url, root).exit_code == 0
+    (mailenv / "token").write_text("not-a-token\n")
+    result = pull(url, root)
+    assert result.exit_code == 3, result.output
+    assert "refused a fresh OAuth2 token" in result.output
+    assert "not-a-token" not in result.output
+
+
+def test_without_a_token_source_is_a_config_error(fake_graph, mailenv):
+    host = fake_graph.url.removeprefix("http://")
+    result = pull(f"graph://{USER}@{host}?tls=none", mailenv / "mail")
+    assert result.exit_code == 2, result.output
+    assert "Graph needs OAuth2" in result.output
