@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 from fakegraph import FakeGraph
-from imaptools import file_flags, maildir_bodies, maildir_files, run, run_process
+from imaptools import file_flags, maildir_bodies, maildir_files, run, run_process, write_local
 
 from mailsync.message import to_lf
 from mailsync.stores import graph as graphmod
@@ -245,3 +245,80 @@ def test_without_a_token_source_is_a_config_error(fake_graph, mailenv):
     result = pull(f"graph://{USER}@{host}?tls=none", mailenv / "mail")
     assert result.exit_code == 2, result.output
     assert "Graph needs OAuth2" in result.output
+
+
+def test_two_way_flags_and_deletions_reach_the_server(fake_graph, graph, mailenv):
+    fake = fake_graph
+    ids = [
+        fake.add_message("inbox", mime(n), categories=["old"] if n == 3 else ()) for n in range(5)
+    ]
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    set_flags(files[to_lf(mime(0))], "S")
+    set_flags(files[to_lf(mime(1))], "F")
+    set_flags(files[to_lf(mime(4))], "R")
+    files[to_lf(mime(2))].unlink()
+    result = run("-v", "sync", url, root)
+    assert result.exit_code == 0, result.output
+    assert fake.message(ids[0])["is_read"] is True
+    assert fake.message(ids[1])["flag"] == "flagged"
+    assert fake.message(ids[4])["extended"] == {"Integer 0x1081": "102"}
+    assert fake.message(ids[3])["categories"] == ["old"]  # untouched
+    gone = fake.message(ids[2])  # moved to Deleted Items, not out of sight
+    assert gone["folder_id"] == fake.folder_id("deleteditems")
+    # The next run changes nothing on either side and downloads nothing new
+    # but the deleted message, now in Trash.
+    result = run("sync", url, root)
+    assert result.exit_code == 0, result.output
+    assert "copied 0 to local, 0 to remote, flags 0" in result.output.split("INBOX:")[1]
+    assert maildir_bodies(root)["Trash"] == Counter([to_lf(mime(2))])
+    # A flag taken away locally is taken away on the server.
+    (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+    set_flags(path, "")
+    assert run("sync", url, root).exit_code == 0
+    assert fake.message(ids[1])["flag"] == "notFlagged"
+
+
+def test_answered_and_forwarded_both_stay_though_graph_keeps_one(fake_graph, graph, mailenv):
+    key = fake_graph.add_message("inbox", mime(1), last_verb=104)
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert run("sync", url, root).exit_code == 0
+    (path,) = maildir_files(root)["INBOX"]
+    assert file_flags(path) == {"$Forwarded"}
+    set_flags(path, "".join(sorted(path.name.rpartition(":2,")[2] + "R")))
+    for _ in range(2):
+        result = run("sync", url, root)
+        assert result.exit_code == 0, result.output
+        (path,) = maildir_files(root)["INBOX"]
+        assert file_flags(path) == {"\\Answered", "$Forwarded"}
+        assert fake_graph.message(key)["extended"] == {"Integer 0x1081": "102"}
+
+
+def test_hard_delete_when_asked(fake_graph, graph, mailenv):
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = graph(fake_graph, hard_delete="true")
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    files[to_lf(mime(1))].unlink()
+    assert run("sync", url, root).exit_code == 0
+    assert len(fake_graph.messages("inbox")) == 2 and fake_graph.messages("deleteditems") == []
+    assert any(r.path.endswith("/permanentDelete") for r in fake_graph.requests)
+    del keys
+
+
+def test_new_local_mail_is_refused_with_exit_2_and_the_way_to_restore(fake_graph, graph, mailenv):
+    fake_graph.add_message("inbox", mime(1))
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert run("sync", url, root).exit_code == 0
+    write_local(root, "INBOX", to_lf(mime(2)))
+    result = run("sync", url, root)
+    assert result.exit_code == 2, result.output
+    assert "only create a message as a draft" in result.output
+    assert f"imaps://{USER}@outlook.office365.com" in result.output
+    assert len(fake_graph.messages("inbox")) == 1 and fake_graph.messages("drafts") == []
+    assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake_graph.requests)
