@@ -6,9 +6,6 @@ between delta pages."""
 
 from __future__ import annotations
 
-import json
-import re
-import sqlite3
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +13,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 from fakegraph import FakeGraph
-from imaptools import file_flags, maildir_bodies, maildir_files, run, run_process, write_local
+from imaptools import file_flags, maildir_bodies, maildir_files, run, write_local
 
 from mailsync.message import to_lf
 from mailsync.stores import graph as graphmod
