@@ -10,10 +10,13 @@ id and content, so nothing is downloaded twice.
 
 Bodies come from ``GET messages/{id}/$value`` (the MIME as Exchange makes it), several at
 once within the store's limit of concurrent requests, each read up to MAX_MESSAGE bytes.
+An immutable id names its message in whatever folder it is, so a key no delta page of this
+folder showed is first checked to be in it (parentFolderId).
 
 Flags: isRead <-> \\Seen, flag.flagStatus "flagged" <-> \\Flagged, categories <->
 keywords, PR_LAST_VERB_EXECUTED (the extended property "Integer 0x1081": 102/103 reply,
-104 forward) <-> \\Answered / $Forwarded; receivedDateTime is the arrival date.  Flag
+104 forward) <-> \\Answered / $Forwarded; receivedDateTime is the arrival date, and
+PR_MESSAGE_SIZE ("Integer 0x0E08") the size (Graph's message has no size property).  Flag
 changes go back by PATCH; deletions by a move to Deleted Items (DELETE from Deleted Items
 itself), or ``permanentDelete`` with the store's hard_delete.  Graph creates a message
 posted as MIME as a draft only (user-post-messages.md), so append() refuses: restoring
@@ -45,10 +48,13 @@ log = logging.getLogger("mailsync")
 # that need many pages from a small folder.
 PAGE_SIZE = int(os.environ.get("MAILSYNC_GRAPH_PAGE_SIZE") or 100)
 LAST_VERB = "Integer 0x1081"  # PR_LAST_VERB_EXECUTED (MS-OXOMSG 2.2.1.29)
+MESSAGE_SIZE = "Integer 0x0E08"  # PR_MESSAGE_SIZE: Graph's message has no size property
 VERB_REPLY, VERB_REPLY_ALL, VERB_FORWARD = 102, 103, 104
 NO_VERB = 0  # Graph cannot remove an extended property by PATCH: 0 is no verb
 LIST_SELECT = "id,changeKey,isRead,flag,categories,receivedDateTime"
-LIST_EXPAND = f"singleValueExtendedProperties($filter=id eq '{LAST_VERB}')"
+LIST_EXPAND = (
+    f"singleValueExtendedProperties($filter=id eq '{LAST_VERB}' or id eq '{MESSAGE_SIZE}')"
+)
 # Error codes of a delta link the server no longer knows (errors.md, delta-query-overview.md).
 VOID_DELTA = ("syncStateNotFound", "resyncRequired", "syncStateInvalid")
 
@@ -71,6 +77,10 @@ class GraphFolder(Folder):
         self.where = f"{store.url} {name}"
         self._link: str | None = None  # the deltaLink of the last complete round
         self._changekeys: dict[str, str] = {}
+        # Keys a delta page of this folder showed and that have not left it since: their
+        # bodies are fetched directly.  An immutable id names its message wherever it is,
+        # so any other key is first checked to be in this folder.
+        self._listed: set[str] = set()
         self._flag_changes: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self._deletions: list[str] = []
 
@@ -144,8 +154,11 @@ class GraphFolder(Folder):
         if "@removed" in entry:
             page[key] = None
             self._changekeys.pop(key, None)
+            self._listed.discard(key)
             return
-        page[key] = Info(flags_of(entry), 0, _when(entry.get("receivedDateTime")))
+        self._listed.add(key)
+        size = _extended(entry, MESSAGE_SIZE) or 0
+        page[key] = Info(flags_of(entry), max(size, 0), _when(entry.get("receivedDateTime")))
         changekey = entry.get("changeKey")
         if isinstance(changekey, str):
             self._changekeys[key] = changekey
@@ -203,6 +216,8 @@ class GraphFolder(Folder):
 
     def _body(self, key: str) -> Body | MessageError:
         try:
+            if key not in self._listed and not self._here(key):
+                return MessageError(f"{self.where}: message {key[:24]}... is not in this folder")
             _status, content = self.store.request(
                 "GET",
                 f"messages/{quote(key, safe='')}/$value",
@@ -223,6 +238,17 @@ class GraphFolder(Folder):
         if not content:
             return MessageError(f"{self.where}: message {key[:24]}... has no MIME content")
         return to_lf(content)
+
+    def _here(self, key: str) -> bool:
+        """Whether message `key` is in this folder now (one GET of its parentFolderId)."""
+        _status, content = self.store.request(
+            "GET",
+            f"messages/{quote(key, safe='')}",
+            what="reading a message",
+            where=self.where,
+            params={"$select": "parentFolderId"},
+        )
+        return _json_object(content, self.where).get("parentFolderId") == self.folder_id
 
     # writing --------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -309,6 +335,7 @@ class GraphFolder(Folder):
             if error.status != 404:  # gone already: what was asked
                 raise self._message_error(key, error)
         self._changekeys.pop(key, None)
+        self._listed.discard(key)
 
     def _message_error(self, key: str, error: GraphError) -> MessageError | FolderError:
         if error.status in (429, 503):
@@ -329,7 +356,7 @@ def flags_of(message: dict) -> frozenset[str]:
     flag = message.get("flag")
     if isinstance(flag, dict) and flag.get("flagStatus") == "flagged":
         flags.add(FLAGGED)
-    verb = _last_verb(message)
+    verb = _extended(message, LAST_VERB)
     if verb in (VERB_REPLY, VERB_REPLY_ALL):
         flags.add(ANSWERED)
     elif verb == VERB_FORWARD:
@@ -340,11 +367,13 @@ def flags_of(message: dict) -> frozenset[str]:
     return frozenset(flags)
 
 
-def _last_verb(message: dict) -> int | None:
+def _extended(message: dict, ident: str) -> int | None:
+    """The integer extended property `ident` of a message, as $expand gave it (values
+    come as strings; ids compare as Graph writes them back, case and spacing aside)."""
     for prop in message.get("singleValueExtendedProperties") or ():
         if (
             isinstance(prop, dict)
-            and " ".join(str(prop.get("id", "")).split()).lower() == LAST_VERB.lower()
+            and " ".join(str(prop.get("id", "")).split()).lower() == ident.lower()
         ):
             try:
                 return int(str(prop.get("value")))
