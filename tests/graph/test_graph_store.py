@@ -369,3 +369,43 @@ def test_kill_between_pages_then_rerun(fake_graph, graph, mailenv):
     downloads = value_fetches(fake_graph)
     assert pull(url, root).exit_code == 0
     assert value_fetches(fake_graph) == downloads
+
+
+def test_stores_of_one_mailbox_share_four_requests_in_flight(fake_graph, graph, mailenv):
+    """Two stores of one mailbox (as parallel workers open them) fetching six bodies
+    each while the fake holds every request: four are in flight, never a fifth (which
+    the fake would answer 429, MailboxConcurrency); released, all twelve arrive."""
+    import threading
+    import time
+
+    from mailsync.stores import open_store
+
+    for n in range(12):
+        fake_graph.add_message("inbox", mime(n))
+    url = graph(fake_graph)
+    stores = [open_store(url) for _ in range(2)]
+    folders = [store.open_folder("INBOX") for store in stores]
+    keys = sorted(folders[0].list())
+    folders[1].list()
+    got: list = []
+    fake_graph.hold()
+    threads = [
+        threading.Thread(target=lambda f=f, k=k: got.extend(f.fetch_many(k)))
+        for f, k in ((folders[0], keys[:6]), (folders[1], keys[6:]))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while fake_graph.in_flight < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # room for a fifth request, if one were sent
+        assert fake_graph.in_flight == 4
+    finally:
+        fake_graph.release()
+        for thread in threads:
+            thread.join()
+        for store in stores:
+            store.close()
+    assert [r for r in fake_graph.requests if r.status == 429] == []
+    assert sorted(to_lf(body) for _, body in got) == sorted(to_lf(mime(n)) for n in range(12))
