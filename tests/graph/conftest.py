@@ -1,11 +1,13 @@
 """Fixtures for the Graph tests: ``fake_graph`` (a FakeGraph over plain HTTP with one
 delegated token, ``fake_graph.token``) and ``fake_graph_tls`` (the same over HTTPS with a
-certificate from a private CA, ``fake_graph_tls.cafile``)."""
+certificate from a private CA, ``fake_graph_tls.cafile``); ``oauth_server`` (the tests'
+OAuth2 authorization server, tests/servers/oauth.py) for tokens ``fake_graph.trust()`` accepts."""
 
 import ssl
 
 import pytest
 from fakegraph import FakeGraph
+from servers.oauth import oauth_server  # noqa: F401 - a fixture for the tests here
 
 
 @pytest.fixture

@@ -7,29 +7,32 @@ fake makes a choice and says so ("fake's choice"): a store must not depend on th
 
 Wire protocol
 -------------
-* HTTP/1.1 (keep-alive), plain or HTTPS (``ssl_context``), JSON bodies with
-  ``Content-Type: application/json``.  Resources live under ``/v1.0/me/...`` and
-  ``/v1.0/users/{id | userPrincipalName}/...``; the user principal name compares
-  case-insensitively, an unknown user is 404 ``ErrorInvalidUser``.  Path segment names are
-  case-insensitive (the docs write both ``mailFolders`` and ``mailfolders``), ids are not; the
-  OData key form ``mailFolders('ID')`` is accepted (Graph's own nextLinks use it).
-  Nested folders may be addressed as ``mailFolders/A/childFolders/B/...``.
+* HTTP/1.1 (keep-alive), plain or HTTPS (``ssl_context``), JSON bodies with ``Content-Type:
+  application/json``. Resources live under ``/v1.0/me/...`` and ``/v1.0/users/{id |
+  userPrincipalName}/...``; the user principal name compares case-insensitively, an unknown user
+  is 404 ``ErrorInvalidUser``. Path segment names are case-insensitive (the docs write both
+  ``mailFolders`` and ``mailfolders``), ids are not; the OData key form ``mailFolders('ID')`` is
+  accepted (Graph's own nextLinks use it). Nested folders may be addressed as
+  ``mailFolders/A/childFolders/B/...``.
 * Errors (concepts/errors.md): ``{"error": {"code", "message", "innerError": {"date",
-  "request-id", "client-request-id"}}}`` with the HTTP status.  Every response carries
+  "request-id", "client-request-id"}}}`` with the HTTP status. Every response carries
   ``request-id`` and echoes ``client-request-id``.
-* Auth: ``Authorization: Bearer TOKEN`` with tokens the test issues (``add_token``).  A missing,
+* Auth: ``Authorization: Bearer TOKEN`` with tokens the test issues (``add_token``). A missing,
   unknown or expired token is 401 ``InvalidAuthenticationToken`` ("Access token is empty." /
   "Access token has expired or is not yet valid." / "IDX14100: JWT is not well formed...") with
   ``WWW-Authenticate: Bearer realm="", authorization_uri="https://login.microsoftonline.com/
   common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"`` as Graph sends
-  it.  ``/me`` with an application (client-credentials) token is 400 BadRequest "/me request is
-  only valid with delegated authentication flow." (Graph's answer).
-* Throttling (concepts/throttling-limits.md, "Outlook service limits": 4 concurrent requests
-  per app and mailbox; answers 429 with ``Retry-After``; errors.md: 503 may carry
-  ``Retry-After``): a fifth request in flight to the mailbox is 429 ``ApplicationThrottled``
-  "Application is over its MailboxConcurrency limit." with ``Retry-After: 1``.  ``throttle()``
-  makes chosen requests answer 429 (``ApplicationThrottled``, "... RequestRate limit.") or 503
-  (``serviceNotAvailable``) with ``Retry-After``.  Auth is checked before throttling.
+  it. ``/me`` with an application (client-credentials) token is 400 BadRequest "/me request is
+  only valid with delegated authentication flow." (Graph's answer). A valid token of another
+  user is 403 ``ErrorAccessDenied`` "Access is denied. Check credentials and try again."
+* Throttling (concepts/throttling-limits.md, "Outlook service limits", per app ID and mailbox:
+  10,000 requests per 10 minutes, 4 concurrent requests, 150 MB uploaded per 5 minutes;
+  concepts/throttling.md: 429 with ``Retry-After``; errors.md: 503 may carry ``Retry-After``;
+  the body seen from Outlook, Microsoft Q&A 2143058 and 1660054): a fifth request in flight to
+  the mailbox is 429 ``ApplicationThrottled`` "Application is over its MailboxConcurrency
+  limit." with ``Retry-After: 1``. ``throttle()`` makes chosen requests answer 429
+  (``ApplicationThrottled``, "... RequestRate limit.") or 503 (``serviceNotAvailable``) with
+  ``Retry-After``. Auth is checked before throttling.
 
 Mail (resources/mailfolder.md, resources/message.md)
 ----------------------------------------------------
@@ -39,120 +42,151 @@ Mail (resources/mailfolder.md, resources/message.md)
   ``junkemail``, ``outbox``, ``archive``, ``conversationhistory``, ``msgfolderroot``,
   ``recoverableitemsdeletions``; names compare case-insensitively).
   ``recoverableitemsdeletions`` (where DELETE puts messages) is outside msgfolderroot and never
-  listed.  ``GET mailFolders`` lists the children of msgfolderroot, ``childFolders`` the
-  children of a folder; hidden folders (``isHidden``) only with ``includeHiddenFolders=true``
-  (mailfolder-list.md).  Lists are paged: 10 a page unless ``$top`` (at most 1000, fake's
-  choice) with ``@odata.nextLink`` (``$skip``), as Graph does for collections
-  (concepts/paging.md).  Folder JSON: id, displayName, parentFolderId, childFolderCount,
-  unreadItemCount, totalItemCount, sizeInBytes, isHidden.  ``POST mailFolders`` /
-  ``childFolders`` (``displayName``, ``isHidden``) create (201; a sibling with the same name,
-  case-insensitively, is 409 ``ErrorFolderExists``), ``PATCH`` renames (``displayName``),
-  ``DELETE`` removes the folder and its subtree (fake's choice: Graph's page does not say
-  where it goes), ``POST .../move`` (``destinationId``) moves it.  Folder ids never change.
+  listed. ``GET mailFolders`` lists the children of msgfolderroot, ``childFolders`` the children
+  of a folder; hidden folders (``isHidden``) only with ``includeHiddenFolders=true``
+  (mailfolder-list.md). Lists are paged: 10 a page unless ``$top`` (at most 1000, fake's choice)
+  with ``@odata.nextLink`` (``$skip``), as Graph does for collections (concepts/paging.md).
+  Folder JSON: id, displayName, parentFolderId, childFolderCount, unreadItemCount,
+  totalItemCount, sizeInBytes, isHidden. ``POST mailFolders`` / ``childFolders``
+  (``displayName``, ``isHidden``) create (201; a sibling with the same name, case-insensitively,
+  is 409 ``ErrorFolderExists``), ``PATCH`` renames (``displayName``), ``DELETE`` removes the
+  folder and its subtree (fake's choice: Graph's page does not say where it goes), ``POST
+  .../move`` (``destinationId``) moves it. Folder ids never change.
+* Message lists (``mailFolders/{id}/messages``) come newest first, paged like folder lists;
+  ``$filter``, ``$orderby``, ``$search`` and ``$count`` are ignored by the fake (a store should
+  not need them).
 * Messages: the MIME is stored as given; ``GET .../messages/{id}/$value`` returns it byte for
   byte (message-get.md, "Get MIME content"; Content-Type ``text/plain``, fake's choice) and
-  counts the download in ``value_downloads``.  JSON: id, @odata.etag (``W/"changeKey"``),
+  counts the download in ``value_downloads``. JSON: id, @odata.etag (``W/"changeKey"``),
   changeKey, createdDateTime, lastModifiedDateTime, receivedDateTime, sentDateTime,
   hasAttachments, internetMessageId, subject, bodyPreview, importance, parentFolderId,
   conversationId, isRead, isDraft, body, sender, from, toRecipients, ccRecipients,
   bccRecipients, replyTo, flag {flagStatus}, categories, inferenceClassification; ``$select``
-  (id and @odata.etag always) and ``$expand=singleValueExtendedProperties($filter=id eq
-  'Integer 0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings).
+  (id and @odata.etag always) and ``$expand=singleValueExtendedProperties($filter=id eq 'Integer
+  0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings).
 * Ids: by default a message's id changes when it moves to another folder; with ``Prefer:
   IdType="ImmutableId"`` (outlook-immutable-id.md) responses carry an id that never changes.
-  Both kinds of id are accepted in URLs whatever the header.  An id this server could not
-  have made is 400 ``ErrorInvalidIdMalformed``; a well-formed id of nothing is 404
+  Both kinds of id are accepted in URLs whatever the header. An id this server could not have
+  made is 400 ``ErrorInvalidIdMalformed``; a well-formed id of nothing is 404
   ``ErrorItemNotFound`` (an old id of a moved message included).
 * ``PATCH`` a message: isRead, categories, flag {flagStatus notFlagged/flagged/complete},
   importance, inferenceClassification, singleValueExtendedProperties ([{id, value}], added or
-  replaced); subject/body only on drafts.  Anything else is 400 ``ErrorInvalidProperty``
-  (fake's choice).  Every change gives a new changeKey and shows in delta.
-* ``DELETE`` a message moves it to Recoverable Items\\Deletions (message-delete.md: items "in
-  the recoverable items deletions folder" are what DELETE leaves behind; Outlook's "deleted
-  items" folder is only reached by ``move`` with ``destinationId: deleteditems``);
-  ``POST .../permanentDelete`` (message-permanentdelete.md) removes it from everything a
-  client can see (Purges is not modelled).  ``POST .../move`` and ``.../copy``
+  replaced); subject/body only on drafts. Anything else is 400 ``ErrorInvalidProperty`` (fake's
+  choice). Every change gives a new changeKey and shows in delta.
+* ``DELETE`` a message moves it to Recoverable Items\\Deletions, out of every listed folder
+  (fake's reading: message-delete.md does not say, docs issue
+  microsoftgraph/microsoft-graph-docs-contrib#285 "Specify delete action" asks; Microsoft's own
+  SDK feedback, msgraph-sdk-powershell#3265, says deleted messages "can be recovered from
+  recoverable items"). Deleted Items is reached by ``move`` with ``destinationId:
+  deleteditems``; ``POST .../permanentDelete`` (message-permanentdelete.md) removes it from
+  everything a client can see (Purges is not modelled). ``POST .../move`` and ``.../copy``
   (``destinationId``: id or well-known name) answer 201 with the moved/new message.
 * ``POST .../messages`` with ``Content-Type: text/plain`` and a base64 MIME body creates a
   *draft* (isDraft true) in Drafts, or in the folder of ``mailFolders/{id}/messages``
   (user-post-messages.md, "Create a message in MIME format"); bad base64 is 400
-  ``ErrorMimeContentInvalidBase64String`` "Invalid base64 string for MIME content.".  A JSON
-  body (subject, body, recipients) creates a draft with a minimal MIME.  There is no way to
-  create a non-draft message through Graph's documented API; ``add_message`` (test API) does.
+  ``ErrorMimeContentInvalidBase64String`` "Invalid base64 string for MIME content.". A JSON body
+  (subject, body, recipients) creates a draft with a minimal MIME. There is no way to create a
+  non-draft message through Graph's documented API; ``add_message`` (test API) does.
 
 Delta (concepts/delta-query-overview.md, delta-query-messages.md, delta-query-events.md,
 api/message-delta.md, api/event-delta.md, api/contact-delta.md)
 ----------------------------------------------------------------------------------------
 * ``GET mailFolders/{id}/messages/delta``, ``calendars/{id}/calendarView/delta?startDateTime=
   &endDateTime=`` (also ``calendarView/delta`` and ``calendar/calendarView/delta`` for the
-  default calendar), ``contactFolders/{id}/contacts/delta`` and ``contacts/delta`` (the
-  default folder).  A round is pages linked by ``@odata.nextLink`` (``$skiptoken``) ending
-  with an ``@odata.deltaLink`` (``$deltatoken``); the query options of the first request
-  (``$select``, ``$expand``, ``changeType``, the window) are encoded in the tokens and not
-  repeated.  Page size: ``Prefer: odata.maxpagesize=N`` (answered with ``Preference-Applied``),
-  default 10, at most ``max_page_size``.  Tokens are opaque random strings naming server-side
-  state ("internal delta token cache", delta-query-overview.md, Token duration).
+  default calendar), ``contactFolders/{id}/contacts/delta`` and ``contacts/delta`` (the default
+  folder). A round is pages linked by ``@odata.nextLink`` (``$skiptoken``) ending with an
+  ``@odata.deltaLink`` (``$deltatoken``); the query options of the first request (``$select``,
+  ``$expand``, ``changeType``, the window) are encoded in the tokens and not repeated. Page
+  size: ``Prefer: odata.maxpagesize=N`` (answered with ``Preference-Applied``), default 10, at
+  most ``max_page_size``. Tokens are opaque random strings naming server-side state ("internal
+  delta token cache", delta-query-overview.md, Token duration).
 * A round reports the difference between what the client was sent at the end of the previous
   round (id -> changeKey) and the collection now: new or changed items in full, items gone
-  (deleted, moved out, out of the window, cancelled occurrences) as ``{"@odata.type",
-  "id", "@removed": {"reason": "deleted"}}`` with the id the client knew.  The reason is
+  (deleted, moved out, out of the window, cancelled occurrences) as ``{"@odata.type", "id",
+  "@removed": {"reason": "deleted"}}`` with the id the client knew. The reason is
   ``removed_reason`` ("deleted" as in the Outlook examples; "changed" is documented for
-  directory objects).  The first round lists what exists, never removals.  Each round is a
+  directory objects). The first round lists what exists, never removals. Each round is a
   snapshot taken at its first page: pages are exact, and a round can be resumed from any
-  nextLink (a client killed between pages).  ``changeType=created|updated|deleted`` filters
+  nextLink (a client killed between pages). ``changeType=created|updated|deleted`` filters
   message rounds (delta-query-messages.md).
-* A void token (``invalidate_delta_tokens()``, or evicted beyond ``delta_token_limit``) is
-  410 Gone with ``{"error": {"code": "syncStateNotFound"}}`` (or ``resyncRequired``, the two
-  codes errors.md gives for expired delta tokens) and a ``Location`` header with the initial
-  delta URL ("Synchronization reset", delta-query-overview.md).  A string that is not a token
-  of this server is 400 ``BadRequest`` (fake's choice).
-* calendarView delta (delta-query-events.md): ``$select`` is not supported (400); the view
-  holds single instances, occurrences and exceptions of series in the window, never series
-  masters (GET ``events/{seriesMasterId}`` gives the master with its recurrence;
-  ``calendars/{id}/events`` lists singles and masters).  Times come back in UTC unless
-  ``Prefer: outlook.timezone="Zone"`` (event.md); ``originalStartTimeZone`` /
-  ``originalEndTimeZone`` keep the zone the event was made in.  All-day events are not
-  converted: they come back as midnight to midnight in the zone they were made in, and a
-  window catches them by that zone's midnights (Microsoft Q&A 1382503 and 970643; the
-  UTC default is event.md's "start ... By default, the start time is in UTC").
+* A void token (``invalidate_delta_tokens()``, or evicted beyond ``delta_token_limit``) is 410
+  Gone with ``{"error": {"code": "syncStateNotFound"}}`` (or ``resyncRequired``, the two codes
+  errors.md gives for expired delta tokens) and a ``Location`` header with the initial delta URL
+  ("Synchronization reset", delta-query-overview.md). A string that is not a token of this
+  server is 400 ``BadRequest`` (fake's choice).
+* calendarView delta (delta-query-events.md): ``$select`` is not supported (400); the view holds
+  single instances, occurrences and exceptions of series in the window, never series masters
+  (GET ``events/{seriesMasterId}`` gives the master with its recurrence;
+  ``calendars/{id}/events`` lists singles and masters). Times come back in UTC unless ``Prefer:
+  outlook.timezone="Zone"`` (event.md); ``originalStartTimeZone`` / ``originalEndTimeZone`` keep
+  the zone the event was made in. All-day events are not converted: they come back as midnight
+  to midnight in the zone they were made in, and a window catches them by that zone's midnights
+  (Microsoft Q&A 1382503 and 970643; the UTC default is event.md's "start ... By default, the
+  start time is in UTC").
 
 Calendars and contacts
 ----------------------
-``GET calendars``, ``calendar``, ``calendars/{id}``; ``contactFolders`` (children of the
-default Contacts folder, contactfolder-list.md), ``contactFolders/{id}``, ``.../childFolders``,
-``.../contacts``, ``contacts`` (default folder), ``contacts/{id}``.  Events and contacts are
-given by the test as Graph JSON and returned with the server's id, changeKey, @odata.etag,
-createdDateTime and lastModifiedDateTime.  Recurrence (patternedrecurrence.md): daily, weekly,
-absoluteMonthly, relativeMonthly, absoluteYearly, relativeYearly patterns; endDate, noEnd and
-numbered ranges.  An occurrence is ``type: occurrence`` with ``seriesMasterId`` and
-``originalStart``; ``modify_occurrence`` makes it an ``exception``; ``cancel_occurrence``
-removes it from the view.
+``GET calendars``, ``calendar``, ``calendars/{id}``, ``calendars/{id}/events`` (single events
+and series masters), ``events/{id}`` (an occurrence id works too), ``events/{id}/instances`` and
+``calendarView`` (both with ``startDateTime``/``endDateTime``, paged); ``contactFolders``
+(children of the default Contacts folder, contactfolder-list.md), ``contactFolders/{id}``,
+``.../childFolders``, ``.../contacts``, ``contacts`` (default folder), ``contacts/{id}``. Events
+and contacts are given by the test as Graph JSON and returned with the server's id, changeKey,
+@odata.etag, createdDateTime and lastModifiedDateTime. Recurrence (patternedrecurrence.md):
+daily, weekly, absoluteMonthly, relativeMonthly, absoluteYearly, relativeYearly patterns;
+endDate, noEnd and numbered ranges. An occurrence is ``type: occurrence`` with
+``seriesMasterId`` and ``originalStart``; ``modify_occurrence`` makes it an ``exception``;
+``cancel_occurrence`` removes it from the view.
+
+Folder hierarchy and batching
+-----------------------------
+``GET mailFolders/delta`` (mailfolder-delta.md) follows the same rules over every folder below
+msgfolderroot (hidden ones included, as isHidden says what they are): new, renamed and moved
+folders in full, deleted ones as ``@removed``.  ``POST /v1.0/$batch`` (json-batching.md): see
+``FakeGraph._batch``.
 
 Test API
 --------
-``FakeGraph(user="alice@example.org", *, ssl_context=None, max_page_size=1000)``;
-``start()``/``stop()`` or ``with``.  ``url`` (``http://127.0.0.1:PORT``), ``base`` (``url +
-"/v1.0"``), ``user``, ``user_id``.  Tokens: ``add_token(token=None, *, lifetime=3600, app=False)
--> token``, ``expire_token(token)``.  Mail: ``folder_id(path)`` (well-known name then display
-names: ``"inbox/Sub"``), ``add_folder(parent_path, name, hidden=False) -> id``,
+Server: ``FakeGraph(user="alice@example.org", *, ssl_context=None, max_page_size=1000)``;
+``start()``/``stop()`` or ``with``; ``url`` (``http://127.0.0.1:PORT``), ``base`` (``url`` +
+``/v1.0``), ``user``, ``user_id``.  The fixtures (conftest.py) add ``token`` (a delegated
+token) and, over HTTPS, ``cafile``.
+
+Tokens: ``add_token(token=None, *, lifetime=3600, app=False, user=None) -> token`` (``app``: a
+client-credentials token; ``user``: whose, the mailbox's by default), ``expire_token(token)``,
+``trust(oauth_server)``: also accept the access tokens of tests/servers/oauth.py's server
+(valid while it says so; client-credentials tokens, which come without a refresh token, are
+application tokens), so that tests can log in with ``mailsync login`` and then use Graph.
+
+Mail (``path``: a well-known name then display names, ``"inbox/Sub"``; ``key``: either id of
+a message): ``folder_id(path)``, ``add_folder(parent_path, name, hidden=False) -> id``,
 ``rename_folder(path, name)``, ``delete_folder(path)``, ``add_message(folder_path, mime, *,
 is_read=False, flag="notFlagged", categories=(), received=None, is_draft=False,
-last_verb=None) -> immutable id``, ``update_message(key, **changes)`` (is_read, flag,
-categories, last_verb), ``move_message(key, folder_path)``, ``delete_message(key, hard=False)``,
+last_verb=None) -> immutable id`` (delivers as mail flow does: not a draft),
+``update_message(key, *, is_read, flag, categories, last_verb)``, ``move_message(key,
+folder_path) -> new id``, ``delete_message(key, hard=False)`` (soft: to Recoverable Items),
 ``message(key) -> dict`` (immutable_id, id, folder_id, mime, is_read, flag, categories,
-is_draft, change_key, extended), ``messages(folder_path) -> [dict]``; ``key`` is either id.
-Calendars: ``calendar_id(name=None)``, ``add_calendar(name) -> id``, ``add_event(calendar,
-event) -> id``, ``update_event(id, **fields)``, ``delete_event(id)``, ``modify_occurrence(
-master_id, date, **fields) -> id``, ``cancel_occurrence(master_id, date)``, ``instances(
-master_id, start, end) -> [dict]``.  Contacts: ``contact_folder_id(name=None)``,
-``add_contact_folder(name, parent=None) -> id``, ``add_contact(folder, contact) -> id``,
-``update_contact(id, **fields)``, ``delete_contact(id)``.  Faults: ``throttle(n=1, *,
-status=429, retry_after=1, match=None, method=None)`` (the next n authenticated requests whose
-path contains ``match``), ``hold()``/``release()`` (authenticated requests wait before being
-served; ``in_flight`` counts them), ``invalidate_delta_tokens(code="syncStateNotFound")``,
-``delta_token_limit``, ``removed_reason``, ``concurrency_limit`` (4).  Records: ``requests``
-(``Request(method, path, query, status, prefer)``, every request, in arrival order),
-``value_downloads`` (Counter by immutable id), ``sent_delta_pages``.
+is_draft, change_key, extended), ``messages(folder_path) -> [dict]``.
+
+Calendars (``calendar``: an id, a name or None for the default one): ``calendar_id(name=None)``,
+``add_calendar(name) -> id``, ``add_event(calendar, event_json) -> id``, ``update_event(id,
+**fields)``, ``delete_event(id)``, ``modify_occurrence(master_id, date, **fields) -> id``,
+``cancel_occurrence(master_id, date)``, ``instances(master_id, start, end) -> [event_json]``.
+
+Contacts: ``contact_folder_id(name=None)``, ``add_contact_folder(name, parent=None) -> id``,
+``add_contact(folder, contact_json) -> id``, ``update_contact(id, **fields)``,
+``delete_contact(id)``.
+
+Faults: ``throttle(n=1, *, status=429, retry_after=1, match=None, method=None)`` (the next n
+authenticated requests, or $batch steps, whose path contains ``match``); ``hold(match=None)`` /
+``release()`` (authenticated requests, or those whose path contains ``match``, wait before
+being served, counted in ``in_flight``); ``invalidate_delta_tokens(code="syncStateNotFound")``;
+attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"),
+``concurrency_limit`` (4), ``max_page_size``.
+
+Records: ``requests`` (``Request(method, path, query, status, prefer, batch)`` for every
+request and every $batch step, logged before the answer is sent), ``value_downloads``
+(Counter of successful ``$value`` downloads by immutable id), ``sent_delta_pages``.
 """
 
 from __future__ import annotations
@@ -228,6 +262,7 @@ class Request(NamedTuple):
     query: dict
     status: int
     prefer: str
+    batch: bool = False  # a step of a $batch request (the $batch POST is logged too)
 
 
 class GraphError(Exception):
@@ -446,6 +481,7 @@ class _MailFolder:
     parent_id: str | None
     well_known: str | None = None
     hidden: bool = False
+    version: int = 0  # bumped by a rename or a move: what mailFolders/delta compares
 
 
 @dataclass
@@ -556,7 +592,9 @@ class FakeGraph:
         self._lock = threading.RLock()
         self._gate = threading.Event()
         self._gate.set()
-        self._tokens: dict[str, tuple[float, bool]] = {}
+        self._hold_match: str | None = None
+        self._tokens: dict[str, tuple[float, bool, str]] = {}
+        self._oauth = None
         self._throttles: list[_Throttle] = []
         self._epoch = 0
         self._void_code = "syncStateNotFound"
@@ -565,7 +603,7 @@ class FakeGraph:
         self._well_known: dict[str, str] = {}
         self._messages: dict[str, _Message] = {}  # by immutable id
         self._message_ids: dict[str, str] = {}  # current regular id -> immutable id
-        self._retired_ids: set[str] = set()
+        self._evicted_tokens: dict[str, str] = {}  # token -> the initial delta URL
         self._calendars: dict[str, _Calendar] = {}
         self._events: dict[str, _Event] = {}
         self._contact_folders: dict[str, _ContactFolder] = {}
@@ -657,21 +695,33 @@ class FakeGraph:
     # ---------------------------------------------------------------- test API: auth, faults
 
     def add_token(
-        self, token: str | None = None, *, lifetime: float = 3600, app: bool = False
+        self,
+        token: str | None = None,
+        *,
+        lifetime: float = 3600,
+        app: bool = False,
+        user: str | None = None,
     ) -> str:
         """Issue an access token valid for ``lifetime`` seconds; ``app``: an application
-        (client credentials) token, which cannot use /me."""
-        token = token or "eyJ0eXAiOiJKV1Qi." + secrets.token_urlsafe(
-            24
-        ) + "." + secrets.token_urlsafe(8)
+        (client credentials) token, which cannot use /me; ``user``: whose token it is (the
+        mailbox's user by default; another user's token gets 403 ErrorAccessDenied)."""
+        token = token or ".".join(
+            ("eyJ0eXAiOiJKV1Qi", secrets.token_urlsafe(24), secrets.token_urlsafe(8))
+        )
         with self._lock:
-            self._tokens[token] = (time.time() + lifetime, app)
+            self._tokens[token] = (time.time() + lifetime, app, user or self.user)
         return token
 
     def expire_token(self, token: str) -> None:
         with self._lock:
-            _, app = self._tokens[token]
-            self._tokens[token] = (0.0, app)
+            _, app, user = self._tokens[token]
+            self._tokens[token] = (0.0, app, user)
+
+    def trust(self, oauth) -> None:
+        """Also accept the access tokens of ``oauth`` (tests/servers/oauth.py's OAuthServer):
+        a token is valid while ``oauth`` says so; it is the token of its grant's user, an
+        application token when it came without a refresh token (client credentials)."""
+        self._oauth = oauth
 
     def throttle(
         self,
@@ -685,8 +735,10 @@ class FakeGraph:
         with self._lock:
             self._throttles.append(_Throttle(n, status, retry_after, match, method))
 
-    def hold(self) -> None:
-        """Authenticated requests wait (counted in ``in_flight``) until ``release()``."""
+    def hold(self, match: str | None = None) -> None:
+        """Authenticated requests (whose path contains ``match``, if given) wait, counted in
+        ``in_flight``, until ``release()``."""
+        self._hold_match = match
         self._gate.clear()
 
     def release(self) -> None:
@@ -728,7 +780,8 @@ class FakeGraph:
 
     def rename_folder(self, path: str, name: str) -> None:
         with self._lock:
-            self._mail_path(path).name = name
+            folder = self._mail_path(path)
+            folder.name, folder.version = name, folder.version + 1
 
     def delete_folder(self, path: str) -> None:
         with self._lock:
@@ -983,7 +1036,6 @@ class FakeGraph:
             return
         # A regular id names an item in a folder: a move makes a new one (outlook-immutable-id.md).
         del self._message_ids[message.id]
-        self._retired_ids.add(message.id)
         message.id = self._new_id("AAMkAG")
         self._message_ids[message.id] = message.immutable_id
         message.folder_id = folder_id
@@ -992,7 +1044,6 @@ class FakeGraph:
     def _purge(self, message: _Message) -> None:
         del self._messages[message.immutable_id]
         del self._message_ids[message.id]
-        self._retired_ids.add(message.id)
 
     def _copy(self, message: _Message, folder_id: str) -> _Message:
         new = self._new_message(
@@ -1207,22 +1258,27 @@ class FakeGraph:
 
     # ---------------------------------------------------------------- HTTP
 
-    def _check_auth(self, header: str | None) -> tuple[str | None, bool]:
-        """(None, app) for a valid token, else (error message, False)."""
+    def _check_auth(self, header: str | None) -> tuple[str | None, bool, str]:
+        """(None, app, user) for a valid token, else (error message, False, "")."""
         if not header or not header.startswith("Bearer ") or not header[7:].strip():
-            return "Access token is empty.", False
+            return "Access token is empty.", False, ""
         token = header[7:].strip()
         with self._lock:
             found = None
             for known, entry in self._tokens.items():
                 if hmac.compare_digest(known.encode(), token.encode()):
                     found = entry
+        if found is None and self._oauth is not None:
+            grant = self._oauth.grants.get(token)
+            if grant is not None and grant.kind == "access":
+                expiry = 0.0 if grant.revoked else grant.expires_at
+                found = (expiry, grant.parent is None, grant.user or "")
         if found is None:
-            return "IDX14100: JWT is not well formed, there are no dots (.).", False
-        expiry, app = found
+            return "IDX14100: JWT is not well formed, there are no dots (.).", False, ""
+        expiry, app, user = found
         if time.time() >= expiry:
-            return "Access token has expired or is not yet valid.", False
-        return None, app
+            return "Access token has expired or is not yet valid.", False, ""
+        return None, app, user
 
     def _error_body(self, code: str, message: str, request_id: str, client_id: str) -> bytes:
         inner = {
@@ -1273,7 +1329,7 @@ class FakeGraph:
             )
             return
         body = h.rfile.read(int(length)) if length and length.isdigit() else b""
-        problem, app = self._check_auth(h.headers.get("Authorization"))
+        problem, app, token_user = self._check_auth(h.headers.get("Authorization"))
         if problem is not None:
             challenge = (
                 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/'
@@ -1307,9 +1363,10 @@ class FakeGraph:
                 raise GraphError(
                     throttle.status, code, text, {"Retry-After": str(throttle.retry_after)}
                 )
-            self._gate.wait()
+            if self._hold_match is None or self._hold_match in split.path:
+                self._gate.wait()
             content_type = h.headers.get("Content-Type") or ""
-            ctx = _Ctx(method, split.path, query, prefer, body, content_type, app)
+            ctx = _Ctx(method, split.path, query, prefer, body, content_type, app, token_user)
             with self._lock:
                 result = self._route(ctx)
         except GraphError as err:
@@ -1335,6 +1392,8 @@ class FakeGraph:
         if not segs or segs[0] != "v1.0":
             raise GraphError(400, "BadRequest", f"Invalid version: {segs[0] if segs else ''}")
         segs = segs[1:]
+        if segs == ["$batch"] and ctx.method == "POST" and not ctx.in_batch:
+            return self._encode(self._batch(ctx))
         if segs and segs[0].lower() == "me":
             if ctx.app:
                 raise GraphError(
@@ -1355,6 +1414,10 @@ class FakeGraph:
                 "BadRequest",
                 f"Resource not found for the segment '{segs[0] if segs else ''}'.",
             )
+        if ctx.user.casefold() != self.user.casefold():
+            raise GraphError(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
         ctx.owner = owner
         names = [s.lower() for s in segs]
         # mailFolders/A/childFolders/B/... is mailFolders/B/...
@@ -1364,7 +1427,11 @@ class FakeGraph:
             and names[2] == "childfolders"
         ):
             segs, names = [segs[0], *segs[3:]], [names[0], *names[3:]]
-        result = self._dispatch(ctx, segs, names)
+        return self._encode(self._dispatch(ctx, segs, names))
+
+    @staticmethod
+    def _encode(result: tuple) -> tuple[int, bytes, dict]:
+        """(status, JSON object or bytes[, headers]) -> (status, bytes, headers)."""
         status, payload = result[0], result[1]
         headers = result[2] if len(result) > 2 else {}
         if isinstance(payload, (dict, list)):
@@ -1374,6 +1441,8 @@ class FakeGraph:
     def _dispatch(self, ctx: _Ctx, segs: list[str], names: list[str]) -> tuple:
         m = ctx.method
         n = len(names)
+        if names == ["mailfolders", "delta"] and m == "GET":
+            return self._delta(ctx, "mailFolders", self._well_known["msgfolderroot"])
         if names[:1] == ["mailfolders"]:
             if n == 1:
                 root = self._well_known["msgfolderroot"]
@@ -1400,6 +1469,7 @@ class FakeGraph:
                                 "A folder with the specified name already exists.",
                             )
                         folder.name = data["displayName"]
+                        folder.version += 1
                     return 200, self._folder_json(folder)
                 if m == "DELETE":
                     self._remove_folder(folder)
@@ -1430,6 +1500,7 @@ class FakeGraph:
                         409, "ErrorFolderExists", "A folder with the specified name already exists."
                     )
                 folder.parent_id = dest.id
+                folder.version += 1
                 return 201, self._folder_json(folder)
             if n >= 3 and names[2] == "messages":
                 if n == 3:
@@ -1464,6 +1535,11 @@ class FakeGraph:
             return self._delta(ctx, "events", cal.id)
         if names[:1] == ["events"] and n == 2 and m == "GET":
             return 200, self._get_event(ctx, segs[1])
+        if names[:1] == ["events"] and n == 3 and names[2] == "instances" and m == "GET":
+            return 200, self._event_instances(ctx, segs[1])
+        if names == ["calendarview"] and m == "GET":
+            cal = next(c for c in self._calendars.values() if c.is_default)
+            return 200, self._calendar_view(ctx, cal)
         if names[:1] == ["contactfolders"] and m == "GET":
             if n == 1:
                 return 200, self._list_contact_folders(ctx, self._default_contacts)
@@ -1661,7 +1737,40 @@ class FakeGraph:
             )
         if len(names) == 2 and names[0] == "events":
             return 200, self._get_event(ctx, segs[1])
+        if len(names) == 3 and names[0] == "events" and names[2] == "instances":
+            return 200, self._event_instances(ctx, segs[1])
+        if names == ["calendarview"]:
+            return 200, self._calendar_view(ctx, cal)
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segs[-1]}'.")
+
+    def _window(self, ctx: _Ctx) -> tuple[datetime, datetime]:
+        start = ctx.query.get("startDateTime") or ctx.query.get("startdatetime")
+        end = ctx.query.get("endDateTime") or ctx.query.get("enddatetime")
+        return _parse_window(start, "startDateTime"), _parse_window(end, "endDateTime")
+
+    def _calendar_view(self, ctx: _Ctx, cal: _Calendar) -> dict:
+        """``calendarView?startDateTime&endDateTime`` (calendar-list-calendarview.md): the
+        instances in the window, as calendarView/delta gives them, paged."""
+        start, end = self._window(ctx)
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        found = self._current("events", cal.id, ctx, params)
+        return self._paged(ctx, [obj for _, _, obj in found.values()])
+
+    def _event_instances(self, ctx: _Ctx, master_id: str) -> dict:
+        """``events/{id}/instances?startDateTime&endDateTime`` (event-list-instances.md): the
+        occurrences and exceptions of a series in the window; cancelled ones are absent, which
+        is how a client learns them."""
+        ev = self._events.get(master_id)
+        if ev is None or not ev.data.get("recurrence"):
+            raise GraphError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
+        start, end = self._window(ctx)
+        found = [
+            self._event_json(e, day, fields, key, ctx.timezone)
+            for e, day, fields, key in self._instances(ev, start, end)
+        ]
+        return self._paged(ctx, found)
 
     def _get_event(self, ctx: _Ctx, key: str) -> dict:
         ev = self._events.get(key)
@@ -1720,12 +1829,119 @@ class FakeGraph:
             return 200, self._contact_json(contact)
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segs[-1]}'.")
 
+    # ---------------------------------------------------------------- $batch
+
+    def _batch(self, ctx: _Ctx) -> tuple:
+        """JSON batching (concepts/json-batching.md): at most 20 steps with unique ids (else
+        400); ``dependsOn`` runs steps in order and fails the dependants of a failed step with
+        424; each step is checked against the throttling rules on its own (429 in its
+        response).  Graph "dispatches up to four individual requests from a batch to the
+        Outlook service simultaneously" (Microsoft Q&A 1660054): steps of a batch without
+        dependsOn occupy up to four mailbox slots at a time, so a batch sent while other
+        requests are in flight gets 429 MailboxConcurrency for the steps over the limit.
+        A non-JSON response body (``$value``) is base64 (standard alphabet) in the step's
+        ``body``, as OData JSON batching carries binary bodies (fake's choice of alphabet: a
+        client should accept both)."""
+        steps = ctx.json().get("requests")
+        if not isinstance(steps, list) or not steps or not all(isinstance(r, dict) for r in steps):
+            raise GraphError(400, "BadRequest", "Invalid batch payload format.")
+        if len(steps) > 20:
+            raise GraphError(
+                400, "BadRequest", "Number of batch request steps exceeds the maximum of 20."
+            )
+        ids = [str(r.get("id", "")) for r in steps]
+        if "" in ids or len({i.lower() for i in ids}) != len(ids):
+            raise GraphError(400, "BadRequest", "Batch request ids must be present and unique.")
+        sequential = any(r.get("dependsOn") for r in steps)
+        width = 1 if sequential else 4
+        statuses: dict[str, int] = {}
+        responses = []
+        self.in_flight -= 1  # the $batch POST itself is not a request to the mailbox
+        try:
+            for first in range(0, len(steps), width):
+                group = steps[first : first + width]
+                base = self.in_flight
+                self.in_flight += len(group)
+                try:
+                    for position, step in enumerate(group):
+                        over = base + position + 1 > self.concurrency_limit
+                        responses.append(self._batch_step(ctx, step, over, statuses))
+                finally:
+                    self.in_flight -= len(group)
+        finally:
+            self.in_flight += 1
+        return 200, {"responses": responses}
+
+    def _batch_step(self, ctx: _Ctx, step: dict, over: bool, statuses: dict) -> dict:
+        step_id = str(step["id"])
+        method = str(step.get("method") or "").upper()
+        url = str(step.get("url") or "")
+        headers = {str(k).lower(): str(v) for k, v in (step.get("headers") or {}).items()}
+        split = urlsplit(url if url.startswith("/") else "/" + url)
+        path = "/v1.0" + split.path
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        try:
+            if split.scheme or split.netloc:
+                raise GraphError(400, "BadRequest", "A batch step's url must be relative.")
+            if any(statuses.get(str(d), 424) >= 400 for d in step.get("dependsOn") or []):
+                raise GraphError(424, "FailedDependency", "A request this one depends on failed.")
+            if over:
+                raise GraphError(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": "1"},
+                )
+            throttle = self._take_throttle(method, path)
+            if throttle is not None:
+                code = "ApplicationThrottled" if throttle.status == 429 else "serviceNotAvailable"
+                raise GraphError(
+                    throttle.status, code, "Throttled.", {"Retry-After": str(throttle.retry_after)}
+                )
+            body = step.get("body")
+            if body is not None and "content-type" not in headers:
+                raise GraphError(400, "BadRequest", "A step with a body needs a Content-Type.")
+            raw = (
+                b""
+                if body is None
+                else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+            )
+            sub = _Ctx(
+                method,
+                path,
+                query,
+                headers.get("prefer", ""),
+                raw,
+                headers.get("content-type", ""),
+                ctx.app,
+                ctx.user,
+                in_batch=True,
+            )
+            status, payload, out_headers = self._route(sub)
+        except GraphError as err:
+            status = err.status
+            payload = self._error_body(err.code, err.message, str(uuid.uuid4()), step_id)
+            out_headers = {"Content-Type": "application/json", **err.headers}
+        statuses[step_id] = status
+        self.requests.append(Request(method, path, query, status, headers.get("prefer", ""), True))
+        response: dict = {"id": step_id, "status": status, "headers": out_headers}
+        if payload:
+            if out_headers.get("Content-Type", "").startswith("application/json"):
+                response["body"] = json.loads(payload)
+            else:
+                response["body"] = base64.b64encode(payload).decode()
+        return response
+
     # ---------------------------------------------------------------- delta
 
     def _current(self, kind: str, collection: str, ctx: _Ctx, params: dict) -> dict:
         """key -> (client id, changeKey, rendered object) of what the collection holds now."""
         out: dict = {}
-        if kind == "messages":
+        if kind == "mailFolders":
+            for folder_id in self._subtree(collection)[1:]:
+                folder = self._mail_folders[folder_id]
+                out[folder_id] = (folder_id, str(folder.version), self._folder_json(folder))
+        elif kind == "messages":
             select, expand = params.get("select"), params.get("expand")
             for msg in self._messages.values():
                 if msg.folder_id == collection:
@@ -1759,6 +1975,14 @@ class FakeGraph:
         if skiptoken or deltatoken:
             token = skiptoken or deltatoken
             state = self._delta_tokens.get(token)
+            if token in self._evicted_tokens:
+                raise GraphError(
+                    410,
+                    "syncStateNotFound",
+                    "The sync state generation is not found. The delta token is expired "
+                    "and data must be synchronized again.",
+                    {"Location": self._evicted_tokens[token]},
+                )
             if (
                 state is None
                 or state.kind != kind
@@ -1785,6 +2009,13 @@ class FakeGraph:
                     params["select"] = ctx.select()
                 if ctx.expand():
                     params["expand"] = ctx.expand()
+                if ctx.query.get("$top"):
+                    # delta-query-messages.md: delta supports $top (a page size, kept in the
+                    # tokens like the other options).
+                    try:
+                        params["top"] = int(ctx.query["$top"])
+                    except ValueError as exc:
+                        raise GraphError(400, "BadRequest", "Invalid $top.") from exc
                 change_type = ctx.query.get("changeType")
                 if change_type is not None:
                     if change_type not in ("created", "updated", "deleted"):
@@ -1853,11 +2084,13 @@ class FakeGraph:
         self._delta_tokens[token] = state
         if self.delta_token_limit is not None:
             while len(self._delta_tokens) > self.delta_token_limit:
-                del self._delta_tokens[next(iter(self._delta_tokens))]
+                oldest = next(iter(self._delta_tokens))
+                self._evicted_tokens[oldest] = self._delta_tokens.pop(oldest).initial_url
         return token
 
     def _delta_page(self, ctx: _Ctx, state: _DeltaState) -> tuple:
-        size = max(1, min(ctx.max_page_size() or DEFAULT_PAGE_SIZE, self.max_page_size))
+        wanted = ctx.max_page_size() or state.params.get("top") or DEFAULT_PAGE_SIZE
+        size = max(1, min(wanted, self.max_page_size))
         page, rest = state.pending[:size], state.pending[size:]
         body: dict = {"@odata.context": f"{self.base}/$metadata#Collection({state.kind[:-1]})"}
         if rest:
@@ -1897,7 +2130,15 @@ class FakeGraph:
 
     @staticmethod
     def _link(initial_url: str, name: str, token: str) -> str:
+        """A nextLink/deltaLink in the OData key form Graph's own links use
+        (``mailfolders('ID')/messages/delta?$skiptoken=...``, delta-query-messages.md): a
+        client must follow links as given, not rebuild them."""
         base = initial_url.split("?", 1)[0]
+        base = re.sub(
+            r"/(mailFolders|calendars|contactFolders)/([^/]+)/",
+            lambda m: f"/{m.group(1).lower()}('{m.group(2)}')/",
+            base,
+        )
         return f"{base}?{name}={token}"
 
 
@@ -1910,7 +2151,9 @@ class _Ctx:
     body: bytes
     content_type: str
     app: bool
+    user: str
     owner: str = "me"
+    in_batch: bool = False
 
     def json(self) -> dict:
         try:

@@ -116,7 +116,12 @@ def test_application_tokens_use_users_paths_not_me(fake_graph):
     app = Graph(fake_graph, fake_graph.add_token(app=True))
     response = app.get("/me/mailFolders")
     assert response.status_code == 400 and error(response) == "BadRequest"
-    for who in (fake_graph.user, fake_graph.user.upper(), fake_graph.user_id):
+    for who in (
+        fake_graph.user,
+        fake_graph.user.upper(),
+        fake_graph.user_id,
+        "alice%40example.org",
+    ):
         assert app.get(f"/users/{who}/mailFolders/inbox").status_code == 200
     response = app.get("/users/mallory@example.org/mailFolders")
     assert response.status_code == 404 and error(response) == "ErrorInvalidUser"
@@ -354,6 +359,8 @@ def test_delta_pages_follow_maxpagesize_and_end_with_a_delta_link(fake_graph):
     first = graph.get("/me/mailFolders/inbox/messages/delta")
     assert first.headers["Preference-Applied"] == "odata.maxpagesize=2"
     assert len(first.json()["value"]) == 2 and "$skiptoken=" in first.json()["@odata.nextLink"]
+    # Graph's own links use the OData key form; a client follows them as given.
+    assert "/mailfolders('" in first.json()["@odata.nextLink"]
     items, delta_link, links = graph.round("/me/mailFolders/inbox/messages/delta")
     assert len(links) == 3 and "$deltatoken=" in delta_link
     assert sorted(i["id"] for i in items) == sorted(fake_graph.message(k)["id"] for k in keys)
@@ -365,6 +372,9 @@ def test_delta_pages_follow_maxpagesize_and_end_with_a_delta_link(fake_graph):
         fake_graph.add_message("inbox", mime(n))
     page = default.ok("get", "/me/mailFolders/inbox/messages/delta")
     assert len(page["value"]) == 10  # Graph's default page
+    top = default.ok("get", "/me/mailFolders/inbox/messages/delta?$top=4")
+    assert len(top["value"]) == 4
+    assert len(default.ok("get", top["@odata.nextLink"])["value"]) == 4
 
 
 def test_delta_cycle_reports_adds_updates_deletes_and_moves(fake_graph):
@@ -469,7 +479,9 @@ def test_old_delta_tokens_fall_out_of_the_token_cache(fake_graph):
     _, oldest, _ = graph.round("/me/mailFolders/inbox/messages/delta")
     graph.round("/me/mailFolders/archive/messages/delta")
     graph.round("/me/mailFolders/drafts/messages/delta")
-    assert graph.get(oldest).status_code in (400, 410)
+    gone = graph.get(oldest)
+    assert gone.status_code == 410 and error(gone) == "syncStateNotFound"
+    assert gone.headers["Location"] == fake_graph.base + "/me/mailFolders/inbox/messages/delta"
 
 
 def test_change_type_created_reports_only_new_messages(fake_graph):
@@ -644,6 +656,16 @@ def test_calendar_view_delta_expands_series_in_the_window(fake_graph):
     assert changed[allday]["subject"] == "Christmas Eve"
     assert set(changed) == {exception, allday}
     assert graph.round(delta_link)[0] == []
+    # The series' instances: a client learns cancelled occurrences by their absence.
+    plain = Graph(fake_graph)
+    listed = plain.ok("get", f"/me/events/{master}/instances?{WINDOW}")["value"]
+    assert [(i["id"], i["type"]) for i in listed] == [
+        (occurrences[0]["id"], "occurrence"),
+        (exception, "exception"),
+        (occurrences[3]["id"], "occurrence"),
+    ]
+    view = plain.ok("get", f"/me/calendar/calendarView?{WINDOW}")["value"]
+    assert {i["id"] for i in view} == {i["id"] for i in listed} | {allday}
 
 
 def test_calendar_view_delta_needs_a_window_and_refuses_select(fake_graph):
@@ -797,3 +819,120 @@ def test_all_day_events_stay_in_the_zone_they_were_made_in(fake_graph):
     after = "startDateTime=2026-12-23T15:00:00Z&endDateTime=2026-12-23T16:00:00Z"
     assert [e["id"] for e in pacific.round(f"/me/calendarView/delta?{before}")[0]] == [allday]
     assert pacific.round(f"/me/calendarView/delta?{after}")[0] == []
+
+
+def test_mail_folder_delta_reports_new_renamed_moved_and_deleted_folders(fake_graph):
+    graph = Graph(fake_graph)
+    work = fake_graph.add_folder("inbox", "Work")
+    items, delta_link, _ = graph.round("/me/mailFolders/delta")
+    names = {f["displayName"]: f for f in items}
+    assert names["Work"]["parentFolderId"] == fake_graph.folder_id("inbox")
+    assert {"Inbox", "Archive", "Deleted Items"} <= set(names)
+    assert "Deletions" not in names and "Top of Information Store" not in names
+    fake_graph.rename_folder("inbox/Work", "Job")
+    old = fake_graph.add_folder("archive", "Old")
+    items, delta_link, _ = graph.round(delta_link)
+    assert {f["id"]: f["displayName"] for f in items} == {work: "Job", old: "Old"}
+    fake_graph.delete_folder("archive/Old")
+    graph.ok("post", f"/me/mailFolders/{work}/move", json={"destinationId": "archive"})
+    items, _, _ = graph.round(delta_link)
+    assert {f["id"]: "@removed" in f for f in items} == {work: False, old: True}
+
+
+def test_batch_runs_steps_and_base64s_mime(fake_graph):
+    graph = Graph(fake_graph)
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    steps = [
+        {"id": str(n), "method": "GET", "url": f"/me/messages/{k}/$value"}
+        for n, k in enumerate(keys)
+    ]
+    steps.append(
+        {
+            "id": "flag",
+            "method": "PATCH",
+            "url": f"/me/messages/{keys[0]}",
+            "headers": {"Content-Type": "application/json"},
+            "body": {"isRead": True},
+        }
+    )
+    steps.append(
+        {"id": "folder", "method": "GET", "url": "me/mailFolders/inbox?$select=displayName"}
+    )
+    answer = graph.ok("post", "/$batch", json={"requests": steps})
+    by_id = {r["id"]: r for r in answer["responses"]}
+    for n, key in enumerate(keys):
+        assert by_id[str(n)]["status"] == 200
+        assert base64.b64decode(by_id[str(n)]["body"]) == mime(n)
+        assert fake_graph.value_downloads[key] == 1
+    assert by_id["flag"]["status"] == 200 and fake_graph.message(keys[0])["is_read"] is True
+    assert by_id["folder"]["body"]["displayName"] == "Inbox"
+    assert sum(1 for r in fake_graph.requests if r.batch) == 5
+    too_many = [{"id": str(n), "method": "GET", "url": "/me/mailFolders/inbox"} for n in range(21)]
+    assert graph.post("/$batch", json={"requests": too_many}).status_code == 400
+    twice = [{"id": "a", "method": "GET", "url": "/me/mailFolders"}] * 2
+    assert graph.post("/$batch", json={"requests": twice}).status_code == 400
+
+
+def test_batch_steps_over_four_at_once_or_after_a_failure_do_not_run(fake_graph):
+    graph = Graph(fake_graph)
+    key = fake_graph.add_message("inbox", MIME)
+    five = [{"id": str(n), "method": "GET", "url": f"/me/messages/{key}/$value"} for n in range(5)]
+    statuses = sorted(
+        r["status"] for r in graph.ok("post", "/$batch", json={"requests": five})["responses"]
+    )
+    assert statuses == [200] * 5  # four at a time, in two rounds
+    fake_graph.hold(match="/mailFolders/inbox")
+    holder = threading.Thread(target=lambda: Graph(fake_graph).get("/me/mailFolders/inbox"))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while fake_graph.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_graph.in_flight == 1
+        four = five[:4]
+        answer = graph.ok("post", "/$batch", json={"requests": four})["responses"]
+        statuses = sorted(r["status"] for r in answer)
+        assert statuses == [200, 200, 200, 429]
+        [throttled] = [r for r in answer if r["status"] == 429]
+        assert throttled["headers"]["Retry-After"] == "1"
+        assert throttled["body"]["error"]["code"] == "ApplicationThrottled"
+    finally:
+        fake_graph.release()
+        holder.join()
+    chain = [
+        {"id": "1", "method": "GET", "url": "/me/messages/AAMkAGnothing/$value"},
+        {"id": "2", "dependsOn": ["1"], "method": "GET", "url": f"/me/messages/{key}/$value"},
+    ]
+    by_id = {
+        r["id"]: r["status"]
+        for r in graph.ok("post", "/$batch", json={"requests": chain})["responses"]
+    }
+    assert by_id == {"1": 400, "2": 424}
+
+
+def test_tokens_of_the_tests_oauth_server_once_trusted(fake_graph, oauth_server):
+    client = oauth_server.add_client()
+    access, _ = oauth_server.issue(fake_graph.user, client)
+    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 401
+    fake_graph.trust(oauth_server)
+    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 200
+    oauth_server.expire(access)
+    expired = Graph(fake_graph, access).get("/me/mailFolders/inbox")
+    assert expired.status_code == 401
+    assert expired.json()["error"]["message"] == "Access token has expired or is not yet valid."
+    bobs, _ = oauth_server.issue("bob@example.org", client)
+    denied = Graph(fake_graph, bobs).get(f"/users/{fake_graph.user}/mailFolders/inbox")
+    assert denied.status_code == 403 and error(denied) == "ErrorAccessDenied"
+    daemon = oauth_server.add_client(secret="s3cret", app_user=fake_graph.user)
+    answer = requests.post(
+        oauth_server.token_url,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": daemon.client_id,
+            "client_secret": "s3cret",
+            "scope": "https://graph.microsoft.com/.default",
+        },
+    )
+    app = Graph(fake_graph, answer.json()["access_token"])
+    assert app.get("/me/mailFolders/inbox").status_code == 400
+    assert app.get(f"/users/{fake_graph.user}/mailFolders/inbox").status_code == 200
