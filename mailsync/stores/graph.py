@@ -199,11 +199,12 @@ class GraphStore(Store):
         params: dict | None = None,
         body: Any = None,
         headers: dict | None = None,
-        limit: int = MAX_JSON,
+        limit: int | None = None,
     ) -> tuple[int, bytes]:
         """Send a request (`url` relative to the mailbox, or a link Graph gave) and return
         (status, body) of a 2xx answer, the body read up to `limit` bytes.  401 renews the
-        token once, then AuthError; 429/503 are waited out (bounded); other errors are
+        token once, then AuthError; 429/503 are waited out (bounded); `limit` defaults to
+        MAX_JSON; a longer answer is TooLarge (StoreError); other errors are
         GraphError (StoreError) naming `what`; transport errors ConnectError."""
         where = where or self.url
         if not url.startswith(("http://", "https://")):
@@ -217,7 +218,7 @@ class GraphStore(Store):
         token = self._current_token()
         while True:
             status, content, retry_after = self._send(
-                method, url, where, what, params, body, headers, token, limit
+                method, url, where, what, params, body, headers, token, limit or MAX_JSON
             )
             if 200 <= status < 300:
                 return status, content

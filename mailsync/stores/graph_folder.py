@@ -36,8 +36,9 @@ from urllib.parse import quote
 
 from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
 from mailsync.message import ANSWERED, DELETED, DRAFT, FLAGGED, FORWARDED, SEEN, Body, Info, to_lf
+from mailsync.stores import graph
 from mailsync.stores.base import Folder
-from mailsync.stores.graph import MAX_CONCURRENT, MAX_MESSAGE, GraphError, TooLarge
+from mailsync.stores.graph import MAX_CONCURRENT, GraphError, TooLarge
 
 if TYPE_CHECKING:
     from mailsync.stores.graph import GraphStore
@@ -96,6 +97,8 @@ class GraphFolder(Folder):
         except GraphError as error:
             if error.code in VOID_DELTA or error.status == 410:
                 raise
+            raise FolderError(str(error))
+        except TooLarge as error:
             raise FolderError(str(error))
 
     # listing --------------------------------------------------------------------------
@@ -223,7 +226,7 @@ class GraphFolder(Folder):
                 f"messages/{quote(key, safe='')}/$value",
                 what="$value",
                 where=self.where,
-                limit=MAX_MESSAGE,
+                limit=graph.MAX_MESSAGE,
             )
         except TooLarge as error:
             return MessageError(f"{error}; skipped")

@@ -409,3 +409,40 @@ def test_stores_of_one_mailbox_share_four_requests_in_flight(fake_graph, graph, 
             store.close()
     assert [r for r in fake_graph.requests if r.status == 429] == []
     assert sorted(to_lf(body) for _, body in got) == sorted(to_lf(mime(n)) for n in range(12))
+
+
+def test_over_large_answers_are_refused_not_buffered(fake_graph, graph, mailenv, monkeypatch):
+    """A message over MAX_MESSAGE is skipped with a sentence (the others are copied, the
+    run exits 1 and tries it again next time); a JSON answer over MAX_JSON (here the
+    folder list) fails the run with exit 1 rather than fill memory."""
+    fake_graph.add_message("inbox", mime(1))
+    fake_graph.add_message("inbox", mime(2, extra="x" * 5000 + "\r\n"))
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    monkeypatch.setattr(graphmod, "MAX_MESSAGE", 2000)
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "over the limit of 2000" in result.output, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    monkeypatch.setattr(graphmod, "MAX_JSON", 100)
+    fake_graph.add_message("inbox", mime(3))
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "over the limit of 100" in result.output, result.output
+    monkeypatch.undo()
+    monkeypatch.setattr(graphmod, "MAX_WAIT", 30.0)
+    assert pull(url, root).exit_code == 0
+    assert maildir_bodies(root)["INBOX"] == Counter(
+        to_lf(mime(n, extra="x" * 5000 + "\r\n" if n == 2 else "")) for n in (1, 2, 3)
+    )
+
+
+def test_private_ca_over_https(fake_graph_tls, graph, mailenv):
+    fake_graph_tls.add_message("inbox", mime(1))
+    base = graph(fake_graph_tls).replace("tls=none&", "")
+    result = pull(base, mailenv / "a")
+    assert result.exit_code == 3, result.output
+    assert "cafile=" in result.output
+    result = pull(f"{base}&cafile={fake_graph_tls.cafile}", mailenv / "b")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "b")["INBOX"] == Counter([to_lf(mime(1))])
