@@ -182,12 +182,13 @@ class GraphStore(Store):
     def _current_token(self, rejected: str | None = None) -> str:
         assert self.tokens is not None
         with self._token_lock:
-            if rejected is None:
-                if self._token is None:
-                    self._token = self.tokens.token()
-            elif self._token == rejected:
-                self._token = self.tokens.renew(rejected)
-            return self._token
+            token = self._token
+            if token is None:
+                token = self.tokens.token()
+            elif token == rejected:  # (else another thread renewed it already)
+                token = self.tokens.renew(rejected)
+            self._token = token
+            return token
 
     def request(
         self,
@@ -355,21 +356,23 @@ class GraphStore(Store):
                 folder_id, display = entry.get("id"), entry.get("displayName")
                 if not isinstance(folder_id, str) or not isinstance(display, str):
                     continue
-                name = self._well_known_ids.get(folder_id)
-                if name is None:
-                    if (
-                        not display
-                        or "/" in display
-                        or display in (".", "..")
-                        or _BAD_NAME.search(display)
-                    ):
-                        log.warning(
-                            "%s: folder %r has a name mailsync cannot map to a local folder "
-                            "('/', '.', '..' or control characters in it); skipped",
-                            self.url,
-                            display,
-                        )
-                        continue
+                known = self._well_known_ids.get(folder_id)
+                if known is not None:
+                    name = known
+                elif (
+                    not display
+                    or "/" in display
+                    or display in (".", "..")
+                    or _BAD_NAME.search(display)
+                ):
+                    log.warning(
+                        "%s: folder %r has a name mailsync cannot map to a local folder "
+                        "('/', '.', '..' or control characters in it); skipped",
+                        self.url,
+                        display,
+                    )
+                    continue
+                else:
                     name = display if parent is None else f"{parent}/{display}"
                 if depth > MAX_FOLDER_DEPTH:
                     self.problems = [
