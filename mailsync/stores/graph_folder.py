@@ -185,6 +185,13 @@ class GraphFolder(Folder):
     def cursor(self) -> dict:
         return {"link": self._link} if self._link else {}
 
+    def cursor_after_writes(self) -> dict:
+        """The delta link of the listing, though this run wrote since: a delta round
+        reports every change after its link, this run's own ones included (seen again
+        as they are, they change nothing), so it never hides a change; the next run
+        asks for the changes instead of listing the folder from scratch."""
+        return self.cursor()
+
     def persists(self, flag: str) -> bool:
         return flag not in (DRAFT, DELETED)
 

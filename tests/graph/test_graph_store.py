@@ -125,7 +125,8 @@ def test_rerun_downloads_nothing_and_sees_changes(fake_graph, graph, mailenv):
     fake.add_folder("inbox", "Old")
     root = mailenv / "mail"
     url = graph(fake)
-    assert pull(url, root).exit_code == 0
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
     assert value_fetches(fake) == 5
     result = pull(url, root)
     assert result.exit_code == 0, result.output
@@ -278,6 +279,12 @@ def test_two_way_flags_and_deletions_reach_the_server(fake_graph, graph, mailenv
     set_flags(path, "")
     assert run("sync", url, root).exit_code == 0
     assert fake.message(ids[1])["flag"] == "notFlagged"
+    # After runs that wrote to it, the folder is asked for its changes, not listed anew.
+    inbox = fake.folder_id("inbox")
+    fake.requests.clear()
+    assert run("sync", url, root).exit_code == 0
+    (asked,) = [r for r in fake.requests if "delta" in r.path and inbox in unquote(r.path)]
+    assert "$deltatoken" in asked.query
 
 
 def test_answered_and_forwarded_both_stay_though_graph_keeps_one(fake_graph, graph, mailenv):
