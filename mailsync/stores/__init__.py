@@ -110,6 +110,10 @@ def canonical_url(url: str) -> str:
     # Network stores: the account, not how we reach it (cafile=, tls=, timeout= may
     # change without starting a new state).
     url = mask_url(url)
+    if scheme == "graph":
+        # The mailbox's address may be written as it is or with %40: one account, one state.
+        head, _, host = url.split("?", 1)[0].rpartition("@")
+        return f"{unquote(head)}@{host.lower()}"
     return url.split("?", 1)[0].lower() if "@" not in url else _lower_host(url.split("?", 1)[0])
 
 

@@ -18,6 +18,7 @@ from fakegraph import FakeGraph
 from imaptools import file_flags, maildir_bodies, maildir_files, run, run_process, write_local
 
 from mailsync.message import to_lf
+from mailsync.stores import canonical_url
 from mailsync.stores import graph as graphmod
 
 USER = "alice@example.org"
@@ -117,6 +118,10 @@ def test_user_written_percent_encoded_is_the_same_mailbox(fake_graph, graph, mai
     result = pull(url, mailenv / "mail")
     assert result.exit_code == 0, result.output
     assert maildir_bodies(mailenv / "mail")["INBOX"] == Counter([to_lf(mime(1))])
+    # Both spellings are one account: one state, so nothing is downloaded again.
+    assert pull(graph(fake_graph), mailenv / "mail").exit_code == 0
+    assert value_fetches(fake_graph) == 1
+    assert canonical_url(url) == canonical_url(graph(fake_graph))
 
 
 def test_rerun_downloads_nothing_and_sees_changes(fake_graph, graph, mailenv):
