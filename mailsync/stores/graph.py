@@ -55,6 +55,7 @@ from mailsync.stores.base import MAX_FOLDER_DEPTH, Store
 
 if TYPE_CHECKING:  # (graph_folder imports this module)
     from mailsync.stores.graph_folder import GraphFolder
+    from mailsync.stores.graph_items import GraphItemsFolder
 
 __all__ = ["GraphStore", "GraphError", "TooLarge"]
 
@@ -122,12 +123,9 @@ class GraphStore(Store):
         items = opts.pop("items", ["mail"])
         if isinstance(items, str):
             items = [i.strip() for i in items.split(",") if i.strip()]
-        if items != ["mail"]:
-            # Calendars and contacts come with the conversions of issue 13 (graph_ical,
-            # graph_vcard); until then say so rather than back up less than asked.
+        if not isinstance(items, list) or not set(items) <= {"mail", "calendar", "contacts"}:
             raise ConfigError(
-                f'store {self.url}: items = ["mail"] is all the Graph store backs up so far; '
-                "use an ews:// store for calendars and contacts"
+                f'store {self.url}: items must be a list of "mail", "calendar", "contacts"'
             )
         self.items = items
         self.hard_delete = str(opts.pop("hard_delete", "false")).lower() in _TRUE
@@ -157,6 +155,8 @@ class GraphStore(Store):
         self._token: str | None = None
         self._folders: dict[str, str] | None = None  # name -> folder id
         self._well_known_ids: dict[str, str] = {}  # folder id -> well-known name
+        # Calendars and contact folders: name -> (kind, collection URL in the mailbox).
+        self._item_folders: dict[str, tuple[str, str]] = {}
 
     def password_endpoint(self) -> Endpoint | None:
         return None  # OAuth2 only
@@ -333,6 +333,60 @@ class GraphStore(Store):
     def _hierarchy(self) -> dict[str, str]:
         if self._folders is not None:
             return self._folders
+        folders = self._mail_hierarchy() if "mail" in self.items else {}
+        if "calendar" in self.items:
+            self._calendars(folders)
+        if "contacts" in self.items:
+            self._contact_folders(folders)
+        self._folders = folders
+        return folders
+
+    def _calendars(self, folders: dict[str, str]) -> None:
+        """The default calendar as Calendar, the others as Calendar/NAME."""
+        for entry in self.collection("calendars", what="calendars", params={"$top": "100"}):
+            calendar_id, display = entry.get("id"), entry.get("name")
+            if not isinstance(calendar_id, str) or not isinstance(display, str):
+                continue
+            if entry.get("isDefaultCalendar") is True:
+                name = "Calendar"
+            elif _mappable(display):
+                name = f"Calendar/{display}"
+            else:
+                log.warning(
+                    "%s: calendar %r has a name mailsync cannot map; skipped", self.url, display
+                )
+                continue
+            if name in folders:
+                log.warning("%s: two calendars are named %r; skipped the second", self.url, name)
+                continue
+            folders[name] = calendar_id
+            self._item_folders[name] = ("calendar", f"calendars/{quote(calendar_id, safe='')}")
+
+    def _contact_folders(self, folders: dict[str, str]) -> None:
+        """The default contact folder as Contacts, its subfolders as Contacts/NAME/..."""
+        folders["Contacts"] = "contacts"
+        self._item_folders["Contacts"] = ("contacts", "")
+        todo: list[tuple[str, str, int]] = [("Contacts", "contactFolders", 2)]
+        while todo:
+            parent, url, depth = todo.pop()
+            for entry in self.collection(url, what="contactFolders", params={"$top": "100"}):
+                folder_id, display = entry.get("id"), entry.get("displayName")
+                if not isinstance(folder_id, str) or not isinstance(display, str):
+                    continue
+                if not _mappable(display) or depth > MAX_FOLDER_DEPTH:
+                    log.warning(
+                        "%s: contact folder %r cannot be mapped; skipped", self.url, display
+                    )
+                    continue
+                name = f"{parent}/{display}"
+                if name in folders:
+                    continue
+                quoted = quote(folder_id, safe="")
+                folders[name] = folder_id
+                self._item_folders[name] = ("contacts", f"contactFolders/{quoted}")
+                todo.append((name, f"contactFolders/{quoted}/childFolders", depth + 1))
+
+    def _mail_hierarchy(self) -> dict[str, str]:
         for well_known, name in WELL_KNOWN.items():
             try:
                 folder = self.get_json(
@@ -359,12 +413,7 @@ class GraphStore(Store):
                 known = self._well_known_ids.get(folder_id)
                 if known is not None:
                     name = known
-                elif (
-                    not display
-                    or "/" in display
-                    or display in (".", "..")
-                    or _BAD_NAME.search(display)
-                ):
+                elif not _mappable(display):
                     log.warning(
                         "%s: folder %r has a name mailsync cannot map to a local folder "
                         "('/', '.', '..' or control characters in it); skipped",
@@ -392,7 +441,6 @@ class GraphStore(Store):
                     todo.append(
                         (name, f"mailFolders/{quote(folder_id, safe='')}/childFolders", depth + 1)
                     )
-        self._folders = folders
         return folders
 
     def list_folders(self) -> list[str]:
@@ -401,10 +449,21 @@ class GraphStore(Store):
     def folder_ids(self) -> dict[str, str]:
         return dict(self._hierarchy())
 
-    def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> GraphFolder:
+    def folder_kinds(self) -> dict[str, str]:
+        self._hierarchy()
+        return {name: kind for name, (kind, _url) in self._item_folders.items()}
+
+    def open_folder(
+        self, name: str, create: bool = False, kind: str = "mail"
+    ) -> GraphFolder | GraphItemsFolder:
         from mailsync.stores.graph_folder import GraphFolder
 
         folders = self._hierarchy()
+        if name in self._item_folders:
+            from mailsync.stores.graph_items import GraphItemsFolder
+
+            kind, collection = self._item_folders[name]
+            return GraphItemsFolder(self, name, kind, collection)
         if name not in folders:
             if not create:
                 raise FolderError(f"{self.url}: no folder {name!r}")
@@ -462,6 +521,16 @@ class GraphStore(Store):
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+def _mappable(display: str) -> bool:
+    """Whether a display name can be one part of a local folder name."""
+    return (
+        bool(display)
+        and "/" not in display
+        and display not in (".", "..")
+        and not (_BAD_NAME.search(display))
+    )
 
 
 _SLOTS: dict[str, threading.BoundedSemaphore] = {}

@@ -458,3 +458,95 @@ def test_private_ca_over_https(fake_graph_tls, graph, mailenv):
     result = pull(f"{base}&cafile={fake_graph_tls.cafile}", mailenv / "b")
     assert result.exit_code == 0, result.output
     assert maildir_bodies(mailenv / "b")["INBOX"] == Counter([to_lf(mime(1))])
+
+
+def _event(subject: str, start: str, end: str, zone: str = "W. Europe Standard Time", **more):
+    return {
+        "subject": subject,
+        "start": {"dateTime": start, "timeZone": zone},
+        "end": {"dateTime": end, "timeZone": zone},
+        **more,
+    }
+
+
+def _calendars(root: Path, folder: str = "Calendar") -> dict[str, object]:
+    """SUMMARY (of the first VEVENT) -> the parsed calendar of each .ics in the vdir."""
+    import icalendar
+
+    out = {}
+    for path in (root / folder).glob("*.ics"):
+        assert path.stat().st_mode & 0o777 == 0o600
+        calendar = icalendar.Calendar.from_ical(path.read_bytes())
+        first = next(c for c in calendar.walk("VEVENT"))
+        out[str(first["SUMMARY"])] = calendar
+    return out
+
+
+def test_calendars_and_contacts_are_backed_up_as_vdirs(fake_graph, graph, mailenv):
+    from datetime import date, timedelta
+
+    fake = fake_graph
+    fake.add_message("inbox", mime(1))
+    soon = datetime.now(UTC).date() + timedelta(days=10)
+    fake.add_event(None, _event("Lunch", f"{soon}T12:00:00", f"{soon}T13:00:00"))
+    fake.add_event(
+        None,
+        _event("Holiday", f"{soon}T00:00:00", f"{soon + timedelta(days=1)}T00:00:00",
+               isAllDay=True),
+    )  # fmt: skip
+    series = fake.add_event(
+        None,
+        _event(
+            "Standup", f"{soon}T09:00:00", f"{soon}T09:15:00", "Pacific Standard Time",
+            recurrence={
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {"type": "numbered", "startDate": str(soon), "numberOfOccurrences": 5},
+            },
+        ),
+    )  # fmt: skip
+    fake.modify_occurrence(series, soon + timedelta(days=2), subject="Standup (moved)")
+    team = fake.add_calendar("Team")
+    fake.add_event(team, _event("Offsite", f"{soon}T08:00:00", f"{soon}T18:00:00"))
+    fake.add_contact(None, {"displayName": "Bob Example", "givenName": "Bob",
+                            "emailAddresses": [{"address": "bob@example.org"}]})  # fmt: skip
+    friends = fake.add_contact_folder("Friends")
+    fake.add_contact(friends, {"displayName": "Carol", "mobilePhone": "+1 555 0100"})
+    root = mailenv / "mail"
+    url = graph(fake, items="mail,calendar,contacts")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    calendars = _calendars(root)
+    assert set(calendars) == {"Lunch", "Holiday", "Standup"}
+    standup = calendars["Standup"]
+    (rule,) = [c["RRULE"] for c in standup.walk("VEVENT") if "RRULE" in c]
+    assert rule["FREQ"] == ["DAILY"] and rule["COUNT"] == [5]
+    moved = [c for c in standup.walk("VEVENT") if "RECURRENCE-ID" in c]
+    assert [str(c["SUMMARY"]) for c in moved] == ["Standup (moved)"]
+    holiday = next(iter(calendars["Holiday"].walk("VEVENT")))
+    assert holiday.decoded("DTSTART") == date.fromisoformat(str(soon))  # all day: a date
+    assert set(_calendars(root, "Calendar/Team")) == {"Offsite"}
+    cards = sorted(p.read_bytes() for p in (root / "Contacts").glob("*.vcf"))
+    assert len(cards) == 1 and b"FN:Bob Example" in cards[0] and b"bob@example.org" in cards[0]
+    (carol,) = (root / "Contacts" / "Friends").glob("*.vcf")
+    assert b"FN:Carol" in carol.read_bytes() and b"\r" not in carol.read_bytes()
+    # Reruns ask for changes only: one new contact, nothing else again.
+    fake.requests.clear()
+    fake.add_contact(None, {"displayName": "Dave"})
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert len(list((root / "Contacts").glob("*.vcf"))) == 2
+    deltas = [r for r in fake.requests if "delta" in r.path]
+    assert deltas and all("$deltatoken" in r.query for r in deltas)
+    assert not any("/events/" in r.path for r in fake.requests)
+
+
+def test_mail_only_by_default(fake_graph, graph, mailenv):
+    fake_graph.add_event(None, _event("Lunch", "2030-01-01T12:00:00", "2030-01-01T13:00:00"))
+    fake_graph.add_contact(None, {"displayName": "Bob"})
+    fake_graph.add_message("inbox", mime(1))
+    root = mailenv / "mail"
+    assert pull(graph(fake_graph), root).exit_code == 0
+    assert not (root / "Calendar").exists() and not (root / "Contacts").exists()
+    assert not any("calendar" in r.path.lower() or "contact" in r.path.lower()
+                   for r in fake_graph.requests)  # fmt: skip
