@@ -15,7 +15,8 @@ Options: the OAuth2 ones of mailsync.tokens (``token_command``, or ``oauth2 =
 "client_credentials"`` with ``client_secret_command``); the scope defaults to Graph's:
 ``https://graph.microsoft.com/.default`` for client credentials, ``Mail.ReadWrite
 Calendars.Read Contacts.Read offline_access`` for a user's sign-in.  ``hard_delete``
-(deletions skip Deleted Items), ``items`` (only ``mail`` so far), ``timeout``.
+(deletions skip Deleted Items), ``items`` (``mail``, ``calendar``, ``contacts``: the
+latter two pulled into vdirs by graph_items.py), ``timeout``.
 
 HTTP: plain ``requests`` (no SDK), one Session, at most MAX_CONCURRENT requests in
 flight (Graph's limit per app and mailbox: 4), JSON answers read up to MAX_JSON bytes
@@ -27,7 +28,8 @@ the request fails (the folder, exit 1) with the state as the last committed page
 Folders are the mail folders below the message folder root (mailFolders and their
 childFolders, hidden ones included when they hold messages): the well-known ones by
 name (inbox, sentitems, deleteditems, drafts, junkemail, archive -> INBOX, Sent, Trash,
-Drafts, Junk, Archive), the others by display-name path.  ``folder_ids`` gives each
+Drafts, Junk, Archive), the others by display-name path; calendars as Calendar (the
+default) and Calendar/NAME, contact folders as Contacts and Contacts/NAME/...  ``folder_ids`` gives each
 name's folder id, so the engine follows a folder renamed on the server.
 """
 
