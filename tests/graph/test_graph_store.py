@@ -539,6 +539,14 @@ def test_calendars_and_contacts_are_backed_up_as_vdirs(fake_graph, graph, mailen
     deltas = [r for r in fake.requests if "delta" in r.path]
     assert deltas and all("$deltatoken" in r.query for r in deltas)
     assert not any("/events/" in r.path for r in fake.requests)
+    # Void delta links: every calendar and folder listed again, no item twice.
+    fake.invalidate_delta_tokens()
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert set(_calendars(root)) == {"Lunch", "Holiday", "Standup"}
+    assert len(list((root / "Calendar").glob("*.ics"))) == 3
+    assert len(list((root / "Contacts").glob("*.vcf"))) == 2
+    assert len(list((root / "Contacts" / "Friends").glob("*.vcf"))) == 1
 
 
 def test_mail_only_by_default(fake_graph, graph, mailenv):
