@@ -558,3 +558,32 @@ def test_mail_only_by_default(fake_graph, graph, mailenv):
     assert not (root / "Calendar").exists() and not (root / "Contacts").exists()
     assert not any("calendar" in r.path.lower() or "contact" in r.path.lower()
                    for r in fake_graph.requests)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "scopes"),
+    [
+        ({"grant": "client_credentials", "client_secret": "s"}, (graphmod.APP_SCOPE,)),
+        ({}, tuple(graphmod.DELEGATED_SCOPES.split())),
+        ({"scope": "Mail.Read offline_access"}, ("Mail.Read", "offline_access")),
+    ],
+)
+def test_oauth2_asks_for_graph_scopes(options, scopes, mailenv):
+    """oauth2 = "microsoft" asks for Graph's scopes, not IMAP's, unless scope says."""
+    from mailsync.stores import open_store
+
+    store = open_store(
+        f"graph://{USER}@graph.microsoft.com",
+        {"oauth2": "microsoft", "client_id": "app-id", "tenant": "corp.example", **options},
+    )
+    assert store.tokens.client.scopes == scopes
+    assert store.base == f"https://graph.microsoft.com/v1.0/users/{USER}"
+
+
+def test_bad_options_are_config_errors(mailenv):
+    from mailsync.errors import ConfigError
+    from mailsync.stores import open_store
+
+    for options in ({"items": "mail,notes"}, {"token_command": "x", "bogus": "1"}):
+        with pytest.raises(ConfigError):
+            open_store(f"graph://{USER}@graph.microsoft.com", options)
