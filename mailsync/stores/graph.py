@@ -29,8 +29,9 @@ Folders are the mail folders below the message folder root (mailFolders and thei
 childFolders, hidden ones included when they hold messages): the well-known ones by
 name (inbox, sentitems, deleteditems, drafts, junkemail, archive -> INBOX, Sent, Trash,
 Drafts, Junk, Archive), the others by display-name path; calendars as Calendar (the
-default) and Calendar/NAME, contact folders as Contacts and Contacts/NAME/...  ``folder_ids`` gives each
-name's folder id, so the engine follows a folder renamed on the server.
+default) and Calendar/NAME, contact folders as Contacts and Contacts/NAME/...
+``folder_ids`` gives each name's folder id, so the engine follows a folder renamed on
+the server.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ MAX_ONE_WAIT = 120.0  # seconds: a longer Retry-After is waited this long, then 
 MAX_WAIT = 300.0  # seconds of throttling waited out per request before giving up
 DEFAULT_RETRY_AFTER = 5.0  # a 429/503 without a usable Retry-After
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+MIN_RATE = 1024  # bytes a second an answer must keep up after its first `timeout` seconds
 _TRUE = ("1", "true", "yes")
 
 
@@ -176,7 +179,12 @@ class GraphStore(Store):
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             session.verify = self.endpoint.cafile or True
-            session.trust_env = False  # no proxies or netrc credentials from the environment
+            # Not the environment wholesale: a ~/.netrc entry would replace the bearer
+            # token.  Its proxy (https_proxy, no_proxy) yes, except for this machine, as
+            # oauth.post_form does.
+            session.trust_env = False
+            if self.endpoint.host.lower() not in _LOOPBACK_HOSTS:
+                session.proxies = requests.utils.get_environ_proxies(self.base)
             session.headers["User-Agent"] = "mailsync"
             self._session = session
         return self._session
@@ -288,7 +296,7 @@ class GraphStore(Store):
                     method, url, timeout=ep.timeout, stream=True, allow_redirects=False, **kwargs
                 )
                 try:
-                    content = _read_limited(response, limit, where, what)
+                    content = _read_limited(response, limit, where, what, ep.timeout)
                 finally:
                     response.close()
             except requests.exceptions.SSLError as error:
@@ -550,20 +558,43 @@ def _mailbox_slots(mailbox: str) -> threading.BoundedSemaphore:
         return slots
 
 
-def _read_limited(response, limit: int, where: str, what: str) -> bytes:
+def _read_limited(response, limit: int, where: str, what: str, timeout: float) -> bytes:
     """The body of `response`, refusing one longer than `limit` bytes (read in chunks,
-    never whole, so a hostile length costs at most `limit`)."""
+    never whole, so a hostile length costs at most `limit`), or one that arrives slower
+    than MIN_RATE on average after its first `timeout` seconds (ConnectError: a server
+    dripping a byte at a time cannot hold a run)."""
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(
             f"{where}: Graph's answer to {what} is {int(declared)} bytes, over the limit of {limit}"
         )
     chunks = bytearray()
-    for chunk in response.iter_content(chunk_size=1 << 16):
+    started = time.monotonic()
+    for chunk in _pieces(response):
         chunks += chunk
+        late = time.monotonic() - started - timeout
+        if late > 0 and len(chunks) < MIN_RATE * late:
+            raise ConnectError(
+                f"{where}: Graph's answer to {what} is arriving too slowly "
+                f"({len(chunks)} bytes in {late + timeout:.0f} s); gave up"
+            )
         if len(chunks) > limit:
             raise TooLarge(f"{where}: Graph's answer to {what} is over the limit of {limit} bytes")
     return bytes(chunks)
+
+
+def _pieces(response) -> Iterator[bytes]:
+    """The body as it arrives: urllib3's read1() gives what is there (up to 64 KiB), where
+    iter_content() would wait for whole chunks, which a dripping server never fills."""
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 1.x
+        yield from response.iter_content(chunk_size=1024)
+        return
+    while True:
+        piece = raw.read1(1 << 16, decode_content=True)
+        if not piece:
+            return
+        yield piece
 
 
 def _json(content: bytes, where: str, what: str) -> dict:

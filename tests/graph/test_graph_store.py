@@ -587,3 +587,46 @@ def test_bad_options_are_config_errors(mailenv):
     for options in ({"items": "mail,notes"}, {"token_command": "x", "bogus": "1"}):
         with pytest.raises(ConfigError):
             open_store(f"graph://{USER}@graph.microsoft.com", options)
+
+
+def test_an_answer_dripping_in_is_given_up(mailenv):
+    """A server that starts an answer and then sends a byte at a time: given up once it
+    falls below 1 KiB/s after the first `timeout` seconds (exit 3), not waited on."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stop = threading.Event()
+
+    class Dripping(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            while not stop.wait(0.05):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = (
+            f"graph://{USER}@127.0.0.1:{server.server_port}?tls=none&timeout=1"
+            "&token_command=echo%20t"
+        )
+        result = pull(url, mailenv / "mail")
+        assert result.exit_code == 3, result.output
+        assert "arriving too slowly" in result.output
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
