@@ -63,7 +63,9 @@ Mail (resources/mailfolder.md, resources/message.md)
   conversationId, isRead, isDraft, body, sender, from, toRecipients, ccRecipients,
   bccRecipients, replyTo, flag {flagStatus}, categories, inferenceClassification; ``$select``
   (id and @odata.etag always) and ``$expand=singleValueExtendedProperties($filter=id eq 'Integer
-  0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings).
+  0x1081')`` (singlevaluelegacyextendedproperty-get.md; values are strings). ``Prefer:
+  outlook.body-content-type="text"`` gives message and event bodies as text (HTML tags stripped:
+  an approximation of Outlook's conversion).
 * Ids: by default a message's id changes when it moves to another folder; with ``Prefer:
   IdType="ImmutableId"`` (outlook-immutable-id.md) responses carry an id that never changes.
   Both kinds of id are accepted in URLs whatever the header. An id this server could not have
@@ -178,10 +180,14 @@ Contacts: ``contact_folder_id(name=None)``, ``add_contact_folder(name, parent=No
 ``delete_contact(id)``.
 
 Faults: ``throttle(n=1, *, status=429, retry_after=1, match=None, method=None)`` (the next n
-authenticated requests, or $batch steps, whose path contains ``match``); ``hold(match=None)`` /
+authenticated requests, or $batch steps, whose path contains ``match``); ``fail(n=1, *,
+status, code, message=..., match=None, method=None)`` (the same with any error, without
+Retry-After); ``hold(match=None)`` /
 ``release()`` (authenticated requests, or those whose path contains ``match``, wait before
 being served, counted in ``in_flight``); ``invalidate_delta_tokens(code="syncStateNotFound")``;
-attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"),
+attributes ``delta_token_limit`` (None), ``removed_reason`` ("deleted"), ``replays`` (False:
+when set, an incremental round also repeats what the previous round gave in full, as
+delta-query-overview.md, "Replays", warns may happen),
 ``concurrency_limit`` (4), ``max_page_size``.
 
 Records: ``requests`` (``Request(method, path, query, status, prefer, batch)`` for every
@@ -198,6 +204,7 @@ import copy
 import email.parser
 import email.policy
 import hmac
+import html
 import json
 import re
 import secrets
@@ -208,7 +215,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
@@ -372,6 +379,17 @@ def _mime_summary(mime: bytes) -> dict:
     except Exception:
         pass
     return out
+
+
+def _as_text(body: dict | None) -> dict:
+    """An itemBody as ``Prefer: outlook.body-content-type="text"`` gives it: HTML bodies lose
+    their tags (a plain approximation of Outlook's conversion)."""
+    body = body or {"contentType": "text", "content": ""}
+    if str(body.get("contentType", "")).lower() != "html":
+        return {"contentType": "text", "content": body.get("content") or ""}
+    text = re.sub(r"<(br|/p|/div)\b[^>]*>", "\n", body.get("content") or "", flags=re.I)
+    text = re.sub(r"<[^>]*>", "", text)
+    return {"contentType": "text", "content": html.unescape(text).strip()}
 
 
 def _minimal_mime(data: dict) -> bytes:
@@ -554,15 +572,30 @@ class _DeltaState:
     initial_url: str
     pending: list = field(default_factory=list)
     final: bool = True
+    reported: list = field(default_factory=list)  # keys the round gave in full (for replays)
 
 
 @dataclass
 class _Throttle:
+    """Chosen requests answer an error instead of being served."""
+
     remaining: int
     status: int
-    retry_after: int
+    retry_after: int | None
     match: str | None
     method: str | None
+    code: str = ""
+    message: str = ""
+
+    def error(self) -> GraphError:
+        if self.code:
+            code, text = self.code, self.message
+        elif self.status == 429:
+            code, text = "ApplicationThrottled", "Application is over its RequestRate limit."
+        else:
+            code, text = "serviceNotAvailable", "The service is temporarily unavailable."
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return GraphError(self.status, code, text, headers)
 
 
 class FakeGraph:
@@ -581,6 +614,7 @@ class FakeGraph:
         self.max_page_size = max_page_size
         self.concurrency_limit = 4
         self.removed_reason = "deleted"
+        self.replays = False
         self.delta_token_limit: int | None = None
         self.requests: list[Request] = []
         self.value_downloads: Counter = Counter()
@@ -734,6 +768,22 @@ class FakeGraph:
     ) -> None:
         with self._lock:
             self._throttles.append(_Throttle(n, status, retry_after, match, method))
+
+    def fail(
+        self,
+        n: int = 1,
+        *,
+        status: int,
+        code: str,
+        message: str = "Injected by the test.",
+        match: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """The next n authenticated requests (or $batch steps) whose path contains ``match``
+        answer ``status`` with the error ``code`` (no Retry-After): faults real servers
+        produce at random, e.g. 500 generalException or 404 ErrorItemNotFound."""
+        with self._lock:
+            self._throttles.append(_Throttle(n, status, None, match, method, code, message))
 
     def hold(self, match: str | None = None) -> None:
         """Authenticated requests (whose path contains ``match``, if given) wait, counted in
@@ -1138,7 +1188,7 @@ class FakeGraph:
             "isRead": m.is_read,
             "isDraft": m.is_draft,
             "inferenceClassification": m.inference,
-            "body": summary["body"],
+            "body": _as_text(summary["body"]) if ctx.text_body else summary["body"],
             "sender": summary["from"],
             "from": summary["from"],
             "toRecipients": summary["toRecipients"],
@@ -1169,7 +1219,9 @@ class FakeGraph:
                 full["singleValueExtendedProperties"] = props
         return full
 
-    def _event_json(self, ev: _Event, day: date | None, fields: dict, key: str, tz: str) -> dict:
+    def _event_json(
+        self, ev: _Event, day: date | None, fields: dict, key: str, tz: str, text_body=False
+    ) -> dict:
         data = {**copy.deepcopy(ev.data), **copy.deepcopy(fields)}
         master = ev.data.get("recurrence") and day is None
         if day is not None:
@@ -1218,6 +1270,8 @@ class FakeGraph:
             "type": "singleInstance",
         }
         out.update(data)
+        if text_body:
+            out["body"] = _as_text(out["body"])
         if master:
             out["type"] = "seriesMaster"
         elif day is not None:
@@ -1353,16 +1407,7 @@ class FakeGraph:
                 )
             throttle = self._take_throttle(method, split.path)
             if throttle is not None:
-                if throttle.status == 429:
-                    code, text = (
-                        "ApplicationThrottled",
-                        "Application is over its RequestRate limit.",
-                    )
-                else:
-                    code, text = "serviceNotAvailable", "The service is temporarily unavailable."
-                raise GraphError(
-                    throttle.status, code, text, {"Retry-After": str(throttle.retry_after)}
-                )
+                raise throttle.error()
             if self._hold_match is None or self._hold_match in split.path:
                 self._gate.wait()
             content_type = h.headers.get("Content-Type") or ""
@@ -1733,7 +1778,11 @@ class FakeGraph:
         if names == ["events"]:
             evs = [e for e in self._events.values() if e.calendar_id == cal.id]
             return 200, self._paged(
-                ctx, [self._event_json(e, None, {}, e.change_key, ctx.timezone) for e in evs]
+                ctx,
+                [
+                    self._event_json(e, None, {}, e.change_key, ctx.timezone, ctx.text_body)
+                    for e in evs
+                ],
             )
         if len(names) == 2 and names[0] == "events":
             return 200, self._get_event(ctx, segs[1])
@@ -1767,7 +1816,7 @@ class FakeGraph:
             )
         start, end = self._window(ctx)
         found = [
-            self._event_json(e, day, fields, key, ctx.timezone)
+            self._event_json(e, day, fields, key, ctx.timezone, ctx.text_body)
             for e, day, fields, key in self._instances(ev, start, end)
         ]
         return self._paged(ctx, found)
@@ -1775,12 +1824,14 @@ class FakeGraph:
     def _get_event(self, ctx: _Ctx, key: str) -> dict:
         ev = self._events.get(key)
         if ev is not None:
-            return self._event_json(ev, None, {}, ev.change_key, ctx.timezone)
+            return self._event_json(ev, None, {}, ev.change_key, ctx.timezone, ctx.text_body)
         for ev in self._events.values():
             for day, occ_id in ev.occurrence_ids.items():
                 if occ_id == key and day not in ev.cancelled:
                     _, fields, change_key = ev.exceptions.get(day, (None, {}, ev.change_key))
-                    return self._event_json(ev, day, fields, change_key, ctx.timezone)
+                    return self._event_json(
+                        ev, day, fields, change_key, ctx.timezone, ctx.text_body
+                    )
         raise GraphError(
             404, "ErrorItemNotFound", "The specified object was not found in the store."
         )
@@ -1894,10 +1945,7 @@ class FakeGraph:
                 )
             throttle = self._take_throttle(method, path)
             if throttle is not None:
-                code = "ApplicationThrottled" if throttle.status == 429 else "serviceNotAvailable"
-                raise GraphError(
-                    throttle.status, code, "Throttled.", {"Retry-After": str(throttle.retry_after)}
-                )
+                raise throttle.error()
             body = step.get("body")
             if body is not None and "content-type" not in headers:
                 raise GraphError(400, "BadRequest", "A step with a body needs a Content-Type.")
@@ -1964,7 +2012,7 @@ class FakeGraph:
                 )[0]
             )
             for ev, day, fields, key in found:
-                obj = self._event_json(ev, day, fields, key, ctx.timezone)
+                obj = self._event_json(ev, day, fields, key, ctx.timezone, ctx.text_body)
                 out[obj["id"]] = (obj["id"], key, obj)
         return out
 
@@ -2002,7 +2050,9 @@ class FakeGraph:
             if skiptoken:
                 return self._delta_page(ctx, state)
             params, sent, initial_url = state.params, state.sent, state.initial_url
+            previous: _DeltaState | None = state
         else:
+            previous = None
             params = {}
             if kind == "messages":
                 if ctx.select():
@@ -2041,6 +2091,7 @@ class FakeGraph:
         current = self._current(kind, collection, ctx, params)
         changes: list = []
         change_type = params.get("changeType")
+        replay = list(previous.reported) if self.replays and previous is not None else []
         if sent is not None:
             for key, (client_id, _) in sent.items():
                 if key not in current and change_type in (None, "deleted"):
@@ -2061,6 +2112,9 @@ class FakeGraph:
                 "updated",
             ):
                 changes.append(obj)
+            elif key in replay:
+                # delta-query-overview.md, "Replays": a change may show again in a later round.
+                changes.append(obj)
         new_sent = {
             key: (client_id, change_key) for key, (client_id, change_key, _) in current.items()
         }
@@ -2074,8 +2128,18 @@ class FakeGraph:
                     if (key in sent) == (change_type == "updated"):
                         merged[key] = value
             new_sent = merged
+        shown = {id(change) for change in changes}
+        reported = [key for key, (_, _, obj) in current.items() if id(obj) in shown]
         state = _DeltaState(
-            kind, collection, params, new_sent, self._epoch, initial_url, changes, final=False
+            kind,
+            collection,
+            params,
+            new_sent,
+            self._epoch,
+            initial_url,
+            changes,
+            final=False,
+            reported=reported,
         )
         return self._delta_page(ctx, state)
 
@@ -2094,30 +2158,12 @@ class FakeGraph:
         page, rest = state.pending[:size], state.pending[size:]
         body: dict = {"@odata.context": f"{self.base}/$metadata#Collection({state.kind[:-1]})"}
         if rest:
-            nxt = _DeltaState(
-                state.kind,
-                state.collection,
-                state.params,
-                state.sent,
-                state.epoch,
-                state.initial_url,
-                rest,
-                final=False,
-            )
+            nxt = replace(state, pending=rest, final=False)
             body["@odata.nextLink"] = self._link(
                 state.initial_url, "$skiptoken", self._store_token(nxt)
             )
         else:
-            done = _DeltaState(
-                state.kind,
-                state.collection,
-                state.params,
-                state.sent,
-                state.epoch,
-                state.initial_url,
-                [],
-                final=True,
-            )
+            done = replace(state, pending=[], final=True)
             body["@odata.deltaLink"] = self._link(
                 state.initial_url, "$deltatoken", self._store_token(done)
             )
@@ -2174,6 +2220,11 @@ class _Ctx:
     @property
     def immutable(self) -> bool:
         return (self._prefer("IdType") or "").lower() == "immutableid"
+
+    @property
+    def text_body(self) -> bool:
+        """``Prefer: outlook.body-content-type="text"`` (message-get.md, event-get.md)."""
+        return (self._prefer("outlook.body-content-type") or "").lower() == "text"
 
     @property
     def timezone(self) -> str:

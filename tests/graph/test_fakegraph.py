@@ -137,6 +137,34 @@ def test_https_with_the_tests_ca(fake_graph_tls):
         requests.get(url, headers=headers, verify=True)
 
 
+def test_tokens_of_the_tests_oauth_server_once_trusted(fake_graph, oauth_server):
+    client = oauth_server.add_client()
+    access, _ = oauth_server.issue(fake_graph.user, client)
+    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 401
+    fake_graph.trust(oauth_server)
+    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 200
+    oauth_server.expire(access)
+    expired = Graph(fake_graph, access).get("/me/mailFolders/inbox")
+    assert expired.status_code == 401
+    assert expired.json()["error"]["message"] == "Access token has expired or is not yet valid."
+    bobs, _ = oauth_server.issue("bob@example.org", client)
+    denied = Graph(fake_graph, bobs).get(f"/users/{fake_graph.user}/mailFolders/inbox")
+    assert denied.status_code == 403 and error(denied) == "ErrorAccessDenied"
+    daemon = oauth_server.add_client(secret="s3cret", app_user=fake_graph.user)
+    answer = requests.post(
+        oauth_server.token_url,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": daemon.client_id,
+            "client_secret": "s3cret",
+            "scope": "https://graph.microsoft.com/.default",
+        },
+    )
+    app = Graph(fake_graph, answer.json()["access_token"])
+    assert app.get("/me/mailFolders/inbox").status_code == 400
+    assert app.get(f"/users/{fake_graph.user}/mailFolders/inbox").status_code == 200
+
+
 # ------------------------------------------------------------------------------ folders
 
 
@@ -211,6 +239,24 @@ def test_folder_create_rename_move_delete(fake_graph):
     assert bad.status_code == 400 and error(bad) == "ErrorInvalidIdMalformed"
     refused = graph.delete("/me/mailFolders/inbox")
     assert refused.status_code == 403
+
+
+def test_mail_folder_delta_reports_new_renamed_moved_and_deleted_folders(fake_graph):
+    graph = Graph(fake_graph)
+    work = fake_graph.add_folder("inbox", "Work")
+    items, delta_link, _ = graph.round("/me/mailFolders/delta")
+    names = {f["displayName"]: f for f in items}
+    assert names["Work"]["parentFolderId"] == fake_graph.folder_id("inbox")
+    assert {"Inbox", "Archive", "Deleted Items"} <= set(names)
+    assert "Deletions" not in names and "Top of Information Store" not in names
+    fake_graph.rename_folder("inbox/Work", "Job")
+    old = fake_graph.add_folder("archive", "Old")
+    items, delta_link, _ = graph.round(delta_link)
+    assert {f["id"]: f["displayName"] for f in items} == {work: "Job", old: "Old"}
+    fake_graph.delete_folder("archive/Old")
+    graph.ok("post", f"/me/mailFolders/{work}/move", json={"destinationId": "archive"})
+    items, _, _ = graph.round(delta_link)
+    assert {f["id"]: "@removed" in f for f in items} == {work: False, old: True}
 
 
 # ------------------------------------------------------------------------------ messages
@@ -348,6 +394,32 @@ def test_a_message_posted_as_mime_is_a_draft(fake_graph):
     assert bad.status_code == 400 and error(bad) == "ErrorMimeContentInvalidBase64String"
     as_json = graph.ok("post", "/me/messages", json={"subject": "Plan", "body": {"content": "hi"}})
     assert as_json["isDraft"] is True and as_json["subject"] == "Plan"
+
+
+def test_bodies_as_text_on_request(fake_graph):
+    text = Graph(fake_graph, prefer='outlook.body-content-type="text"')
+    html_mime = MIME.replace(b"text/plain", b"text/html").replace(
+        b"Gr\xc3\xbc\xc3\x9fe, trailing space \r\n", b"<p>Hi &amp; bye</p>\r\n"
+    )
+    key = fake_graph.add_message("inbox", html_mime)
+    assert Graph(fake_graph).ok("get", f"/me/messages/{key}")["body"]["contentType"] == "html"
+    body = text.ok("get", f"/me/messages/{key}")["body"]
+    assert body["contentType"] == "text" and body["content"].startswith("Hi & bye")
+    assert "<p>" not in body["content"]
+    event = fake_graph.add_event(
+        None,
+        {
+            "subject": "Party",
+            "body": {"contentType": "html", "content": "<div>Bring<br>cake</div>"},
+            "start": berlin("2026-12-12", "20"),
+            "end": berlin("2026-12-12", "23"),
+        },
+    )
+    assert text.ok("get", f"/me/events/{event}")["body"] == {
+        "contentType": "text",
+        "content": "Bring\ncake",
+    }
+    assert text.get(f"/me/messages/{key}/$value").content == html_mime
 
 
 # ------------------------------------------------------------------------------ delta
@@ -494,7 +566,27 @@ def test_change_type_created_reports_only_new_messages(fake_graph):
     assert [i["id"] for i in items] == [fake_graph.message(new)["id"]]
 
 
-# ------------------------------------------------------------------------------ throttling
+def test_replays_and_the_removed_reason_are_knobs(fake_graph):
+    graph = Graph(fake_graph)
+    first, second = (fake_graph.add_message("inbox", mime(n)) for n in range(2))
+    second_id = fake_graph.message(second)["id"]
+    _, delta_link, _ = graph.round("/me/mailFolders/inbox/messages/delta")
+    fake_graph.update_message(first, is_read=True)
+    [changed], delta_link, _ = graph.round(delta_link)
+    fake_graph.replays = True
+    fake_graph.removed_reason = "changed"
+    fake_graph.delete_message(second)
+    items, delta_link, _ = graph.round(delta_link)
+    assert {i["id"]: i.get("@removed") for i in items} == {
+        changed["id"]: None,  # reported again although unchanged: a replay
+        second_id: {"reason": "changed"},
+    }
+    pages = fake_graph.sent_delta_pages
+    graph.round(delta_link)
+    assert fake_graph.sent_delta_pages == pages + 1
+
+
+# -------------------------------------------------------------------- throttling, faults, batching
 
 
 def test_chosen_requests_answer_429_or_503_with_retry_after(fake_graph):
@@ -544,6 +636,87 @@ def test_a_fifth_concurrent_request_gets_429_mailbox_concurrency(fake_graph):
             thread.join()
     assert statuses == [200] * 4
     assert Graph(fake_graph).get("/me/mailFolders/inbox").status_code == 200
+
+
+def test_chosen_requests_fail_with_any_error(fake_graph):
+    graph = Graph(fake_graph)
+    key = fake_graph.add_message("inbox", MIME)
+    fake_graph.fail(1, status=500, code="generalException", match="/$value", method="GET")
+    broken = graph.get(f"/me/messages/{key}/$value")
+    assert broken.status_code == 500 and error(broken) == "generalException"
+    assert "Retry-After" not in broken.headers
+    assert graph.get(f"/me/messages/{key}/$value").content == MIME
+
+
+def test_batch_runs_steps_and_base64s_mime(fake_graph):
+    graph = Graph(fake_graph)
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    steps = [
+        {"id": str(n), "method": "GET", "url": f"/me/messages/{k}/$value"}
+        for n, k in enumerate(keys)
+    ]
+    steps.append(
+        {
+            "id": "flag",
+            "method": "PATCH",
+            "url": f"/me/messages/{keys[0]}",
+            "headers": {"Content-Type": "application/json"},
+            "body": {"isRead": True},
+        }
+    )
+    steps.append(
+        {"id": "folder", "method": "GET", "url": "me/mailFolders/inbox?$select=displayName"}
+    )
+    answer = graph.ok("post", "/$batch", json={"requests": steps})
+    by_id = {r["id"]: r for r in answer["responses"]}
+    for n, key in enumerate(keys):
+        assert by_id[str(n)]["status"] == 200
+        assert base64.b64decode(by_id[str(n)]["body"]) == mime(n)
+        assert fake_graph.value_downloads[key] == 1
+    assert by_id["flag"]["status"] == 200 and fake_graph.message(keys[0])["is_read"] is True
+    assert by_id["folder"]["body"]["displayName"] == "Inbox"
+    assert sum(1 for r in fake_graph.requests if r.batch) == 5
+    too_many = [{"id": str(n), "method": "GET", "url": "/me/mailFolders/inbox"} for n in range(21)]
+    assert graph.post("/$batch", json={"requests": too_many}).status_code == 400
+    twice = [{"id": "a", "method": "GET", "url": "/me/mailFolders"}] * 2
+    assert graph.post("/$batch", json={"requests": twice}).status_code == 400
+
+
+def test_batch_steps_over_four_at_once_or_after_a_failure_do_not_run(fake_graph):
+    graph = Graph(fake_graph)
+    key = fake_graph.add_message("inbox", MIME)
+    five = [{"id": str(n), "method": "GET", "url": f"/me/messages/{key}/$value"} for n in range(5)]
+    statuses = sorted(
+        r["status"] for r in graph.ok("post", "/$batch", json={"requests": five})["responses"]
+    )
+    assert statuses == [200] * 5  # four at a time, in two rounds
+    fake_graph.hold(match="/mailFolders/inbox")
+    holder = threading.Thread(target=lambda: Graph(fake_graph).get("/me/mailFolders/inbox"))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while fake_graph.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_graph.in_flight == 1
+        four = five[:4]
+        answer = graph.ok("post", "/$batch", json={"requests": four})["responses"]
+        statuses = sorted(r["status"] for r in answer)
+        assert statuses == [200, 200, 200, 429]
+        [throttled] = [r for r in answer if r["status"] == 429]
+        assert throttled["headers"]["Retry-After"] == "1"
+        assert throttled["body"]["error"]["code"] == "ApplicationThrottled"
+    finally:
+        fake_graph.release()
+        holder.join()
+    chain = [
+        {"id": "1", "method": "GET", "url": "/me/messages/AAMkAGnothing/$value"},
+        {"id": "2", "dependsOn": ["1"], "method": "GET", "url": f"/me/messages/{key}/$value"},
+    ]
+    by_id = {
+        r["id"]: r["status"]
+        for r in graph.ok("post", "/$batch", json={"requests": chain})["responses"]
+    }
+    assert by_id == {"1": 400, "2": 424}
 
 
 # ------------------------------------------------------------------------------ calendars
@@ -735,6 +908,35 @@ def test_recurrence_patterns(fake_graph):
     ) == ["2026-06-02", "2026-06-04", "2026-06-16", "2026-06-18"]
 
 
+def test_all_day_events_stay_in_the_zone_they_were_made_in(fake_graph):
+    pacific = Graph(fake_graph, prefer='outlook.timezone="Pacific Standard Time"')
+    tokyo = "Tokyo Standard Time"
+    allday = fake_graph.add_event(
+        None,
+        {
+            "subject": "Tenno",
+            "isAllDay": True,
+            "start": {"dateTime": "2026-12-23T00:00:00.0000000", "timeZone": tokyo},
+            "end": {"dateTime": "2026-12-24T00:00:00.0000000", "timeZone": tokyo},
+        },
+    )
+    timed = fake_graph.add_event(
+        None,
+        {"subject": "Call", "start": berlin("2026-12-23", "18"), "end": berlin("2026-12-23", "19")},
+    )
+    got = {e["id"]: e for e in pacific.round(f"/me/calendarView/delta?{WINDOW}")[0]}
+    assert got[allday]["start"] == {"dateTime": "2026-12-23T00:00:00.0000000", "timeZone": tokyo}
+    assert got[timed]["start"] == {
+        "dateTime": "2026-12-23T09:00:00.0000000",
+        "timeZone": "Pacific Standard Time",
+    }
+    # Tokyo's 23 December ends at 15:00 UTC.
+    before = "startDateTime=2026-12-23T14:00:00Z&endDateTime=2026-12-23T15:00:00Z"
+    after = "startDateTime=2026-12-23T15:00:00Z&endDateTime=2026-12-23T16:00:00Z"
+    assert [e["id"] for e in pacific.round(f"/me/calendarView/delta?{before}")[0]] == [allday]
+    assert pacific.round(f"/me/calendarView/delta?{after}")[0] == []
+
+
 # ------------------------------------------------------------------------------ contacts
 
 
@@ -790,149 +992,3 @@ def test_request_log_and_error_shape(fake_graph):
         200,
     )
     assert last.prefer == "odata.maxpagesize=3"
-
-
-def test_all_day_events_stay_in_the_zone_they_were_made_in(fake_graph):
-    pacific = Graph(fake_graph, prefer='outlook.timezone="Pacific Standard Time"')
-    tokyo = "Tokyo Standard Time"
-    allday = fake_graph.add_event(
-        None,
-        {
-            "subject": "Tenno",
-            "isAllDay": True,
-            "start": {"dateTime": "2026-12-23T00:00:00.0000000", "timeZone": tokyo},
-            "end": {"dateTime": "2026-12-24T00:00:00.0000000", "timeZone": tokyo},
-        },
-    )
-    timed = fake_graph.add_event(
-        None,
-        {"subject": "Call", "start": berlin("2026-12-23", "18"), "end": berlin("2026-12-23", "19")},
-    )
-    got = {e["id"]: e for e in pacific.round(f"/me/calendarView/delta?{WINDOW}")[0]}
-    assert got[allday]["start"] == {"dateTime": "2026-12-23T00:00:00.0000000", "timeZone": tokyo}
-    assert got[timed]["start"] == {
-        "dateTime": "2026-12-23T09:00:00.0000000",
-        "timeZone": "Pacific Standard Time",
-    }
-    # Tokyo's 23 December ends at 15:00 UTC.
-    before = "startDateTime=2026-12-23T14:00:00Z&endDateTime=2026-12-23T15:00:00Z"
-    after = "startDateTime=2026-12-23T15:00:00Z&endDateTime=2026-12-23T16:00:00Z"
-    assert [e["id"] for e in pacific.round(f"/me/calendarView/delta?{before}")[0]] == [allday]
-    assert pacific.round(f"/me/calendarView/delta?{after}")[0] == []
-
-
-def test_mail_folder_delta_reports_new_renamed_moved_and_deleted_folders(fake_graph):
-    graph = Graph(fake_graph)
-    work = fake_graph.add_folder("inbox", "Work")
-    items, delta_link, _ = graph.round("/me/mailFolders/delta")
-    names = {f["displayName"]: f for f in items}
-    assert names["Work"]["parentFolderId"] == fake_graph.folder_id("inbox")
-    assert {"Inbox", "Archive", "Deleted Items"} <= set(names)
-    assert "Deletions" not in names and "Top of Information Store" not in names
-    fake_graph.rename_folder("inbox/Work", "Job")
-    old = fake_graph.add_folder("archive", "Old")
-    items, delta_link, _ = graph.round(delta_link)
-    assert {f["id"]: f["displayName"] for f in items} == {work: "Job", old: "Old"}
-    fake_graph.delete_folder("archive/Old")
-    graph.ok("post", f"/me/mailFolders/{work}/move", json={"destinationId": "archive"})
-    items, _, _ = graph.round(delta_link)
-    assert {f["id"]: "@removed" in f for f in items} == {work: False, old: True}
-
-
-def test_batch_runs_steps_and_base64s_mime(fake_graph):
-    graph = Graph(fake_graph)
-    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
-    steps = [
-        {"id": str(n), "method": "GET", "url": f"/me/messages/{k}/$value"}
-        for n, k in enumerate(keys)
-    ]
-    steps.append(
-        {
-            "id": "flag",
-            "method": "PATCH",
-            "url": f"/me/messages/{keys[0]}",
-            "headers": {"Content-Type": "application/json"},
-            "body": {"isRead": True},
-        }
-    )
-    steps.append(
-        {"id": "folder", "method": "GET", "url": "me/mailFolders/inbox?$select=displayName"}
-    )
-    answer = graph.ok("post", "/$batch", json={"requests": steps})
-    by_id = {r["id"]: r for r in answer["responses"]}
-    for n, key in enumerate(keys):
-        assert by_id[str(n)]["status"] == 200
-        assert base64.b64decode(by_id[str(n)]["body"]) == mime(n)
-        assert fake_graph.value_downloads[key] == 1
-    assert by_id["flag"]["status"] == 200 and fake_graph.message(keys[0])["is_read"] is True
-    assert by_id["folder"]["body"]["displayName"] == "Inbox"
-    assert sum(1 for r in fake_graph.requests if r.batch) == 5
-    too_many = [{"id": str(n), "method": "GET", "url": "/me/mailFolders/inbox"} for n in range(21)]
-    assert graph.post("/$batch", json={"requests": too_many}).status_code == 400
-    twice = [{"id": "a", "method": "GET", "url": "/me/mailFolders"}] * 2
-    assert graph.post("/$batch", json={"requests": twice}).status_code == 400
-
-
-def test_batch_steps_over_four_at_once_or_after_a_failure_do_not_run(fake_graph):
-    graph = Graph(fake_graph)
-    key = fake_graph.add_message("inbox", MIME)
-    five = [{"id": str(n), "method": "GET", "url": f"/me/messages/{key}/$value"} for n in range(5)]
-    statuses = sorted(
-        r["status"] for r in graph.ok("post", "/$batch", json={"requests": five})["responses"]
-    )
-    assert statuses == [200] * 5  # four at a time, in two rounds
-    fake_graph.hold(match="/mailFolders/inbox")
-    holder = threading.Thread(target=lambda: Graph(fake_graph).get("/me/mailFolders/inbox"))
-    holder.start()
-    try:
-        deadline = time.monotonic() + 30
-        while fake_graph.in_flight < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert fake_graph.in_flight == 1
-        four = five[:4]
-        answer = graph.ok("post", "/$batch", json={"requests": four})["responses"]
-        statuses = sorted(r["status"] for r in answer)
-        assert statuses == [200, 200, 200, 429]
-        [throttled] = [r for r in answer if r["status"] == 429]
-        assert throttled["headers"]["Retry-After"] == "1"
-        assert throttled["body"]["error"]["code"] == "ApplicationThrottled"
-    finally:
-        fake_graph.release()
-        holder.join()
-    chain = [
-        {"id": "1", "method": "GET", "url": "/me/messages/AAMkAGnothing/$value"},
-        {"id": "2", "dependsOn": ["1"], "method": "GET", "url": f"/me/messages/{key}/$value"},
-    ]
-    by_id = {
-        r["id"]: r["status"]
-        for r in graph.ok("post", "/$batch", json={"requests": chain})["responses"]
-    }
-    assert by_id == {"1": 400, "2": 424}
-
-
-def test_tokens_of_the_tests_oauth_server_once_trusted(fake_graph, oauth_server):
-    client = oauth_server.add_client()
-    access, _ = oauth_server.issue(fake_graph.user, client)
-    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 401
-    fake_graph.trust(oauth_server)
-    assert Graph(fake_graph, access).get("/me/mailFolders/inbox").status_code == 200
-    oauth_server.expire(access)
-    expired = Graph(fake_graph, access).get("/me/mailFolders/inbox")
-    assert expired.status_code == 401
-    assert expired.json()["error"]["message"] == "Access token has expired or is not yet valid."
-    bobs, _ = oauth_server.issue("bob@example.org", client)
-    denied = Graph(fake_graph, bobs).get(f"/users/{fake_graph.user}/mailFolders/inbox")
-    assert denied.status_code == 403 and error(denied) == "ErrorAccessDenied"
-    daemon = oauth_server.add_client(secret="s3cret", app_user=fake_graph.user)
-    answer = requests.post(
-        oauth_server.token_url,
-        data={
-            "grant_type": "client_credentials",
-            "client_id": daemon.client_id,
-            "client_secret": "s3cret",
-            "scope": "https://graph.microsoft.com/.default",
-        },
-    )
-    app = Graph(fake_graph, answer.json()["access_token"])
-    assert app.get("/me/mailFolders/inbox").status_code == 400
-    assert app.get(f"/users/{fake_graph.user}/mailFolders/inbox").status_code == 200
