@@ -54,6 +54,7 @@ STORE_OPTIONS = {
     | {
         "items",
         "hard_delete",
+        "calendar_window",
         "token_command",
         "oauth2",
         "client_id",

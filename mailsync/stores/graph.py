@@ -16,7 +16,8 @@ Options: the OAuth2 ones of mailsync.tokens (``token_command``, or ``oauth2 =
 ``https://graph.microsoft.com/.default`` for client credentials, ``Mail.ReadWrite
 Calendars.Read Contacts.Read offline_access`` for a user's sign-in.  ``hard_delete``
 (deletions skip Deleted Items), ``items`` (``mail``, ``calendar``, ``contacts``: the
-latter two pulled into vdirs by graph_items.py), ``timeout``.
+latter two pulled into vdirs by graph_items.py), ``calendar_window`` (the events backed
+up: "5y,2y", five years back to two ahead, unless it says otherwise), ``timeout``.
 
 HTTP: plain ``requests`` (no SDK), one Session, at most MAX_CONCURRENT requests in
 flight (Graph's limit per app and mailbox: 4), JSON answers read up to MAX_JSON bytes
@@ -36,6 +37,7 @@ the server.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -84,6 +86,8 @@ MAX_WAIT = 300.0  # seconds of throttling waited out per request before giving u
 DEFAULT_RETRY_AFTER = 5.0  # a 429/503 without a usable Retry-After
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+#: The calendar window's default (issue 13): five years back to two years ahead.
+DEFAULT_WINDOW = (dt.timedelta(days=5 * 365 + 1), dt.timedelta(days=2 * 365 + 1))
 MIN_RATE = 1024  # bytes a second an answer must keep up after its first `timeout` seconds
 _TRUE = ("1", "true", "yes")
 
@@ -134,6 +138,7 @@ class GraphStore(Store):
             )
         self.items = items
         self.hard_delete = str(opts.pop("hard_delete", "false")).lower() in _TRUE
+        self.calendar_window = calendar_window(opts.pop("calendar_window", None), self.url)
         opts.pop("password_command", None)  # (a generic network option: no use here)
         if opts.get("oauth2") and "scope" not in opts:
             client_credentials = opts.get("grant") == "client_credentials"
@@ -531,6 +536,26 @@ class GraphStore(Store):
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+def calendar_window(value: object, where: str) -> tuple[dt.timedelta, dt.timedelta]:
+    """The calendar_window option, "BACK,AHEAD" with each a number of days (``d``) or
+    years (``y``, 365 days), as (back, ahead); the default five years back to two
+    ahead.  ConfigError for anything else."""
+    if value is None or value == "":
+        return DEFAULT_WINDOW
+    parts = str(value).replace(" ", "").split(",")
+    spans = []
+    for part in parts:
+        match = re.fullmatch(r"(\d{1,5})([dy])", part)
+        if match is None or len(parts) != 2:
+            raise ConfigError(
+                f'store {where}: calendar_window is "BACK,AHEAD" in days or years, such as '
+                f'"5y,2y" (the default) or "400d,90d"'
+            )
+        days = int(match.group(1)) * (365 if match.group(2) == "y" else 1)
+        spans.append(dt.timedelta(days=min(days, 100 * 365)))
+    return spans[0], spans[1]
 
 
 def _mappable(display: str) -> bool:

@@ -4,10 +4,11 @@ Maildir tree (one .ics per event or series, one .vcf per contact), as the EWS st
 Keys: a contact's id; a single event's id; for a recurring series, its master's id (one
 file holds the series with its changed occurrences).  Listing is by delta, page by page
 like mail (graph_folder.GraphFolder.pages): ``contacts/delta`` of a contact folder, and
-``calendarView/delta`` of a calendar over a window (WINDOW_PAST before the run to
-WINDOW_AHEAD after it; an event that leaves the window is reported removed, and a pull
-keeps its file).  calendarView lists the occurrences and exceptions of a series, never its
-master: each names the master (seriesMasterId), whose key is listed instead.  Bodies are
+``calendarView/delta`` of a calendar over the store's calendar_window (by default five
+years before the run to two years after it; an event that leaves the window is reported
+removed, and a pull keeps its file).  calendarView lists the occurrences and exceptions
+of a series, never its master: each names the master (seriesMasterId), whose key is
+listed instead.  Bodies are
 made from Graph's JSON by graph_vcard.contact_to_vcf and graph_ical.event_to_ics (a
 series: GET of the master, and its exceptions from ``instances`` over the window).
 
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailsync")
 
-WINDOW_PAST = dt.timedelta(days=5 * 365 + 1)  # the issue's default: five years back
-WINDOW_AHEAD = dt.timedelta(days=2 * 365 + 1)  # and two years ahead
-
 
 class GraphItemsFolder(Folder):
     """A calendar (`kind` "calendar") or contact folder ("contacts") of the mailbox.
@@ -57,9 +55,10 @@ class GraphItemsFolder(Folder):
         self._items: dict[str, dict] = {}  # key -> the JSON a delta page gave (not series)
         self._series_of: dict[str, str] = {}  # occurrence id -> its master's id
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        back, ahead = store.calendar_window
         self._window = {
-            "startDateTime": (now - WINDOW_PAST).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "endDateTime": (now + WINDOW_AHEAD).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "startDateTime": (now - back).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "endDateTime": (now + ahead).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
     def __repr__(self) -> str:

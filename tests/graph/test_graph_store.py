@@ -630,3 +630,24 @@ def test_an_answer_dripping_in_is_given_up(mailenv):
         stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_calendar_window_chooses_the_events(fake_graph, graph, mailenv):
+    from datetime import timedelta
+
+    today = datetime.now(UTC).date()
+    for subject, day in (("Old", today - timedelta(days=60)), ("Soon", today + timedelta(days=5)),
+                         ("Later", today + timedelta(days=60))):  # fmt: skip
+        fake_graph.add_event(None, _event(subject, f"{day}T10:00:00", f"{day}T11:00:00"))
+    root = mailenv / "mail"
+    url = graph(fake_graph, items="calendar", calendar_window="30d,30d")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert set(_calendars(root)) == {"Soon"}
+    root = mailenv / "default"
+    assert pull(graph(fake_graph, items="calendar"), root).exit_code == 0
+    assert set(_calendars(root)) == {"Old", "Soon", "Later"}
+    for bad in ("5y", "x,2y", "5y,2y,1d", "-1d,2d"):
+        result = pull(graph(fake_graph, items="calendar", calendar_window=bad), root)
+        assert result.exit_code == 2, result.output
+        assert "calendar_window" in result.output
