@@ -458,6 +458,14 @@ class GraphStore(Store):
                     )
         return folders
 
+    def adopt_listing(self, other: Store) -> None:
+        """A parallel worker's store takes the main store's folder listing (the same
+        mailbox): no second round of mailFolders requests."""
+        if isinstance(other, GraphStore) and other._folders is not None:
+            self._folders = dict(other._folders)
+            self._well_known_ids = dict(other._well_known_ids)
+            self._item_folders = dict(other._item_folders)
+
     def list_folders(self) -> list[str]:
         return sorted(self._hierarchy())
 

@@ -651,3 +651,15 @@ def test_calendar_window_chooses_the_events(fake_graph, graph, mailenv):
         result = pull(graph(fake_graph, items="calendar", calendar_window=bad), root)
         assert result.exit_code == 2, result.output
         assert "calendar_window" in result.output
+
+
+def test_parallel_workers_list_the_folders_once(fake_graph, graph, mailenv):
+    for name in ("A", "B", "C"):
+        fake_graph.add_folder("inbox", name)
+        fake_graph.add_message(f"inbox/{name}", mime(ord(name)))
+    root = mailenv / "mail"
+    result = run("pull", "--jobs", "3", graph(fake_graph), root)
+    assert result.exit_code == 0, result.output
+    assert all(maildir_bodies(root)[f"INBOX/{n}"] for n in "ABC")
+    asked = [r for r in fake_graph.requests if r.path.endswith("/mailFolders/inbox")]
+    assert len(asked) == 1
