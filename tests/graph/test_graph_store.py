@@ -663,3 +663,18 @@ def test_parallel_workers_list_the_folders_once(fake_graph, graph, mailenv):
     assert all(maildir_bodies(root)[f"INBOX/{n}"] for n in "ABC")
     asked = [r for r in fake_graph.requests if r.path.endswith("/mailFolders/inbox")]
     assert len(asked) == 1
+
+
+def test_a_message_graph_cannot_give_is_skipped_then_retried(fake_graph, graph, mailenv):
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    fake_graph.fail(1, status=500, code="generalException", match=keys[1].rstrip("="))
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "generalException" in result.output
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in (0, 2))
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(3))
+    assert fake_graph.value_downloads[keys[0]] == 1 and fake_graph.value_downloads[keys[1]] == 1
