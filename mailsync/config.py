@@ -68,6 +68,25 @@ STORE_OPTIONS = {
         "client_secret",
         "token_command",
     },
+    # (the OAuth2 options are tokens.OPTIONS, not imported here: start-up time)
+    "graph": NETWORK_OPTIONS
+    | {
+        "items",
+        "hard_delete",
+        "calendar_window",
+        "token_command",
+        "oauth2",
+        "client_id",
+        "client_secret",
+        "client_secret_command",
+        "tenant",
+        "scope",
+        "grant",
+        "token_url",
+        "device_url",
+        "authorize_url",
+        "oauth2_cafile",
+    },
 }
 CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder", "rename"}
 GENERAL_KEYS = {"state_dir"}

@@ -28,8 +28,8 @@ from mailsync.errors import AuthError, ConfigError
 
 log = logging.getLogger("mailsync")
 
-DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110, "ews": 443}
-IMPLICIT_TLS = {"imaps", "pop3s", "ews"}
+DEFAULT_PORTS = {"imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110, "ews": 443, "graph": 443}
+IMPLICIT_TLS = {"imaps", "pop3s", "ews", "graph"}
 TLS_MODES = ("implicit", "starttls", "none")
 DEFAULT_TIMEOUT = 60.0
 

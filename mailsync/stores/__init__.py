@@ -26,9 +26,9 @@ __all__ = [
 ]
 
 LOCAL_SCHEMES = ("maildir", "mbox", "memory")
-NETWORK_SCHEMES = ("imap", "imaps", "pop3", "pop3s", "ews")
+NETWORK_SCHEMES = ("imap", "imaps", "pop3", "pop3s", "ews", "graph")
 # What an unknown store type's error offers (memory: is for tests only).
-USER_SCHEMES = ("maildir", "mbox", "imaps", "imap", "pop3s", "pop3", "ews")
+USER_SCHEMES = ("maildir", "mbox", "imaps", "imap", "pop3s", "pop3", "ews", "graph")
 # Something that starts like a URL: a scheme (RFC 3986: a letter, then letters, digits,
 # '+', '-', '.') and a colon.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -110,6 +110,10 @@ def canonical_url(url: str) -> str:
     # Network stores: the account, not how we reach it (cafile=, tls=, timeout= may
     # change without starting a new state).
     url = mask_url(url)
+    if scheme == "graph":
+        # The mailbox's address may be written as it is or with %40: one account, one state.
+        head, _, host = url.split("?", 1)[0].rpartition("@")
+        return f"{unquote(head)}@{host.lower()}"
     return url.split("?", 1)[0].lower() if "@" not in url else _lower_host(url.split("?", 1)[0])
 
 
@@ -153,6 +157,10 @@ def open_store(
         from mailsync.stores.ews import EWSStore
 
         return EWSStore(url, opts, read_only=read_only)
+    if scheme == "graph":
+        from mailsync.stores.graph import GraphStore
+
+        return GraphStore(url, opts, read_only=read_only)
     raise ConfigError(f"store URL {mask_url(url)!r}: the {scheme}: scheme is not supported yet")
 
 

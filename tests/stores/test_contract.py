@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from fakeews import FakeEWS
+from fakegraph import FakeGraph
 
 from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError
 from mailsync.message import (
@@ -204,6 +205,44 @@ def _ews_account(request: pytest.FixtureRequest) -> str:
     return fake.url.replace("http://", "ews://" + EWS_USER.replace("@", "%40") + "@")
 
 
+GRAPH_USER = "alice@example.org"
+
+
+def _graph_account(request: pytest.FixtureRequest) -> str:
+    """A fresh fake Graph server (tests/graph/fakegraph.py) for this test alone.  Graph
+    creates no received mail (a message posted as MIME is a draft), so the store's
+    append() refuses (tests/graph/test_graph_store.py checks that); for the rest of the
+    contract, append() here delivers the message through the fake's own door, as mail
+    flow would: its MIME, flags, arrival and size (PR_MESSAGE_SIZE) as Exchange keeps
+    them."""
+    from mailsync.stores.graph_folder import GraphFolder
+
+    fake = FakeGraph(user=GRAPH_USER).start()
+    request.addfinalizer(fake.stop)
+    token = fake.add_token(lifetime=86400)
+
+    def deliver(folder: GraphFolder, data: bytes, flags: frozenset[str], arrival: float) -> str:
+        from datetime import UTC, datetime
+
+        folder._writable()
+        mime = to_crlf(data)
+        received = datetime.fromtimestamp(arrival, UTC) if arrival else None
+        with fake._lock:
+            message = fake._new_message(folder.folder_id, mime, is_draft=False, received=received)
+            message.is_read = SEEN in flags
+            message.flag = "flagged" if FLAGGED in flags else "notFlagged"
+            message.categories = sorted(f for f in flags if not f.startswith(("\\", "$")))
+            verb = 102 if ANSWERED in flags else 104 if FORWARDED in flags else None
+            if verb is not None:
+                message.extended["integer 0x1081"] = ("Integer 0x1081", str(verb))
+            message.extended["integer 0x0e08"] = ("Integer 0x0E08", str(len(mime)))
+            return message.immutable_id
+
+    request.getfixturevalue("monkeypatch").setattr(GraphFolder, "append", deliver)
+    host = fake.url.removeprefix("http://")
+    return f"graph://{GRAPH_USER}@{host}?token_command=echo%20{token}"
+
+
 def _imap(id: str, fixture: str, keeps: Callable[[bytes], bytes], **declared) -> Kind:
     """An IMAP server's kind; `keeps`: what the server makes of the bytes it is sent."""
     return Kind(
@@ -235,6 +274,21 @@ KINDS = [
         keeps=to_crlf,  # the fake keeps the MIME as given (real Exchange rebuilds it)
         # The fake's new mailbox (FakeEWS.LAYOUT): its mail folders.
         fresh_folders=frozenset({"INBOX", "Sent", "Trash", "Drafts", "Junk", "Outbox"}),
+        taken_names=frozenset({"Sent Items", "Deleted Items", "Junk Email"}),
+        keys_cross_folders=True,
+        since_lists_flags_only=True,
+    ),
+    Kind(
+        "graph",
+        "graph",
+        {"tls": "none"},
+        account=_graph_account,
+        keeps=to_crlf,  # the fake keeps the MIME as given (real Exchange rebuilds it)
+        # The fake's new mailbox: its mail folders below the message folder root.
+        fresh_folders=frozenset(
+            {"INBOX", "Sent", "Trash", "Drafts", "Junk", "Archive", "Outbox"}
+            | {"Conversation History"}
+        ),
         taken_names=frozenset({"Sent Items", "Deleted Items", "Junk Email"}),
         keys_cross_folders=True,
         since_lists_flags_only=True,

@@ -1,0 +1,232 @@
+"""Graph calendars and contact folders: backed up (pulled) only, into the vdirs of a local
+Maildir tree (one .ics per event or series, one .vcf per contact), as the EWS store does.
+
+Keys: a contact's id; a single event's id; for a recurring series, its master's id (one
+file holds the series with its changed occurrences).  Listing is by delta, page by page
+like mail (graph_folder.GraphFolder.pages): ``contacts/delta`` of a contact folder, and
+``calendarView/delta`` of a calendar over the store's calendar_window (by default five
+years before the run to two years after it; an event that leaves the window is reported
+removed, and a pull keeps its file).  calendarView lists the occurrences and exceptions
+of a series, never its master: each names the master (seriesMasterId), whose key is
+listed instead.  Bodies are
+made from Graph's JSON by graph_vcard.contact_to_vcf and graph_ical.event_to_ics (a
+series: GET of the master, and its exceptions from ``instances`` over the window).
+
+As on EWS, an item is downloaded once: a later change to it on the server does not
+rewrite its file (bodies never change, base.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from mailsync.errors import FolderError, MailsyncError, MessageError, StoreError
+from mailsync.message import Body, Info, to_lf
+from mailsync.stores.base import Folder
+from mailsync.stores.graph import GraphError, TooLarge
+from mailsync.stores.graph_folder import PAGE_SIZE, VOID_DELTA, _json_object, _when
+
+if TYPE_CHECKING:
+    from mailsync.stores.graph import GraphStore
+
+log = logging.getLogger("mailsync")
+
+
+class GraphItemsFolder(Folder):
+    """A calendar (`kind` "calendar") or contact folder ("contacts") of the mailbox.
+    `collection`: its URL relative to the mailbox (``calendars/ID``, ``contactFolders/ID``,
+    or ``contacts``'s parent "" for the default contact folder)."""
+
+    validity = ""
+    paged = True
+
+    def __init__(self, store: GraphStore, name: str, kind: str, collection: str):
+        self.store = store
+        self.name = name
+        self.kind = kind
+        self.collection = collection
+        self.read_only = store.read_only
+        self.where = f"{store.url} {name}"
+        self._link: str | None = None
+        self._items: dict[str, dict] = {}  # key -> the JSON a delta page gave (not series)
+        self._series_of: dict[str, str] = {}  # occurrence id -> its master's id
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        back, ahead = store.calendar_window
+        self._window = {
+            "startDateTime": (now - back).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "endDateTime": (now + ahead).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def __repr__(self) -> str:
+        return f"<GraphItemsFolder {self.store.url} {self.name}>"
+
+    def _get(self, url: str, what: str, params: dict | None = None) -> dict:
+        try:
+            _status, content = self.store.request(
+                "GET", url, what=what, where=self.where, params=params
+            )
+        except TooLarge as error:
+            raise FolderError(str(error))
+        return _json_object(content, self.where)
+
+    # listing --------------------------------------------------------------------------
+    def pages(
+        self, cursor: dict, known: Mapping[str, frozenset[str]]
+    ) -> Iterator[tuple[dict[str, Info | None] | None, dict]]:
+        """As GraphFolder.pages: the delta of the collection, page by page."""
+        link = (cursor or {}).get("link")
+        if link:
+            url, params = link, None
+        elif self.kind == "contacts":
+            url, params = f"{self.collection}/contacts/delta".lstrip("/"), None
+        else:
+            url, params = f"{self.collection}/calendarView/delta", dict(self._window)
+        headers = {"Prefer": f'IdType="ImmutableId", odata.maxpagesize={PAGE_SIZE}'}
+        while True:
+            try:
+                _status, content = self.store.request(
+                    "GET", url, what="delta", where=self.where, params=params, headers=headers
+                )
+            except GraphError as error:
+                if link and (error.status == 410 or error.code in VOID_DELTA):
+                    log.warning(
+                        "%s: Graph no longer knows the last delta link (%s); listing the "
+                        "folder again (items already here are matched, not downloaded again)",
+                        self.where,
+                        error.code or f"HTTP {error.status}",
+                    )
+                    yield None, {}
+                    yield from self.pages({}, known)
+                    return
+                raise FolderError(str(error))
+            except TooLarge as error:
+                raise FolderError(str(error))
+            answer = _json_object(content, self.where)
+            page: dict[str, Info | None] = {}
+            for entry in answer.get("value") or ():
+                if isinstance(entry, dict):
+                    self._apply(page, entry, known)
+            next_link, delta_link = answer.get("@odata.nextLink"), answer.get("@odata.deltaLink")
+            if isinstance(next_link, str) and next_link:
+                yield page, {"link": next_link}
+                url, params = next_link, None
+                continue
+            if not isinstance(delta_link, str) or not delta_link:
+                raise FolderError(
+                    f"{self.where}: Graph's delta page has neither nextLink nor deltaLink"
+                )
+            self._link = delta_link
+            yield page, {"link": delta_link}
+            return
+
+    def _apply(self, page: dict[str, Info | None], entry: dict, known: Mapping) -> None:
+        item_id = entry.get("id")
+        if not isinstance(item_id, str) or not item_id:
+            return
+        arrival = _when(entry.get("createdDateTime"))
+        if "@removed" in entry:
+            master = self._series_of.get(item_id)
+            if master is not None:  # one occurrence gone: the series is still there
+                page.setdefault(master, Info(frozenset(), 0, 0.0))
+            elif item_id not in self._series_of.values():
+                page[item_id] = None
+                self._items.pop(item_id, None)
+            return
+        master = entry.get("seriesMasterId")
+        if self.kind == "calendar" and isinstance(master, str) and master:
+            self._series_of[item_id] = master
+            if master not in page:
+                page[master] = Info(frozenset(), 0, arrival)
+            return
+        self._items[item_id] = entry
+        page[item_id] = Info(frozenset(), 0, arrival)
+
+    def list(self) -> dict[str, Info]:
+        return self.list_since({}, {})
+
+    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()} if cursor else {}
+        for page, _cursor in self.pages(cursor, known):
+            if page is None:
+                listing = {}
+                continue
+            for key, info in page.items():
+                if info is None:
+                    listing.pop(key, None)
+                else:
+                    listing[key] = info
+        return listing
+
+    def cursor(self) -> dict:
+        return {"link": self._link} if self._link else {}
+
+    def persists(self, flag: str) -> bool:
+        return False  # items have no flags
+
+    # bodies ---------------------------------------------------------------------------
+    def fetch(self, key: str) -> Body:
+        return self._fetch_one(key)
+
+    def fetch_many(self, keys: Iterable[str]) -> Iterator[tuple[str, Body | MessageError]]:
+        for key in keys:
+            try:
+                yield key, to_lf(self._item(key))
+            except MessageError as error:
+                yield key, error
+
+    def _item(self, key: str) -> bytes:
+        from mailsync.stores.graph_ical import event_to_ics
+        from mailsync.stores.graph_vcard import contact_to_vcf
+
+        quoted = quote(key, safe="")
+        try:
+            entry = self._items.get(key)
+            if self.kind == "contacts":
+                if entry is None:
+                    entry = self._get(f"contacts/{quoted}", "reading a contact")
+                return contact_to_vcf(entry)
+            if entry is None:
+                entry = self._get(f"events/{quoted}", "reading an event")
+            exceptions = []
+            if entry.get("type") == "seriesMaster" or entry.get("recurrence"):
+                instances = self._get(
+                    f"events/{quoted}/instances", "reading a series", params=dict(self._window)
+                )
+                exceptions = [
+                    event
+                    for event in instances.get("value") or ()
+                    if isinstance(event, dict) and event.get("type") == "exception"
+                ]
+            return event_to_ics(entry, exceptions)
+        except GraphError as error:
+            if error.status in (404, 400):
+                raise MessageError(f"{self.where}: item {key[:24]}... is gone ({error.code})")
+            if error.status in (429, 503):
+                raise FolderError(str(error))
+            raise MessageError(f"{self.where}: Graph cannot give item {key[:24]}... ({error})")
+        except ValueError as error:
+            text = f"{self.where}: item {key[:24]}... cannot be converted ({error}); skipped"
+            log.warning("%s", text)
+            raise MessageError(text)
+
+    # writing: pulled only ---------------------------------------------------------------
+    def _refuse(self) -> MailsyncError:
+        if self.read_only:
+            return StoreError(f"{self.store.url}: opened read-only")
+        return MessageError(
+            f"{self.where}: {self.kind} items are backed up (pulled) only; mailsync does not "
+            "change them on the server"
+        )
+
+    def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
+        raise self._refuse()
+
+    def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
+        raise self._refuse()
+
+    def delete(self, key: str) -> str:
+        raise self._refuse()

@@ -1,0 +1,680 @@
+"""The Microsoft Graph store through the CLI, against the fake Graph server: the pull of
+every mail folder, reruns that download nothing, incremental changes (new, read, flagged,
+deleted, moved, a folder renamed), a void delta link, throttling, a refused token, flags
+and deletions going back, a message Graph could only make a draft refused, and kill -9
+between delta pages."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pytest
+from fakegraph import FakeGraph
+from imaptools import file_flags, maildir_bodies, maildir_files, run, run_process, write_local
+
+from mailsync.message import to_lf
+from mailsync.stores import canonical_url
+from mailsync.stores import graph as graphmod
+
+USER = "alice@example.org"
+CRASHED = 137
+
+
+def mime(n: int, subject: str = "", extra: str = "") -> bytes:
+    subject = subject or f"message {n}"
+    return (
+        f"From: bob@example.org\r\nTo: {USER}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{n}.graph@example.org>\r\nDate: Mon, 4 Mar 2019 05:06:07 +0000\r\n\r\n"
+        f"Body {n}.\r\n{extra}"
+    ).encode()
+
+
+@pytest.fixture
+def graph(mailenv, monkeypatch):
+    """url(server, **options): a graph:// URL of the fake's mailbox whose token_command
+    prints the file mailenv/token (the server's token to begin with)."""
+    monkeypatch.setattr(graphmod, "MAX_WAIT", 30.0)
+    token_file = mailenv / "token"
+
+    def url(server: FakeGraph, **query) -> str:
+        if not token_file.exists():
+            token_file.write_text(server.token + "\n")
+        options = {"tls": "none", "token_command": f"cat {token_file}", **query}
+        host = server.url.removeprefix("http://").removeprefix("https://")
+        return f"graph://{USER}@{host}?" + "&".join(
+            f"{k}={quote(str(v), safe='/')}" for k, v in options.items()
+        )
+
+    return url
+
+
+def pull(url: str, root: Path, *extra: str):
+    return run("-v", "pull", *extra, url, root)
+
+
+def value_fetches(server: FakeGraph) -> int:
+    return sum(server.value_downloads.values())
+
+
+def set_flags(path: Path, letters: str) -> None:
+    """What a mail reader does to a message it reads or flags: into cur/, with these
+    Maildir flag letters."""
+    path.rename(path.parent.parent / "cur" / (path.name.split(":")[0] + ":2," + letters))
+
+
+def test_initial_pull_of_every_mail_folder(fake_graph, graph, mailenv):
+    fake = fake_graph
+    received = datetime(2021, 5, 6, 7, 8, 9, tzinfo=UTC)
+    fake.add_message("inbox", mime(1), is_read=True, received=received)
+    fake.add_message("inbox", mime(2), flag="flagged", categories=["work", "Project X"])
+    fake.add_message("inbox", mime(3, extra="Grüße ✓\r\n.\r\n"), last_verb=102)
+    fake.add_message("inbox", mime(4), last_verb=104, is_read=True)
+    fake.add_message("sentitems", mime(5), is_read=True)
+    fake.add_message("deleteditems", mime(6))
+    fake.add_message("junkemail", mime(7))
+    fake.add_message("archive", mime(8))
+    fake.add_message("drafts", mime(9), is_draft=True)
+    fake.add_folder("inbox", "Projects")
+    fake.add_folder("inbox/Projects", "2024")
+    fake.add_message("inbox/Projects/2024", mime(10))
+    fake.add_folder("msgfolderroot", "Lists")
+    fake.add_message("msgfolderroot/Lists", mime(11))
+    fake.add_folder("msgfolderroot", "Hidden mail", hidden=True)
+    fake.add_message("msgfolderroot/Hidden mail", mime(12))
+    fake.add_folder("msgfolderroot", "Hidden empty", hidden=True)
+    root = mailenv / "mail"
+    result = pull(graph(fake), root)
+    assert result.exit_code == 0, result.output
+    bodies = maildir_bodies(root)
+    assert {k for k, v in bodies.items() if v} == {
+        "INBOX", "Sent", "Trash", "Junk", "Archive", "Drafts", "INBOX/Projects/2024", "Lists",
+        "Hidden mail",
+    }  # fmt: skip
+    assert "Hidden empty" not in bodies
+    third = mime(3, extra="Grüße ✓\r\n.\r\n")
+    assert bodies["INBOX"] == Counter(to_lf(m) for m in (mime(1), mime(2), third, mime(4)))
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    assert file_flags(files[to_lf(mime(1))]) == {"\\Seen"}
+    assert files[to_lf(mime(1))].stat().st_mtime == received.timestamp()
+    assert file_flags(files[to_lf(mime(2))]) == {"\\Flagged"}
+    keywords = (root / "INBOX" / "dovecot-keywords").read_text().split()
+    letter = chr(ord("a") + int(keywords[keywords.index("work") - 1]))
+    assert letter in files[to_lf(mime(2))].name.split(":2,")[1]
+    assert file_flags(files[to_lf(third)]) == {"\\Answered"}
+    assert file_flags(files[to_lf(mime(4))]) == {"\\Seen", "$Forwarded"}
+    # Every request asked for immutable ids and went to /users/USER (the address as is).
+    assert all(r.path.startswith(f"/v1.0/users/{USER}/") for r in fake.requests), fake.requests
+    assert value_fetches(fake) == 12
+
+
+def test_user_written_percent_encoded_is_the_same_mailbox(fake_graph, graph, mailenv):
+    fake_graph.add_message("inbox", mime(1))
+    url = graph(fake_graph).replace(f"graph://{USER}@", "graph://alice%40example.org@")
+    result = pull(url, mailenv / "mail")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "mail")["INBOX"] == Counter([to_lf(mime(1))])
+    # Both spellings are one account: one state, so nothing is downloaded again.
+    assert pull(graph(fake_graph), mailenv / "mail").exit_code == 0
+    assert value_fetches(fake_graph) == 1
+    assert canonical_url(url) == canonical_url(graph(fake_graph))
+
+
+def test_rerun_downloads_nothing_and_sees_changes(fake_graph, graph, mailenv):
+    fake = fake_graph
+    ids = [fake.add_message("inbox", mime(n)) for n in range(5)]
+    fake.add_folder("inbox", "Old")
+    root = mailenv / "mail"
+    url = graph(fake)
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 5
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 5  # nothing downloaded again
+    fake.update_message(ids[0], is_read=True)
+    fake.update_message(ids[1], flag="flagged", categories=["todo"])
+    fake.delete_message(ids[2])  # DELETE: to Recoverable Items, out of sight
+    fake.move_message(ids[3], "inbox/Old")
+    fake.add_message("inbox", mime(10))
+    result = pull(url, root, "--mirror")
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 5 + 2  # the new one, and the moved one in its new folder
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    assert set(files) == {to_lf(mime(n)) for n in (0, 1, 4, 10)}
+    assert file_flags(files[to_lf(mime(0))]) == {"\\Seen"}
+    assert file_flags(files[to_lf(mime(1))]) == {"\\Flagged"}
+    assert "todo" in (root / "INBOX" / "dovecot-keywords").read_text().split()
+    assert maildir_bodies(root)["INBOX/Old"] == Counter([to_lf(mime(3))])
+    # The rename of a folder on the server is followed by its id: nothing downloaded.
+    fake.rename_folder("inbox/Old", "Older")
+    result = pull(url, root, "--mirror")
+    assert result.exit_code == 0, result.output
+    assert value_fetches(fake) == 7
+    bodies = maildir_bodies(root)
+    assert bodies["INBOX/Older"] == Counter([to_lf(mime(3))]) and "INBOX/Old" not in bodies
+
+
+def test_delta_comes_in_pages_of_the_size_asked_for(fake_graph, graph, mailenv, monkeypatch):
+    from mailsync.stores import graph_folder
+
+    monkeypatch.setattr(graph_folder, "PAGE_SIZE", 3)
+    for n in range(10):
+        fake_graph.add_message("inbox", mime(n))
+    root = mailenv / "mail"
+    assert pull(graph(fake_graph), root).exit_code == 0
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(10))
+    inbox = fake_graph.folder_id("inbox")
+    pages = [
+        r
+        for r in fake_graph.requests
+        if "delta" in r.path and inbox in unquote(r.path) + str(r.query)
+    ]
+    assert len(pages) == 4, fake_graph.requests
+    assert all("odata.maxpagesize=3" in (r.prefer or "") for r in pages)
+
+
+def test_void_delta_link_is_a_full_listing_without_downloads(fake_graph, graph, mailenv):
+    for n in range(5):
+        fake_graph.add_message("inbox", mime(n))
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert pull(url, root).exit_code == 0
+    for code in ("syncStateNotFound", "resyncRequired"):
+        fake_graph.invalidate_delta_tokens(code)
+        fake_graph.add_message("inbox", mime(5 if code == "syncStateNotFound" else 6))
+        result = pull(url, root)
+        assert result.exit_code == 0, result.output
+        assert "no longer knows the last delta link" in result.output
+    assert value_fetches(fake_graph) == 7
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(7))
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_is_waited_out_and_reported(fake_graph, graph, mailenv, status):
+    fake_graph.add_message("inbox", mime(1))
+    url = graph(fake_graph)
+    root = mailenv / "mail"
+    assert pull(url, root).exit_code == 0
+    fake_graph.add_message("inbox", mime(2))
+    fake_graph.throttle(2, status=status, retry_after=1, match="delta")
+    fake_graph.throttle(1, status=status, retry_after=1, match="$value")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(f"Graph is busy (HTTP {status}") == 3
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert sum(1 for r in fake_graph.requests if r.status == status) == 3
+
+
+def test_throttling_that_never_ends_gives_up_cleanly(fake_graph, graph, mailenv, monkeypatch):
+    fake_graph.add_message("inbox", mime(1))
+    fake_graph.add_message("sentitems", mime(2))
+    url = graph(fake_graph)
+    root = mailenv / "mail"
+    monkeypatch.setattr(graphmod, "MAX_WAIT", 2.0)
+    fake_graph.throttle(1000, retry_after=1, match="$value")
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output  # a rerun helps; the state is consistent
+    assert "kept throttling" in result.output and "gave up" in result.output
+    assert not maildir_bodies(root).get("INBOX")
+    fake_graph.throttle(0)
+    fake_graph._throttles.clear()
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    assert maildir_bodies(root)["Sent"] == Counter([to_lf(mime(2))])
+
+
+def test_expired_token_is_renewed_once_and_a_refused_one_is_exit_3(fake_graph, graph, mailenv):
+    fake_graph.add_message("inbox", mime(1))
+    url = graph(fake_graph)
+    root = mailenv / "mail"
+    # The token the command prints expires; the command prints a fresh one when run again.
+    fake_graph.expire_token(fake_graph.token)
+    fresh = fake_graph.add_token()
+    (mailenv / "token").write_text(f"{fresh}\n")
+    assert pull(url, root).exit_code == 0
+    (mailenv / "token").write_text("not-a-token\n")
+    result = pull(url, root)
+    assert result.exit_code == 3, result.output
+    assert "refused a fresh OAuth2 token" in result.output
+    assert "not-a-token" not in result.output
+
+
+def test_without_a_token_source_is_a_config_error(fake_graph, mailenv):
+    host = fake_graph.url.removeprefix("http://")
+    result = pull(f"graph://{USER}@{host}?tls=none", mailenv / "mail")
+    assert result.exit_code == 2, result.output
+    assert "Graph needs OAuth2" in result.output
+
+
+def test_two_way_flags_and_deletions_reach_the_server(fake_graph, graph, mailenv):
+    fake = fake_graph
+    ids = [
+        fake.add_message("inbox", mime(n), categories=["old"] if n == 3 else ()) for n in range(5)
+    ]
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    set_flags(files[to_lf(mime(0))], "S")
+    set_flags(files[to_lf(mime(1))], "F")
+    set_flags(files[to_lf(mime(4))], "R")
+    files[to_lf(mime(2))].unlink()
+    result = run("-v", "sync", url, root)
+    assert result.exit_code == 0, result.output
+    assert fake.message(ids[0])["is_read"] is True
+    assert fake.message(ids[1])["flag"] == "flagged"
+    assert fake.message(ids[4])["extended"] == {"Integer 0x1081": "102"}
+    assert fake.message(ids[3])["categories"] == ["old"]  # untouched
+    gone = fake.message(ids[2])  # moved to Deleted Items, not out of sight
+    assert gone["folder_id"] == fake.folder_id("deleteditems")
+    # The next run changes nothing on either side and downloads nothing new
+    # but the deleted message, now in Trash.
+    result = run("sync", url, root)
+    assert result.exit_code == 0, result.output
+    assert "copied 0 to local, 0 to remote, flags 0" in result.output.split("INBOX:")[1]
+    assert maildir_bodies(root)["Trash"] == Counter([to_lf(mime(2))])
+    # A flag taken away locally is taken away on the server.
+    (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+    set_flags(path, "")
+    assert run("sync", url, root).exit_code == 0
+    assert fake.message(ids[1])["flag"] == "notFlagged"
+    # After runs that wrote to it, the folder is asked for its changes, not listed anew.
+    inbox = fake.folder_id("inbox")
+    fake.requests.clear()
+    assert run("sync", url, root).exit_code == 0
+    (asked,) = [r for r in fake.requests if "delta" in r.path and inbox in unquote(r.path)]
+    assert "$deltatoken" in asked.query
+
+
+def test_answered_and_forwarded_both_stay_though_graph_keeps_one(fake_graph, graph, mailenv):
+    key = fake_graph.add_message("inbox", mime(1), last_verb=104)
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert run("sync", url, root).exit_code == 0
+    (path,) = maildir_files(root)["INBOX"]
+    assert file_flags(path) == {"$Forwarded"}
+    set_flags(path, "".join(sorted(path.name.rpartition(":2,")[2] + "R")))
+    for _ in range(2):
+        result = run("sync", url, root)
+        assert result.exit_code == 0, result.output
+        (path,) = maildir_files(root)["INBOX"]
+        assert file_flags(path) == {"\\Answered", "$Forwarded"}
+        assert fake_graph.message(key)["extended"] == {"Integer 0x1081": "102"}
+
+
+def test_hard_delete_when_asked(fake_graph, graph, mailenv):
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = graph(fake_graph, hard_delete="true")
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    files[to_lf(mime(1))].unlink()
+    assert run("sync", url, root).exit_code == 0
+    assert len(fake_graph.messages("inbox")) == 2 and fake_graph.messages("deleteditems") == []
+    assert any(r.path.endswith("/permanentDelete") for r in fake_graph.requests)
+    del keys
+
+
+def test_new_local_mail_is_refused_with_exit_2_and_the_way_to_restore(fake_graph, graph, mailenv):
+    fake_graph.add_message("inbox", mime(1))
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert run("sync", url, root).exit_code == 0
+    write_local(root, "INBOX", to_lf(mime(2)))
+    result = run("sync", url, root)
+    assert result.exit_code == 2, result.output
+    assert "only create a message as a draft" in result.output
+    assert f"imaps://{USER}@outlook.office365.com" in result.output
+    assert len(fake_graph.messages("inbox")) == 1 and fake_graph.messages("drafts") == []
+    assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake_graph.requests)
+
+
+def inbox_cursor(state_home: Path) -> dict:
+    for db in (state_home / "mailsync").glob("*.db"):
+        con = sqlite3.connect(db)
+        try:
+            row = con.execute("SELECT cursor_a FROM folders WHERE name_a = 'INBOX'").fetchone()
+        finally:
+            con.close()
+        if row and row[0]:
+            return json.loads(row[0])
+    return {}
+
+
+def test_kill_between_pages_then_rerun(fake_graph, graph, mailenv):
+    """The crash hook at every step of a paged pull (pages of 2), then a rerun: every
+    message exactly once locally, a page's link committed with its messages (a rerun goes
+    on from there), and a run after the last one downloads nothing."""
+    for n in range(9):
+        fake_graph.add_message("inbox", mime(n))
+    root = mailenv / "mail"
+    url = graph(fake_graph, items="mail")
+    env_state = mailenv / "state"
+    log = []
+    partial_cursors = 0
+    for crash_at in range(1, 100):
+        done = run_process(
+            "-v", "pull", url, root, password="", state=env_state, crash_at=crash_at,
+            env={"MAILSYNC_GRAPH_PAGE_SIZE": "2"},
+        )  # fmt: skip
+        log.append(f"step {crash_at}: {done.returncode}\n{done.stderr}")
+        assert done.returncode in (0, CRASHED), done.stderr
+        got = maildir_bodies(root).get("INBOX", Counter())
+        assert max(got.values(), default=0) <= 1, log[-1]
+        cursor = inbox_cursor(env_state)
+        if sum(got.values()) < 9 and cursor:
+            assert "link" in cursor
+            partial_cursors += 1  # a nextLink was committed with its page's messages
+        if done.returncode == 0:
+            break
+    assert crash_at > 5
+    assert partial_cursors > 0
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(9))
+    # (A message copied but not yet recorded when killed is downloaded again to be
+    # recognised, as on EWS; once recorded, never again.)
+    downloads = value_fetches(fake_graph)
+    assert pull(url, root).exit_code == 0
+    assert value_fetches(fake_graph) == downloads
+
+
+def test_stores_of_one_mailbox_share_four_requests_in_flight(fake_graph, graph, mailenv):
+    """Two stores of one mailbox (as parallel workers open them) fetching six bodies
+    each while the fake holds every request: four are in flight, never a fifth (which
+    the fake would answer 429, MailboxConcurrency); released, all twelve arrive."""
+    import threading
+    import time
+
+    from mailsync.stores import open_store
+
+    for n in range(12):
+        fake_graph.add_message("inbox", mime(n))
+    url = graph(fake_graph)
+    stores = [open_store(url) for _ in range(2)]
+    folders = [store.open_folder("INBOX") for store in stores]
+    keys = sorted(folders[0].list())
+    folders[1].list()
+    got: list = []
+    fake_graph.hold()
+    threads = [
+        threading.Thread(target=lambda f=f, k=k: got.extend(f.fetch_many(k)))
+        for f, k in ((folders[0], keys[:6]), (folders[1], keys[6:]))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while fake_graph.in_flight < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # room for a fifth request, if one were sent
+        assert fake_graph.in_flight == 4
+    finally:
+        fake_graph.release()
+        for thread in threads:
+            thread.join()
+        for store in stores:
+            store.close()
+    assert [r for r in fake_graph.requests if r.status == 429] == []
+    assert sorted(to_lf(body) for _, body in got) == sorted(to_lf(mime(n)) for n in range(12))
+
+
+def test_over_large_answers_are_refused_not_buffered(fake_graph, graph, mailenv, monkeypatch):
+    """A message over MAX_MESSAGE is skipped with a sentence (the others are copied, the
+    run exits 1 and tries it again next time); a JSON answer over MAX_JSON (here the
+    folder list) fails the run with exit 1 rather than fill memory."""
+    fake_graph.add_message("inbox", mime(1))
+    fake_graph.add_message("inbox", mime(2, extra="x" * 5000 + "\r\n"))
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    monkeypatch.setattr(graphmod, "MAX_MESSAGE", 2000)
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "over the limit of 2000" in result.output, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    monkeypatch.setattr(graphmod, "MAX_JSON", 100)
+    fake_graph.add_message("inbox", mime(3))
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "over the limit of 100" in result.output, result.output
+    monkeypatch.undo()
+    monkeypatch.setattr(graphmod, "MAX_WAIT", 30.0)
+    assert pull(url, root).exit_code == 0
+    assert maildir_bodies(root)["INBOX"] == Counter(
+        to_lf(mime(n, extra="x" * 5000 + "\r\n" if n == 2 else "")) for n in (1, 2, 3)
+    )
+
+
+def test_private_ca_over_https(fake_graph_tls, graph, mailenv):
+    fake_graph_tls.add_message("inbox", mime(1))
+    base = graph(fake_graph_tls).replace("tls=none&", "")
+    result = pull(base, mailenv / "a")
+    assert result.exit_code == 3, result.output
+    assert "cafile=" in result.output
+    result = pull(f"{base}&cafile={fake_graph_tls.cafile}", mailenv / "b")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "b")["INBOX"] == Counter([to_lf(mime(1))])
+
+
+def _event(subject: str, start: str, end: str, zone: str = "W. Europe Standard Time", **more):
+    return {
+        "subject": subject,
+        "start": {"dateTime": start, "timeZone": zone},
+        "end": {"dateTime": end, "timeZone": zone},
+        **more,
+    }
+
+
+def _calendars(root: Path, folder: str = "Calendar") -> dict[str, object]:
+    """SUMMARY (of the first VEVENT) -> the parsed calendar of each .ics in the vdir."""
+    import icalendar
+
+    out = {}
+    for path in (root / folder).glob("*.ics"):
+        assert path.stat().st_mode & 0o777 == 0o600
+        calendar = icalendar.Calendar.from_ical(path.read_bytes())
+        first = next(c for c in calendar.walk("VEVENT"))
+        out[str(first["SUMMARY"])] = calendar
+    return out
+
+
+def test_calendars_and_contacts_are_backed_up_as_vdirs(fake_graph, graph, mailenv):
+    from datetime import date, timedelta
+
+    fake = fake_graph
+    fake.add_message("inbox", mime(1))
+    soon = datetime.now(UTC).date() + timedelta(days=10)
+    fake.add_event(None, _event("Lunch", f"{soon}T12:00:00", f"{soon}T13:00:00"))
+    fake.add_event(
+        None,
+        _event("Holiday", f"{soon}T00:00:00", f"{soon + timedelta(days=1)}T00:00:00",
+               isAllDay=True),
+    )  # fmt: skip
+    series = fake.add_event(
+        None,
+        _event(
+            "Standup", f"{soon}T09:00:00", f"{soon}T09:15:00", "Pacific Standard Time",
+            recurrence={
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {"type": "numbered", "startDate": str(soon), "numberOfOccurrences": 5},
+            },
+        ),
+    )  # fmt: skip
+    fake.modify_occurrence(series, soon + timedelta(days=2), subject="Standup (moved)")
+    team = fake.add_calendar("Team")
+    fake.add_event(team, _event("Offsite", f"{soon}T08:00:00", f"{soon}T18:00:00"))
+    fake.add_contact(None, {"displayName": "Bob Example", "givenName": "Bob",
+                            "emailAddresses": [{"address": "bob@example.org"}]})  # fmt: skip
+    friends = fake.add_contact_folder("Friends")
+    fake.add_contact(friends, {"displayName": "Carol", "mobilePhone": "+1 555 0100"})
+    root = mailenv / "mail"
+    url = graph(fake, items="mail,calendar,contacts")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(1))])
+    calendars = _calendars(root)
+    assert set(calendars) == {"Lunch", "Holiday", "Standup"}
+    standup = calendars["Standup"]
+    (rule,) = [c["RRULE"] for c in standup.walk("VEVENT") if "RRULE" in c]
+    assert rule["FREQ"] == ["DAILY"] and rule["COUNT"] == [5]
+    moved = [c for c in standup.walk("VEVENT") if "RECURRENCE-ID" in c]
+    assert [str(c["SUMMARY"]) for c in moved] == ["Standup (moved)"]
+    holiday = next(iter(calendars["Holiday"].walk("VEVENT")))
+    assert holiday.decoded("DTSTART") == date.fromisoformat(str(soon))  # all day: a date
+    assert set(_calendars(root, "Calendar/Team")) == {"Offsite"}
+    cards = sorted(p.read_bytes() for p in (root / "Contacts").glob("*.vcf"))
+    assert len(cards) == 1 and b"FN:Bob Example" in cards[0] and b"bob@example.org" in cards[0]
+    (carol,) = (root / "Contacts" / "Friends").glob("*.vcf")
+    assert b"FN:Carol" in carol.read_bytes() and b"\r" not in carol.read_bytes()
+    # Reruns ask for changes only: one new contact, nothing else again.
+    fake.requests.clear()
+    fake.add_contact(None, {"displayName": "Dave"})
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert len(list((root / "Contacts").glob("*.vcf"))) == 2
+    deltas = [r for r in fake.requests if "delta" in r.path]
+    assert deltas and all("$deltatoken" in r.query for r in deltas)
+    assert not any("/events/" in r.path for r in fake.requests)
+    # Void delta links: every calendar and folder listed again, no item twice.
+    fake.invalidate_delta_tokens()
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert set(_calendars(root)) == {"Lunch", "Holiday", "Standup"}
+    assert len(list((root / "Calendar").glob("*.ics"))) == 3
+    assert len(list((root / "Contacts").glob("*.vcf"))) == 2
+    assert len(list((root / "Contacts" / "Friends").glob("*.vcf"))) == 1
+
+
+def test_mail_only_by_default(fake_graph, graph, mailenv):
+    fake_graph.add_event(None, _event("Lunch", "2030-01-01T12:00:00", "2030-01-01T13:00:00"))
+    fake_graph.add_contact(None, {"displayName": "Bob"})
+    fake_graph.add_message("inbox", mime(1))
+    root = mailenv / "mail"
+    assert pull(graph(fake_graph), root).exit_code == 0
+    assert not (root / "Calendar").exists() and not (root / "Contacts").exists()
+    assert not any("calendar" in r.path.lower() or "contact" in r.path.lower()
+                   for r in fake_graph.requests)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "scopes"),
+    [
+        ({"grant": "client_credentials", "client_secret": "s"}, (graphmod.APP_SCOPE,)),
+        ({}, tuple(graphmod.DELEGATED_SCOPES.split())),
+        ({"scope": "Mail.Read offline_access"}, ("Mail.Read", "offline_access")),
+    ],
+)
+def test_oauth2_asks_for_graph_scopes(options, scopes, mailenv):
+    """oauth2 = "microsoft" asks for Graph's scopes, not IMAP's, unless scope says."""
+    from mailsync.stores import open_store
+
+    store = open_store(
+        f"graph://{USER}@graph.microsoft.com",
+        {"oauth2": "microsoft", "client_id": "app-id", "tenant": "corp.example", **options},
+    )
+    assert store.tokens.client.scopes == scopes
+    assert store.base == f"https://graph.microsoft.com/v1.0/users/{USER}"
+
+
+def test_bad_options_are_config_errors(mailenv):
+    from mailsync.errors import ConfigError
+    from mailsync.stores import open_store
+
+    for options in ({"items": "mail,notes"}, {"token_command": "x", "bogus": "1"}):
+        with pytest.raises(ConfigError):
+            open_store(f"graph://{USER}@graph.microsoft.com", options)
+
+
+def test_an_answer_dripping_in_is_given_up(mailenv):
+    """A server that starts an answer and then sends a byte at a time: given up once it
+    falls below 1 KiB/s after the first `timeout` seconds (exit 3), not waited on."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stop = threading.Event()
+
+    class Dripping(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            while not stop.wait(0.05):
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = (
+            f"graph://{USER}@127.0.0.1:{server.server_port}?tls=none&timeout=1"
+            "&token_command=echo%20t"
+        )
+        result = pull(url, mailenv / "mail")
+        assert result.exit_code == 3, result.output
+        assert "arriving too slowly" in result.output
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_calendar_window_chooses_the_events(fake_graph, graph, mailenv):
+    from datetime import timedelta
+
+    today = datetime.now(UTC).date()
+    for subject, day in (("Old", today - timedelta(days=60)), ("Soon", today + timedelta(days=5)),
+                         ("Later", today + timedelta(days=60))):  # fmt: skip
+        fake_graph.add_event(None, _event(subject, f"{day}T10:00:00", f"{day}T11:00:00"))
+    root = mailenv / "mail"
+    url = graph(fake_graph, items="calendar", calendar_window="30d,30d")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert set(_calendars(root)) == {"Soon"}
+    root = mailenv / "default"
+    assert pull(graph(fake_graph, items="calendar"), root).exit_code == 0
+    assert set(_calendars(root)) == {"Old", "Soon", "Later"}
+    for bad in ("5y", "x,2y", "5y,2y,1d", "-1d,2d"):
+        result = pull(graph(fake_graph, items="calendar", calendar_window=bad), root)
+        assert result.exit_code == 2, result.output
+        assert "calendar_window" in result.output
+
+
+def test_parallel_workers_list_the_folders_once(fake_graph, graph, mailenv):
+    for name in ("A", "B", "C"):
+        fake_graph.add_folder("inbox", name)
+        fake_graph.add_message(f"inbox/{name}", mime(ord(name)))
+    root = mailenv / "mail"
+    result = run("pull", "--jobs", "3", graph(fake_graph), root)
+    assert result.exit_code == 0, result.output
+    assert all(maildir_bodies(root)[f"INBOX/{n}"] for n in "ABC")
+    asked = [r for r in fake_graph.requests if r.path.endswith("/mailFolders/inbox")]
+    assert len(asked) == 1
+
+
+def test_a_message_graph_cannot_give_is_skipped_then_retried(fake_graph, graph, mailenv):
+    keys = [fake_graph.add_message("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    fake_graph.fail(1, status=500, code="generalException", match=keys[1].rstrip("="))
+    result = pull(url, root)
+    assert result.exit_code == 1, result.output
+    assert "generalException" in result.output
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in (0, 2))
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(3))
+    assert fake_graph.value_downloads[keys[0]] == 1 and fake_graph.value_downloads[keys[1]] == 1
