@@ -160,7 +160,7 @@ def open_store(
     if scheme == "graph":
         from mailsync.stores.graph import GraphStore
 
-        return GraphStore(url, opts, read_only=read_only)
+        return GraphStore(url, opts, read_only=read_only, name=name)
     raise ConfigError(f"store URL {mask_url(url)!r}: the {scheme}: scheme is not supported yet")
 
 
