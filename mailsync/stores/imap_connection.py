@@ -46,6 +46,7 @@ from mailsync.errors import (
     RefusedError,
     StoreError,
 )
+from mailsync.message import to_lf
 from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
@@ -453,6 +454,7 @@ class IMAPConnection:
         *,
         message_level: bool = False,
         literal_budget: int | None = None,
+        bodies: bool = False,
     ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
         response is kept by its UID; responses without one (unsolicited FETCHes about
@@ -461,15 +463,24 @@ class IMAPConnection:
         With `message_level` (one message's body piece) a NO is that message's
         MessageError (e.g. expunged by another client meanwhile), not the folder's.
         `literal_budget`: the bytes all literals of the response may hold together
-        (_Oversized before reading one that would go beyond)."""
+        (_Oversized before reading one that would go beyond).
+        With `bodies` (a batch of whole bodies: `items` must be ["UID", "BODY.PEEK[]"],
+        and a literal_budget given) the bodies are read off the wire by the connection's
+        own reader (_GuardedIMAP4.uid_fetch_bodies) and every b"BODY[]" comes back LF."""
         from imapclient.response_parser import parse_fetch_response
 
         imap = self.client._imap
-        args = [uid_set, "(" + " ".join(items) + ")"]
-        if modifiers:
-            args.append("(" + " ".join(modifiers) + ")")
-        imap.literal_budget = literal_budget
-        typ, data = imap.uid("FETCH", *args)
+        wire_bodies: dict[int, bytes | bytearray] = {}
+        if bodies:
+            if items != ["UID", "BODY.PEEK[]"] or modifiers or literal_budget is None:
+                raise TypeError(f"UID FETCH {items} {modifiers} is not a batch of bodies")
+            typ, data, wire_bodies = imap.uid_fetch_bodies(uid_set, literal_budget)
+        else:
+            args = [uid_set, "(" + " ".join(items) + ")"]
+            if modifiers:
+                args.append("(" + " ".join(modifiers) + ")")
+            imap.literal_budget = literal_budget
+            typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
             check_answer(text)  # (throttled: not this message's fault)
@@ -491,6 +502,13 @@ class IMAPConnection:
                 invalid.append(_text(uid))
         if invalid:
             self._invalid_uids(invalid, "FETCH responses")
+        if bodies:
+            for record in out.values():  # (the few of another shape: imaplib's, CRLF)
+                body = record.get(b"BODY[]")
+                if isinstance(body, bytes):
+                    record[b"BODY[]"] = to_lf(body)
+            for uid, body in wire_bodies.items():  # the body wins over a NIL beside it
+                out.setdefault(uid, {})[b"BODY[]"] = body
         return out
 
     def _invalid_uids(self, invalid: list[str], what: str) -> None:
