@@ -51,6 +51,7 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_append import append_arguments, append_refusal, outcomes
 from mailsync.stores.imap_oauth import token_login
 from mailsync.stores.imap_patience import (
     SESSION_INVALIDATED,
@@ -86,32 +87,7 @@ protocol_log = logging.getLogger("mailsync.imap")
 #: the store has a token source, else the password).
 AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
-# Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
-# "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
-# on the next run.  Any other NO (none, TOOBIG, LIMIT, PARSE, CANNOT, ...) refuses it for
-# good: RefusedError.
-APPEND_TRY_LATER = frozenset(
-    {
-        "TRYCREATE",
-        "UNAVAILABLE",
-        "SERVERBUG",
-        "OVERQUOTA",
-        "INUSE",
-        "CONTACTADMIN",
-        "NOPERM",
-        "AUTHORIZATIONFAILED",
-        "EXPIRED",
-        "PRIVACYREQUIRED",
-        "CORRUPTION",
-        "EXPUNGEISSUED",
-        "NONEXISTENT",
-        "ALREADYEXISTS",
-        "READ-ONLY",
-        "ALERT",
-    }
-)
 _NETWORK_ERRORS = (OSError, EOFError)
-_TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -584,16 +560,13 @@ class IMAPConnection:
         A message over `limit` (APPENDLIMIT, RFC 7889) is not sent: RefusedError, as
         is one the server refuses for good (a NO without a "try later" code, Exchange's
         BAD for one over its size limit)."""
-        from imapclient.datetime_util import datetime_to_INTERNALDATE
-
         too_big(len(wire), limit)
         client = self.client
         imap = client._imap
         mailbox = client._normalise_folder(server_name)
-        date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
         imap.literal = wire
         try:
-            typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+            typ, data = imap._simple_command("APPEND", mailbox, *append_arguments(flags, when))
         except imaplib.IMAP4.error as error:  # a BAD (throttled: call() sees to it)
             reason = size_refusal("BAD", _clean(error), len(wire))
             if reason is None or isinstance(error, imaplib.IMAP4.abort):
@@ -602,13 +575,33 @@ class IMAPConnection:
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
             check_answer(text)
-            code = re.match(r"\[([A-Za-z0-9.-]+)", text)
-            if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
-                reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
-                reason = size_refusal("NO", reason, len(wire)) or reason
-                raise RefusedError(f"APPEND refused: {reason}", reason)
+            refusal = append_refusal(typ, text, len(wire))
+            if refusal is not None:
+                raise refusal
             raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")
+
+    def _op_append_pipelined(
+        self, server_name: str, messages: list[tuple[bytes, list[str], dt.datetime | None]]
+    ) -> list[str | RefusedError | ConnectError | None]:
+        """APPENDs of several messages at once (_GuardedIMAP4.append_pipelined: the
+        server must offer LITERAL+), one outcome each (imap_append.outcomes says which)."""
+        client = self.client
+        answers: list[tuple[str, bytes]] = []
+        lost = None
+        try:
+            client._imap.append_pipelined(
+                client._normalise_folder(server_name),
+                [(*append_arguments(flags, when), wire) for wire, flags, when in messages],
+                answers,
+            )
+        except (imaplib.IMAP4.abort, *_NETWORK_ERRORS) as error:
+            self._drop()
+            lost = ConnectError(
+                f"{self.endpoint.display}: connection lost during APPEND ({_clean(error)})"
+            )
+        said = [(typ, _clean(data or typ)) for typ, data in answers]
+        return outcomes(said, [len(wire) for wire, _, _ in messages], lost)
 
     def _op_list(self) -> list[tuple[Any, Any, Any]]:
         """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS

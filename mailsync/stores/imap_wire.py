@@ -248,6 +248,12 @@ class _GuardedIMAP4(imaplib.IMAP4):
 
     # responses --------------------------------------------------------------------------
     def _command(self, name: str, *args: Any) -> bytes:
+        self._new_command(name)
+        # (typeshed leaves imaplib's private methods out.)
+        return super()._command(name, *args)  # type: ignore[misc]
+
+    def _new_command(self, name: str) -> None:
+        """The bounds start afresh for a command (see the class)."""
         # Unclaimed responses to earlier commands: the newest of each kind is all that
         # anything reads (imaplib itself only asks whether there was a BYE).
         for entries in self.untagged_responses.values():
@@ -261,8 +267,41 @@ class _GuardedIMAP4(imaplib.IMAP4):
             self._literals_left = MAX_LITERAL if budget is None else min(budget, MAX_LITERAL)
         if name in ("SELECT", "EXAMINE"):
             self.folder_messages = 0
-        # (typeshed leaves imaplib's private methods out.)
-        return super()._command(name, *args)  # type: ignore[misc]
+
+    # APPENDs pipelined ----------------------------------------------------------------
+    def append_pipelined(
+        self, mailbox: bytes, messages: list[tuple[str, str | None, bytes]], answers: list
+    ) -> None:
+        """One APPEND to `mailbox` per (flags, date, wire) of `messages`, all sent before
+        any answer is read, each literal non-synchronizing (``{n+}``, LITERAL+, RFC 7888:
+        the caller checks that the server offers it), so a batch costs one round trip,
+        not one each.  Each is a command of its own (not MULTIAPPEND, RFC 3502, which
+        is all or nothing: one refused message would fail the batch).  The answers,
+        (typ, text) in the order given, go into `answers` as they are read, so that
+        after a lost connection (imaplib's abort, OSError) the caller knows which
+        arrived.  The untagged responses to the batch are bounded as one command's."""
+        self._new_command("APPEND")
+        tags = []
+        failed: OSError | None = None
+        try:
+            for flags, date, wire in messages:
+                tag = self._new_tag()  # type: ignore[attr-defined]
+                words = [tag, b"APPEND", mailbox, flags.encode()]
+                line = b" ".join(words + ([date.encode()] if date else []))
+                line += b" {%d+}" % len(wire)
+                if __debug__ and self.debug >= 4:
+                    self._mesg(f"> {line!r}")  # type: ignore[attr-defined]
+                self.send(line + b"\r\n")
+                self.send(wire)
+                self.send(b"\r\n")
+                tags.append(tag)
+        except OSError as error:  # the answers to those sent may have come all the same
+            failed = error
+        for tag in tags:
+            typ, data = self._get_tagged_response(tag)  # type: ignore[attr-defined]
+            answers.append((typ, data[-1] if data else b""))
+        if failed is not None:
+            raise failed
 
     def _append_untagged(self, typ: str, dat: bytes | tuple[bytes, bytes] | None) -> None:
         self._charge_response(typ, dat[0] if isinstance(dat, tuple) else dat or b"")
