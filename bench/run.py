@@ -8,7 +8,7 @@ and against getmail6 over POP3.
     .venv/bin/python bench/run.py --accounts big        # 100,000 messages, 50 folders: rerun
     .venv/bin/python bench/run.py --accounts pop        # POP3: 5,000 messages, vs getmail6
     .venv/bin/python bench/run.py --accounts migrate    # the standard account, IMAP to IMAP
-    .venv/bin/python bench/run.py --all                 # all four, one after the other
+    .venv/bin/python bench/run.py --all                 # all five, one after the other
     .venv/bin/python bench/run.py --profile             # also cProfile a mailsync pull
     .venv/bin/python bench/run.py --repeat 2 --reruns 2 # 2 passes (order reversed), 2 reruns
     .venv/bin/python bench/run.py --mailsync-args '--jobs 1'   # extra mailsync options
@@ -42,7 +42,7 @@ a 5,000-message INBOX (corpus.plan_pop) served over pop3s, timing tools.POP_TOOL
 (tools.BENCH_USER; getmail6 refuses to deliver as root).  There a tool must deliver
 every message and about the server's bytes (see verify()); ratios are to getmail6.
 
---accounts migrate (not in --all) moves the standard account from its Dovecot into an
+--accounts migrate (part of --all) moves the standard account from its Dovecot into an
 empty account on a second private Dovecot, one-way, timing tools.MIGRATE_TOOLS: mailsync
 (tools.MAILSYNC_MIGRATE: ``pull imaps://SRC imaps://DST`` until ``mailsync migrate``
 exists), an mbsync channel between two IMAPStores and offlineimap with two IMAP
@@ -1123,6 +1123,13 @@ def render_markdown(data: dict) -> str:
         "  in new/), then `doveadm index -u bench '*'` and one IMAP SELECT + FETCH (FLAGS",
         "  INTERNALDATE RFC822.SIZE) per folder, so indexing and new/ -> cur/ moves are paid",
         "  before the first tool starts.",
+        "- IMAP-to-IMAP migration: the standard account is moved, one-way, into an empty",
+        "  account on a second private Dovecot (a fresh one for every run): mailsync `pull",
+        "  imaps://SRC imaps://DST` (bench/tools.py MAILSYNC_MIGRATE, until `mailsync",
+        "  migrate`), an mbsync channel between two IMAPStores (`Sync Pull`, `Create Near`,",
+        "  its state in a directory), offlineimap with two IMAP repositories (the source",
+        "  `readonly`).  What each copied is counted on the destination over IMAP; Dovecot",
+        "  CPU is the source server's; no floor.",
         "- Each tool pulls the whole account into its own empty Maildir tree (verbatim",
         "  layout: DEST/INBOX, DEST/Archive/2019) with its default concurrency: mbsync one",
         "  IMAP connection, offlineimap `maxconnections = 1` (its default), mailsync its",
@@ -1234,7 +1241,7 @@ def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(
         description="Benchmark mailsync against mbsync and offlineimap (IMAP) and getmail6 "
         "(POP3) on a private Dovecot.",
-        epilog="Without --accounts big|pop / --big-message / --all: the standard account.",
+        epilog="Without --accounts big|pop|migrate / --big-message / --all: the standard account.",
     )
     p.add_argument("--messages", type=int, default=10_000, help="standard account size")
     p.add_argument("--megabytes", type=float, default=600, help="standard account MiB")
@@ -1253,7 +1260,9 @@ def parse_args(argv: list[str] | None = None):
         "--big-message", action="store_true", help="a folder with one 50 MiB message (RSS)"
     )
     p.add_argument(
-        "--all", action="store_true", help="standard, big-message, big accounts, then POP"
+        "--all",
+        action="store_true",
+        help="standard, big-message, big accounts, migrate, then POP",
     )
     p.add_argument(
         "--tools",
@@ -1312,7 +1321,7 @@ def variants(args) -> list[tuple[corpusmod.Corpus, str]]:
     if args.all or args.accounts == "big":
         c = corpusmod.plan_big_accounts(args.seed, args.big_accounts_messages)
         out.append((c, f"Big account, {len(c.messages):,} messages / {len(c.folders)} folders"))
-    if args.accounts == "migrate":  # (not in --all yet: the lead decides)
+    if args.all or args.accounts == "migrate":
         c = corpusmod.plan_standard(args.seed, args.messages, args.megabytes)
         c.name = "migrate"
         label = (
