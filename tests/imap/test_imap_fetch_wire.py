@@ -14,7 +14,7 @@ from collections import Counter
 import imapclient.response_parser
 import pytest
 from fakeimap import FakeIMAPServer
-from imaptools import maildir_bodies, message, run
+from imaptools import maildir_bodies, message, run, run_measured
 from test_imap_large import append_raw, server_wire, store_for
 
 from mailsync.errors import MessageError
@@ -195,3 +195,38 @@ def test_cr_cr_lf_and_a_final_cr_across_chunks(chunk, monkeypatch):
             got = dict(folder.fetch_many(sorted(folder.list(), key=int)))
     assert [got[key] for key in sorted(got, key=int)] == [to_lf(b) for b in bodies]
     assert spy.literals == []
+
+
+def test_endless_body_responses_are_bounded_as_any_untagged(mailenv):
+    """Our reader charges each body response to the command's untagged-response limit,
+    as imaplib's path does: a server answering a body FETCH with endless empty bodies
+    for UIDs nobody asked for fails that folder alone, past the limit (without the
+    charge: an endless read, the child killed at the timeout)."""
+
+    def flood(send, tag):
+        chunk = b"".join(b"* 1 FETCH (UID %d BODY[] {0}\r\n)\r\n" % uid for uid in range(3, 5003))
+        while True:
+            send(chunk)  # raises once the client has gone
+
+    def fault(server, conn, command, args):
+        if command != "UID FETCH" or "BODY.PEEK[]" not in str(args):
+            return None
+
+        def act(send, tag, session):
+            if session["selected"].name == "Bad":
+                flood(send, tag)
+            server.dispatch(send, tag, session, command, args)
+
+        return act
+
+    boxes = {"INBOX": [BODY_TWO], "Bad": [BODY_ONE, BODY_TWO]}
+    with FakeIMAPServer(boxes, fault=fault) as fake:  # (a process: a hang fails the test)
+        result, peak = run_measured(
+            "pull", fake.url(query="tls=none&timeout=5"), f"maildir:{mailenv / 'm'}",
+            password=PASSWORD, home=mailenv, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "bytes of untagged responses" in result.stderr
+    assert peak < 60 * 1000 * 1000, peak
+    assert maildir_bodies(mailenv / "m")["INBOX"] == Counter([to_lf(BODY_TWO)])
+    assert not maildir_bodies(mailenv / "m").get("Bad")
