@@ -601,9 +601,11 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
         if source_digest() != record["mailsync_sources"]:
             record["mailsync_sources_changed"] = True
             say("warning: mailsync's sources changed during the run; its numbers mix versions")
-        profiling = args.profile and protocol == "imap"
+        profiling = args.profile and protocol in ("imap", "migrate")
         if profiling and "mailsync" in available and "mailsync" not in failed:
-            record["profile"] = profile_mailsync(server, user, run_dir, args, master, corpus.name)
+            record["profile"] = profile_mailsync(
+                server, user, run_dir, args, master, corpus.name, dest_server
+            )
     finally:
         for started in (server, dest_server):
             if started is not None:
@@ -657,12 +659,25 @@ def measure_floor(setups: dict, protocol: str, corpus, run_dir: Path, master, ar
 # -- profiling mailsync -----------------------------------------------------------------
 
 
-def profile_mailsync(server, user, run_dir: Path, args, master, corpus_name: str) -> dict:
+def profile_mailsync(
+    server, user, run_dir: Path, args, master, corpus_name: str, dest_server=None
+) -> dict:
     """An extra, untimed mailsync pull (and rerun) under cProfile; the top functions by
-    own time, as a share of the profiled wall time."""
+    own time, as a share of the profiled wall time.  With `dest_server`, a migration
+    into a fresh account there."""
     out: dict = {}
     tool_dir = run_dir / "tools" / "mailsync-profile"
     tool_dir.mkdir(parents=True)
+    target = None
+    if dest_server is not None:
+        dest_user = dest_server.add_user(None, user.password)
+        target = toolsmod.Target(
+            dest_server.host,
+            dest_server.ports["imaps"],
+            dest_user.name,
+            dest_user.password,
+            dest_server.cafile,
+        )
     setup = toolsmod.Setup(
         host=server.host,
         port=server.ports["imaps"],
@@ -672,8 +687,10 @@ def profile_mailsync(server, user, run_dir: Path, args, master, corpus_name: str
         dest=tool_dir / "Mail",
         workdir=tool_dir,
         repo_root=ROOT,
+        target=target,
     )
-    command = toolsmod.mailsync_imap(setup, args.mailsync_args)
+    make = toolsmod.mailsync_migrate if target else toolsmod.mailsync_imap
+    command = make(setup, args.mailsync_args)
     WORK.mkdir(exist_ok=True)
     wrapper = str(BENCH / "profile_mailsync.py")
     out["clock"] = args.profile_clock
