@@ -9,10 +9,7 @@ journal of copies under way, state.py) by its Message-ID, Date and From
 (message.header_identity).  A copy found is linked, with the source's flags; else the
 message is appended.  Copies go in batches each made durable (Folder.flush) and then
 recorded in one transaction; to a destination that normalises, each batch's source
-keys are journaled first, in a transaction of their own.  Appends are queued and sent
-QUEUE_MESSAGES (or QUEUE_BYTES) at a time in one Folder.append_many, which IMAP sends in
-one round trip (LITERAL+); a queued message is in the journal before it is sent, and
-each is recorded, refused or reported on its own answer.
+keys are journaled first, in a transaction of their own.
 
 A message that is in several folders of its account at once (Gmail: a label is a
 folder), known in each by the same Info.account_id (X-GM-MSGID), is downloaded once: when
@@ -63,24 +60,6 @@ log = logging.getLogger("mailsync")
 
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
-
-# Appends sent together (Folder.append_many: one round trip on IMAP with LITERAL+).
-QUEUE_MESSAGES = 100
-QUEUE_BYTES = 8 * 1024 * 1024  # (a bigger message is sent at once, alone)
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """A message to append, with what is recorded once it is."""
-
-    copy: Copy
-    key: str  # the source's
-    data: Body
-    digest: str
-    flags: frozenset[str]  # the source's (the pair's)
-    given: frozenset[str]  # what it is appended with (append_flags)
-    arrival: float
-
 
 #: A local copy the state records of a message: (local folder, key, fingerprint).
 LocalCopy = tuple[str, str, str | None]
@@ -160,8 +139,6 @@ class Copier:
         self.matches: Matches | None = None  # built on first use
         self.pending: list[Pair] = []  # copied or linked, not recorded yet
         self.pending_bytes = 0
-        self.queued: list[Queued] = []  # to append, in the journal, not sent yet
-        self.queued_bytes = 0
         self.obsolete: list[Pair] = []  # pairs to forget when the batch is recorded
         self.accepted: list[str] = []  # source keys refused before, copied after all (a retry)
         # Copies an earlier run may have sent without recording them, and how far this
@@ -359,79 +336,39 @@ class Copier:
             )
         else:
             if self.journal and position >= self.journaled_to:
-                self._write_journal(position)  # (before it is sent, queued or not)
+                self._write_journal(position)
             # Sources that do not know when a message arrived (POP3): its headers.
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
             given = append_flags(flags, key, self.source, target, listing)
-            queued = Queued(copy, key, data, digest, flags, given, arrival)
-            if origin is None:  # sent with others (Folder.append_many)
-                self.queued.append(queued)
-                self.queued_bytes += len(data)
-                if len(self.queued) >= QUEUE_MESSAGES or self.queued_bytes >= QUEUE_BYTES:
-                    self._send_queued()
-                return True
             try:
-                dst_key = target.append_copy(data, given, arrival, *origin)
+                if origin is not None:
+                    dst_key = target.append_copy(data, given, arrival, *origin)
+                else:
+                    dst_key = target.append(data, given, arrival)
+            except RefusedError as error:
+                self._refused(key, digest, data, error)
+                return False
             except MessageError as error:
-                return self._not_appended(queued, error)
-            return self._appended(queued, dst_key, origin)
-        self._paired(pair, key, dst_key, flags, digest, data)
-        return True
-
-    def _send_queued(self) -> None:
-        """Append the queued messages in one Folder.append_many (IMAP: one round trip),
-        then each is pending, or refused, or its error reported."""
-        queued, self.queued, self.queued_bytes = self.queued, [], 0
-        if not queued:
-            return
-        keys = self.target.append_many([(q.data, q.given, q.arrival) for q in queued])
-        for entry, dst_key in zip(queued, keys, strict=True):
-            if isinstance(dst_key, MessageError):
-                self._not_appended(entry, dst_key)
-            else:
-                self._appended(entry, dst_key, None)
-
-    def _not_appended(self, entry: Queued, error: MessageError) -> bool:
-        if isinstance(error, RefusedError):
-            self._refused(entry.key, entry.digest, entry.data, error)
-        else:
-            self.fs.report.errors.append(str(error))
-            log.error("%s", error)
-        return False
-
-    def _appended(self, entry: Queued, dst_key: str, origin: tuple[Folder, str] | None) -> bool:
-        fs, src, dst, copy = self.fs, self.src, self.dst, entry.copy
-        step("append")
-        fs.written.add(dst)
-        if dst == "b":
-            fs.arrived.add(dst_key)
-        pair = copy.pair or self._new_pair(copy, entry.digest)
-        fs.report.copied(src)
-        fs.report.from_local_copies += origin is not None
-        log.info(
-            "%s: copied %s %s to %s %s%s",
-            fs.fstate.name_a,
-            SIDE_NAMES[src],
-            entry.key,
-            SIDE_NAMES[dst],
-            dst_key,
-            f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
-        )
-        self._paired(pair, entry.key, dst_key, entry.flags, entry.digest, entry.data)
-        return True
-
-    def _paired(
-        self,
-        pair: Pair,
-        key: str,
-        dst_key: str,
-        flags: frozenset[str],
-        digest: str,
-        data: Body,
-    ) -> None:
-        """Source message `key` is destination message `dst_key` now: pending."""
-        fs, src, dst, paired = self.fs, self.src, self.dst, self.paired
+                report.errors.append(str(error))
+                log.error("%s", error)
+                return False
+            step("append")
+            fs.written.add(dst)
+            if dst == "b":
+                fs.arrived.add(dst_key)
+            pair = copy.pair or self._new_pair(copy, digest)
+            report.copied(src)
+            report.from_local_copies += origin is not None
+            log.info(
+                "%s: copied %s %s to %s %s%s",
+                name,
+                SIDE_NAMES[src],
+                key,
+                SIDE_NAMES[dst],
+                dst_key,
+                f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
+            )
         pair.set_key(src, key)
         pair.set_key(dst, dst_key)
         pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
@@ -444,6 +381,7 @@ class Copier:
         paired[dst].add(dst_key)
         self.pending.append(pair)
         self.pending_bytes += len(data)
+        return True
 
     def _write_journal(self, position: int) -> None:
         """Record the next batch of source keys from `position` on, before any of them
@@ -461,7 +399,6 @@ class Copier:
 
     def _commit(self) -> None:
         """Make the batch durable on the destination, then record it in one transaction."""
-        self._send_queued()
         if not self.pending:
             return
         fs, state, folder_id = self.fs, self.fs.state, self.fs.fstate.id

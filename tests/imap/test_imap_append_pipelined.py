@@ -11,7 +11,7 @@ import datetime as dt
 
 import pytest
 from fakeimap import FakeIMAPServer
-from imaptools import connect, message, run, write_local
+from imaptools import connect, message
 from test_imap_large import store_for
 
 from mailsync.errors import MessageError, RefusedError
@@ -146,23 +146,3 @@ def test_without_literal_plus_one_at_a_time(mailenv):
         folder = store.open_folder("INBOX")
         keys = folder.append_many(batch(3))
     assert keys == ["1", "2", "3"]
-
-
-def test_a_push_sends_its_messages_pipelined(mailenv):
-    """`mailsync pull maildir:... imap://...`: the copies of a folder go through
-    append_many (copies.py), so a server that answers the first APPEND only once the
-    second has come gets them all (one at a time, the first would time out: exit 1)."""
-    for n in range(1, 6):
-        write_local(mailenv / "m", "INBOX", message(n), flags="S" if n % 2 else "")
-    appends: list[str] = []
-    with FakeIMAPServer(capabilities=CAPS, fault=held_back(appends)) as fake:
-        url = fake.url(query="tls=none&timeout=5")
-        result = run("pull", f"maildir:{mailenv / 'm'}", url, password=PASSWORD)
-        rerun = run("pull", f"maildir:{mailenv / 'm'}", url, password=PASSWORD)
-    assert result.exit_code == 0, result.output
-    assert rerun.exit_code == 0, rerun.output
-    assert len(appends) == 5  # each once: the rerun found them all recorded
-    stored = sorted(m.body for m in fake.mailboxes["INBOX"].messages)
-    assert stored == sorted(to_crlf(message(n)) for n in range(1, 6))
-    seen = sorted("\\Seen" in m.flags for m in fake.mailboxes["INBOX"].messages)
-    assert seen == [False, False, True, True, True]
