@@ -7,7 +7,8 @@ and against getmail6 over POP3.
     .venv/bin/python bench/run.py --big-message         # one 50 MiB message: peak RSS
     .venv/bin/python bench/run.py --accounts big        # 100,000 messages, 50 folders: rerun
     .venv/bin/python bench/run.py --accounts pop        # POP3: 5,000 messages, vs getmail6
-    .venv/bin/python bench/run.py --all                 # all four, one after the other
+    .venv/bin/python bench/run.py --accounts migrate    # the standard account, IMAP to IMAP
+    .venv/bin/python bench/run.py --all                 # all five, one after the other
     .venv/bin/python bench/run.py --profile             # also cProfile a mailsync pull
     .venv/bin/python bench/run.py --repeat 2 --reruns 2 # 2 passes (order reversed), 2 reruns
     .venv/bin/python bench/run.py --mailsync-args '--jobs 1'   # extra mailsync options
@@ -40,12 +41,21 @@ a 5,000-message INBOX (corpus.plan_pop) served over pop3s, timing tools.POP_TOOL
 ``mailsync pull pop3s://...`` against getmail6, which runs as an unprivileged user
 (tools.BENCH_USER; getmail6 refuses to deliver as root).  There a tool must deliver
 every message and about the server's bytes (see verify()); ratios are to getmail6.
+
+--accounts migrate (part of --all) moves the standard account from its Dovecot into an
+empty account on a second private Dovecot, one-way, timing tools.MIGRATE_TOOLS: mailsync
+(tools.MAILSYNC_MIGRATE: ``pull imaps://SRC imaps://DST`` until ``mailsync migrate``
+exists), an mbsync channel between two IMAPStores and offlineimap with two IMAP
+repositories; what each copied is counted on the destination (count_imap), every tool
+getting a fresh account there.  Ratios are to mbsync; the Dovecot CPU column is the
+source's; there is no floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -61,6 +71,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,10 +89,14 @@ RESULTS_MD = BENCH / "RESULTS.md"
 USER = "bench"
 PASSWORD = "bench-pw-3kq9"
 MIB = 1024 * 1024
-BASELINES = {"imap": "mbsync", "pop": "getmail"}  # the ratio columns divide by these
+BASELINES = {
+    "imap": "mbsync",
+    "pop": "getmail",
+    "migrate": "mbsync",
+}  # the ratio columns divide by these
 DEFAULT_TOOLS = ("mailsync", "mbsync", "offlineimap", "getmail")
 LOAD_WARNING = 1.0  # 1-minute load average (it still counts a run that just ended)
-VARIANT_ORDER = {"standard": 0, "big-message": 1, "big-accounts": 2, "pop": 3}
+VARIANT_ORDER = {"standard": 0, "big-message": 1, "big-accounts": 2, "pop": 3, "migrate": 4}
 # A POP tool's stored bytes may differ from the server's by this share (headers a tool
 # adds or rewrites) before its pull counts as failed; CRLF kept would be about +1.5 %.
 POP_BYTES_TOLERANCE = 0.005
@@ -256,14 +271,16 @@ def count_maildir(root: Path) -> dict:
 
 
 def verify(
-    root: Path,
+    root: Path | Callable[[], dict],
     expected: dict[str, int],
     expected_seen: int | None,
     expected_bytes: int | None = None,
 ) -> tuple[bool, str]:
     """Message files per folder must match; with expected_bytes (POP) their total size
-    must be within POP_BYTES_TOLERANCE of it; expected_seen (IMAP) is only reported."""
-    found = count_maildir(root)
+    must be within POP_BYTES_TOLERANCE of it; expected_seen (IMAP) is only reported.
+    `root`: the Maildir root the tool filled, or what counts the folders it filled
+    (count_imap: a migration's destination)."""
+    found = root() if callable(root) else count_maildir(root)
     got = {name: info["messages"] for name, info in found.items() if info["messages"]}
     want = {name: n for name, n in expected.items() if n}
     total = sum(got.values())
@@ -288,17 +305,37 @@ def verify(
     return True, detail
 
 
+def count_imap(server, user) -> dict:
+    """count_maildir() of an account on a server: per folder its messages, their bytes
+    (RFC822.SIZE) and how many are \\Seen."""
+    folders: dict[str, dict] = {}
+    with server.imap(user) as client:
+        for flags, _delim, name in client.list_folders():
+            if b"\\Noselect" in flags or "\\Noselect" in flags:
+                continue
+            client.select_folder(name, readonly=True)
+            uids = client.search("ALL")
+            info = {"messages": len(uids), "bytes": 0, "seen": 0}
+            for start in range(0, len(uids), 5000):
+                got = client.fetch(uids[start : start + 5000], ["FLAGS", "RFC822.SIZE"])
+                for item in got.values():
+                    info["bytes"] += item[b"RFC822.SIZE"]
+                    info["seen"] += b"\\Seen" in item[b"FLAGS"]
+            folders[name] = info
+    return folders
+
+
 # -- the server -------------------------------------------------------------------------
 
 
-def start_server(run_dir: Path):
+def start_server(run_dir: Path, name: str = "dovecot"):
     from servers.dovecot import DovecotServer
 
     if os.geteuid() != 0:
         sys.exit("bench/run.py must run as root (it starts a private Dovecot, like the tests)")
     if shutil.which("dovecot") is None:
         sys.exit("dovecot is not installed: apt-get install -y dovecot-imapd dovecot-pop3d")
-    server = DovecotServer(run_dir / "dovecot")
+    server = DovecotServer(run_dir / name)
     server.start()
     return server
 
@@ -365,7 +402,10 @@ def tool_orders(tools: list[str], repeat: int) -> list[list[str]]:
 
 def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "imap") -> dict:
     """Seed one account, then time every tool of the protocol (initial pulls, reruns)."""
-    tool_table = toolsmod.POP_TOOLS if protocol == "pop" else toolsmod.IMAP_TOOLS
+    tool_table = {
+        "pop": toolsmod.POP_TOOLS,
+        "migrate": toolsmod.MIGRATE_TOOLS,
+    }.get(protocol, toolsmod.IMAP_TOOLS)
     tools = [t for t in args.tools if t in tool_table]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = WORK / f"run-{corpus.name}-{stamp}"
@@ -397,16 +437,19 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
             f"warning: load average {load:.2f} before the run: other work on this machine "
             "competes with the tools; the numbers will be noisy (use --repeat, or a quiet box)"
         )
-    server = None
+    server = dest_server = None
     try:
         server = start_server(run_dir)
+        if protocol == "migrate":  # the destination: a second private Dovecot
+            dest_server = start_server(run_dir, "dovecot-dest")
         record["machine"]["dovecot"] = server.version
         user, written = seed_account(server, corpus, protocol)
         record["corpus"]["bytes"] = written.bytes
         expected = written.per_folder
         master = server.proc.pid if server.proc else None
         # What verify() checks besides the counts: IMAP reports the \Seen flags copied,
-        # POP (no flags) checks the bytes.
+        # POP (no flags) checks the bytes.  (A migration's bytes on the destination are
+        # the server's RFC822.SIZE, CRLF: compared with nothing.)
         checks = (None, written.bytes) if protocol == "pop" else (written.seen, None)
 
         available = []
@@ -435,6 +478,16 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                 tool_dir = run_dir / "tools" / f"{name}-{rep}"
                 for attempt in range(1, RETRIES + 2):
                     tool_dir.mkdir(parents=True)
+                    target = None
+                    if dest_server is not None:  # an empty account for each run
+                        dest_user = dest_server.add_user(None, user.password)
+                        target = toolsmod.Target(
+                            dest_server.host,
+                            dest_server.ports["imaps"],
+                            dest_user.name,
+                            dest_user.password,
+                            dest_server.cafile,
+                        )
                     setup = toolsmod.Setup(
                         host=server.host,
                         port=server.ports["pop3s" if protocol == "pop" else "imaps"],
@@ -444,6 +497,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                         dest=tool_dir / "Mail",
                         workdir=tool_dir,
                         repo_root=ROOT,
+                        target=target,
                     )
                     try:
                         if name == "mailsync":
@@ -454,6 +508,8 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                         failed[name] = f"could not set up: {type(error).__name__}: {error}"
                         say(f"  {name}: {failed[name]}")
                         break
+                    if target is not None:
+                        command.count = functools.partial(count_imap, dest_server, dest_user)
                     record["tools"][name]["command"] = " ".join(command.argv).replace(
                         str(tool_dir), "$DIR"
                     )
@@ -462,7 +518,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                     setups[name] = (setup, command)
                     log = tool_dir / "log"
                     m = measure(command.argv, command.env, log, args.timeout, master)
-                    ok, detail = verify(command.dest, expected, *checks)
+                    ok, detail = verify(command.count or command.dest, expected, *checks)
                     if m.timed_out:
                         ok, detail = False, f"timed out after {args.timeout:.0f} s; {detail}"
                     elif m.exit_code != 0 and ok:
@@ -514,7 +570,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                     setup, command = setups[name]
                     log = setup.workdir / "log"
                     m = measure(command.argv, command.env, log, args.timeout, master)
-                    ok, detail = verify(command.dest, expected, *checks)
+                    ok, detail = verify(command.count or command.dest, expected, *checks)
                     if m.exit_code != 0 or m.timed_out:
                         ok = False
                         detail = f"exit code {m.exit_code}{' (timed out)' if m.timed_out else ''}"
@@ -524,7 +580,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                         failed[name] = f"rerun {k} failed: {detail}{last_error(setup.workdir)}"
                         continue
                     runs[name][phase].append(m)
-                if setups:
+                if setups and protocol != "migrate":  # (no floor for a migration)
                     floors.append(measure_floor(setups, protocol, corpus, run_dir, master, args))
             if not args.keep and rep < args.repeat:
                 shutil.rmtree(run_dir / "tools", ignore_errors=True)
@@ -545,12 +601,15 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
         if source_digest() != record["mailsync_sources"]:
             record["mailsync_sources_changed"] = True
             say("warning: mailsync's sources changed during the run; its numbers mix versions")
-        profiling = args.profile and protocol == "imap"
+        profiling = args.profile and protocol in ("imap", "migrate")
         if profiling and "mailsync" in available and "mailsync" not in failed:
-            record["profile"] = profile_mailsync(server, user, run_dir, args, master, corpus.name)
+            record["profile"] = profile_mailsync(
+                server, user, run_dir, args, master, corpus.name, dest_server
+            )
     finally:
-        if server is not None:
-            server.stop()
+        for started in (server, dest_server):
+            if started is not None:
+                started.stop()
         if args.keep:
             say(f"kept {run_dir}")
         else:
@@ -600,12 +659,25 @@ def measure_floor(setups: dict, protocol: str, corpus, run_dir: Path, master, ar
 # -- profiling mailsync -----------------------------------------------------------------
 
 
-def profile_mailsync(server, user, run_dir: Path, args, master, corpus_name: str) -> dict:
+def profile_mailsync(
+    server, user, run_dir: Path, args, master, corpus_name: str, dest_server=None
+) -> dict:
     """An extra, untimed mailsync pull (and rerun) under cProfile; the top functions by
-    own time, as a share of the profiled wall time."""
+    own time, as a share of the profiled wall time.  With `dest_server`, a migration
+    into a fresh account there."""
     out: dict = {}
     tool_dir = run_dir / "tools" / "mailsync-profile"
     tool_dir.mkdir(parents=True)
+    target = None
+    if dest_server is not None:
+        dest_user = dest_server.add_user(None, user.password)
+        target = toolsmod.Target(
+            dest_server.host,
+            dest_server.ports["imaps"],
+            dest_user.name,
+            dest_user.password,
+            dest_server.cafile,
+        )
     setup = toolsmod.Setup(
         host=server.host,
         port=server.ports["imaps"],
@@ -615,8 +687,10 @@ def profile_mailsync(server, user, run_dir: Path, args, master, corpus_name: str
         dest=tool_dir / "Mail",
         workdir=tool_dir,
         repo_root=ROOT,
+        target=target,
     )
-    command = toolsmod.mailsync_imap(setup, args.mailsync_args)
+    make = toolsmod.mailsync_migrate if target else toolsmod.mailsync_imap
+    command = make(setup, args.mailsync_args)
     WORK.mkdir(exist_ok=True)
     wrapper = str(BENCH / "profile_mailsync.py")
     out["clock"] = args.profile_clock
@@ -867,8 +941,8 @@ def targets_for(records: list[dict]) -> list[dict]:
     by_variant: dict[str, dict] = {}
     for rec in sorted(records, key=lambda r: r["corpus"]["messages"]):
         by_variant[rec["variant"]] = rec
-    std, big, bigmsg, pop = (
-        by_variant.get(v) for v in ("standard", "big-accounts", "big-message", "pop")
+    std, big, bigmsg, pop, migrate = (
+        by_variant.get(v) for v in ("standard", "big-accounts", "big-message", "pop", "migrate")
     )
     out = []
 
@@ -881,7 +955,7 @@ def targets_for(records: list[dict]) -> list[dict]:
         else:
             measured = f"{value:.2f}{unit}"
             verdict = "met" if value <= limit else "NOT MET"
-        if record is not None and record["variant"] in ("standard", "pop"):
+        if record is not None and record["variant"] in ("standard", "pop", "migrate"):
             measured += f" ({record['corpus']['messages']:,} messages)"
         share = floor_share(record) if floor else None
         if share is not None:
@@ -920,6 +994,17 @@ def targets_for(records: list[dict]) -> list[dict]:
     values = [p["rss_mib"] for p in phases if p]
     add("mailsync peak RSS <= 100 MiB, POP account", pop, max(values) if values else None, 100,
         " MiB")  # fmt: skip
+    add(
+        "IMAP-to-IMAP migration wall <= 0.5x mbsync",
+        migrate,
+        ratio(migrate, "mailsync", "initial") if migrate else None,
+        0.5,
+        "x",
+    )
+    phases = [_phase(migrate, "mailsync", p) for p in ("initial", "rerun")]
+    values = [p["rss_mib"] for p in phases if p]
+    add("mailsync peak RSS <= 100 MiB, IMAP-to-IMAP migration", migrate,
+        max(values) if values else None, 100, " MiB")  # fmt: skip
     return out
 
 
@@ -1055,6 +1140,13 @@ def render_markdown(data: dict) -> str:
         "  in new/), then `doveadm index -u bench '*'` and one IMAP SELECT + FETCH (FLAGS",
         "  INTERNALDATE RFC822.SIZE) per folder, so indexing and new/ -> cur/ moves are paid",
         "  before the first tool starts.",
+        "- IMAP-to-IMAP migration: the standard account is moved, one-way, into an empty",
+        "  account on a second private Dovecot (a fresh one for every run): mailsync `pull",
+        "  imaps://SRC imaps://DST` (bench/tools.py MAILSYNC_MIGRATE, until `mailsync",
+        "  migrate`), an mbsync channel between two IMAPStores (`Sync Pull`, `Create Near`,",
+        "  its state in a directory), offlineimap with two IMAP repositories (the source",
+        "  `readonly`).  What each copied is counted on the destination over IMAP; Dovecot",
+        "  CPU is the source server's; no floor.",
         "- Each tool pulls the whole account into its own empty Maildir tree (verbatim",
         "  layout: DEST/INBOX, DEST/Archive/2019) with its default concurrency: mbsync one",
         "  IMAP connection, offlineimap `maxconnections = 1` (its default), mailsync its",
@@ -1166,16 +1258,17 @@ def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(
         description="Benchmark mailsync against mbsync and offlineimap (IMAP) and getmail6 "
         "(POP3) on a private Dovecot.",
-        epilog="Without --accounts big|pop / --big-message / --all: the standard account.",
+        epilog="Without --accounts big|pop|migrate / --big-message / --all: the standard account.",
     )
     p.add_argument("--messages", type=int, default=10_000, help="standard account size")
     p.add_argument("--megabytes", type=float, default=600, help="standard account MiB")
     p.add_argument(
         "--accounts",
-        choices=("standard", "big", "pop"),
+        choices=("standard", "big", "pop", "migrate"),
         default="standard",
         help="big: 100,000 tiny messages in 50 folders (measures the rerun); pop: a POP3 "
-        "INBOX (--pop-messages), mailsync vs getmail6",
+        "INBOX (--pop-messages), mailsync vs getmail6; migrate: the standard account moved "
+        "IMAP to IMAP between two private Dovecots (mailsync, mbsync, offlineimap)",
     )
     p.add_argument("--pop-messages", type=int, default=5000, help="POP account size")
     p.add_argument("--pop-megabytes", type=float, default=300, help="POP account MiB")
@@ -1184,7 +1277,9 @@ def parse_args(argv: list[str] | None = None):
         "--big-message", action="store_true", help="a folder with one 50 MiB message (RSS)"
     )
     p.add_argument(
-        "--all", action="store_true", help="standard, big-message, big accounts, then POP"
+        "--all",
+        action="store_true",
+        help="standard, big-message, big accounts, migrate, then POP",
     )
     p.add_argument(
         "--tools",
@@ -1243,6 +1338,14 @@ def variants(args) -> list[tuple[corpusmod.Corpus, str]]:
     if args.all or args.accounts == "big":
         c = corpusmod.plan_big_accounts(args.seed, args.big_accounts_messages)
         out.append((c, f"Big account, {len(c.messages):,} messages / {len(c.folders)} folders"))
+    if args.all or args.accounts == "migrate":
+        c = corpusmod.plan_standard(args.seed, args.messages, args.megabytes)
+        c.name = "migrate"
+        label = (
+            f"IMAP-to-IMAP migration, standard account, {args.messages:,} messages / "
+            f"{args.megabytes:g} MiB"
+        )
+        out.append((c, label))
     return out
 
 
@@ -1283,7 +1386,8 @@ def main(argv: list[str] | None = None) -> int:
             if not any(t in toolsmod.IMAP_TOOLS for t in args.tools):
                 say(f"{label}: no IMAP tool in --tools; skipped")
                 continue
-            report(run_variant(corpus, args, label), args)
+            protocol = "migrate" if corpus.name == "migrate" else "imap"
+            report(run_variant(corpus, args, label, protocol), args)
         run_pop_benchmark(args)
     except KeyboardInterrupt:
         say("interrupted; servers stopped")

@@ -64,6 +64,11 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 def to_crlf(data: Body) -> bytes:
     """LF -> CRLF for the wire, leaving existing CRLFs alone."""
+    # Every LF bare: bytes.replace, 40x faster than the regular expression (a fifth of a
+    # migration's CPU).  (A bytearray, a big body read in pieces: the expression, whose
+    # result is bytes without a second copy.)
+    if isinstance(data, bytes) and b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
     return _BARE_LF.sub(b"\r\n", data)
 
 

@@ -118,6 +118,23 @@ class Folder(ABC):
     def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
         """Store a new message with these flags and arrival date; return its key."""
 
+    def append_many(
+        self, messages: Sequence[tuple[Body, frozenset[str], float]]
+    ) -> list[str | MessageError]:
+        """append() of each (data, flags, arrival) of `messages`, in the order given:
+        for each its key, or the MessageError (RefusedError included) that append()
+        would raise for it; any other error is raised, as append()'s.  Buffered and
+        made durable by flush() as append().  Stores that can send several messages at
+        once do (IMAP with LITERAL+: one round trip, not one each).  Default: append()
+        one by one."""
+        out: list[str | MessageError] = []
+        for data, flags, arrival in messages:
+            try:
+                out.append(self.append(data, flags, arrival))
+            except MessageError as error:
+                out.append(error)
+        return out
+
     def append_copy(
         self, data: Body, flags: frozenset[str], arrival: float, origin: Folder, origin_key: str
     ) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mailsync.errors import MessageError
-from mailsync.message import Body, to_lf
+from mailsync.message import Body
 from mailsync.stores.imap_wire import MAX_LITERAL, _Oversized, _uid_ranges
 
 if TYPE_CHECKING:
@@ -36,7 +36,12 @@ def fetch_batch(folder: IMAPFolder, uids: list[int]) -> Iterator[tuple[str, Body
     budget = 2 * announced + (1 << 20)
     try:
         response = folder.store.call(
-            "fetch", _uid_ranges(uids), ["BODY.PEEK[]"], folder=folder, literal_budget=budget
+            "fetch",
+            _uid_ranges(uids),
+            ["UID", "BODY.PEEK[]"],
+            folder=folder,
+            literal_budget=budget,
+            bodies=True,
         )
     except _Oversized as error:
         log.warning(
@@ -52,8 +57,8 @@ def fetch_batch(folder: IMAPFolder, uids: list[int]) -> Iterator[tuple[str, Body
         return
     for uid in uids:
         data = response.get(uid, {}).get(b"BODY[]")
-        if isinstance(data, bytes):
-            yield str(uid), to_lf(data)
+        if isinstance(data, bytes | bytearray):  # (LF already: bodies=True)
+            yield str(uid), data
         elif uid in response or data is not None:
             yield str(uid), MessageError(f"{folder.name}: the server sent no body for UID {uid}")
         else:

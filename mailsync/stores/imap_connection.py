@@ -46,10 +46,12 @@ from mailsync.errors import (
     RefusedError,
     StoreError,
 )
+from mailsync.message import to_lf
 from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
+from mailsync.stores.imap_append import append_arguments, append_refusal, outcomes
 from mailsync.stores.imap_oauth import token_login
 from mailsync.stores.imap_patience import (
     SESSION_INVALIDATED,
@@ -85,32 +87,7 @@ protocol_log = logging.getLogger("mailsync.imap")
 #: the store has a token source, else the password).
 AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
-# Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
-# "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
-# on the next run.  Any other NO (none, TOOBIG, LIMIT, PARSE, CANNOT, ...) refuses it for
-# good: RefusedError.
-APPEND_TRY_LATER = frozenset(
-    {
-        "TRYCREATE",
-        "UNAVAILABLE",
-        "SERVERBUG",
-        "OVERQUOTA",
-        "INUSE",
-        "CONTACTADMIN",
-        "NOPERM",
-        "AUTHORIZATIONFAILED",
-        "EXPIRED",
-        "PRIVACYREQUIRED",
-        "CORRUPTION",
-        "EXPUNGEISSUED",
-        "NONEXISTENT",
-        "ALREADYEXISTS",
-        "READ-ONLY",
-        "ALERT",
-    }
-)
 _NETWORK_ERRORS = (OSError, EOFError)
-_TIMING = re.compile(r"\s*\([0-9.]+( \+ [0-9.]+)* secs\)\.?$")
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -454,6 +431,7 @@ class IMAPConnection:
         *,
         message_level: bool = False,
         literal_budget: int | None = None,
+        bodies: bool = False,
     ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH of a UID set string ("1:*", "4:9,12") -> {uid: {item: value}}.  Every
         response is kept by its UID; responses without one (unsolicited FETCHes about
@@ -462,15 +440,24 @@ class IMAPConnection:
         With `message_level` (one message's body piece) a NO is that message's
         MessageError (e.g. expunged by another client meanwhile), not the folder's.
         `literal_budget`: the bytes all literals of the response may hold together
-        (_Oversized before reading one that would go beyond)."""
+        (_Oversized before reading one that would go beyond).
+        With `bodies` (a batch of whole bodies: `items` must be ["UID", "BODY.PEEK[]"],
+        and a literal_budget given) the bodies are read off the wire by the connection's
+        own reader (_GuardedIMAP4.uid_fetch_bodies) and every b"BODY[]" comes back LF."""
         from imapclient.response_parser import parse_fetch_response
 
         imap = self.client._imap
-        args = [uid_set, "(" + " ".join(items) + ")"]
-        if modifiers:
-            args.append("(" + " ".join(modifiers) + ")")
-        imap.literal_budget = literal_budget
-        typ, data = imap.uid("FETCH", *args)
+        wire_bodies: dict[int, bytes | bytearray] = {}
+        if bodies:
+            if items != ["UID", "BODY.PEEK[]"] or modifiers or literal_budget is None:
+                raise TypeError(f"UID FETCH {items} {modifiers} is not a batch of bodies")
+            typ, data, wire_bodies = imap.uid_fetch_bodies(uid_set, literal_budget)
+        else:
+            args = [uid_set, "(" + " ".join(items) + ")"]
+            if modifiers:
+                args.append("(" + " ".join(modifiers) + ")")
+            imap.literal_budget = literal_budget
+            typ, data = imap.uid("FETCH", *args)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
             check_answer(text)  # (throttled: not this message's fault)
@@ -492,6 +479,13 @@ class IMAPConnection:
                 invalid.append(_text(uid))
         if invalid:
             self._invalid_uids(invalid, "FETCH responses")
+        if bodies:
+            for record in out.values():  # (the few of another shape: imaplib's, CRLF)
+                body = record.get(b"BODY[]")
+                if isinstance(body, bytes):
+                    record[b"BODY[]"] = to_lf(body)
+            for uid, body in wire_bodies.items():  # the body wins over a NIL beside it
+                out.setdefault(uid, {})[b"BODY[]"] = body
         return out
 
     def _invalid_uids(self, invalid: list[str], what: str) -> None:
@@ -567,16 +561,13 @@ class IMAPConnection:
         A message over `limit` (APPENDLIMIT, RFC 7889) is not sent: RefusedError, as
         is one the server refuses for good (a NO without a "try later" code, Exchange's
         BAD for one over its size limit)."""
-        from imapclient.datetime_util import datetime_to_INTERNALDATE
-
         too_big(len(wire), limit)
         client = self.client
         imap = client._imap
         mailbox = client._normalise_folder(server_name)
-        date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
         imap.literal = wire
         try:
-            typ, data = imap._simple_command("APPEND", mailbox, "(" + " ".join(flags) + ")", date)
+            typ, data = imap._simple_command("APPEND", mailbox, *append_arguments(flags, when))
         except imaplib.IMAP4.error as error:  # a BAD (throttled: call() sees to it)
             reason = size_refusal("BAD", _clean(error), len(wire))
             if reason is None or isinstance(error, imaplib.IMAP4.abort):
@@ -585,13 +576,33 @@ class IMAPConnection:
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
             check_answer(text)
-            code = re.match(r"\[([A-Za-z0-9.-]+)", text)
-            if typ == "NO" and (code is None or code.group(1).upper() not in APPEND_TRY_LATER):
-                reason = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)."
-                reason = size_refusal("NO", reason, len(wire)) or reason
-                raise RefusedError(f"APPEND refused: {reason}", reason)
+            refusal = append_refusal(typ, text, len(wire))
+            if refusal is not None:
+                raise refusal
             raise imaplib.IMAP4.error(f"APPEND failed: {text}")
         return _text(data[-1] if data else "")
+
+    def _op_append_pipelined(
+        self, server_name: str, messages: list[tuple[bytes, list[str], dt.datetime | None]]
+    ) -> list[str | RefusedError | ConnectError | None]:
+        """APPENDs of several messages at once (_GuardedIMAP4.append_pipelined: the
+        server must offer LITERAL+), one outcome each (imap_append.outcomes says which)."""
+        client = self.client
+        answers: list[tuple[str, bytes]] = []
+        lost = None
+        try:
+            client._imap.append_pipelined(
+                client._normalise_folder(server_name),
+                [(*append_arguments(flags, when), wire) for wire, flags, when in messages],
+                answers,
+            )
+        except (imaplib.IMAP4.abort, *_NETWORK_ERRORS) as error:
+            self._drop()
+            lost = ConnectError(
+                f"{self.endpoint.display}: connection lost during APPEND ({_clean(error)})"
+            )
+        said = [(typ, _clean(data or typ)) for typ, data in answers]
+        return outcomes(said, [len(wire) for wire, _, _ in messages], lost)
 
     def _op_list(self) -> list[tuple[Any, Any, Any]]:
         """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS

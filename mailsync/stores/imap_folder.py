@@ -34,7 +34,7 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from mailsync.errors import (
@@ -68,6 +68,8 @@ log = logging.getLogger("mailsync")
 FETCH_BATCH_BYTES = 3 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE (x --jobs in RAM)
 FETCH_BATCH_MAX = 500  # messages per UID FETCH
 META_BATCH = 2000  # UIDs per metadata FETCH given as a UID list
+PIPELINE_MESSAGES = 100  # APPENDs sent before their answers are read (LITERAL+)
+PIPELINE_BYTES = 8 * 1024 * 1024  # and their bytes, at most (one message may be more)
 STORE_BATCH = 1000  # UIDs per UID STORE / UID EXPUNGE
 SYSTEM_FLAGS = frozenset({"\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"})
 _ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f(){%*"\\\]]')
@@ -438,15 +440,8 @@ class IMAPFolder(Folder):
             )
         except ThrottledFolder:
             raise  # the folder's, not this message's
-        except ConnectError:
-            raise MessageError(
-                f"{self.name}: the connection dropped while appending; the next run finds "
-                "the message if it arrived"
-            )
-        except RefusedError as error:
-            raise RefusedError(f"{self.name}: the server refuses the message", error.reason)
         except MailsyncError as error:
-            raise MessageError(f"{self.name}: the server refused a message ({error})")
+            raise self._append_failure(error)
         match = re.search(r"\[APPENDUID (\d+) (\d+)\]", response or "", re.I)
         if match:
             if str(match.group(1)) != str(info.get("UIDVALIDITY")):
@@ -459,6 +454,92 @@ class IMAPFolder(Folder):
         self._sizes[uid] = len(wire)
         self._uids_assigned.add(uid)
         return str(uid)
+
+    def append_many(
+        self, messages: Sequence[tuple[Body, frozenset[str], float]]
+    ) -> list[str | MessageError]:
+        """append() of each message (base.py), PIPELINE_MESSAGES (or PIPELINE_BYTES) at a
+        time in one round trip where the server takes non-synchronizing literals
+        (LITERAL+) and names each new UID (UIDPLUS): each message's APPEND is a command
+        of its own, so each has its own APPENDUID and its own refusal.  A message the
+        server asks to send again later (throttled, a "try later" code, anything else
+        but OK or a refusal for good) goes again alone through append(), which knows
+        what to do with that answer.  Elsewhere, and in folders whose append() does
+        more (Gmail's labels), append() one by one."""
+        pipelined = (
+            type(self).append is IMAPFolder.append
+            and len(messages) > 1
+            and self.store.has("LITERAL+")
+            and self.store.has("UIDPLUS")
+        )
+        if not pipelined:
+            return super().append_many(messages)
+        self._writable()
+        out: list[str | MessageError] = []
+        batch: list[tuple[Body, frozenset[str], float]] = []
+        size = 0
+        for message in messages:
+            batch.append(message)
+            size += len(message[0])
+            if len(batch) >= PIPELINE_MESSAGES or size >= PIPELINE_BYTES:
+                out += self._append_pipelined(batch)
+                batch, size = [], 0
+        return out + (self._append_pipelined(batch) if batch else [])
+
+    def _append_pipelined(
+        self, batch: list[tuple[Body, frozenset[str], float]]
+    ) -> list[str | MessageError]:
+        self.flush()  # pending flag changes and deletions go first
+        info = self.select()
+        limit = self._append_limit()
+        out: list[str | MessageError] = []
+        wires: dict[int, tuple[bytes, list[str], dt.datetime | None]] = {}  # by position
+        for n, (data, flags, arrival) in enumerate(batch):
+            wire = to_crlf(data)
+            if limit is None or len(wire) <= limit:  # (else append() refuses it, unsent)
+                keep = sorted(f for f in flags if self.persists(f))
+                when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
+                wires[n] = (wire, keep, when)
+        try:
+            answers = self.store.call(
+                "append_pipelined", self.server_name, list(wires.values()), retry=False, folder=self
+            )
+        except ThrottledFolder:
+            raise  # the folder's, not these messages'
+        except MailsyncError as error:
+            answers = [error] * len(wires)
+        answer_of = dict(zip(wires, answers, strict=True))
+        for n, message in enumerate(batch):
+            answer = answer_of.get(n)
+            if isinstance(answer, MailsyncError):
+                out.append(self._append_failure(answer))
+                continue
+            match = re.search(r"\[APPENDUID (\d+) (\d+)\]", answer or "", re.I)
+            if match is None:  # to send alone, or no APPENDUID: append() sees to it
+                try:
+                    out.append(self.append(*message))
+                except MessageError as error:
+                    out.append(error)
+                continue
+            if str(match.group(1)) != str(info.get("UIDVALIDITY")):
+                raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
+            uid = int(match.group(2))
+            self._unannounced = True
+            self._sizes[uid] = len(wires[n][0])
+            self._uids_assigned.add(uid)
+            out.append(str(uid))
+        return out
+
+    def _append_failure(self, error: MailsyncError) -> MessageError:
+        """The message's error for an APPEND that failed with `error` (call()'s)."""
+        if isinstance(error, ConnectError):
+            return MessageError(
+                f"{self.name}: the connection dropped while appending; the next run finds "
+                "the message if it arrived"
+            )
+        if isinstance(error, RefusedError):
+            return RefusedError(f"{self.name}: the server refuses the message", error.reason)
+        return MessageError(f"{self.name}: the server refused a message ({error})")
 
     def _append_limit(self) -> int | None:
         """The largest message this folder takes (RFC 7889): the server's APPENDLIMIT=N,
