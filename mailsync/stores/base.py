@@ -28,6 +28,7 @@ Courier, EWS on the fake Exchange server; POP3, which cannot append, is left out
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -120,14 +121,14 @@ class Folder(ABC):
 
     def append_many(
         self, messages: Sequence[tuple[Body, frozenset[str], float]]
-    ) -> list[str | MessageError]:
+    ) -> builtins.list[str | MessageError]:
         """append() of each (data, flags, arrival) of `messages`, in the order given:
         for each its key, or the MessageError (RefusedError included) that append()
         would raise for it; any other error is raised, as append()'s.  Buffered and
         made durable by flush() as append().  Stores that can send several messages at
         once do (IMAP with LITERAL+: one round trip, not one each).  Default: append()
         one by one."""
-        out: list[str | MessageError] = []
+        out: builtins.list[str | MessageError] = []
         for data, flags, arrival in messages:
             try:
                 out.append(self.append(data, flags, arrival))

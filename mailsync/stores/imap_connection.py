@@ -97,10 +97,11 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _clean(error: BaseException) -> str:
-    """An error (whose text may come from the server) as one short line for the user,
-    with every known password masked: a server may echo the LOGIN it refused."""
-    text = mask_secrets(str(error), _SECRETS)
+def _clean(error: BaseException | bytes | str) -> str:
+    """An error, or a server's answer, as one short line for the user, with every known
+    password masked: a server may echo the LOGIN it refused."""
+    said = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+    text = mask_secrets(said, _SECRETS)
     if text.startswith("b'") or text.startswith('b"'):
         text = text[2:-1]
     text = " ".join(text.split())  # one line, whatever the server sent

@@ -457,7 +457,7 @@ class IMAPFolder(Folder):
 
     def append_many(
         self, messages: Sequence[tuple[Body, frozenset[str], float]]
-    ) -> list[str | MessageError]:
+    ) -> builtins.list[str | MessageError]:
         """append() of each message (base.py), PIPELINE_MESSAGES (or PIPELINE_BYTES) at a
         time in one round trip where the server takes non-synchronizing literals
         (LITERAL+) and names each new UID (UIDPLUS): each message's APPEND is a command
@@ -475,7 +475,7 @@ class IMAPFolder(Folder):
         if not pipelined:
             return super().append_many(messages)
         self._writable()
-        out: list[str | MessageError] = []
+        out: builtins.list[str | MessageError] = []
         batch: list[tuple[Body, frozenset[str], float]] = []
         size = 0
         for message in messages:
@@ -487,12 +487,12 @@ class IMAPFolder(Folder):
         return out + (self._append_pipelined(batch) if batch else [])
 
     def _append_pipelined(
-        self, batch: list[tuple[Body, frozenset[str], float]]
-    ) -> list[str | MessageError]:
+        self, batch: builtins.list[tuple[Body, frozenset[str], float]]
+    ) -> builtins.list[str | MessageError]:
         self.flush()  # pending flag changes and deletions go first
         info = self.select()
         limit = self._append_limit()
-        out: list[str | MessageError] = []
+        out: builtins.list[str | MessageError] = []
         wires: dict[int, tuple[bytes, list[str], dt.datetime | None]] = {}  # by position
         for n, (data, flags, arrival) in enumerate(batch):
             wire = to_crlf(data)

@@ -211,10 +211,11 @@ class _GuardedIMAP4(imaplib.IMAP4):
         responses of one command); other untagged responses (EXISTS, EXPUNGE, BYE) are
         imaplib's as ever."""
         self.literal_budget = literal_budget
-        self._bodies = bodies = {}
+        bodies: dict[int, bytes | bytearray] = {}
+        self._bodies = bodies
         try:
             typ, data = self._simple_command("UID", "FETCH", uid_set, "(UID BODY.PEEK[])")
-            typ, data = self._untagged_response(typ, data, "FETCH")  # type: ignore[attr-defined]
+            typ, data = self._untagged_response(typ, data, "FETCH")
         finally:
             self._bodies = None
         return typ, data, bodies
@@ -231,18 +232,18 @@ class _GuardedIMAP4(imaplib.IMAP4):
         line = line[:-2]
         self._charge_response("FETCH", line)
         if __debug__ and self.debug >= 4:
-            self._mesg(f"< {line!r}")  # type: ignore[attr-defined]
+            self._mesg(f"< {line!r}")
         self._bodies[uid] = self.read_lf(int(match.group(3)))
-        trailer = self._get_line()  # type: ignore[attr-defined]
+        trailer = self._get_line()
         if trailer == b")":
             return line
         # More items after the body: imaplib's way from here, the body (kept above)
         # standing as NIL in what it collects ("12 (UID 34 BODY[] NIL FLAGS ()...").
         dat = b"%s (UID %d BODY[] NIL%s" % (match.group(1), uid, trailer)
-        while self._match(self.Literal, dat):  # type: ignore[attr-defined]
-            literal = self.read(int(self.mo.group("size")))  # type: ignore[attr-defined]
+        while self._match(self.Literal, dat):
+            literal = self.read(int(self.mo.group("size")))
             self._append_untagged("FETCH", (dat, literal))
-            dat = self._get_line()  # type: ignore[attr-defined]
+            dat = self._get_line()
         self._append_untagged("FETCH", dat)
         return line
 
@@ -285,12 +286,12 @@ class _GuardedIMAP4(imaplib.IMAP4):
         failed: OSError | None = None
         try:
             for flags, date, wire in messages:
-                tag = self._new_tag()  # type: ignore[attr-defined]
+                tag = self._new_tag()
                 words = [tag, b"APPEND", mailbox, flags.encode()]
                 line = b" ".join(words + ([date.encode()] if date else []))
                 line += b" {%d+}" % len(wire)
                 if __debug__ and self.debug >= 4:
-                    self._mesg(f"> {line!r}")  # type: ignore[attr-defined]
+                    self._mesg(f"> {line!r}")
                 self.send(line + b"\r\n")
                 self.send(wire)
                 self.send(b"\r\n")
@@ -298,7 +299,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
         except OSError as error:  # the answers to those sent may have come all the same
             failed = error
         for tag in tags:
-            typ, data = self._get_tagged_response(tag)  # type: ignore[attr-defined]
+            typ, data = self._get_tagged_response(tag)
             answers.append((typ, data[-1] if data else b""))
         if failed is not None:
             raise failed

@@ -118,7 +118,7 @@ class Throttle:
         else:
             return None
         self.answered += 1
-        left = max(1, math.ceil((self.until - now) * 1000))
+        left = max(1, math.ceil(round((self.until - now) * 1000, 3)))  # (float noise: 150.0000001)
         return f"{self.status} Request is throttled. Suggested Backoff Time: {left} milliseconds"
 
 
