@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailsync.copies import BATCH_MESSAGES, Downloads, copy_all
+from mailsync.copies import BATCH_MESSAGES, Downloads, changed_at_source, copy_all
 from mailsync.crashhook import step
 from mailsync.errors import MessageError
 from mailsync.message import Info
@@ -401,6 +401,7 @@ class FolderSync:
             exclusive["a"],
             exclusive["b"],
             self.options.selection,
+            {"a": self._changed_a()},
         )
         report.withheld = len(the_plan.withheld)
         record_left_out(report, the_plan.left_out)
@@ -418,6 +419,13 @@ class FolderSync:
                 reason,
             )
         return the_plan, refused_before
+
+    def _changed_a(self) -> set[str]:
+        """Remote items whose content changed since recorded (copies.changed_at_source)."""
+        remote = self.folders["a"]
+        if remote is None:
+            return set()
+        return changed_at_source(remote, self.pairs, self.listings["a"])
 
     def _tell(self, the_plan: Plan, rule: Retention | None) -> None:
         """--dry-run: what the plan (and the retention rule) would do."""
