@@ -517,14 +517,17 @@ def changed_at_source(
     remote: Folder, pairs: Iterable[Pair], listing: Mapping[str, Info]
 ) -> set[str]:
     """The keys of the remote folder's listed items whose content changed since their
-    pairs were recorded: where it has ``mutable_items``, its version() of the item and
-    the pair's version_a are both known and differ (after recall_versions())."""
+    pairs were recorded: where it has ``mutable_items``, its version() of the item is
+    known (after recall_versions()) and is not the pair's version_a.  A pair without one
+    (recorded by a mailsync before Graph items had versions) counts as changed: the item
+    is downloaded once more, and its file is rewritten only if its content changed
+    (Copier._copy); an incremental listing names only items that changed anyway."""
     if not remote.mutable_items:
         return set()
     changed = set()
     for pair in pairs:
         key = pair.key_a
-        if key is None or key not in listing or pair.version_a is None:
+        if key is None or key not in listing:
             continue
         version = remote.version(key)
         if version is not None and version != pair.version_a:

@@ -824,3 +824,22 @@ def test_kill_at_every_step_of_replacing_changed_items(fake, ews, mailenv, mirro
         if crashed.returncode == 0:
             break
     assert crash_at > 4 and replaced > 0
+
+
+def test_a_new_change_key_with_the_same_content_rewrites_nothing(fake, ews, mailenv):
+    """A change Exchange gives a new ChangeKey but that leaves the item's MIME as it was
+    (a category): the item is downloaded to be compared, its file stays; then it is
+    current (not downloaded again)."""
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = ews(fake, items="calendar,contacts")
+    assert pull(url, root).exit_code == 0
+    before = _vdir_files(root)
+    fake.update_item(ids["event"], categories=["Work"])
+    fetched = mime_fetches(fake)
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert mime_fetches(fake) == fetched + 1
+    assert _vdir_files(root) == before
+    assert pull(url, root).exit_code == 0
+    assert mime_fetches(fake) == fetched + 1
