@@ -14,7 +14,10 @@ it, so a crash at any point leaves each message exactly once after the next run:
 
 * a message appended but not yet recorded is found again by its content hash when the
   next run copies the same source message ("match or append"), and is linked, not copied;
-* a flag change or deletion applied but not recorded is seen as already done.
+* a flag change or deletion applied but not recorded is seen as already done;
+* an item whose content changed at the source (Folder.mutable_items) is copied again: the
+  new copy is made durable, the old one deleted, then the pair recorded; killed in between,
+  the next run still sees the version differ and finds the new copy by its content.
 """
 
 from __future__ import annotations

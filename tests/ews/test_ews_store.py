@@ -1,7 +1,8 @@
 """The Exchange store, driving the real exchangelib against the fake EWS server: initial
 pull, paging, flag changes both ways, deletions, pushed messages that are not drafts and
 not copied back, folder renames, an invalid SyncState, throttling, per-item errors, the
-endpoint cache, TLS with a private CA, and kill -9 between pages."""
+endpoint cache, TLS with a private CA, kill -9 between pages, and calendar items and
+contacts changed on the server replacing their files (kill -9 at every step of that)."""
 
 from __future__ import annotations
 
@@ -843,3 +844,26 @@ def test_a_new_change_key_with_the_same_content_rewrites_nothing(fake, ews, mail
     assert _vdir_files(root) == before
     assert pull(url, root).exit_code == 0
     assert mime_fetches(fake) == fetched + 1
+
+
+def test_two_way_sync_replaces_changed_items_too(fake, ews, mailenv):
+    """A two-way run copies a changed event and contact remote -> local over their old
+    files as a pull does, and sends nothing back (items are pulled only)."""
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = ews(fake, items="calendar,contacts")
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    before = _vdir_files(root)
+    current = _changed(1)
+    for what, data in current.items():
+        fake.update_item(ids[what], mime=data)
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    _assert_current(root, current)
+    after = _vdir_files(root)
+    assert not set(after) & set(before)
+    assert not operations(fake, "CreateItem") and not operations(fake, "DeleteItem")
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert _vdir_files(root) == after

@@ -1,8 +1,9 @@
 """The Microsoft Graph store through the CLI, against the fake Graph server: the pull of
 every mail folder, reruns that download nothing, incremental changes (new, read, flagged,
 deleted, moved, a folder renamed), a void delta link, throttling, a refused token, flags
-and deletions going back, a message Graph could only make a draft refused, and kill -9
-between delta pages."""
+and deletions going back, a message Graph could only make a draft refused, kill -9
+between delta pages, and events, series and contacts changed on the server replacing
+their files (kill -9 at every step of that)."""
 
 from __future__ import annotations
 
