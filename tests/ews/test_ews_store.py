@@ -790,8 +790,9 @@ def test_items_changed_on_the_server_replace_their_files(fake, ews, mailenv, mir
 @pytest.mark.parametrize("mirror", [False, True], ids=["paged", "mirror"])
 def test_kill_at_every_step_of_replacing_changed_items(fake, ews, mailenv, mirror):
     """The crash hook at each step of a run that replaces changed items, then a rerun:
-    every time one file per item with the newest content, and a run after that rewrites
-    nothing.  Each crash starts from the same backup (taken before the changes)."""
+    every time one file per item with the newest content, a run after that rewrites
+    nothing, and one after a further change replaces each file again (the state knows
+    the new files).  Each crash starts from the same backup (taken before the changes)."""
     import shutil
 
     ids = _changing_items(fake)
@@ -822,6 +823,14 @@ def test_kill_at_every_step_of_replacing_changed_items(fake, ews, mailenv, mirro
             if _ == 0:
                 after = _vdir_files(root)
             assert _vdir_files(root) == after
+        # The state is right too: a later change replaces each file again.
+        for what, data in _changed(2).items():
+            fake.update_item(ids[what], mime=data)
+        done = _pull_process(url, root, work, mailenv / "cache")
+        assert done.returncode == 0, done.stderr
+        _assert_current(root, _changed(2))
+        for what, data in current.items():  # (for the next crash, from the backup)
+            fake.update_item(ids[what], mime=data)
         if crashed.returncode == 0:
             break
     assert crash_at > 4 and replaced > 0
