@@ -771,6 +771,11 @@ def test_items_changed_on_the_server_replace_their_files(fake, ews, mailenv, mir
             fake.update_item(ids[what], mime=data)
         fake.update_item(ids["message"], is_read=True, flagged=n == 1)
         fetched = mime_fetches(fake)
+        if n == 1:  # a dry run says which files would be replaced, and changes none
+            result = pull(url, root, "--dry-run", *extra)
+            assert result.exit_code == 0, result.output
+            assert result.output.count("(changed: replaces ") == 3, result.output
+            assert _vdir_files(root) == before and mime_fetches(fake) == fetched
         result = pull(url, root, *extra)
         assert result.exit_code == 0, result.output
         assert mime_fetches(fake) == fetched + 3  # the three items, not the message
