@@ -742,6 +742,32 @@ def _assert_changed_items_current(root: Path) -> None:
     assert b"+1 555 0199" in card.read_bytes() and b"+1 555 0100" not in card.read_bytes()
 
 
+def test_a_series_over_several_delta_pages_is_one_file(fake_graph, graph, mailenv, monkeypatch):
+    """Delta pages of 2 (the series' five occurrences span three): the series is
+    downloaded and written once, a rerun downloads nothing, and an exception given to it
+    later replaces its one file."""
+    from mailsync.stores import graph_items
+
+    monkeypatch.setattr(graph_items, "PAGE_SIZE", 2)
+    fake = fake_graph
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = graph(fake, items="calendar,contacts")
+    assert pull(url, root).exit_code == 0
+    series_reads = [r for r in fake.requests if ids["standup"] in unquote(r.path)]
+    assert len(series_reads) == 2  # the master and its instances, once
+    files = _vdir_files(root)
+    assert len([k for k in files if k.startswith("Calendar/")]) == 2
+    fake.requests.clear()
+    assert pull(url, root).exit_code == 0
+    assert _vdir_files(root) == files
+    items_read = [r.path for r in fake.requests if "delta" not in r.path]
+    assert not [path for path in items_read if "/events/" in path or "/contacts/" in path]
+    _change_items(fake, ids)
+    assert pull(url, root).exit_code == 0
+    _assert_changed_items_current(root)
+
+
 def test_items_changed_on_the_server_replace_their_files(fake_graph, graph, mailenv):
     """An event moved and renamed, a series given an exception, a contact changed: each
     local file is replaced by the new version (one file per item); reruns with nothing
