@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -141,6 +141,9 @@ class Copier:
         self.pending: list[Pair] = []  # copied or linked, not recorded yet
         self.pending_bytes = 0
         self.obsolete: list[Pair] = []  # pairs to forget when the batch is recorded
+        # Pending pairs whose new copy replaces an old one, and the old one's key: deleted
+        # once the new copies are durable, before the batch is recorded.
+        self.replacing: list[tuple[Pair, str]] = []
         self.accepted: list[str] = []  # source keys refused before, copied after all (a retry)
         # Copies an earlier run may have sent without recording them, and how far this
         # run's journal reaches (in the order the bodies are fetched).
@@ -305,6 +308,13 @@ class Copier:
         fs, src, dst, target = self.fs, self.src, self.dst, self.target
         report, paired, name = fs.report, self.paired, fs.fstate.name_a
         digest = fingerprint(data)
+        if copy.replaces is not None and copy.pair is not None and digest == copy.pair.hash:
+            # A new version at the source, with the content of the copy there already (a
+            # change the copy does not show): the copy stays, the new version is recorded.
+            paired[src].add(key)
+            paired[dst].add(copy.replaces)
+            self.pending.append(copy.pair)
+            return True
         if self.matches is None:
             self.matches = match_index(fs, src, paired[dst], bool(self.sent_before))
         matches = self.matches
@@ -379,6 +389,8 @@ class Copier:
                 dst_key,
                 f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
             )
+        if copy.replaces is not None and copy.replaces != dst_key:
+            self.replacing.append((pair, copy.replaces))
         pair.set_key(src, key)
         pair.set_key(dst, dst_key)
         pair.flags, pair.hash, pair.ident = flags, digest, header_digest(data)
@@ -414,6 +426,7 @@ class Copier:
         fs, state, folder_id = self.fs, self.fs.state, self.fs.fstate.id
         self.target.flush()
         step("flush")
+        self._delete_replaced()
         state.begin()
         for pair in self.obsolete:
             state.delete_pair(pair)
@@ -438,6 +451,31 @@ class Copier:
         step("commit")
         fs.options.downloads.release(self, {p.account_id_a for p in self.pending})
         self.pending, self.pending_bytes = [], 0
+
+    def _delete_replaced(self) -> None:
+        """Delete the old copies the batch's new ones replace (these are durable), and
+        make that durable too.  Crash safety: killed before, the old copy is still the
+        recorded one and the next run finds the new one by its content ("match or
+        append"); killed after, the next run sees the version still differs and the old
+        copy gone, copies again, and finds the new one the same way.  A pair whose old
+        copy cannot be deleted is not recorded: the next run tries again."""
+        if not self.replacing:
+            return
+        fs, target, undone = self.fs, self.target, set()
+        for pair, old_key in self.replacing:
+            try:
+                target.delete(old_key)
+            except MessageError as error:
+                fs.report.errors.append(str(error))
+                log.error("%s", error)
+                undone.add(id(pair))
+                continue
+            fs.written.add(self.dst)
+            log.info("%s: replaced %s %s", fs.fstate.name_a, SIDE_NAMES[self.dst], old_key)
+        self.replacing.clear()
+        self.pending = [pair for pair in self.pending if id(pair) not in undone]
+        target.flush()
+        step("delete replaced")
 
     def _refused(self, key: str, digest: str, data: Body, error: RefusedError) -> None:
         """The destination refused a message for good: named, recorded (not as copied),
@@ -473,6 +511,28 @@ class Copier:
         if add or remove:
             target.set_flags(dst_key, add, remove)
             self.fs.written.add(self.dst)
+
+
+def changed_at_source(
+    remote: Folder, pairs: Iterable[Pair], listing: Mapping[str, Info]
+) -> set[str]:
+    """The keys of the remote folder's listed items whose content changed since their
+    pairs were recorded: where it has ``mutable_items``, its version() of the item is
+    known (after recall_versions()) and is not the pair's version_a.  A pair without one
+    (recorded by a mailsync before Graph items had versions) counts as changed: the item
+    is downloaded once more, and its file is rewritten only if its content changed
+    (Copier._copy); an incremental listing names only items that changed anyway."""
+    if not remote.mutable_items:
+        return set()
+    changed = set()
+    for pair in pairs:
+        key = pair.key_a
+        if key is None or key not in listing:
+            continue
+        version = remote.version(key)
+        if version is not None and version != pair.version_a:
+            changed.add(key)
+    return changed
 
 
 def append_flags(

@@ -14,7 +14,10 @@ it, so a crash at any point leaves each message exactly once after the next run:
 
 * a message appended but not yet recorded is found again by its content hash when the
   next run copies the same source message ("match or append"), and is linked, not copied;
-* a flag change or deletion applied but not recorded is seen as already done.
+* a flag change or deletion applied but not recorded is seen as already done;
+* an item whose content changed at the source (Folder.mutable_items) is copied again: the
+  new copy is made durable, the old one deleted, then the pair recorded; killed in between,
+  the next run still sees the version differ and finds the new copy by its content.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailsync.copies import BATCH_MESSAGES, Downloads, copy_all
+from mailsync.copies import BATCH_MESSAGES, Downloads, changed_at_source, copy_all
 from mailsync.crashhook import step
 from mailsync.errors import MessageError
 from mailsync.message import Info
@@ -401,6 +404,7 @@ class FolderSync:
             exclusive["a"],
             exclusive["b"],
             self.options.selection,
+            {"a": self._changed_a()},
         )
         report.withheld = len(the_plan.withheld)
         record_left_out(report, the_plan.left_out)
@@ -418,6 +422,13 @@ class FolderSync:
                 reason,
             )
         return the_plan, refused_before
+
+    def _changed_a(self) -> set[str]:
+        """Remote items whose content changed since recorded (copies.changed_at_source)."""
+        remote = self.folders["a"]
+        if remote is None:
+            return set()
+        return changed_at_source(remote, self.pairs, self.listings["a"])
 
     def _tell(self, the_plan: Plan, rule: Retention | None) -> None:
         """--dry-run: what the plan (and the retention rule) would do."""

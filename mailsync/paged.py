@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mailsync.copies import copy_all
+from mailsync.copies import changed_at_source, copy_all
 from mailsync.crashhook import step
 from mailsync.message import Info
 from mailsync.planner import plan
@@ -58,6 +58,7 @@ def sync_pages(fs: FolderSync) -> FolderReport:
     known = {key: pair.flags for key, pair in by_a.items()}
     advancing = True
     pages = 0
+    recorded_now: set[str] = set()  # keys_a this run's copies recorded (or tried to)
     for page, cursor_a in folder_a.pages(fstate.cursor("a"), known):
         if page is None:
             raise Relist()
@@ -68,6 +69,11 @@ def sync_pages(fs: FolderSync) -> FolderReport:
             {p.key_a: p.version_a for p in page_pairs if p.key_a and p.version_a}
         )
         refused_a = fs.refused["a"]
+        # (An item copied by an earlier page of this run is current: one listed on several
+        # pages, as a series by each of its occurrences, is copied once.)
+        changed = changed_at_source(
+            folder_a, [p for p in page_pairs if p.key_a not in recorded_now], listing_a
+        )
         the_plan = plan(
             listing_a,
             listing_b,
@@ -78,15 +84,23 @@ def sync_pages(fs: FolderSync) -> FolderReport:
             frozenset(),
             None if options.retry_refused else {"a": refused_a},
             selection=options.selection,
+            changed={"a": changed},
         )
         report.withheld += len(the_plan.withheld)
         record_left_out(report, the_plan.left_out)
         fs.listings = {"a": listing_a, "b": listing_b}
         copy_all(fs, the_plan)
+        for copy in the_plan.copies:
+            recorded_now.add(copy.key)
+            if copy.replaces is not None and copy.pair is not None:
+                listing_b.pop(copy.replaces, None)  # (replaced, or still there: the pair's key)
+                if copy.pair.key_b is not None:
+                    listing_b[copy.pair.key_b] = Info(copy.pair.flags, 0, 0.0)
         for pair in state.pairs_for(fstate.id, list(page)):
             key_a = pair.key_a
             assert key_a is not None  # (found by it)
             if key_a not in by_a:  # recorded by this page's copies
+                recorded_now.add(key_a)
                 by_a[key_a] = pair
                 pairs.append(pair)
                 if pair.key_b is not None:

@@ -18,6 +18,11 @@ from the state): they are held back in ``withheld`` instead, and those the run's
 ``selection`` leaves out (--since, --before, --max-size, by the listing's arrival date
 and size: nothing is downloaded to decide), which go to ``left_out`` with the reason.
 
+Items whose content changed at the source since the pair was recorded (``changed``: side
+-> keys, from Folder.mutable_items and version(); the engine finds them) are copied again
+when the other side is written: the new copy replaces the old one (Copy.replaces), or
+fills in for it if it is gone (a run killed between the two steps).
+
 Flags merge per flag: a change on one side wins over no change on the other; both
 sides changing the same flag always agree, so there is no conflict to resolve.  One-way
 runs apply the source's changes and leave the destination's own changes alone.
@@ -52,6 +57,9 @@ class Copy:
     flags: frozenset[str]
     arrival: float
     pair: Pair | None = None  # set when re-filling a known pair (a resurrected message)
+    # The destination key of the old copy this copy replaces (an item whose content
+    # changed at the source: Folder.mutable_items), deleted once the new one is durable.
+    replaces: str | None = None
 
 
 @dataclass
@@ -171,8 +179,10 @@ def plan(
     exclusive_a: Groups = frozenset(),
     exclusive_b: Groups = frozenset(),
     selection: Selection | None = None,
+    changed: Mapping[str, AbstractSet[str]] | None = None,
 ) -> Plan:
     result = Plan()
+    changed = changed or {}
     listings = {"a": listing_a, "b": listing_b}
     persists = {"a": persists_a, "b": persists_b}
     exclusive = {"a": exclusive_a, "b": exclusive_b}
@@ -186,6 +196,22 @@ def plan(
                 known[side].add(key)
             info[side] = listings[side].get(key) if key is not None else None
         info_a, info_b = info["a"], info["b"]
+
+        replace = [
+            side
+            for side, there in (("a", info_a), ("b", info_b))
+            if there is not None and pair.key(side) in changed.get(side, ())
+        ]
+        if replace and policy.writes(other(replace[0])) and pair.key(other(replace[0])):
+            # Content changed at the source: copy it again over the old copy, or in its
+            # place if that is gone (a copy cut short between its append and its record).
+            src = replace[0]
+            src_key, src_info = pair.key(src), info[src]
+            assert src_key is not None and src_info is not None
+            now = effective_flags(src_info.flags, pair.flags, persists[src], exclusive[src])
+            old = pair.key(other(src)) if info[other(src)] is not None else None
+            result.copies.append(Copy(src, src_key, now, src_info.arrival, pair, old))
+            continue
 
         if info_a is not None and info_b is not None:
             fa = effective_flags(info_a.flags, pair.flags, persists_a, exclusive_a)

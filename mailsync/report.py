@@ -180,7 +180,8 @@ def record_left_out(report: FolderReport, left_out: Iterable[tuple[Copy, str]]) 
 
 def describe(action: Copy | SetFlags | Delete | Tombstone | Forget) -> str:
     if isinstance(action, Copy):
-        return f"copy {SIDE_NAMES[action.src]} {action.key} to {SIDE_NAMES[other(action.src)]}"
+        text = f"copy {SIDE_NAMES[action.src]} {action.key} to {SIDE_NAMES[other(action.src)]}"
+        return f"{text} (changed: replaces {action.replaces})" if action.replaces else text
     if isinstance(action, SetFlags):
         parts = []
         for side, (add, remove) in action.changes.items():

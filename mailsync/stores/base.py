@@ -10,7 +10,8 @@ Courier, EWS on the fake Exchange server; POP3, which cannot append, is left out
   ``append`` was given (after CRLF -> LF), except in a folder that ``normalises``, whose
   copy may differ (mbox gives a message without a final newline one; IMAP servers
   rewrite, as far as message.tolerant_fingerprint() knows, or further).  Bodies never
-  change; only flags do.
+  change; only flags do; except in a folder of ``mutable_items`` (calendars, contacts),
+  whose version() tells a change.
 * A key names one message within one folder for as long as ``validity`` is unchanged.
   It survives flag changes (a Maildir file renamed by a mail reader keeps its key).
 * ``append``, ``set_flags`` and ``delete`` may be buffered; after ``flush`` returns
@@ -106,6 +107,13 @@ class Folder(ABC):
     #: engine then lists the folder in full (no cursor) while the state has pairs of it
     #: without one (copied by a mailsync before account ids), to learn them.
     account_ids: bool = False
+    #: True if an item's content may change under the same key (calendar events and
+    #: contacts on EWS and Graph: the exception to "bodies never change"), and version(key)
+    #: then changes with it, for every listed item.  The engine copies such an item again
+    #: when its version differs from the one it recorded, and the new copy replaces the
+    #: old one on the other side (copies.py).  False (mail): a version that changes with
+    #: flags (EWS ChangeKey) is no reason to copy a message again.
+    mutable_items: bool = False
 
     @abstractmethod
     def list(self) -> dict[str, Info]:

@@ -61,6 +61,9 @@ class EWSFolder(Folder):
         self.folder = folder
         self.read_only = store.read_only
         self.kind = kind  # calendar and contacts folders are backed up (pulled) only
+        # An event or contact changes under its ItemId (a new ChangeKey, version());
+        # a message's ChangeKey changes with its flags only.
+        self.mutable_items = kind != "mail"
         self._fields = LIST_FIELDS if kind == "mail" else ["size", "datetime_received"]
         self._sync_state: str | None = None
         self._changekeys: dict[str, str] = {}

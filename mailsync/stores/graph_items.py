@@ -12,13 +12,18 @@ listed instead.  Bodies are
 made from Graph's JSON by graph_vcard.contact_to_vcf and graph_ical.event_to_ics (a
 series: GET of the master, and its exceptions from ``instances`` over the window).
 
-As on EWS, an item is downloaded once: a later change to it on the server does not
-rewrite its file (bodies never change, base.py).
+Items change on the server (``mutable_items``): version() is a contact's or single
+event's changeKey; a series has none of its own in calendarView, so its version is a
+digest of the ids and changeKeys of the occurrences and exceptions (and the removals)
+the delta has named for it so far: an incremental delta names a series only when one of
+them changed, and a new exception or a changed master gives new changeKeys.  The engine
+then copies the item again over its old file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -43,6 +48,7 @@ class GraphItemsFolder(Folder):
 
     validity = ""
     paged = True
+    mutable_items = True
 
     def __init__(self, store: GraphStore, name: str, kind: str, collection: str):
         self.store = store
@@ -54,6 +60,7 @@ class GraphItemsFolder(Folder):
         self._link: str | None = None
         self._items: dict[str, dict] = {}  # key -> the JSON a delta page gave (not series)
         self._series_of: dict[str, str] = {}  # occurrence id -> its master's id
+        self._versions: dict[str, str] = {}  # key -> version() (see the module's docstring)
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         back, ahead = store.calendar_window
         self._window = {
@@ -128,22 +135,44 @@ class GraphItemsFolder(Folder):
         if not isinstance(item_id, str) or not item_id:
             return
         arrival = _when(entry.get("createdDateTime"))
+        change_key = entry.get("changeKey")
+        change_key = change_key if isinstance(change_key, str) else ""
         if "@removed" in entry:
             master = self._series_of.get(item_id)
             if master is not None:  # one occurrence gone: the series is still there
                 page.setdefault(master, Info(frozenset(), 0, 0.0))
+                self._series_version(master, f"removed {item_id}")
             elif item_id not in self._series_of.values():
                 page[item_id] = None
                 self._items.pop(item_id, None)
+                self._versions.pop(item_id, None)
             return
         master = entry.get("seriesMasterId")
         if self.kind == "calendar" and isinstance(master, str) and master:
             self._series_of[item_id] = master
+            self._series_version(master, f"{item_id} {change_key}")
             if master not in page:
                 page[master] = Info(frozenset(), 0, arrival)
             return
         self._items[item_id] = entry
+        if change_key:
+            self._versions[item_id] = change_key
+        else:
+            self._versions.pop(item_id, None)
         page[item_id] = Info(frozenset(), 0, arrival)
+
+    def _series_version(self, master: str, instance: str) -> None:
+        """Fold what the delta says of one instance of series `master` into its version."""
+        before = self._versions.get(master, "")
+        digest = hashlib.sha256(f"{before}\n{instance}".encode()).hexdigest()[:32]
+        self._versions[master] = f"series:{digest}"
+
+    def version(self, key: str) -> str | None:
+        return self._versions.get(key)
+
+    def recall_versions(self, versions: Mapping[str, str]) -> None:
+        for key, version in versions.items():
+            self._versions.setdefault(key, version)
 
     def list(self) -> dict[str, Info]:
         return self.list_since({}, {})

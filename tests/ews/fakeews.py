@@ -130,7 +130,9 @@ Test API (beyond the constructor documented in ``FakeEWS``)
 ``add_folder``, ``rename_folder``, ``delete_folder(path)`` (addition; removes the subtree),
 ``add_item(folder_path, mime, *, is_read, flagged, categories, received, is_draft=False,
 last_verb=None)`` (is_draft/last_verb are additions), ``update_item(item_id, *, is_read,
-flagged (bool) or flag ("NotFlagged"/"Flagged"/"Complete"), categories, last_verb)``,
+flagged (bool) or flag ("NotFlagged"/"Flagged"/"Complete"), categories, last_verb, mime)``
+(``mime``, an addition: the item's owner changed it, as an organizer moving a meeting or an
+edited contact; the MIME Exchange would now render, a new ChangeKey, an Update in the log),
 ``delete_item(item_id, hard=False)`` (soft: into deleteditems; returns the new id or None),
 ``move_item(item_id, folder_path) -> new id`` (addition), ``item(item_id) -> dict``
 (addition), ``items(folder_path) -> [dict]`` (id, change_key, folder_id, mime, subject,
@@ -1362,7 +1364,7 @@ class FakeEWS:
             return item.id
 
     def update_item(self, item_id: str, **changes) -> None:
-        allowed = {"is_read", "flagged", "flag", "categories", "last_verb"}
+        allowed = {"is_read", "flagged", "flag", "categories", "last_verb", "mime"}
         if not changes or set(changes) - allowed:
             raise TypeError(f"update_item() takes some of {sorted(allowed)}")
         with self._lock:
@@ -1379,6 +1381,10 @@ class FakeEWS:
                 item.categories = list(changes["categories"])
             if "last_verb" in changes:
                 item.last_verb = changes["last_verb"]
+            if "mime" in changes:
+                mime = bytes(changes["mime"])
+                item.mime, item.info = mime, _mime_info(mime)
+                item.has_attachments = _has_attachments(mime)
             self._touch_item(item, "read" if set(changes) == {"is_read"} else "update")
 
     def delete_item(self, item_id: str, hard: bool = False) -> str | None:

@@ -1,7 +1,8 @@
 """The Exchange store, driving the real exchangelib against the fake EWS server: initial
 pull, paging, flag changes both ways, deletions, pushed messages that are not drafts and
 not copied back, folder renames, an invalid SyncState, throttling, per-item errors, the
-endpoint cache, TLS with a private CA, and kill -9 between pages."""
+endpoint cache, TLS with a private CA, kill -9 between pages, and calendar items and
+contacts changed on the server replacing their files (kill -9 at every step of that)."""
 
 from __future__ import annotations
 
@@ -697,3 +698,186 @@ def test_mail_only_by_default(fake, ews, mailenv):
     root = mailenv / "mail"
     assert pull(ews(fake), root).exit_code == 0
     assert not (root / "Calendar").exists() and not (root / "Contacts").exists()
+
+
+SERIES = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\n"
+    "UID:series@example.org\r\nDTSTAMP:20240101T000000Z\r\nDTSTART:20240102T090000Z\r\n"
+    "RRULE:FREQ=DAILY;COUNT=5\r\nSUMMARY:standup\r\nEND:VEVENT\r\n{exception}END:VCALENDAR\r\n"
+)
+EXCEPTION = (
+    "BEGIN:VEVENT\r\nUID:series@example.org\r\nDTSTAMP:20240101T000000Z\r\n"
+    "RECURRENCE-ID:20240103T090000Z\r\nDTSTART:20240103T110000Z\r\n"
+    "SUMMARY:standup (moved)\r\nEND:VEVENT\r\n"
+)
+
+
+def _vdir_files(root: Path) -> dict[str, bytes]:
+    """Every item file of the vdirs under `root`: path relative to it -> bytes."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for pattern in ("Calendar/**/*.ics", "Contacts/**/*.vcf")
+        for path in root.glob(pattern)
+    }
+
+
+def _changing_items(fake: FakeEWS) -> dict[str, str]:
+    """A message, an event, a series and a contact; their ItemIds."""
+    return {
+        "message": fake.add_item("inbox", mime(1)),
+        "event": fake.add_item("calendar", ICS.format(n=1).encode()),
+        "series": fake.add_item("calendar", SERIES.format(exception="").encode()),
+        "contact": fake.add_item("contacts", VCF.format(n=1).encode()),
+    }
+
+
+def _changed(n: int) -> dict[str, bytes]:
+    """The items as changed on the server (n-th time): the event moved and renamed, an
+    exception in the series, the contact renamed."""
+    moved = ICS.format(n=1).replace("T100000Z", f"T1{n}3000Z").replace("meeting 1", f"lunch {n}")
+    return {
+        "event": moved.encode(),
+        "series": SERIES.format(exception=EXCEPTION.replace("(moved)", f"(moved {n})")).encode(),
+        "contact": VCF.format(n=1).replace("Person 1", f"Person 1 ({n})").encode(),
+    }
+
+
+def _assert_current(root: Path, current: dict[str, bytes]) -> None:
+    """One file per item, each with the server's current content."""
+    assert sorted(p.read_bytes() for p in (root / "Calendar").glob("*.ics")) == sorted(
+        to_lf(current[k]) for k in ("event", "series")
+    )
+    assert [p.read_bytes() for p in (root / "Contacts").glob("*.vcf")] == [
+        to_lf(current["contact"])
+    ]
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["paged", "mirror"])
+def test_items_changed_on_the_server_replace_their_files(fake, ews, mailenv, mirror):
+    """An event moved and renamed, a series given an exception, a contact changed (new
+    ChangeKeys): each local file is replaced by the new version, one file per item, by a
+    keep-pull (page by page) and by a --mirror pull (the whole folder at once); reruns
+    with nothing new download and rewrite nothing; a message whose flags change (its
+    ChangeKey too) is not downloaded again."""
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = ews(fake, items="mail,calendar,contacts")
+    extra = ("--mirror",) if mirror else ()
+    assert pull(url, root, *extra).exit_code == 0
+    before = _vdir_files(root)
+    for n in (1, 2):  # (a second change: the version recorded by the first is current)
+        current = _changed(n)
+        for what, data in current.items():
+            fake.update_item(ids[what], mime=data)
+        fake.update_item(ids["message"], is_read=True, flagged=n == 1)
+        fetched = mime_fetches(fake)
+        if n == 1:  # a dry run says which files would be replaced, and changes none
+            result = pull(url, root, "--dry-run", *extra)
+            assert result.exit_code == 0, result.output
+            assert result.output.count("(changed: replaces ") == 3, result.output
+            assert _vdir_files(root) == before and mime_fetches(fake) == fetched
+        result = pull(url, root, *extra)
+        assert result.exit_code == 0, result.output
+        assert mime_fetches(fake) == fetched + 3  # the three items, not the message
+        _assert_current(root, current)
+        after = _vdir_files(root)
+        assert not set(after) & set(before)  # replaced, not rewritten in place
+        (message,) = maildir_files(root)["INBOX"]
+        assert file_flags(message) == ({"\\Seen", "\\Flagged"} if n == 1 else {"\\Seen"})
+        for _ in range(2):
+            result = pull(url, root, *extra)
+            assert result.exit_code == 0, result.output
+            assert _vdir_files(root) == after
+        assert mime_fetches(fake) == fetched + 3
+        before = after
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["paged", "mirror"])
+def test_kill_at_every_step_of_replacing_changed_items(fake, ews, mailenv, mirror):
+    """The crash hook at each step of a run that replaces changed items, then a rerun:
+    every time one file per item with the newest content, a run after that rewrites
+    nothing, and one after a further change replaces each file again (the state knows
+    the new files).  Each crash starts from the same backup (taken before the changes)."""
+    import shutil
+
+    ids = _changing_items(fake)
+    work, base = mailenv / "work", mailenv / "base"
+    root = work / "mail"  # (the state knows the local root's path)
+    url = ews(fake, items="calendar,contacts")
+    extra = ("--mirror",) if mirror else ()
+    done = _pull_process(url, root, work, mailenv / "cache")
+    assert done.returncode == 0, done.stderr
+    shutil.copytree(work, base, symlinks=True)
+    current = _changed(1)
+    for what, data in current.items():
+        fake.update_item(ids[what], mime=data)
+    replaced = 0
+    for crash_at in range(1, 100):
+        shutil.rmtree(work)
+        shutil.copytree(base, work, symlinks=True)
+        crashed = run_process(
+            "-v", "pull", *extra, url, root, password=PASSWORD, state=work / "state",
+            crash_at=crash_at, env={"XDG_CACHE_HOME": str(mailenv / "cache")},
+        )  # fmt: skip
+        assert crashed.returncode in (0, CRASHED), crashed.stderr
+        replaced += "replaced" in crashed.stderr
+        for _ in range(2):  # the rerun mends, the next one rewrites nothing
+            done = _pull_process(url, root, work, mailenv / "cache")
+            assert done.returncode == 0, f"after a crash at step {crash_at}: {done.stderr}"
+            _assert_current(root, current)
+            if _ == 0:
+                after = _vdir_files(root)
+            assert _vdir_files(root) == after
+        # The state is right too: a later change replaces each file again.
+        for what, data in _changed(2).items():
+            fake.update_item(ids[what], mime=data)
+        done = _pull_process(url, root, work, mailenv / "cache")
+        assert done.returncode == 0, done.stderr
+        _assert_current(root, _changed(2))
+        for what, data in current.items():  # (for the next crash, from the backup)
+            fake.update_item(ids[what], mime=data)
+        if crashed.returncode == 0:
+            break
+    assert crash_at > 4 and replaced > 0
+
+
+def test_a_new_change_key_with_the_same_content_rewrites_nothing(fake, ews, mailenv):
+    """A change Exchange gives a new ChangeKey but that leaves the item's MIME as it was
+    (a category): the item is downloaded to be compared, its file stays; then it is
+    current (not downloaded again)."""
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = ews(fake, items="calendar,contacts")
+    assert pull(url, root).exit_code == 0
+    before = _vdir_files(root)
+    fake.update_item(ids["event"], categories=["Work"])
+    fetched = mime_fetches(fake)
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert mime_fetches(fake) == fetched + 1
+    assert _vdir_files(root) == before
+    assert pull(url, root).exit_code == 0
+    assert mime_fetches(fake) == fetched + 1
+
+
+def test_two_way_sync_replaces_changed_items_too(fake, ews, mailenv):
+    """A two-way run copies a changed event and contact remote -> local over their old
+    files as a pull does, and sends nothing back (items are pulled only)."""
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = ews(fake, items="calendar,contacts")
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    before = _vdir_files(root)
+    current = _changed(1)
+    for what, data in current.items():
+        fake.update_item(ids[what], mime=data)
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    _assert_current(root, current)
+    after = _vdir_files(root)
+    assert not set(after) & set(before)
+    assert not operations(fake, "CreateItem") and not operations(fake, "DeleteItem")
+    result = run("-v", "sync", url, root, password=PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert _vdir_files(root) == after

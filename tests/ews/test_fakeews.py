@@ -248,6 +248,22 @@ def test_sync_items_reports_net_changes(fake):
     assert (kind, moved.subject) == ("create", "message 4")
 
 
+def test_an_item_changed_by_its_owner_has_new_mime_and_change_key(fake):
+    item_id = fake.add_item("inbox", mime(1))
+    account = connect(fake)
+    inbox = account.inbox
+    list(inbox.sync_items(only_fields=["subject"]))
+    before = fake.item(item_id)["change_key"]
+    fake.update_item(item_id, mime=mime(1, "moved"))
+    [(kind, item)] = list(inbox.sync_items(only_fields=["subject", "size"]))
+    assert (kind, item.id, item.subject) == ("update", item_id, "moved")
+    assert item.changekey != before and item.size == len(mime(1, "moved"))
+    [fetched] = account.fetch([ItemId(item_id)], only_fields=["mime_content"])
+    assert fetched.mime_content == mime(1, "moved")
+    with pytest.raises(TypeError):
+        fake.update_item(item_id, subject="not a test API")
+
+
 def test_server_page_size_limit_caps_pages(fake):
     for n in range(5):
         fake.add_item("inbox", mime(n))

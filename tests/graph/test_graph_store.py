@@ -1,8 +1,9 @@
 """The Microsoft Graph store through the CLI, against the fake Graph server: the pull of
 every mail folder, reruns that download nothing, incremental changes (new, read, flagged,
 deleted, moved, a folder renamed), a void delta link, throttling, a refused token, flags
-and deletions going back, a message Graph could only make a draft refused, and kill -9
-between delta pages."""
+and deletions going back, a message Graph could only make a draft refused, kill -9
+between delta pages, and events, series and contacts changed on the server replacing
+their files (kill -9 at every step of that)."""
 
 from __future__ import annotations
 
@@ -678,3 +679,189 @@ def test_a_message_graph_cannot_give_is_skipped_then_retried(fake_graph, graph, 
     assert result.exit_code == 0, result.output
     assert maildir_bodies(root)["INBOX"] == Counter(to_lf(mime(n)) for n in range(3))
     assert fake_graph.value_downloads[keys[0]] == 1 and fake_graph.value_downloads[keys[1]] == 1
+
+
+def _vdir_files(root: Path) -> dict[str, bytes]:
+    """Every item file of the vdirs under `root`: path relative to it -> bytes."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for pattern in ("Calendar/**/*.ics", "Contacts/**/*.vcf")
+        for path in root.glob(pattern)
+    }
+
+
+def _changing_items(fake: FakeGraph) -> dict[str, str]:
+    """A mailbox with a message, a single event, a series and a contact; their ids."""
+    from datetime import timedelta
+
+    soon = datetime.now(UTC).date() + timedelta(days=10)
+    ids = {"message": fake.add_message("inbox", mime(1))}
+    ids["soon"] = str(soon)
+    ids["lunch"] = fake.add_event(None, _event("Lunch", f"{soon}T12:00:00", f"{soon}T13:00:00"))
+    ids["standup"] = fake.add_event(
+        None,
+        _event(
+            "Standup", f"{soon}T09:00:00", f"{soon}T09:15:00",
+            recurrence={
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {"type": "numbered", "startDate": str(soon), "numberOfOccurrences": 5},
+            },
+        ),
+    )  # fmt: skip
+    ids["bob"] = fake.add_contact(
+        None, {"displayName": "Bob Example", "mobilePhone": "+1 555 0100"}
+    )
+    return ids
+
+
+def _change_items(fake: FakeGraph, ids: dict[str, str]) -> None:
+    """The event moved and renamed, an exception in the series, the contact's phone."""
+    from datetime import date, timedelta
+
+    soon = date.fromisoformat(ids["soon"])
+    fake.update_event(
+        ids["lunch"],
+        subject="Lunch with Carol",
+        start={"dateTime": f"{soon}T12:30:00", "timeZone": "W. Europe Standard Time"},
+        end={"dateTime": f"{soon}T13:30:00", "timeZone": "W. Europe Standard Time"},
+    )
+    fake.modify_occurrence(ids["standup"], soon + timedelta(days=1), subject="Standup (moved)")
+    fake.update_contact(ids["bob"], mobilePhone="+1 555 0199")
+
+
+def _assert_changed_items_current(root: Path) -> None:
+    """One file per item, each with its changed content."""
+    calendars = _calendars(root)
+    assert set(calendars) == {"Lunch with Carol", "Standup"}
+    assert len(list((root / "Calendar").glob("*.ics"))) == 2
+    lunch = next(iter(calendars["Lunch with Carol"].walk("VEVENT")))
+    assert lunch.decoded("DTSTART").strftime("%H:%M") == "12:30"
+    moved = [c for c in calendars["Standup"].walk("VEVENT") if "RECURRENCE-ID" in c]
+    assert [str(c["SUMMARY"]) for c in moved] == ["Standup (moved)"]
+    (card,) = (root / "Contacts").glob("*.vcf")
+    assert b"+1 555 0199" in card.read_bytes() and b"+1 555 0100" not in card.read_bytes()
+
+
+def test_a_series_over_several_delta_pages_is_one_file(fake_graph, graph, mailenv, monkeypatch):
+    """Delta pages of 2 (the series' five occurrences span three): the series is
+    downloaded and written once, a rerun downloads nothing, and an exception given to it
+    later replaces its one file."""
+    from mailsync.stores import graph_items
+
+    monkeypatch.setattr(graph_items, "PAGE_SIZE", 2)
+    fake = fake_graph
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = graph(fake, items="calendar,contacts")
+    assert pull(url, root).exit_code == 0
+    series_reads = [r for r in fake.requests if ids["standup"] in unquote(r.path)]
+    assert len(series_reads) == 2  # the master and its instances, once
+    files = _vdir_files(root)
+    assert len([k for k in files if k.startswith("Calendar/")]) == 2
+    fake.requests.clear()
+    assert pull(url, root).exit_code == 0
+    assert _vdir_files(root) == files
+    items_read = [r.path for r in fake.requests if "delta" not in r.path]
+    assert not [path for path in items_read if "/events/" in path or "/contacts/" in path]
+    _change_items(fake, ids)
+    assert pull(url, root).exit_code == 0
+    _assert_changed_items_current(root)
+
+
+def test_items_changed_on_the_server_replace_their_files(fake_graph, graph, mailenv):
+    """An event moved and renamed, a series given an exception, a contact changed: each
+    local file is replaced by the new version (one file per item); reruns with nothing
+    new rewrite nothing; a message whose flags change is not downloaded again."""
+    fake = fake_graph
+    ids = _changing_items(fake)
+    root = mailenv / "mail"
+    url = graph(fake, items="mail,calendar,contacts")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    before = _vdir_files(root)
+    assert len(before) == 3
+    result = pull(url, root)  # nothing new: nothing rewritten
+    assert result.exit_code == 0, result.output
+    assert _vdir_files(root) == before
+    _change_items(fake, ids)
+    fake.update_message(ids["message"], is_read=True)
+    downloads = value_fetches(fake)
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    _assert_changed_items_current(root)
+    assert value_fetches(fake) == downloads  # mail: flags only
+    after = _vdir_files(root)
+    assert not set(after) & set(before)  # each item's file replaced
+    fake.requests.clear()
+    for _ in range(2):
+        result = pull(url, root)
+        assert result.exit_code == 0, result.output
+        assert _vdir_files(root) == after
+    items_read = [r.path for r in fake.requests if "delta" not in r.path]
+    assert not [path for path in items_read if "/events/" in path or "/contacts/" in path]
+    # A state from before Graph items had versions: an item the delta names as changed
+    # is backed up again all the same, the others are left alone.
+    for db in (mailenv / "state" / "mailsync").glob("*.db"):
+        con = sqlite3.connect(db)
+        with con:
+            con.execute("UPDATE pairs SET version_a = NULL")
+        con.close()
+    fake.update_contact(ids["bob"], mobilePhone="+1 555 0142")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    (card,) = (root / "Contacts").glob("*.vcf")
+    assert b"+1 555 0142" in card.read_bytes()
+    assert {k: v for k, v in _vdir_files(root).items() if k.startswith("Calendar")} == {
+        k: v for k, v in after.items() if k.startswith("Calendar")
+    }
+
+
+def _recorded_item_files(state_home: Path) -> set[str]:
+    """The local file of every pair of the channel's vdirs, as "folder/key" (None: a
+    pair that lost its local file)."""
+    (db,) = (state_home / "mailsync").glob("*.db")
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "SELECT folders.name_b, pairs.key_b FROM pairs JOIN folders"
+            " ON pairs.folder_id = folders.id WHERE pairs.key_a IS NOT NULL"
+        ).fetchall()
+    finally:
+        con.close()
+    return {f"{name}/{key}" for name, key in rows}
+
+
+def test_kill_at_every_step_of_replacing_changed_items(fake_graph, graph, mailenv):
+    """The crash hook at each step of a run that replaces changed items, then a rerun:
+    every time one file per item with the newest content, and a run after that rewrites
+    nothing.  Each crash starts from the same backup (taken before the changes)."""
+    import shutil
+
+    fake = fake_graph
+    ids = _changing_items(fake)
+    work, base = mailenv / "work", mailenv / "base"
+    root, state = work / "mail", work / "state"  # (the state knows the local root's path)
+    url = graph(fake, items="calendar,contacts")
+    done = run_process("-v", "pull", url, root, password="", state=state)
+    assert done.returncode == 0, done.stderr
+    shutil.copytree(work, base, symlinks=True)
+    _change_items(fake, ids)
+    replaced_steps = 0
+    for crash_at in range(1, 100):
+        shutil.rmtree(work)
+        shutil.copytree(base, work, symlinks=True)
+        crashed = run_process("-v", "pull", url, root, password="", state=state, crash_at=crash_at)
+        assert crashed.returncode in (0, CRASHED), crashed.stderr
+        replaced_steps += "replaced" in crashed.stderr
+        done = run_process("-v", "pull", url, root, password="", state=state)
+        assert done.returncode == 0, f"after a crash at step {crash_at}: {done.stderr}"
+        _assert_changed_items_current(root)
+        after = _vdir_files(root)
+        assert _recorded_item_files(state) == set(after)  # each one recorded, none lost
+        done = run_process("-v", "pull", url, root, password="", state=state)
+        assert done.returncode == 0, done.stderr
+        assert _vdir_files(root) == after
+        if crashed.returncode == 0:
+            break
+    assert crash_at > 6
+    assert replaced_steps > 0  # crashes after an old copy was deleted, before its record

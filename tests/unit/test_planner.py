@@ -651,3 +651,41 @@ def test_refill_copies_again_what_the_written_side_lost_and_only_one_way():
         {"a1": info(SEEN)}, {}, [Pair(1, "a1", "b1", fs(SEEN), "d")], Policy("both", refill=True)
     )
     assert not both.copies
+
+
+@pytest.mark.parametrize(
+    "direction, delete, on_b, expected",
+    [
+        # The item changed at the source: copied again over the old copy...
+        ("pull", "keep", True, [("a", "A1", "B1")]),
+        ("both", "propagate", True, [("a", "A1", "B1")]),
+        # ... or in its place, where the old copy is gone (a run killed between the
+        # deletion of the old copy and the record of the new one): never a tombstone.
+        ("pull", "keep", False, [("a", "A1", None)]),
+        ("pull", "propagate", False, [("a", "A1", None)]),
+        # Nothing is written on b: nothing to replace.
+        ("push", "keep", True, []),
+    ],
+)
+def test_changed_items_are_copied_again(direction, delete, on_b, expected):
+    pair = Pair(1, "A1", "B1", fs())
+    other = Pair(2, "A2", "B2", fs())
+    listing_b = {"B2": info()} | ({"B1": info()} if on_b else {})
+    result = plan(
+        {"A1": info(), "A2": info()},
+        listing_b,
+        [pair, other],
+        Policy(direction, delete),
+        changed={"a": {"A1"}},
+    )
+    assert [(c.src, c.key, c.replaces) for c in result.copies] == expected
+    assert all(c.pair is pair for c in result.copies)
+    assert not result.deletes and not result.flags
+    if expected:
+        assert not result.bookkeeping
+
+
+def test_unchanged_items_are_not_copied_again():
+    pair = Pair(1, "A1", "B1", fs())
+    result = plan({"A1": info()}, {"B1": info()}, [pair], Policy("pull", "keep"), changed={})
+    assert result.is_empty()
