@@ -181,7 +181,7 @@ class FolderSync:
 
     # opening and listing ----------------------------------------------------------
     def _open(self, side: str, existing: dict[str, set[str]]) -> Folder | None:
-        kind = self.kind if side == "b" else "mail"
+        kind = self.kind  # (the folder's on whichever side has it: sync.py)
         name = self.local if side == "b" else self.name
         report, store = self.report, self.stores[side]
         # (A local folder named otherwise than its remote folder: Gmail's Sent, Archive.)

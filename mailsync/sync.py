@@ -93,8 +93,9 @@ class Syncer:
         existing = {side: set(self.stores[side].list_folders()) for side in ("a", "b")}
         for side in ("a", "b"):  # parts of a tree that hold mail but are no folder
             report_problems(self.policy, side, self.stores[side].problems, report.errors)
-        # Calendars and address books (EWS) become vdirs on the local side.
-        self.kinds = self.stores["a"].folder_kinds()
+        # Calendars and address books (EWS, Graph) become vdirs on the local side; a local
+        # vdir is a calendar on the remote side too, which a mail server cannot hold.
+        self.kinds = {**self.stores["b"].folder_kinds(), **self.stores["a"].folder_kinds()}
         self.renames = renames = follow_renames(
             self.state, self.stores, self.selection, existing, self.options.dry_run
         )

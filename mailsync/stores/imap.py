@@ -422,7 +422,7 @@ class IMAPStore(IMAPConnection, Store):
     def open_folder(self, name: str, create: bool = False, kind: str = "mail") -> IMAPFolder:
         if kind != "mail":
             raise FolderError(
-                f"{self.url}: cannot hold {kind} items; back them up into a Maildir tree"
+                f"{self.url}: cannot hold {kind} items ({name}); back them up into a Maildir tree"
             )
         if not self._listed:
             self.list_folders()

@@ -13,6 +13,8 @@ import pytest
 from fakeimap import FakeIMAPServer
 from imaptools import maildir_files, message, run, server_bodies, write_local
 
+from mailsync.stores.vdir import make_vdir
+
 PASSWORD = "secret"
 
 
@@ -26,22 +28,27 @@ class DotServer(FakeIMAPServer):
 
 
 def test_dry_run_names_a_folder_the_server_cannot_create(mailenv):
+    """A calendar cannot go to an IMAP server: the dry run says so as the real run finds.
+    A folder whose name holds the server's delimiter can: its name is escaped (and said)."""
     local = mailenv / "local"
     for folder in ("INBOX", "Lists.python", "Sent"):
         write_local(local, folder, message(1, folder))
+    make_vdir(str(local / "Calendar"), "calendar")
+    (local / "Calendar" / "event.ics").write_bytes(b"BEGIN:VCALENDAR\nEND:VCALENDAR\n")
     with DotServer() as fake:
         dry = run("push", "--dry-run", f"maildir:{local}", fake.url(), password=PASSWORD)
         assert dry.exit_code == 1, dry.output
         assert (
-            "Lists.python: cannot be created on the remote side: "
-            f"imap://fake@{fake.host}:{fake.port}: folder name 'Lists.python' contains '.'"
+            f"Calendar: cannot be created on the remote side: imap://fake@{fake.host}:"
+            f"{fake.port}: cannot hold calendar items"
         ) in dry.stderr
+        assert "Lists%2Epython -> Lists.python (escaped" in dry.output
         assert "Sent: would be created on the remote side" in dry.stdout
         assert not any(c.startswith(("CREATE", "APPEND")) for c in fake.commands())
         real = run("push", f"maildir:{local}", fake.url(), password=PASSWORD)
         assert real.exit_code == 1
-        assert "Lists.python" in real.stderr and "contains '.'" in real.stderr
-        assert sorted(fake.mailboxes) == ["INBOX", "Sent"]
+        assert "Calendar" in real.stderr and "cannot hold calendar items" in real.stderr
+        assert sorted(fake.mailboxes) == ["INBOX", "Lists%2Epython", "Sent"]
 
 
 # -- messages the server refuses ---------------------------------------------------------------
