@@ -525,8 +525,7 @@ def verify(obj, args, folder_patterns, name_map, as_json):
             problems.append(f"{f.unreadable} unreadable on the source, not checked")
         if f.error:
             problems = [f"NOT CHECKED: {f.error}"]
-        where = f.folder if f.dest_folder == f.folder else f"{f.folder} -> {f.dest_folder}"
-        line = f"{where}: {f.messages} messages, {', '.join(problems) or 'ok'}"
+        line = f"{f.folder}: {f.messages} messages, {', '.join(problems) or 'ok'}"
         if f.normalised and not f.error:
             line += f" ({f.normalised} differ only by the destination's normalisation)"
         click.echo(line)
