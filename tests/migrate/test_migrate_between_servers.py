@@ -1,0 +1,104 @@
+"""`mailsync migrate` between IMAP servers that name folders differently, message by
+message (bytes, flags, keywords, INTERNALDATE), and verify after it: the plain private
+Dovecot (``/``, no prefix) and the prefixed one (``INBOX.`` prefix, ``.`` delimiter),
+both ways, with DEST's special folders under localized names (Gesendete Objekte,
+Papierkorb) that Sent and Trash must reach."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from imaptools import Msg, message, run, seed, server_contents, when
+from test_migrate_imap import imap_url
+
+
+def fidelity(server, user, rename: dict[str, str] | None = None) -> dict[str, Counter]:
+    """folder -> Counter of (LF bytes, every flag and keyword, INTERNALDATE), the folders
+    named through `rename` (server name -> the name it is compared under), empty ones
+    left out."""
+    rename = rename or {}
+    return {
+        rename.get(folder, folder): messages
+        for folder, messages in server_contents(server, user, std_only=False).items()
+        if messages
+    }
+
+
+def corpus(prefix: str, delimiter: str) -> dict[str, list[Msg]]:
+    """A mailbox with keywords, dates, nested folders and duplicates, its folder names on
+    a server with this prefix and delimiter."""
+    return {
+        "INBOX": [
+            Msg(message(1), frozenset(), when(2019, 3, 4, 5, 6, 7)),
+            Msg(message(2), frozenset({"\\Seen", "\\Flagged", "Work"}), when(2020, offset_hours=5)),
+            Msg(message(2), frozenset({"\\Seen"}), when(2020, 2)),  # the same bytes again
+            Msg(message(3, extra=b"x" * 9000), frozenset({"\\Answered", "$Forwarded"}), when(2021)),
+        ],
+        f"{prefix}Sent": [Msg(message(10), frozenset({"\\Seen"}), when(2018))],
+        f"{prefix}Trash": [Msg(message(11), frozenset({"\\Seen", "\\Deleted"}), when(2017))],
+        f"{prefix}Archive{delimiter}2019": [
+            Msg(message(20 + n), frozenset({"\\Seen", "$Label1"}), when(2019, n + 1))
+            for n in range(3)
+        ],
+    }
+
+
+def migrate_and_check(source_server, source, dest_server, dest, expected_names):
+    src, dst = imap_url(source_server, source), imap_url(dest_server, dest)
+    before = fidelity(source_server, source)
+    result = run("migrate", "--json", src, dst)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["complete"] and report["copied"] == 9 and report["adopted"] == 0
+    assert fidelity(source_server, source) == before  # SOURCE untouched
+    assert fidelity(dest_server, dest) == fidelity(source_server, source, expected_names)
+    verified = run("verify", "--json", src, dst)
+    assert verified.exit_code == 0, verified.output
+    found = json.loads(verified.stdout)
+    assert (found["missing"], found["extra"], found["changed_flags"]) == (0, 0, 0)
+    again = json.loads(run("migrate", "--json", src, dst).stdout)
+    assert (again["copied"], again["adopted"], again["complete"]) == (0, 0, True)
+    return report
+
+
+def test_plain_to_prefixed_with_localized_special_folders(
+    dovecot_server, dovecot_prefixed_server, mailenv
+):
+    source = dovecot_server.add_user()
+    dest = dovecot_prefixed_server.add_user()
+    seed(dovecot_server, source, corpus("", "/"))
+    seed(dovecot_prefixed_server, dest, {"INBOX.Gesendete Objekte": [], "INBOX.Papierkorb": []})
+    report = migrate_and_check(
+        dovecot_server,
+        source,
+        dovecot_prefixed_server,
+        dest,
+        {
+            "Sent": "INBOX.Gesendete Objekte",
+            "Trash": "INBOX.Papierkorb",
+            "Archive/2019": "INBOX.Archive.2019",
+        },
+    )
+    folders = {f["folder"]: f["dest_folder"] for f in report["folders"]}
+    assert folders["Sent"] == "Gesendete Objekte" and folders["Trash"] == "Papierkorb"
+
+
+def test_prefixed_with_special_use_to_plain_with_localized_names(
+    dovecot_server, dovecot_prefixed_server, mailenv
+):
+    source = dovecot_prefixed_server.add_user(special_use=True)  # INBOX.Sent is \Sent, ...
+    dest = dovecot_server.add_user()
+    seed(dovecot_prefixed_server, source, corpus("INBOX.", "."))
+    seed(dovecot_server, dest, {"Gesendete Objekte": [], "Papierkorb": []})
+    migrate_and_check(
+        dovecot_prefixed_server,
+        source,
+        dovecot_server,
+        dest,
+        {
+            "INBOX.Sent": "Gesendete Objekte",
+            "INBOX.Trash": "Papierkorb",
+            "INBOX.Archive.2019": "Archive/2019",
+        },
+    )
