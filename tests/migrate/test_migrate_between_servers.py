@@ -2,14 +2,18 @@
 message (bytes, flags, keywords, INTERNALDATE), and verify after it: the plain private
 Dovecot (``/``, no prefix) and the prefixed one (``INBOX.`` prefix, ``.`` delimiter),
 both ways, with DEST's special folders under localized names (Gesendete Objekte,
-Papierkorb) that Sent and Trash must reach."""
+Papierkorb) that Sent and Trash must reach; pymap, another server, to Dovecot."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 
+import pytest
 from imaptools import Msg, message, run, seed, server_contents, when
+from test_imap_pymap import PASSWORD as PYMAP_PASSWORD
+from test_imap_pymap import Pymap
+from test_imap_pymap import contents as pymap_contents
 from test_migrate_imap import imap_url
 
 
@@ -102,3 +106,49 @@ def test_prefixed_with_special_use_to_plain_with_localized_names(
             "INBOX.Archive.2019": "Archive/2019",
         },
     )
+
+
+@pytest.fixture
+def pymap_server(tmp_path):
+    """pymap's in-memory server (as tests/imap/test_imap_pymap.py starts it)."""
+    server = Pymap(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pymap_to_dovecot(pymap_server, dovecot_server, mailenv):
+    """Another server implementation as SOURCE (pymap keeps no keywords: the system
+    flags are compared), a name with non-ASCII letters (modified UTF-7 on both)."""
+    dest = dovecot_server.add_user()
+    with pymap_server.client() as client:
+        for folder, messages in PYMAP_CORPUS.items():
+            if folder != "INBOX":
+                client.create_folder(folder)
+            for msg in messages:
+                client.append(folder, msg.wire, flags=sorted(msg.flags), msg_time=msg.date)
+        before = pymap_contents(client)
+    src = f"{pymap_server.url}&password_command=echo%20{PYMAP_PASSWORD}"
+    dst = imap_url(dovecot_server, dest)
+    result = run("migrate", "--json", src, dst)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["copied"] == 7
+    assert server_contents(dovecot_server, dest) == before
+    with pymap_server.client() as client:
+        assert pymap_contents(client) == before  # SOURCE untouched
+    verified = run("verify", "--json", src, dst)
+    assert verified.exit_code == 0, verified.output
+    found = json.loads(verified.stdout)
+    assert (found["missing"], found["extra"], found["changed_flags"]) == (0, 0, 0)
+
+
+PYMAP_CORPUS = {
+    "INBOX": [
+        Msg(message(1), frozenset({"\\Seen"}), when(2019, 3, 4, 5, 6, 7)),
+        Msg(message(2), frozenset({"\\Flagged", "\\Answered"}), when(2020, offset_hours=-5)),
+        Msg(message(1), frozenset(), when(2019, 3, 5)),  # the same bytes again
+    ],
+    "Archive/2019": [Msg(message(10 + i), frozenset({"\\Seen"}), when(2019)) for i in range(3)],
+    "Entwürfe": [Msg(message(20), frozenset({"\\Draft"}), when(2023))],
+}
