@@ -152,3 +152,34 @@ PYMAP_CORPUS = {
     "Archive/2019": [Msg(message(10 + i), frozenset({"\\Seen"}), when(2019)) for i in range(3)],
     "Entwürfe": [Msg(message(20), frozenset({"\\Draft"}), when(2023))],
 }
+
+
+def test_pop3_to_dovecot_imap_fills_inbox_only(dovecot_server, mailenv):
+    """POP3 (Dovecot's) as SOURCE: its maildrop, byte for byte, into DEST's INBOX; the
+    source's other IMAP folders are no POP3 mail; no flags to compare (POP3 has none,
+    and DEST's are left as the copy made them: none); verify and a rerun agree."""
+    source, dest = dovecot_server.add_user(), dovecot_server.add_user()
+    bodies = [
+        message(1),
+        message(1),  # twice in the maildrop: twice in DEST
+        message(2, extra=b".\n..leading dots\nFrom the start of a line\n"),
+        message(3, extra=b"y" * 20000 + b"\n"),
+    ]
+    seed(dovecot_server, source, {"INBOX": [Msg(body) for body in bodies]})
+    seed(dovecot_server, source, {"Other": [Msg(message(9))]})  # not in the maildrop
+    pop = f"{dovecot_server.url('pop3s', source)}?cafile={dovecot_server.cafile}"
+    src = f"{pop}&password_command=echo%20{source.password}"
+    dst = imap_url(dovecot_server, dest)
+    result = run("migrate", "--json", src, dst)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [f["folder"] for f in report["folders"]] == ["INBOX"]
+    assert report["copied"] == 4
+    on_dest = server_contents(dovecot_server, dest, std_only=False)
+    assert Counter(body for body, _, _ in on_dest["INBOX"].elements()) == Counter(bodies)
+    assert all(flags == frozenset() for _, flags, _ in on_dest["INBOX"])
+    assert {k for k, v in on_dest.items() if v} == {"INBOX"}
+    verified = run("verify", "--json", src, dst)
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["extra"] == 0
+    assert json.loads(run("migrate", "--json", src, dst).stdout)["copied"] == 0
