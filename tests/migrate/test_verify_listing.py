@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 
-from imaptools import Msg, connect, message, run, seed, when
+from imaptools import Msg, connect, file_flags, maildir_files, message, run, seed, when, write_local
 from test_migrate_imap import imap_url
 
+from mailsync import channel as channelmod
 from mailsync.verify import flags_agree, pair_by_content
 
 CORPUS = {
@@ -132,3 +133,36 @@ def test_flags_agree_takes_a_group_a_store_keeps_one_of_as_a_whole():
     assert not flags_agree(frozenset({"\\Answered"}), frozenset({"$Forwarded"}), group)
     assert not flags_agree(both, frozenset({"\\Answered", "\\Seen"}), frozenset())
     assert flags_agree(frozenset({"\\Seen"}), frozenset({"\\Seen"}), frozenset())
+
+
+def test_migrate_is_incomplete_while_source_flags_are_still_to_be_copied(mailenv, monkeypatch):
+    """SOURCE's flags change between the copy and the check (a mail reader on SOURCE,
+    mid-migration): DEST still has what the run gave it, so the flags are still to be
+    copied: incomplete, exit 1, named; the rerun copies them.  DEST's own change is
+    not (the test above)."""
+    src, dst = mailenv / "src", mailenv / "dst"
+    unread = write_local(src, "INBOX", message(1), mtime=1.6e9)
+    write_local(src, "INBOX", message(2), flags="S", mtime=1.6e9)
+    real_verify = channelmod.verify
+
+    def read_on_source_then_verify(*args, **kwargs):
+        unread.rename(unread.parent.parent / "cur" / f"{unread.name}:2,S")
+        monkeypatch.setattr(channelmod, "verify", real_verify)  # once
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(channelmod, "verify", read_on_source_then_verify)
+    result = run("migrate", src, dst)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert any(
+        line.startswith("  flags: ")
+        and '"message 1"' in line
+        and line.endswith("SOURCE \\Seen, DEST (none)")
+        for line in lines
+    ), lines
+    assert "incomplete: 1 messages in DEST lack SOURCE's flags" in result.output
+    again = run("migrate", "--json", src, dst)
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert (report["changed_flags"], report["flags_to_copy"], report["complete"]) == (0, 0, True)
+    assert all(file_flags(p) == frozenset({"\\Seen"}) for p in maildir_files(dst)["INBOX"])
