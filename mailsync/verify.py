@@ -228,7 +228,8 @@ def pair_by_content(
                 waiting.setdefault(digest, []).append(dest_key)
         unmatched = []
         for key in left:
-            candidates = waiting.get(prints[key][position]) if prints[key][position] else None
+            digest = prints[key][position]
+            candidates = waiting.get(digest) if digest is not None else None
             if not candidates:
                 unmatched.append(key)
                 continue
