@@ -161,7 +161,7 @@ def _check_folder(
         if dst is None:
             prints = _digests(src, keys, False)
             check.unreadable = len(keys) - len(prints)
-            check.missing.extend(_entry(src, check.folder, key) for key in keys if key in prints)
+            check.missing.extend(_entries(src, check.folder, [k for k in keys if k in prints]))
             return
         try:
             tolerant = dst.normalises
@@ -179,24 +179,28 @@ def _check_folder(
             )
             check.normalised = sum(exact is False for _, _, exact in pairs)
             check.present.extend(key for key, _, _ in pairs)
-            check.missing.extend(_entry(src, check.folder, key) for key in missing)
-            check.extra.extend(_entry(dst, check.dest_folder, key) for key in extra)
+            check.missing.extend(_entries(src, check.folder, missing))
             compared = compared_flags(src, dst)
+            groups = src.exclusive_flags | dst.exclusive_flags
+            differ: dict[str, dict[str, Any]] = {}  # DEST key -> what differs
             for key, dest_key, _ in pairs:
                 mine = compared(listing[key].flags)
                 theirs = compared(dest_listing[dest_key].flags)
-                groups = src.exclusive_flags | dst.exclusive_flags
                 if flags_agree(mine, theirs, groups):
                     continue
                 last = recorded.get((key, dest_key))
-                entry: dict[str, Any] = _entry(dst, check.dest_folder, dest_key)
-                entry.update(
-                    source_key=key,
-                    source_flags=sorted(mine),
-                    dest_flags=sorted(theirs),
-                    pending=last is None or flags_agree(compared(last), theirs, groups),
-                )
-                check.changed_flags.append(entry)
+                differ[dest_key] = {
+                    "source_key": key,
+                    "source_flags": sorted(mine),
+                    "dest_flags": sorted(theirs),
+                    "pending": last is None or flags_agree(compared(last), theirs, groups),
+                }
+            # One pass over DEST for the summaries of what is listed (pipelined where
+            # the store can): only these messages are read again.
+            listed = _entries(dst, check.dest_folder, [*extra, *differ])
+            check.extra.extend(listed[: len(extra)])
+            for entry in listed[len(extra) :]:
+                check.changed_flags.append({**entry, **differ[str(entry["key"])]})
         finally:
             dst.close()
     finally:
@@ -279,16 +283,17 @@ def _digests(folder: Folder, keys: list[str], tolerant: bool) -> dict[str, tuple
     }
 
 
-def _entry(folder: Folder, name: str, key: str) -> dict[str, str | None]:
-    """A listed message: its folder, key and summary()."""
-    return {"folder": name, "key": key, **_summary(folder, key)}
-
-
-def _summary(folder: Folder, key: str) -> dict[str, str | None]:
-    try:
-        return summary(folder.fetch(key))
-    except MessageError:  # read a moment ago: gone since
-        return {"date": None, "from": None, "subject": None, "message_id": None}
+def _entries(folder: Folder, name: str, keys: list[str]) -> list[dict[str, str | None]]:
+    """The listed messages, in the order of `keys`: folder, key and summary() of each,
+    read in one fetch_many() pass (pipelined by network stores).  One that cannot be
+    read (gone since it was listed) is named by its key alone."""
+    summaries = {
+        key: summary(data)
+        for key, data in folder.fetch_many(keys)
+        if not isinstance(data, MessageError)
+    }
+    unknown = {"date": None, "from": None, "subject": None, "message_id": None}
+    return [{"folder": name, "key": key, **summaries.get(key, unknown)} for key in keys]
 
 
 def flags_difference(entry: dict[str, Any]) -> str:
