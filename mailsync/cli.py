@@ -534,7 +534,8 @@ def verify(obj, args, folder_patterns, name_map, as_json):
         for m in f.extra:
             click.echo(f"  extra: {summary_line(m)}")
         for m in f.changed_flags:
-            click.echo(f"  flags: {summary_line(m)}: {flags_difference(m)}")
+            since = "" if m["pending"] else " (changed in DEST)"
+            click.echo(f"  flags{since}: {summary_line(m)}: {flags_difference(m)}")
     if result.missing:
         _error(
             f"{result.missing} messages of the source are not in the destination; "

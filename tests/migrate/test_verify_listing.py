@@ -79,7 +79,8 @@ def test_verify_lists_missing_extra_and_changed_flags_and_migrate_repairs_only_m
     assert "INBOX: 6 messages, 2 MISSING, 2 extra, 1 with other flags" in lines
     assert any(line.startswith("  extra: ") and '"message 99"' in line for line in lines)
     assert any(
-        line.startswith("  flags: ") and line.endswith(": SOURCE \\Seen, DEST \\Flagged \\Seen")
+        line.startswith("  flags (changed in DEST): ")
+        and line.endswith(": SOURCE \\Seen, DEST \\Flagged \\Seen")
         for line in lines
     )
 
