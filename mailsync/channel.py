@@ -42,7 +42,7 @@ from mailsync.state import State, default_state_dir, private_dir, state_file_nam
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
 from mailsync.stores.base import Store
 from mailsync.sync import Syncer
-from mailsync.verify import Verification
+from mailsync.verify import SyncedFlags, Verification
 from mailsync.verify import verify as verify_stores
 
 log = logging.getLogger("mailsync")
@@ -480,7 +480,27 @@ def verify(job: Job, directory: str, selection: Selection | None = None) -> Veri
         job.open_b(read_only=True) as dest,
     ):
         mapping = job_folder_map(job, source, dest, directory)
-        return verify_stores(source, dest, mapping, selection or Selection())
+        return verify_stores(
+            source, dest, mapping, selection or Selection(), synced_flags(job, directory)
+        )
+
+
+def synced_flags(job: Job, directory: str) -> SyncedFlags:
+    """The flags the job's state recorded for each pair of messages, by SOURCE folder
+    (verify tells by them whether a flag difference is still to be copied); empty
+    without a state.  Read without taking the channel's lock, as job_folder_map."""
+    path = state_path(directory, job)
+    if not os.path.exists(path):
+        return {}
+    with State(path, lock=False, create=False) as state:
+        return {
+            row.name_a: {
+                (pair.key_a, pair.key_b): pair.flags
+                for pair in state.pairs(row.id)
+                if pair.key_a is not None and pair.key_b is not None
+            }
+            for row in state.folders()
+        }
 
 
 def job_folder_map(job: Job, remote: Store, local: Store | None, directory: str) -> FolderMap:

@@ -41,6 +41,7 @@ from mailsync.message import summary_line
 from mailsync.migrate import MigrateOptions
 from mailsync.policy import Selection
 from mailsync.report import Report, size_text
+from mailsync.verify import flags_difference
 
 log = logging.getLogger("mailsync")
 
@@ -496,12 +497,13 @@ def _status_line(entry: dict) -> str:
 def verify(obj, args, folder_patterns, name_map, as_json):
     """Check that every message of SOURCE is in DEST, comparing content.
 
-    For a channel, SOURCE is its remote side and DEST its local side.  Flags are not
-    compared.  A copy that differs only as DEST normalises what it stores (an mbox's
-    final newline, an IMAP server's rewrites) counts, and is counted apart.  Each missing
-    message is named (date, sender, subject, Message-ID).  Folders are paired as the
-    sync pairs them.  Exit 1 when a message or a folder is missing on DEST, or could
-    not be read.
+    For a channel, SOURCE is its remote side and DEST its local side.  Each message
+    missing in DEST, extra in DEST (in no SOURCE message's place) or with other flags
+    there (in the flags both stores keep) is named: folder, date, sender, subject,
+    Message-ID.  A copy that differs only as DEST normalises what it stores (an mbox's
+    final newline, an IMAP server's rewrites) counts, and is counted apart.  Folders are
+    paired as the sync pairs them.  Exit 1 when a message or a folder is missing on
+    DEST, or could not be read; extra messages and changed flags are reported only.
     """
     job = channelmod.verify_job(obj.config, args, folder_patterns, name_map)
     result = channelmod.verify(job, obj.state_dir)
@@ -513,6 +515,10 @@ def verify(obj, args, folder_patterns, name_map, as_json):
         sys.exit(code)
     for f in result.folders:
         problems = [f"{len(f.missing)} MISSING"] if f.missing else []
+        if f.extra:
+            problems.append(f"{len(f.extra)} extra")
+        if f.changed_flags:
+            problems.append(f"{len(f.changed_flags)} with other flags")
         if not f.on_destination:
             problems.append(f"folder {f.dest_folder} NOT ON THE DESTINATION")
         if f.unreadable:
@@ -525,6 +531,11 @@ def verify(obj, args, folder_patterns, name_map, as_json):
         click.echo(line)
         for m in f.missing:
             click.echo(f"  missing: {summary_line(m)}")
+        for m in f.extra:
+            click.echo(f"  extra: {summary_line(m)}")
+        for m in f.changed_flags:
+            since = "" if m["pending"] else " (changed in DEST)"
+            click.echo(f"  flags{since}: {summary_line(m)}: {flags_difference(m)}")
     if result.missing:
         _error(
             f"{result.missing} messages of the source are not in the destination; "

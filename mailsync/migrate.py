@@ -28,7 +28,7 @@ from mailsync.policy import Selection
 from mailsync.ratelimit import RateLimit
 from mailsync.report import FolderReport, ProgressFactory, Report, size_text
 from mailsync.stores import mask_url
-from mailsync.verify import FolderCheck, Verification
+from mailsync.verify import FolderCheck, Verification, flags_difference
 
 log = logging.getLogger("mailsync")
 
@@ -76,10 +76,20 @@ class FolderMigration:
     planned: int | None = None  # --dry-run: the copies a run would make
     errors: list[str] = field(default_factory=list)
     missing_messages: list[dict[str, str | None]] = field(default_factory=list)
+    # In DEST and in no SOURCE message's place (mail that arrived there): reported only.
+    extra_messages: list[dict[str, str | None]] = field(default_factory=list)
+    # In both with other flags (verify.FolderCheck.changed_flags): incomplete only where
+    # SOURCE's flags are still to be copied (`pending`); a change made in DEST since the
+    # copy (a reader read the mail there) is reported, not undone and no failure.
+    changed_flags_messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def flags_to_copy(self) -> int:
+        return sum(1 for m in self.changed_flags_messages if m["pending"])
 
     @property
     def complete(self) -> bool:
-        return not self.missing and not self.errors
+        return not self.missing and not self.errors and not self.flags_to_copy
 
 
 @dataclass
@@ -106,8 +116,15 @@ class Migration:
     def missing(self) -> int:
         return sum(f.missing for f in self.folders)
 
+    @property
+    def flags_to_copy(self) -> int:
+        return sum(f.flags_to_copy for f in self.folders)
+
     def total(self, name: str) -> int:
         return sum(getattr(f, name) or 0 for f in self.folders)
+
+    def total_listed(self, name: str) -> int:
+        return sum(len(getattr(f, name)) for f in self.folders)
 
     @property
     def complete(self) -> bool:
@@ -131,6 +148,8 @@ class Migration:
         unreadable = [f.folder for f in self.folders if f.errors and not f.missing]
         if self.missing:
             why = f"{self.missing} of the {n} selected SOURCE messages are not in DEST"
+        elif self.flags_to_copy:
+            why = f"{self.flags_to_copy} messages in DEST lack SOURCE's flags"
         elif unreadable:
             why = f"{len(unreadable)} folders could not be checked or had errors"
         else:
@@ -158,6 +177,12 @@ class Migration:
             out.extend(f"  skipped: {why}" for why in f.skipped_why)
             if not self.dry_run:
                 out.extend(f"  missing: {summary_line(m)}" for m in f.missing_messages)
+                out.extend(f"  extra in DEST: {summary_line(m)}" for m in f.extra_messages)
+                out.extend(
+                    f"  flags{'' if m['pending'] else ' (changed in DEST)'}: "
+                    f"{summary_line(m)}: {flags_difference(m)}"
+                    for m in f.changed_flags_messages
+                )
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -165,7 +190,10 @@ class Migration:
             "source": self.source,
             "dest": self.dest,
             "dry_run": self.dry_run,
-            "folders": [{**vars(f), "complete": f.complete} for f in self.folders],
+            "folders": [
+                {**vars(f), "flags_to_copy": f.flags_to_copy, "complete": f.complete}
+                for f in self.folders
+            ],
             "messages": self.messages,
             "bytes": self.total("bytes"),
             "copied": self.total("copied"),
@@ -173,6 +201,9 @@ class Migration:
             "skipped": self.total("skipped"),
             "failed": self.total("failed"),
             "missing": self.missing,
+            "extra": self.total_listed("extra_messages"),
+            "changed_flags": self.total_listed("changed_flags_messages"),
+            "flags_to_copy": self.flags_to_copy,
             "deleted_from_source": self.total("deleted_from_source"),
             "errors": self.errors,
             "warnings": self.warnings,
@@ -259,7 +290,8 @@ def _migrate(
         return migration
     migration.checked = True
     _add_folders(migration, report, verification)
-    migration.exit_code = EXIT_PARTIAL if code == EXIT_OK and not verification.ok else code
+    whole = verification.ok and not migration.flags_to_copy
+    migration.exit_code = EXIT_PARTIAL if code == EXIT_OK and not whole else code
     if options.dry_run:
         migration.exit_code = code
     elif options.delete_source:
@@ -301,6 +333,8 @@ def _folder(name: str, ran: FolderReport | None, check: FolderCheck | None) -> F
     out.messages, out.bytes = check.messages, check.bytes
     out.missing = len(check.missing)
     out.missing_messages = check.missing
+    out.extra_messages = check.extra
+    out.changed_flags_messages = check.changed_flags
     if not check.on_destination and check.messages and not out.planned:
         out.errors.append(f"{name}: folder {check.dest_folder} is not in DEST")
     if check.unreadable:

@@ -116,9 +116,11 @@ class EWSStore(Store):
             for k in ("client_id", "tenant_id", "client_secret", "token_command")
             if k in opts
         }
-        opts.pop("password_command", None)  # read by net.get_password
-        if opts:
-            raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(opts))}")
+        # password_command stays in the endpoint's options: net.get_password reads it
+        # there when connecting (popped, a URL's or an accounts file's was never used).
+        unknown = set(opts) - {"password_command"}
+        if unknown:
+            raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(unknown))}")
         if self.auth == "oauth2" and not (
             self.oauth.get("token_command") or {"client_id", "client_secret"} <= set(self.oauth)
         ):

@@ -137,9 +137,11 @@ class POP3Store(Store):
         else:
             days = None
         self.max_size = parse_size(opts.pop("max_size", None), self.url)
-        opts.pop("password_command", None)  # read by net.get_password
-        if opts:
-            raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(opts))}")
+        # password_command stays in the endpoint's options: net.get_password reads it
+        # there when connecting (popped, a URL's or an accounts file's was never used).
+        unknown = set(opts) - {"password_command"}
+        if unknown:
+            raise ConfigError(f"store {self.url}: unknown option(s) {', '.join(sorted(unknown))}")
         self.auth = auth
         self.retention = (
             Retention(after_download=delete == "after-download", after_days=days)
