@@ -250,6 +250,31 @@ class Folder(ABC):
         return out
 
 
+class PagedFolder(Folder):
+    """A folder that reports its changes page by page (``paged``: EWS SyncFolderItems,
+    Graph delta): its listings are the pages of pages() put together."""
+
+    paged = True
+
+    def list(self) -> dict[str, Info]:
+        return self.list_since({}, {})
+
+    def list_since(self, cursor: Cursor, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
+        """The keys known at `cursor` (with the flags the state has), changed by the pages
+        since it; a void cursor starts a listing from scratch."""
+        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()} if cursor else {}
+        for page, _cursor in self.pages(cursor, known):
+            if page is None:  # the cursor is void: a full listing follows
+                listing = {}
+                continue
+            for key, info in page.items():
+                if info is None:
+                    listing.pop(key, None)
+                else:
+                    listing[key] = info
+        return listing
+
+
 class Store(ABC):
     url: str  # as given, without secrets
     read_only: bool = False

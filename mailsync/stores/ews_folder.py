@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from mailsync.errors import FolderError, MailsyncError, MessageError, RefusedError, StoreError
 from mailsync.message import ANSWERED, DELETED, DRAFT, FORWARDED, SEEN, Body, Info, to_lf
-from mailsync.stores.base import Folder
+from mailsync.stores.base import PagedFolder
 from mailsync.stores.ews_items import (
     LIST_FIELDS,
     _clean,
@@ -44,13 +44,12 @@ FETCH_BATCH_BYTES = 4 * 1024 * 1024  # MIME per GetItem, by item size
 FETCH_BATCH_MAX = 100
 
 
-class EWSFolder(Folder):
+class EWSFolder(PagedFolder):
     validity = ""  # ItemIds stay valid; an invalid SyncState is handled by a full listing
     # Exchange keeps a message as its own properties and makes its MIME again when asked:
     # what it gives back may differ from what CreateItem was given (folded headers,
     # encodings, added headers).  Copies to it are journaled and matched tolerantly.
     normalises = True
-    paged = True  # pages(): SyncFolderItems, one page at a time
     # \Answered and $Forwarded are one property, the last verb (PR_LAST_VERB_EXECUTED):
     # a message keeps one of the two (\Answered where both are to stay: set_flag_fields).
     exclusive_flags = frozenset({frozenset({ANSWERED, FORWARDED})})
@@ -179,22 +178,6 @@ class EWSFolder(Folder):
             self._sizes[key] = item.size or 0
         elif change == "create":
             log.debug("%s: skipping a %s (not mail)", self.name, type(item).__name__)
-
-    def list(self) -> dict[str, Info]:
-        return self.list_since({}, {})
-
-    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
-        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()} if cursor else {}
-        for page, _cursor in self.pages(cursor, known):
-            if page is None:  # the cursor is void: a full listing follows
-                listing = {}
-                continue
-            for key, info in page.items():
-                if info is None:
-                    listing.pop(key, None)
-                else:
-                    listing[key] = info
-        return listing
 
     def cursor(self) -> dict:
         return {"sync_state": self._sync_state} if self._sync_state else {}

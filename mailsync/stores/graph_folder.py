@@ -37,7 +37,7 @@ from urllib.parse import quote
 from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
 from mailsync.message import ANSWERED, DELETED, DRAFT, FLAGGED, FORWARDED, SEEN, Body, Info, to_lf
 from mailsync.stores import graph
-from mailsync.stores.base import Folder
+from mailsync.stores.base import PagedFolder
 from mailsync.stores.graph import MAX_CONCURRENT, GraphError, TooLarge
 
 if TYPE_CHECKING:
@@ -60,12 +60,11 @@ LIST_EXPAND = (
 VOID_DELTA = ("syncStateNotFound", "resyncRequired", "syncStateInvalid")
 
 
-class GraphFolder(Folder):
+class GraphFolder(PagedFolder):
     validity = ""  # immutable ids stay valid; a void delta link means a full listing
     # Exchange keeps a message as its properties and makes its MIME again when asked:
     # $value may differ from what was once delivered (folded headers, encodings).
     normalises = True
-    paged = True  # pages(): messages/delta, one page at a time
     # \Answered and $Forwarded are one property, the last verb (PR_LAST_VERB_EXECUTED).
     exclusive_flags = frozenset({frozenset({ANSWERED, FORWARDED})})
 
@@ -165,22 +164,6 @@ class GraphFolder(Folder):
         changekey = entry.get("changeKey")
         if isinstance(changekey, str):
             self._changekeys[key] = changekey
-
-    def list(self) -> dict[str, Info]:
-        return self.list_since({}, {})
-
-    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
-        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()} if cursor else {}
-        for page, _cursor in self.pages(cursor, known):
-            if page is None:  # the link is void: a full listing follows
-                listing = {}
-                continue
-            for key, info in page.items():
-                if info is None:
-                    listing.pop(key, None)
-                else:
-                    listing[key] = info
-        return listing
 
     def cursor(self) -> dict:
         return {"link": self._link} if self._link else {}

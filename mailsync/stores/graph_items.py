@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from mailsync.errors import FolderError, MailsyncError, MessageError, StoreError
 from mailsync.message import Body, Info, to_lf
-from mailsync.stores.base import Folder
+from mailsync.stores.base import PagedFolder
 from mailsync.stores.graph import GraphError, TooLarge
 from mailsync.stores.graph_folder import PAGE_SIZE, VOID_DELTA, _json_object, _when
 
@@ -41,13 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync")
 
 
-class GraphItemsFolder(Folder):
+class GraphItemsFolder(PagedFolder):
     """A calendar (`kind` "calendar") or contact folder ("contacts") of the mailbox.
     `collection`: its URL relative to the mailbox (``calendars/ID``, ``contactFolders/ID``,
     or ``contacts``'s parent "" for the default contact folder)."""
 
     validity = ""
-    paged = True
     mutable_items = True
 
     def __init__(self, store: GraphStore, name: str, kind: str, collection: str):
@@ -173,22 +172,6 @@ class GraphItemsFolder(Folder):
     def recall_versions(self, versions: Mapping[str, str]) -> None:
         for key, version in versions.items():
             self._versions.setdefault(key, version)
-
-    def list(self) -> dict[str, Info]:
-        return self.list_since({}, {})
-
-    def list_since(self, cursor: dict, known: Mapping[str, frozenset[str]]) -> dict[str, Info]:
-        listing = {key: Info(flags, 0, 0.0) for key, flags in known.items()} if cursor else {}
-        for page, _cursor in self.pages(cursor, known):
-            if page is None:
-                listing = {}
-                continue
-            for key, info in page.items():
-                if info is None:
-                    listing.pop(key, None)
-                else:
-                    listing[key] = info
-        return listing
 
     def cursor(self) -> dict:
         return {"link": self._link} if self._link else {}
