@@ -174,8 +174,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from lxml import etree
+from servers.httpfake import HOST, ThreadedHTTPFake
 
-HOST = "127.0.0.1"
 SOAPNS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12NS = "http://www.w3.org/2003/05/soap-envelope"
 MNS = "http://schemas.microsoft.com/exchange/services/2006/messages"
@@ -1013,7 +1013,7 @@ class _Ctx:
     details: dict
 
 
-class FakeEWS:
+class FakeEWS(ThreadedHTTPFake):
     """The fake server.  ``FakeEWS(user, password, *, page_size_limit=512, ssl_context=None,
     drafts_by_default=False)``; ``start()``/``stop()`` or a ``with`` block.  See the module
     docstring for the protocol and the test API."""
@@ -1104,56 +1104,8 @@ class FakeEWS:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> FakeEWS:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
-        if self.ssl_context is not None:
-            self._server.socket = self.ssl_context.wrap_socket(
-                self._server.socket, server_side=True
-            )
-        self.port = self._server.server_address[1]
-        scheme = "https" if self.ssl_context is not None else "http"
-        self.url = f"{scheme}://{HOST}:{self.port}/EWS/Exchange.asmx"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fakeews", daemon=True
-        )
-        self._thread.start()
+        self.url = self._serve(_Handler, "fakeews") + "/EWS/Exchange.asmx"
         return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeEWS:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     # ---------------------------------------------------------------- ids and logs
 

@@ -222,7 +222,8 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-HOST = "127.0.0.1"
+from servers.httpfake import ThreadedHTTPFake
+
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 JSON_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true; charset=utf-8"
 DEFAULT_PAGE_SIZE = 10
@@ -598,7 +599,7 @@ class _Throttle:
         return GraphError(self.status, code, text, headers)
 
 
-class FakeGraph:
+class FakeGraph(ThreadedHTTPFake):
     """The fake server; see the module docstring for the protocol and the test API."""
 
     def __init__(
@@ -660,58 +661,14 @@ class FakeGraph:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> FakeGraph:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
-        if self.ssl_context is not None:
-            self._server.socket = self.ssl_context.wrap_socket(
-                self._server.socket, server_side=True
-            )
-        self.port = self._server.server_address[1]
-        scheme = "https" if self.ssl_context is not None else "http"
-        self.url = f"{scheme}://{HOST}:{self.port}"
+        self.url = self._serve(_Handler, "fakegraph")
         self.base = self.url + "/v1.0"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fakegraph", daemon=True
-        )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._gate.set()
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> FakeGraph:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
+        if self._server is not None:
+            self._gate.set()
+        super().stop()
 
     # ---------------------------------------------------------------- ids
 
