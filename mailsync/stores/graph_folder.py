@@ -60,6 +60,20 @@ LIST_EXPAND = (
 VOID_DELTA = ("syncStateNotFound", "resyncRequired", "syncStateInvalid")
 
 
+def delta_page(content: bytes, where: str) -> tuple[list[dict], str | None, str]:
+    """One page of a Graph delta round: (its entries, the nextLink to go on from or None
+    on the last page, the deltaLink that ends the round: "" before it).  FolderError for
+    a page that has neither link."""
+    answer = _json_object(content, where)
+    entries = [entry for entry in answer.get("value") or () if isinstance(entry, dict)]
+    next_link, delta_link = answer.get("@odata.nextLink"), answer.get("@odata.deltaLink")
+    if isinstance(next_link, str) and next_link:
+        return entries, next_link, ""
+    if not isinstance(delta_link, str) or not delta_link:
+        raise FolderError(f"{where}: Graph's delta page has neither nextLink nor deltaLink")
+    return entries, None, delta_link
+
+
 class GraphFolder(PagedFolder):
     validity = ""  # immutable ids stay valid; a void delta link means a full listing
     # Exchange keeps a message as its properties and makes its MIME again when asked:
@@ -129,21 +143,15 @@ class GraphFolder(PagedFolder):
                 yield None, {}
                 yield from self.pages({}, known)
                 return
-            answer = _json_object(content, self.where)
+            entries, next_link, delta_link = delta_page(content, self.where)
             page: dict[str, Info | None] = {}
-            for entry in answer.get("value") or ():
-                if isinstance(entry, dict):
-                    self._apply(page, entry)
+            for entry in entries:
+                self._apply(page, entry)
             pages += 1
-            next_link, delta_link = answer.get("@odata.nextLink"), answer.get("@odata.deltaLink")
-            if isinstance(next_link, str) and next_link:
+            if next_link:
                 yield page, {"link": next_link}
                 url, params = next_link, None
                 continue
-            if not isinstance(delta_link, str) or not delta_link:
-                raise FolderError(
-                    f"{self.where}: Graph's delta page has neither nextLink nor deltaLink"
-                )
             self._link = delta_link
             yield page, {"link": delta_link}
             break

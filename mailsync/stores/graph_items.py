@@ -33,7 +33,7 @@ from mailsync.errors import FolderError, MailsyncError, MessageError, StoreError
 from mailsync.message import Body, Info, to_lf
 from mailsync.stores.base import PagedFolder
 from mailsync.stores.graph import GraphError, TooLarge
-from mailsync.stores.graph_folder import PAGE_SIZE, VOID_DELTA, _json_object, _when
+from mailsync.stores.graph_folder import PAGE_SIZE, VOID_DELTA, _json_object, _when, delta_page
 
 if TYPE_CHECKING:
     from mailsync.stores.graph import GraphStore
@@ -111,20 +111,14 @@ class GraphItemsFolder(PagedFolder):
                 raise FolderError(str(error))
             except TooLarge as error:
                 raise FolderError(str(error))
-            answer = _json_object(content, self.where)
+            entries, next_link, delta_link = delta_page(content, self.where)
             page: dict[str, Info | None] = {}
-            for entry in answer.get("value") or ():
-                if isinstance(entry, dict):
-                    self._apply(page, entry, known)
-            next_link, delta_link = answer.get("@odata.nextLink"), answer.get("@odata.deltaLink")
-            if isinstance(next_link, str) and next_link:
+            for entry in entries:
+                self._apply(page, entry, known)
+            if next_link:
                 yield page, {"link": next_link}
                 url, params = next_link, None
                 continue
-            if not isinstance(delta_link, str) or not delta_link:
-                raise FolderError(
-                    f"{self.where}: Graph's delta page has neither nextLink nor deltaLink"
-                )
             self._link = delta_link
             yield page, {"link": delta_link}
             return
