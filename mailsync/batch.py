@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import csv
 import logging
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,6 +259,10 @@ def run_accounts(
             rows.append(run_account(account, directory, options))
             done(rows[-1])
         return rows
+    # (Imported here: multiprocessing costs every command's start-up some 10 ms.)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     level = logging.getLogger("mailsync").getEffectiveLevel()
     with ProcessPoolExecutor(
         min(parallel, len(accounts)),

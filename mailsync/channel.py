@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -316,6 +315,8 @@ def run(
     if options.dry_run:
         # The engine records folders in the state as it goes (and a State creates its
         # file): a dry run works on a snapshot of the state, so it writes nothing.
+        import tempfile  # (only dry runs need it: not on every start-up)
+
         with tempfile.TemporaryDirectory(prefix="mailsync-dry-run-") as scratch:
             snapshot_state(job, directory, scratch)
             return _run(job, command, scratch, options, progress, show_report, show_error)

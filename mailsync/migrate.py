@@ -14,7 +14,6 @@ Nothing here prints; cli.py formats a Migration, and batch.py runs many.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,6 +237,8 @@ def migrate(
     if options.dry_run:
         # A dry migration works on a snapshot of the state (as channel.run does), also
         # for the check after it, so it writes nothing.
+        import tempfile  # (only dry runs need it: not on every start-up)
+
         with tempfile.TemporaryDirectory(prefix="mailsync-dry-run-") as scratch:
             channelmod.snapshot_state(job, directory, scratch)
             return _migrate(job, scratch, options, progress, show_error)
