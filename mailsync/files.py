@@ -39,6 +39,8 @@ def make_private_dirs(path: str, dirty: set[str] | None = None) -> None:
     current = path
     while not os.path.isdir(current):
         if os.path.lexists(current):
+            if os.path.isdir(current):  # made by another thread after the test above
+                break
             raise FolderError(f"{current} exists and is not a directory; move it away")
         missing.append(current)
         parent = os.path.dirname(current)

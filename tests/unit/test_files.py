@@ -123,3 +123,23 @@ def test_pid_alive():
     assert files.pid_alive(os.getpid())
     assert files.pid_alive(1)  # init: alive, whoever owns it
     assert not files.pid_alive(2**22 + 1)  # above pid_max on Linux
+
+
+def test_a_directory_made_by_another_thread_meanwhile_is_no_error(tmp_path, monkeypatch):
+    """Four folders created at once (--jobs 4) under a root none has made yet: between
+    one thread's isdir() and its lexists() another makes the root; that is a directory,
+    not "something in the way" (a run failed a folder so, exit 1)."""
+    root = tmp_path / "Mail"
+    real_isdir = os.path.isdir
+    raced = []
+
+    def isdir(path):
+        if str(path) == str(root) and not raced:
+            raced.append(path)
+            os.mkdir(root, 0o700)  # the other thread, right after this look
+            return False
+        return real_isdir(path)
+
+    monkeypatch.setattr(files.os.path, "isdir", isdir)
+    files.make_private_dirs(str(root / "INBOX"))
+    assert real_isdir(root / "INBOX") and raced
