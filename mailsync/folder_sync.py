@@ -158,6 +158,7 @@ class FolderSync:
         self.written: set[str] = set()  # sides this run changed
         self.arrived: set[str] = set()  # local keys this run copied in
         self.listed_in_full = False  # the remote folder was listed without a cursor
+        self.from_state: set[str] = set()  # sides whose listing the state stood in for
 
     def run(self, existing: dict[str, set[str]]) -> FolderReport:
         """Sync the pair; `existing`: each side's folder names.  Errors of a message go
@@ -243,6 +244,7 @@ class FolderSync:
                 key: Info(p.flags, 0, 0.0) for p in pairs if (key := p.key(side)) is not None
             }
             log.debug("%s: side %s unchanged since the last run", self.fstate.name_a, side)
+            self.from_state.add(side)
             return listing, cursor
         if cursor:
             known = {key: p.flags for p in pairs if (key := p.key(side)) is not None}
@@ -251,6 +253,26 @@ class FolderSync:
             listing = folder.list()
             self.listed_in_full = self.listed_in_full or side == "a"
         return listing, folder.cursor()
+
+    def _relist_for_refill(self, pairs: list[Pair], cursors: dict[str, Cursor]) -> None:
+        """A message lost on one side and copied again from the other (Policy.refill)
+        needs its arrival date, which a listing the state stood in for does not have
+        (the copy would get the Date: header's time instead of INTERNALDATE): that side
+        is listed for real when the other lost a message."""
+        if not self.policy.refill:
+            return
+        for side in sorted(self.from_state):
+            gone, folder = other(side), self.folders[side]
+            lost = any(
+                (key := p.key(gone)) is not None
+                and key not in self.listings[gone]
+                and p.key(side) is not None
+                for p in pairs
+            )
+            if lost and folder is not None:
+                log.debug("%s: side %s listed for a message to copy again", self.name, side)
+                self.listings[side], cursors[side] = folder.list(), folder.cursor()
+                self.from_state.discard(side)
 
     # the whole folder at once -----------------------------------------------------
     def _sync_open(self) -> FolderReport:
@@ -277,6 +299,7 @@ class FolderSync:
         listings, cursors = self.listings, {}
         for side in ("a", "b"):
             listings[side], cursors[side] = self.list_side(side, pairs)
+        self._relist_for_refill(pairs, cursors)
         self._check_validities()
         self.pairs = pairs = state.pairs(fstate.id)
         self._learn_account_ids()

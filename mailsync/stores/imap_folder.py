@@ -5,7 +5,8 @@ mid-run (FolderError: the next run re-matches).  What it does on the wire:
 
 * listings fetch FLAGS, RFC822.SIZE and INTERNALDATE; with CONDSTORE a rerun asks only
   for what changed since the last HIGHESTMODSEQ (plus the UID list, to see expunges), and
-  a folder whose STATUS is unchanged is not even selected;
+  a folder whose STATUS is unchanged is not even selected, and one this run only
+  appended to proves it (cursor_after_writes), so the next run need not list it either;
 * bodies with ``UID FETCH ... BODY.PEEK[]`` (never marks mail read) in batches bounded
   by bytes; every FETCH response is kept by its UID (never by sequence number).  A body
   above FETCH_LARGE_BYTES comes in pieces (``BODY.PEEK[]<offset.length>``), each turned
@@ -124,6 +125,10 @@ class IMAPFolder(Folder):
         self._flag_ops: dict[tuple[frozenset, frozenset], list[int]] = {}
         self._deletions: list[int] = []
         self._uids_assigned: set[int] = set()
+        # What this object appended (UID -> the flags the server was asked to keep), and
+        # whether it changed anything else: cursor_after_writes() proves the rest.
+        self._appended: dict[int, frozenset[str]] = {}
+        self._other_writes = False
         self._high_uid: int | None = None  # without UIDPLUS: highest UID before our APPENDs
         self._unannounced = False  # appended to since the server last told what it holds
         self._limit: tuple[int | None] | None = None  # (APPENDLIMIT,) once asked
@@ -250,6 +255,55 @@ class IMAPFolder(Folder):
             self._permanent = normalise_flags(f for f in permanent if f != "\\*")
         self._cursor = dict(cursor)
         return True
+
+    def cursor_after_writes(self) -> dict:
+        """After appends only (no flag changes or deletions of ours): the folder as it
+        is now, proven to hold nothing but the listing plus our appends.  A new SELECT
+        gives UIDNEXT, EXISTS and HIGHESTMODSEQ; then every message changed since the
+        listing's HIGHESTMODSEQ (CHANGEDSINCE, RFC 7162) must be one we appended, with
+        the flags we sent.  A change by anyone else before that FETCH shows in it or in
+        the counts; one after it has a higher MODSEQ than the cursor.  Else {}: the next
+        run lists the folder (always safe)."""
+        pre, appended = self._cursor, self._appended
+        if (
+            self._other_writes
+            or self._flag_ops
+            or self._deletions
+            or not appended
+            or "highestmodseq" not in pre
+            or not self.store.has("CONDSTORE")
+            or not self.store.has("UIDPLUS")
+            or type(self).append is not IMAPFolder.append  # (Gmail's append does more)
+            or not isinstance(pre.get("messages"), int)
+            or not isinstance(pre.get("uidnext"), int)
+        ):
+            return {}
+        try:
+            # A fresh SELECT, not STATUS: Dovecot answers STATUS of the selected folder
+            # from this session's view, which has not heard of another's EXPUNGE yet.
+            info = self._fresh_select()
+            if (
+                info.get("UIDVALIDITY") != pre.get("uidvalidity")
+                or info.get("EXISTS") != pre["messages"] + len(appended)
+                or info.get("UIDNEXT") != max(appended) + 1
+                or min(appended) < pre["uidnext"]
+                or not isinstance(info.get("HIGHESTMODSEQ"), int)
+            ):
+                return {}
+            changed = self._fetch_meta("1:*", modifiers=[f"CHANGEDSINCE {pre['highestmodseq']}"])
+        except MailsyncError as error:
+            log.debug("%s: no cursor after writes: %s", self.name, error)
+            return {}
+        if changed.keys() != {str(uid) for uid in appended} or any(
+            changed[str(uid)].flags != normalise_flags(flags) for uid, flags in appended.items()
+        ):
+            return {}
+        return {
+            **pre,
+            "uidnext": info["UIDNEXT"],
+            "messages": info["EXISTS"],
+            "highestmodseq": info["HIGHESTMODSEQ"],
+        }
 
     def _take_cursor(self) -> None:
         info = self._info or {}
@@ -453,6 +507,7 @@ class IMAPFolder(Folder):
             self._high_uid = max(self._high_uid or 0, uid)
         self._sizes[uid] = len(wire)
         self._uids_assigned.add(uid)
+        self._appended[uid] = frozenset(keep)
         return str(uid)
 
     def append_many(
@@ -527,6 +582,7 @@ class IMAPFolder(Folder):
             self._unannounced = True
             self._sizes[uid] = len(wires[n][0])
             self._uids_assigned.add(uid)
+            self._appended[uid] = frozenset(wires[n][1])
             out.append(str(uid))
         return out
 
@@ -627,6 +683,7 @@ class IMAPFolder(Folder):
             return
         flag_ops, deletions = self._flag_ops, self._deletions
         self._flag_ops, self._deletions = {}, []  # a failure drops them: nothing recorded
+        self._other_writes = True
         self._select_appended()
         try:
             for (add, remove), uids in flag_ops.items():

@@ -371,7 +371,8 @@ def test_upgrade_killed_at_every_step_then_rerun(cyrus_server, mailenv, monkeypa
         with monkeypatch.context() as patch:
             old_mapping(patch)
             patch.setenv("XDG_STATE_HOME", str(work / "state"))
-            assert mailsync("pull", url, dest, user=user).exit_code == 0
+            first = mailsync("pull", url, dest, user=user)
+            assert first.exit_code == 0, first.output
         crashed = run_process("-vv", "pull", url, dest, password=user.password,
                               state=work / "state", crash_at=step)  # fmt: skip
         if crashed.returncode == 0:  # no step left to crash at

@@ -268,3 +268,80 @@ def test_an_unknown_option_is_refused_before_anything_connects(tmp_path):
         assert "unknown option(s) colour, token_comand" in result.output
         with pytest.raises(BlockingIOError):
             listener.accept()
+
+
+# -- a cursor after our own appends ------------------------------------------------------
+
+
+def _flag_an_appended_message(client, old, ours):
+    client.add_flags([ours[0]], [b"\\Flagged"])
+
+
+def _flag_an_old_message(client, old, ours):
+    client.add_flags([old[0]], [b"\\Seen"])
+
+
+def _append_another(client, old, ours):
+    client.append("INBOX", message(99).replace(b"\n", b"\r\n"), msg_time=when(2024))
+
+
+def _expunge_an_old_message(client, old, ours):
+    client.add_flags([old[1]], [b"\\Deleted"])
+    client.uid_expunge([old[1]])
+
+
+@pytest.mark.parametrize(
+    "meddle",
+    [None, _flag_an_appended_message, _flag_an_old_message, _append_another,
+     _expunge_an_old_message],
+    ids=lambda m: m.__name__.strip("_") if m else "nobody-else",
+)  # fmt: skip
+def test_cursor_after_appends_vouches_only_for_our_own(dovecot_server, meddle):
+    """After a run that only appended, the folder gives a cursor as it is now (so the next
+    run need not list it), but only if nobody else changed it meanwhile."""
+    user = dovecot_server.add_user()
+    seed(
+        dovecot_server,
+        user,
+        {"INBOX": [Msg(message(i), frozenset(), when(2020)) for i in range(3)]},
+    )
+    with store_for(dovecot_server, user) as store:
+        folder = store.open_folder("INBOX")
+        old = sorted(map(int, folder.list()))
+        ours = [
+            int(folder.append(message(10 + i), frozenset({"\\Seen", "kw"}), when(2021).timestamp()))
+            for i in range(2)
+        ]
+        if meddle is not None:
+            with connect(dovecot_server, user) as client:
+                client.select_folder("INBOX")
+                meddle(client, old, ours)
+        cursor = folder.cursor_after_writes()
+    if meddle is not None:
+        assert cursor == {}
+        return
+    assert cursor["uidnext"] == ours[-1] + 1 and cursor["messages"] == 5
+    with store_for(dovecot_server, user, read_only=True) as store:
+        assert store.open_folder("INBOX").unchanged(cursor)  # the next run: STATUS only
+    with connect(dovecot_server, user) as client:  # and a later change still shows
+        client.select_folder("INBOX")
+        client.add_flags([ours[1]], [b"\\Answered"])
+    with store_for(dovecot_server, user, read_only=True) as store:
+        assert not store.open_folder("INBOX").unchanged(cursor)
+
+
+def test_no_cursor_after_writes_other_than_appends(dovecot_server):
+    user = dovecot_server.add_user()
+    seed(
+        dovecot_server,
+        user,
+        {"INBOX": [Msg(message(i), frozenset(), when(2020)) for i in range(2)]},
+    )
+    with store_for(dovecot_server, user) as store:
+        folder = store.open_folder("INBOX")
+        first = sorted(folder.list(), key=int)
+        folder.append(message(10), frozenset(), when(2021).timestamp())
+        folder.set_flags(first[0], frozenset({"\\Seen"}), frozenset())
+        assert folder.cursor_after_writes() == {}
+        folder.flush()
+        assert folder.cursor_after_writes() == {}

@@ -9,6 +9,7 @@ import json
 from collections import Counter
 
 from imaptools import (
+    CommandSpy,
     Msg,
     connect,
     maildir_bodies,
@@ -98,6 +99,29 @@ def test_imap_to_imap_copies_bytes_flags_and_dates_and_leaves_source_untouched(
     assert (report["copied"], report["adopted"], report["messages"]) == (0, 0, 8)
     assert contents(raw_messages(dovecot_server, dest)) == contents(before)
     assert raw_messages(dovecot_server, source) == before
+
+
+def test_a_rerun_of_a_pull_between_servers_selects_no_folder(dovecot_server, mailenv, monkeypatch):
+    """The destination a run only appended to vouches for itself (cursor_after_writes):
+    the first rerun with nothing new is STATUS on both sides, as a rerun into Maildir."""
+    source, dest = dovecot_server.add_user(), dovecot_server.add_user()
+    seed(dovecot_server, source, CORPUS)
+    urls = imap_url(dovecot_server, source), imap_url(dovecot_server, dest)
+    assert run("pull", *urls).exit_code == 0
+    spy = CommandSpy(monkeypatch)
+    again = run("pull", *urls)
+    assert again.exit_code == 0, again.output
+    assert spy.count("SELECT", "EXAMINE") == 0, spy.commands
+    assert not any(c.startswith("UID FETCH") for c in spy.commands), spy.commands
+    with connect(dovecot_server, dest) as client:  # a change in DEST is still seen
+        client.select_folder("INBOX")
+        client.add_flags(client.search(["ALL"])[:1], [b"\\Deleted"])
+        client.expunge()
+    third = run("migrate", *urls)  # (which copies again what DEST lost)
+    assert third.exit_code == 0, third.output
+    assert contents(raw_messages(dovecot_server, dest)) == contents(
+        raw_messages(dovecot_server, source)
+    )
 
 
 def test_delete_source_keeps_what_dest_refused(dovecot_server, mailenv):
