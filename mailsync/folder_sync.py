@@ -294,7 +294,7 @@ class FolderSync:
             try:
                 return sync_pages(self)
             except Relist:
-                fstate.cursor_a = {}  # the source forgot the cursor: list it all, below
+                fstate.cursor_a = {}  # list the source in full, below
         pairs = state.pairs(fstate.id)
         listings, cursors = self.listings, {}
         for side in ("a", "b"):

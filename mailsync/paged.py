@@ -4,7 +4,8 @@ one page: the messages of each page are planned, copied, made durable and record
 the source's cursor after that page is saved with them.  A page with an error stops the
 cursor there (the next run sees those changes again; what was recorded is not copied
 twice).  One step of folder_sync.FolderSync, which falls back to listing the folder in
-full when the source forgot the cursor (Relist).
+full when the source forgot the cursor, or when a migration must copy again what the
+destination lost (Relist).
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def sync_pages(fs: FolderSync) -> FolderReport:
     fstate, state, report, options = fs.fstate, fs.state, fs.report, fs.options
     pairs = fs.pairs = state.pairs(fstate.id)  # grows with the pairs the pages record
     listing_b, cursor_b = fs.list_side("b", pairs)
+    if fs.policy.refill and any(
+        p.key_a is not None and p.key_b is not None and p.key_b not in listing_b for p in pairs
+    ):
+        # A message lost in DEST is copied again (migrate): the pages tell only what
+        # changed at the source, so the source is listed in full this once.
+        raise Relist()
     fstate.validity_a, fstate.validity_b = folder_a.validity, folder_b.validity
     fs.relinked, fs.written, fs.arrived = set(), set(), set()
     by_a = {p.key_a: p for p in pairs if p.key_a is not None}

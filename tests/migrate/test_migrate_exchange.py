@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 from fakeews import FakeEWS
-from imaptools import Msg, message, run, seed, server_contents, when
+from imaptools import Msg, connect, message, run, seed, server_contents, when
 from test_ews_refusals import RefusingEWS
 from test_migrate_imap import imap_url
 
@@ -91,6 +91,26 @@ def test_exchange_to_dovecot(fake_ews, dovecot_server, mailenv):
     found = json.loads(verified.stdout)
     assert (found["missing"], found["extra"], found["changed_flags"]) == (0, 0, 0)
     assert json.loads(run("migrate", "--json", src, dst).stdout)["copied"] == 0
+
+
+def test_a_message_lost_in_dest_is_copied_again_from_exchange(fake_ews, dovecot_server, mailenv):
+    """Exchange lists by pages of changes, which do not show a message DEST lost since:
+    migrate lists the source in full then, and copies it again with its arrival date."""
+    fake_ews.add_item("inbox", message(1), received=when(2019, 3, 4, 5, 6, 7))
+    fake_ews.add_item("inbox", message(2), received=when(2020))
+    before = ews_contents(fake_ews, {"INBOX": "inbox"})
+    dest = dovecot_server.add_user()
+    src, dst = ews_url(fake_ews), imap_url(dovecot_server, dest)
+    assert run("migrate", src, dst).exit_code == 0
+    with connect(dovecot_server, dest) as client:
+        client.select_folder("INBOX")
+        client.add_flags(client.search(["ALL"])[:1], [b"\\Deleted"])
+        client.expunge()
+    result = run("migrate", "--json", src, dst)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["copied"] == 1
+    on_dovecot = server_contents(dovecot_server, dest, std_only=False)
+    assert {k: v for k, v in on_dovecot.items() if v} == before
 
 
 def test_dovecot_to_exchange_keeps_what_exchange_can_and_names_a_refusal(
