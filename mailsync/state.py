@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsync")
 
 # The columns of a pairs row that Pair takes, in its order (Pair(*row) after the flags).
+#: Meta entries kept per folder, named NOTE:FOLDER_ID (folder_sync.py writes them).
+FOLDER_NOTES = ("clean", "refused", "account-ids")
+
 _PAIR_COLUMNS = "id, key_a, key_b, flags, hash, ident, added, version_a, account_id_a"
 
 
@@ -389,6 +392,10 @@ class State:
         for table in ("pairs", "pending", "refused"):
             self.db.execute(f"DELETE FROM {table} WHERE folder_id = ?", (folder.id,))
         self.db.execute("DELETE FROM folders WHERE id = ?", (folder.id,))
+        # Its notes too: SQLite gives the next new folder this id again (no AUTOINCREMENT),
+        # which must not inherit "clean", "refused" (deletions refused) or "account-ids".
+        for note in FOLDER_NOTES:
+            self.db.execute("DELETE FROM meta WHERE name = ?", (f"{note}:{folder.id}",))
 
     # Moves of local folders (a remote folder was renamed) go through a journal: the move
     # is recorded before the disk is touched, and done with (every local name below the

@@ -84,3 +84,21 @@ def test_a_folder_holds_nothing_until_it_knows_a_message(state, what):
     state.commit()
     assert state.folders() == []
     assert state.holds_nothing(folder.id)
+
+
+def test_a_forgotten_folders_notes_go_with_it(state):
+    """SQLite gives the next folder the same id: it must not inherit the old one's notes
+    (a clean run, deletions refused, account ids learnt)."""
+    folder = state.folder("Sent", "Sent")
+    state.begin()
+    for note in ("clean", "refused", "account-ids"):
+        state.set_meta(f"{note}:{folder.id}", "x")
+    state.set_meta("url_a", "imaps://keep.example")
+    state.forget_folder(folder)
+    state.commit()
+    new = state.folder("Other", "Other")
+    assert new.id == folder.id  # (the point of the test)
+    assert [state.get_meta(f"{n}:{new.id}") for n in ("clean", "refused", "account-ids")] == [
+        None
+    ] * 3
+    assert state.get_meta("url_a") == "imaps://keep.example"
