@@ -41,7 +41,7 @@ from mailsync.state import State, default_state_dir, private_dir, state_file_nam
 from mailsync.stores import NETWORK_SCHEMES, canonical_url, mask_url, open_store, split_url
 from mailsync.stores.base import Store
 from mailsync.sync import Syncer
-from mailsync.verify import SyncedFlags, Verification
+from mailsync.verify import Recorded, SyncedFlags, Trusted, Verification
 from mailsync.verify import verify as verify_stores
 
 log = logging.getLogger("mailsync")
@@ -472,36 +472,54 @@ def combine(codes: Iterable[int]) -> int:
 
 
 # verify ----------------------------------------------------------------------------------
-def verify(job: Job, directory: str, selection: Selection | None = None) -> Verification:
+def verify(
+    job: Job, directory: str, selection: Selection | None = None, trust_state: bool = False
+) -> Verification:
     """Is every message of the job's remote side (SOURCE) that `selection` selects on its
     local side (DEST)?  Both opened read-only; folders paired as the sync pairs them
-    (job_folder_map)."""
+    (job_folder_map).  `trust_state`: the pairs the state recorded count without being
+    read again (verify.verify's `trusted`: migrate's check after its own copies)."""
+    synced, trusted = recorded_pairs(job, directory)
     with (
         job.open_a(read_only=True) as source,
         job.open_b(read_only=True) as dest,
     ):
         mapping = job_folder_map(job, source, dest, directory)
         return verify_stores(
-            source, dest, mapping, selection or Selection(), synced_flags(job, directory)
+            source,
+            dest,
+            mapping,
+            selection or Selection(),
+            synced,
+            trusted if trust_state else None,
         )
 
 
-def synced_flags(job: Job, directory: str) -> SyncedFlags:
-    """The flags the job's state recorded for each pair of messages, by SOURCE folder
-    (verify tells by them whether a flag difference is still to be copied); empty
+def recorded_pairs(job: Job, directory: str) -> tuple[SyncedFlags, Trusted]:
+    """What the job's state recorded of each pair of messages, by SOURCE folder: the
+    flags last synced (verify tells by them whether a flag difference is still to be
+    copied), and the pairs with the folders' validities (verify's `trusted`); empty
     without a state.  Read without taking the channel's lock, as job_folder_map."""
     path = state_path(directory, job)
     if not os.path.exists(path):
-        return {}
+        return {}, {}
+    synced: dict[str, dict[tuple[str, str], frozenset[str]]] = {}
+    trusted: dict[str, Recorded] = {}
     with State(path, lock=False, create=False) as state:
-        return {
-            row.name_a: {
-                (pair.key_a, pair.key_b): pair.flags
+        for row in state.folders():
+            both = [
+                (pair.key_a, pair.key_b, pair.flags)
                 for pair in state.pairs(row.id)
                 if pair.key_a is not None and pair.key_b is not None
-            }
-            for row in state.folders()
-        }
+            ]
+            synced[row.name_a] = {(a, b): flags for a, b, flags in both}
+            unconfirmed = state.unconfirmed(row.id)
+            trusted[row.name_a] = Recorded(
+                row.validity_a,
+                row.validity_b,
+                {a: b for a, b, _ in both if b not in unconfirmed},
+            )
+    return synced, trusted
 
 
 def job_folder_map(job: Job, remote: Store, local: Store | None, directory: str) -> FolderMap:

@@ -139,6 +139,9 @@ class Copier:
         self.paired = paired
         self.matches: Matches | None = None  # built on first use
         self.pending: list[Pair] = []  # copied or linked, not recorded yet
+        # Destination keys linked by headers, not content (State.unconfirmed): migrate's
+        # check reads them rather than take the state's word.
+        self.unconfirmed: list[str] = []
         self.pending_bytes = 0
         self.obsolete: list[Pair] = []  # pairs to forget when the batch is recorded
         # Pending pairs whose new copy replaces an old one, and the old one's key: deleted
@@ -336,6 +339,8 @@ class Copier:
             if pair is not None and pair.id is not None:
                 fs.relinked.add(pair.id)
             self._link(flags, dst_key)
+            if not how.startswith("same content"):
+                self.unconfirmed.append(dst_key)
             if pair is not None and copy.pair is not None and pair is not copy.pair:
                 self.obsolete.append(copy.pair)  # a resurrected message met its tombstone
             pair = pair or copy.pair or self._new_pair(copy, digest)
@@ -447,6 +452,9 @@ class Copier:
             copied_from.append(key_src)
         if self.journal:
             state.forget_pending(folder_id, self.src, copied_from)
+        if self.unconfirmed and self.dst == "b":
+            state.unconfirmed(folder_id, add=self.unconfirmed)
+        self.unconfirmed = []
         state.commit()
         step("commit")
         fs.options.downloads.release(self, {p.account_id_a for p in self.pending})

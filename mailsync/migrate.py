@@ -1,12 +1,14 @@
-"""`mailsync migrate SOURCE DEST`: a one-way copy SOURCE -> DEST, checked by content
-afterwards, with a report per folder and a verdict: complete or not.
+"""`mailsync migrate SOURCE DEST`: a one-way copy SOURCE -> DEST, checked afterwards,
+with a report per folder and a verdict: complete or not.
 
 A migration is the job `pull` would run for the same two stores (channel.migrate_job:
 the same state file, the same folder mapping, SOURCE opened read-only), run through
 channel.run, then checked by channel.verify -- the verify command's own pass, through
 the same folder mapping (folders.map_folders), so the copy and the check cannot pair
-folders differently.  Only when asked (--delete-source) is SOURCE opened for writing,
-after that check, and then only the messages the check found in DEST are deleted there.
+folders differently.  The check takes the state's word for the copies it recorded
+(verify.verify's `trusted`) and reads the rest; with --delete-source it reads every
+message, and only then is SOURCE opened for writing, and only the messages the check
+found in DEST are deleted there.
 
 Nothing here prints; cli.py formats a Migration, and batch.py runs many.
 """
@@ -279,7 +281,11 @@ def _migrate(
     report = reports[0]
     migration.warnings.extend(report.warnings)
     try:
-        verification = channelmod.verify(job, directory, options.selection)
+        # What this tool copied and recorded counts as there while its key is (the check
+        # reads the rest); before deleting from SOURCE, everything is read again.
+        verification = channelmod.verify(
+            job, directory, options.selection, trust_state=not options.delete_source
+        )
     except MailsyncError as error:
         if options.dry_run:  # DEST not there yet (a dry run creates nothing): all missing
             migration.checked, migration.exit_code = True, code

@@ -42,7 +42,7 @@ import re
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
@@ -61,10 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailsync")
 
+#: Meta entries kept per folder, named NOTE:FOLDER_ID (folder_sync.py, copies.py).
+FOLDER_NOTES = ("clean", "refused", "account-ids", "unconfirmed")
 # The columns of a pairs row that Pair takes, in its order (Pair(*row) after the flags).
-#: Meta entries kept per folder, named NOTE:FOLDER_ID (folder_sync.py writes them).
-FOLDER_NOTES = ("clean", "refused", "account-ids")
-
 _PAIR_COLUMNS = "id, key_a, key_b, flags, hash, ident, added, version_a, account_id_a"
 
 
@@ -380,22 +379,28 @@ class State:
     def holds_nothing(self, folder_id: int) -> bool:
         """No pair, no copy under way, no refused message: the folder's state knows no
         message (a folder created but never filled, or a dry run's)."""
-        return not any(
-            self.db.execute(
-                f"SELECT 1 FROM {table} WHERE folder_id = ? LIMIT 1", (folder_id,)
-            ).fetchone()
-            for table in ("pairs", "pending", "refused")
-        )
+        one = "SELECT 1 FROM {} WHERE folder_id = ? LIMIT 1"
+        tables = ("pairs", "pending", "refused")
+        return not any(self.db.execute(one.format(t), (folder_id,)).fetchone() for t in tables)
+
+    def unconfirmed(self, folder_id: int, add: Sequence[str] = ()) -> set[str]:
+        """Local keys of messages paired by their headers, not their content (adopted:
+        mail the destination had of its own); `add` some (within a transaction)."""
+        name = f"unconfirmed:{folder_id}"
+        keys = set(json.loads(self.get_meta(name) or "[]")) | set(add)
+        if add:
+            self.set_meta(name, json.dumps(sorted(keys)))
+        return keys
 
     def forget_folder(self, folder: FolderState) -> None:
         """Drop the state of a folder that holds nothing (holds_nothing)."""
         for table in ("pairs", "pending", "refused"):
             self.db.execute(f"DELETE FROM {table} WHERE folder_id = ?", (folder.id,))
         self.db.execute("DELETE FROM folders WHERE id = ?", (folder.id,))
-        # Its notes too: SQLite gives the next new folder this id again (no AUTOINCREMENT),
-        # which must not inherit "clean", "refused" (deletions refused) or "account-ids".
-        for note in FOLDER_NOTES:
-            self.db.execute("DELETE FROM meta WHERE name = ?", (f"{note}:{folder.id}",))
+        # Its notes too: SQLite gives the next new folder this id again (no AUTOINCREMENT).
+        self.db.executemany(
+            "DELETE FROM meta WHERE name = ?", [(f"{n}:{folder.id}",) for n in FOLDER_NOTES]
+        )
 
     # Moves of local folders (a remote folder was renamed) go through a journal: the move
     # is recorded before the disk is touched, and done with (every local name below the

@@ -110,19 +110,40 @@ class Verification:
 SyncedFlags = Mapping[str, Mapping[tuple[str, str], frozenset[str]]]
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What the state recorded for one SOURCE folder: the validities it knew both
+    folders by, and the DEST key of each SOURCE key it copied or matched."""
+
+    validity_a: str | None
+    validity_b: str | None
+    copies: Mapping[str, str]
+
+
+#: SOURCE folder -> Recorded: pairs the check may take without reading (verify(trust)).
+Trusted = Mapping[str, Recorded]
+
+
 def verify(
     source: Store,
     dest: Store,
     mapping: FolderMap,
     selection: Selection | None = None,
     synced: SyncedFlags | None = None,
+    trusted: Trusted | None = None,
 ) -> Verification:
     """Check every folder of `source` that `mapping` covers against the destination
     folder it pairs it with in `dest` (both stores opened read-only): each message of it
     that `selection` selects (--since, --before, --max-size: what a run would copy).
     `synced`: the state's record, by which a changed-flags entry says whether SOURCE's
     flags are still to be copied (`pending`: DEST has what was last synced, or the pair
-    is not recorded) or DEST's were changed since the last run (not pending)."""
+    is not recorded) or DEST's were changed since the last run (not pending).
+    `trusted`: pairs the state recorded (not those adopted by their headers), taken as
+    they are where both keys are still listed under the validities it recorded
+    (migrate's check after its own copies: the copy was made from bytes read and the
+    server named the new key, and under one validity an IMAP key's content never
+    changes); only the other messages are read.
+    Without it (the verify command) every message is compared by content."""
     result = Verification()
     names = source.list_folders()
     selected = mapping.choose(names, set(names).__contains__)
@@ -133,7 +154,8 @@ def verify(
         check.on_destination = check.dest_folder in dest_names
         try:
             recorded = (synced or {}).get(name, {})
-            _check_folder(source, dest, check, selection or Selection(), recorded)
+            known = (trusted or {}).get(name)
+            _check_folder(source, dest, check, selection or Selection(), recorded, known)
         except FolderError as error:
             check.error = str(error)
         result.folders.append(check)
@@ -146,6 +168,7 @@ def _check_folder(
     check: FolderCheck,
     selection: Selection,
     recorded: Mapping[tuple[str, str], frozenset[str]],
+    known: Recorded | None = None,
 ) -> None:
     src = source.open_folder(check.folder)
     try:
@@ -165,18 +188,26 @@ def _check_folder(
             return
         try:
             tolerant = dst.normalises
-            prints = _digests(src, keys, tolerant)
-            check.unreadable = len(keys) - len(prints)
             dest_listing = dst.list()
-            dest_prints = _digests(dst, list(dest_listing), tolerant)
-            readable = [key for key in keys if key in prints]
-            pairs, missing, extra = pair_by_content(
+            taken = _taken_as_recorded(known, src, dst, listing, dest_listing)
+            to_read = [key for key in keys if key not in taken]
+            prints = _digests(src, to_read, tolerant)
+            check.unreadable = len(to_read) - len(prints)
+            dest_taken = set(taken.values())
+            dest_to_read = [key for key in dest_listing if key not in dest_taken]
+            dest_prints = _digests(dst, dest_to_read, tolerant)
+            readable = [key for key in to_read if key in prints]
+            read_pairs, missing, extra = pair_by_content(
                 readable,
                 prints,
                 {key: listing[key].flags for key in readable},
                 dest_prints,
-                {key: info.flags for key, info in dest_listing.items()},
+                {key: dest_listing[key].flags for key in dest_to_read},
             )
+            pairs: list[tuple[str, str, bool | None]] = [
+                (key, taken[key], None) for key in keys if key in taken
+            ]
+            pairs += read_pairs
             check.normalised = sum(exact is False for _, _, exact in pairs)
             check.present.extend(key for key, _, _ in pairs)
             check.missing.extend(_entries(src, check.folder, missing))
@@ -205,6 +236,28 @@ def _check_folder(
             dst.close()
     finally:
         src.close()
+
+
+def _taken_as_recorded(
+    known: Recorded | None,
+    src: Folder,
+    dst: Folder,
+    listing: Mapping[str, Any],
+    dest_listing: Mapping[str, Any],
+) -> dict[str, str]:
+    """SOURCE key -> DEST key of the recorded pairs both of whose keys are listed, if
+    the state knew both folders by the validities they have now (else none)."""
+    if known is None or not known.validity_a or not known.validity_b:
+        return {}
+    if (known.validity_a, known.validity_b) != (str(src.validity), str(dst.validity)):
+        return {}
+    taken: dict[str, str] = {}
+    used: set[str] = set()
+    for key, dest_key in known.copies.items():
+        if key in listing and dest_key in dest_listing and dest_key not in used:
+            taken[key] = dest_key
+            used.add(dest_key)
+    return taken
 
 
 def pair_by_content(

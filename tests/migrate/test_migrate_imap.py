@@ -214,3 +214,43 @@ def test_parallel_accounts_go_on_past_a_wrong_password(dovecot_server, mailenv):
     rows_out = json.loads(as_json.stdout)["accounts"]
     assert [r["result"] for r in rows_out] == ["complete", "error", "complete"]
     assert [r["copied"] for r in rows_out] == [0, 0, 0]  # a rerun copies nothing
+
+
+def test_the_check_after_a_migration_reads_only_what_the_state_does_not_vouch_for(
+    dovecot_server, mailenv, monkeypatch
+):
+    """migrate's check takes the pairs it recorded (both keys still listed, the same
+    UIDVALIDITYs) without reading them again, but not one it adopted by its headers; a
+    message DEST has that no pair names is read; the verify command and --delete-source
+    read every message."""
+    from mailsync import verify as verifymod
+
+    read: list[int] = []
+    digests = verifymod._digests
+    monkeypatch.setattr(
+        verifymod, "_digests", lambda f, keys, t: read.append(len(keys)) or digests(f, keys, t)
+    )
+    source, dest = dovecot_server.add_user(), dovecot_server.add_user()
+    seed(dovecot_server, source, CORPUS)
+    urls = imap_url(dovecot_server, source), imap_url(dovecot_server, dest)
+    seed(dovecot_server, dest, {"INBOX": [CORPUS["INBOX"][0]]})  # there before: adopted
+    first = run("migrate", *urls)
+    assert first.exit_code == 0, first.output
+    assert "adopted 1" in first.output
+    assert sum(read) == 2  # the adopted one, on both sides: found by its headers only
+    read.clear()
+    assert run("migrate", *urls).exit_code == 0
+    assert sum(read) == 2  # (and so on every check)
+    seed(dovecot_server, dest, {"INBOX": [Msg(message(77), frozenset(), when(2023))]})
+    read.clear()
+    again = run("migrate", "--json", *urls)
+    assert again.exit_code == 0, again.output
+    assert sum(read) == 2 + 1  # and the one in DEST alone: an extra message
+    assert json.loads(again.stdout)["folders"][0]["extra_messages"]
+    read.clear()
+    assert run("verify", *urls).exit_code == 0
+    assert sum(read) == 2 * 8 + 1
+    read.clear()
+    deleting = run("migrate", "--delete-source", *urls)
+    assert deleting.exit_code == 0, deleting.output
+    assert sum(read) == 2 * 8 + 1
