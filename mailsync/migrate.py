@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
 from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError
+from mailsync.folder_names import EARLIER_PAIRING
 from mailsync.message import summary_line
 from mailsync.policy import Selection
 from mailsync.ratelimit import RateLimit
@@ -61,6 +62,9 @@ class FolderMigration:
 
     folder: str  # the SOURCE folder
     dest_folder: str
+    # Why dest_folder has another name (folder_names: a rule, SPECIAL-USE on both
+    # sides, a usual name, an escape, an earlier run's pairing); None when it has not.
+    why: str | None = None
     messages: int = 0  # in the SOURCE folder (as selected)
     bytes: int = 0
     copied: int = 0
@@ -156,11 +160,15 @@ class Migration:
         return f"incomplete: {why}; rerun mailsync migrate to copy what is missing"
 
     def lines(self) -> list[str]:
-        """The report for people: a line per folder, with its skipped and (unless a dry
-        run) missing messages below it; the verdict is not among them."""
+        """The report for people: a line per folder (a folder paired with another name
+        says why, a pairing kept from an earlier run only in a dry run, as pull's report),
+        with its skipped and (unless a dry run) missing messages below it; the verdict
+        is not among them."""
         out = []
         for f in self.folders:
             where = f.folder if f.dest_folder == f.folder else f"{f.folder} -> {f.dest_folder}"
+            if f.why and (self.dry_run or f.why != EARLIER_PAIRING):
+                where += f" ({f.why})"
             done = (
                 f"would copy {f.planned}"
                 if f.planned is not None
@@ -304,10 +312,16 @@ def _add_folders(migration: Migration, report: Report, verification: Verificatio
     """One FolderMigration per SOURCE folder the check saw (and per folder the run
     reported that the check did not see: it failed there)."""
     ran = {f.folder: f for f in report.folders}
+    start = len(migration.folders)
     for check in verification.folders:
         migration.folders.append(_folder(check.folder, ran.pop(check.folder, None), check))
     for name, folder_report in ran.items():
         migration.folders.append(_folder(name, folder_report, None))
+    why = {pair["remote"]: pair for pair in report.folder_names}
+    for folder in migration.folders[start:]:
+        pair = why.get(folder.folder)
+        if pair is not None and pair["local"] == folder.dest_folder:
+            folder.why = pair["why"]
 
 
 def _folder(name: str, ran: FolderReport | None, check: FolderCheck | None) -> FolderMigration:
