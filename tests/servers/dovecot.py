@@ -74,11 +74,11 @@ Server API (``DovecotServer``)
     also creates Sent, Drafts, Trash, Junk and Archive (or the server's
     ``special_names``); those names carry their SPECIAL-USE attribute whenever they
     exist (a fresh user has only INBOX).
-``server.special_use``
-    Folder name (without the prefix) -> its SPECIAL-USE attribute on this server.
     ``settings``: Dovecot settings for this user only (userdb extra fields, values without
     spaces), e.g. ``{"mail_plugins": "quota", "quota": "count:User", "quota_vsizes":
     "yes", "quota_max_mail_size": "2k"}``: an APPEND above 2 KiB then gets ``NO [LIMIT]``.
+``server.special_use``
+    Folder name (without the prefix) -> its SPECIAL-USE attribute on this server.
 ``server.serve_maildir(path, name=None, password=None, *, copy=False) -> User``
     A user whose mail is the existing Maildir tree at ``path``, in mailsync's
     ``verbatim`` layout (``ROOT/INBOX/{cur,new,tmp}``, ``ROOT/Archive/2019/{cur,...}``),
