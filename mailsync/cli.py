@@ -37,6 +37,7 @@ from mailsync.errors import (
     EXIT_PARTIAL,
     MailsyncError,
 )
+from mailsync.folder_names import EARLIER_PAIRING
 from mailsync.message import summary_line
 from mailsync.migrate import MigrateOptions
 from mailsync.policy import Selection
@@ -312,7 +313,7 @@ def _print_report(obj: Context, job: Job, report: Report, options: dict) -> None
         return
     prefix = f"{job.name}: " if job.name else ""
     for pair in report.folder_names:  # (a pairing kept from an earlier run: --dry-run)
-        if options.get("dry_run") or pair["why"] != "paired on an earlier run":
+        if options.get("dry_run") or pair["why"] != EARLIER_PAIRING:
             click.echo(f"{prefix}{pair['remote']} -> {pair['local']} ({pair['why']})")
     for folder in report.folders:
         click.echo(prefix + folder.summary())

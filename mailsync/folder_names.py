@@ -368,6 +368,10 @@ def pair_names(
     return out
 
 
+#: Why a SOURCE folder goes to the DEST folder a run before paired it with.
+EARLIER_PAIRING = "paired on an earlier run"
+
+
 def job_pairs(
     remote: Side,
     local: Side,
@@ -394,7 +398,7 @@ def job_pairs(
         for name, pair in pair_names(rest, dest_rest, rules).items()
         if pair[0] not in taken
     }
-    pairs.update((s, (d, "paired on an earlier run")) for s, d in kept.items())
+    pairs.update((s, (d, EARLIER_PAIRING)) for s, d in kept.items())
     owner: dict[str, str] = {}
     for name in source.names:  # (a folder since made under a kept pairing's name)
         target = pairs.get(name, (name, ""))[0]

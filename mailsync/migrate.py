@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from mailsync import channel as channelmod
 from mailsync.channel import Job, RunOptions
 from mailsync.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, MailsyncError
+from mailsync.folder_names import EARLIER_PAIRING
 from mailsync.message import summary_line
 from mailsync.policy import Selection
 from mailsync.ratelimit import RateLimit
@@ -63,6 +64,14 @@ class FolderMigration:
 
     folder: str  # the SOURCE folder
     dest_folder: str
+    # Why dest_folder has another name (folder_names: a rule, SPECIAL-USE on both
+    # sides, a usual name, an escape, an earlier run's pairing); None when it has not.
+    why: str | None = None
+    # What the folder holds: "mail", or "calendar" / "contacts" (EWS, Graph: items=).
+    kind: str = "mail"
+    # Not in DEST and not made there: a folder of calendar or contacts items DEST
+    # cannot hold (a mail server); its items are missing for good, a rerun copies none.
+    not_held: bool = False
     messages: int = 0  # in the SOURCE folder (as selected)
     bytes: int = 0
     copied: int = 0
@@ -121,6 +130,24 @@ class Migration:
     def flags_to_copy(self) -> int:
         return sum(f.flags_to_copy for f in self.folders)
 
+    @property
+    def not_held(self) -> list[FolderMigration]:
+        """The folders of items DEST cannot hold (FolderMigration.not_held)."""
+        return [f for f in self.folders if f.not_held]
+
+    def _not_held_text(self) -> str:
+        folders = self.not_held
+        items = sum(f.missing for f in folders)
+        kinds = " and ".join(sorted({f.kind for f in folders}))
+        names = ", ".join(f.folder for f in folders)
+        # ('*' first: patterns that only exclude select nothing.)
+        leave_out = " ".join(["--folders '*'", *(f"--folders '!{f.folder}'" for f in folders)])
+        return (
+            f"the {items} items of {names} ({kinds} items, which DEST cannot take: see "
+            f"above) are not; back them up into a Maildir tree, and leave them out here "
+            f"({leave_out}) for a complete migration"
+        )
+
     def total(self, name: str) -> int:
         return sum(getattr(f, name) or 0 for f in self.folders)
 
@@ -140,13 +167,27 @@ class Migration:
                 self.errors[0] if self.errors else "see the errors above"
             )
         if self.dry_run:
+            cannot = ""
+            if self.not_held:
+                names = ", ".join(f.folder for f in self.not_held)
+                kinds = " and ".join(sorted({f.kind for f in self.not_held}))
+                cannot = f"; DEST cannot take the {kinds} items of {names}"
             return (
                 f"dry run: {self.missing} of the {n} selected SOURCE messages in {folders} "
-                "folders are not in DEST yet; nothing was written"
+                f"folders are not in DEST yet{cannot}; nothing was written"
             )
         if self.complete:
             return f"complete: every selected SOURCE message ({n} in {folders} folders) is in DEST"
         unreadable = [f.folder for f in self.folders if f.errors and not f.missing]
+        not_held = self.not_held
+        missing_mail = self.missing - sum(f.missing for f in not_held)
+        if not_held and not (missing_mail or self.flags_to_copy or unreadable or self.errors):
+            # Only those folders stand in the way, and no rerun copies them.
+            mail = n - sum(f.messages for f in not_held)
+            return (
+                f"incomplete: every other selected SOURCE message ({mail}) is in DEST, but "
+                + self._not_held_text()
+            )
         if self.missing:
             why = f"{self.missing} of the {n} selected SOURCE messages are not in DEST"
         elif self.flags_to_copy:
@@ -158,11 +199,15 @@ class Migration:
         return f"incomplete: {why}; rerun mailsync migrate to copy what is missing"
 
     def lines(self) -> list[str]:
-        """The report for people: a line per folder, with its skipped and (unless a dry
-        run) missing messages below it; the verdict is not among them."""
+        """The report for people: a line per folder (a folder paired with another name
+        says why, a pairing kept from an earlier run only in a dry run, as pull's report),
+        with its skipped and (unless a dry run) missing messages below it; the verdict
+        is not among them."""
         out = []
         for f in self.folders:
             where = f.folder if f.dest_folder == f.folder else f"{f.folder} -> {f.dest_folder}"
+            if f.why and (self.dry_run or f.why != EARLIER_PAIRING):
+                where += f" ({f.why})"
             done = (
                 f"would copy {f.planned}"
                 if f.planned is not None
@@ -176,7 +221,9 @@ class Migration:
                 line += f", deleted from SOURCE {f.deleted_from_source}"
             out.append(line)
             out.extend(f"  skipped: {why}" for why in f.skipped_why)
-            if not self.dry_run:
+            if f.not_held:  # (its items one by one: no sender, subject, Message-ID)
+                out.append(f"  not copied: {f.missing} {f.kind} items, which DEST cannot take")
+            elif not self.dry_run:
                 out.extend(f"  missing: {summary_line(m)}" for m in f.missing_messages)
                 out.extend(f"  extra in DEST: {summary_line(m)}" for m in f.extra_messages)
                 out.extend(
@@ -310,14 +357,23 @@ def _add_folders(migration: Migration, report: Report, verification: Verificatio
     """One FolderMigration per SOURCE folder the check saw (and per folder the run
     reported that the check did not see: it failed there)."""
     ran = {f.folder: f for f in report.folders}
+    start = len(migration.folders)
     for check in verification.folders:
-        migration.folders.append(_folder(check.folder, ran.pop(check.folder, None), check))
+        kind = report.kinds.get(check.folder, "mail")
+        migration.folders.append(_folder(check.folder, ran.pop(check.folder, None), check, kind))
     for name, folder_report in ran.items():
-        migration.folders.append(_folder(name, folder_report, None))
+        migration.folders.append(_folder(name, folder_report, None, report.kinds.get(name, "mail")))
+    why = {pair["remote"]: pair for pair in report.folder_names}
+    for folder in migration.folders[start:]:
+        pair = why.get(folder.folder)
+        if pair is not None and pair["local"] == folder.dest_folder:
+            folder.why = pair["why"]
 
 
-def _folder(name: str, ran: FolderReport | None, check: FolderCheck | None) -> FolderMigration:
-    out = FolderMigration(name, check.dest_folder if check else name)
+def _folder(
+    name: str, ran: FolderReport | None, check: FolderCheck | None, kind: str
+) -> FolderMigration:
+    out = FolderMigration(name, check.dest_folder if check else name, kind=kind)
     if ran is not None:
         out.copied = ran.copied_a_to_b
         out.adopted = ran.linked
@@ -342,7 +398,11 @@ def _folder(name: str, ran: FolderReport | None, check: FolderCheck | None) -> F
     out.missing_messages = check.missing
     out.extra_messages = check.extra
     out.changed_flags_messages = check.changed_flags
-    if not check.on_destination and check.messages and not out.planned:
+    # A folder of calendar or contacts items not in DEST, which the run could not make
+    # there (DEST would have made it if it could: the run's error, or the dry run's,
+    # says why not).
+    out.not_held = kind != "mail" and not check.on_destination and bool(out.errors)
+    if not check.on_destination and check.messages and not out.planned and not out.not_held:
         out.errors.append(f"{name}: folder {check.dest_folder} is not in DEST")
     if check.unreadable:
         out.errors.append(f"{name}: {check.unreadable} SOURCE messages could not be read")

@@ -117,6 +117,9 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # channel-level, e.g. unmatched patterns
     # Folders paired under other names (folder_names): {"remote", "local", "why"}.
     folder_names: list[dict[str, str]] = field(default_factory=list)
+    # Folders holding something else than mail (Store.folder_kinds, either side's name):
+    # name -> "calendar" / "contacts".  (Not in as_dict: migrate reports it its way.)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     @property
     def refused(self) -> bool:

@@ -96,6 +96,7 @@ class Syncer:
         # Calendars and address books (EWS, Graph) become vdirs on the local side; a local
         # vdir is a calendar on the remote side too, which a mail server cannot hold.
         self.kinds = {**self.stores["b"].folder_kinds(), **self.stores["a"].folder_kinds()}
+        report.kinds = self.kinds
         self.renames = renames = follow_renames(
             self.state, self.stores, self.selection, existing, self.options.dry_run
         )

@@ -168,3 +168,37 @@ def test_dovecot_to_exchange_keeps_what_exchange_can_and_names_a_refusal(
     assert verified.exit_code == 1  # message 5 is missing, nothing else differs
     found = json.loads(verified.stdout)
     assert (found["missing"], found["extra"], found["changed_flags"]) == (1, 0, 0)
+
+
+ICS = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\n"
+    "UID:{n}@example.org\r\nDTSTAMP:20240101T000000Z\r\nDTSTART:20240102T100000Z\r\n"
+    "SUMMARY:meeting {n}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+
+def test_exchange_calendar_to_dovecot_is_named_and_the_mail_goes_through(
+    fake_ews, dovecot_server, mailenv
+):
+    """items=mail,calendar: the calendar is refused by name (an IMAP server cannot hold
+    it), the mail is copied; exit 1 with a verdict that says why and how to leave the
+    calendar out (no rerun would copy it), as for Graph (test_migrate_graph.py)."""
+    fake_ews.add_item("inbox", message(1), is_read=True, received=when(2019))
+    for n in range(3):
+        fake_ews.add_item("calendar", ICS.format(n=n).encode())
+    dest = dovecot_server.add_user()
+    src, dst = ews_url(fake_ews) + "&items=mail,calendar", imap_url(dovecot_server, dest)
+    result = run("migrate", src, dst)
+    assert result.exit_code == 1, result.output
+    assert "  not copied: 3 calendar items, which DEST cannot take" in result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        "mailsync: error: incomplete: every other selected SOURCE message (1) is in DEST, "
+        "but the 3 items of Calendar (calendar items, which DEST cannot take: see above) "
+        "are not; back them up into a Maildir tree, and leave them out here "
+        "(--folders '*' --folders '!Calendar') for a complete migration"
+    ), result.stderr
+    assert {k: v for k, v in server_contents(dovecot_server, dest).items() if v} == {
+        "INBOX": Counter([(message(1), frozenset({SEEN}), int(when(2019).timestamp()))])
+    }
+    rest = run("migrate", "--folders", "*", "--folders", "!Calendar", src, dst)
+    assert rest.exit_code == 0, rest.output

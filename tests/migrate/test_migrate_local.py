@@ -483,7 +483,7 @@ def test_migrate_takes_map_and_the_selection_and_checks_only_what_it_selects(mai
     result = run("migrate", "--map", "Old=New", "--max-size", "2K", src, dst)
     assert result.exit_code == 0, result.output
     assert "complete: every selected SOURCE message (3 in 2 folders) is in DEST" in result.output
-    assert "Old -> New: 1 messages" in result.output
+    assert "Old -> New (--map Old=New): 1 messages" in result.output
     assert "INBOX: 2 messages" in result.output and "skipped 1," in result.output
     assert "  skipped: 1 over --max-size" in result.output
     assert maildir_bodies(dst)["New"] == Counter([message(2)])

@@ -20,6 +20,15 @@ Fixtures
     (``mail_location = maildir:~/Maildir``: INBOX is the Maildir itself, ``INBOX.A.B``
     is ``~/Maildir/.A.B``).  The API is the same; ``add_user(special_use=True)`` creates
     ``INBOX.Sent``... and ``serve_maildir`` serves a Maildir++ tree.
+``dovecot_localized_server`` (session), ``dovecot_localized_user`` (function)
+    A prefixed Dovecot (``INBOX.``, ``.``) whose special folders have Finnish names,
+    none of them in mailsync's table of usual names (folder_names.COMMON_NAMES), so only
+    their SPECIAL-USE attribute says what they are (``DovecotServer(prefixed=True,
+    special_names=LOCALIZED_SPECIAL_USE)``, directory ``/tmp/mailsync-dovecot-localized-*``):
+    ``INBOX.Lähetetyt`` is ``\\Sent``, ``INBOX.Roskakori`` ``\\Trash``, ``INBOX.Luonnokset``
+    ``\\Drafts``, ``INBOX.Roskaposti`` ``\\Junk``, ``INBOX.Arkisto`` ``\\Archive``.  On the
+    wire the non-ASCII names are modified UTF-7 (``INBOX.L&AOQ-hetetyt``); doveadm and the
+    configuration take them in UTF-8.  ``dovecot_localized_user`` has them all (and INBOX).
 ``dovecot_oauth2_server`` (session), ``dovecot_oauth2_user`` (function)
     A third Dovecot (``DovecotServer(oauth2=INTROSPECTION_URL)``, directory
     ``/tmp/mailsync-dovecot-oauth2-*``) that also offers ``AUTH=XOAUTH2`` and
@@ -62,11 +71,14 @@ Server API (``DovecotServer``)
     Dovecot's version string, the mail user's ids, where everything lives.
 ``server.add_user(name=None, password=None, *, special_use=False, settings=None) -> User``
     A new user (name defaults to ``userN``, password to ``pw-NAME``).  ``special_use=True``
-    also creates Sent, Drafts, Trash, Junk and Archive; those names carry their
-    SPECIAL-USE attribute whenever they exist (a fresh user has only INBOX).
+    also creates Sent, Drafts, Trash, Junk and Archive (or the server's
+    ``special_names``); those names carry their SPECIAL-USE attribute whenever they
+    exist (a fresh user has only INBOX).
     ``settings``: Dovecot settings for this user only (userdb extra fields, values without
     spaces), e.g. ``{"mail_plugins": "quota", "quota": "count:User", "quota_vsizes":
     "yes", "quota_max_mail_size": "2k"}``: an APPEND above 2 KiB then gets ``NO [LIMIT]``.
+``server.special_use``
+    Folder name (without the prefix) -> its SPECIAL-USE attribute on this server.
 ``server.serve_maildir(path, name=None, password=None, *, copy=False) -> User``
     A user whose mail is the existing Maildir tree at ``path``, in mailsync's
     ``verbatim`` layout (``ROOT/INBOX/{cur,new,tmp}``, ``ROOT/Archive/2019/{cur,...}``),
@@ -177,10 +189,20 @@ SPECIAL_USE = {
     "Junk": "\\Junk",
     "Archive": "\\Archive",
 }
+#: The localized server's special folders (dovecot_localized_server): attribute -> name,
+#: Finnish names that are not in folder_names.COMMON_NAMES.
+LOCALIZED_SPECIAL_USE = {
+    "\\Sent": "Lähetetyt",
+    "\\Trash": "Roskakori",
+    "\\Drafts": "Luonnokset",
+    "\\Junk": "Roskaposti",
+    "\\Archive": "Arkisto",
+}
 START_TIMEOUT = 10.0
 STOP_GRACE = 0.3
 _CONFIG_ATTR = "_mailsync_dovecot_server"
 _PREFIXED_CONFIG_ATTR = "_mailsync_dovecot_prefixed_server"
+_LOCALIZED_CONFIG_ATTR = "_mailsync_dovecot_localized_server"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -329,19 +351,29 @@ class DovecotServer(IMAPClients):
         prefixed: bool = False,
         oauth2: str | None = None,
         oauth2_cafile: Path | None = None,
+        special_names: dict[str, str] | None = None,
     ):
         # prefixed: personal folders under "INBOX." with "." as the separator, in a
         # Maildir++ tree, as Courier and Cyrus present them (see the module docstring).
         # oauth2: the RFC 7662 introspection URL of an authorization server (with its
         # credentials): XOAUTH2 and OAUTHBEARER are offered and their tokens checked
         # there (tests/servers/oauth.py); oauth2_cafile: its CA, for https.
+        # special_names: SPECIAL-USE attribute -> the folder name that carries it
+        # (relative to the prefix), instead of Sent, Drafts, Trash, Junk, Archive.
         self.prefixed = prefixed
         self.oauth2 = oauth2
         self.oauth2_cafile = oauth2_cafile
         self.prefix = "INBOX." if prefixed else ""
         self.separator = "." if prefixed else "/"
+        self.special_use = (
+            {name: flag for flag, name in special_names.items()}
+            if special_names
+            else dict(SPECIAL_USE)
+        )
         if workdir is None:
             kind = "dovecot-prefixed" if prefixed else "dovecot-oauth2" if oauth2 else "dovecot"
+            if special_names:
+                kind = "dovecot-localized"
             workdir = Path(tempfile.mkdtemp(prefix=f"mailsync-{kind}-"))
             self._own_workdir = True
         else:
@@ -463,9 +495,9 @@ class DovecotServer(IMAPClients):
 
     def _config(self) -> str:
         w = self.workdir
-        mailboxes = "".join(
-            f"  mailbox {name} {{\n    special_use = {flag}\n    auto = no\n  }}\n"
-            for name, flag in SPECIAL_USE.items()
+        mailboxes = "".join(  # (quoted: a name may hold spaces; UTF-8 as it is)
+            f'  mailbox "{name}" {{\n    special_use = {flag}\n    auto = no\n  }}\n'
+            for name, flag in self.special_use.items()
         )
 
         def listeners(protocol: str) -> str:
@@ -621,7 +653,9 @@ class DovecotServer(IMAPClients):
         )
         self._write_user(user, extra)
         if special_use:
-            self.doveadm("mailbox", "create", "-u", name, *(self.prefix + n for n in SPECIAL_USE))
+            self.doveadm(
+                "mailbox", "create", "-u", name, *(self.prefix + n for n in self.special_use)
+            )
         return user
 
     def serve_maildir(
@@ -760,6 +794,15 @@ def dovecot_prefixed_server(request: pytest.FixtureRequest) -> DovecotServer:
     return _session_server(request, _PREFIXED_CONFIG_ATTR, prefixed=True)
 
 
+@pytest.fixture(scope="session")
+def dovecot_localized_server(request: pytest.FixtureRequest) -> DovecotServer:
+    """A prefixed private Dovecot (INBOX., ".") whose special folders have names
+    mailsync's table does not know (LOCALIZED_SPECIAL_USE): INBOX.Lähetetyt is \\Sent."""
+    return _session_server(
+        request, _LOCALIZED_CONFIG_ATTR, prefixed=True, special_names=LOCALIZED_SPECIAL_USE
+    )
+
+
 @pytest.fixture
 def dovecot_user(dovecot_server: DovecotServer) -> User:
     """A fresh user with an empty mailbox tree (only INBOX) on the session's Dovecot."""
@@ -770,3 +813,9 @@ def dovecot_user(dovecot_server: DovecotServer) -> User:
 def dovecot_prefixed_user(dovecot_prefixed_server: DovecotServer) -> User:
     """A fresh user with an empty Maildir++ (only INBOX) on the prefixed Dovecot."""
     return dovecot_prefixed_server.add_user()
+
+
+@pytest.fixture
+def dovecot_localized_user(dovecot_localized_server: DovecotServer) -> User:
+    """A fresh user of the localized Dovecot with INBOX and its five special folders."""
+    return dovecot_localized_server.add_user(special_use=True)

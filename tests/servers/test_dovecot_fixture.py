@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
-from servers.dovecot import SPECIAL_USE, DovecotError, DovecotServer
+from servers.dovecot import LOCALIZED_SPECIAL_USE, SPECIAL_USE, DovecotError, DovecotServer
 from servers.rewrites import SAMPLES, stored
 from servers.sandbox import processes_mentioning
 
@@ -334,6 +334,29 @@ def test_prefixed_special_use(dovecot_prefixed_server) -> None:
         for name, flag in SPECIAL_USE.items():
             assert flag.encode() in listed[f"INBOX.{name}"]
         assert client.find_special_folder(b"\\Sent") == "INBOX.Sent"
+
+
+def test_localized_special_use(dovecot_localized_server, dovecot_localized_user) -> None:
+    """The localized variant: its special folders carry their attributes under Finnish
+    names that mailsync's table of usual names does not hold (what its tests rely on),
+    sent in modified UTF-7."""
+    from mailsync.folder_names import role_by_name
+
+    server, user = dovecot_localized_server, dovecot_localized_user
+    assert (server.prefix, server.separator) == ("INBOX.", ".")
+    assert server.special_use == {name: flag for flag, name in LOCALIZED_SPECIAL_USE.items()}
+    assert all(role_by_name(name) is None for name in LOCALIZED_SPECIAL_USE.values())
+    with server.imap(user) as client:
+        raw = client._imap.list('""', '"*"')[1]
+        assert b'(\\HasNoChildren \\Sent) "." INBOX.L&AOQ-hetetyt' in raw, raw
+        listed = {name: set(flags) for flags, _, name in client.list_folders()}
+        assert set(listed) == {"INBOX"} | {f"INBOX.{n}" for n in LOCALIZED_SPECIAL_USE.values()}
+        for flag, name in LOCALIZED_SPECIAL_USE.items():
+            assert flag.encode() in listed[f"INBOX.{name}"], name
+        assert client.find_special_folder(b"\\Sent") == "INBOX.Lähetetyt"
+        # An English name is an ordinary folder here.
+        client.create_folder("INBOX.Sent")
+        assert b"\\Sent" not in {n: f for f, _, n in client.list_folders()}["INBOX.Sent"]
 
 
 def test_prefixed_serves_a_maildirpp_tree(dovecot_prefixed_server, tmp_path) -> None:
