@@ -34,7 +34,11 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def select_folders(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
-    """Glob patterns, '!' negates, later matches win; unmatched names are left out."""
+    """Glob patterns, '!' negates, later matches win; unmatched names are left out.
+    Exclusions alone exclude from every folder (`--folders '!Trash'` is every folder
+    but Trash, not none: a migration that selects nothing would call itself complete)."""
+    if patterns and all(p.startswith("!") for p in patterns):
+        patterns = ["*", *patterns]
     chosen = []
     for name in names:
         keep = False
