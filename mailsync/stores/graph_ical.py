@@ -109,6 +109,38 @@ def event_to_ics(
         raise ValueError("a date of the event is out of range (before year 2 or after 9998)")
 
 
+def cancelled_occurrences(
+    master: dict, instances: Iterable[dict], start: dt.datetime, end: dt.datetime
+) -> list[dt.date]:
+    """The days of the occurrences of series `master` that the user deleted or cancelled,
+    for event_to_ics's `cancelled`: Graph v1.0 has no list of them (the event's
+    cancelledOccurrences is beta only), but ``events/{id}/instances`` leaves them out.
+    `instances` are what it listed (occurrences and exceptions, each with originalStart)
+    over a span wider than [`start`, `end`) (aware datetimes: the calendar window) by more
+    than a day; an occurrence the pattern puts wholly inside the window, a day from its
+    ends (an all-day one is midnight to midnight in a zone the window does not know), whose
+    day no instance names is a cancelled one.  A single event has none.  A ValueError names
+    the field that cannot be read."""
+    recurrence = master.get("recurrence") if isinstance(master, dict) else None
+    if not recurrence:
+        return []
+    try:
+        series = _Series.of(master, recurrence)
+        listed = set()
+        for instance in instances:
+            if not isinstance(instance, dict):
+                raise ValueError("an instance of the series is not a JSON object")
+            if instance.get("originalStart") is None and instance.get("type") == "occurrence":
+                # (documented on every instance; an occurrence starts where it always did)
+                original = _times(instance, series.zone_hint, set())[0]
+            else:
+                original = series.recurrence_id(instance)
+            listed.add(_naive(original).date())
+        return [day for day in series.days_within(start, end) if day not in listed]
+    except OverflowError:
+        raise ValueError("a date of the event is out of range (before year 2 or after 9998)")
+
+
 def _event_to_ics(master: dict, exceptions: list[dict], cancelled: list[str | dt.date]) -> bytes:
     from icalendar import Calendar
 
@@ -547,6 +579,27 @@ class _Series:
             return day == start.date() or rule.after(midnight, inc=True) == midnight
         except (ValueError, OverflowError):
             return False
+
+    def days_within(self, start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+        """The days of the occurrences that begin a day or more after `start` and end a
+        day or more before `end` (aware datetimes), at most MAX_COUNT of them."""
+        from dateutil.rrule import rrulestr
+        from icalendar import vRecur
+
+        margin = dt.timedelta(days=1)
+        _first, first_end = _times(self.master, self.zone_hint, set())
+        length = _naive(first_end) - _naive(self.start) if first_end is not None else dt.timedelta()
+        if self.all_day or self.start.tzinfo is None:  # floating: the window read as UTC
+            dtstart, low, high = _naive(self.start), _naive(start + margin), _naive(end - margin)
+        else:
+            dtstart, low, high = self.start, start + margin, end - margin
+        rule = rrulestr(vRecur(self.rrule).to_ical().decode(), dtstart=dtstart)
+        days = []
+        for occurrence in rule.xafter(low, count=MAX_COUNT, inc=True):
+            if occurrence + length > high:
+                break
+            days.append(occurrence.date())
+        return days
 
     def occurrence_start(self, day: dt.date) -> dt.date:
         """The start of the occurrence on `day` in the series' zone."""

@@ -841,6 +841,48 @@ def test_calendar_view_delta_expands_series_in_the_window(fake_graph):
     assert {i["id"] for i in view} == {i["id"] for i in listed} | {allday}
 
 
+def test_deleting_or_cancelling_an_occurrence_or_a_series(fake_graph):
+    """event-delete.md (204) and event-cancel.md (202; the organizer's only, else 400): an
+    occurrence's id removes that occurrence from instances and calendarView, and delta
+    reports it removed; a master's id removes the series."""
+    graph = Graph(fake_graph)
+    weekly = {
+        "subject": "Standup",
+        "start": berlin("2026-12-07", "09"),
+        "end": berlin("2026-12-07", "10"),
+        "recurrence": {
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+            "range": {"type": "numbered", "startDate": "2026-12-07", "numberOfOccurrences": 4},
+        },
+    }
+    master = fake_graph.add_event(None, weekly)
+    foreign = fake_graph.add_event(
+        None, {**weekly, "organizer": {"emailAddress": {"address": "bob@example.org"}}}
+    )
+    _, delta_link, _ = graph.round(f"/me/calendarView/delta?{WINDOW}")
+    first, second, third, fourth = graph.ok("get", f"/me/events/{master}/instances?{WINDOW}")[
+        "value"
+    ]
+    assert graph.delete(f"/me/events/{second['id']}").status_code == 204
+    cancel = graph.post(f"/me/events/{third['id']}/cancel", json={"Comment": "no"})
+    assert cancel.status_code == 202
+    listed = graph.ok("get", f"/me/events/{master}/instances?{WINDOW}")["value"]
+    assert [i["id"] for i in listed] == [first["id"], fourth["id"]]
+    assert graph.get(f"/me/events/{second['id']}").status_code == 404
+    assert graph.delete(f"/me/events/{second['id']}").status_code == 404
+    items, delta_link, _ = graph.round(delta_link)
+    assert {i["id"] for i in items} == {second["id"], third["id"]}
+    assert all(i["@removed"] == {"reason": "deleted"} for i in items)
+    (theirs, *_) = graph.ok("get", f"/me/events/{foreign}/instances?{WINDOW}")["value"]
+    refused = graph.post(f"/me/events/{theirs['id']}/cancel", json={})
+    assert refused.status_code == 400 and error(refused)
+    assert "You need to be an organizer" in refused.json()["error"]["message"]
+    assert graph.delete(f"/me/events/{master}").status_code == 204
+    assert graph.get(f"/me/events/{master}").status_code == 404
+    items, _, _ = graph.round(delta_link)
+    assert {i["id"] for i in items} == {first["id"], fourth["id"]}
+
+
 def test_calendar_view_delta_needs_a_window_and_refuses_select(fake_graph):
     graph = Graph(fake_graph)
     assert graph.get("/me/calendarView/delta").status_code == 400

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -865,3 +866,94 @@ def test_kill_at_every_step_of_replacing_changed_items(fake_graph, graph, mailen
             break
     assert crash_at > 6
     assert replaced_steps > 0  # crashes after an old copy was deleted, before its record
+
+
+def test_cancelled_occurrences_are_exdates_and_a_later_one_replaces_the_file(
+    fake_graph, graph, mailenv
+):
+    """Graph v1.0 names no cancelled occurrence: a series' instances leave them out.  A
+    timed series (in Los Angeles, across nothing but its own zone) and an all-day one,
+    each with an occurrence deleted: EXDATE at that occurrence's start in the series'
+    zone (a date for all-day), so a calendar program expands the series without it; an
+    exception stays a RECURRENCE-ID.  Cancelling one more later (by a run that never
+    saw the series' occurrence ids) replaces the file on the next pull."""
+    from datetime import date, timedelta
+    from zoneinfo import ZoneInfo
+
+    import recurring_ical_events
+
+    fake = fake_graph
+    soon = datetime.now(UTC).date() + timedelta(days=10)
+    daily = {
+        "pattern": {"type": "daily", "interval": 1},
+        "range": {"type": "numbered", "startDate": str(soon), "numberOfOccurrences": 6},
+    }
+    standup = fake.add_event(
+        None,
+        _event("Standup", f"{soon}T09:00:00", f"{soon}T09:15:00", "Pacific Standard Time",
+               recurrence=daily),
+    )  # fmt: skip
+    holiday = fake.add_event(
+        None,
+        _event("Gym", f"{soon}T00:00:00", f"{soon + timedelta(days=1)}T00:00:00",
+               "Tokyo Standard Time", isAllDay=True, recurrence=daily),
+    )  # fmt: skip
+    fake.cancel_occurrence(standup, soon + timedelta(days=2))
+    fake.modify_occurrence(standup, soon + timedelta(days=3), subject="Standup (late)")
+    fake.cancel_occurrence(holiday, soon + timedelta(days=1))
+    root = mailenv / "mail"
+    url = graph(fake, items="calendar")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    la = ZoneInfo("America/Los_Angeles")
+
+    def expanded(name: str) -> list:
+        found = recurring_ical_events.of(_calendars(root)[name]).between(
+            soon - timedelta(days=1), soon + timedelta(days=9)
+        )
+        return sorted((e.decoded("DTSTART"), str(e["SUMMARY"])) for e in found)
+
+    def exdates(name: str) -> list:
+        (main,) = [c for c in _calendars(root)[name].walk("VEVENT") if "RRULE" in c]
+        values = main.get("EXDATE", [])
+        values = values if isinstance(values, list) else [values]
+        return [when.dt for value in values for when in value.dts]
+
+    def at_nine(n: int) -> datetime:
+        return datetime.combine(soon + timedelta(days=n), datetime.min.time(), la).replace(hour=9)
+
+    assert exdates("Standup") == [at_nine(2)]
+    assert expanded("Standup") == [
+        (at_nine(n), "Standup (late)" if n == 3 else "Standup") for n in (0, 1, 3, 4, 5)
+    ]
+    assert exdates("Gym") == [soon + timedelta(days=1)]
+    assert [when for when, _ in expanded("Gym")] == [
+        soon + timedelta(days=n) for n in (0, 2, 3, 4, 5)
+    ]
+    assert all(isinstance(when, date) and not isinstance(when, datetime)
+               for when, _ in expanded("Gym"))  # fmt: skip
+    before = _vdir_files(root)
+    # Nothing new: the series are not read again.
+    fake.requests.clear()
+    assert pull(url, root).exit_code == 0
+    assert not [r for r in fake.requests if "/events/" in r.path]
+    # One more cancelled, through Graph's DELETE of the occurrence's id.
+    (fifth,) = [
+        i["id"]
+        for i in fake.instances(standup, datetime.now(UTC), datetime.now(UTC) + timedelta(days=30))
+        if i["originalStart"].startswith(str(soon + timedelta(days=4)))
+    ]
+    request = urllib.request.Request(
+        f"{fake.base}/users/{USER}/events/{quote(fifth, safe='')}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {fake.token}"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 204
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert exdates("Standup") == [at_nine(2), at_nine(4)]
+    assert [when for when, _ in expanded("Standup")] == [at_nine(n) for n in (0, 1, 3, 5)]
+    after = _vdir_files(root)
+    assert len(after) == 2 and len(set(after) - set(before)) == 1  # the series' file replaced
+    assert exdates("Gym") == [soon + timedelta(days=1)]
