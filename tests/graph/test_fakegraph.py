@@ -127,6 +127,19 @@ def test_application_tokens_use_users_paths_not_me(fake_graph):
     assert response.status_code == 404 and error(response) == "ErrorInvalidUser"
 
 
+def test_a_delegated_login_reaches_its_mailbox_by_me_or_by_address(fake_graph):
+    """users.md ("Working with users"): /me is the same as /users/{the signed-in user's
+    id}; mail-api-overview.md: a user is named by id, address or /me.  A delegated token
+    reaches its own mailbox all three ways, another user's mailbox not at all."""
+    graph = Graph(fake_graph)
+    mine = graph.ok("get", "/me/mailFolders/inbox")
+    for who in (fake_graph.user, fake_graph.user.upper(), fake_graph.user_id):
+        assert graph.ok("get", f"/users/{who}/mailFolders/inbox") == mine
+    bobs = Graph(fake_graph, fake_graph.add_token(user="bob@example.org"))
+    denied = bobs.get(f"/users/{fake_graph.user}/mailFolders/inbox")
+    assert denied.status_code == 403 and error(denied) == "ErrorAccessDenied"
+
+
 def test_https_with_the_tests_ca(fake_graph_tls):
     url = fake_graph_tls.base + "/me/mailFolders/inbox"
     headers = {"Authorization": f"Bearer {fake_graph_tls.token}"}

@@ -247,6 +247,23 @@ def test_expired_token_is_renewed_once_and_a_refused_one_is_exit_3(fake_graph, g
     assert "not-a-token" not in result.output
 
 
+def test_requests_name_the_mailbox_whatever_the_login(fake_graph, graph, mailenv):
+    """Requests go to /v1.0/users/USER/... for a user's own (delegated) login too, never
+    /me: a login of another account is refused by Graph (403, exit 1) instead of
+    quietly backing up that account's mailbox into this one's folders."""
+    fake_graph.add_message("inbox", mime(1))
+    root = mailenv / "mail"
+    result = pull(graph(fake_graph), root)
+    assert result.exit_code == 0, result.output
+    paths = {r.path for r in fake_graph.requests}
+    assert paths and all(p.startswith(f"/v1.0/users/{USER}/") for p in paths), paths
+    (mailenv / "token").write_text(fake_graph.add_token(user="bob@example.org") + "\n")
+    other = mailenv / "other"
+    result = pull(graph(fake_graph), other)
+    assert result.exit_code == 1 and "ErrorAccessDenied" in result.output, result.output
+    assert not maildir_bodies(other).get("INBOX")
+
+
 def test_without_a_token_source_is_a_config_error(fake_graph, mailenv):
     host = fake_graph.url.removeprefix("http://")
     result = pull(f"graph://{USER}@{host}?tls=none", mailenv / "mail")
