@@ -341,17 +341,60 @@ def test_hard_delete_when_asked(fake_graph, graph, mailenv):
 
 
 def test_new_local_mail_is_refused_with_exit_2_and_the_way_to_restore(fake_graph, graph, mailenv):
+    """A one-way push of new mail into Graph stops (exit 2): Graph could only make it a
+    draft, and restoring is what IMAP is for."""
     fake_graph.add_message("inbox", mime(1))
     root = mailenv / "mail"
     url = graph(fake_graph)
     assert run("sync", url, root).exit_code == 0
     write_local(root, "INBOX", to_lf(mime(2)))
-    result = run("sync", url, root)
+    result = run("push", root, url)
     assert result.exit_code == 2, result.output
     assert "only create a message as a draft" in result.output
     assert f"imaps://{USER}@outlook.office365.com" in result.output
     assert len(fake_graph.messages("inbox")) == 1 and fake_graph.messages("drafts") == []
     assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake_graph.requests)
+
+
+def test_two_way_a_message_moved_locally_into_graph_is_refused_and_stays(
+    fake_graph, graph, mailenv
+):
+    """Two-way, a message moved from INBOX to Archive in a mail reader: Graph cannot take
+    it into Archive (it would be a draft), so the message is refused there by name (exit
+    1) and stays in the local Archive, while the rest of the run goes on (its deletion
+    from INBOX, a flag, a new server message).  The next runs hold it back: no draft,
+    no second copy, the local file untouched."""
+    fake = fake_graph
+    keys = [fake.add_message("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    moved = files[to_lf(mime(1))]
+    archived = write_local(root, "Archive", moved.read_bytes())
+    moved.unlink()
+    set_flags(files[to_lf(mime(2))], "F")
+    fake.add_message("inbox", mime(3))
+    result = run("sync", url, root)
+    assert result.exit_code == 1, result.output
+    assert "refuses local message" in result.output and "<1.graph@example.org>" in result.output
+    assert "only create a message as a draft" in result.output
+    assert f"imaps://{USER}@outlook.office365.com" in result.output
+    assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake.requests)
+    assert fake.messages("drafts") == [] and fake.messages("archive") == []
+    assert fake.message(keys[1])["folder_id"] == fake.folder_id("deleteditems")
+    assert fake.message(keys[2])["flag"] == "flagged"
+    assert Counter(p.read_bytes() for p in maildir_files(root)["INBOX"]) == Counter(
+        [to_lf(mime(0)), to_lf(mime(2)), to_lf(mime(3))]
+    )
+    assert archived.read_bytes() == to_lf(mime(1))
+    fake.requests.clear()
+    for _ in range(2):
+        result = run("sync", url, root)
+        assert result.exit_code == 0, result.output
+        assert "held back 1" in result.output
+    assert not any(r.method == "POST" for r in fake.requests)
+    assert [p.read_bytes() for p in maildir_files(root)["Archive"]] == [to_lf(mime(1))]
 
 
 def inbox_cursor(state_home: Path) -> dict:
