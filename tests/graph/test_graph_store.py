@@ -8,6 +8,7 @@ their files (kill -9 at every step of that)."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import urllib.request
 from collections import Counter
@@ -1017,3 +1018,79 @@ def test_cancelled_occurrences_are_exdates_and_a_later_one_replaces_the_file(
     after = _vdir_files(root)
     assert len(after) == 2 and len(set(after) - set(before)) == 1  # the series' file replaced
     assert exdates("Gym") == [soon + timedelta(days=1)]
+
+
+def _login_config(home: Path, fake: FakeGraph, **options) -> Path:
+    """A config with [store.work] (the fake's mailbox, OAuth2 with the tests'
+    authorization server), [store.backup] (a Maildir) and a pulling [channel.work]."""
+    host = fake.url.removeprefix("http://")
+    lines = [
+        "[store.work]",
+        f'url = "graph://{USER}@{host}"',
+        'tls = "none"',
+        *(f"{key} = {json.dumps(value)}" for key, value in options.items()),
+        "[store.backup]",
+        f"url = {json.dumps('maildir:' + str(home / 'Mail'))}",
+        "[channel.work]",
+        'remote = "work"',
+        'local = "backup"',
+        'direction = "pull"',
+    ]
+    path = home / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_device_login_then_client_credentials_reach_the_mailbox(
+    fake_graph, oauth_server, mailenv, tmp_path
+):
+    """`mailsync login` (device flow) of the user, then a pull; and an application's
+    client-credentials login (which Graph serves only at /users/USER, never /me) pulls
+    the same mailbox with no sign-in."""
+    import subprocess
+    import sys
+
+    fake = fake_graph
+    fake.trust(oauth_server)
+    fake.add_message("inbox", mime(1))
+    client = oauth_server.add_client()
+    custom = {
+        "oauth2": "custom",
+        "token_url": oauth_server.token_url,
+        "device_url": oauth_server.device_url,
+        "authorize_url": oauth_server.authorize_url,
+        "scope": "Mail.ReadWrite offline_access",
+    }
+    config = _login_config(mailenv, fake, client_id=client.client_id, **custom)
+    login = subprocess.Popen(
+        [sys.executable, "-m", "mailsync", "--config", str(config), "login", "work"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert login.stdout is not None
+    for line in login.stdout:
+        found = re.search(r"open (\S+) and enter the code (\S+)", line)
+        if found:
+            oauth_server.approve_device(found.group(2), USER)
+            break
+    out, err = login.communicate(timeout=60)
+    assert login.returncode == 0, err
+    result = run("--config", config, "pull", "work")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "Mail")["INBOX"] == Counter([to_lf(mime(1))])
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cret\n")
+    daemon = oauth_server.add_client(secret="s3cret", app_user=USER)
+    fake.add_message("inbox", mime(2))
+    config = _login_config(
+        mailenv,
+        fake,
+        client_id=daemon.client_id,
+        grant="client_credentials",
+        client_secret_command=f"cat {secret_file}",
+        **{**custom, "scope": "https://graph.microsoft.com/.default"},
+    )
+    result = run("--config", config, "pull", "work")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "Mail")["INBOX"] == Counter([to_lf(mime(n)) for n in (1, 2)])
