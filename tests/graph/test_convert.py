@@ -1042,6 +1042,13 @@ def test_any_series_gives_a_valid_calendar_or_a_value_error(
         recurrence={"pattern": pattern, "range": bounds},
     )
     exception = dict(BRUNCH, start=end, end=start, originalStart=original_start.isoformat() + "Z")
+    window = (dt.datetime(2016, 1, 1, tzinfo=dt.UTC), dt.datetime(2018, 1, 1, tzinfo=dt.UTC))
+    try:
+        days = cancelled_occurrences(master, [exception], *window)
+    except ValueError:
+        pass
+    else:
+        assert all(type(day) is dt.date for day in days) and days == sorted(set(days))
     try:
         ics = event_to_ics(master, [exception], cancelled)
     except ValueError:
