@@ -22,7 +22,9 @@ downloads it, the other copies the local copy once it is recorded; a message is
 downloaded again only where that failed.  Each folder gets it once in any case.
 
 A message the destination refuses for good (errors.RefusedError) is named, recorded
-(never as copied) and not offered again unless asked (--retry-refused).
+(never as copied) and not offered again unless asked (--retry-refused).  A destination
+that can create no message (errors.CannotCreate: Graph) refuses so in a two-way run; a
+one-way run into it stops with ConfigError (exit 2).
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
-from mailsync.errors import MailsyncError, MessageError, RefusedError
+from mailsync.errors import (
+    CannotCreate,
+    ConfigError,
+    MailsyncError,
+    MessageError,
+    RefusedError,
+)
 from mailsync.message import (
     RECENT,
     Body,
@@ -372,6 +380,8 @@ class Copier:
                 else:
                     dst_key = target.append(data, given, arrival)
             except RefusedError as error:
+                if isinstance(error, CannotCreate) and not fs.policy.writes(src):
+                    raise ConfigError(str(error)) from None
                 self._refused(key, digest, data, error)
                 return False
             except MessageError as error:

@@ -72,6 +72,14 @@ class RefusedError(MessageError):
         self.reason = reason or message
 
 
+class CannotCreate(RefusedError):
+    """The destination can create no message as the source has it (Graph makes only
+    drafts).  A two-way run refuses each message it would copy there, as any
+    RefusedError: the message stays where it is, named, and later runs hold it back.  A
+    one-way run into it (push, migrate) stops instead with exit 2 and this sentence, as
+    nothing it exists to copy could arrive (copies.py)."""
+
+
 class SafetyError(MailsyncError):
     """A run was refused because it would delete too much."""
 

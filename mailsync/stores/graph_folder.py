@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from mailsync.errors import ConfigError, FolderError, MessageError, StoreError
+from mailsync.errors import CannotCreate, FolderError, MessageError, StoreError
 from mailsync.message import ANSWERED, DELETED, DRAFT, FLAGGED, FORWARDED, SEEN, Body, Info, to_lf
 from mailsync.stores import graph
 from mailsync.stores.base import PagedFolder
@@ -257,10 +257,20 @@ class GraphFolder(PagedFolder):
             raise StoreError(f"{self.store.url}: opened read-only")
 
     def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
-        raise ConfigError(
+        """Refused (errors.CannotCreate): Graph creates a message posted as MIME only as a
+        draft (user-post-messages.md), and no documented call makes received mail.  A
+        two-way run leaves such a message where it is (a message moved between local
+        folders stays in its new one, and is deleted from the old one on the server as
+        any local deletion); a one-way run stops with exit 2."""
+        imap = (
+            f"use IMAP: imaps://{self.store.endpoint.user}@outlook.office365.com with "
+            'oauth2 = "microsoft" (XOAUTH2)'
+        )
+        raise CannotCreate(
             f"{self.where}: Graph can only create a message as a draft, not as received "
-            f"mail; to restore messages use IMAP (imaps://{self.store.endpoint.user}"
-            '@outlook.office365.com with oauth2 = "microsoft", XOAUTH2)'
+            f"mail; to restore messages, {imap}",
+            f"Graph can only create a message as a draft, so it stays local; to put it on "
+            f"the server, {imap}",
         )
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:

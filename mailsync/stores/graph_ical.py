@@ -47,6 +47,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
+from mailsync.stores.graph_rrule import pattern_rule
 from mailsync.stores.graph_text import html_to_text, parse_timestamp, plain, utc_timestamp
 
 PRODID = "-//mailsync//Microsoft Graph to iCalendar//EN"
@@ -63,11 +64,6 @@ _UTC_NAMES = {
 # A zone name is looked up in the tz database only when it looks like one (no "..", no
 # leading "/": ZoneInfo reads files by that name).
 _IANA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
-DAYS = {
-    "sunday": "SU", "monday": "MO", "tuesday": "TU", "wednesday": "WE",
-    "thursday": "TH", "friday": "FR", "saturday": "SA",
-}  # fmt: skip
-WEEK_INDEX = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
 PARTSTAT = {
     "accepted": "ACCEPTED", "declined": "DECLINED", "tentativelyaccepted": "TENTATIVE",
     "organizer": "ACCEPTED", "none": "NEEDS-ACTION", "notresponded": "NEEDS-ACTION",
@@ -85,7 +81,6 @@ CLASS = {
 PRIORITY = {"high": 1, "normal": 5, "low": 9}
 # MS-OXPROPS PidLidAppointmentSequence (PSETID_Appointment, 0x8201) as Graph names it.
 SEQUENCE_PROPERTY = "Integer {00062002-0000-0000-C000-000000000046} Id 0x8201"
-MAX_INTERVAL = 1000  # Graph allows up to 99 (Outlook's dialog); more is no real series
 MAX_COUNT = 100_000
 MAX_REMINDER_MINUTES = 10 * 366 * 24 * 60
 MAX_ATTENDEES = 10_000
@@ -106,6 +101,38 @@ def event_to_ics(
     try:
         return _event_to_ics(master, list(exceptions), list(cancelled))
     except OverflowError:  # a date at the ends of datetime's range, moved to another zone
+        raise ValueError("a date of the event is out of range (before year 2 or after 9998)")
+
+
+def cancelled_occurrences(
+    master: dict, instances: Iterable[dict], start: dt.datetime, end: dt.datetime
+) -> list[dt.date]:
+    """The days of the occurrences of series `master` that the user deleted or cancelled,
+    for event_to_ics's `cancelled`: Graph v1.0 has no list of them (the event's
+    cancelledOccurrences is beta only), but ``events/{id}/instances`` leaves them out.
+    `instances` are what it listed (occurrences and exceptions, each with originalStart)
+    over a span wider than [`start`, `end`) (aware datetimes: the calendar window) by more
+    than a day; an occurrence the pattern puts wholly inside the window, a day from its
+    ends (an all-day one is midnight to midnight in a zone the window does not know), whose
+    day no instance names is a cancelled one.  A single event has none.  A ValueError names
+    the field that cannot be read."""
+    recurrence = master.get("recurrence") if isinstance(master, dict) else None
+    if not recurrence:
+        return []
+    try:
+        series = _Series.of(master, recurrence)
+        listed = set()
+        for instance in instances:
+            if not isinstance(instance, dict):
+                raise ValueError("an instance of the series is not a JSON object")
+            if instance.get("originalStart") is None and instance.get("type") == "occurrence":
+                # (documented on every instance; an occurrence starts where it always did)
+                original = _times(instance, series.zone_hint, set())[0]
+            else:
+                original = series.recurrence_id(instance)
+            listed.add(_naive(original).date())
+        return [day for day in series.days_within(start, end) if day not in listed]
+    except OverflowError:
         raise ValueError("a date of the event is out of range (before year 2 or after 9998)")
 
 
@@ -453,7 +480,7 @@ class _Series:
             raise ValueError("recurrence has no pattern or no range")
         all_day = master.get("isAllDay") is True
         zone_hint = bounds.get("recurrenceTimeZone") or master.get("originalStartTimeZone")
-        rule = _pattern_rule(pattern)
+        rule = pattern_rule(pattern)
         kind = str(bounds.get("type") or "").lower()
         if kind == "numbered":
             count = bounds.get("numberOfOccurrences")
@@ -548,6 +575,27 @@ class _Series:
         except (ValueError, OverflowError):
             return False
 
+    def days_within(self, start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+        """The days of the occurrences that begin a day or more after `start` and end a
+        day or more before `end` (aware datetimes), at most MAX_COUNT of them."""
+        from dateutil.rrule import rrulestr
+        from icalendar import vRecur
+
+        margin = dt.timedelta(days=1)
+        _first, first_end = _times(self.master, self.zone_hint, set())
+        length = _naive(first_end) - _naive(self.start) if first_end is not None else dt.timedelta()
+        if self.all_day or self.start.tzinfo is None:  # floating: the window read as UTC
+            dtstart, low, high = _naive(self.start), _naive(start + margin), _naive(end - margin)
+        else:
+            dtstart, low, high = self.start, start + margin, end - margin
+        rule = rrulestr(vRecur(self.rrule).to_ical().decode(), dtstart=dtstart)
+        days = []
+        for occurrence in rule.xafter(low, count=MAX_COUNT, inc=True):
+            if occurrence + length > high:
+                break
+            days.append(occurrence.date())
+        return days
+
     def occurrence_start(self, day: dt.date) -> dt.date:
         """The start of the occurrence on `day` in the series' zone."""
         if self.all_day:
@@ -600,86 +648,3 @@ def _cancelled_day(item: object) -> dt.date:
         if match:
             return parse_timestamp(match.group(1), "cancelled occurrence")[0].date()
     raise ValueError(f"cancelled occurrence {str(item)[:80]!r} names no date")
-
-
-def _days(pattern: dict) -> list[str]:
-    days = []
-    for day in _list(pattern.get("daysOfWeek")):
-        code = DAYS.get(str(day).lower())
-        if code is None:
-            raise ValueError(f"recurrence pattern daysOfWeek holds {str(day)[:40]!r}")
-        if code not in days:
-            days.append(code)
-    return days
-
-
-def _number(pattern: dict, field: str, low: int, high: int) -> int:
-    value = pattern.get(field)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"recurrence pattern {field} is {str(value)[:40]!r}, not {low} to {high}")
-    return value
-
-
-def _pattern_rule(pattern: dict) -> dict:
-    """The RRULE parts of a Graph recurrencePattern.  Only the fields of its type are
-    read: Graph fills the others with zeros ("month": 0) or defaults ("index": "first").
-
-    Outlook puts a monthly or yearly occurrence on day 29-31 on the last day of a month
-    that is shorter (CDO's RecurrencePattern.DayOfMonth: 31 is "the last day of every
-    month", 29 February is the 28th in other years); RRULE skips such months, so day 31
-    is BYMONTHDAY=-1 (as Exchange itself exports it, MS-OXCICAL 2.1.3.2.2.3) and days 29
-    and 30 are BYMONTHDAY=28,...,N with BYSETPOS=-1.  A relative pattern with several
-    days (Outlook's "first weekday") is the index-th of those days in the month:
-    BYDAY=MO,...,FR;BYSETPOS=n."""
-    kind = str(pattern.get("type") or "").lower()
-    rule: dict[str, Any] = {}
-    interval = pattern.get("interval", 1)
-    if (
-        not isinstance(interval, int)
-        or isinstance(interval, bool)
-        or not 1 <= interval <= MAX_INTERVAL
-    ):
-        raise ValueError(f"recurrence pattern interval is {str(interval)[:40]!r}")
-    if kind == "daily":
-        rule["FREQ"] = "DAILY"
-    elif kind == "weekly":
-        rule["FREQ"] = "WEEKLY"
-        days = _days(pattern)
-        if not days:
-            raise ValueError("a weekly recurrence pattern has no daysOfWeek")
-        rule["BYDAY"] = days
-    elif kind in ("absolutemonthly", "absoluteyearly"):
-        rule["FREQ"] = "MONTHLY" if kind == "absolutemonthly" else "YEARLY"
-        if kind == "absoluteyearly":
-            rule["BYMONTH"] = [_number(pattern, "month", 1, 12)]
-        day = _number(pattern, "dayOfMonth", 1, 31)
-        if day == 31:
-            rule["BYMONTHDAY"] = [-1]
-        elif day > 28:
-            rule["BYMONTHDAY"] = list(range(28, day + 1))
-            rule["BYSETPOS"] = [-1]
-        else:
-            rule["BYMONTHDAY"] = [day]
-    elif kind in ("relativemonthly", "relativeyearly"):
-        rule["FREQ"] = "MONTHLY" if kind == "relativemonthly" else "YEARLY"
-        if kind == "relativeyearly":
-            rule["BYMONTH"] = [_number(pattern, "month", 1, 12)]
-        days = _days(pattern)
-        if not days:
-            raise ValueError(f"a {pattern.get('type')} recurrence pattern has no daysOfWeek")
-        index = WEEK_INDEX.get(str(pattern.get("index") or "first").lower())
-        if index is None:
-            raise ValueError(f"recurrence pattern index is {str(pattern.get('index'))[:40]!r}")
-        if len(days) == 1:
-            rule["BYDAY"] = [f"{index}{days[0]}"]
-        else:
-            rule["BYDAY"] = days
-            rule["BYSETPOS"] = [index]
-    else:
-        raise ValueError(f"recurrence pattern type {str(pattern.get('type'))[:40]!r} is unknown")
-    if interval != 1:
-        rule["INTERVAL"] = interval
-    if rule["FREQ"] == "WEEKLY":
-        # The week start decides which weeks an INTERVAL > 1 counts; Graph's default is Sunday.
-        rule["WKST"] = DAYS.get(str(pattern.get("firstDayOfWeek") or "sunday").lower(), "SU")
-    return rule

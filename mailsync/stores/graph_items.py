@@ -10,14 +10,20 @@ removed, and a pull keeps its file).  calendarView lists the occurrences and exc
 of a series, never its master: each names the master (seriesMasterId), whose key is
 listed instead.  Bodies are
 made from Graph's JSON by graph_vcard.contact_to_vcf and graph_ical.event_to_ics (a
-series: GET of the master, and its exceptions from ``instances`` over the window).
+series: GET of the master, and every page of its ``instances`` over the window: the
+exceptions, and the cancelled occurrences as those the pattern makes that ``instances``
+leaves out, graph_ical.cancelled_occurrences; Graph v1.0 has no list of them).  A series
+is read only when its version changed.
 
 Items change on the server (``mutable_items``): version() is a contact's or single
 event's changeKey; a series has none of its own in calendarView, so its version is a
 digest of the ids and changeKeys of the occurrences and exceptions (and the removals)
 the delta has named for it so far: an incremental delta names a series only when one of
 them changed, and a new exception or a changed master gives new changeKeys.  The engine
-then copies the item again over its old file.
+then copies the item again over its old file.  A removal of an occurrence whose series
+this process has not seen (a cancelled occurrence, seen by the next run) names no series:
+the calendar's events are listed once, each known series is read again and each known
+item gone is removed (_unattributed_removals).
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailsync")
 
+EVENTS_PAGE = 500  # $top of events and instances lists (Graph pages them with nextLinks)
+MAX_INSTANCE_PAGES = 200  # 100,000 instances: a daily series over 270 years
+# How much wider than the window a series' instances are listed (see _instances).
+INSTANCES_MARGIN = dt.timedelta(days=31)
+
 
 class GraphItemsFolder(PagedFolder):
     """A calendar (`kind` "calendar") or contact folder ("contacts") of the mailbox.
@@ -60,12 +71,13 @@ class GraphItemsFolder(PagedFolder):
         self._items: dict[str, dict] = {}  # key -> the JSON a delta page gave (not series)
         self._series_of: dict[str, str] = {}  # occurrence id -> its master's id
         self._versions: dict[str, str] = {}  # key -> version() (see the module's docstring)
+        # Removals of occurrences of series the delta named to another process (see
+        # _unattributed_removals).
+        self._removed_unknown: list[str] = []
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         back, ahead = store.calendar_window
-        self._window = {
-            "startDateTime": (now - back).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "endDateTime": (now + ahead).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        self._span = (now - back, now + ahead)
+        self._window = _window_params(*self._span)
 
     def __repr__(self) -> str:
         return f"<GraphItemsFolder {self.store.url} {self.name}>"
@@ -119,6 +131,8 @@ class GraphItemsFolder(PagedFolder):
                 yield page, {"link": next_link}
                 url, params = next_link, None
                 continue
+            if self._removed_unknown:
+                self._unattributed_removals(page, known)
             self._link = delta_link
             yield page, {"link": delta_link}
             return
@@ -139,6 +153,8 @@ class GraphItemsFolder(PagedFolder):
                 page[item_id] = None
                 self._items.pop(item_id, None)
                 self._versions.pop(item_id, None)
+                if self.kind == "calendar" and item_id not in known:
+                    self._removed_unknown.append(item_id)
             return
         master = entry.get("seriesMasterId")
         if self.kind == "calendar" and isinstance(master, str) and master:
@@ -153,6 +169,39 @@ class GraphItemsFolder(PagedFolder):
         else:
             self._versions.pop(item_id, None)
         page[item_id] = Info(frozenset(), 0, arrival)
+
+    def _unattributed_removals(self, page: dict[str, Info | None], known: Mapping) -> None:
+        """The delta removed ids this folder never had as items: occurrences of a series
+        (cancelled, or all of a deleted series), named to the run that first listed them;
+        nothing says which series (their ids only in that run's memory).  Each known
+        series still in the calendar changes version (read again: an occurrence gone is
+        an EXDATE), and each known item the calendar no longer holds is removed.  One
+        listing of the calendar's events, only in a round with such removals."""
+        removals, self._removed_unknown = self._removed_unknown, []
+        listed: dict[str, str] = {}  # id -> type
+        url: str | None = f"{self.collection}/events"
+        params: dict | None = {"$select": "id,type", "$top": str(EVENTS_PAGE)}
+        while url:
+            try:
+                answer = self._get(url, "listing the calendar's events", params=params)
+            except GraphError as error:
+                raise FolderError(str(error))
+            for event in answer.get("value") or ():
+                if isinstance(event, dict) and isinstance(event.get("id"), str):
+                    listed[event["id"]] = str(event.get("type") or "")
+            link = answer.get("@odata.nextLink")
+            url, params = (link, None) if isinstance(link, str) and link else (None, None)
+        note = "removed " + " ".join(sorted(removals))
+        for key in known:
+            if key in page:
+                continue
+            kind = listed.get(key)
+            if kind is None:
+                page[key] = None
+                self._versions.pop(key, None)
+            elif kind == "seriesMaster":
+                self._series_version(key, note)
+                page[key] = Info(frozenset(), 0, 0.0)
 
     def _series_version(self, master: str, instance: str) -> None:
         """Fold what the delta says of one instance of series `master` into its version."""
@@ -185,7 +234,7 @@ class GraphItemsFolder(PagedFolder):
                 yield key, error
 
     def _item(self, key: str) -> bytes:
-        from mailsync.stores.graph_ical import event_to_ics
+        from mailsync.stores.graph_ical import cancelled_occurrences, event_to_ics
         from mailsync.stores.graph_vcard import contact_to_vcf
 
         quoted = quote(key, safe="")
@@ -197,17 +246,13 @@ class GraphItemsFolder(PagedFolder):
                 return contact_to_vcf(entry)
             if entry is None:
                 entry = self._get(f"events/{quoted}", "reading an event")
-            exceptions = []
+            exceptions: list[dict] = []
+            cancelled: list = []
             if entry.get("type") == "seriesMaster" or entry.get("recurrence"):
-                instances = self._get(
-                    f"events/{quoted}/instances", "reading a series", params=dict(self._window)
-                )
-                exceptions = [
-                    event
-                    for event in instances.get("value") or ()
-                    if isinstance(event, dict) and event.get("type") == "exception"
-                ]
-            return event_to_ics(entry, exceptions)
+                instances = self._instances(quoted)
+                exceptions = [event for event in instances if event.get("type") == "exception"]
+                cancelled = cancelled_occurrences(entry, instances, *self._span)
+            return event_to_ics(entry, exceptions, cancelled)
         except GraphError as error:
             if error.status in (404, 400):
                 raise MessageError(f"{self.where}: item {key[:24]}... is gone ({error.code})")
@@ -218,6 +263,28 @@ class GraphItemsFolder(PagedFolder):
             text = f"{self.where}: item {key[:24]}... cannot be converted ({error}); skipped"
             log.warning("%s", text)
             raise MessageError(text)
+
+    def _instances(self, quoted: str) -> list[dict]:
+        """Every occurrence and exception of series `quoted` (its id, URL-quoted) Graph
+        lists over the window widened by INSTANCES_MARGIN on each side (an exception moved
+        out of the window is still found in its original place), every page."""
+        start, end = self._span
+        url: str | None = f"events/{quoted}/instances"
+        params: dict | None = {
+            **_window_params(start - INSTANCES_MARGIN, end + INSTANCES_MARGIN),
+            "$top": str(EVENTS_PAGE),
+        }
+        found: list[dict] = []
+        for _ in range(MAX_INSTANCE_PAGES):
+            if url is None:
+                return found
+            answer = self._get(url, "reading a series", params=params)
+            found += [event for event in answer.get("value") or () if isinstance(event, dict)]
+            link = answer.get("@odata.nextLink")
+            url, params = (link, None) if isinstance(link, str) and link else (None, None)
+        if url is None:
+            return found
+        raise ValueError(f"the series has more than {MAX_INSTANCE_PAGES} pages of instances")
 
     # writing: pulled only ---------------------------------------------------------------
     def _refuse(self) -> MailsyncError:
@@ -236,3 +303,11 @@ class GraphItemsFolder(PagedFolder):
 
     def delete(self, key: str) -> str:
         raise self._refuse()
+
+
+def _window_params(start: dt.datetime, end: dt.datetime) -> dict[str, str]:
+    """startDateTime and endDateTime, in UTC, as calendarView and instances take them."""
+    return {
+        "startDateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }

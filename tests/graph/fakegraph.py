@@ -138,7 +138,9 @@ and contacts are given by the test as Graph JSON and returned with the server's 
 daily, weekly, absoluteMonthly, relativeMonthly, absoluteYearly, relativeYearly patterns;
 endDate, noEnd and numbered ranges. An occurrence is ``type: occurrence`` with
 ``seriesMasterId`` and ``originalStart``; ``modify_occurrence`` makes it an ``exception``;
-``cancel_occurrence`` removes it from the view.
+``cancel_occurrence`` removes it from the view, as ``DELETE events/{id}`` and ``POST
+events/{id}/cancel`` of its id do (event-delete.md, event-cancel.md: cancel is the
+organizer's only, else 400); those of a single event or a master remove the whole event.
 
 Folder hierarchy and batching
 -----------------------------
@@ -1537,6 +1539,12 @@ class FakeGraph(ThreadedHTTPFake):
             return self._delta(ctx, "events", cal.id)
         if names[:1] == ["events"] and n == 2 and m == "GET":
             return 200, self._get_event(ctx, segs[1])
+        if names[:1] == ["events"] and n == 2 and m == "DELETE":
+            self._remove_event(segs[1], cancel=False)
+            return 204, b""
+        if names[:1] == ["events"] and n == 3 and names[2] == "cancel" and m == "POST":
+            self._remove_event(segs[1], cancel=True)
+            return 202, b""
         if names[:1] == ["events"] and n == 3 and names[2] == "instances" and m == "GET":
             return 200, self._event_instances(ctx, segs[1])
         if names == ["calendarview"] and m == "GET":
@@ -1792,6 +1800,39 @@ class FakeGraph(ThreadedHTTPFake):
         raise GraphError(
             404, "ErrorItemNotFound", "The specified object was not found in the store."
         )
+
+    def _remove_event(self, key: str, cancel: bool) -> None:
+        """``DELETE events/{id}`` (event-delete.md: 204) and ``POST events/{id}/cancel``
+        (event-cancel.md: 202, organizer only, else 400 with the page's message; the code
+        is the fake's choice): a single event or a series master
+        goes with its series; an occurrence's or exception's id removes that occurrence,
+        which then is missing from ``instances`` and calendarView and reported removed by
+        delta.  (Both put the item into Deleted Items on Outlook: not modelled.)"""
+        ev = self._events.get(key)
+        day = None
+        if ev is None:
+            for candidate in self._events.values():
+                for occurrence_day, occ_id in candidate.occurrence_ids.items():
+                    if occ_id == key and occurrence_day not in candidate.cancelled:
+                        ev, day = candidate, occurrence_day
+        if ev is None:
+            raise GraphError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
+        if cancel:
+            organizer = (ev.data.get("organizer") or {}).get("emailAddress") or {}
+            if str(organizer.get("address") or self.user).lower() != self.user.lower():
+                raise GraphError(
+                    400,
+                    "ErrorAccessDenied",
+                    "Your request can't be completed. You need to be an organizer to cancel "
+                    "a meeting.",
+                )
+        if day is None:
+            del self._events[ev.id]
+        else:
+            ev.cancelled.add(day)
+            ev.exceptions.pop(day, None)
 
     def _resolve_contact_folder(self, key: str) -> _ContactFolder:
         folder = self._contact_folders.get(key)

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from icalendar import Calendar
 
-from mailsync.stores.graph_ical import event_to_ics
+from mailsync.stores.graph_ical import cancelled_occurrences, event_to_ics
 from mailsync.stores.graph_vcard import contact_to_vcf
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -625,6 +625,75 @@ def test_a_series_with_exceptions_and_cancelled_occurrences():
     assert dt.datetime(2017, 12, 25, 12, tzinfo=LA) in [d.dt for d in main["exdate"].dts]
 
 
+def _instance(master: dict, day: dt.date, zone: ZoneInfo, kind: str = "occurrence") -> dict:
+    """The occurrence of `master` on `day` as ``instances`` lists it: in UTC, with
+    originalStart."""
+    start = dt.datetime.combine(day, dt.time(12), zone).astimezone(dt.UTC)
+    return dict(
+        copy.deepcopy(master),
+        id=f"{master['id']}-{day}",
+        type=kind,
+        recurrence=None,
+        seriesMasterId=master["id"],
+        originalStart=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        start={"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"},
+        end={"dateTime": (start + dt.timedelta(hours=2)).isoformat()[:19], "timeZone": "UTC"},
+    )
+
+
+def test_cancelled_occurrences_are_those_the_instances_leave_out():
+    """Graph v1.0 has no list of cancelled occurrences: they are the pattern's occurrences
+    missing from ``instances``, counted only a day inside the window (at its edges what
+    Graph lists depends on zones and overlaps).  The lunch series crosses the end of
+    daylight saving time (5 November 2017): days compare in the series' zone."""
+    mondays = graph_occurrences(
+        LUNCH_SERIES["recurrence"]["pattern"],
+        LUNCH_SERIES["recurrence"]["range"],
+        dt.date(2018, 1, 1),
+    )
+    gone = {dt.date(2017, 9, 18), dt.date(2017, 11, 6), dt.date(2017, 12, 25)}
+    listed = [_instance(LUNCH_SERIES, day, LA) for day in mondays if day not in gone]
+    listed[2] = dict(listed[2], type="exception", subject="moved", start=listed[3]["start"])
+    window = (dt.datetime(2017, 9, 1, tzinfo=dt.UTC), dt.datetime(2018, 3, 1, tzinfo=dt.UTC))
+    assert cancelled_occurrences(LUNCH_SERIES, listed, *window) == sorted(gone)
+    # Occurrences at the window's edges (or outside it) are never called cancelled.
+    narrow = (
+        dt.datetime(2017, 9, 18, 12, tzinfo=LA),  # the first one it could hold: no day inside
+        dt.datetime(2017, 12, 26, 12, tzinfo=LA),  # 25 December is not a day from the end
+    )
+    assert cancelled_occurrences(LUNCH_SERIES, listed, *narrow) == [dt.date(2017, 11, 6)]
+    assert cancelled_occurrences(LUNCH_SERIES, [], *narrow)[0] == dt.date(2017, 9, 25)
+    # A single event has none; the days become EXDATEs at the series' time in its zone.
+    assert cancelled_occurrences(BRUNCH, [], *window) == []
+    (main,) = events(parse(event_to_ics(LUNCH_SERIES, [], sorted(gone))))[:1]
+    assert [d.dt for d in main["exdate"].dts] == [
+        dt.datetime.combine(day, dt.time(12), LA) for day in sorted(gone)
+    ]
+    # All day: the instances' midnights, in the zone the event was made in or in UTC.
+    all_day = dict(
+        copy.deepcopy(LUNCH_SERIES),
+        isAllDay=True,
+        start={"dateTime": "2017-09-04T00:00:00.0000000", "timeZone": "Tokyo Standard Time"},
+        end={"dateTime": "2017-09-05T00:00:00.0000000", "timeZone": "Tokyo Standard Time"},
+    )
+    all_day["recurrence"]["range"]["recurrenceTimeZone"] = "Tokyo Standard Time"
+    tokyo = ZoneInfo("Asia/Tokyo")
+    days = [
+        dict(
+            _instance(all_day, day, tokyo),
+            originalStart=dt.datetime.combine(day, dt.time(), tokyo)
+            .astimezone(dt.UTC)
+            .strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        for day in mondays
+        if day not in gone
+    ]
+    assert cancelled_occurrences(all_day, days, *window) == sorted(gone)
+    ics = event_to_ics(all_day, [], cancelled_occurrences(all_day, days, *window))
+    found = recurring_ical_events.of(parse(ics)).between(dt.date(2017, 9, 1), dt.date(2018, 1, 1))
+    assert sorted(e.decoded("dtstart") for e in found) == [d for d in mondays if d not in gone]
+
+
 def test_two_exceptions_to_one_occurrence_keep_the_later_modified():
     base = dict(
         copy.deepcopy(LUNCH_SERIES),
@@ -973,6 +1042,13 @@ def test_any_series_gives_a_valid_calendar_or_a_value_error(
         recurrence={"pattern": pattern, "range": bounds},
     )
     exception = dict(BRUNCH, start=end, end=start, originalStart=original_start.isoformat() + "Z")
+    window = (dt.datetime(2016, 1, 1, tzinfo=dt.UTC), dt.datetime(2018, 1, 1, tzinfo=dt.UTC))
+    try:
+        days = cancelled_occurrences(master, [exception], *window)
+    except ValueError:
+        pass
+    else:
+        assert all(type(day) is dt.date for day in days) and days == sorted(set(days))
     try:
         ics = event_to_ics(master, [exception], cancelled)
     except ValueError:

@@ -127,6 +127,19 @@ def test_application_tokens_use_users_paths_not_me(fake_graph):
     assert response.status_code == 404 and error(response) == "ErrorInvalidUser"
 
 
+def test_a_delegated_login_reaches_its_mailbox_by_me_or_by_address(fake_graph):
+    """users.md ("Working with users"): /me is the same as /users/{the signed-in user's
+    id}; mail-api-overview.md: a user is named by id, address or /me.  A delegated token
+    reaches its own mailbox all three ways, another user's mailbox not at all."""
+    graph = Graph(fake_graph)
+    mine = graph.ok("get", "/me/mailFolders/inbox")
+    for who in (fake_graph.user, fake_graph.user.upper(), fake_graph.user_id):
+        assert graph.ok("get", f"/users/{who}/mailFolders/inbox") == mine
+    bobs = Graph(fake_graph, fake_graph.add_token(user="bob@example.org"))
+    denied = bobs.get(f"/users/{fake_graph.user}/mailFolders/inbox")
+    assert denied.status_code == 403 and error(denied) == "ErrorAccessDenied"
+
+
 def test_https_with_the_tests_ca(fake_graph_tls):
     url = fake_graph_tls.base + "/me/mailFolders/inbox"
     headers = {"Authorization": f"Bearer {fake_graph_tls.token}"}
@@ -839,6 +852,48 @@ def test_calendar_view_delta_expands_series_in_the_window(fake_graph):
     ]
     view = plain.ok("get", f"/me/calendar/calendarView?{WINDOW}")["value"]
     assert {i["id"] for i in view} == {i["id"] for i in listed} | {allday}
+
+
+def test_deleting_or_cancelling_an_occurrence_or_a_series(fake_graph):
+    """event-delete.md (204) and event-cancel.md (202; the organizer's only, else 400): an
+    occurrence's id removes that occurrence from instances and calendarView, and delta
+    reports it removed; a master's id removes the series."""
+    graph = Graph(fake_graph)
+    weekly = {
+        "subject": "Standup",
+        "start": berlin("2026-12-07", "09"),
+        "end": berlin("2026-12-07", "10"),
+        "recurrence": {
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+            "range": {"type": "numbered", "startDate": "2026-12-07", "numberOfOccurrences": 4},
+        },
+    }
+    master = fake_graph.add_event(None, weekly)
+    foreign = fake_graph.add_event(
+        None, {**weekly, "organizer": {"emailAddress": {"address": "bob@example.org"}}}
+    )
+    _, delta_link, _ = graph.round(f"/me/calendarView/delta?{WINDOW}")
+    first, second, third, fourth = graph.ok("get", f"/me/events/{master}/instances?{WINDOW}")[
+        "value"
+    ]
+    assert graph.delete(f"/me/events/{second['id']}").status_code == 204
+    cancel = graph.post(f"/me/events/{third['id']}/cancel", json={"Comment": "no"})
+    assert cancel.status_code == 202
+    listed = graph.ok("get", f"/me/events/{master}/instances?{WINDOW}")["value"]
+    assert [i["id"] for i in listed] == [first["id"], fourth["id"]]
+    assert graph.get(f"/me/events/{second['id']}").status_code == 404
+    assert graph.delete(f"/me/events/{second['id']}").status_code == 404
+    items, delta_link, _ = graph.round(delta_link)
+    assert {i["id"] for i in items} == {second["id"], third["id"]}
+    assert all(i["@removed"] == {"reason": "deleted"} for i in items)
+    (theirs, *_) = graph.ok("get", f"/me/events/{foreign}/instances?{WINDOW}")["value"]
+    refused = graph.post(f"/me/events/{theirs['id']}/cancel", json={})
+    assert refused.status_code == 400 and error(refused)
+    assert "You need to be an organizer" in refused.json()["error"]["message"]
+    assert graph.delete(f"/me/events/{master}").status_code == 204
+    assert graph.get(f"/me/events/{master}").status_code == 404
+    items, _, _ = graph.round(delta_link)
+    assert {i["id"] for i in items} == {first["id"], fourth["id"]}
 
 
 def test_calendar_view_delta_needs_a_window_and_refuses_select(fake_graph):

@@ -8,7 +8,9 @@ their files (kill -9 at every step of that)."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,6 +248,23 @@ def test_expired_token_is_renewed_once_and_a_refused_one_is_exit_3(fake_graph, g
     assert "not-a-token" not in result.output
 
 
+def test_requests_name_the_mailbox_whatever_the_login(fake_graph, graph, mailenv):
+    """Requests go to /v1.0/users/USER/... for a user's own (delegated) login too, never
+    /me: a login of another account is refused by Graph (403, exit 1) instead of
+    quietly backing up that account's mailbox into this one's folders."""
+    fake_graph.add_message("inbox", mime(1))
+    root = mailenv / "mail"
+    result = pull(graph(fake_graph), root)
+    assert result.exit_code == 0, result.output
+    paths = {r.path for r in fake_graph.requests}
+    assert paths and all(p.startswith(f"/v1.0/users/{USER}/") for p in paths), paths
+    (mailenv / "token").write_text(fake_graph.add_token(user="bob@example.org") + "\n")
+    other = mailenv / "other"
+    result = pull(graph(fake_graph), other)
+    assert result.exit_code == 1 and "ErrorAccessDenied" in result.output, result.output
+    assert not maildir_bodies(other).get("INBOX")
+
+
 def test_without_a_token_source_is_a_config_error(fake_graph, mailenv):
     host = fake_graph.url.removeprefix("http://")
     result = pull(f"graph://{USER}@{host}?tls=none", mailenv / "mail")
@@ -323,17 +342,60 @@ def test_hard_delete_when_asked(fake_graph, graph, mailenv):
 
 
 def test_new_local_mail_is_refused_with_exit_2_and_the_way_to_restore(fake_graph, graph, mailenv):
+    """A one-way push of new mail into Graph stops (exit 2): Graph could only make it a
+    draft, and restoring is what IMAP is for."""
     fake_graph.add_message("inbox", mime(1))
     root = mailenv / "mail"
     url = graph(fake_graph)
     assert run("sync", url, root).exit_code == 0
     write_local(root, "INBOX", to_lf(mime(2)))
-    result = run("sync", url, root)
+    result = run("push", root, url)
     assert result.exit_code == 2, result.output
     assert "only create a message as a draft" in result.output
     assert f"imaps://{USER}@outlook.office365.com" in result.output
     assert len(fake_graph.messages("inbox")) == 1 and fake_graph.messages("drafts") == []
     assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake_graph.requests)
+
+
+def test_two_way_a_message_moved_locally_into_graph_is_refused_and_stays(
+    fake_graph, graph, mailenv
+):
+    """Two-way, a message moved from INBOX to Archive in a mail reader: Graph cannot take
+    it into Archive (it would be a draft), so the message is refused there by name (exit
+    1) and stays in the local Archive, while the rest of the run goes on (its deletion
+    from INBOX, a flag, a new server message).  The next runs hold it back: no draft,
+    no second copy, the local file untouched."""
+    fake = fake_graph
+    keys = [fake.add_message("inbox", mime(n)) for n in range(3)]
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    moved = files[to_lf(mime(1))]
+    archived = write_local(root, "Archive", moved.read_bytes())
+    moved.unlink()
+    set_flags(files[to_lf(mime(2))], "F")
+    fake.add_message("inbox", mime(3))
+    result = run("sync", url, root)
+    assert result.exit_code == 1, result.output
+    assert "refuses local message" in result.output and "<1.graph@example.org>" in result.output
+    assert "only create a message as a draft" in result.output
+    assert f"imaps://{USER}@outlook.office365.com" in result.output
+    assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake.requests)
+    assert fake.messages("drafts") == [] and fake.messages("archive") == []
+    assert fake.message(keys[1])["folder_id"] == fake.folder_id("deleteditems")
+    assert fake.message(keys[2])["flag"] == "flagged"
+    assert Counter(p.read_bytes() for p in maildir_files(root)["INBOX"]) == Counter(
+        [to_lf(mime(0)), to_lf(mime(2)), to_lf(mime(3))]
+    )
+    assert archived.read_bytes() == to_lf(mime(1))
+    fake.requests.clear()
+    for _ in range(2):
+        result = run("sync", url, root)
+        assert result.exit_code == 0, result.output
+        assert "held back 1" in result.output
+    assert not any(r.method == "POST" for r in fake.requests)
+    assert [p.read_bytes() for p in maildir_files(root)["Archive"]] == [to_lf(mime(1))]
 
 
 def inbox_cursor(state_home: Path) -> dict:
@@ -865,3 +927,171 @@ def test_kill_at_every_step_of_replacing_changed_items(fake_graph, graph, mailen
             break
     assert crash_at > 6
     assert replaced_steps > 0  # crashes after an old copy was deleted, before its record
+
+
+def test_cancelled_occurrences_are_exdates_and_a_later_one_replaces_the_file(
+    fake_graph, graph, mailenv
+):
+    """Graph v1.0 names no cancelled occurrence: a series' instances leave them out.  A
+    timed series (in Los Angeles, across nothing but its own zone) and an all-day one,
+    each with an occurrence deleted: EXDATE at that occurrence's start in the series'
+    zone (a date for all-day), so a calendar program expands the series without it; an
+    exception stays a RECURRENCE-ID.  Cancelling one more later (by a run that never
+    saw the series' occurrence ids) replaces the file on the next pull."""
+    from datetime import date, timedelta
+    from zoneinfo import ZoneInfo
+
+    import recurring_ical_events
+
+    fake = fake_graph
+    fake.max_page_size = 2  # every list in pages of two: a series' instances too
+    soon = datetime.now(UTC).date() + timedelta(days=10)
+    daily = {
+        "pattern": {"type": "daily", "interval": 1},
+        "range": {"type": "numbered", "startDate": str(soon), "numberOfOccurrences": 6},
+    }
+    standup = fake.add_event(
+        None,
+        _event("Standup", f"{soon}T09:00:00", f"{soon}T09:15:00", "Pacific Standard Time",
+               recurrence=daily),
+    )  # fmt: skip
+    holiday = fake.add_event(
+        None,
+        _event("Gym", f"{soon}T00:00:00", f"{soon + timedelta(days=1)}T00:00:00",
+               "Tokyo Standard Time", isAllDay=True, recurrence=daily),
+    )  # fmt: skip
+    fake.cancel_occurrence(standup, soon + timedelta(days=2))
+    fake.modify_occurrence(standup, soon + timedelta(days=3), subject="Standup (late)")
+    fake.cancel_occurrence(holiday, soon + timedelta(days=1))
+    root = mailenv / "mail"
+    url = graph(fake, items="calendar")
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    la = ZoneInfo("America/Los_Angeles")
+
+    def expanded(name: str) -> list:
+        found = recurring_ical_events.of(_calendars(root)[name]).between(
+            soon - timedelta(days=1), soon + timedelta(days=9)
+        )
+        return sorted((e.decoded("DTSTART"), str(e["SUMMARY"])) for e in found)
+
+    def exdates(name: str) -> list:
+        (main,) = [c for c in _calendars(root)[name].walk("VEVENT") if "RRULE" in c]
+        values = main.get("EXDATE", [])
+        values = values if isinstance(values, list) else [values]
+        return [when.dt for value in values for when in value.dts]
+
+    def at_nine(n: int) -> datetime:
+        return datetime.combine(soon + timedelta(days=n), datetime.min.time(), la).replace(hour=9)
+
+    assert exdates("Standup") == [at_nine(2)]
+    assert expanded("Standup") == [
+        (at_nine(n), "Standup (late)" if n == 3 else "Standup") for n in (0, 1, 3, 4, 5)
+    ]
+    assert exdates("Gym") == [soon + timedelta(days=1)]
+    assert [when for when, _ in expanded("Gym")] == [
+        soon + timedelta(days=n) for n in (0, 2, 3, 4, 5)
+    ]
+    assert all(isinstance(when, date) and not isinstance(when, datetime)
+               for when, _ in expanded("Gym"))  # fmt: skip
+    before = _vdir_files(root)
+    # Nothing new: the series are not read again.
+    fake.requests.clear()
+    assert pull(url, root).exit_code == 0
+    assert not [r for r in fake.requests if "/events/" in r.path]
+    # One more cancelled, through Graph's DELETE of the occurrence's id.
+    (fifth,) = [
+        i["id"]
+        for i in fake.instances(standup, datetime.now(UTC), datetime.now(UTC) + timedelta(days=30))
+        if i["originalStart"].startswith(str(soon + timedelta(days=4)))
+    ]
+    request = urllib.request.Request(
+        f"{fake.base}/users/{USER}/events/{quote(fifth, safe='')}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {fake.token}"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 204
+    result = pull(url, root)
+    assert result.exit_code == 0, result.output
+    assert exdates("Standup") == [at_nine(2), at_nine(4)]
+    assert [when for when, _ in expanded("Standup")] == [at_nine(n) for n in (0, 1, 3, 5)]
+    after = _vdir_files(root)
+    assert len(after) == 2 and len(set(after) - set(before)) == 1  # the series' file replaced
+    assert exdates("Gym") == [soon + timedelta(days=1)]
+
+
+def _login_config(home: Path, fake: FakeGraph, **options) -> Path:
+    """A config with [store.work] (the fake's mailbox, OAuth2 with the tests'
+    authorization server), [store.backup] (a Maildir) and a pulling [channel.work]."""
+    host = fake.url.removeprefix("http://")
+    lines = [
+        "[store.work]",
+        f'url = "graph://{USER}@{host}"',
+        'tls = "none"',
+        *(f"{key} = {json.dumps(value)}" for key, value in options.items()),
+        "[store.backup]",
+        f"url = {json.dumps('maildir:' + str(home / 'Mail'))}",
+        "[channel.work]",
+        'remote = "work"',
+        'local = "backup"',
+        'direction = "pull"',
+    ]
+    path = home / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_device_login_then_client_credentials_reach_the_mailbox(
+    fake_graph, oauth_server, mailenv, tmp_path
+):
+    """`mailsync login` (device flow) of the user, then a pull; and an application's
+    client-credentials login (which Graph serves only at /users/USER, never /me) pulls
+    the same mailbox with no sign-in."""
+    import subprocess
+    import sys
+
+    fake = fake_graph
+    fake.trust(oauth_server)
+    fake.add_message("inbox", mime(1))
+    client = oauth_server.add_client()
+    custom = {
+        "oauth2": "custom",
+        "token_url": oauth_server.token_url,
+        "device_url": oauth_server.device_url,
+        "authorize_url": oauth_server.authorize_url,
+        "scope": "Mail.ReadWrite offline_access",
+    }
+    config = _login_config(mailenv, fake, client_id=client.client_id, **custom)
+    login = subprocess.Popen(
+        [sys.executable, "-m", "mailsync", "--config", str(config), "login", "work"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert login.stdout is not None
+    for line in login.stdout:
+        found = re.search(r"open (\S+) and enter the code (\S+)", line)
+        if found:
+            oauth_server.approve_device(found.group(2), USER)
+            break
+    out, err = login.communicate(timeout=60)
+    assert login.returncode == 0, err
+    result = run("--config", config, "pull", "work")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "Mail")["INBOX"] == Counter([to_lf(mime(1))])
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cret\n")
+    daemon = oauth_server.add_client(secret="s3cret", app_user=USER)
+    fake.add_message("inbox", mime(2))
+    config = _login_config(
+        mailenv,
+        fake,
+        client_id=daemon.client_id,
+        grant="client_credentials",
+        client_secret_command=f"cat {secret_file}",
+        **{**custom, "scope": "https://graph.microsoft.com/.default"},
+    )
+    result = run("--config", config, "pull", "work")
+    assert result.exit_code == 0, result.output
+    assert maildir_bodies(mailenv / "Mail")["INBOX"] == Counter([to_lf(mime(n)) for n in (1, 2)])
