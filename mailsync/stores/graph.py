@@ -408,6 +408,12 @@ class GraphStore(Store):
                     f"mailFolders/{well_known}", what="mailFolders", params={"$select": "id"}
                 )
             except GraphError as error:
+                if error.status == 403:  # (the first request: the mailbox, not a folder)
+                    raise AuthError(
+                        f"{error}; this login may not read {self.endpoint.user}'s mailbox: "
+                        "sign in as that user (mailsync login), or give the application "
+                        "Mail.ReadWrite for it"
+                    ) from None
                 if error.status != 404:
                     raise
                 log.debug("%s: no %s folder", self.url, well_known)

@@ -250,7 +250,7 @@ def test_expired_token_is_renewed_once_and_a_refused_one_is_exit_3(fake_graph, g
 
 def test_requests_name_the_mailbox_whatever_the_login(fake_graph, graph, mailenv):
     """Requests go to /v1.0/users/USER/... for a user's own (delegated) login too, never
-    /me: a login of another account is refused by Graph (403, exit 1) instead of
+    /me: a login of another account is refused by Graph (403, exit 3) instead of
     quietly backing up that account's mailbox into this one's folders."""
     fake_graph.add_message("inbox", mime(1))
     root = mailenv / "mail"
@@ -261,7 +261,8 @@ def test_requests_name_the_mailbox_whatever_the_login(fake_graph, graph, mailenv
     (mailenv / "token").write_text(fake_graph.add_token(user="bob@example.org") + "\n")
     other = mailenv / "other"
     result = pull(graph(fake_graph), other)
-    assert result.exit_code == 1 and "ErrorAccessDenied" in result.output, result.output
+    assert result.exit_code == 3 and "ErrorAccessDenied" in result.output, result.output
+    assert "may not read alice@example.org's mailbox" in result.output
     assert not maildir_bodies(other).get("INBOX")
 
 
