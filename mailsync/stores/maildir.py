@@ -75,9 +75,12 @@ def check_folder_name(name: str, layout: str = "verbatim") -> list[str]:
     return parts
 
 
-def _shorten(text: str, limit: int = 80) -> str:
-    """A long name or path cut for an error line (a folder 1,000 levels deep)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _shorten(text: str, limit: int = 160, tail: int = 40) -> str:
+    """A long name or path cut in the middle for an error line (a folder 1,000 levels
+    deep): its start, and its last `tail` characters, which name the folder."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3 - tail] + "..." + text[len(text) - tail :]
 
 
 # -- what a directory holds ----------------------------------------------------------

@@ -433,3 +433,16 @@ def test_recent_reaches_only_folders_that_mark_it(tmp_path):
         body(6): "cur/:2,S",
         body(7): "cur/:2,F",
     }
+
+
+def test_a_long_path_in_a_problem_keeps_the_folder_it_names(tmp_path):
+    """Problems name a path cut to 160 characters in the middle: its end (the folder)
+    must survive, as under a deep temporary directory."""
+    root = tmp_path.joinpath(*["deep-directory"] * 12) / "Mail"
+    make_maildir(root, 1)
+    make_maildir(root / "Archive" / "2019", 1)
+    store = MaildirStore(str(root), layout="maildir++")
+    assert store.list_folders() == ["INBOX"]
+    (problem,) = store.problems
+    assert "...rectory/deep-directory/Mail/Archive/2019 holds mail" in problem, problem
+    assert problem.startswith(str(tmp_path))
