@@ -88,7 +88,8 @@ STORE_OPTIONS = {
         "oauth2_cafile",
     },
 }
-CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder", "rename"}
+CHANNEL_KEYS = {"remote", "local", "direction", "delete", "folders", "folder", "rename", "items"}
+ITEM_SCHEMES = ("ews", "graph")  # stores that hold calendars and contacts (`items`)
 GENERAL_KEYS = {"state_dir"}
 
 
@@ -281,6 +282,14 @@ def parse(data: dict, text: str = "", path: str = "config") -> Config:
                     problem(section, side, str(error))
             else:
                 problem(section, side, f"{side} = {ref!r}: no [store.{ref}] in the config")
+        if "items" in table and "remote" in sides:
+            # The channel's `items` over its remote store's (which other channels share).
+            remote = sides["remote"]
+            if split_url(remote.url)[0] not in ITEM_SCHEMES:
+                problem(section, "items", "items applies to an ews:// or graph:// remote store")
+            else:
+                options = {**remote.options, "items": table["items"]}
+                sides["remote"] = StoreConfig(remote.name, remote.url, options)
         is_pop = "remote" in sides and split_url(sides["remote"].url)[0] in POP_SCHEMES
         direction = table.get("direction", "pull" if is_pop else "both")
         if direction not in DIRECTIONS:

@@ -881,3 +881,33 @@ def test_two_way_sync_replaces_changed_items_too(fake, ews, mailenv):
     result = run("-v", "sync", url, root, password=PASSWORD)
     assert result.exit_code == 0, result.output
     assert _vdir_files(root) == after
+
+
+def test_items_in_a_channel(fake, ews, mailenv):
+    """`items` in a channel takes the calendars of its Exchange store, which another
+    channel on the same store leaves out; on an IMAP remote it is a config error."""
+    fake.add_item("inbox", mime(1))
+    fake.add_item("calendar", ICS.format(n=1).encode())
+    conf = mailenv / "config.toml"
+    url = ews(fake)
+    conf.write_text(
+        f'[store.work]\nurl = "{url}"\n\n'
+        '[channel.all]\nremote = "work"\n'
+        f'local = "maildir:{mailenv / "all"}"\nitems = ["mail", "calendar"]\n\n'
+        '[channel.mail]\nremote = "work"\n'
+        f'local = "maildir:{mailenv / "mail"}"\n'
+    )
+    for channel in ("all", "mail"):
+        result = run("--config", conf, "pull", channel, password=PASSWORD)
+        assert result.exit_code == 0, result.output
+    assert [p.read_bytes() for p in (mailenv / "all" / "Calendar").glob("*.ics")] == [
+        to_lf(ICS.format(n=1).encode())
+    ]
+    assert not (mailenv / "mail" / "Calendar").exists()
+    assert maildir_bodies(mailenv / "mail")["INBOX"] == Counter([to_lf(mime(1))])
+    conf.write_text(
+        '[channel.imap]\nremote = "imaps://a@example.org"\n'
+        f'local = "maildir:{mailenv / "x"}"\nitems = ["mail"]\n'
+    )
+    result = run("--config", conf, "pull", "imap")
+    assert result.exit_code == 2 and "items applies to an ews:// or graph://" in result.output
