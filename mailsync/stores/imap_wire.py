@@ -102,6 +102,21 @@ class _NotListing(Exception):
     """A FETCH response the listing reader leaves to imaplib and imapclient."""
 
 
+def listing_response(line: bytes, internaldate: Any) -> tuple[int, bytes, dict] | None:
+    """(seq, what imaplib keeps of it, {b"SEQ": seq, item: value}) of one line read off
+    the wire (CRLF included) if it is a FETCH response of a listing's shape, else None:
+    see _listing_items."""
+    match = _LISTING_RESPONSE.fullmatch(line)
+    if match is None:
+        return None
+    seq = int(match.group(1))
+    try:
+        record = _listing_items(match.group(3), seq, internaldate)
+    except _NotListing:
+        return None
+    return seq, match.group(1) + b" " + match.group(2), record  # ("12 (UID 34 ...)")
+
+
 def _listing_items(items: bytes, seq: int, internaldate: Any) -> dict[bytes, Any]:
     """{b"SEQ": seq, item: value} of the items of one listing response, exactly as
     imapclient's parse_fetch_response(normalise_times=False, uid_is_key=False) makes
@@ -345,34 +360,27 @@ class _GuardedIMAP4(imaplib.IMAP4):
         read = sum(1 for entry in data if entry is not None)
         return typ, data, listing.parsed if read == listing.count else None
 
-    def _read_listing_response(self) -> bytes | None:
+    def _read_listing_response(self, listing: _Listing) -> bytes | None:
         line = self.readline()
-        match = _LISTING_RESPONSE.fullmatch(line)
-        listing = self._listing
-        if match is not None and listing is not None:
-            seq = int(match.group(1))
-            try:
-                record = _listing_items(match.group(3), seq, listing.internaldate)
-            except _NotListing:
-                match = None
-        if match is None or listing is None:
+        read = listing_response(line, listing.internaldate)
+        if read is None:
             self._pushed_line = line
             return super()._get_response()  # type: ignore[misc]
-        # What imaplib keeps of it ("12 (UID 34 ...)"), counted as it counts it.
-        self._append_untagged("FETCH", match.group(1) + b" " + match.group(2))
+        seq, kept, record = read
+        self._append_untagged("FETCH", kept)  # (counted as imaplib's)
         if __debug__ and self.debug >= 4:
             self._mesg(f"< {line[:-2]!r}")
         listing.count += 1
         known = listing.parsed.get(seq)
         if known is None:
             listing.parsed[seq] = record
-        else:  # (as imapclient merges two responses for one message)
+        else:  # (as imapclient merges two responses about one message)
             known.update(record)
         return line[:-2]
 
     def _get_response(self) -> bytes | None:
         if self._listing is not None:
-            return self._read_listing_response()
+            return self._read_listing_response(self._listing)
         if self._bodies is None:
             return super()._get_response()  # type: ignore[misc]
         line = self.readline()
