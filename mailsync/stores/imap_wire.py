@@ -4,8 +4,11 @@ hang a run nor fill its memory.  Every line and literal has a deadline that grow
 the bytes that arrive (net.Pace); lines, literals and the untagged responses to one
 command have size limits, small ones before login.  Breaking a limit is _Malformed (the
 connection is dropped); a literal beyond the budget a command set is _Oversized (the
-caller asks again in bounded pieces).  UID sets are written and read here too, a set the
-server sends counted before it is expanded.  imap_connection.py builds on this.
+caller asks again in bounded pieces).  Two kinds of FETCH response, the bulk of a pull,
+are read here rather than by imaplib and imapclient, under the same bounds: bodies in a
+batch (uid_fetch_bodies) and listings (uid_fetch_listing), any shape they do not know
+left to imapclient.  UID sets are written and read here too, a set the server sends
+counted before it is expanded.  imap_connection.py builds on this.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _listing_word(word: bytes) -> Any:
     """One word of a listing item as imapclient's parser makes it (response_parser.atom):
     a quoted string unquoted, its backslash escapes of \\ and " undone (any other
     backslash kept); NIL None; digits an int (but not with a leading 0); an atom bytes.
-    None of a number beyond 20 digits (imapclient's to refuse, as it sees fit)."""
+    _NotListing for a number of over 20 digits (imapclient's to refuse as it sees fit)."""
     if word[:1] == b'"':
         inner = word[1:-1]
         return _ESCAPED.sub(rb"\1", inner) if b"\\" in inner else inner
