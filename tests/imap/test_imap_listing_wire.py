@@ -15,7 +15,7 @@ import pytest
 from fakegmail import INBOX, FakeGmail
 from fakeimap import FakeIMAPServer
 from hostile import HostileIMAPServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from imapclient.response_parser import _convert_INTERNALDATE, parse_fetch_response
 from imaptools import Msg, maildir_bodies, message, run_measured, seed, when
@@ -298,6 +298,10 @@ item = st.tuples(NAMES.map(str.encode), space, value)
     seq=st.sampled_from([b"1", b"12", b"007", b"99999999999"]),
     items=st.lists(item, max_size=5),
 )
+@example(seq=b"1", items=[(b"FLAGS", b" ", b"({5} a{ \\Seen)")])  # { starts a literal
+@example(seq=b"1", items=[(b"X-GM-LABELS", b" ", b'("a\\\\b" "q\\"" "\\x" "")')])
+@example(seq=b"007", items=[(b"X-GM-MSGID", b" ", b"007"), (b"FLAGS", b" ", b"(NIL 0 01)")])
+@example(seq=b"1", items=[(b"UID", b" ", b"5"), (b"UID", b" ", b"6"), (b"MODSEQ", b" ", b"(9)")])
 def test_generated_lines_the_reader_reads_equal_imapclients_reading(seq, items):
     """Whatever the reader accepts, imapclient reads without error and to the same
     result; whatever else it refuses (None), never raises."""
