@@ -39,6 +39,7 @@ class ListingSpy:
         self.read = 0
         self.handed_on = 0
         self.differences: list[tuple] = []
+        self.names: set[bytes] = set()  # the items the reader read
         original = imap_wire._GuardedIMAP4.uid_fetch_listing
 
         def spy(imap, *args):
@@ -47,6 +48,7 @@ class ListingSpy:
                 self.handed_on += 1
             else:
                 self.read += 1
+                self.names.update(name for record in parsed.values() for name in record)
                 expected = parse_fetch_response(data, False, False)
                 if parsed != expected:
                     self.differences.append((data, parsed, dict(expected)))
@@ -101,6 +103,7 @@ def test_real_servers_listings_are_read_by_the_reader_as_imapclient_reads_them(s
         folder.set_flags(keys[0], frozenset({"\\Flagged", "later"}), frozenset())
         folder.flush()
         again = folder.list_since(cursor, {k: info.flags for k, info in listing.items()})
+        condstore = store.has("CONDSTORE")
     assert [listing[k].flags - {"\\Recent"} for k in keys] == list(FLAGGED.values())
     assert [listing[k].arrival for k in keys] == [
         when(2020, 1, n, offset_hours=n - 2).timestamp() for n in FLAGGED
@@ -108,6 +111,7 @@ def test_real_servers_listings_are_read_by_the_reader_as_imapclient_reads_them(s
     assert again[keys[0]].flags >= {"\\Flagged", "later"}
     assert spy.differences == []
     assert spy.read >= 2 and spy.handed_on == 0, (spy.read, spy.handed_on)
+    assert (b"MODSEQ" in spy.names) == condstore, spy.names
 
 
 # -- the fake Gmail: labels, quoted and escaped -------------------------------------------
