@@ -444,10 +444,8 @@ class IMAPConnection:
         (_Oversized before reading one that would go beyond).
         With `bodies` (a batch of whole bodies: `items` must be ["UID", "BODY.PEEK[]"],
         and a literal_budget given) the bodies are read off the wire by the connection's
-        own reader (_GuardedIMAP4.uid_fetch_bodies) and every b"BODY[]" comes back LF.
-        Without a literal_budget (listings, sizes, headers) the responses of a listing's
-        shape are read by its own listing reader (_GuardedIMAP4.uid_fetch_listing), the
-        result the same as imapclient's."""
+        own reader (_GuardedIMAP4.uid_fetch_bodies) and every b"BODY[]" comes back LF;
+        otherwise responses of a listing's shape by its listing reader (uid_fetch_listing)."""
         from imapclient.response_parser import parse_fetch_response
 
         imap = self.client._imap
@@ -461,11 +459,7 @@ class IMAPConnection:
             args = [uid_set, "(" + " ".join(items) + ")"]
             if modifiers:
                 args.append("(" + " ".join(modifiers) + ")")
-            if literal_budget is None:
-                typ, data, parsed = imap.uid_fetch_listing(*args)
-            else:
-                imap.literal_budget = literal_budget
-                typ, data = imap.uid("FETCH", *args)
+            typ, data, parsed = imap.uid_fetch_listing(*args, literal_budget=literal_budget)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
             check_answer(text)  # (throttled: not this message's fault)

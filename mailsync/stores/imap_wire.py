@@ -340,7 +340,9 @@ class _GuardedIMAP4(imaplib.IMAP4):
         return typ, data, bodies
 
     # listings: our own reader ----------------------------------------------------------
-    def uid_fetch_listing(self, *args: str) -> tuple[str, list, dict[int, dict] | None]:
+    def uid_fetch_listing(
+        self, *args: str, literal_budget: int | None = None
+    ) -> tuple[str, list, dict[int, dict] | None]:
         """``UID FETCH *args`` -> (typ, data, parsed).  The FETCH responses of the usual
         listing shape (_LISTING_RESPONSE, items of LISTING_ITEMS) are read by
         _read_listing_response without imaplib's line handling and parsed without
@@ -350,7 +352,13 @@ class _GuardedIMAP4(imaplib.IMAP4):
         that shape (a literal in it, an item of another name or form, one left over
         from an earlier command), `parsed` is None: the caller hands all of `data` to
         imapclient, so that nothing is guessed.  `data` is what imaplib would collect
-        either way, under the same bounds (lines, untagged responses of one command)."""
+        either way, under the same bounds (lines, untagged responses of one command).
+        With a `literal_budget` (a body or a piece of one) imaplib reads it all: `parsed`
+        is None."""
+        if literal_budget is not None:
+            self.literal_budget = literal_budget
+            typ, data = self.uid("FETCH", *args)
+            return typ, data, None
         from imapclient.response_parser import _convert_INTERNALDATE
 
         listing = _Listing(_convert_INTERNALDATE)
