@@ -444,11 +444,13 @@ class IMAPConnection:
         (_Oversized before reading one that would go beyond).
         With `bodies` (a batch of whole bodies: `items` must be ["UID", "BODY.PEEK[]"],
         and a literal_budget given) the bodies are read off the wire by the connection's
-        own reader (_GuardedIMAP4.uid_fetch_bodies) and every b"BODY[]" comes back LF."""
+        own reader (_GuardedIMAP4.uid_fetch_bodies) and every b"BODY[]" comes back LF;
+        otherwise responses of a listing's shape by its listing reader (uid_fetch_listing)."""
         from imapclient.response_parser import parse_fetch_response
 
         imap = self.client._imap
         wire_bodies: dict[int, bytes | bytearray] = {}
+        parsed: dict[int, dict[bytes, Any]] | None = None
         if bodies:
             if items != ["UID", "BODY.PEEK[]"] or modifiers or literal_budget is None:
                 raise TypeError(f"UID FETCH {items} {modifiers} is not a batch of bodies")
@@ -457,18 +459,18 @@ class IMAPConnection:
             args = [uid_set, "(" + " ".join(items) + ")"]
             if modifiers:
                 args.append("(" + " ".join(modifiers) + ")")
-            imap.literal_budget = literal_budget
-            typ, data = imap.uid("FETCH", *args)
+            typ, data, parsed = imap.uid_fetch_listing(*args, literal_budget=literal_budget)
         if typ != "OK":
             text = _clean(data[-1] if data else typ)
             check_answer(text)  # (throttled: not this message's fault)
             if message_level:
                 raise MessageError(f"the server refused to send it ({text})")
             raise imaplib.IMAP4.error(f"UID FETCH failed: {text}")
-        try:
-            parsed = parse_fetch_response(data, False, False)
-        except (ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
-            raise _Malformed(error)
+        if parsed is None:  # (not all of the listing shape: imapclient reads them all)
+            try:
+                parsed = parse_fetch_response(data, False, False)
+            except (ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
+                raise _Malformed(error)
         del data  # the literals live on in `parsed` only (no second reference to big ones)
         out: dict[int, dict[bytes, Any]] = {}
         invalid = []

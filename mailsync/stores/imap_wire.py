@@ -4,8 +4,11 @@ hang a run nor fill its memory.  Every line and literal has a deadline that grow
 the bytes that arrive (net.Pace); lines, literals and the untagged responses to one
 command have size limits, small ones before login.  Breaking a limit is _Malformed (the
 connection is dropped); a literal beyond the budget a command set is _Oversized (the
-caller asks again in bounded pieces).  UID sets are written and read here too, a set the
-server sends counted before it is expanded.  imap_connection.py builds on this.
+caller asks again in bounded pieces).  Two kinds of FETCH response, the bulk of a pull,
+are read here rather than by imaplib and imapclient, under the same bounds: bodies in a
+batch (uid_fetch_bodies) and listings (uid_fetch_listing), any shape they do not know
+left to imapclient.  UID sets are written and read here too, a set the server sends
+counted before it is expanded.  imap_connection.py builds on this.
 """
 
 from __future__ import annotations
@@ -37,10 +40,125 @@ RESPONSE_ENTRY = 64  # what imaplib keeps per untagged response besides its byte
 MAX_UID = 2**32 - 1  # UIDs are 32-bit non-zero numbers (RFC 3501)
 LITERAL_CHUNK = 1 << 20  # a body literal is read and turned CRLF -> LF this much at a time
 
+# A listing response, "* 12 FETCH (UID 34 FLAGS (\\Seen) ...)" on one line, no literal:
+# the sequence number, then what imaplib keeps of it ("(UID 34 ...)") and its items.
+_LISTING_RESPONSE = re.compile(rb"\* (\d{1,10}) FETCH (\((.+)\))\r\n")
+# Its items, as imapclient's lexer reads them (response_lexer.py), and no other shape: a
+# name, a space, a value (an atom, NIL or a number; a quoted string, escapes and all; a
+# list of those), a space or the end.  An atom is what the lexer takes for one word: any
+# byte but controls, space and ( ) % " [ (so never a nested list); and no { either, which
+# imapclient reads as a literal's size wherever it starts a word.
+_ATOM = rb'[^\x00-\x20()%"\[{]+'
+_QUOTED = rb'"(?:[^"\\]|\\.)*"'
+_WORD = _QUOTED + rb"|" + _ATOM
+_LISTING_ITEM = re.compile(
+    rb"([A-Z0-9.-]+) ("
+    + _WORD
+    + rb"|\((?:(?:"
+    + _WORD
+    + rb")(?: (?:"
+    + _WORD
+    + rb"))*)?\))(?: |\Z)",
+    re.S,
+)
+_LIST_WORD = re.compile(_WORD, re.S)
+_ESCAPED = re.compile(rb'\\([\\"])')
+# The items a listing asks for (imap_folder, imap_gmail): any other name (BODY[...],
+# ENVELOPE, ...) is imapclient's to read.
+LISTING_ITEMS = frozenset(
+    {
+        b"UID",
+        b"FLAGS",
+        b"INTERNALDATE",
+        b"RFC822.SIZE",
+        b"MODSEQ",
+        b"X-GM-MSGID",
+        b"X-GM-THRID",
+        b"X-GM-LABELS",
+    }
+)
+
 # A body in a batch as Dovecot and most servers send it, "* 12 FETCH (UID 34 BODY[] {5678}"
 # (numbers bounded: a line of a million digits is not a number to convert).  Any other
 # shape (BODY[] before UID, other items first, NIL) goes through imaplib's reader.
 _BODY_RESPONSE = re.compile(rb"\* (\d{1,10}) FETCH \(UID (\d{1,10}) BODY\[\] \{(\d{1,12})\}\r\n")
+
+
+def _listing_word(word: bytes) -> Any:
+    """One word of a listing item as imapclient's parser makes it (response_parser.atom):
+    a quoted string unquoted, its backslash escapes of \\ and " undone (any other
+    backslash kept); NIL None; digits an int (but not with a leading 0); an atom bytes.
+    _NotListing for a number of over 20 digits (imapclient's to refuse as it sees fit)."""
+    if word[:1] == b'"':
+        inner = word[1:-1]
+        return _ESCAPED.sub(rb"\1", inner) if b"\\" in inner else inner
+    if word == b"NIL":
+        return None
+    if word.isdigit() and (word[:1] != b"0" or len(word) == 1):
+        if len(word) > 20:
+            raise _NotListing
+        return int(word)
+    return word
+
+
+class _NotListing(Exception):
+    """A FETCH response the listing reader leaves to imaplib and imapclient."""
+
+
+def listing_response(line: bytes, internaldate: Any) -> tuple[int, bytes, dict] | None:
+    """(seq, what imaplib keeps of it, {b"SEQ": seq, item: value}) of one line read off
+    the wire (CRLF included) if it is a FETCH response of a listing's shape, else None:
+    see _listing_items."""
+    match = _LISTING_RESPONSE.fullmatch(line)
+    if match is None:
+        return None
+    seq = int(match.group(1))
+    try:
+        record = _listing_items(match.group(3), seq, internaldate)
+    except _NotListing:
+        return None
+    return seq, match.group(1) + b" " + match.group(2), record  # ("12 (UID 34 ...)")
+
+
+def _listing_items(items: bytes, seq: int, internaldate: Any) -> dict[bytes, Any]:
+    """{b"SEQ": seq, item: value} of the items of one listing response, exactly as
+    imapclient's parse_fetch_response(normalise_times=False, uid_is_key=False) makes
+    them (`internaldate`: its _convert_INTERNALDATE); _NotListing for any item of
+    another shape or name (LISTING_ITEMS)."""
+    record: dict[bytes, Any] = {b"SEQ": seq}
+    pos, end = 0, len(items)
+    while pos < end:
+        match = _LISTING_ITEM.match(items, pos)
+        if match is None or match.group(1) not in LISTING_ITEMS:
+            raise _NotListing
+        name, value = match.group(1, 2)
+        pos = match.end()
+        if value[:1] == b"(":
+            record[name] = tuple(
+                _listing_word(w) for w in _LIST_WORD.findall(value, 1, len(value) - 1)
+            )
+            if name in (b"UID", b"INTERNALDATE"):
+                raise _NotListing  # (a list there: imapclient's error)
+            continue
+        word = _listing_word(value)
+        if name == b"UID":
+            if not isinstance(word, int):  # (-1, 007: imapclient's int(), or its error)
+                raise _NotListing
+        elif name == b"INTERNALDATE":
+            if word is not None and not isinstance(word, bytes):
+                raise _NotListing
+            word = internaldate(word, False)
+        record[name] = word
+    return record
+
+
+class _Listing:
+    """What uid_fetch_listing's reader has read so far."""
+
+    def __init__(self, internaldate: Any):
+        self.internaldate = internaldate  # imapclient's _convert_INTERNALDATE
+        self.parsed: dict[int, dict[bytes, Any]] = {}
+        self.count = 0  # responses read
 
 
 class _Malformed(Exception):
@@ -103,6 +221,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
         self._budgeted = False  # the command set a literal_budget
         self._response_cost = 0
         self._bodies: dict[int, bytes | bytearray] | None = None  # see uid_fetch_bodies
+        self._listing: _Listing | None = None  # see uid_fetch_listing
         self._pushed_line: bytes | None = None  # a line read ahead, given back to imaplib
         super().__init__(host, port, timeout)
 
@@ -220,7 +339,59 @@ class _GuardedIMAP4(imaplib.IMAP4):
             self._bodies = None
         return typ, data, bodies
 
+    # listings: our own reader ----------------------------------------------------------
+    def uid_fetch_listing(
+        self, *args: str, literal_budget: int | None = None
+    ) -> tuple[str, list, dict[int, dict] | None]:
+        """``UID FETCH *args`` -> (typ, data, parsed).  The FETCH responses of the usual
+        listing shape (_LISTING_RESPONSE, items of LISTING_ITEMS) are read by
+        _read_listing_response without imaplib's line handling and parsed without
+        imapclient's lexer (which cost most of a listing's CPU); `parsed` is then what
+        imapclient's parse_fetch_response(data, False, False) would make of `data`,
+        {seq: {b"SEQ": seq, item: value}}.  If any FETCH response in `data` is not of
+        that shape (a literal in it, an item of another name or form, one left over
+        from an earlier command), `parsed` is None: the caller hands all of `data` to
+        imapclient, so that nothing is guessed.  `data` is what imaplib would collect
+        either way, under the same bounds (lines, untagged responses of one command).
+        With a `literal_budget` (a body or a piece of one) imaplib reads it all: `parsed`
+        is None."""
+        if literal_budget is not None:
+            self.literal_budget = literal_budget
+            typ, data = self.uid("FETCH", *args)
+            return typ, data, None
+        from imapclient.response_parser import _convert_INTERNALDATE
+
+        listing = _Listing(_convert_INTERNALDATE)
+        self._listing = listing
+        try:
+            typ, data = self._simple_command("UID", "FETCH", *args)
+            typ, data = self._untagged_response(typ, data, "FETCH")
+        finally:
+            self._listing = None
+        read = sum(1 for entry in data if entry is not None)
+        return typ, data, listing.parsed if read == listing.count else None
+
+    def _read_listing_response(self, listing: _Listing) -> bytes | None:
+        line = self.readline()
+        read = listing_response(line, listing.internaldate)
+        if read is None:
+            self._pushed_line = line
+            return super()._get_response()  # type: ignore[misc]
+        seq, kept, record = read
+        self._append_untagged("FETCH", kept)  # (counted as imaplib's)
+        if __debug__ and self.debug >= 4:
+            self._mesg(f"< {line[:-2]!r}")
+        listing.count += 1
+        known = listing.parsed.get(seq)
+        if known is None:
+            listing.parsed[seq] = record
+        else:  # (as imapclient merges two responses about one message)
+            known.update(record)
+        return line[:-2]
+
     def _get_response(self) -> bytes | None:
+        if self._listing is not None:
+            return self._read_listing_response(self._listing)
         if self._bodies is None:
             return super()._get_response()  # type: ignore[misc]
         line = self.readline()
