@@ -358,45 +358,106 @@ def test_new_local_mail_is_refused_with_exit_2_and_the_way_to_restore(fake_graph
     assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake_graph.requests)
 
 
-def test_two_way_a_message_moved_locally_into_graph_is_refused_and_stays(
-    fake_graph, graph, mailenv
-):
-    """Two-way, a message moved from INBOX to Archive in a mail reader: Graph cannot take
-    it into Archive (it would be a draft), so the message is refused there by name (exit
-    1) and stays in the local Archive, while the rest of the run goes on (its deletion
-    from INBOX, a flag, a new server message).  The next runs hold it back: no draft,
-    no second copy, the local file untouched."""
+def move_local(root: Path, path: Path, folder: str) -> Path:
+    """What a mail reader does to move a message: its file, name and flags kept, into
+    the other folder's cur/."""
+    target = root / folder
+    for sub in ("cur", "new", "tmp"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    moved = target / "cur" / path.name
+    path.rename(moved)
+    return moved
+
+
+def drafts_posted(fake: FakeGraph) -> bool:
+    return any(r.method == "POST" and r.path.endswith("/messages") for r in fake.requests)
+
+
+def test_two_way_a_message_moved_locally_is_moved_on_the_server(fake_graph, graph, mailenv):
+    """Two-way, a message moved from INBOX to Archive in a mail reader, with INBOX synced
+    first (--jobs 1: INBOX, then the others by name): INBOX's deletion puts it in Deleted
+    Items, then Archive finds it there by Message-ID and content and moves it: one run,
+    exit 0, the same id and bytes in Archive, the flags it has locally (read, a flag
+    taken off), nothing in Deleted Items,
+    no draft; the next run changes and downloads nothing.  A message deleted locally and
+    one new locally behave as before: to Deleted Items; refused by name (exit 1)."""
     fake = fake_graph
     keys = [fake.add_message("inbox", mime(n)) for n in range(3)]
+    fake.update_message(keys[1], flag="flagged")
     root = mailenv / "mail"
     url = graph(fake)
     assert run("sync", url, root).exit_code == 0
     files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
-    moved = files[to_lf(mime(1))]
-    archived = write_local(root, "Archive", moved.read_bytes())
-    moved.unlink()
-    set_flags(files[to_lf(mime(2))], "F")
-    fake.add_message("inbox", mime(3))
-    result = run("sync", url, root)
-    assert result.exit_code == 1, result.output
-    assert "refuses local message" in result.output and "<1.graph@example.org>" in result.output
-    assert "only create a message as a draft" in result.output
-    assert f"imaps://{USER}@outlook.office365.com" in result.output
-    assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake.requests)
-    assert fake.messages("drafts") == [] and fake.messages("archive") == []
-    assert fake.message(keys[1])["folder_id"] == fake.folder_id("deleteditems")
-    assert fake.message(keys[2])["flag"] == "flagged"
-    assert Counter(p.read_bytes() for p in maildir_files(root)["INBOX"]) == Counter(
-        [to_lf(mime(0)), to_lf(mime(2)), to_lf(mime(3))]
-    )
-    assert archived.read_bytes() == to_lf(mime(1))
+    set_flags(files[to_lf(mime(1))], "S")  # read, and unflagged
+    (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+    moved = move_local(root, path, "Archive")
     fake.requests.clear()
+    result = run("-v", "sync", "--jobs", "1", url, root)
+    assert result.exit_code == 0, result.output
+    assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]]
+    message = fake.message(keys[1])
+    assert message["mime"] == mime(1) and not message["is_draft"]
+    assert message["is_read"] is True and message["flag"] == "notFlagged"
+    assert fake.messages("deleteditems") == [] and fake.messages("drafts") == []
+    assert not drafts_posted(fake)
+    assert maildir_bodies(root)["Archive"] == Counter([to_lf(mime(1))])
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(0)), to_lf(mime(2))])
+    assert moved.exists() and not maildir_bodies(root).get("Trash")
+    downloads = value_fetches(fake)
     for _ in range(2):
         result = run("sync", url, root)
         assert result.exit_code == 0, result.output
-        assert "held back 1" in result.output
-    assert not any(r.method == "POST" for r in fake.requests)
-    assert [p.read_bytes() for p in maildir_files(root)["Archive"]] == [to_lf(mime(1))]
+        assert "copied 0 to local, 0 to remote, flags 0, deleted 0" in result.output
+    assert value_fetches(fake) == downloads
+    assert maildir_bodies(root)["Archive"] == Counter([to_lf(mime(1))])
+    # Deleted locally: to Deleted Items.  New locally (on the server nowhere): refused.
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    files[to_lf(mime(0))].unlink()
+    write_local(root, "Archive", to_lf(mime(7)))
+    result = run("sync", url, root)
+    assert result.exit_code == 1, result.output
+    assert "refuses local message" in result.output and "<7.graph@example.org>" in result.output
+    assert "only create a message as a draft" in result.output
+    assert [m["immutable_id"] for m in fake.messages("deleteditems")] == [keys[0]]
+    assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]]
+    assert not drafts_posted(fake)
+    result = run("sync", url, root)
+    assert result.exit_code == 0 and "held back 1" in result.output, result.output
+
+
+def test_a_local_move_whose_deletion_comes_second_is_moved_by_the_next_run(
+    fake_graph, graph, mailenv
+):
+    """The other order (--jobs 1, from Zeta, synced after Archive): Archive finds the
+    message still in Zeta on the server and does not move it (Zeta's pair would then
+    see it gone from its folder on the server, and a copy the user kept there would be
+    lost): the message is named, exit 1, no draft.  Zeta's deletion puts it in Deleted
+    Items, and the next run moves it to Archive (exit 0), same id, nothing in Deleted
+    Items or in the local Trash."""
+    fake = fake_graph
+    fake.add_folder("msgfolderroot", "Zeta")
+    keys = [fake.add_message("msgfolderroot/Zeta", mime(n)) for n in range(2)]
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    (path,) = (p for p in maildir_files(root)["Zeta"] if p.read_bytes() == to_lf(mime(1)))
+    move_local(root, path, "Archive")
+    result = run("sync", "--jobs", "1", url, root)
+    assert result.exit_code == 1, result.output
+    assert "<1.graph@example.org> is still in another folder" in result.output
+    assert "refuses" not in result.output
+    assert [m["immutable_id"] for m in fake.messages("deleteditems")] == [keys[1]]
+    assert fake.messages("archive") == [] and not drafts_posted(fake)
+    result = run("sync", "--jobs", "1", url, root)
+    assert result.exit_code == 0, result.output
+    assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]]
+    assert fake.message(keys[1])["mime"] == mime(1)
+    assert fake.messages("deleteditems") == [] and not drafts_posted(fake)
+    bodies = maildir_bodies(root)
+    assert bodies["Archive"] == Counter([to_lf(mime(1))])
+    assert bodies["Zeta"] == Counter([to_lf(mime(0))]) and not bodies.get("Trash")
+    result = run("sync", url, root)
+    assert result.exit_code == 0 and "held back" not in result.output, result.output
 
 
 def inbox_cursor(state_home: Path) -> dict:
