@@ -460,6 +460,42 @@ def test_a_local_move_whose_deletion_comes_second_is_moved_by_the_next_run(
     assert result.exit_code == 0 and "held back" not in result.output, result.output
 
 
+@pytest.mark.parametrize(
+    "folder, options",
+    [("INBOX", {}), ("Trash", {}), ("INBOX", {"hard_delete": "true"})],
+    ids=["to-deleted-items", "from-deleted-items", "hard-delete"],
+)
+def test_a_deletion_leaves_a_message_moved_out_of_the_folder_since(
+    fake_graph, graph, mailenv, folder, options
+):
+    """An immutable id names its message wherever it is: a message listed in a folder
+    and moved elsewhere since (by the user on another device, or by a local move that
+    append() made a server move) is not deleted by that folder's deletion of it (move
+    to Deleted Items, DELETE, permanentDelete), which takes it as gone; a message still
+    there is deleted; one gone altogether (404) is what was asked."""
+    from mailsync.stores import open_store
+
+    where = {"INBOX": "inbox", "Trash": "deleteditems"}[folder]
+    moved, kept, purged = (fake_graph.add_message(where, mime(n)) for n in range(3))
+    store = open_store(graph(fake_graph, **options))
+    try:
+        opened = store.open_folder(folder)
+        assert set(opened.list()) == {moved, kept, purged}
+        fake_graph.move_message(moved, "archive")
+        fake_graph.delete_message(purged, hard=True)
+        for key in (moved, kept, purged):
+            assert opened.delete(key) == key
+        opened.flush()
+    finally:
+        store.close()
+    assert fake_graph.message(moved)["folder_id"] == fake_graph.folder_id("archive")
+    assert [m["immutable_id"] for m in fake_graph.messages(where)] == []
+    with pytest.raises(KeyError):
+        fake_graph.message(purged)
+    if folder == "INBOX" and not options:
+        assert [m["immutable_id"] for m in fake_graph.messages("deleteditems")] == [kept]
+
+
 def inbox_cursor(state_home: Path) -> dict:
     for db in (state_home / "mailsync").glob("*.db"):
         con = sqlite3.connect(db)
