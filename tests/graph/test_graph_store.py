@@ -460,6 +460,53 @@ def test_a_local_move_whose_deletion_comes_second_is_moved_by_the_next_run(
     assert result.exit_code == 0 and "held back" not in result.output, result.output
 
 
+def test_kill_at_every_step_of_a_local_move_then_rerun(graph, mailenv):
+    """The crash hook at every step of the two-way run that makes a local move a server
+    move (INBOX to Archive, --jobs 1), each time from a fresh mailbox and a fresh local
+    copy, then a rerun: exit 0, and the message exactly once on the server (in Archive,
+    its id kept, nowhere else, no draft) and once locally (in Archive).  Killed between
+    the move and the state's commit, the rerun finds it in Archive's listing and links
+    it by content; killed after INBOX's deletion, the rerun's deletion finds it gone
+    from INBOX."""
+    import shutil
+
+    root, state, token = mailenv / "mail", mailenv / "state", mailenv / "token"
+    killed_after_move = 0
+    for crash_at in range(1, 100):
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        token.unlink(missing_ok=True)
+        with FakeGraph() as fake:
+            fake.token = fake.add_token()
+            url = graph(fake)
+            keys = [fake.add_message("inbox", mime(n)) for n in range(3)]
+            assert run("sync", url, root).exit_code == 0
+            (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+            move_local(root, path, "Archive")
+            done = run_process(
+                "-v", "sync", "--jobs", "1", url, root, password="", state=state,
+                crash_at=crash_at,
+            )  # fmt: skip
+            assert done.returncode in (0, CRASHED), done.stderr
+            killed_after_move += done.returncode == CRASHED and "moved message" in done.stderr
+            result = run("sync", "--jobs", "1", url, root)
+            assert result.exit_code == 0, (crash_at, done.stderr, result.output)
+            where = f"step {crash_at}: {done.stderr}"
+            assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]], where
+            assert fake.message(keys[1])["mime"] == mime(1)
+            assert sorted(m["immutable_id"] for m in fake.messages("inbox")) == sorted(
+                [keys[0], keys[2]]
+            )
+            assert fake.messages("deleteditems") == [] and not drafts_posted(fake), where
+            bodies = maildir_bodies(root)
+            assert bodies["Archive"] == Counter([to_lf(mime(1))]), where
+            assert bodies["INBOX"] == Counter([to_lf(mime(0)), to_lf(mime(2))]), where
+            assert not bodies.get("Trash"), where
+        if done.returncode == 0:
+            break
+    assert crash_at > 3 and killed_after_move > 0
+
+
 @pytest.mark.parametrize(
     "folder, options",
     [("INBOX", {}), ("Trash", {}), ("INBOX", {"hard_delete": "true"})],
