@@ -65,6 +65,7 @@ PAGE_SIZE = int(os.environ.get("MAILSYNC_GRAPH_PAGE_SIZE") or 100)
 LAST_VERB = "Integer 0x1081"  # PR_LAST_VERB_EXECUTED (MS-OXOMSG 2.2.1.29)
 MESSAGE_SIZE = "Integer 0x0E08"  # PR_MESSAGE_SIZE: Graph's message has no size property
 VERB_REPLY, VERB_REPLY_ALL, VERB_FORWARD = 102, 103, 104
+VERBS = frozenset({ANSWERED, FORWARDED})  # the flags of the last verb
 NO_VERB = 0  # Graph cannot remove an extended property by PATCH: 0 is no verb
 LIST_SELECT = "id,changeKey,isRead,flag,categories,receivedDateTime"
 LIST_EXPAND = (
@@ -99,7 +100,7 @@ class GraphFolder(PagedFolder):
     # $value may differ from what was once delivered (folded headers, encodings).
     normalises = True
     # \Answered and $Forwarded are one property, the last verb (PR_LAST_VERB_EXECUTED).
-    exclusive_flags = frozenset({frozenset({ANSWERED, FORWARDED})})
+    exclusive_flags = frozenset({VERBS})
 
     def __init__(self, store: GraphStore, name: str, folder_id: str, well_known: str | None):
         self.store = store
@@ -294,30 +295,34 @@ class GraphFolder(PagedFolder):
           and that the user copied, not moved, locally into this folder moves too: its
           copy in the local Trash goes when the Trash pair sees it leave.)
         - another folder: the deletion from there has not gone back yet (folders are
-          synced in any order, several at once).  Moving it now would be wrong twice:
-          that folder's pair would then delete the moved message by its immutable id
-          (a deletion that checks the folder skips it, but a message the user copied
-          rather than moved would leave a folder it is still in locally).  A plain
-          MessageError, not a refusal: the next run, after the deletion, moves it.
-        - this folder: the engine's matching (copies.py) has linked it already unless
-          it is paired with another local message; not taken twice.
+          synced in any order, several at once), or the user copied the message rather
+          than moved it.  A store cannot tell the two apart (it sees no other pair's
+          state), and a move now would take a copied message out of a folder that
+          still has it locally (that folder's pair would then delete the local copy).
+          So: a plain MessageError, not a refusal (exit 1); after a move, the next run
+          finds the message in Deleted Items and moves it.  (A local copy of such a
+          message is named again on every run: Graph cannot hold a second copy.)
+        - this folder: not looked at.  The engine's matching (copies.py) has linked it
+          already unless it is paired with another local message: not taken twice.
 
         Nothing found (no Message-ID, another content, or with hard_delete the message
         removed for good by the old folder's deletion): errors.CannotCreate as before,
         which a two-way run records as a refusal (exit 1 once, then held back) and a
         one-way run stops at (exit 2)."""
         self._writable()
-        found = self._find_on_server(data)
         trash = self.store.well_known_id("Trash")
-        for entry in found:
-            if trash and entry.get("parentFolderId") == trash and self.folder_id != trash:
+        elsewhere = False
+        for entry in self._same_message(data, trash):  # (those in Deleted Items first)
+            if entry.get("parentFolderId") == trash:
                 return self._move_here(entry, flags)
-        elsewhere = [e for e in found if e.get("parentFolderId") != self.folder_id]
+            elsewhere = True
+            break
         if elsewhere:
             raise MessageError(
                 f"{self.where}: message {header_value(data, 'Message-ID')} is still in "
-                "another folder on the server; if it was moved locally, the next run moves it "
-                "there too, once its deletion from the old folder went back (rerun)"
+                "another folder on the server: if it was moved locally, the next run moves it "
+                "here once its deletion from the old folder has gone back (rerun); if it was "
+                "copied, Graph cannot hold a second copy: delete this local copy"
             )
         imap = (
             f"use IMAP: imaps://{self.store.endpoint.user}@outlook.office365.com with "
@@ -330,13 +335,14 @@ class GraphFolder(PagedFolder):
             f"the server, {imap}",
         )
 
-    def _find_on_server(self, data: Body) -> list[dict]:
-        """The mailbox's messages with the Message-ID of `data` whose $value (LF) is
-        `data` exactly: their id, parentFolderId and flag properties.  At most
-        MAX_CANDIDATES are looked at; a message Graph cannot give is not a candidate."""
+    def _same_message(self, data: Body, trash: str | None) -> Iterator[dict]:
+        """The mailbox's messages outside this folder with the Message-ID of `data` whose
+        $value (LF) is `data` exactly (their id, parentFolderId and flag properties),
+        those in Deleted Items (`trash`) first.  At most MAX_CANDIDATES are looked at; a
+        message gone or unreadable since it was listed is not one."""
         message_id = header_value(data, "Message-ID")
         if not message_id or len(message_id) > MAX_MESSAGE_ID or "\x00" in message_id:
-            return []
+            return
         literal = message_id.replace("'", "''")  # (OData: a quote doubled in a literal)
         params = {
             "$filter": f"internetMessageId eq '{literal}'",
@@ -345,30 +351,35 @@ class GraphFolder(PagedFolder):
             "$top": str(MAX_CANDIDATES),
         }
         digest = fingerprint(data)
-        found = []
         try:
-            for n, entry in enumerate(
-                self.store.collection("messages", what="messages by Message-ID", params=params)
-            ):
-                if n >= MAX_CANDIDATES:
-                    break
-                key = entry.get("id")
-                if not isinstance(key, str) or not key:
-                    continue
-                _status, content = self.store.request(
-                    "GET",
-                    f"messages/{quote(key, safe='')}/$value",
-                    what="$value",
-                    where=self.where,
-                    limit=graph.MAX_MESSAGE,
-                )
+            listed = self.store.collection("messages", what="messages by Message-ID", params=params)
+            candidates = [
+                entry
+                for _n, entry in zip(range(MAX_CANDIDATES), listed, strict=False)
+                if isinstance(entry.get("id"), str)
+                and entry["id"]
+                and entry.get("parentFolderId") != self.folder_id
+            ]
+            candidates.sort(key=lambda entry: entry.get("parentFolderId") != trash)
+            for entry in candidates:
+                try:
+                    _status, content = self.store.request(
+                        "GET",
+                        f"messages/{quote(entry['id'], safe='')}/$value",
+                        what="$value",
+                        where=self.where,
+                        limit=graph.MAX_MESSAGE,
+                    )
+                except GraphError as error:
+                    if error.status in (400, 404):  # (gone since it was listed)
+                        continue
+                    raise
                 if fingerprint(to_lf(content)) == digest:
-                    found.append(entry)
+                    yield entry
         except (GraphError, TooLarge) as error:
             if isinstance(error, GraphError) and error.status in (429, 503):
                 raise FolderError(str(error))
             raise MessageError(f"{self.where}: cannot look for the message on the server: {error}")
-        return found
 
     def _move_here(self, entry: dict, flags: frozenset[str]) -> str:
         """Move the message `entry` into this folder and give it `flags` (a PATCH at the
@@ -395,7 +406,10 @@ class GraphFolder(PagedFolder):
         wanted = frozenset(f for f in flags if self.persists(f))
         now = flags_of(entry)
         if wanted != now:
-            self.set_flags(moved_key, wanted - now, now - wanted)
+            add, remove = wanted - now, now - wanted
+            if VERBS & (add | remove):  # (one property: name each that is to stay)
+                add |= wanted & VERBS
+            self.set_flags(moved_key, add, remove)
         return moved_key
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:

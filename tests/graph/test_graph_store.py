@@ -460,6 +460,39 @@ def test_a_local_move_whose_deletion_comes_second_is_moved_by_the_next_run(
     assert result.exit_code == 0 and "held back" not in result.output, result.output
 
 
+def test_only_the_same_message_no_folder_still_claims_is_moved(fake_graph, graph, mailenv):
+    """What append() does not move: a message the user copied (not moved) locally from
+    INBOX to Archive, which the server's INBOX still has (named, exit 1 on each run,
+    left in INBOX: a store cannot tell it from a move whose deletion has not gone back
+    yet); a local message whose Message-ID is that of one in Deleted Items with other
+    content (refused as new mail, the Deleted Items message left there)."""
+    fake = fake_graph
+    inbox = fake.add_message("inbox", mime(1))
+    trashed = fake.add_message("deleteditems", mime(2, extra="the server's own text\r\n"))
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    (path,) = maildir_files(root)["INBOX"]
+    write_local(root, "Archive", path.read_bytes())
+    write_local(root, "Archive", to_lf(mime(2)))
+    for n in range(2):
+        result = run("sync", "--jobs", "1", url, root)
+        assert result.exit_code == 1, result.output
+        assert "<1.graph@example.org> is still in another folder" in result.output
+        assert "if it was copied" in result.output
+        if n == 0:
+            assert "refuses local message" in result.output
+            assert "<2.graph@example.org>" in result.output
+        else:
+            assert "held back 1" in result.output
+        assert fake.message(inbox)["folder_id"] == fake.folder_id("inbox")
+        assert fake.message(trashed)["folder_id"] == fake.folder_id("deleteditems")
+        assert fake.messages("archive") == [] and not drafts_posted(fake)
+    bodies = maildir_bodies(root)
+    assert bodies["Archive"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert bodies["INBOX"] == Counter([to_lf(mime(1))])
+
+
 def test_kill_at_every_step_of_a_local_move_then_rerun(graph, mailenv):
     """The crash hook at every step of the two-way run that makes a local move a server
     move (INBOX to Archive, --jobs 1), each time from a fresh mailbox and a fresh local
