@@ -384,7 +384,7 @@ class GraphFolder(PagedFolder):
     def _move_here(self, entry: dict, flags: frozenset[str]) -> str:
         """Move the message `entry` into this folder and give it `flags` (a PATCH at the
         next flush, as set_flags); its key, which a move keeps (immutable ids)."""
-        key = entry["id"]
+        key: str = entry["id"]
         try:
             _status, content = self.store.request(
                 "POST",
@@ -396,9 +396,10 @@ class GraphFolder(PagedFolder):
         except GraphError as error:
             raise self._message_error(key, error)
         moved = _json_object(content, self.where) if content else {}
-        moved_key = moved.get("id") if isinstance(moved.get("id"), str) else key
-        if moved_key != key:  # (not an immutable id: the move made a new one)
-            log.warning("%s: Graph gave the moved message a new id", self.where)
+        # Graph answers with the moved message: its id is the key (the same one with
+        # immutable ids; a new one were they not).
+        answered = moved.get("id")
+        moved_key = answered if isinstance(answered, str) and answered else key
         log.info("%s: moved message %s... here from Deleted Items", self.where, key[:24])
         self._listed.add(moved_key)
         if isinstance(moved.get("changeKey"), str):
