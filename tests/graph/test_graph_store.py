@@ -425,6 +425,27 @@ def test_two_way_a_message_moved_locally_is_moved_on_the_server(fake_graph, grap
     assert result.exit_code == 0 and "held back 1" in result.output, result.output
 
 
+def test_a_moved_message_answered_and_forwarded_keeps_answered(fake_graph, graph, mailenv):
+    """A message answered on the server, forwarded locally, then moved locally: Graph
+    keeps one last verb, and with both flags it is the reply's (as set_flags does), not
+    the forward's the move's flag change names; both flags stay locally."""
+    key = fake_graph.add_message("inbox", mime(1), last_verb=102)
+    fake_graph.add_message("inbox", mime(2))  # (INBOX not emptied: the engine guards that)
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    set_flags(files[to_lf(mime(1))], "PR")
+    (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+    move_local(root, path, "Archive")
+    result = run("sync", "--jobs", "1", url, root)
+    assert result.exit_code == 0, result.output
+    assert fake_graph.message(key)["folder_id"] == fake_graph.folder_id("archive")
+    assert fake_graph.message(key)["extended"] == {"Integer 0x1081": "102"}
+    (path,) = maildir_files(root)["Archive"]
+    assert file_flags(path) == {"\\Answered", "$Forwarded"}
+
+
 @pytest.mark.parametrize("old", ["Zeta", "Projects"])
 def test_a_local_move_whose_deletion_comes_second_is_moved_by_the_next_run(
     fake_graph, graph, mailenv, old
