@@ -472,6 +472,12 @@ class GraphStore(Store):
             self._well_known_ids = dict(other._well_known_ids)
             self._item_folders = dict(other._item_folders)
 
+    def well_known_id(self, name: str) -> str | None:
+        """The folder id of well-known folder `name` (its local name: "Trash" for
+        deleteditems), None if the mailbox has none."""
+        self._hierarchy()
+        return next((fid for fid, known in self._well_known_ids.items() if known == name), None)
+
     def list_folders(self) -> list[str]:
         return sorted(self._hierarchy())
 

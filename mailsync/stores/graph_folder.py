@@ -18,9 +18,11 @@ keywords, PR_LAST_VERB_EXECUTED (the extended property "Integer 0x1081": 102/103
 104 forward) <-> \\Answered / $Forwarded; receivedDateTime is the arrival date, and
 PR_MESSAGE_SIZE ("Integer 0x0E08") the size (Graph's message has no size property).  Flag
 changes go back by PATCH; deletions by a move to Deleted Items (DELETE from Deleted Items
-itself), or ``permanentDelete`` with the store's hard_delete.  Graph creates a message
-posted as MIME as a draft only (user-post-messages.md), so append() refuses: restoring
-goes through IMAP, which stores messages as received.
+itself), or ``permanentDelete`` with the store's hard_delete, each only of a message that
+is still in this folder.  Graph creates a message posted as MIME as a draft only
+(user-post-messages.md), so append() cannot make a message: it moves one that is on the
+server already (a message moved between local folders), or refuses; restoring goes
+through IMAP, which stores messages as received.
 """
 
 from __future__ import annotations
@@ -35,7 +37,19 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from mailsync.errors import CannotCreate, FolderError, MessageError, StoreError
-from mailsync.message import ANSWERED, DELETED, DRAFT, FLAGGED, FORWARDED, SEEN, Body, Info, to_lf
+from mailsync.message import (
+    ANSWERED,
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    FORWARDED,
+    SEEN,
+    Body,
+    Info,
+    fingerprint,
+    header_value,
+    to_lf,
+)
 from mailsync.stores import graph
 from mailsync.stores.base import PagedFolder
 from mailsync.stores.graph import MAX_CONCURRENT, GraphError, TooLarge
@@ -51,11 +65,17 @@ PAGE_SIZE = int(os.environ.get("MAILSYNC_GRAPH_PAGE_SIZE") or 100)
 LAST_VERB = "Integer 0x1081"  # PR_LAST_VERB_EXECUTED (MS-OXOMSG 2.2.1.29)
 MESSAGE_SIZE = "Integer 0x0E08"  # PR_MESSAGE_SIZE: Graph's message has no size property
 VERB_REPLY, VERB_REPLY_ALL, VERB_FORWARD = 102, 103, 104
+VERBS = frozenset({ANSWERED, FORWARDED})  # the flags of the last verb
 NO_VERB = 0  # Graph cannot remove an extended property by PATCH: 0 is no verb
 LIST_SELECT = "id,changeKey,isRead,flag,categories,receivedDateTime"
 LIST_EXPAND = (
     f"singleValueExtendedProperties($filter=id eq '{LAST_VERB}' or id eq '{MESSAGE_SIZE}')"
 )
+# Messages of one Message-ID looked at (listed, and each downloaded to compare) when
+# append() looks for the message on the server: a Message-ID is a hint shared by copies
+# and by hostile mail, so the search is bounded.
+MAX_CANDIDATES = 20
+MAX_MESSAGE_ID = 998  # characters: a header line's limit (RFC 5322 2.1.1)
 # Error codes of a delta link the server no longer knows (errors.md, delta-query-overview.md).
 VOID_DELTA = ("syncStateNotFound", "resyncRequired", "syncStateInvalid")
 
@@ -80,7 +100,7 @@ class GraphFolder(PagedFolder):
     # $value may differ from what was once delivered (folded headers, encodings).
     normalises = True
     # \Answered and $Forwarded are one property, the last verb (PR_LAST_VERB_EXECUTED).
-    exclusive_flags = frozenset({frozenset({ANSWERED, FORWARDED})})
+    exclusive_flags = frozenset({VERBS})
 
     def __init__(self, store: GraphStore, name: str, folder_id: str, well_known: str | None):
         self.store = store
@@ -217,7 +237,7 @@ class GraphFolder(PagedFolder):
 
     def _body(self, key: str) -> Body | MessageError:
         try:
-            if key not in self._listed and not self._here(key):
+            if not self._here(key):  # (asked even of a listed key: a move may be newer)
                 return MessageError(f"{self.where}: message {key[:24]}... is not in this folder")
             _status, content = self.store.request(
                 "GET",
@@ -257,11 +277,53 @@ class GraphFolder(PagedFolder):
             raise StoreError(f"{self.store.url}: opened read-only")
 
     def append(self, data: Body, flags: frozenset[str], arrival: float) -> str:
-        """Refused (errors.CannotCreate): Graph creates a message posted as MIME only as a
-        draft (user-post-messages.md), and no documented call makes received mail.  A
-        two-way run leaves such a message where it is (a message moved between local
-        folders stays in its new one, and is deleted from the old one on the server as
-        any local deletion); a one-way run stops with exit 2."""
+        """Graph creates a message posted as MIME only as a draft (user-post-messages.md),
+        and no documented call makes received mail, so append() makes none.  What it can
+        do is move a message that is on the server already: a message the user moved
+        between two local folders in a two-way run is a deletion in the old folder's
+        pair and a new message in this one's, and the engine syncs one pair at a time.
+
+        The message is looked up by its Message-ID (GET messages?$filter=internetMessageId
+        eq '...', at most MAX_CANDIDATES), and a candidate counts only if its $value, with
+        LF line ends, is `data` byte for byte (fingerprint): the local copy of a Graph
+        message is exactly that.  Then, by where the candidate is:
+
+        - Deleted Items: the old folder's deletion went back first (this run or an
+          earlier one), so no folder of the mailbox claims the message: moved here
+          (POST messages/{id}/move; its immutable id stays), its flags made `flags`,
+          and its id is the new key.  (A message that was in Deleted Items on its own
+          and that the user copied, not moved, locally into this folder moves too: its
+          copy in the local Trash goes when the Trash pair sees it leave.)
+        - another folder: the deletion from there has not gone back yet (folders are
+          synced in any order, several at once), or the user copied the message rather
+          than moved it.  A store cannot tell the two apart (it sees no other pair's
+          state), and a move now would take a copied message out of a folder that
+          still has it locally (that folder's pair would then delete the local copy).
+          So: a plain MessageError, not a refusal (exit 1); after a move, the next run
+          finds the message in Deleted Items and moves it.  (A local copy of such a
+          message is named again on every run: Graph cannot hold a second copy.)
+        - this folder: not looked at.  The engine's matching (copies.py) has linked it
+          already unless it is paired with another local message: not taken twice.
+
+        Nothing found (no Message-ID, another content, or with hard_delete the message
+        removed for good by the old folder's deletion): errors.CannotCreate as before,
+        which a two-way run records as a refusal (exit 1 once, then held back) and a
+        one-way run stops at (exit 2)."""
+        self._writable()
+        trash = self.store.well_known_id("Trash")
+        elsewhere = False
+        for entry in self._same_message(data, trash):  # (those in Deleted Items first)
+            if entry.get("parentFolderId") == trash:
+                return self._move_here(entry, flags)
+            elsewhere = True
+            break
+        if elsewhere:
+            raise MessageError(
+                f"{self.where}: message {header_value(data, 'Message-ID')} is still in "
+                "another folder on the server: if it was moved locally, the next run moves it "
+                "here once its deletion from the old folder has gone back (rerun); if it was "
+                "copied, Graph cannot hold a second copy: delete this local copy"
+            )
         imap = (
             f"use IMAP: imaps://{self.store.endpoint.user}@outlook.office365.com with "
             'oauth2 = "microsoft" (XOAUTH2)'
@@ -272,6 +334,84 @@ class GraphFolder(PagedFolder):
             f"Graph can only create a message as a draft, so it stays local; to put it on "
             f"the server, {imap}",
         )
+
+    def _same_message(self, data: Body, trash: str | None) -> Iterator[dict]:
+        """The mailbox's messages outside this folder with the Message-ID of `data` whose
+        $value (LF) is `data` exactly (their id, parentFolderId and flag properties),
+        those in Deleted Items (`trash`) first.  At most MAX_CANDIDATES are looked at; a
+        message gone or unreadable since it was listed is not one."""
+        message_id = header_value(data, "Message-ID")
+        if not message_id or len(message_id) > MAX_MESSAGE_ID or "\x00" in message_id:
+            return
+        literal = message_id.replace("'", "''")  # (OData: a quote doubled in a literal)
+        params = {
+            "$filter": f"internetMessageId eq '{literal}'",
+            "$select": f"{LIST_SELECT},parentFolderId",
+            "$expand": LIST_EXPAND,
+            "$top": str(MAX_CANDIDATES),
+        }
+        digest = fingerprint(data)
+        try:
+            listed = self.store.collection("messages", what="messages by Message-ID", params=params)
+            candidates = [
+                entry
+                for _n, entry in zip(range(MAX_CANDIDATES), listed, strict=False)
+                if isinstance(entry.get("id"), str)
+                and entry["id"]
+                and entry.get("parentFolderId") != self.folder_id
+            ]
+            candidates.sort(key=lambda entry: entry.get("parentFolderId") != trash)
+            for entry in candidates:
+                try:
+                    _status, content = self.store.request(
+                        "GET",
+                        f"messages/{quote(entry['id'], safe='')}/$value",
+                        what="$value",
+                        where=self.where,
+                        limit=graph.MAX_MESSAGE,
+                    )
+                except GraphError as error:
+                    if error.status in (400, 404):  # (gone since it was listed)
+                        continue
+                    raise
+                if fingerprint(to_lf(content)) == digest:
+                    yield entry
+        except (GraphError, TooLarge) as error:
+            if isinstance(error, GraphError) and error.status in (429, 503):
+                raise FolderError(str(error))
+            raise MessageError(f"{self.where}: cannot look for the message on the server: {error}")
+
+    def _move_here(self, entry: dict, flags: frozenset[str]) -> str:
+        """Move the message `entry` into this folder and give it `flags` (a PATCH at the
+        next flush, as set_flags); its key, which a move keeps (immutable ids)."""
+        key: str = entry["id"]
+        try:
+            _status, content = self.store.request(
+                "POST",
+                f"messages/{quote(key, safe='')}/move",
+                what="move",
+                where=self.where,
+                body={"destinationId": self.folder_id},
+            )
+        except GraphError as error:
+            raise self._message_error(key, error)
+        moved = _json_object(content, self.where) if content else {}
+        # Graph answers with the moved message: its id is the key (the same one with
+        # immutable ids; a new one were they not).
+        answered = moved.get("id")
+        moved_key = answered if isinstance(answered, str) and answered else key
+        log.info("%s: moved message %s... here from Deleted Items", self.where, key[:24])
+        self._listed.add(moved_key)
+        if isinstance(moved.get("changeKey"), str):
+            self._changekeys[moved_key] = moved["changeKey"]
+        wanted = frozenset(f for f in flags if self.persists(f))
+        now = flags_of(entry)
+        if wanted != now:
+            add, remove = wanted - now, now - wanted
+            if VERBS & (add | remove):  # (one property: name each that is to stay)
+                add |= wanted & VERBS
+            self.set_flags(moved_key, add, remove)
+        return moved_key
 
     def set_flags(self, key: str, add: frozenset[str], remove: frozenset[str]) -> None:
         self._writable()
@@ -325,8 +465,21 @@ class GraphFolder(PagedFolder):
             self._changekeys[key] = changekey
 
     def _remove(self, key: str) -> None:
+        """Delete message `key` if it is still in this folder.  An immutable id names its
+        message wherever it is: one moved since (by the user on another device, or by
+        append() into the folder the user moved it to locally) is not this folder's to
+        delete, and is left where it is (for this folder, gone: what was asked).  404:
+        gone already."""
         url = f"messages/{quote(key, safe='')}"
         try:
+            if not self._here(key):  # (asked even of a listed key: a move may be newer)
+                log.info(
+                    "%s: message %s... is no longer in this folder; not deleted",
+                    self.where,
+                    key[:24],
+                )
+                self._changekeys.pop(key, None)
+                return
             if self.store.hard_delete:
                 self.store.request(
                     "POST", f"{url}/permanentDelete", what="permanentDelete", where=self.where

@@ -52,9 +52,13 @@ Mail (resources/mailfolder.md, resources/message.md)
   is 409 ``ErrorFolderExists``), ``PATCH`` renames (``displayName``), ``DELETE`` removes the
   folder and its subtree (fake's choice: Graph's page does not say where it goes), ``POST
   .../move`` (``destinationId``) moves it. Folder ids never change.
-* Message lists (``mailFolders/{id}/messages``) come newest first, paged like folder lists;
-  ``$filter``, ``$orderby``, ``$search`` and ``$count`` are ignored by the fake (a store should
-  not need them).
+* Message lists (``mailFolders/{id}/messages``, and ``messages``: every message of the mailbox,
+  "including the Deleted Items and Clutter folders", not Recoverable Items, user-list-messages.md)
+  come newest first, paged like folder lists. ``$filter`` understands one expression,
+  ``internetMessageId eq '<...>'`` (message.md: internetMessageId is "the message ID in the
+  format specified by RFC2822"; OData doubles a quote inside a literal); any other ``$filter`` is
+  501 (not modelled); ``$orderby``, ``$search`` and ``$count`` are ignored (a store should not
+  need them).
 * Messages: the MIME is stored as given; ``GET .../messages/{id}/$value`` returns it byte for
   byte (message-get.md, "Get MIME content"; Content-Type ``text/plain``, fake's choice) and
   counts the download in ``value_downloads``. JSON: id, @odata.etag (``W/"changeKey"``),
@@ -382,6 +386,18 @@ def _mime_summary(mime: bytes) -> dict:
     except Exception:
         pass
     return out
+
+
+def _message_id_filter(ctx) -> str | None:
+    """The Message-ID of a ``$filter=internetMessageId eq '...'`` (quotes doubled inside
+    the literal, as OData writes them), None without a $filter; 501 for another one."""
+    value = ctx.query.get("$filter")
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*", value)
+    if match is None:
+        raise GraphError(501, "notSupported", f"The fake does not model $filter={value}.")
+    return match.group(1).replace("''", "'")
 
 
 def _as_text(body: dict | None) -> dict:
@@ -1519,9 +1535,11 @@ class FakeGraph(ThreadedHTTPFake):
             if n == 1 and m == "POST":
                 return self._post_message(ctx, self._well_known["drafts"])
             if n == 1 and m == "GET":
-                raise GraphError(
-                    501, "notSupported", "Listing all messages is not modelled by the fake."
-                )
+                if _message_id_filter(ctx) is None:
+                    raise GraphError(
+                        501, "notSupported", "Listing all messages is not modelled by the fake."
+                    )
+                return 200, self._list_messages(ctx, None)
             if n >= 2:
                 return self._message_op(ctx, segs[1], names[2:])
         if names[:1] == ["calendars"] and m == "GET":
@@ -1605,9 +1623,18 @@ class FakeGraph(ThreadedHTTPFake):
         )
         return 201, self._folder_json(folder)
 
-    def _list_messages(self, ctx: _Ctx, folder_id: str) -> dict:
+    def _list_messages(self, ctx: _Ctx, folder_id: str | None) -> dict:
+        """A folder's messages, or (folder_id None) the mailbox's: every folder but
+        Recoverable Items; only those of the Message-ID a ``$filter`` names, if it does."""
+        hidden = self._well_known["recoverableitemsdeletions"]
+        wanted = _message_id_filter(ctx)
         items = sorted(
-            (m for m in self._messages.values() if m.folder_id == folder_id),
+            (
+                m
+                for m in self._messages.values()
+                if (m.folder_id == folder_id if folder_id else m.folder_id != hidden)
+                and (wanted is None or _mime_summary(m.mime)["internetMessageId"] == wanted)
+            ),
             key=lambda m: m.received,
             reverse=True,
         )

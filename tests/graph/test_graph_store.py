@@ -358,45 +358,253 @@ def test_new_local_mail_is_refused_with_exit_2_and_the_way_to_restore(fake_graph
     assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake_graph.requests)
 
 
-def test_two_way_a_message_moved_locally_into_graph_is_refused_and_stays(
-    fake_graph, graph, mailenv
-):
-    """Two-way, a message moved from INBOX to Archive in a mail reader: Graph cannot take
-    it into Archive (it would be a draft), so the message is refused there by name (exit
-    1) and stays in the local Archive, while the rest of the run goes on (its deletion
-    from INBOX, a flag, a new server message).  The next runs hold it back: no draft,
-    no second copy, the local file untouched."""
+def move_local(root: Path, path: Path, folder: str) -> Path:
+    """What a mail reader does to move a message: its file, name and flags kept, into
+    the other folder's cur/."""
+    target = root / folder
+    for sub in ("cur", "new", "tmp"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    moved = target / "cur" / path.name
+    path.rename(moved)
+    return moved
+
+
+def drafts_posted(fake: FakeGraph) -> bool:
+    return any(r.method == "POST" and r.path.endswith("/messages") for r in fake.requests)
+
+
+def test_two_way_a_message_moved_locally_is_moved_on_the_server(fake_graph, graph, mailenv):
+    """Two-way, a message moved from INBOX to Archive in a mail reader, with INBOX synced
+    first (--jobs 1: INBOX, then the others by name): INBOX's deletion puts it in Deleted
+    Items, then Archive finds it there by Message-ID and content and moves it: one run,
+    exit 0, the same id and bytes in Archive, the flags it has locally (read, a flag
+    taken off), nothing in Deleted Items,
+    no draft; the next run changes and downloads nothing.  A message deleted locally and
+    one new locally behave as before: to Deleted Items; refused by name (exit 1)."""
     fake = fake_graph
     keys = [fake.add_message("inbox", mime(n)) for n in range(3)]
+    fake.update_message(keys[1], flag="flagged")
     root = mailenv / "mail"
     url = graph(fake)
     assert run("sync", url, root).exit_code == 0
     files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
-    moved = files[to_lf(mime(1))]
-    archived = write_local(root, "Archive", moved.read_bytes())
-    moved.unlink()
-    set_flags(files[to_lf(mime(2))], "F")
-    fake.add_message("inbox", mime(3))
-    result = run("sync", url, root)
-    assert result.exit_code == 1, result.output
-    assert "refuses local message" in result.output and "<1.graph@example.org>" in result.output
-    assert "only create a message as a draft" in result.output
-    assert f"imaps://{USER}@outlook.office365.com" in result.output
-    assert not any(r.method == "POST" and r.path.endswith("/messages") for r in fake.requests)
-    assert fake.messages("drafts") == [] and fake.messages("archive") == []
-    assert fake.message(keys[1])["folder_id"] == fake.folder_id("deleteditems")
-    assert fake.message(keys[2])["flag"] == "flagged"
-    assert Counter(p.read_bytes() for p in maildir_files(root)["INBOX"]) == Counter(
-        [to_lf(mime(0)), to_lf(mime(2)), to_lf(mime(3))]
-    )
-    assert archived.read_bytes() == to_lf(mime(1))
+    set_flags(files[to_lf(mime(1))], "S")  # read, and unflagged
+    (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+    moved = move_local(root, path, "Archive")
     fake.requests.clear()
+    result = run("-v", "sync", "--jobs", "1", url, root)
+    assert result.exit_code == 0, result.output
+    assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]]
+    message = fake.message(keys[1])
+    assert message["mime"] == mime(1) and not message["is_draft"]
+    assert message["is_read"] is True and message["flag"] == "notFlagged"
+    assert fake.messages("deleteditems") == [] and fake.messages("drafts") == []
+    assert not drafts_posted(fake)
+    assert maildir_bodies(root)["Archive"] == Counter([to_lf(mime(1))])
+    assert maildir_bodies(root)["INBOX"] == Counter([to_lf(mime(0)), to_lf(mime(2))])
+    assert moved.exists() and not maildir_bodies(root).get("Trash")
+    downloads = value_fetches(fake)
     for _ in range(2):
         result = run("sync", url, root)
         assert result.exit_code == 0, result.output
-        assert "held back 1" in result.output
-    assert not any(r.method == "POST" for r in fake.requests)
-    assert [p.read_bytes() for p in maildir_files(root)["Archive"]] == [to_lf(mime(1))]
+        assert "copied 0 to local, 0 to remote, flags 0, deleted 0" in result.output
+    assert value_fetches(fake) == downloads
+    assert maildir_bodies(root)["Archive"] == Counter([to_lf(mime(1))])
+    # Deleted locally: to Deleted Items.  New locally (on the server nowhere): refused.
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    files[to_lf(mime(0))].unlink()
+    write_local(root, "Archive", to_lf(mime(7)))
+    result = run("sync", url, root)
+    assert result.exit_code == 1, result.output
+    assert "refuses local message" in result.output and "<7.graph@example.org>" in result.output
+    assert "only create a message as a draft" in result.output
+    assert [m["immutable_id"] for m in fake.messages("deleteditems")] == [keys[0]]
+    assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]]
+    assert not drafts_posted(fake)
+    result = run("sync", url, root)
+    assert result.exit_code == 0 and "held back 1" in result.output, result.output
+
+
+def test_a_moved_message_answered_and_forwarded_keeps_answered(fake_graph, graph, mailenv):
+    """A message answered on the server, forwarded locally, then moved locally: Graph
+    keeps one last verb, and with both flags it is the reply's (as set_flags does), not
+    the forward's the move's flag change names; both flags stay locally."""
+    key = fake_graph.add_message("inbox", mime(1), last_verb=102)
+    fake_graph.add_message("inbox", mime(2))  # (INBOX not emptied: the engine guards that)
+    root = mailenv / "mail"
+    url = graph(fake_graph)
+    assert run("sync", url, root).exit_code == 0
+    files = {p.read_bytes(): p for p in maildir_files(root)["INBOX"]}
+    set_flags(files[to_lf(mime(1))], "PR")
+    (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+    move_local(root, path, "Archive")
+    result = run("sync", "--jobs", "1", url, root)
+    assert result.exit_code == 0, result.output
+    assert fake_graph.message(key)["folder_id"] == fake_graph.folder_id("archive")
+    assert fake_graph.message(key)["extended"] == {"Integer 0x1081": "102"}
+    (path,) = maildir_files(root)["Archive"]
+    assert file_flags(path) == {"\\Answered", "$Forwarded"}
+
+
+@pytest.mark.parametrize("old", ["Zeta", "Projects"])
+def test_a_local_move_whose_deletion_comes_second_is_moved_by_the_next_run(
+    fake_graph, graph, mailenv, old
+):
+    """The other order (--jobs 1, from a folder synced after Archive): Archive finds
+    the message still in the old folder on the server and does not move it (a store
+    cannot tell a move from a copy the user kept there): named, exit 1, no draft.  The
+    old folder's deletion puts it in Deleted Items, and the next run moves it to
+    Archive (exit 0), same id, nothing left in Deleted Items or in the local Trash.
+    From Projects, synced before Trash, the first run also brings it into the local
+    Trash from Deleted Items, and the next run takes it out again when it leaves.
+    (Deleted Items holds another message: had the move emptied it, the engine's guard
+    against a folder that is suddenly empty would hold back that local deletion.)"""
+    fake = fake_graph
+    fake.add_folder("msgfolderroot", old)
+    keys = [fake.add_message(f"msgfolderroot/{old}", mime(n)) for n in range(2)]
+    trashed = fake.add_message("deleteditems", mime(5))
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    (path,) = (p for p in maildir_files(root)[old] if p.read_bytes() == to_lf(mime(1)))
+    move_local(root, path, "Archive")
+    result = run("sync", "--jobs", "1", url, root)
+    assert result.exit_code == 1, result.output
+    assert "<1.graph@example.org> is still in another folder" in result.output
+    assert "refuses" not in result.output
+    in_trash = sorted(m["immutable_id"] for m in fake.messages("deleteditems"))
+    assert in_trash == sorted([keys[1], trashed])
+    assert fake.messages("archive") == [] and not drafts_posted(fake)
+    trash = maildir_bodies(root)["Trash"]
+    assert trash == Counter([to_lf(mime(5))] + [to_lf(mime(1))] * (old == "Projects"))
+    result = run("sync", "--jobs", "1", url, root)
+    assert result.exit_code == 0, result.output
+    assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]]
+    assert fake.message(keys[1])["mime"] == mime(1)
+    assert [m["immutable_id"] for m in fake.messages("deleteditems")] == [trashed]
+    assert not drafts_posted(fake)
+    bodies = maildir_bodies(root)
+    assert bodies["Archive"] == Counter([to_lf(mime(1))])
+    assert bodies[old] == Counter([to_lf(mime(0))])
+    assert bodies["Trash"] == Counter([to_lf(mime(5))])
+    result = run("sync", url, root)
+    assert result.exit_code == 0 and "held back" not in result.output, result.output
+
+
+def test_only_the_same_message_no_folder_still_claims_is_moved(fake_graph, graph, mailenv):
+    """What append() does not move: a message the user copied (not moved) locally from
+    INBOX to Archive, which the server's INBOX still has (named, exit 1 on each run,
+    left in INBOX: a store cannot tell it from a move whose deletion has not gone back
+    yet); a local message whose Message-ID is that of one in Deleted Items with other
+    content (refused as new mail, the Deleted Items message left there)."""
+    fake = fake_graph
+    inbox = fake.add_message("inbox", mime(1))
+    trashed = fake.add_message("deleteditems", mime(2, extra="the server's own text\r\n"))
+    root = mailenv / "mail"
+    url = graph(fake)
+    assert run("sync", url, root).exit_code == 0
+    (path,) = maildir_files(root)["INBOX"]
+    write_local(root, "Archive", path.read_bytes())
+    write_local(root, "Archive", to_lf(mime(2)))
+    for n in range(2):
+        result = run("sync", "--jobs", "1", url, root)
+        assert result.exit_code == 1, result.output
+        assert "<1.graph@example.org> is still in another folder" in result.output
+        assert "if it was copied" in result.output
+        if n == 0:
+            assert "refuses local message" in result.output
+            assert "<2.graph@example.org>" in result.output
+        else:
+            assert "held back 1" in result.output
+        assert fake.message(inbox)["folder_id"] == fake.folder_id("inbox")
+        assert fake.message(trashed)["folder_id"] == fake.folder_id("deleteditems")
+        assert fake.messages("archive") == [] and not drafts_posted(fake)
+    bodies = maildir_bodies(root)
+    assert bodies["Archive"] == Counter([to_lf(mime(1)), to_lf(mime(2))])
+    assert bodies["INBOX"] == Counter([to_lf(mime(1))])
+
+
+def test_kill_at_every_step_of_a_local_move_then_rerun(graph, mailenv):
+    """The crash hook at every step of the two-way run that makes a local move a server
+    move (INBOX to Archive, --jobs 1), each time from a fresh mailbox and a fresh local
+    copy, then a rerun: exit 0, and the message exactly once on the server (in Archive,
+    its id kept, nowhere else, no draft) and once locally (in Archive).  Killed between
+    the move and the state's commit, the rerun finds it in Archive's listing and links
+    it by content; killed after INBOX's deletion, the rerun's deletion finds it gone
+    from INBOX."""
+    import shutil
+
+    root, state, token = mailenv / "mail", mailenv / "state", mailenv / "token"
+    killed_after_move = 0
+    for crash_at in range(1, 100):
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        token.unlink(missing_ok=True)
+        with FakeGraph() as fake:
+            fake.token = fake.add_token()
+            url = graph(fake)
+            keys = [fake.add_message("inbox", mime(n)) for n in range(3)]
+            assert run("sync", url, root).exit_code == 0
+            (path,) = (p for p in maildir_files(root)["INBOX"] if p.read_bytes() == to_lf(mime(1)))
+            move_local(root, path, "Archive")
+            done = run_process(
+                "-v", "sync", "--jobs", "1", url, root, password="", state=state,
+                crash_at=crash_at,
+            )  # fmt: skip
+            assert done.returncode in (0, CRASHED), done.stderr
+            killed_after_move += done.returncode == CRASHED and "moved message" in done.stderr
+            result = run("sync", "--jobs", "1", url, root)
+            assert result.exit_code == 0, (crash_at, done.stderr, result.output)
+            where = f"step {crash_at}: {done.stderr}"
+            assert [m["immutable_id"] for m in fake.messages("archive")] == [keys[1]], where
+            assert fake.message(keys[1])["mime"] == mime(1)
+            assert sorted(m["immutable_id"] for m in fake.messages("inbox")) == sorted(
+                [keys[0], keys[2]]
+            )
+            assert fake.messages("deleteditems") == [] and not drafts_posted(fake), where
+            bodies = maildir_bodies(root)
+            assert bodies["Archive"] == Counter([to_lf(mime(1))]), where
+            assert bodies["INBOX"] == Counter([to_lf(mime(0)), to_lf(mime(2))]), where
+            assert not bodies.get("Trash"), where
+        if done.returncode == 0:
+            break
+    assert crash_at > 3 and killed_after_move > 0
+
+
+@pytest.mark.parametrize(
+    "folder, options",
+    [("INBOX", {}), ("Trash", {}), ("INBOX", {"hard_delete": "true"})],
+    ids=["to-deleted-items", "from-deleted-items", "hard-delete"],
+)
+def test_a_deletion_leaves_a_message_moved_out_of_the_folder_since(
+    fake_graph, graph, mailenv, folder, options
+):
+    """An immutable id names its message wherever it is: a message listed in a folder
+    and moved elsewhere since (by the user on another device, or by a local move that
+    append() made a server move) is not deleted by that folder's deletion of it (move
+    to Deleted Items, DELETE, permanentDelete), which takes it as gone; a message still
+    there is deleted; one gone altogether (404) is what was asked."""
+    from mailsync.stores import open_store
+
+    where = {"INBOX": "inbox", "Trash": "deleteditems"}[folder]
+    moved, kept, purged = (fake_graph.add_message(where, mime(n)) for n in range(3))
+    store = open_store(graph(fake_graph, **options))
+    try:
+        opened = store.open_folder(folder)
+        assert set(opened.list()) == {moved, kept, purged}
+        fake_graph.move_message(moved, "archive")
+        fake_graph.delete_message(purged, hard=True)
+        for key in (moved, kept, purged):
+            assert opened.delete(key) == key
+        opened.flush()
+    finally:
+        store.close()
+    assert fake_graph.message(moved)["folder_id"] == fake_graph.folder_id("archive")
+    assert [m["immutable_id"] for m in fake_graph.messages(where)] == []
+    with pytest.raises(KeyError):
+        fake_graph.message(purged)
+    if folder == "INBOX" and not options:
+        assert [m["immutable_id"] for m in fake_graph.messages("deleteditems")] == [kept]
 
 
 def inbox_cursor(state_home: Path) -> dict:
