@@ -241,7 +241,7 @@ def test_imap_to_graph_is_refused(fake_graph, dovecot_server, mailenv):
         assert "Graph can only create a message as a draft, not as received mail; " in (
             result.stderr
         )
-        assert "to restore messages use IMAP (imaps://" in result.stderr
+        assert "to restore messages, use IMAP: imaps://" in result.stderr
     assert fake_graph.messages("inbox") == []
     # No message is written (a folder SOURCE has and Graph lacks may be made, empty,
     # by a folder copied at the same time: the refusal comes at the first append).
