@@ -20,7 +20,9 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 * a server that says "not now" is waited out and asked again in call(), the one retry
   path (what the answers mean, and the time waited, are imap_patience.py's): Microsoft
   365's throttling (NO or BAD to any command, an APPEND's instead of its continuation,
-  maybe with a BYE) as it suggests, within the connection's throttle_wait; "User is
+  maybe with a BYE) as it suggests, within the connection's throttle_wait (and a
+  server known to throttle, by its greeting or a throttled answer, gets no pipelined
+  APPENDs: ``throttles``); "User is
   authenticated but not connected." with a few fresh logins; ``* BYE Session
   invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
@@ -88,6 +90,9 @@ protocol_log = logging.getLogger("mailsync.imap")
 AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
 _NETWORK_ERRORS = (OSError, EOFError)
+# Exchange's greeting ("* OK The Microsoft Exchange IMAP4 service is ready. [...]"):
+# Exchange Online throttles (imap_patience.py), so pipelined APPENDs wait for it.
+_THROTTLING_GREETING = re.compile(r"\bMicrosoft Exchange\b", re.I)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -186,6 +191,11 @@ class IMAPConnection:
         self.reconnects = 0
         # Waiting out throttling (imap_patience.py).
         self.patience = Patience.from_option(self.endpoint.options.pop("throttle_wait", None))
+        #: True once the server is known to throttle: it greeted as Microsoft Exchange
+        #: (Exchange Online throttles), or answered "Request is throttled" in this run.
+        #: Its APPENDs then go one at a time (IMAPFolder.appends_at_once): pipelined
+        #: ones would reach it before the backoff it asks for has passed.
+        self.throttles = False
         # (password_command: net.get_password's; gmail_labels: the store's, imap.py)
         unknown = set(self.endpoint.options) - {"password_command", "gmail_labels"}
         if unknown:  # a misspelt token_command must not fall back to a password login
@@ -199,6 +209,7 @@ class IMAPConnection:
             try:
                 self._client = self._connect()
             except Throttled as throttled:  # a command right after the login: a new one
+                self.throttles = True
                 self.patience.wait_out(throttled, self.endpoint.display, "connect", False)
         return self._client
 
@@ -246,6 +257,8 @@ class IMAPConnection:
                         f"{ep.display}: login failed ({_clean(error)}); check the user name "
                         "and password"
                     )
+            if _THROTTLING_GREETING.search(_text(client.welcome or b"")):
+                self.throttles = True
             self.capabilities = {_text(c).upper() for c in client.capabilities()}
             if "CONDSTORE" in self.capabilities and "ENABLE" in self.capabilities:
                 try:
@@ -374,6 +387,7 @@ class IMAPConnection:
                 self._drop()
                 raise
             except Throttled as throttled:
+                self.throttles = True
                 try:
                     self.patience.wait_out(throttled, where, operation, folder is not None)
                 except MailsyncError:
@@ -603,6 +617,8 @@ class IMAPConnection:
                 f"{self.endpoint.display}: connection lost during APPEND ({_clean(error)})"
             )
         said = [(typ, _clean(data or typ)) for typ, data in answers]
+        if any(throttled_in(text) for typ, text in said if typ != "OK"):
+            self.throttles = True  # (the rest go one at a time: IMAPFolder.appends_at_once)
         return outcomes(said, [len(wire) for wire, _, _ in messages], lost)
 
     def _op_list(self) -> list[tuple[Any, Any, Any]]:

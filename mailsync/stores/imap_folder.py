@@ -455,6 +455,22 @@ class IMAPFolder(Folder):
         self._uids_assigned.add(uid)
         return str(uid)
 
+    @property
+    def appends_at_once(self) -> int:  # type: ignore[override]  # (Folder: an attribute; see base)
+        """PIPELINE_MESSAGES where append_many() pipelines: the server takes
+        non-synchronizing literals (LITERAL+) and names each new UID (UIDPLUS), append()
+        does nothing more (Gmail's labels do), and the server is not known to throttle
+        (IMAPConnection.throttles: APPENDs sent before a throttled answer is read reach
+        the server before the backoff it asks for has passed, each answered throttled
+        again; Microsoft 365 counts them against the client); else 1."""
+        pipelines = (
+            type(self).append is IMAPFolder.append
+            and self.store.has("LITERAL+")
+            and self.store.has("UIDPLUS")
+            and not self.store.throttles
+        )
+        return PIPELINE_MESSAGES if pipelines else 1
+
     def append_many(
         self, messages: Sequence[tuple[Body, frozenset[str], float]]
     ) -> builtins.list[str | MessageError]:
@@ -465,26 +481,22 @@ class IMAPFolder(Folder):
         server asks to send again later (throttled, a "try later" code, anything else
         but OK or a refusal for good) goes again alone through append(), which knows
         what to do with that answer.  Elsewhere, and in folders whose append() does
-        more (Gmail's labels), append() one by one."""
-        pipelined = (
-            type(self).append is IMAPFolder.append
-            and len(messages) > 1
-            and self.store.has("LITERAL+")
-            and self.store.has("UIDPLUS")
-        )
-        if not pipelined:
-            return super().append_many(messages)
+        more (Gmail's labels), or to a server known to throttle, append() one by one."""
         self._writable()
         out: builtins.list[str | MessageError] = []
-        batch: list[tuple[Body, frozenset[str], float]] = []
-        size = 0
-        for message in messages:
-            batch.append(message)
-            size += len(message[0])
-            if len(batch) >= PIPELINE_MESSAGES or size >= PIPELINE_BYTES:
-                out += self._append_pipelined(batch)
-                batch, size = [], 0
-        return out + (self._append_pipelined(batch) if batch else [])
+        rest = list(messages)
+        while len(rest) > 1 and self.appends_at_once > 1:  # (it drops once throttled)
+            # At most PIPELINE_MESSAGES and PIPELINE_BYTES in flight (a bigger message
+            # alone).
+            end, size = 1, len(rest[0][0])
+            while end < min(len(rest), PIPELINE_MESSAGES):
+                size += len(rest[end][0])
+                if size > PIPELINE_BYTES:
+                    break
+                end += 1
+            out += self._append_pipelined(rest[:end])
+            del rest[:end]
+        return out + super().append_many(rest)
 
     def _append_pipelined(
         self, batch: builtins.list[tuple[Body, frozenset[str], float]]
@@ -514,12 +526,20 @@ class IMAPFolder(Folder):
             if isinstance(answer, MailsyncError):
                 out.append(self._append_failure(answer))
                 continue
-            match = re.search(r"\[APPENDUID (\d+) (\d+)\]", answer or "", re.I)
-            if match is None:  # to send alone, or no APPENDUID: append() sees to it
+            if answer is None:  # unsent (over the limit), or to send alone: append() sees to it
                 try:
                     out.append(self.append(*message))
                 except MessageError as error:
                     out.append(error)
+                continue
+            match = re.search(r"\[APPENDUID (\d+) (\d+)\]", answer, re.I)
+            if match is None:  # stored, its UID unknown: sent again, it would be there twice
+                out.append(
+                    MessageError(
+                        f"{self.name}: the server took a message without naming its UID "
+                        "(no APPENDUID); the next run finds it"
+                    )
+                )
                 continue
             if str(match.group(1)) != str(info.get("UIDVALIDITY")):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
