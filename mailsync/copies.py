@@ -9,7 +9,12 @@ journal of copies under way, state.py) by its Message-ID, Date and From
 (message.header_identity).  A copy found is linked, with the source's flags; else the
 message is appended.  Copies go in batches each made durable (Folder.flush) and then
 recorded in one transaction; to a destination that normalises, each batch's source
-keys are journaled first, in a transaction of their own.
+keys are journaled first, in a transaction of their own.  Appends are queued and sent
+together in one Folder.append_many, as many as the destination takes at once
+(Folder.appends_at_once: IMAP with LITERAL+ pipelines 100 in one round trip; a server
+known to throttle, and every other store, one at a time) and at most QUEUE_BYTES of
+them; a queued message is in the journal before it is sent, and each is recorded,
+refused or reported on its own answer.
 
 A message that is in several folders of its account at once (Gmail: a label is a
 folder), known in each by the same Info.account_id (X-GM-MSGID), is downloaded once: when
@@ -61,6 +66,23 @@ log = logging.getLogger("mailsync")
 
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
+# The bytes of the appends sent together (Folder.append_many), at most: what is in
+# flight, and held in memory until it is sent (a bigger message goes alone).
+QUEUE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A message to append, with what is recorded once it is."""
+
+    copy: Copy
+    key: str  # the source's
+    data: Body
+    digest: str
+    flags: frozenset[str]  # the source's (the pair's)
+    given: frozenset[str]  # what it is appended with (append_flags)
+    arrival: float
+
 
 #: A local copy the state records of a message: (local folder, key, fingerprint).
 LocalCopy = tuple[str, str, str | None]
@@ -140,6 +162,8 @@ class Copier:
         self.matches: Matches | None = None  # built on first use
         self.pending: list[Pair] = []  # copied or linked, not recorded yet
         self.pending_bytes = 0
+        self.queued: list[Queued] = []  # to append, in the journal, not sent yet
+        self.queued_bytes = 0
         self.obsolete: list[Pair] = []  # pairs to forget when the batch is recorded
         # Pending pairs whose new copy replaces an old one, and the old one's key: deleted
         # once the new copies are durable, before the batch is recorded.
@@ -303,8 +327,9 @@ class Copier:
         return folder
 
     def _copy(self, copy: Copy, key: str, data: Body, position: int) -> bool:
-        """One message: linked to its copy on the destination, or appended; then pending
-        (True).  False if it was not (an error, in the report; a refusal)."""
+        """One message: linked to its copy on the destination, or appended (maybe queued,
+        to be sent with others: _send_queued); then pending (True).  False if it was not
+        (an error, in the report; a refusal)."""
         fs, src, dst, target = self.fs, self.src, self.dst, self.target
         report, paired, name = fs.report, self.paired, fs.fstate.name_a
         digest = fingerprint(data)
@@ -354,41 +379,98 @@ class Copier:
             )
         else:
             if self.journal and position >= self.journaled_to:
-                self._write_journal(position)
+                self._write_journal(position)  # (before it is sent, queued or not)
             # Sources that do not know when a message arrived (POP3): its headers.
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
             given = append_flags(flags, key, self.source, target, listing)
             if fs.options.pace is not None:  # --max-rate: the one place every copy passes
                 fs.options.pace(len(data))
+            queued = Queued(copy, key, data, digest, flags, given, arrival)
+            if origin is None:
+                self._queue(queued)
+                return True
             try:
-                if origin is not None:
-                    dst_key = target.append_copy(data, given, arrival, *origin)
-                else:
-                    dst_key = target.append(data, given, arrival)
-            except RefusedError as error:
-                self._refused(key, digest, data, error)
-                return False
+                dst_key = target.append_copy(data, given, arrival, *origin)
             except MessageError as error:
-                report.errors.append(str(error))
-                log.error("%s", error)
-                return False
-            step("append")
-            fs.written.add(dst)
-            if dst == "b":
-                fs.arrived.add(dst_key)
-            pair = copy.pair or self._new_pair(copy, digest)
-            report.copied(src)
-            report.from_local_copies += origin is not None
-            log.info(
-                "%s: copied %s %s to %s %s%s",
-                name,
-                SIDE_NAMES[src],
-                key,
-                SIDE_NAMES[dst],
-                dst_key,
-                f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
-            )
+                return self._not_appended(queued, error)
+            return self._appended(queued, dst_key, origin)
+        self._paired(pair, copy, key, dst_key, flags, digest, data)
+        return True
+
+    def _queue(self, queued: Queued) -> None:
+        """Queue an append; send the queue when it holds as many messages as the
+        destination takes at once (one, with --max-rate or --max-messages-per-second:
+        the pace is the copies', not their batches') or QUEUE_BYTES."""
+        size = len(queued.data)
+        if self.queued and self.queued_bytes + size > QUEUE_BYTES:
+            self._send_queued()  # (at most QUEUE_BYTES in flight, or one bigger message)
+        self.queued.append(queued)
+        self.queued_bytes += size
+        at_once = 1 if self.fs.options.pace is not None else self.target.appends_at_once
+        if len(self.queued) >= at_once or self.queued_bytes >= QUEUE_BYTES:
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Append the queued messages in one Folder.append_many (IMAP with LITERAL+: one
+        round trip); then each is pending, or refused, or its error reported."""
+        queued, self.queued, self.queued_bytes = self.queued, [], 0
+        if not queued:
+            return
+        keys = self.target.append_many([(q.data, q.given, q.arrival) for q in queued])
+        for entry, dst_key in zip(queued, keys, strict=True):
+            if isinstance(dst_key, MessageError):
+                self._not_appended(entry, dst_key)
+            else:
+                self._appended(entry, dst_key, None)
+
+    def _not_appended(self, entry: Queued, error: MessageError) -> bool:
+        """A message the destination did not take: refused for good, or its error
+        reported (the next run tries again).  False (not pending)."""
+        if isinstance(error, RefusedError):
+            self._refused(entry.key, entry.digest, entry.data, error)
+        else:
+            self.fs.report.errors.append(str(error))
+            log.error("%s", error)
+        return False
+
+    def _appended(self, entry: Queued, dst_key: str, origin: tuple[Folder, str] | None) -> bool:
+        """A message the destination took as `dst_key` (from the local copy `origin`, or
+        downloaded): pending.  True."""
+        fs, src, dst, copy = self.fs, self.src, self.dst, entry.copy
+        step("append")
+        fs.written.add(dst)
+        if dst == "b":
+            fs.arrived.add(dst_key)
+        pair = copy.pair or self._new_pair(copy, entry.digest)
+        fs.report.copied(src)
+        fs.report.from_local_copies += origin is not None
+        log.info(
+            "%s: copied %s %s to %s %s%s",
+            fs.fstate.name_a,
+            SIDE_NAMES[src],
+            entry.key,
+            SIDE_NAMES[dst],
+            dst_key,
+            f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
+        )
+        self._paired(pair, copy, entry.key, dst_key, entry.flags, entry.digest, entry.data)
+        return True
+
+    def _paired(
+        self,
+        pair: Pair,
+        copy: Copy,
+        key: str,
+        dst_key: str,
+        flags: frozenset[str],
+        digest: str,
+        data: Body,
+    ) -> None:
+        """Source message `key` is destination message `dst_key` now (linked or
+        appended): pending, and the old copy it replaces (Copy.replaces) to be deleted
+        once the batch is durable."""
+        fs, src, dst, paired = self.fs, self.src, self.dst, self.paired
         if copy.replaces is not None and copy.replaces != dst_key:
             self.replacing.append((pair, copy.replaces))
         pair.set_key(src, key)
@@ -403,7 +485,6 @@ class Copier:
         paired[dst].add(dst_key)
         self.pending.append(pair)
         self.pending_bytes += len(data)
-        return True
 
     def _write_journal(self, position: int) -> None:
         """Record the next batch of source keys from `position` on, before any of them
@@ -420,7 +501,9 @@ class Copier:
         self.journaled_to = end
 
     def _commit(self) -> None:
-        """Make the batch durable on the destination, then record it in one transaction."""
+        """Send what is queued; make the batch durable on the destination, then record it
+        in one transaction."""
+        self._send_queued()
         if not self.pending:
             return
         fs, state, folder_id = self.fs, self.fs.state, self.fs.fstate.id
