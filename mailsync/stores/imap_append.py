@@ -15,6 +15,8 @@ from mailsync.stores.imap_patience import NotConnected, Throttled, check_answer,
 if TYPE_CHECKING:
     import datetime as dt
 
+    from mailsync.message import Body
+
 # Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
 # "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
 # on the next run.  Any other NO (none, TOOBIG, LIMIT, PARSE, CANNOT, ...) refuses it for
@@ -49,6 +51,12 @@ def append_arguments(flags: list[str], when: dt.datetime | None) -> tuple[str, s
 
     date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
     return "(" + " ".join(flags) + ")", date
+
+
+def wire_size(data: Body) -> int:
+    """len(message.to_crlf(data)), without making that copy: every LF not after a CR
+    becomes CRLF."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def append_refusal(typ: str, text: str, size: int) -> RefusedError | None:

@@ -48,12 +48,17 @@ from mailsync.errors import (
     RefusedError,
     StoreError,
 )
-from mailsync.message import to_lf
+from mailsync.message import to_crlf, to_lf
 from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
-from mailsync.stores.imap_append import append_arguments, append_refusal, outcomes
+from mailsync.stores.imap_append import (
+    append_arguments,
+    append_refusal,
+    outcomes,
+    wire_size,
+)
 from mailsync.stores.imap_oauth import token_login
 from mailsync.stores.imap_patience import (
     SESSION_INVALIDATED,
@@ -80,6 +85,7 @@ if TYPE_CHECKING:
 
     from imapclient import IMAPClient
 
+    from mailsync.message import Body
     from mailsync.stores.imap_folder import IMAPFolder
 
 log = logging.getLogger("mailsync")
@@ -598,17 +604,18 @@ class IMAPConnection:
         return _text(data[-1] if data else "")
 
     def _op_append_pipelined(
-        self, server_name: str, messages: list[tuple[bytes, list[str], dt.datetime | None]]
+        self, server_name: str, messages: list[tuple[Body, list[str], dt.datetime | None]]
     ) -> list[str | RefusedError | ConnectError | None]:
-        """APPENDs of several messages at once (_GuardedIMAP4.append_pipelined: the
-        server must offer LITERAL+), one outcome each (imap_append.outcomes says which)."""
+        """APPENDs of several messages (LF bodies) at once (_GuardedIMAP4.append_pipelined:
+        the server must offer LITERAL+), one outcome each (imap_append.outcomes says
+        which).  Each body is made CRLF only as it is sent, so a batch is not held twice."""
         client = self.client
         answers: list[tuple[str, bytes]] = []
         lost = None
         try:
             client._imap.append_pipelined(
                 client._normalise_folder(server_name),
-                [(*append_arguments(flags, when), wire) for wire, flags, when in messages],
+                ((*append_arguments(flags, when), to_crlf(data)) for data, flags, when in messages),
                 answers,
             )
         except (imaplib.IMAP4.abort, *_NETWORK_ERRORS) as error:
@@ -619,7 +626,7 @@ class IMAPConnection:
         said = [(typ, _clean(data or typ)) for typ, data in answers]
         if any(throttled_in(text) for typ, text in said if typ != "OK"):
             self.throttles = True  # (the rest go one at a time: IMAPFolder.appends_at_once)
-        return outcomes(said, [len(wire) for wire, _, _ in messages], lost)
+        return outcomes(said, [wire_size(data) for data, _, _ in messages], lost)
 
     def _op_list(self) -> list[tuple[Any, Any, Any]]:
         """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS

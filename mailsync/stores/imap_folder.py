@@ -56,6 +56,7 @@ from mailsync.message import (
 )
 from mailsync.stores import imap_bodies
 from mailsync.stores.base import Folder
+from mailsync.stores.imap_append import wire_size
 from mailsync.stores.imap_connection import _text
 from mailsync.stores.imap_patience import ThrottledFolder
 from mailsync.stores.imap_wire import MAX_UID, _uid_ranges
@@ -505,22 +506,24 @@ class IMAPFolder(Folder):
         info = self.select()
         limit = self._append_limit()
         out: builtins.list[str | MessageError] = []
-        wires: dict[int, tuple[bytes, list[str], dt.datetime | None]] = {}  # by position
+        # By position: what is sent (CRLF only as it goes: IMAPConnection), and its size.
+        sent: dict[int, tuple[Body, list[str], dt.datetime | None]] = {}
+        sizes: dict[int, int] = {}
         for n, (data, flags, arrival) in enumerate(batch):
-            wire = to_crlf(data)
-            if limit is None or len(wire) <= limit:  # (else append() refuses it, unsent)
+            size = wire_size(data)
+            if limit is None or size <= limit:  # (else append() refuses it, unsent)
                 keep = sorted(f for f in flags if self.persists(f))
                 when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
-                wires[n] = (wire, keep, when)
+                sent[n], sizes[n] = (data, keep, when), size
         try:
             answers = self.store.call(
-                "append_pipelined", self.server_name, list(wires.values()), retry=False, folder=self
+                "append_pipelined", self.server_name, list(sent.values()), retry=False, folder=self
             )
         except ThrottledFolder:
             raise  # the folder's, not these messages'
         except MailsyncError as error:
-            answers = [error] * len(wires)
-        answer_of = dict(zip(wires, answers, strict=True))
+            answers = [error] * len(sent)
+        answer_of = dict(zip(sent, answers, strict=True))
         for n, message in enumerate(batch):
             answer = answer_of.get(n)
             if isinstance(answer, MailsyncError):
@@ -545,7 +548,7 @@ class IMAPFolder(Folder):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
             uid = int(match.group(2))
             self._unannounced = True
-            self._sizes[uid] = len(wires[n][0])
+            self._sizes[uid] = sizes[n]
             self._uids_assigned.add(uid)
             out.append(str(uid))
         return out

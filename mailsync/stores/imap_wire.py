@@ -272,7 +272,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
 
     # APPENDs pipelined ----------------------------------------------------------------
     def append_pipelined(
-        self, mailbox: bytes, messages: list[tuple[str, str | None, bytes]], answers: list
+        self, mailbox: bytes, messages: Iterable[tuple[str, str | None, bytes]], answers: list
     ) -> None:
         """One APPEND to `mailbox` per (flags, date, wire) of `messages`, all sent before
         any answer is read, each literal non-synchronizing (``{n+}``, LITERAL+, RFC 7888:
