@@ -48,7 +48,7 @@ from mailsync.errors import (
     RefusedError,
     StoreError,
 )
-from mailsync.message import to_crlf, to_lf
+from mailsync.message import to_lf
 from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
@@ -57,6 +57,7 @@ from mailsync.stores.imap_append import (
     append_arguments,
     append_refusal,
     outcomes,
+    wire_of,
     wire_size,
 )
 from mailsync.stores.imap_oauth import token_login
@@ -82,6 +83,7 @@ from mailsync.tokens import SASL_AUTH, TokenSource, store_token_source
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Iterator
 
     from imapclient import IMAPClient
 
@@ -573,7 +575,7 @@ class IMAPConnection:
     def _op_append(
         self,
         server_name: str,
-        wire: bytes,
+        wire: Body,
         flags: list[str],
         when: dt.datetime | None,
         limit: int | None = None,
@@ -605,18 +607,25 @@ class IMAPConnection:
 
     def _op_append_pipelined(
         self, server_name: str, messages: list[tuple[Body, list[str], dt.datetime | None]]
-    ) -> list[str | RefusedError | ConnectError | None]:
+    ) -> list[tuple[str | RefusedError | ConnectError | None, int]]:
         """APPENDs of several messages (LF bodies) at once (_GuardedIMAP4.append_pipelined:
-        the server must offer LITERAL+), one outcome each (imap_append.outcomes says
-        which).  Each body is made CRLF only as it is sent, so a batch is not held twice."""
+        the server must offer LITERAL+): each one's outcome (imap_append.outcomes says
+        which) and size on the wire.  Each body is made CRLF only as it is sent, so a
+        batch is not held twice."""
         client = self.client
         answers: list[tuple[str, bytes]] = []
+        sizes: list[int] = []
+
+        def on_the_wire() -> Iterator[tuple[str, str | None, Body]]:
+            for data, flags, when in messages:
+                wire = wire_of(data)
+                sizes.append(len(wire))
+                yield (*append_arguments(flags, when), wire)
+
         lost = None
         try:
             client._imap.append_pipelined(
-                client._normalise_folder(server_name),
-                ((*append_arguments(flags, when), to_crlf(data)) for data, flags, when in messages),
-                answers,
+                client._normalise_folder(server_name), on_the_wire(), answers
             )
         except (imaplib.IMAP4.abort, *_NETWORK_ERRORS) as error:
             self._drop()
@@ -626,7 +635,8 @@ class IMAPConnection:
         said = [(typ, _clean(data or typ)) for typ, data in answers]
         if any(throttled_in(text) for typ, text in said if typ != "OK"):
             self.throttles = True  # (the rest go one at a time: IMAPFolder.appends_at_once)
-        return outcomes(said, [wire_size(data) for data, _, _ in messages], lost)
+        sizes += [wire_size(data) for data, _, _ in messages[len(sizes) :]]  # (unsent)
+        return list(zip(outcomes(said, sizes, lost), sizes, strict=True))
 
     def _op_list(self) -> list[tuple[Any, Any, Any]]:
         """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS

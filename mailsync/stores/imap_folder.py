@@ -51,12 +51,11 @@ from mailsync.message import (
     fingerprint,
     header_digest,
     normalise_flags,
-    to_crlf,
     tolerant_fingerprint,
 )
 from mailsync.stores import imap_bodies
 from mailsync.stores.base import Folder
-from mailsync.stores.imap_append import wire_size
+from mailsync.stores.imap_append import wire_of, wire_size
 from mailsync.stores.imap_connection import _text
 from mailsync.stores.imap_patience import ThrottledFolder
 from mailsync.stores.imap_wire import MAX_UID, _uid_ranges
@@ -431,7 +430,7 @@ class IMAPFolder(Folder):
         uidplus = self.store.has("UIDPLUS")
         if not uidplus and self._high_uid is None:
             self._high_uid = self._highest_uid()
-        wire = to_crlf(data)
+        wire = wire_of(data)
         keep = sorted(f for f in flags if self.persists(f))
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         limit = self._append_limit()
@@ -506,15 +505,13 @@ class IMAPFolder(Folder):
         info = self.select()
         limit = self._append_limit()
         out: builtins.list[str | MessageError] = []
-        # By position: what is sent (CRLF only as it goes: IMAPConnection), and its size.
+        # By position: what is sent (made CRLF only as it goes: IMAPConnection).
         sent: dict[int, tuple[Body, list[str], dt.datetime | None]] = {}
-        sizes: dict[int, int] = {}
         for n, (data, flags, arrival) in enumerate(batch):
-            size = wire_size(data)
-            if limit is None or size <= limit:  # (else append() refuses it, unsent)
+            if limit is None or wire_size(data) <= limit:  # (else append() refuses it, unsent)
                 keep = sorted(f for f in flags if self.persists(f))
                 when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
-                sent[n], sizes[n] = (data, keep, when), size
+                sent[n] = (data, keep, when)
         try:
             answers = self.store.call(
                 "append_pipelined", self.server_name, list(sent.values()), retry=False, folder=self
@@ -522,10 +519,10 @@ class IMAPFolder(Folder):
         except ThrottledFolder:
             raise  # the folder's, not these messages'
         except MailsyncError as error:
-            answers = [error] * len(sent)
+            answers = [(error, 0)] * len(sent)
         answer_of = dict(zip(sent, answers, strict=True))
         for n, message in enumerate(batch):
-            answer = answer_of.get(n)
+            answer, size = answer_of.get(n, (None, 0))
             if isinstance(answer, MailsyncError):
                 out.append(self._append_failure(answer))
                 continue
@@ -548,7 +545,7 @@ class IMAPFolder(Folder):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
             uid = int(match.group(2))
             self._unannounced = True
-            self._sizes[uid] = sizes[n]
+            self._sizes[uid] = size
             self._uids_assigned.add(uid)
             out.append(str(uid))
         return out
