@@ -6,7 +6,7 @@ least an IMAP-to-IMAP migration can do.
     MAILSYNC_PASSWORD=... MAILSYNC_DEST_PASSWORD=... python bench/floor.py imap-migrate \\
         HOST PORT USER CAFILE DEST_HOST DEST_PORT DEST_USER DEST_CAFILE FOLDER...
 
-A bare script on the standard library's ssl and socket, nothing else imported: verified
+A bare script on the standard library's ssl and socket (and threading), nothing else: verified
 TLS connections and logins, then
 
 * pop3, imap (a rerun): what tells a client whether anything is new (POP3: the whole
@@ -18,6 +18,9 @@ TLS connections and logins, then
   BATCH_MESSAGES or BATCH_BYTES, the next batch sent before the answers to the one
   before are read (the server never waits for the client, and the answers never fill
   a socket buffer), each answer checked.  The bytes go as the source sent them (CRLF).
+  FOLDERS_AT_ONCE folders at once, each thread with a connection to either server of
+  its own, as mailsync's default --jobs: a floor under mailsync's wall time too, where
+  the destination's fsync of each message, not the client, sets the pace.
 
 No state, no config, no local files, no fsync.  bench/run.py times it next to the tools,
 with the same interpreter as mailsync, so the tables show how much any Python program
@@ -28,9 +31,11 @@ import os
 import socket
 import ssl
 import sys
+import threading
 
 BATCH_MESSAGES = 100  # APPENDs in flight, at most (as mailsync's pipeline)
 BATCH_BYTES = 8 * 1024 * 1024
+FOLDERS_AT_ONCE = 4  # (mailsync's default --jobs with a network store)
 
 
 class Connection:
@@ -143,14 +148,35 @@ def main(argv: list[str]) -> int:
     password = os.environ["MAILSYNC_PASSWORD"]
     if protocol == "imap-migrate":
         dest_host, dest_port, dest_user, dest_cafile, *folders = folders
-        source = Connection(host, port, cafile)
-        source.login(user, password)
-        dest = Connection(dest_host, dest_port, dest_cafile)
-        dest.login(dest_user, os.environ["MAILSYNC_DEST_PASSWORD"])
-        migrate(source, dest, folders)
-        source.close()
-        dest.close()
-        return 0
+        dest_password = os.environ["MAILSYNC_DEST_PASSWORD"]
+        left, failures = list(folders), []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            try:
+                source = Connection(host, port, cafile)
+                source.login(user, password)
+                dest = Connection(dest_host, dest_port, dest_cafile)
+                dest.login(dest_user, dest_password)
+                while True:
+                    with lock:
+                        if not left:
+                            break
+                        folder = left.pop(0)
+                    migrate(source, dest, [folder])
+                source.close()
+                dest.close()
+            except BaseException as error:  # (SystemExit too: a thread would swallow it)
+                failures.append(error)
+
+        threads = [threading.Thread(target=worker) for _ in folders[:FOLDERS_AT_ONCE]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for error in failures:
+            print(f"floor: {error}", file=sys.stderr)
+        return 1 if failures else 0
     server = Connection(host, port, cafile)
     if protocol == "pop3":
         server.expect(b"+OK")

@@ -649,7 +649,8 @@ FLOOR_WHAT = {
     "logging in to both servers, reading each folder's messages with one UID FETCH 1:* "
     "(FLAGS INTERNALDATE BODY.PEEK[]), literals read in bulk, and APPENDing each with its "
     "flags and date, LITERAL+, 100 messages or 8 MiB a batch, the next batch sent before the "
-    "last one's answers are read; no state, no local files, no fsync",
+    "last one's answers are read, 4 folders at once (mailsync's default --jobs), each over "
+    "connections of its own; no state, no local files, no fsync",
 }
 
 
@@ -1208,7 +1209,8 @@ def render_markdown(data: dict) -> str:
         "  CPU is the source server's.  The migration floor: after each round of initial",
         "  migrations, bench/floor.py imap-migrate (a bare ssl+socket script: one UID FETCH",
         "  1:* of each folder, literals read in bulk, APPEND with LITERAL+, 100 messages or",
-        "  8 MiB a batch, the next batch sent before the answers to the last are read; no",
+        "  8 MiB a batch, the next batch sent before the answers to the last are read, 4",
+        "  folders at once over connections of their own, as mailsync's default --jobs; no",
         "  state, no local files, no fsync) into a fresh account, counted like the tools.",
         "- Each tool pulls the whole account into its own empty Maildir tree (verbatim",
         "  layout: DEST/INBOX, DEST/Archive/2019) with its default concurrency: mbsync one",
