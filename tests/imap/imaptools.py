@@ -126,8 +126,13 @@ class CommandSpy:
 
         def append_pipelined(imap, mailbox, messages, answers):
             name = mailbox.decode("ascii", "replace") if isinstance(mailbox, bytes) else mailbox
-            spy.commands += [f"APPEND {name}".upper()] * len(messages)
-            return original_pipelined(imap, mailbox, messages, answers)
+
+            def counted():
+                for message in messages:  # (an iterator: each counted as it is sent)
+                    spy.commands.append(f"APPEND {name}".upper())
+                    yield message
+
+            return original_pipelined(imap, mailbox, counted(), answers)
 
         monkeypatch.setattr(_GuardedIMAP4, "append_pipelined", append_pipelined)
 
