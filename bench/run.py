@@ -165,7 +165,11 @@ def measure(argv, env, log_path: Path, timeout: float, master_pid: int | None) -
     The child runs under GNU time, which reports its peak RSS: a child forked straight
     from this process would inherit this process's RSS as its ru_maxrss (Linux keeps the
     high-water mark of the pre-exec memory), overstating small tools by tens of MiB.  CPU
-    comes from os.wait4 on time (its own CPU, about a millisecond, is included)."""
+    comes from os.wait4 on time (its own CPU, about a millisecond, is included).
+    What earlier runs wrote is written back first, untimed (os.sync): left dirty, it would
+    be flushed during this run and slow its fsyncs, so whoever ran last (the migration
+    floor, after every tool) would pay for the others."""
+    os.sync()
     server_before = dovecot_cpu(master_pid)
     rss_file = log_path.with_name(log_path.name + ".rss")
     use_time = os.access(GNU_TIME, os.X_OK)
@@ -1222,6 +1226,8 @@ def render_markdown(data: dict) -> str:
         "  `Create Near`, `Expunge None`.  mbsync and offlineimap connect to `localhost`",
         "  (= 127.0.0.1; they check only DNS names in the certificate), mailsync to",
         "  127.0.0.1.  The rerun is the same command again with nothing new on the server.",
+        "- Before each timed run the harness calls sync(2), untimed: what earlier runs",
+        "  wrote is not flushed during the next one (slowing its fsyncs).",
         "- Peak RSS is measured with GNU time (`/usr/bin/time -f %M`): a child forked",
         "  straight from the harness would report the harness's own RSS as its ru_maxrss.",
         "- Order: all initial pulls (one tool after the other), then all reruns.  The page",
