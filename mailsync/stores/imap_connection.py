@@ -632,7 +632,8 @@ class IMAPConnection:
             lost = ConnectError(
                 f"{self.endpoint.display}: connection lost during APPEND ({_clean(error)})"
             )
-        said = [(typ, _clean(data or typ)) for typ, data in answers]
+        # (An OK's text is read for its APPENDUID only, never shown: no masking needed.)
+        said = [(typ, _text(data) if typ == "OK" else _clean(data or typ)) for typ, data in answers]
         if any(throttled_in(text) for typ, text in said if typ != "OK"):
             self.throttles = True  # (the rest go one at a time: IMAPFolder.appends_at_once)
         sizes += [wire_size(data) for data, _, _ in messages[len(sizes) :]]  # (unsent)
