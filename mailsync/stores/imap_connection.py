@@ -27,6 +27,11 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
   invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
   there), LOGIN and AUTHENTICATE arguments and the password or token itself masked.
+
+It is over 700 lines, because the raw operations (_op_*) run inside call(), the one
+retry path, on the connection's own imaplib object and error handling; the APPEND ones
+(_op_append, _op_append_pipelined) are the first to move out (to imap_append.py, which
+holds what their answers mean) when it grows further.
 """
 
 from __future__ import annotations
