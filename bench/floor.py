@@ -1,13 +1,29 @@
-"""The floor under any Python client's rerun: the least a rerun with nothing new can do.
+"""The floor under any Python client: the least a rerun with nothing new can do, and the
+least an IMAP-to-IMAP migration can do.
 
     MAILSYNC_PASSWORD=... python bench/floor.py pop3 HOST PORT USER CAFILE
     MAILSYNC_PASSWORD=... python bench/floor.py imap HOST PORT USER CAFILE FOLDER...
+    MAILSYNC_PASSWORD=... MAILSYNC_DEST_PASSWORD=... python bench/floor.py imap-migrate \\
+        HOST PORT USER CAFILE DEST_HOST DEST_PORT DEST_USER DEST_CAFILE FOLDER...
 
-A bare script on the standard library's ssl and socket, nothing else imported: a
-verified TLS connection, a login, then what tells a client whether anything is new (POP3:
-the whole UIDL listing; IMAP: STATUS of every folder), then QUIT/LOGOUT.  No state, no
-config, no local files.  bench/run.py times it next to the tools' reruns, with the same
-interpreter as mailsync, so the rerun table shows how much of a rerun any Python program
+A bare script on the standard library's ssl and socket (and threading), nothing else: verified
+TLS connections and logins, then
+
+* pop3, imap (a rerun): what tells a client whether anything is new (POP3: the whole
+  UIDL listing; IMAP: STATUS of every folder), then QUIT/LOGOUT;
+* imap-migrate (a migration into an empty account): each folder created on the
+  destination, every message of it fetched from the source in one ``UID FETCH 1:*
+  (FLAGS INTERNALDATE BODY.PEEK[])`` whose literals are read in bulk, and appended to
+  the destination with its flags and date, ``{n+}`` (LITERAL+), in batches of at most
+  BATCH_MESSAGES or BATCH_BYTES, the next batch sent before the answers to the one
+  before are read (the server never waits for the client, and the answers never fill
+  a socket buffer), each answer checked.  The bytes go as the source sent them (CRLF).
+  FOLDERS_AT_ONCE folders at once, each thread with a connection to either server of
+  its own, as mailsync's default --jobs: a floor under mailsync's wall time too, where
+  the destination's fsync of each message, not the client, sets the pace.
+
+No state, no config, no local files, no fsync.  bench/run.py times it next to the tools,
+with the same interpreter as mailsync, so the tables show how much any Python program
 must spend here.  Exits 1 on any answer it does not expect.
 """
 
@@ -15,49 +31,171 @@ import os
 import socket
 import ssl
 import sys
+import threading
+
+BATCH_MESSAGES = 100  # APPENDs in flight, at most (as mailsync's pipeline)
+BATCH_BYTES = 8 * 1024 * 1024
+FOLDERS_AT_ONCE = 4  # (mailsync's default --jobs with a network store)
+
+
+class Connection:
+    """One verified TLS connection, logged in (IMAP: LOGIN) or greeted (POP3)."""
+
+    def __init__(self, host: str, port: str, cafile: str):
+        context = ssl.create_default_context(cafile=cafile)
+        raw = socket.create_connection((host, int(port)), timeout=30)
+        self.sock = context.wrap_socket(raw, server_hostname=host)
+        self.reader = self.sock.makefile("rb")
+
+    def expect(self, prefix: bytes) -> bytes:
+        line = self.reader.readline()
+        if not line.startswith(prefix):
+            raise SystemExit(f"floor: unexpected answer {line[:80]!r}")
+        return line
+
+    def tagged(self, tag: bytes) -> bytes:
+        """The lines up to the tagged answer; that answer (exit 1 unless OK)."""
+        while not (line := self.reader.readline()).startswith(tag + b" "):
+            if not line:
+                raise SystemExit(f"floor: connection closed before {tag.decode()}'s answer")
+        if not line.startswith(tag + b" OK"):
+            raise SystemExit(f"floor: {tag.decode()}: {line[:80]!r}")
+        return line
+
+    def login(self, user: str, password: str) -> None:
+        self.expect(b"* OK")
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        self.sock.sendall(f'a LOGIN {user} "{quoted}"\r\n'.encode())
+        self.tagged(b"a")
+
+    def close(self) -> None:
+        self.sock.sendall(b"z LOGOUT\r\n")
+        while not self.reader.readline().startswith(b"z "):
+            pass
+        self.sock.close()
+
+
+def _item(text: bytes, name: bytes, end: bytes) -> bytes | None:
+    """The value of FETCH item `name` in `text`, up to `end` (exclusive); None if absent."""
+    at = text.find(name)
+    if at < 0:
+        return None
+    at += len(name)
+    stop = text.find(end, at)
+    return text[at:stop] if stop >= 0 else None
+
+
+def migrate(source: Connection, dest: Connection, folders: list[str]) -> None:
+    """Every message of `folders`, source -> dest (see the module docstring)."""
+    for n, folder in enumerate(folders):  # (before any APPEND: no answers to sort out)
+        if folder != "INBOX":
+            dest.sock.sendall(f'c{n} CREATE "{folder}"\r\n'.encode())
+            while not dest.reader.readline().startswith(f"c{n} ".encode()):
+                pass  # (a NO: it exists)
+    sent = 0  # APPEND tags so far
+    unanswered: list[bytes] = []  # the tags of the batch sent before
+
+    def send(batch: list[bytes], tags: list[bytes]) -> None:
+        nonlocal unanswered
+        dest.sock.sendall(b"".join(batch))
+        for tag in unanswered:
+            dest.tagged(tag)
+        unanswered = tags
+
+    for n, folder in enumerate(folders):
+        source.sock.sendall(f'e{n} EXAMINE "{folder}"\r\n'.encode())
+        source.tagged(f"e{n}".encode())
+        source.sock.sendall(f"f{n} UID FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[])\r\n".encode())
+        batch: list[bytes] = []
+        tags: list[bytes] = []
+        size = 0
+        done = f"f{n} ".encode()
+        while not (line := source.reader.readline()).startswith(done):
+            if not line.startswith(b"* ") or not line.endswith(b"}\r\n"):
+                if not line:
+                    raise SystemExit("floor: the source closed the connection")
+                continue  # (an untagged answer without a body)
+            length = int(line[line.rfind(b"{") + 1 : -3])
+            body = source.reader.read(length)
+            rest = source.reader.readline()  # ")\r\n", or the items after the body
+            flags = _item(line, b"FLAGS (", b")")
+            flags = _item(rest, b"FLAGS (", b")") if flags is None else flags
+            date = _item(line, b'INTERNALDATE "', b'"')
+            date = _item(rest, b'INTERNALDATE "', b'"') if date is None else date
+            if flags is None or date is None or len(body) != length:
+                raise SystemExit(f"floor: unexpected FETCH response {line[:80]!r}")
+            kept = b" ".join(f for f in flags.split() if f != b"\\Recent")
+            sent += 1
+            tags.append(b"p%d" % sent)
+            batch += [
+                b'p%d APPEND "%s" (%s) "%s" {%d+}\r\n'
+                % (sent, folder.encode(), kept, date, length),
+                body,
+                b"\r\n",
+            ]
+            size += length
+            if len(tags) >= BATCH_MESSAGES or size >= BATCH_BYTES:
+                send(batch, tags)
+                batch, tags, size = [], [], 0
+        if not line.startswith(done + b"OK"):
+            raise SystemExit(f"floor: UID FETCH {folder}: {line[:80]!r}")
+        send(batch, tags)  # (its answers are read after the next batch is sent)
+    send([], [])
 
 
 def main(argv: list[str]) -> int:
     protocol, host, port, user, cafile, *folders = argv
     password = os.environ["MAILSYNC_PASSWORD"]
-    context = ssl.create_default_context(cafile=cafile)
-    raw = socket.create_connection((host, int(port)), timeout=30)
-    sock = context.wrap_socket(raw, server_hostname=host)
-    reader = sock.makefile("rb")
+    if protocol == "imap-migrate":
+        dest_host, dest_port, dest_user, dest_cafile, *folders = folders
+        dest_password = os.environ["MAILSYNC_DEST_PASSWORD"]
+        left, failures = list(folders), []
+        lock = threading.Lock()
 
-    def expect(prefix: bytes) -> bytes:
-        line = reader.readline()
-        if not line.startswith(prefix):
-            raise SystemExit(f"floor: unexpected answer {line[:80]!r}")
-        return line
+        def worker() -> None:
+            try:
+                source = Connection(host, port, cafile)
+                source.login(user, password)
+                dest = Connection(dest_host, dest_port, dest_cafile)
+                dest.login(dest_user, dest_password)
+                while True:
+                    with lock:
+                        if not left:
+                            break
+                        folder = left.pop(0)
+                    migrate(source, dest, [folder])
+                source.close()
+                dest.close()
+            except BaseException as error:  # (SystemExit too: a thread would swallow it)
+                failures.append(error)
 
+        threads = [threading.Thread(target=worker) for _ in folders[:FOLDERS_AT_ONCE]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for error in failures:
+            print(f"floor: {error}", file=sys.stderr)
+        return 1 if failures else 0
+    server = Connection(host, port, cafile)
     if protocol == "pop3":
-        expect(b"+OK")
-        sock.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
-        expect(b"+OK")
-        expect(b"+OK")
-        sock.sendall(b"UIDL\r\n")
-        expect(b"+OK")
-        while reader.readline() not in (b".\r\n", b""):
+        server.expect(b"+OK")
+        server.sock.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
+        server.expect(b"+OK")
+        server.expect(b"+OK")
+        server.sock.sendall(b"UIDL\r\n")
+        server.expect(b"+OK")
+        while server.reader.readline() not in (b".\r\n", b""):
             pass
-        sock.sendall(b"QUIT\r\n")
-        expect(b"+OK")
-    else:
-        expect(b"* OK")
-        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
-        sock.sendall(f'a LOGIN {user} "{quoted}"\r\n'.encode())
-        while not reader.readline().startswith(b"a "):
-            pass
-        for n, folder in enumerate(folders):
-            sock.sendall(f'b{n} STATUS "{folder}" (MESSAGES UIDNEXT UIDVALIDITY)\r\n'.encode())
-            while not (line := reader.readline()).startswith(f"b{n} ".encode()):
-                pass
-            if not line.startswith(f"b{n} OK".encode()):
-                raise SystemExit(f"floor: STATUS {folder}: {line[:80]!r}")
-        sock.sendall(b"z LOGOUT\r\n")
-        while not reader.readline().startswith(b"z "):
-            pass
-    sock.close()
+        server.sock.sendall(b"QUIT\r\n")
+        server.expect(b"+OK")
+        server.sock.close()
+        return 0
+    server.login(user, password)
+    for n, folder in enumerate(folders):
+        server.sock.sendall(f'b{n} STATUS "{folder}" (MESSAGES UIDNEXT UIDVALIDITY)\r\n'.encode())
+        server.tagged(f"b{n}".encode())
+    server.close()
     return 0
 
 

@@ -48,7 +48,9 @@ empty account on a second private Dovecot, one-way, timing tools.MIGRATE_TOOLS: 
 exists), an mbsync channel between two IMAPStores and offlineimap with two IMAP
 repositories; what each copied is counted on the destination (count_imap), every tool
 getting a fresh account there.  Ratios are to mbsync; the Dovecot CPU column is the
-source's; there is no floor.
+source's.  After each round of initial migrations the migration floor (bench/floor.py
+imap-migrate: a bare ssl+socket client fetching every message and appending it with
+LITERAL+, pipelined, nothing else) moves the account into a fresh account too.
 """
 
 from __future__ import annotations
@@ -163,7 +165,11 @@ def measure(argv, env, log_path: Path, timeout: float, master_pid: int | None) -
     The child runs under GNU time, which reports its peak RSS: a child forked straight
     from this process would inherit this process's RSS as its ru_maxrss (Linux keeps the
     high-water mark of the pre-exec memory), overstating small tools by tens of MiB.  CPU
-    comes from os.wait4 on time (its own CPU, about a millisecond, is included)."""
+    comes from os.wait4 on time (its own CPU, about a millisecond, is included).
+    What earlier runs wrote is written back first, untimed (os.sync): left dirty, it would
+    be flushed during this run and slow its fsyncs, so whoever ran last (the migration
+    floor, after every tool) would pay for the others."""
+    os.sync()
     server_before = dovecot_cpu(master_pid)
     rss_file = log_path.with_name(log_path.name + ".rss")
     use_time = os.access(GNU_TIME, os.X_OK)
@@ -468,7 +474,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
             n: {"initial": [], "rerun": [], "later": []} for n in available
         }
         failed: dict[str, str] = {}
-        floors: list[Measurement] = []
+        floors: list[Measurement | None] = []
         for rep, order in enumerate(record["order"], 1):
             say(f"pass {rep}/{args.repeat}: initial pulls in the order {', '.join(order)}")
             setups = {}
@@ -554,6 +560,12 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                     continue
                 runs[name]["initial"].append(m)
                 record["tools"][name]["verify"] = detail
+            if setups and dest_server is not None:
+                floors.append(
+                    measure_migration_floor(
+                        server, user, dest_server, corpus, run_dir, master, args, expected, checks
+                    )
+                )
             for k in range(1, args.reruns + 1):
                 phase = "rerun" if k == 1 else "later"
                 say(f"pass {rep}/{args.repeat}: rerun {k} with nothing new")
@@ -580,7 +592,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                         failed[name] = f"rerun {k} failed: {detail}{last_error(setup.workdir)}"
                         continue
                     runs[name][phase].append(m)
-                if setups and protocol != "migrate":  # (no floor for a migration)
+                if setups and protocol != "migrate":  # (a migration's floor: above)
                     floors.append(measure_floor(setups, protocol, corpus, run_dir, master, args))
             if not args.keep and rep < args.repeat:
                 shutil.rmtree(run_dir / "tools", ignore_errors=True)
@@ -595,9 +607,10 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
             if runs[name]["later"]:
                 entry["later_reruns"] = [round(m.wall, 3) for m in runs[name]["later"]]
 
-        good = [m for m in floors if m.exit_code == 0 and not m.timed_out]
+        good = [m for m in floors if m is not None and m.exit_code == 0 and not m.timed_out]
         if good:
-            record["floor"] = {"rerun": summarise(good), "what": FLOOR_WHAT[protocol]}
+            phase = "initial" if protocol == "migrate" else "rerun"
+            record["floor"] = {phase: summarise(good), "what": FLOOR_WHAT[protocol]}
         if source_digest() != record["mailsync_sources"]:
             record["mailsync_sources_changed"] = True
             say("warning: mailsync's sources changed during the run; its numbers mix versions")
@@ -636,6 +649,12 @@ FLOOR_WHAT = {
     "UIDL and QUIT",
     "imap": "bench/floor.py: a bare Python script (ssl and socket only) doing TLS, LOGIN, "
     "STATUS of every folder and LOGOUT",
+    "migrate": "bench/floor.py imap-migrate: a bare Python script (ssl and socket only) "
+    "logging in to both servers, reading each folder's messages with one UID FETCH 1:* "
+    "(FLAGS INTERNALDATE BODY.PEEK[]), literals read in bulk, and APPENDing each with its "
+    "flags and date, LITERAL+, 100 messages or 8 MiB a batch, the next batch sent before the "
+    "last one's answers are read, 4 folders at once (mailsync's default --jobs), each over "
+    "connections of its own; no state, no local files, no fsync",
 }
 
 
@@ -653,6 +672,36 @@ def measure_floor(setups: dict, protocol: str, corpus, run_dir: Path, master, ar
         say(f"  floor: FAILED (exit code {m.exit_code}): {log_tail(run_dir / 'floor.log')}")
     else:
         say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py)")
+    return m
+
+
+def measure_migration_floor(
+    server, user, dest_server, corpus, run_dir: Path, master, args, expected, checks
+) -> Measurement | None:
+    """One run of bench/floor.py imap-migrate from the account the tools migrated into a
+    fresh account on the destination, with mailsync's interpreter: what any Python
+    client's migration costs at the least.  None if it failed or did not copy every
+    message (counted as the tools' copies are)."""
+    dest_user = dest_server.add_user(None, user.password)
+    argv = [sys.executable, str(BENCH / "floor.py"), "imap-migrate"]
+    for host, port, name, cafile in (
+        (server.host, server.ports["imaps"], user.name, server.cafile),
+        (dest_server.host, dest_server.ports["imaps"], dest_user.name, dest_server.cafile),
+    ):
+        argv += [host, str(port), name, str(cafile)]
+    argv += corpus.folders
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "MAILSYNC_PASSWORD": user.password,
+        "MAILSYNC_DEST_PASSWORD": dest_user.password,
+    }
+    log = run_dir / "floor.log"
+    m = measure(argv, env, log, args.timeout, master)
+    ok, detail = verify(functools.partial(count_imap, dest_server, dest_user), expected, *checks)
+    if m.exit_code != 0 or m.timed_out or not ok:
+        say(f"  floor: FAILED (exit code {m.exit_code}; {detail}): {log_tail(log)}")
+        return None
+    say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py imap-migrate); {detail}")
     return m
 
 
@@ -859,21 +908,35 @@ def ratio(record: dict, tool: str, phase: str) -> float | None:
     return mine["wall"] / base["wall"]
 
 
+def floor_phase(floor: dict) -> str:
+    """What the floor stands under: "rerun", or "initial" (a migration's)."""
+    return "initial" if "initial" in floor else "rerun"
+
+
 def floor_share(record: dict | None) -> float | None:
-    """The floor's rerun wall over the baseline tool's, when both were measured."""
+    """The floor's wall over the baseline tool's (its rerun, a migration's initial run),
+    when both were measured."""
     floor = (record or {}).get("floor")
-    base = _phase(record, baseline(record), "rerun") if floor else None
-    return floor["rerun"]["wall"] / base["wall"] if base and base["wall"] else None
+    phase = floor_phase(floor) if floor else "rerun"
+    base = _phase(record, baseline(record), phase) if floor else None
+    return floor[phase]["wall"] / base["wall"] if floor and base and base["wall"] else None
 
 
 def floor_line(record: dict) -> str | None:
-    """One sentence on the floor, for the table and the rerun section."""
+    """One sentence on the floor ("rerun floor ...", "migration floor ..."), for the
+    table and the section."""
     floor = record.get("floor")
     if not floor:
         return None
+    phase = floor_phase(floor)
     share = floor_share(record)
     of = f", {share:.2f}x {baseline(record)}" if share is not None else ""
-    return f"floor for any Python client: {floor['rerun']['wall']:.3f} s wall{of} ({floor['what']})"
+    what = "migration" if phase == "initial" else "rerun"
+    cpu = f", {floor[phase]['cpu']:.2f} s CPU" if phase == "initial" else ""
+    return (
+        f"{what} floor for any Python client: {floor[phase]['wall']:.3f} s wall{cpu}{of} "
+        f"({floor['what']})"
+    )
 
 
 def table_rows(record: dict) -> list[list[str]]:
@@ -1000,6 +1063,7 @@ def targets_for(records: list[dict]) -> list[dict]:
         ratio(migrate, "mailsync", "initial") if migrate else None,
         0.5,
         "x",
+        floor=True,
     )
     phases = [_phase(migrate, "mailsync", p) for p in ("initial", "rerun")]
     values = [p["rss_mib"] for p in phases if p]
@@ -1113,7 +1177,7 @@ def render_markdown(data: dict) -> str:
             lines += ["", "Later reruns, wall s (not in the table): " + "; ".join(later)]
         floor = floor_line(rec)
         if floor:
-            lines += ["", f"Rerun {floor}."]
+            lines += ["", f"{floor[0].upper()}{floor[1:]}."]
         checks = [
             f"{name}: {entry['verify']}"
             for name, entry in rec["tools"].items()
@@ -1146,7 +1210,12 @@ def render_markdown(data: dict) -> str:
         "  migrate`), an mbsync channel between two IMAPStores (`Sync Pull`, `Create Near`,",
         "  its state in a directory), offlineimap with two IMAP repositories (the source",
         "  `readonly`).  What each copied is counted on the destination over IMAP; Dovecot",
-        "  CPU is the source server's; no floor.",
+        "  CPU is the source server's.  The migration floor: after each round of initial",
+        "  migrations, bench/floor.py imap-migrate (a bare ssl+socket script: one UID FETCH",
+        "  1:* of each folder, literals read in bulk, APPEND with LITERAL+, 100 messages or",
+        "  8 MiB a batch, the next batch sent before the answers to the last are read, 4",
+        "  folders at once over connections of their own, as mailsync's default --jobs; no",
+        "  state, no local files, no fsync) into a fresh account, counted like the tools.",
         "- Each tool pulls the whole account into its own empty Maildir tree (verbatim",
         "  layout: DEST/INBOX, DEST/Archive/2019) with its default concurrency: mbsync one",
         "  IMAP connection, offlineimap `maxconnections = 1` (its default), mailsync its",
@@ -1157,6 +1226,8 @@ def render_markdown(data: dict) -> str:
         "  `Create Near`, `Expunge None`.  mbsync and offlineimap connect to `localhost`",
         "  (= 127.0.0.1; they check only DNS names in the certificate), mailsync to",
         "  127.0.0.1.  The rerun is the same command again with nothing new on the server.",
+        "- Before each timed run the harness calls sync(2), untimed: what earlier runs",
+        "  wrote is not flushed during the next one (slowing its fsyncs).",
         "- Peak RSS is measured with GNU time (`/usr/bin/time -f %M`): a child forked",
         "  straight from the harness would report the harness's own RSS as its ru_maxrss.",
         "- Order: all initial pulls (one tool after the other), then all reruns.  The page",

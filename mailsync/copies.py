@@ -3,13 +3,18 @@
 Before a message is appended, the destination is searched for a copy of it that the
 state does not record (a run killed after the append and before the state commit, a
 first sync of two full folders, a message that vanished and came back): by content
-(message.fingerprint), then, in a folder that normalises what it stores, as it stores
-it (message.tolerant_fingerprint), and for a message an earlier run may have sent (the
+(message.fingerprint), then, in a folder that normalises what it stores, as it stores it
+(message.tolerant_fingerprint), and for a message an earlier run may have sent (the
 journal of copies under way, state.py) by its Message-ID, Date and From
-(message.header_identity).  A copy found is linked, with the source's flags; else the
-message is appended.  Copies go in batches each made durable (Folder.flush) and then
-recorded in one transaction; to a destination that normalises, each batch's source
-keys are journaled first, in a transaction of their own.
+(message.header_identity): the index of these is matches.py's.  A copy found is linked,
+with the source's flags; else the message is appended.  Copies go in batches each made
+durable (Folder.flush) and then recorded in one transaction; to a destination that
+normalises, each batch's source keys are journaled first, in a transaction of their own.
+Appends are queued and sent together in one Folder.append_many, as many as the
+destination takes at once (Folder.appends_at_once: IMAP with LITERAL+ pipelines 100 in
+one round trip; a server known to throttle, and every other store, one at a time) and at
+most QUEUE_BYTES of them; a queued message is in the journal before it is sent, and each
+is recorded, refused or reported on its own answer.
 
 A message that is in several folders of its account at once (Gmail: a label is a
 folder), known in each by the same Info.account_id (X-GM-MSGID), is downloaded once: when
@@ -30,10 +35,9 @@ one-way run into it stops with ConfigError (exit 2).
 from __future__ import annotations
 
 import logging
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mailsync.crashhook import step
@@ -44,6 +48,7 @@ from mailsync.errors import (
     MessageError,
     RefusedError,
 )
+from mailsync.matches import Matches, match_index, stored_sizes
 from mailsync.message import (
     RECENT,
     Body,
@@ -51,10 +56,8 @@ from mailsync.message import (
     arrival_date,
     fingerprint,
     header_digest,
-    header_identity,
     summary,
     summary_line,
-    tolerant_fingerprint,
 )
 from mailsync.planner import Copy, Plan, flag_changes
 from mailsync.policy import SIDE_NAMES, other
@@ -69,6 +72,23 @@ log = logging.getLogger("mailsync")
 
 BATCH_MESSAGES = 200
 BATCH_BYTES = 64 * 1024 * 1024
+# The bytes of the appends sent together (Folder.append_many), at most: what is in
+# flight, and held in memory until it is sent (a bigger message goes alone).
+QUEUE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A message to append, with what is recorded once it is."""
+
+    copy: Copy
+    key: str  # the source's
+    data: Body
+    digest: str
+    flags: frozenset[str]  # the source's (the pair's)
+    given: frozenset[str]  # what it is appended with (append_flags)
+    arrival: float
+
 
 #: A local copy the state records of a message: (local folder, key, fingerprint).
 LocalCopy = tuple[str, str, str | None]
@@ -109,11 +129,6 @@ class Downloads:
             return account_ids - self._owners.keys()
 
 
-#: A destination message a copy may turn out to be: its key, and its pair if the state
-#: knows it (a tombstone, a message that vanished and came back), else None.
-Candidate = tuple[str, Pair | None]
-
-
 def copy_all(fs: FolderSync, the_plan: Plan) -> None:
     """The plan's copies, a -> b, then b -> a; a message the first direction linked or
     copied is not copied back (a pair re-linked by content drops its planned copy)."""
@@ -151,6 +166,8 @@ class Copier:
         # check reads them rather than take the state's word.
         self.unconfirmed: list[str] = []
         self.pending_bytes = 0
+        self.queued: list[Queued] = []  # to append, in the journal, not sent yet
+        self.queued_bytes = 0
         self.obsolete: list[Pair] = []  # pairs to forget when the batch is recorded
         # Pending pairs whose new copy replaces an old one, and the old one's key: deleted
         # once the new copies are durable, before the batch is recorded.
@@ -314,8 +331,9 @@ class Copier:
         return folder
 
     def _copy(self, copy: Copy, key: str, data: Body, position: int) -> bool:
-        """One message: linked to its copy on the destination, or appended; then pending
-        (True).  False if it was not (an error, in the report; a refusal)."""
+        """One message: linked to its copy on the destination, or appended (maybe queued,
+        to be sent with others: _send_queued); then pending (True).  False if it was not
+        (an error, in the report; a refusal)."""
         fs, src, dst, target = self.fs, self.src, self.dst, self.target
         report, paired, name = fs.report, self.paired, fs.fstate.name_a
         digest = fingerprint(data)
@@ -367,43 +385,100 @@ class Copier:
             )
         else:
             if self.journal and position >= self.journaled_to:
-                self._write_journal(position)
+                self._write_journal(position)  # (before it is sent, queued or not)
             # Sources that do not know when a message arrived (POP3): its headers.
             arrival = copy.arrival or arrival_date(data) or fs.options.clock()
             listing = fs.listings[src]
             given = append_flags(flags, key, self.source, target, listing)
             if fs.options.pace is not None:  # --max-rate: the one place every copy passes
                 fs.options.pace(len(data))
+            queued = Queued(copy, key, data, digest, flags, given, arrival)
+            if origin is None:
+                self._queue(queued)
+                return True
             try:
-                if origin is not None:
-                    dst_key = target.append_copy(data, given, arrival, *origin)
-                else:
-                    dst_key = target.append(data, given, arrival)
-            except RefusedError as error:
-                if isinstance(error, CannotCreate) and not fs.policy.writes(src):
-                    raise ConfigError(str(error)) from None
-                self._refused(key, digest, data, error)
-                return False
+                dst_key = target.append_copy(data, given, arrival, *origin)
             except MessageError as error:
-                report.errors.append(str(error))
-                log.error("%s", error)
-                return False
-            step("append")
-            fs.written.add(dst)
-            if dst == "b":
-                fs.arrived.add(dst_key)
-            pair = copy.pair or self._new_pair(copy, digest)
-            report.copied(src)
-            report.from_local_copies += origin is not None
-            log.info(
-                "%s: copied %s %s to %s %s%s",
-                name,
-                SIDE_NAMES[src],
-                key,
-                SIDE_NAMES[dst],
-                dst_key,
-                f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
-            )
+                return self._not_appended(queued, error)
+            return self._appended(queued, dst_key, origin)
+        self._paired(pair, copy, key, dst_key, flags, digest, data)
+        return True
+
+    def _queue(self, queued: Queued) -> None:
+        """Queue an append; send the queue when it holds as many messages as the
+        destination takes at once (one, with --max-rate or --max-messages-per-second:
+        the pace is the copies', not their batches') or QUEUE_BYTES."""
+        size = len(queued.data)
+        if self.queued and self.queued_bytes + size > QUEUE_BYTES:
+            self._send_queued()  # (at most QUEUE_BYTES in flight, or one bigger message)
+        self.queued.append(queued)
+        self.queued_bytes += size
+        at_once = 1 if self.fs.options.pace is not None else self.target.appends_at_once
+        if len(self.queued) >= at_once or self.queued_bytes >= QUEUE_BYTES:
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Append the queued messages in one Folder.append_many (IMAP with LITERAL+: one
+        round trip); then each is pending, or refused, or its error reported."""
+        queued, self.queued, self.queued_bytes = self.queued, [], 0
+        if not queued:
+            return
+        keys = self.target.append_many([(q.data, q.given, q.arrival) for q in queued])
+        for entry, dst_key in zip(queued, keys, strict=True):
+            if isinstance(dst_key, MessageError):
+                self._not_appended(entry, dst_key)
+            else:
+                self._appended(entry, dst_key, None)
+
+    def _not_appended(self, entry: Queued, error: MessageError) -> bool:
+        """A message the destination did not take: refused for good, or its error
+        reported (the next run tries again).  False (not pending)."""
+        if isinstance(error, RefusedError):
+            if isinstance(error, CannotCreate) and not self.fs.policy.writes(self.src):
+                raise ConfigError(str(error)) from None  # (one-way: nothing could arrive)
+            self._refused(entry.key, entry.digest, entry.data, error)
+        else:
+            self.fs.report.errors.append(str(error))
+            log.error("%s", error)
+        return False
+
+    def _appended(self, entry: Queued, dst_key: str, origin: tuple[Folder, str] | None) -> bool:
+        """A message the destination took as `dst_key` (from the local copy `origin`, or
+        downloaded): pending.  True."""
+        fs, src, dst, copy = self.fs, self.src, self.dst, entry.copy
+        step("append")
+        fs.written.add(dst)
+        if dst == "b":
+            fs.arrived.add(dst_key)
+        pair = copy.pair or self._new_pair(copy, entry.digest)
+        fs.report.copied(src)
+        fs.report.from_local_copies += origin is not None
+        log.info(
+            "%s: copied %s %s to %s %s%s",
+            fs.fstate.name_a,
+            SIDE_NAMES[src],
+            entry.key,
+            SIDE_NAMES[dst],
+            dst_key,
+            f" (from its copy in {origin[0].name}, not downloaded)" if origin else "",
+        )
+        self._paired(pair, copy, entry.key, dst_key, entry.flags, entry.digest, entry.data)
+        return True
+
+    def _paired(
+        self,
+        pair: Pair,
+        copy: Copy,
+        key: str,
+        dst_key: str,
+        flags: frozenset[str],
+        digest: str,
+        data: Body,
+    ) -> None:
+        """Source message `key` is destination message `dst_key` now (linked or
+        appended): pending, and the old copy it replaces (Copy.replaces) to be deleted
+        once the batch is durable."""
+        fs, src, dst, paired = self.fs, self.src, self.dst, self.paired
         if copy.replaces is not None and copy.replaces != dst_key:
             self.replacing.append((pair, copy.replaces))
         pair.set_key(src, key)
@@ -418,7 +493,6 @@ class Copier:
         paired[dst].add(dst_key)
         self.pending.append(pair)
         self.pending_bytes += len(data)
-        return True
 
     def _write_journal(self, position: int) -> None:
         """Record the next batch of source keys from `position` on, before any of them
@@ -435,7 +509,9 @@ class Copier:
         self.journaled_to = end
 
     def _commit(self) -> None:
-        """Make the batch durable on the destination, then record it in one transaction."""
+        """Send what is queued; make the batch durable on the destination, then record it
+        in one transaction."""
+        self._send_queued()
         if not self.pending:
             return
         fs, state, folder_id = self.fs, self.fs.state, self.fs.fstate.id
@@ -568,136 +644,3 @@ def append_flags(
     if not source.marks_recent or (info is not None and RECENT in info.flags):
         return flags | {RECENT}
     return flags
-
-
-@dataclass
-class Matches:
-    """Destination messages a copy may be, each as (destination key, pair or None), in
-    lists per digest: see match_index."""
-
-    exact: dict[str, list[Candidate]] = field(default_factory=dict)  # message.fingerprint()
-    # message.tolerant_fingerprint(), message.header_identity():
-    loose: dict[str, list[Candidate]] = field(default_factory=dict)
-    headers: dict[str, list[Candidate]] = field(default_factory=dict)
-    unreadable: set[int] = field(default_factory=set)  # sizes of unreadable unknown ones
-    # Unknown destination messages by message.header_digest() (header block and size),
-    # where the folder tells it without bodies (Folder.header_digests: IMAP); their
-    # bodies are read (read_unread) only when a copy finds none of them.
-    by_header: dict[str, list[Candidate]] = field(default_factory=dict)
-    unread: list[str] = field(default_factory=list)
-    read_unread: Callable[[list[str]], None] | None = None
-
-    def find(
-        self, data: Body, digest: str, sent_before: bool, used: set[str]
-    ) -> tuple[Candidate | None, str]:
-        """(destination key, pair or None) for a source message whose fingerprint is
-        `digest`, taken out of the lists, and how it was found; (None, "") if none is
-        left.  Exact content first (a message known before whose source is gone), then
-        an unknown destination message of the same header block (with a Message-ID)
-        and size, whose body need not be read; then, all bodies read, exact content,
-        then as the destination stores it; by headers only for a message an earlier
-        run may have sent (`sent_before`), never for mail the destination had of its
-        own."""
-        match = _unused(self.exact.get(digest), used)
-        if match is not None:
-            return match, "same content"
-        if self.by_header and _MESSAGE_ID.search(_header_block(data)):
-            match = _unused(self.by_header.get(header_digest(data)), used)
-            if match is not None:
-                return match, "same header (Message-ID) and size"
-        if self.unread and self.read_unread is not None:
-            # (Read once: this copy, or one before it, is not among the cheap matches.)
-            unread, self.unread = [k for k in self.unread if k not in used], []
-            self.read_unread(unread)
-            match = _unused(self.exact.get(digest), used)
-            if match is not None:
-                return match, "same content"
-        if self.loose:
-            match = _unused(self.loose.get(tolerant_fingerprint(data)), used)
-            if match is not None:
-                return match, "same content as the destination stores it"
-        if sent_before and self.headers:
-            identity = header_identity(data)
-            match = _unused(self.headers.get(identity), used) if identity else None
-            if match is not None:
-                return match, "sent before but not recorded: same Message-ID, Date and From"
-        return None, ""
-
-
-_MESSAGE_ID = re.compile(rb"(?im)^message-id:[ \t]*<")
-
-
-def _header_block(data: Body) -> bytes:
-    end = data.find(b"\n\n")
-    return bytes(data[: end if end >= 0 else len(data)])
-
-
-def match_index(fs: FolderSync, src: str, paired_now: set[str], by_headers: bool) -> Matches:
-    """What a copy from `src` may turn out to be on the other side of `fs`: by content
-    hash, unknown messages (an interrupted copy, a first sync of two full folders, mail
-    the destination had before: adopted) and known ones whose source message is gone (a
-    tombstone, or a message that vanished and came back); for a destination that
-    normalises, the unknown ones by message.tolerant_fingerprint() (a copy it stored
-    changed), and, with `by_headers` (an earlier run may have sent copies it did not
-    record), by message.header_identity(); and the sizes of unknown ones that cannot
-    be read.  Where the destination gives header digests without bodies (IMAP), the
-    unknown ones are first indexed by them, and their bodies are read only when a copy
-    finds none of them by its header and size (Matches.find).
-    `paired_now`: destination keys this run paired already."""
-    dst = other(src)
-    target, listings = fs.folders[dst], fs.listings
-    assert target is not None  # (as Copier's)
-    matches = Matches()
-    known = set()
-    for pair in fs.pairs:
-        key = pair.key(dst)
-        if key is None:
-            continue
-        known.add(key)
-        src_key = pair.key(src)
-        gone = src_key is None or src_key not in listings[src]
-        if gone and key in listings[dst] and pair.hash:
-            matches.exact.setdefault(pair.hash, []).append((key, pair))
-    unknown = [k for k in listings[dst] if k not in known and k not in paired_now]
-
-    def read(keys: list[str]) -> None:
-        for key, data in target.fetch_many(keys) if keys else ():  # one read each
-            if isinstance(data, MessageError):
-                matches.unreadable.add(listings[dst][key].size)
-                continue
-            matches.exact.setdefault(fingerprint(data), []).append((key, None))
-            if target.normalises:
-                matches.loose.setdefault(tolerant_fingerprint(data), []).append((key, None))
-                identity = header_identity(data) if by_headers else None
-                if identity is not None:
-                    matches.headers.setdefault(identity, []).append((key, None))
-            del data  # not kept alive while the next (maybe 50 MB) body is read
-
-    digests = target.header_digests(unknown) if unknown else None
-    if digests is None:
-        read(unknown)
-    else:
-        for key, ident in digests.items():
-            matches.by_header.setdefault(ident, []).append((key, None))
-        matches.unread, matches.read_unread = unknown, read
-    return matches
-
-
-def _unused(candidates: list[Candidate] | None, used: set[str]) -> Candidate | None:
-    """The last (destination key, pair) of `candidates` whose key no copy took yet (a
-    message is in both match indexes), taken out of the list; None if there is none."""
-    while candidates:
-        candidate = candidates.pop()
-        if candidate[0] not in used:
-            return candidate
-    return None
-
-
-def stored_sizes(data: Body) -> set[int]:
-    """The sizes a destination may list `data` with: LF or CRLF (IMAP), with the one
-    final line end a store may add, and without lone CRs (the changes of size
-    message.tolerant_fingerprint tolerates)."""
-    lf, crlf = len(data), len(data) + data.count(b"\n")
-    sizes = {lf, lf + 1, crlf, crlf + 2}
-    lone_crs = data.count(b"\r") - data.count(b"\r\n")
-    return sizes | {size - lone_crs for size in sizes} if lone_crs > 0 else sizes

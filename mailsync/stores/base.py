@@ -114,6 +114,12 @@ class Folder(ABC):
     #: old one on the other side (copies.py).  False (mail): a version that changes with
     #: flags (EWS ChangeKey) is no reason to copy a message again.
     mutable_items: bool = False
+    #: How many messages the engine gives append_many() at once (and at most
+    #: copies.QUEUE_BYTES of them): more than 1 where the store sends several without
+    #: waiting for each answer (IMAP with LITERAL+ and UIDPLUS: one round trip for the
+    #: lot); 1, the default, sends each message as it comes, as append() would.  It
+    #: may drop during a run (IMAP: to 1 once the server throttles).
+    appends_at_once: int = 1
 
     @abstractmethod
     def list(self) -> dict[str, Info]:

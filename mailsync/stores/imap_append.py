@@ -10,10 +10,13 @@ import re
 from typing import TYPE_CHECKING
 
 from mailsync.errors import ConnectError, RefusedError
+from mailsync.message import to_crlf
 from mailsync.stores.imap_patience import NotConnected, Throttled, check_answer, size_refusal
 
 if TYPE_CHECKING:
     import datetime as dt
+
+    from mailsync.message import Body
 
 # Response codes of a tagged NO to APPEND that say "not now" or "not here" rather than
 # "never this message" (RFC 3501 TRYCREATE, RFC 5530, RFC 9051): the message is tried again
@@ -49,6 +52,21 @@ def append_arguments(flags: list[str], when: dt.datetime | None) -> tuple[str, s
 
     date = f'"{datetime_to_INTERNALDATE(when)}"' if when is not None else None
     return "(" + " ".join(flags) + ")", date
+
+
+def wire_of(data: Body) -> Body:
+    """message.to_crlf(data), the bytes an APPEND sends; a bytearray without a CR (a body
+    read off the wire, LF) by its own replace, one copy as to_crlf's, 7x faster than
+    its regular expression (an eighth of a migration's CPU went there)."""
+    if isinstance(data, bytearray) and b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    return to_crlf(data)
+
+
+def wire_size(data: Body) -> int:
+    """len(message.to_crlf(data)), without making that copy: every LF not after a CR
+    becomes CRLF."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def append_refusal(typ: str, text: str, size: int) -> RefusedError | None:

@@ -20,11 +20,18 @@ masked.  IMAPStore (imap.py) is such a connection plus the account's folders:
 * a server that says "not now" is waited out and asked again in call(), the one retry
   path (what the answers mean, and the time waited, are imap_patience.py's): Microsoft
   365's throttling (NO or BAD to any command, an APPEND's instead of its continuation,
-  maybe with a BYE) as it suggests, within the connection's throttle_wait; "User is
+  maybe with a BYE) as it suggests, within the connection's throttle_wait (and a
+  server known to throttle, by its greeting or a throttled answer, gets no pipelined
+  APPENDs: ``throttles``); "User is
   authenticated but not connected." with a few fresh logins; ``* BYE Session
   invalidated - AccessTokenExpired`` with a login with fresh credentials;
 * with -vv the protocol goes to the ``mailsync`` logger (imapclient's loggers are routed
   there), LOGIN and AUTHENTICATE arguments and the password or token itself masked.
+
+It is over 700 lines, because the raw operations (_op_*) run inside call(), the one
+retry path, on the connection's own imaplib object and error handling; the APPEND ones
+(_op_append, _op_append_pipelined) are the first to move out (to imap_append.py, which
+holds what their answers mean) when it grows further.
 """
 
 from __future__ import annotations
@@ -51,7 +58,13 @@ from mailsync.net import SECRETS as _SECRETS
 from mailsync.net import Endpoint, TooSlow, mask_secrets, parse_endpoint
 from mailsync.net import forget_password as _forget_password
 from mailsync.net import password_for as _password_for
-from mailsync.stores.imap_append import append_arguments, append_refusal, outcomes
+from mailsync.stores.imap_append import (
+    append_arguments,
+    append_refusal,
+    outcomes,
+    wire_of,
+    wire_size,
+)
 from mailsync.stores.imap_oauth import token_login
 from mailsync.stores.imap_patience import (
     SESSION_INVALIDATED,
@@ -75,9 +88,11 @@ from mailsync.tokens import SASL_AUTH, TokenSource, store_token_source
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Iterator
 
     from imapclient import IMAPClient
 
+    from mailsync.message import Body
     from mailsync.stores.imap_folder import IMAPFolder
 
 log = logging.getLogger("mailsync")
@@ -88,6 +103,9 @@ protocol_log = logging.getLogger("mailsync.imap")
 AUTH_METHODS = ("auto", "password", *SASL_AUTH)
 UID_SLACK = 1000  # UIDs a SEARCH may return beyond the folder's EXISTS (a race)
 _NETWORK_ERRORS = (OSError, EOFError)
+# Exchange's greeting ("* OK The Microsoft Exchange IMAP4 service is ready. [...]"):
+# Exchange Online throttles (imap_patience.py), so pipelined APPENDs wait for it.
+_THROTTLING_GREETING = re.compile(r"\bMicrosoft Exchange\b", re.I)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -186,6 +204,11 @@ class IMAPConnection:
         self.reconnects = 0
         # Waiting out throttling (imap_patience.py).
         self.patience = Patience.from_option(self.endpoint.options.pop("throttle_wait", None))
+        #: True once the server is known to throttle: it greeted as Microsoft Exchange
+        #: (Exchange Online throttles), or answered "Request is throttled" in this run.
+        #: Its APPENDs then go one at a time (IMAPFolder.appends_at_once): pipelined
+        #: ones would reach it before the backoff it asks for has passed.
+        self.throttles = False
         # (password_command: net.get_password's; gmail_labels: the store's, imap.py)
         unknown = set(self.endpoint.options) - {"password_command", "gmail_labels"}
         if unknown:  # a misspelt token_command must not fall back to a password login
@@ -199,6 +222,7 @@ class IMAPConnection:
             try:
                 self._client = self._connect()
             except Throttled as throttled:  # a command right after the login: a new one
+                self.throttles = True
                 self.patience.wait_out(throttled, self.endpoint.display, "connect", False)
         return self._client
 
@@ -246,6 +270,8 @@ class IMAPConnection:
                         f"{ep.display}: login failed ({_clean(error)}); check the user name "
                         "and password"
                     )
+            if _THROTTLING_GREETING.search(_text(client.welcome or b"")):
+                self.throttles = True
             self.capabilities = {_text(c).upper() for c in client.capabilities()}
             if "CONDSTORE" in self.capabilities and "ENABLE" in self.capabilities:
                 try:
@@ -374,6 +400,7 @@ class IMAPConnection:
                 self._drop()
                 raise
             except Throttled as throttled:
+                self.throttles = True
                 try:
                     self.patience.wait_out(throttled, where, operation, folder is not None)
                 except MailsyncError:
@@ -555,7 +582,7 @@ class IMAPConnection:
     def _op_append(
         self,
         server_name: str,
-        wire: bytes,
+        wire: Body,
         flags: list[str],
         when: dt.datetime | None,
         limit: int | None = None,
@@ -586,26 +613,38 @@ class IMAPConnection:
         return _text(data[-1] if data else "")
 
     def _op_append_pipelined(
-        self, server_name: str, messages: list[tuple[bytes, list[str], dt.datetime | None]]
-    ) -> list[str | RefusedError | ConnectError | None]:
-        """APPENDs of several messages at once (_GuardedIMAP4.append_pipelined: the
-        server must offer LITERAL+), one outcome each (imap_append.outcomes says which)."""
+        self, server_name: str, messages: list[tuple[Body, list[str], dt.datetime | None]]
+    ) -> list[tuple[str | RefusedError | ConnectError | None, int]]:
+        """APPENDs of several messages (LF bodies) at once (_GuardedIMAP4.append_pipelined:
+        the server must offer LITERAL+): each one's outcome (imap_append.outcomes says
+        which) and size on the wire.  Each body is made CRLF only as it is sent, so a
+        batch is not held twice."""
         client = self.client
         answers: list[tuple[str, bytes]] = []
+        sizes: list[int] = []
+
+        def on_the_wire() -> Iterator[tuple[str, str | None, Body]]:
+            for data, flags, when in messages:
+                wire = wire_of(data)
+                sizes.append(len(wire))
+                yield (*append_arguments(flags, when), wire)
+
         lost = None
         try:
             client._imap.append_pipelined(
-                client._normalise_folder(server_name),
-                [(*append_arguments(flags, when), wire) for wire, flags, when in messages],
-                answers,
+                client._normalise_folder(server_name), on_the_wire(), answers
             )
         except (imaplib.IMAP4.abort, *_NETWORK_ERRORS) as error:
             self._drop()
             lost = ConnectError(
                 f"{self.endpoint.display}: connection lost during APPEND ({_clean(error)})"
             )
-        said = [(typ, _clean(data or typ)) for typ, data in answers]
-        return outcomes(said, [len(wire) for wire, _, _ in messages], lost)
+        # (An OK's text is read for its APPENDUID only, never shown: no masking needed.)
+        said = [(typ, _text(data) if typ == "OK" else _clean(data or typ)) for typ, data in answers]
+        if any(throttled_in(text) for typ, text in said if typ != "OK"):
+            self.throttles = True  # (the rest go one at a time: IMAPFolder.appends_at_once)
+        sizes += [wire_size(data) for data, _, _ in messages[len(sizes) :]]  # (unsent)
+        return list(zip(outcomes(said, sizes, lost), sizes, strict=True))
 
     def _op_list(self) -> list[tuple[Any, Any, Any]]:
         """LIST "" "*" with the names as the server sent them (bytes).  With LIST-STATUS

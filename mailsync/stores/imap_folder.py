@@ -26,6 +26,10 @@ The connection (reconnects, limits, raw operations) is imap_connection.py's; rea
 bodies off the wire, imap_bodies.py's; which folders there are and their names, the
 store's (imap.py); Gmail's folders are subclasses (imap_gmail.py) that fetch more with a
 listing (META_ITEMS, _listed_flags).
+
+It is over 700 lines, because an APPEND's outcome (its UID, the cursor after our own
+appends, the sizes a listing would give) is folder state the listing and the writes share;
+what moves out first is appending without UIDPLUS (_highest_uid, _find_appended).
 """
 
 from __future__ import annotations
@@ -52,11 +56,11 @@ from mailsync.message import (
     fingerprint,
     header_digest,
     normalise_flags,
-    to_crlf,
     tolerant_fingerprint,
 )
 from mailsync.stores import imap_bodies
 from mailsync.stores.base import Folder
+from mailsync.stores.imap_append import wire_of, wire_size
 from mailsync.stores.imap_connection import _text
 from mailsync.stores.imap_patience import ThrottledFolder
 from mailsync.stores.imap_wire import MAX_UID, _uid_ranges
@@ -484,7 +488,7 @@ class IMAPFolder(Folder):
         uidplus = self.store.has("UIDPLUS")
         if not uidplus and self._high_uid is None:
             self._high_uid = self._highest_uid()
-        wire = to_crlf(data)
+        wire = wire_of(data)
         keep = sorted(f for f in flags if self.persists(f))
         when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
         limit = self._append_limit()
@@ -510,6 +514,22 @@ class IMAPFolder(Folder):
         self._appended[uid] = frozenset(keep)
         return str(uid)
 
+    @property
+    def appends_at_once(self) -> int:  # type: ignore[override]  # (Folder: an attribute; see base)
+        """PIPELINE_MESSAGES where append_many() pipelines: the server takes
+        non-synchronizing literals (LITERAL+) and names each new UID (UIDPLUS), append()
+        does nothing more (Gmail's labels do), and the server is not known to throttle
+        (IMAPConnection.throttles: APPENDs sent before a throttled answer is read reach
+        the server before the backoff it asks for has passed, each answered throttled
+        again; Microsoft 365 counts them against the client); else 1."""
+        pipelines = (
+            type(self).append is IMAPFolder.append
+            and self.store.has("LITERAL+")
+            and self.store.has("UIDPLUS")
+            and not self.store.throttles
+        )
+        return PIPELINE_MESSAGES if pipelines else 1
+
     def append_many(
         self, messages: Sequence[tuple[Body, frozenset[str], float]]
     ) -> builtins.list[str | MessageError]:
@@ -520,26 +540,22 @@ class IMAPFolder(Folder):
         server asks to send again later (throttled, a "try later" code, anything else
         but OK or a refusal for good) goes again alone through append(), which knows
         what to do with that answer.  Elsewhere, and in folders whose append() does
-        more (Gmail's labels), append() one by one."""
-        pipelined = (
-            type(self).append is IMAPFolder.append
-            and len(messages) > 1
-            and self.store.has("LITERAL+")
-            and self.store.has("UIDPLUS")
-        )
-        if not pipelined:
-            return super().append_many(messages)
+        more (Gmail's labels), or to a server known to throttle, append() one by one."""
         self._writable()
         out: builtins.list[str | MessageError] = []
-        batch: list[tuple[Body, frozenset[str], float]] = []
-        size = 0
-        for message in messages:
-            batch.append(message)
-            size += len(message[0])
-            if len(batch) >= PIPELINE_MESSAGES or size >= PIPELINE_BYTES:
-                out += self._append_pipelined(batch)
-                batch, size = [], 0
-        return out + (self._append_pipelined(batch) if batch else [])
+        rest = list(messages)
+        while len(rest) > 1 and self.appends_at_once > 1:  # (it drops once throttled)
+            # At most PIPELINE_MESSAGES and PIPELINE_BYTES in flight (a bigger message
+            # alone).
+            end, size = 1, len(rest[0][0])
+            while end < min(len(rest), PIPELINE_MESSAGES):
+                size += len(rest[end][0])
+                if size > PIPELINE_BYTES:
+                    break
+                end += 1
+            out += self._append_pipelined(rest[:end])
+            del rest[:end]
+        return out + super().append_many(rest)
 
     def _append_pipelined(
         self, batch: builtins.list[tuple[Body, frozenset[str], float]]
@@ -548,41 +564,49 @@ class IMAPFolder(Folder):
         info = self.select()
         limit = self._append_limit()
         out: builtins.list[str | MessageError] = []
-        wires: dict[int, tuple[bytes, list[str], dt.datetime | None]] = {}  # by position
+        # By position: what is sent (made CRLF only as it goes: IMAPConnection).
+        sent: dict[int, tuple[Body, list[str], dt.datetime | None]] = {}
         for n, (data, flags, arrival) in enumerate(batch):
-            wire = to_crlf(data)
-            if limit is None or len(wire) <= limit:  # (else append() refuses it, unsent)
+            if limit is None or wire_size(data) <= limit:  # (else append() refuses it, unsent)
                 keep = sorted(f for f in flags if self.persists(f))
                 when = dt.datetime.fromtimestamp(arrival, dt.UTC) if arrival else None
-                wires[n] = (wire, keep, when)
+                sent[n] = (data, keep, when)
         try:
             answers = self.store.call(
-                "append_pipelined", self.server_name, list(wires.values()), retry=False, folder=self
+                "append_pipelined", self.server_name, list(sent.values()), retry=False, folder=self
             )
         except ThrottledFolder:
             raise  # the folder's, not these messages'
         except MailsyncError as error:
-            answers = [error] * len(wires)
-        answer_of = dict(zip(wires, answers, strict=True))
+            answers = [(error, 0)] * len(sent)
+        answer_of = dict(zip(sent, answers, strict=True))
         for n, message in enumerate(batch):
-            answer = answer_of.get(n)
+            answer, size = answer_of.get(n, (None, 0))
             if isinstance(answer, MailsyncError):
                 out.append(self._append_failure(answer))
                 continue
-            match = re.search(r"\[APPENDUID (\d+) (\d+)\]", answer or "", re.I)
-            if match is None:  # to send alone, or no APPENDUID: append() sees to it
+            if answer is None:  # unsent (over the limit), or to send alone: append() sees to it
                 try:
                     out.append(self.append(*message))
                 except MessageError as error:
                     out.append(error)
                 continue
+            match = re.search(r"\[APPENDUID (\d+) (\d+)\]", answer, re.I)
+            if match is None:  # stored, its UID unknown: sent again, it would be there twice
+                out.append(
+                    MessageError(
+                        f"{self.name}: the server took a message without naming its UID "
+                        "(no APPENDUID); the next run finds it"
+                    )
+                )
+                continue
             if str(match.group(1)) != str(info.get("UIDVALIDITY")):
                 raise FolderError(f"{self.name}: UIDVALIDITY changed during the sync; rerun")
             uid = int(match.group(2))
             self._unannounced = True
-            self._sizes[uid] = len(wires[n][0])
+            self._sizes[uid] = size
             self._uids_assigned.add(uid)
-            self._appended[uid] = frozenset(wires[n][1])
+            self._appended[uid] = frozenset(sent[n][1])
             out.append(str(uid))
         return out
 

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
+from mailsync.crashhook import step
 from mailsync.net import Pace
 
 if TYPE_CHECKING:  # (imapclient is imported late: _client_class)
@@ -442,7 +443,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
 
     # APPENDs pipelined ----------------------------------------------------------------
     def append_pipelined(
-        self, mailbox: bytes, messages: list[tuple[str, str | None, bytes]], answers: list
+        self, mailbox: bytes, messages: Iterable[tuple[str, str | None, bytes]], answers: list
     ) -> None:
         """One APPEND to `mailbox` per (flags, date, wire) of `messages`, all sent before
         any answer is read, each literal non-synchronizing (``{n+}``, LITERAL+, RFC 7888:
@@ -469,6 +470,7 @@ class _GuardedIMAP4(imaplib.IMAP4):
                 tags.append(tag)
         except OSError as error:  # the answers to those sent may have come all the same
             failed = error
+        step("appends sent")  # (a crash point: the server has them, unanswered, unrecorded)
         for tag in tags:
             typ, data = self._get_tagged_response(tag)
             answers.append((typ, data[-1] if data else b""))

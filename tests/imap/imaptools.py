@@ -113,12 +113,28 @@ def run_measured(
 
 
 class CommandSpy:
-    """Records every IMAP command mailsync's connections send (imaplib level)."""
+    """Records every IMAP command mailsync's connections send (imaplib level), the
+    APPENDs sent pipelined (_GuardedIMAP4.append_pipelined, past imaplib) included."""
 
     def __init__(self, monkeypatch):
+        from mailsync.stores.imap_wire import _GuardedIMAP4
+
         self.commands: list[str] = []
         original = imaplib.IMAP4._command
+        original_pipelined = _GuardedIMAP4.append_pipelined
         spy = self
+
+        def append_pipelined(imap, mailbox, messages, answers):
+            name = mailbox.decode("ascii", "replace") if isinstance(mailbox, bytes) else mailbox
+
+            def counted():
+                for message in messages:  # (an iterator: each counted as it is sent)
+                    spy.commands.append(f"APPEND {name}".upper())
+                    yield message
+
+            return original_pipelined(imap, mailbox, counted(), answers)
+
+        monkeypatch.setattr(_GuardedIMAP4, "append_pipelined", append_pipelined)
 
         def _command(imap, name, *args):
             words = [name]

@@ -12,6 +12,7 @@ backoff it suggested had passed (Throttle.early), a client that waits as told ha
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -151,6 +152,48 @@ def test_a_push_through_throttled_appends_puts_every_message_there_once(mailenv,
         assert on_server(fake) == {"INBOX": Counter(INBOX), "Archive": Counter(ARCHIVE)}
         assert [(rule.answered, rule.early) for rule in rules] == [(1, 0)] * 3
         assert sum(f["throttled"] for f in folders_of(result).values()) == 3
+        again = push(fake, local)
+        assert again.exit_code == 0, again.output
+        assert on_server(fake) == {"INBOX": Counter(INBOX), "Archive": Counter(ARCHIVE)}
+
+
+def test_a_server_that_throttled_once_gets_its_appends_one_at_a_time(mailenv):
+    """A server that does not greet as Exchange gets its APPENDs pipelined (LITERAL+:
+    its first window finds the rest of INBOX's batch in flight, each answered throttled
+    and sent again alone after the wait); once it has throttled, the run sends one at a
+    time, so a window opened by Archive's first APPEND finds no other early.  Every
+    message arrives once."""
+    local = mailenv / "local"
+    for body in INBOX:
+        write_local(local, "INBOX", body)
+    for body in ARCHIVE:
+        write_local(local, "Archive", body)
+    first = Throttle("APPEND", skip=1, backoff_ms=100)
+    archive = {"answered": 0, "early": 0}  # the second window: Archive's first APPEND
+
+    def archive_window(fake, connection, command, args):
+        if command != "APPEND" or "Archive" not in str(args[0]) or not first.answered:
+            return None
+        now = time.monotonic()
+        if "until" not in archive:
+            archive["until"] = now + 0.08
+        elif now < archive["until"]:
+            archive["early"] += 1
+        else:
+            return None
+        archive["answered"] += 1
+        left = max(1, round((archive["until"] - now) * 1000))
+        return fake._answer(
+            f"NO Request is throttled. Suggested Backoff Time: {left} milliseconds", None
+        )
+
+    with server({"Archive": []}, throttles=[first], fault=archive_window) as fake:
+        fake.greeting = "* OK IMAP4rev1 server ready"  # (not Microsoft's)
+        result = push(fake, local, "--json")
+        assert result.exit_code == 0, result.output
+        assert on_server(fake) == {"INBOX": Counter(INBOX), "Archive": Counter(ARCHIVE)}
+        assert first.early > 0  # pipelined until the first throttled answer
+        assert (archive["answered"], archive["early"]) == (1, 0)  # then one at a time
         again = push(fake, local)
         assert again.exit_code == 0, again.output
         assert on_server(fake) == {"INBOX": Counter(INBOX), "Archive": Counter(ARCHIVE)}
