@@ -284,6 +284,10 @@ class FolderSync:
         # Messages the other side refused for good before: a side with some is listed in
         # full (not from its cursor), so that a refused message deleted since is forgotten
         # and one to retry is seen; a paged source (EWS) only when retrying.
+        for side in ("a", "b"):
+            target = folders[other(side)]
+            if target is not None and state.pending_keys(fstate.id, side):
+                target.settle()  # (a run died copying into it)
         refused = {side: state.refused_keys(fstate.id, side) for side in ("a", "b")}
         self.refused = refused
         paged = is_paged(self)

@@ -177,6 +177,13 @@ class Folder(ABC):
         a change made during the listing makes it stale).  {}: no cursor."""
         return {}
 
+    def settle(self) -> None:
+        """Before listing a folder that a run which died was copying into (the journal
+        of copies under way is not empty): wait, bounded, until it stops changing.  A
+        server may go on storing what a killed client had already sent (pipelined
+        APPENDs), and a copy listed as missing before it lands would be sent twice.
+        Default: nothing to wait for (local stores write nothing after the writer)."""
+
     def unchanged(self, cursor: Cursor) -> bool:
         """True only if nothing (messages or flags) changed since `cursor` was taken; the
         engine then uses the state instead of listing.  Must never say True wrongly."""

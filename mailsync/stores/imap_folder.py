@@ -69,6 +69,8 @@ if TYPE_CHECKING:
     from mailsync.stores.imap import IMAPStore
 
 log = logging.getLogger("mailsync")
+SETTLE_PAUSE = 1.0  # seconds between two looks at a folder a killed run wrote to
+SETTLE_MAX = 30.0  # and how long it may take to stop changing
 
 FETCH_BATCH_BYTES = 3 * 1024 * 1024  # bodies per UID FETCH, by RFC822.SIZE (x --jobs in RAM)
 FETCH_BATCH_MAX = 500  # messages per UID FETCH
@@ -259,6 +261,31 @@ class IMAPFolder(Folder):
             self._permanent = normalise_flags(f for f in permanent if f != "\\*")
         self._cursor = dict(cursor)
         return True
+
+    def settle(self) -> None:
+        """STATUS (UIDNEXT, MESSAGES) every SETTLE_PAUSE seconds until two agree, for at
+        most SETTLE_MAX: Dovecot stores the pipelined APPENDs a killed client had sent
+        after the client is gone (base.py)."""
+        deadline = time.monotonic() + SETTLE_MAX
+        last = None
+        while True:
+            try:
+                status = self.store.call("folder_status", self.server_name, ["UIDNEXT", "MESSAGES"])
+            except ConnectError:
+                raise
+            except MailsyncError as error:
+                log.debug("%s: cannot wait for it to settle: %s", self.name, error)
+                return
+            now = sorted((_text(k).upper(), v) for k, v in status.items())
+            if now == last:
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "%s: still changing after %g s; listing it anyway", self.name, SETTLE_MAX
+                )
+                return
+            last = now
+            time.sleep(SETTLE_PAUSE)
 
     def cursor_after_writes(self) -> dict:
         """After appends only (no flag changes or deletions of ours): the folder as it

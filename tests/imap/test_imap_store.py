@@ -345,3 +345,27 @@ def test_no_cursor_after_writes_other_than_appends(dovecot_server):
         assert folder.cursor_after_writes() == {}
         folder.flush()
         assert folder.cursor_after_writes() == {}
+
+
+def test_settle_waits_until_the_folder_stops_changing(dovecot_server, monkeypatch):
+    """A folder a killed run was copying into is listed only once it stops changing (the
+    server may still be storing what the dead client sent): each pause here lets another
+    client append one more message, three times; settle returns only after a look that
+    saw no change, so all three are there when it does."""
+    user = dovecot_server.add_user()
+    seed(dovecot_server, user, {"INBOX": [Msg(message(0), frozenset(), when(2020))]})
+    arrivals = [message(n) for n in (1, 2, 3)]
+    pauses = []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        if arrivals:
+            with connect(dovecot_server, user) as client:
+                client.append("INBOX", arrivals.pop(0).replace(b"\n", b"\r\n"))
+
+    monkeypatch.setattr(imap_folder.time, "sleep", sleep)
+    with store_for(dovecot_server, user, read_only=True) as store:
+        folder = store.open_folder("INBOX")
+        folder.settle()
+        assert not arrivals and len(pauses) == 4  # 3 changes seen, then one quiet look
+        assert len(folder.list()) == 4
