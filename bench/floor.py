@@ -1,8 +1,10 @@
-"""The floor under any Python client: the least a rerun with nothing new can do, and the
-least an IMAP-to-IMAP migration can do.
+"""The floor under any Python client: the least a rerun with nothing new can do, the
+least an initial pull into a Maildir can do, and the least an IMAP-to-IMAP migration can
+do.
 
     MAILSYNC_PASSWORD=... python bench/floor.py pop3 HOST PORT USER CAFILE
     MAILSYNC_PASSWORD=... python bench/floor.py imap HOST PORT USER CAFILE FOLDER...
+    MAILSYNC_PASSWORD=... python bench/floor.py imap-pull HOST PORT USER CAFILE DEST FOLDER...
     MAILSYNC_PASSWORD=... MAILSYNC_DEST_PASSWORD=... python bench/floor.py imap-migrate \\
         HOST PORT USER CAFILE DEST_HOST DEST_PORT DEST_USER DEST_CAFILE FOLDER...
 
@@ -11,6 +13,11 @@ TLS connections and logins, then
 
 * pop3, imap (a rerun): what tells a client whether anything is new (POP3: the whole
   UIDL listing; IMAP: STATUS of every folder), then QUIT/LOGOUT;
+* imap-pull (an initial pull into an empty Maildir tree, DEST/FOLDER/cur as the tools'
+  verbatim layout): every message of a folder fetched in one ``UID FETCH 1:* (FLAGS
+  BODY.PEEK[])``, literals read in bulk, made LF, written to tmp/, fsync'd, renamed into
+  cur/ with its flags in the name (durable as the tools are: mbsync FSync, mailsync), the
+  directory fsync'd at the end; FOLDERS_AT_ONCE folders at once, a connection each;
 * imap-migrate (a migration into an empty account): each folder created on the
   destination, every message of it fetched from the source in one ``UID FETCH 1:*
   (FLAGS INTERNALDATE BODY.PEEK[])`` whose literals are read in bulk, and appended to
@@ -22,9 +29,9 @@ TLS connections and logins, then
   its own, as mailsync's default --jobs: a floor under mailsync's wall time too, where
   the destination's fsync of each message, not the client, sets the pace.
 
-No state, no config, no local files, no fsync.  bench/run.py times it next to the tools,
-with the same interpreter as mailsync, so the tables show how much any Python program
-must spend here.  Exits 1 on any answer it does not expect.
+No state, no config, no index; no local files and no fsync but imap-pull's.  bench/run.py
+times it next to the tools, with the same interpreter as mailsync, so the tables show how
+much any Python program must spend here.  Exits 1 on any answer it does not expect.
 """
 
 import os
@@ -143,40 +150,105 @@ def migrate(source: Connection, dest: Connection, folders: list[str]) -> None:
     send([], [])
 
 
+FLAG_LETTERS = {b"\\Draft": "D", b"\\Flagged": "F", b"\\Answered": "R", b"\\Seen": "S"}
+
+
+def pull(source: Connection, root: str, folder: str) -> None:
+    """Every message of `folder` into the Maildir ROOT/FOLDER (the module docstring)."""
+    path = os.path.join(root, folder)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    source.sock.sendall(f'e EXAMINE "{folder}"\r\n'.encode())
+    source.tagged(b"e")
+    source.sock.sendall(b"f UID FETCH 1:* (FLAGS BODY.PEEK[])\r\n")
+    count = 0
+    while not (line := source.reader.readline()).startswith(b"f "):
+        if not line.startswith(b"* ") or not line.endswith(b"}\r\n"):
+            if not line:
+                raise SystemExit("floor: the source closed the connection")
+            continue
+        length = int(line[line.rfind(b"{") + 1 : -3])
+        body = source.reader.read(length)
+        rest = source.reader.readline()
+        flags = _item(line, b"FLAGS (", b")")
+        flags = _item(rest, b"FLAGS (", b")") if flags is None else flags
+        if flags is None or len(body) != length:
+            raise SystemExit(f"floor: unexpected FETCH response {line[:80]!r}")
+        letters = "".join(sorted(FLAG_LETTERS.get(f, "") for f in flags.split()))
+        count += 1
+        name = f"{count}.P{os.getpid()}T{threading.get_ident()}.floor"
+        tmp = os.path.join(path, "tmp", name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body.replace(b"\r\n", b"\n"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(path, "cur", f"{name}:2,{letters}"))
+    if not line.startswith(b"f OK"):
+        raise SystemExit(f"floor: UID FETCH {folder}: {line[:80]!r}")
+    fd = os.open(os.path.join(path, "cur"), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def in_threads(job, folders: list[str]) -> int:
+    """job(take) in FOLDERS_AT_ONCE threads, each with connections of its own; take()
+    gives the next folder not taken yet, or None.  1 if any failed (said on stderr)."""
+    left, failures = list(folders), []
+    lock = threading.Lock()
+
+    def take() -> str | None:
+        with lock:
+            return left.pop(0) if left else None
+
+    def worker() -> None:
+        try:
+            job(take)
+        except BaseException as error:  # (SystemExit too: a thread would swallow it)
+            failures.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in folders[:FOLDERS_AT_ONCE]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in failures:
+        print(f"floor: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: list[str]) -> int:
     protocol, host, port, user, cafile, *folders = argv
     password = os.environ["MAILSYNC_PASSWORD"]
+    if protocol == "imap-pull":
+        root, *folders = folders
+
+        def pull_job(take) -> None:
+            source = Connection(host, port, cafile)
+            source.login(user, password)
+            while (folder := take()) is not None:
+                pull(source, root, folder)
+            source.close()
+
+        return in_threads(pull_job, folders)
     if protocol == "imap-migrate":
         dest_host, dest_port, dest_user, dest_cafile, *folders = folders
         dest_password = os.environ["MAILSYNC_DEST_PASSWORD"]
-        left, failures = list(folders), []
-        lock = threading.Lock()
 
-        def worker() -> None:
-            try:
-                source = Connection(host, port, cafile)
-                source.login(user, password)
-                dest = Connection(dest_host, dest_port, dest_cafile)
-                dest.login(dest_user, dest_password)
-                while True:
-                    with lock:
-                        if not left:
-                            break
-                        folder = left.pop(0)
-                    migrate(source, dest, [folder])
-                source.close()
-                dest.close()
-            except BaseException as error:  # (SystemExit too: a thread would swallow it)
-                failures.append(error)
+        def migrate_job(take) -> None:
+            source = Connection(host, port, cafile)
+            source.login(user, password)
+            dest = Connection(dest_host, dest_port, dest_cafile)
+            dest.login(dest_user, dest_password)
+            while (folder := take()) is not None:
+                migrate(source, dest, [folder])
+            source.close()
+            dest.close()
 
-        threads = [threading.Thread(target=worker) for _ in folders[:FOLDERS_AT_ONCE]]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        for error in failures:
-            print(f"floor: {error}", file=sys.stderr)
-        return 1 if failures else 0
+        return in_threads(migrate_job, folders)
     server = Connection(host, port, cafile)
     if protocol == "pop3":
         server.expect(b"+OK")

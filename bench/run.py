@@ -21,9 +21,11 @@ skipped, with the command that installs them, when missing.  What one run does:
 2. has Dovecot index it (``doveadm index``) and reads every folder's metadata once over
    IMAP, so neither indexing nor new/ -> cur/ moves are billed to the first tool;
 3. times each tool's initial pull into an empty Maildir, checks it copied every message
-   (files counted per folder: a tool that did not is reported as failed, not timed), then
-   times each tool's rerun with nothing new, and after each round of reruns the floor
-   (bench/floor.py: a bare ssl+socket client asking only what a rerun must ask);
+   (files counted per folder: a tool that did not is reported as failed, not timed),
+   then the initial-pull floor (bench/floor.py imap-pull: a bare ssl+socket client
+   fetching every message into a Maildir, each written durably, nothing else), then
+   times each tool's rerun with nothing new, and after each round of reruns the rerun
+   floor (bench/floor.py: a bare ssl+socket client asking only what a rerun must ask);
 4. prints a table, stores the numbers in bench/results.json (one record per variant and
    scale, the newest wins) and rewrites bench/RESULTS.md from all records, targets
    marked met / not met.
@@ -44,8 +46,8 @@ every message and about the server's bytes (see verify()); ratios are to getmail
 
 --accounts migrate (part of --all) moves the standard account from its Dovecot into an
 empty account on a second private Dovecot, one-way, timing tools.MIGRATE_TOOLS: mailsync
-(tools.MAILSYNC_MIGRATE: ``pull imaps://SRC imaps://DST`` until ``mailsync migrate``
-exists), an mbsync channel between two IMAPStores and offlineimap with two IMAP
+(tools.MAILSYNC_MIGRATE: ``mailsync migrate imaps://SRC imaps://DST``, the copy and the
+check after it), an mbsync channel between two IMAPStores and offlineimap with two IMAP
 repositories; what each copied is counted on the destination (count_imap), every tool
 getting a fresh account there.  Ratios are to mbsync; the Dovecot CPU column is the
 source's.  After each round of initial migrations the migration floor (bench/floor.py
@@ -475,6 +477,7 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
         }
         failed: dict[str, str] = {}
         floors: list[Measurement | None] = []
+        initial_floors: list[Measurement | None] = []  # a pull's (the migration's: floors)
         for rep, order in enumerate(record["order"], 1):
             say(f"pass {rep}/{args.repeat}: initial pulls in the order {', '.join(order)}")
             setups = {}
@@ -566,6 +569,11 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
                         server, user, dest_server, corpus, run_dir, master, args, expected, checks
                     )
                 )
+            elif setups and protocol == "imap":
+                floor = measure_pull_floor(
+                    server, user, corpus, run_dir, master, args, expected, checks
+                )
+                initial_floors.append(floor)
             for k in range(1, args.reruns + 1):
                 phase = "rerun" if k == 1 else "later"
                 say(f"pass {rep}/{args.repeat}: rerun {k} with nothing new")
@@ -611,6 +619,11 @@ def run_variant(corpus: corpusmod.Corpus, args, label: str, protocol: str = "ima
         if good:
             phase = "initial" if protocol == "migrate" else "rerun"
             record["floor"] = {phase: summarise(good), "what": FLOOR_WHAT[protocol]}
+        good = [m for m in initial_floors if m is not None]
+        if good:
+            record.setdefault("floor", {"what": FLOOR_WHAT[protocol]})
+            record["floor"]["initial"] = summarise(good)
+            record["floor"]["what_initial"] = FLOOR_WHAT["imap-pull"]
         if source_digest() != record["mailsync_sources"]:
             record["mailsync_sources_changed"] = True
             say("warning: mailsync's sources changed during the run; its numbers mix versions")
@@ -649,6 +662,11 @@ FLOOR_WHAT = {
     "UIDL and QUIT",
     "imap": "bench/floor.py: a bare Python script (ssl and socket only) doing TLS, LOGIN, "
     "STATUS of every folder and LOGOUT",
+    "imap-pull": "bench/floor.py imap-pull: a bare Python script (ssl and socket only) "
+    "logging in, reading each folder's messages with one UID FETCH 1:* (FLAGS BODY.PEEK[]), "
+    "literals read in bulk, each made LF and written to tmp/, fsync'd and renamed into cur/ "
+    "with its flags, the directory fsync'd, 4 folders at once (mailsync's default --jobs), "
+    "each over a connection of its own; no state, no index",
     "migrate": "bench/floor.py imap-migrate: a bare Python script (ssl and socket only) "
     "logging in to both servers, reading each folder's messages with one UID FETCH 1:* "
     "(FLAGS INTERNALDATE BODY.PEEK[]), literals read in bulk, and APPENDing each with its "
@@ -672,6 +690,32 @@ def measure_floor(setups: dict, protocol: str, corpus, run_dir: Path, master, ar
         say(f"  floor: FAILED (exit code {m.exit_code}): {log_tail(run_dir / 'floor.log')}")
     else:
         say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py)")
+    return m
+
+
+def measure_pull_floor(
+    server, user, corpus, run_dir: Path, master, args, expected, checks
+) -> Measurement | None:
+    """One run of bench/floor.py imap-pull from the account the tools just pulled, into
+    an empty tree, with mailsync's interpreter: what any Python client's durable initial
+    pull costs at the least.  None if it failed or did not write every message (counted
+    as the tools' are)."""
+    dest = run_dir / "floor-pull"
+    shutil.rmtree(dest, ignore_errors=True)
+    argv = [sys.executable, str(BENCH / "floor.py"), "imap-pull"]
+    argv += [server.host, str(server.ports["imaps"]), user.name, str(server.cafile), str(dest)]
+    argv += corpus.folders
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MAILSYNC_PASSWORD": user.password}
+    log = run_dir / "floor.log"
+    try:
+        m = measure(argv, env, log, args.timeout, master)
+        ok, detail = verify(dest, expected, *checks)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    if m.exit_code != 0 or m.timed_out or not ok:
+        say(f"  floor: FAILED (exit code {m.exit_code}; {detail}): {log_tail(log)}")
+        return None
+    say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py imap-pull); {detail}")
     return m
 
 
@@ -908,35 +952,35 @@ def ratio(record: dict, tool: str, phase: str) -> float | None:
     return mine["wall"] / base["wall"]
 
 
-def floor_phase(floor: dict) -> str:
-    """What the floor stands under: "rerun", or "initial" (a migration's)."""
-    return "initial" if "initial" in floor else "rerun"
+def floor_share(record: dict | None, phase: str) -> float | None:
+    """The floor's wall over the baseline tool's in `phase` ("initial": a pull's or a
+    migration's first run; "rerun"), when both were measured."""
+    floor = (record or {}).get("floor") or {}
+    base = _phase(record, baseline(record), phase) if phase in floor else None
+    return floor[phase]["wall"] / base["wall"] if base and base["wall"] else None
 
 
-def floor_share(record: dict | None) -> float | None:
-    """The floor's wall over the baseline tool's (its rerun, a migration's initial run),
-    when both were measured."""
-    floor = (record or {}).get("floor")
-    phase = floor_phase(floor) if floor else "rerun"
-    base = _phase(record, baseline(record), phase) if floor else None
-    return floor[phase]["wall"] / base["wall"] if floor and base and base["wall"] else None
-
-
-def floor_line(record: dict) -> str | None:
-    """One sentence on the floor ("rerun floor ...", "migration floor ..."), for the
-    table and the section."""
-    floor = record.get("floor")
-    if not floor:
-        return None
-    phase = floor_phase(floor)
-    share = floor_share(record)
-    of = f", {share:.2f}x {baseline(record)}" if share is not None else ""
-    what = "migration" if phase == "initial" else "rerun"
-    cpu = f", {floor[phase]['cpu']:.2f} s CPU" if phase == "initial" else ""
-    return (
-        f"{what} floor for any Python client: {floor[phase]['wall']:.3f} s wall{cpu}{of} "
-        f"({floor['what']})"
-    )
+def floor_lines(record: dict) -> list[str]:
+    """A sentence on each floor measured ("initial pull floor ...", "migration floor
+    ...", "rerun floor ..."), for the table and the section."""
+    floor = record.get("floor") or {}
+    lines = []
+    for phase in ("initial", "rerun"):
+        if phase not in floor:
+            continue
+        share = floor_share(record, phase)
+        of = f", {share:.2f}x {baseline(record)}" if share is not None else ""
+        if phase == "rerun":
+            what, cpu = "rerun", ""
+        else:
+            what = "migration" if record.get("variant") == "migrate" else "initial pull"
+            cpu = f", {floor[phase]['cpu']:.2f} s CPU"
+        how = floor.get(f"what_{phase}", floor.get("what"))
+        lines.append(
+            f"{what} floor for any Python client: {floor[phase]['wall']:.3f} s wall{cpu}{of} "
+            f"({how})"
+        )
+    return lines
 
 
 def table_rows(record: dict) -> list[list[str]]:
@@ -983,8 +1027,7 @@ def print_table(record: dict) -> None:
         if entry.get("later_reruns"):
             walls = ", ".join(f"{w:.2f}" for w in entry["later_reruns"])
             print(f"{name}: later reruns {walls} s wall")
-    line = floor_line(record)
-    if line:
+    for line in floor_lines(record):
         print(line)
     for target in targets_for([record]):
         if target["measured"] != "not run":  # the targets about other records
@@ -1009,8 +1052,9 @@ def targets_for(records: list[dict]) -> list[dict]:
     )
     out = []
 
-    def add(what, record, value, limit: float, unit: str, floor: bool = False) -> None:
-        """One target; `floor`: a rerun target, which also shows the floor's ratio."""
+    def add(what, record, value, limit: float, unit: str, floor: str | None = None) -> None:
+        """One target; `floor`: the phase ("initial", "rerun") whose floor's ratio it
+        also shows."""
         if record is None:
             measured, verdict = "not run", "NOT MEASURED"
         elif value is None:
@@ -1020,7 +1064,7 @@ def targets_for(records: list[dict]) -> list[dict]:
             verdict = "met" if value <= limit else "NOT MET"
         if record is not None and record["variant"] in ("standard", "pop", "migrate"):
             measured += f" ({record['corpus']['messages']:,} messages)"
-        share = floor_share(record) if floor else None
+        share = floor_share(record, floor) if floor else None
         if share is not None:
             measured += f"; floor (bench/floor.py) {share:.2f}x"
         out.append({"what": what, "measured": measured, "verdict": verdict})
@@ -1030,14 +1074,14 @@ def targets_for(records: list[dict]) -> list[dict]:
         ("rerun", "rerun wall <= 0.5x mbsync"),
     ):
         value = ratio(std, "mailsync", phase) if std else None
-        add(what, std, value, 0.5, "x", floor=phase == "rerun")
+        add(what, std, value, 0.5, "x", floor=phase)
     add(
         "rerun wall <= 0.2x mbsync, 100k messages / 50 folders",
         big,
         ratio(big, "mailsync", "rerun") if big else None,
         0.2,
         "x",
-        floor=True,
+        floor="rerun",
     )
     for record, what in (
         (std, "mailsync peak RSS <= 100 MiB, standard account"),
@@ -1052,7 +1096,7 @@ def targets_for(records: list[dict]) -> list[dict]:
         ("rerun", "POP rerun wall <= 0.2x getmail6"),
     ):
         value = ratio(pop, "mailsync", phase) if pop else None
-        add(what, pop, value, 0.2, "x", floor=phase == "rerun")
+        add(what, pop, value, 0.2, "x", floor=phase)
     phases = [_phase(pop, "mailsync", p) for p in ("initial", "rerun")]
     values = [p["rss_mib"] for p in phases if p]
     add("mailsync peak RSS <= 100 MiB, POP account", pop, max(values) if values else None, 100,
@@ -1063,7 +1107,7 @@ def targets_for(records: list[dict]) -> list[dict]:
         ratio(migrate, "mailsync", "initial") if migrate else None,
         0.5,
         "x",
-        floor=True,
+        floor="initial",
     )
     phases = [_phase(migrate, "mailsync", p) for p in ("initial", "rerun")]
     values = [p["rss_mib"] for p in phases if p]
@@ -1175,8 +1219,7 @@ def render_markdown(data: dict) -> str:
         ]
         if later:
             lines += ["", "Later reruns, wall s (not in the table): " + "; ".join(later)]
-        floor = floor_line(rec)
-        if floor:
+        for floor in floor_lines(rec):
             lines += ["", f"{floor[0].upper()}{floor[1:]}."]
         checks = [
             f"{name}: {entry['verify']}"
@@ -1205,9 +1248,9 @@ def render_markdown(data: dict) -> str:
         "  INTERNALDATE RFC822.SIZE) per folder, so indexing and new/ -> cur/ moves are paid",
         "  before the first tool starts.",
         "- IMAP-to-IMAP migration: the standard account is moved, one-way, into an empty",
-        "  account on a second private Dovecot (a fresh one for every run): mailsync `pull",
-        "  imaps://SRC imaps://DST` (bench/tools.py MAILSYNC_MIGRATE, until `mailsync",
-        "  migrate`), an mbsync channel between two IMAPStores (`Sync Pull`, `Create Near`,",
+        "  account on a second private Dovecot (a fresh one for every run): `mailsync",
+        "  migrate imaps://SRC imaps://DST` (bench/tools.py MAILSYNC_MIGRATE: the copy and",
+        "  its check after), an mbsync channel between two IMAPStores (`Sync Pull`, `Create Near`,",
         "  its state in a directory), offlineimap with two IMAP repositories (the source",
         "  `readonly`).  What each copied is counted on the destination over IMAP; Dovecot",
         "  CPU is the source server's.  The migration floor: after each round of initial",
@@ -1259,7 +1302,11 @@ def render_markdown(data: dict) -> str:
         "  interpreter: a bare script on ssl and socket that connects, logs in, asks what",
         "  a rerun must ask (POP3: UIDL; IMAP: STATUS of every folder) and quits, with no",
         "  state, config or local files.  No Python client's rerun can be faster; its",
-        "  ratio sits next to the rerun targets.",
+        "  ratio sits next to the rerun targets.  After each round of initial pulls of the",
+        "  standard account, bench/floor.py imap-pull fetches the account into an empty",
+        "  Maildir tree the same way, durably (each message written to tmp/, fsync'd,",
+        "  renamed into cur/; the directories fsync'd), 4 folders at once: the initial-pull",
+        "  floor next to the initial target.",
         "",
     ]
     return "\n".join(lines)

@@ -256,9 +256,9 @@ IMAP_TOOLS: dict[str, ToolFunc] = {
 # Each tool moves the whole source account into an empty account on a second private
 # Dovecot, one-way, every folder, flags and dates kept, with its default concurrency.
 
-#: mailsync's command for a migration, the one place to change: `mailsync migrate` (issue
-#: 14, branch i14-batch) replaces the one-way `pull` between two servers once it exists.
-MAILSYNC_MIGRATE = ["pull"]
+#: mailsync's command for a migration, the one place to change: `mailsync migrate` (the
+#: one-way copy, then its check that every message is in DEST).
+MAILSYNC_MIGRATE = ["migrate"]
 
 
 def _imaps_url(host: str, port: int, user: str, cafile: Path) -> str:
@@ -266,7 +266,7 @@ def _imaps_url(host: str, port: int, user: str, cafile: Path) -> str:
 
 
 def mailsync_migrate(setup: Setup, extra: list[str] | None = None) -> Command:
-    """`mailsync pull imaps://SOURCE imaps://DEST` (MAILSYNC_MIGRATE), each password from
+    """`mailsync migrate imaps://SOURCE imaps://DEST` (MAILSYNC_MIGRATE), each password from
     its own file through password_command (mailsync refuses MAILSYNC_PASSWORD for two
     stores)."""
     target = setup.target
