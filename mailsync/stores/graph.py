@@ -165,6 +165,9 @@ class GraphStore(Store):
         self._token: str | None = None
         self._folders: dict[str, str] | None = None  # name -> folder id
         self._well_known_ids: dict[str, str] = {}  # folder id -> well-known name
+        # Messages this run moved between folders (GraphFolder.append), shared with the
+        # parallel workers' stores: a folder that listed one before asks where it is now.
+        self.moved: set[str] = set()
         # Calendars and contact folders: name -> (kind, collection URL in the mailbox).
         self._item_folders: dict[str, tuple[str, str]] = {}
 
@@ -467,6 +470,8 @@ class GraphStore(Store):
     def adopt_listing(self, other: Store) -> None:
         """A parallel worker's store takes the main store's folder listing (the same
         mailbox): no second round of mailFolders requests."""
+        if isinstance(other, GraphStore):
+            self.moved = other.moved  # (the same set)
         if isinstance(other, GraphStore) and other._folders is not None:
             self._folders = dict(other._folders)
             self._well_known_ids = dict(other._well_known_ids)

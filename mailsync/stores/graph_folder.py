@@ -237,7 +237,9 @@ class GraphFolder(PagedFolder):
 
     def _body(self, key: str) -> Body | MessageError:
         try:
-            if not self._here(key):  # (asked even of a listed key: a move may be newer)
+            # (A listed key is asked too if this run moved it since: an immutable id
+            # reads the message wherever it is, and another folder holds it now.)
+            if (key not in self._listed or key in self.store.moved) and not self._here(key):
                 return MessageError(f"{self.where}: message {key[:24]}... is not in this folder")
             _status, content = self.store.request(
                 "GET",
@@ -385,6 +387,7 @@ class GraphFolder(PagedFolder):
         """Move the message `entry` into this folder and give it `flags` (a PATCH at the
         next flush, as set_flags); its key, which a move keeps (immutable ids)."""
         key: str = entry["id"]
+        self.store.moved.add(key)  # (before: a folder that listed it must ask)
         try:
             _status, content = self.store.request(
                 "POST",

@@ -113,6 +113,9 @@ def test_initial_pull_of_every_mail_folder(fake_graph, graph, mailenv):
     # Every request asked for immutable ids and went to /users/USER (the address as is).
     assert all(r.path.startswith(f"/v1.0/users/{USER}/") for r in fake.requests), fake.requests
     assert value_fetches(fake) == 12
+    # A body of a message the listing showed is fetched without asking where it is.
+    reads = [r for r in fake.requests if r.query.get("$select") == "parentFolderId"]
+    assert reads == [], reads
 
 
 def test_user_written_percent_encoded_is_the_same_mailbox(fake_graph, graph, mailenv):
