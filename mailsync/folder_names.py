@@ -11,7 +11,9 @@ pair_names() decides, in this order, for each SOURCE folder:
    folder marked \\Sent, whatever their names;
 3. COMMON_NAMES, the usual and localized names of the special folders: a SOURCE folder
    whose role is known (by its attribute or its name) goes to the one DEST folder that
-   has that role by its attribute or by its name;
+   has that role by its attribute or by its name, and the folders below it go with it
+   (``Archive/2019`` -> ``Arkisto/2019``) unless DEST has them, or a SOURCE folder has
+   their new name;
 4. a level of a name that cannot exist on DEST (it holds DEST's hierarchy delimiter:
    ``a.b`` onto a server whose delimiter is ``.``) is escaped (escape_level: ``%2E``).
 
@@ -345,6 +347,19 @@ def pair_names(
         for name, reason in claims:
             out[name] = (target, reason)
             targets[target] = name
+    # The folders below a special folder go with it (Archive/2019 -> Arkisto/2019), unless
+    # a rule names them, DEST has them under their own name, or the new name is taken.
+    by_role = {name: out[name][0] for names in wanted.values() for name, _ in names if name in out}
+    for name in source.names:
+        if name in out or name in ruled_names or name in dest_names:
+            continue
+        parents = [p for p in by_role if name.startswith(p + "/")]
+        if parents:
+            parent = max(parents, key=len)
+            target = by_role[parent] + name[len(parent) :]
+            if target not in taken_by_source and target not in targets:
+                out[name] = (target, f"below {parent}, which goes to {by_role[parent]}")
+                targets[target] = name
 
     # Step 4: names DEST cannot hold.
     if dest.reserved:

@@ -19,6 +19,7 @@ from mailsync.folder_names import role_by_name
 
 SENT, TRASH = LOCALIZED_SPECIAL_USE["\\Sent"], LOCALIZED_SPECIAL_USE["\\Trash"]
 DRAFTS, JUNK = LOCALIZED_SPECIAL_USE["\\Drafts"], LOCALIZED_SPECIAL_USE["\\Junk"]
+ARCHIVE = LOCALIZED_SPECIAL_USE["\\Archive"]
 
 
 def folders_of(server, user) -> list[str]:
@@ -84,8 +85,13 @@ def test_plain_to_localized_sent_lands_in_the_special_use_folder(
 
 
 def localized_corpus() -> dict[str, list[Msg]]:
-    """corpus() on the localized server: its Sent and Trash under their Finnish names."""
-    names = {"INBOX.Sent": f"INBOX.{SENT}", "INBOX.Trash": f"INBOX.{TRASH}"}
+    """corpus() on the localized server: its Sent and Trash under their Finnish names, and
+    its archive's year below Arkisto."""
+    names = {
+        "INBOX.Sent": f"INBOX.{SENT}",
+        "INBOX.Trash": f"INBOX.{TRASH}",
+        "INBOX.Archive.2019": f"INBOX.{ARCHIVE}.2019",
+    }
     return {names.get(k, k): v for k, v in corpus("INBOX.", ".").items()}
 
 
@@ -106,7 +112,7 @@ def test_localized_to_plain_and_back_by_special_use_only(
         {
             f"INBOX.{SENT}": "Sent",
             f"INBOX.{TRASH}": "Trash",
-            "INBOX.Archive.2019": "Archive/2019",
+            f"INBOX.{ARCHIVE}.2019": "Archive/2019",  # (below its special folder)
         },
     )
     pairs = {f["folder"]: (f["dest_folder"], f["why"]) for f in there["folders"]}
@@ -121,7 +127,11 @@ def test_localized_to_plain_and_back_by_special_use_only(
         plain,
         dovecot_localized_server,
         back,
-        {"Sent": f"INBOX.{SENT}", "Trash": f"INBOX.{TRASH}", "Archive/2019": "INBOX.Archive.2019"},
+        {
+            "Sent": f"INBOX.{SENT}",
+            "Trash": f"INBOX.{TRASH}",
+            "Archive/2019": f"INBOX.{ARCHIVE}.2019",
+        },
     )
     assert fidelity(dovecot_localized_server, back) == fidelity(dovecot_localized_server, first)
     assert folders_of(dovecot_localized_server, back) == folders_of(dovecot_localized_server, first)

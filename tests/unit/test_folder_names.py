@@ -179,3 +179,25 @@ def test_a_folder_made_since_under_a_kept_pairings_name_is_refused():
         "Sent": "Sent (new)",
         "Sent Items": "Sent",
     }
+
+
+def test_folders_below_a_special_folder_go_with_it():
+    """Archive -> Arkisto by SPECIAL-USE takes Archive/2019 to Arkisto/2019 (not a second
+    archive under the old name); a rule or a DEST folder of the child's own name wins."""
+    source = Side(
+        ["INBOX", "Archive", "Archive/2019", "Archive/2019/Q1", "Archive/2020", "Sent", "Sent/Old"],
+        {"Archive": "\\Archive", "Sent": "\\Sent"},
+    )
+    dest = Side(["INBOX", "Arkisto", "Sent/Old"], {"Arkisto": "\\Archive"})
+    rules = NameRules(parse_map(["Archive/2020=Old Years/2020"]))
+    pairs = pair_names(source, dest, rules)
+    assert targets(pairs) == {
+        "Archive": "Arkisto",
+        "Archive/2019": "Arkisto/2019",
+        "Archive/2019/Q1": "Arkisto/2019/Q1",
+        "Archive/2020": "Old Years/2020",
+    }
+    assert pairs["Archive/2019/Q1"][1] == "below Archive, which goes to Arkisto"
+    # A SOURCE folder of the new name keeps it: the child stays where it was.
+    taken = Side([*source.names, "Arkisto/2019"], source.special)
+    assert "Archive/2019" not in targets(pair_names(taken, dest, rules))
