@@ -706,16 +706,25 @@ def measure_pull_floor(
     argv += [server.host, str(server.ports["imaps"]), user.name, str(server.cafile), str(dest)]
     argv += corpus.folders
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MAILSYNC_PASSWORD": user.password}
-    log = run_dir / "floor.log"
     try:
-        m = measure(argv, env, log, args.timeout, master)
-        ok, detail = verify(dest, expected, *checks)
+        return run_copying_floor(argv, env, run_dir, args, master, dest, expected, checks)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+def run_copying_floor(
+    argv, env, run_dir: Path, args, master, copied, expected, checks
+) -> Measurement | None:
+    """Time a floor that copies the account (imap-pull, imap-migrate) and count what it
+    copied (`copied`: as verify() takes it) as the tools' copies are counted; None if it
+    failed or missed a message."""
+    log = run_dir / "floor.log"
+    m = measure(argv, env, log, args.timeout, master)
+    ok, detail = verify(copied, expected, *checks)
     if m.exit_code != 0 or m.timed_out or not ok:
         say(f"  floor: FAILED (exit code {m.exit_code}; {detail}): {log_tail(log)}")
         return None
-    say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py imap-pull); {detail}")
+    say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py {argv[2]}); {detail}")
     return m
 
 
@@ -739,14 +748,8 @@ def measure_migration_floor(
         "MAILSYNC_PASSWORD": user.password,
         "MAILSYNC_DEST_PASSWORD": dest_user.password,
     }
-    log = run_dir / "floor.log"
-    m = measure(argv, env, log, args.timeout, master)
-    ok, detail = verify(functools.partial(count_imap, dest_server, dest_user), expected, *checks)
-    if m.exit_code != 0 or m.timed_out or not ok:
-        say(f"  floor: FAILED (exit code {m.exit_code}; {detail}): {log_tail(log)}")
-        return None
-    say(f"  floor: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU (bench/floor.py imap-migrate); {detail}")
-    return m
+    copied = functools.partial(count_imap, dest_server, dest_user)
+    return run_copying_floor(argv, env, run_dir, args, master, copied, expected, checks)
 
 
 # -- profiling mailsync -----------------------------------------------------------------

@@ -241,13 +241,7 @@ class GraphFolder(PagedFolder):
             # reads the message wherever it is, and another folder holds it now.)
             if (key not in self._listed or key in self.store.moved) and not self._here(key):
                 return MessageError(f"{self.where}: message {key[:24]}... is not in this folder")
-            _status, content = self.store.request(
-                "GET",
-                f"messages/{quote(key, safe='')}/$value",
-                what="$value",
-                where=self.where,
-                limit=graph.MAX_MESSAGE,
-            )
+            content = self._mime(key)
         except TooLarge as error:
             return MessageError(f"{error}; skipped")
         except GraphError as error:
@@ -261,6 +255,17 @@ class GraphFolder(PagedFolder):
         if not content:
             return MessageError(f"{self.where}: message {key[:24]}... has no MIME content")
         return to_lf(content)
+
+    def _mime(self, key: str) -> bytes:
+        """Message `key`'s $value as Graph sends it (GraphError, TooLarge)."""
+        _status, content = self.store.request(
+            "GET",
+            f"messages/{quote(key, safe='')}/$value",
+            what="$value",
+            where=self.where,
+            limit=graph.MAX_MESSAGE,
+        )
+        return content
 
     def _here(self, key: str) -> bool:
         """Whether message `key` is in this folder now (one GET of its parentFolderId)."""
@@ -365,13 +370,7 @@ class GraphFolder(PagedFolder):
             candidates.sort(key=lambda entry: entry.get("parentFolderId") != trash)
             for entry in candidates:
                 try:
-                    _status, content = self.store.request(
-                        "GET",
-                        f"messages/{quote(entry['id'], safe='')}/$value",
-                        what="$value",
-                        where=self.where,
-                        limit=graph.MAX_MESSAGE,
-                    )
+                    content = self._mime(entry["id"])
                 except GraphError as error:
                     if error.status in (400, 404):  # (gone since it was listed)
                         continue
